@@ -1,0 +1,1721 @@
+//! Checkpoint formats: the worker's two-slot memory-mapped file and the supervisor's
+//! synced disk copy, plus the restore scan that picks the newest valid checkpoint.
+//!
+//! All integers are little-endian. Every checksum is CRC-32C (Castagnoli).
+//!
+//! # Slot record (format version 1)
+//!
+//! A record is a 64-byte header followed by `payload_len` payload bytes:
+//!
+//! | offset | size | field                                                  |
+//! |-------:|-----:|--------------------------------------------------------|
+//! |      0 |    8 | magic `b"RSGCKPT1"`                                    |
+//! |      8 |    4 | format version, u32 (= [`FORMAT_VERSION`] = 1)          |
+//! |     12 |    4 | reserved, zero                                         |
+//! |     16 |    8 | generation, u64                                        |
+//! |     24 |    8 | last_seq, u64                                          |
+//! |     32 |    8 | payload_len, u64                                       |
+//! |     40 |    4 | payload crc32c, u32 (over the `payload_len` bytes)     |
+//! |     44 |   16 | reserved, zero                                         |
+//! |     60 |    4 | header crc32c, u32 (over header bytes 0..60)           |
+//!
+//! A header of 64 zero bytes means "empty" (never written, or invalidated by a write that
+//! had not finished). Bytes after the record are ignored. Checks run in this order: empty,
+//! magic, header checksum, version, length, payload checksum; the first failure is reported.
+//! The magic, the 64-byte header size and the trailing header checksum are frozen for all
+//! versions, so a later version is reported as [`CheckpointError::UnsupportedVersion`]
+//! rather than as corruption.
+//!
+//! # Disk copy (`<state_dir>/<actor>.checkpoint`)
+//!
+//! Exactly one slot record. It is replaced atomically by [`write_disk_copy`]: write
+//! `<path>.tmp`, fsync it, rename it over `<path>`, fsync the directory. A reader therefore
+//! sees either the old or the new complete record, also after a power loss.
+//!
+//! # Memory-mapped file (`<runtime_dir>/<actor>.ckpt`)
+//!
+//! | offset                 | size      | content                                        |
+//! |-----------------------:|----------:|------------------------------------------------|
+//! |                      0 |         8 | magic `b"RSGMMAP1"`                            |
+//! |                      8 |         4 | file format version, u32 (= 1)                 |
+//! |                     12 |         4 | reserved, zero                                 |
+//! |                     16 |         8 | slot_capacity, u64 (payload bytes per slot)    |
+//! |                     24 |         4 | file header crc32c, u32 (over bytes 0..24)     |
+//! |                     28 |        36 | reserved, zero                                 |
+//! |                     64 |         8 | executing_seq, u64 (not checksummed; 0 = idle) |
+//! |                     72 |      4024 | reserved, zero                                 |
+//! |                   4096 | slot_size | slot A: a slot record, then zero padding       |
+//! |       4096 + slot_size | slot_size | slot B: a slot record, then zero padding       |
+//!
+//! where `slot_size = round_up_4096(64 + slot_capacity)`. The file is at least
+//! `4096 + 2 * slot_size` bytes long; it is never shrunk (no `set_len` on a mapped file), so
+//! neither the worker nor a concurrent reader can fault on a truncated mapping. The
+//! `executing_seq` word is 8-byte aligned and is stored atomically (Release) through the
+//! mapping by the worker before each call, so after a crash the supervisor can tell which
+//! call was running.
+//!
+//! # Crash-safety argument
+//!
+//! * The worker may be SIGKILLed at any instruction. Its stores to a `MAP_SHARED` mapping
+//!   live in the page cache and survive the process, in program order (a Release fence
+//!   separates the phases below, so neither the compiler nor the CPU reorders them).
+//! * [`MmapCheckpoint::write`] never touches the slot that holds the newest valid
+//!   checkpoint. It writes the other slot in three phases: (1) zero that slot's header,
+//!   (2) write the payload, (3) write the header. A kill during (1) or (2) leaves the
+//!   target header zero or torn, a kill during (3) leaves a torn header; the header checksum
+//!   (or the payload checksum, for a header paired with a stale payload) rejects it, and
+//!   the newest checkpoint in the other slot is untouched.
+//! * Readers ([`scan`], [`read_mmap_slots`]) use `pread`, never a mapping, verify every
+//!   checksum, and bound every length by the slot capacity and the file size before
+//!   allocating. A read racing with a write can only produce a checksum failure, never a
+//!   wrong checkpoint; [`read_mmap_slots`] re-reads a few times if it finds no valid slot.
+//! * A payload larger than the slot capacity makes the worker build a complete new file
+//!   `<path>.grow` (the previous newest record in slot A, the new one in slot B), fsync it
+//!   and rename it over `<path>`: a kill leaves either the old file or the complete new one.
+//! * The mmap file survives worker crashes but not a power loss (it is normally on a
+//!   tmpfs); the durable copy is the disk copy, which the supervisor writes from the newest
+//!   valid slot. Restore takes the valid candidate with the highest generation (ties: higher
+//!   `last_seq`, then the mmap slot, slot A before slot B).
+//! * A damaged mmap file header is never overwritten: [`MmapCheckpoint::open`] renames the
+//!   file aside to `<path>.corrupt-<unix nanos>` and creates a fresh file (itself built at
+//!   `<path>.new` and renamed into place, so a kill never leaves a half-created file).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memmap2::MmapRaw;
+
+/// Format version of the slot record and of the mmap file written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Magic of a slot record (disk copy, or one slot of the mmap file).
+pub const RECORD_MAGIC: [u8; 8] = *b"RSGCKPT1";
+/// Magic of the memory-mapped file's header.
+pub const MMAP_MAGIC: [u8; 8] = *b"RSGMMAP1";
+/// Size of a slot record header.
+pub const RECORD_HEADER_LEN: usize = 64;
+/// Size of the mmap file header page; slot A starts here.
+pub const MMAP_HEADER_LEN: u64 = 4096;
+/// Offset of the `executing_seq` word in the mmap file.
+pub const EXECUTING_OFFSET: u64 = 64;
+/// Smallest slot capacity of a file created by [`MmapCheckpoint::open`].
+pub const MIN_CAPACITY: u64 = 64 * 1024;
+
+const PAGE: u64 = 4096;
+const MMAP_HEADER_CRC_OFFSET: usize = 24;
+const RECORD_HEADER_CRC_OFFSET: usize = 60;
+/// How often [`read_mmap_slots`] re-reads a file in which no slot verified.
+const READ_ATTEMPTS: usize = 3;
+
+/// A verified checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub generation: u64,
+    pub last_seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Where a checkpoint candidate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    SlotA,
+    SlotB,
+    Disk,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::SlotA => "mmap slot A",
+            Source::SlotB => "mmap slot B",
+            Source::Disk => "disk copy",
+        })
+    }
+}
+
+impl Source {
+    fn slot(index: usize) -> Source {
+        if index == 0 {
+            Source::SlotA
+        } else {
+            Source::SlotB
+        }
+    }
+
+    /// Tie-break rank: on equal (generation, last_seq) the higher rank wins.
+    fn rank(self) -> u8 {
+        match self {
+            Source::SlotA => 2,
+            Source::SlotB => 1,
+            Source::Disk => 0,
+        }
+    }
+}
+
+/// Why a candidate was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("missing (no such file)")]
+    Missing,
+    #[error("empty (never written, or a write was interrupted)")]
+    Empty,
+    #[error("bad magic (not a resurgam checkpoint)")]
+    BadMagic,
+    #[error("unsupported format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("torn header (header checksum mismatch)")]
+    HeaderChecksum,
+    /// `expected` and `found` count bytes of the whole record or file.
+    #[error("truncated: header says {expected} bytes, {found} present")]
+    Truncated { expected: u64, found: u64 },
+    #[error("payload checksum mismatch (expected {expected:#010x}, found {found:#010x})")]
+    PayloadChecksum { expected: u32, found: u32 },
+    /// A length field larger than the space that can hold it (or than this machine can address).
+    #[error("length {0} is larger than the space available for it")]
+    TooLarge(u64),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// Little-endian helpers (offsets are constants within fixed-size arrays).
+
+fn le_u32(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+// ---------------------------------------------------------------------------------------
+// Slot record.
+
+#[derive(Debug, Clone, Copy)]
+struct RecordHeader {
+    generation: u64,
+    last_seq: u64,
+    payload_len: u64,
+    payload_crc: u32,
+}
+
+fn encode_header(generation: u64, last_seq: u64, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0..8].copy_from_slice(&RECORD_MAGIC);
+    put_u32(&mut h, 8, FORMAT_VERSION);
+    put_u64(&mut h, 16, generation);
+    put_u64(&mut h, 24, last_seq);
+    put_u64(&mut h, 32, payload.len() as u64);
+    put_u32(&mut h, 40, crc32c::crc32c(payload));
+    let crc = crc32c::crc32c(&h[..RECORD_HEADER_CRC_OFFSET]);
+    put_u32(&mut h, RECORD_HEADER_CRC_OFFSET, crc);
+    h
+}
+
+fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<RecordHeader, CheckpointError> {
+    if h.iter().all(|&b| b == 0) {
+        return Err(CheckpointError::Empty);
+    }
+    if h[0..8] != RECORD_MAGIC {
+        return Err(CheckpointError::BadMagic);
+    }
+    if crc32c::crc32c(&h[..RECORD_HEADER_CRC_OFFSET]) != le_u32(h, RECORD_HEADER_CRC_OFFSET) {
+        return Err(CheckpointError::HeaderChecksum);
+    }
+    let version = le_u32(h, 8);
+    if version != FORMAT_VERSION {
+        return Err(CheckpointError::UnsupportedVersion(version));
+    }
+    Ok(RecordHeader {
+        generation: le_u64(h, 16),
+        last_seq: le_u64(h, 24),
+        payload_len: le_u64(h, 32),
+        payload_crc: le_u32(h, 40),
+    })
+}
+
+fn check_payload(h: &RecordHeader, payload: &[u8]) -> Result<(), CheckpointError> {
+    let found = crc32c::crc32c(payload);
+    if found != h.payload_crc {
+        return Err(CheckpointError::PayloadChecksum {
+            expected: h.payload_crc,
+            found,
+        });
+    }
+    Ok(())
+}
+
+fn record_len(payload_len: u64) -> u64 {
+    (RECORD_HEADER_LEN as u64).saturating_add(payload_len)
+}
+
+/// Encodes one slot record (64-byte header + payload).
+pub fn encode_record(generation: u64, last_seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&encode_header(generation, last_seq, payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes and verifies one slot record at the start of `bytes` (magic, version, both
+/// checksums, length). Bytes after the record are ignored.
+pub fn decode_record(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    if bytes.is_empty() {
+        return Err(CheckpointError::Empty);
+    }
+    let Some((head, rest)) = bytes.split_first_chunk::<RECORD_HEADER_LEN>() else {
+        return Err(CheckpointError::Truncated {
+            expected: RECORD_HEADER_LEN as u64,
+            found: bytes.len() as u64,
+        });
+    };
+    let h = parse_header(head)?;
+    let payload = match usize::try_from(h.payload_len) {
+        Ok(len) if len <= rest.len() => &rest[..len],
+        _ => {
+            return Err(CheckpointError::Truncated {
+                expected: record_len(h.payload_len),
+                found: bytes.len() as u64,
+            });
+        }
+    };
+    check_payload(&h, payload)?;
+    Ok(Checkpoint {
+        generation: h.generation,
+        last_seq: h.last_seq,
+        payload: payload.to_vec(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// File helpers.
+
+fn io_ctx(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{op} of {}: {e}", path.display()))
+}
+
+fn ck_io(op: &str, path: &Path, e: io::Error) -> CheckpointError {
+    CheckpointError::Io(format!("{op} of {}: {e}", path.display()))
+}
+
+/// `<path><suffix>` (the suffix is appended to the file name, not substituted for an extension).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Reads exactly `len` bytes at `offset`, allocating fallibly. `len` must already be bounded
+/// by the file size.
+fn read_vec_at(
+    file: &File,
+    offset: u64,
+    len: u64,
+    path: &Path,
+) -> Result<Vec<u8>, CheckpointError> {
+    let n = usize::try_from(len).map_err(|_| CheckpointError::TooLarge(len))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(n)
+        .map_err(|_| CheckpointError::TooLarge(len))?;
+    buf.resize(n, 0);
+    read_exact_at(file, &mut buf, offset, path)?;
+    Ok(buf)
+}
+
+fn read_exact_at(
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    file.read_exact_at(buf, offset).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            // The file shrank under us (or lied about its size).
+            CheckpointError::Truncated {
+                expected: offset.saturating_add(buf.len() as u64),
+                found: file.metadata().map(|m| m.len()).unwrap_or(0),
+            }
+        } else {
+            ck_io("read", path, e)
+        }
+    })
+}
+
+/// Reads and verifies a record stored at `offset` in `file`. `limit` bounds the payload
+/// length (slot capacity, or what the file holds after the header).
+fn read_record_at(
+    file: &File,
+    offset: u64,
+    limit: Limit,
+    path: &Path,
+) -> Result<Checkpoint, CheckpointError> {
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    read_exact_at(file, &mut head, offset, path)?;
+    let h = parse_header(&head)?;
+    match limit {
+        Limit::Capacity(cap) if h.payload_len > cap => {
+            return Err(CheckpointError::TooLarge(h.payload_len));
+        }
+        Limit::FileLen(file_len) if record_len(h.payload_len) > file_len => {
+            return Err(CheckpointError::Truncated {
+                expected: record_len(h.payload_len),
+                found: file_len,
+            });
+        }
+        _ => {}
+    }
+    let payload = read_vec_at(file, offset + RECORD_HEADER_LEN as u64, h.payload_len, path)?;
+    check_payload(&h, &payload)?;
+    Ok(Checkpoint {
+        generation: h.generation,
+        last_seq: h.last_seq,
+        payload,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// The record is a slot of this payload capacity (the file length was already checked).
+    Capacity(u64),
+    /// The record starts at offset 0 of a file of this length.
+    FileLen(u64),
+}
+
+// ---------------------------------------------------------------------------------------
+// Mmap file layout.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    capacity: u64,
+    slot_size: u64,
+    file_len: u64,
+}
+
+impl Layout {
+    /// `None` if the sizes overflow or cannot be mapped on this machine.
+    fn new(capacity: u64) -> Option<Layout> {
+        let slot_size = capacity
+            .checked_add(RECORD_HEADER_LEN as u64)?
+            .checked_next_multiple_of(PAGE)?;
+        let file_len = slot_size.checked_mul(2)?.checked_add(MMAP_HEADER_LEN)?;
+        // Must be addressable: offsets into the mapping are usize.
+        usize::try_from(file_len).ok()?;
+        if file_len > isize::MAX as u64 {
+            return None;
+        }
+        Some(Layout {
+            capacity,
+            slot_size,
+            file_len,
+        })
+    }
+
+    fn slot_offset(&self, index: usize) -> u64 {
+        MMAP_HEADER_LEN + self.slot_size * index as u64
+    }
+}
+
+fn encode_file_header(capacity: u64, executing: u64) -> Vec<u8> {
+    let mut h = vec![0u8; MMAP_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&MMAP_MAGIC);
+    put_u32(&mut h, 8, FORMAT_VERSION);
+    put_u64(&mut h, 16, capacity);
+    let crc = crc32c::crc32c(&h[..MMAP_HEADER_CRC_OFFSET]);
+    put_u32(&mut h, MMAP_HEADER_CRC_OFFSET, crc);
+    put_u64(&mut h, EXECUTING_OFFSET as usize, executing);
+    h
+}
+
+/// Validates the mmap file header and the file length; returns the layout.
+fn read_file_layout(file: &File, path: &Path) -> Result<Layout, CheckpointError> {
+    let file_len = file.metadata().map_err(|e| ck_io("stat", path, e))?.len();
+    if file_len == 0 {
+        return Err(CheckpointError::Empty);
+    }
+    if file_len < MMAP_HEADER_LEN {
+        return Err(CheckpointError::Truncated {
+            expected: MMAP_HEADER_LEN,
+            found: file_len,
+        });
+    }
+    let mut h = [0u8; 32];
+    read_exact_at(file, &mut h, 0, path)?;
+    if h.iter().all(|&b| b == 0) {
+        return Err(CheckpointError::Empty);
+    }
+    if h[0..8] != MMAP_MAGIC {
+        return Err(CheckpointError::BadMagic);
+    }
+    if crc32c::crc32c(&h[..MMAP_HEADER_CRC_OFFSET]) != le_u32(&h, MMAP_HEADER_CRC_OFFSET) {
+        return Err(CheckpointError::HeaderChecksum);
+    }
+    let version = le_u32(&h, 8);
+    if version != FORMAT_VERSION {
+        return Err(CheckpointError::UnsupportedVersion(version));
+    }
+    let capacity = le_u64(&h, 16);
+    let layout = Layout::new(capacity).ok_or(CheckpointError::TooLarge(capacity))?;
+    if file_len < layout.file_len {
+        return Err(CheckpointError::Truncated {
+            expected: layout.file_len,
+            found: file_len,
+        });
+    }
+    Ok(layout)
+}
+
+type SlotRead = (Source, Result<Checkpoint, CheckpointError>);
+
+/// Reads the file header and both slots once. The flag is false if the file header (or the
+/// file length) is invalid, in which case both slots carry that error.
+fn read_slots_once(file: &File, path: &Path) -> (Vec<SlotRead>, bool) {
+    match read_file_layout(file, path) {
+        Err(e) => (
+            vec![(Source::SlotA, Err(e.clone())), (Source::SlotB, Err(e))],
+            false,
+        ),
+        Ok(layout) => {
+            let slots = (0..2)
+                .map(|i| {
+                    let res = read_record_at(
+                        file,
+                        layout.slot_offset(i),
+                        Limit::Capacity(layout.capacity),
+                        path,
+                    );
+                    (Source::slot(i), res)
+                })
+                .collect();
+            (slots, true)
+        }
+    }
+}
+
+/// Reads both slots of the mmap file with `pread` (the file may be written concurrently by
+/// the worker). Always returns two entries, slot A then slot B. If the file header is
+/// invalid, both entries carry that error. If no slot verifies (possibly a read that raced
+/// with two consecutive writes), the file is re-read a few times.
+pub fn read_mmap_slots(mmap_path: &Path) -> Vec<(Source, Result<Checkpoint, CheckpointError>)> {
+    let file = match File::open(mmap_path) {
+        Ok(f) => f,
+        Err(e) => {
+            let err = if e.kind() == io::ErrorKind::NotFound {
+                CheckpointError::Missing
+            } else {
+                ck_io("open", mmap_path, e)
+            };
+            return vec![(Source::SlotA, Err(err.clone())), (Source::SlotB, Err(err))];
+        }
+    };
+    let mut attempt = 1;
+    loop {
+        let (slots, header_ok) = read_slots_once(&file, mmap_path);
+        let any_valid = slots.iter().any(|(_, r)| r.is_ok());
+        if any_valid || !header_ok || attempt >= READ_ATTEMPTS {
+            return slots;
+        }
+        attempt += 1;
+        std::thread::yield_now();
+    }
+}
+
+/// Outcome of one restore candidate: its `(generation, last_seq)` if it verified.
+pub type CandidateOutcome = Result<(u64, u64), CheckpointError>;
+
+/// What restore found: every candidate with its outcome, and the chosen one.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Slot A, slot B, then the disk copy.
+    pub candidates: Vec<(Source, CandidateOutcome)>,
+    pub chosen: Option<(Source, Checkpoint)>,
+}
+
+/// Reads both mmap slots and the disk copy and picks the valid candidate with the highest
+/// generation (ties: higher `last_seq`, then the mmap slot). Missing files are
+/// [`CheckpointError::Missing`] candidates, not errors.
+pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
+    let mut all = read_mmap_slots(mmap_path);
+    all.push((Source::Disk, read_disk_copy(disk_path)));
+    let mut candidates = Vec::with_capacity(all.len());
+    let mut chosen: Option<(Source, Checkpoint)> = None;
+    for (source, res) in all {
+        match res {
+            Ok(ck) => {
+                candidates.push((source, Ok((ck.generation, ck.last_seq))));
+                let key = (ck.generation, ck.last_seq, source.rank());
+                let better = match &chosen {
+                    None => true,
+                    Some((s, c)) => key > (c.generation, c.last_seq, s.rank()),
+                };
+                if better {
+                    chosen = Some((source, ck));
+                }
+            }
+            Err(e) => candidates.push((source, Err(e))),
+        }
+    }
+    Scan { candidates, chosen }
+}
+
+/// Reads the `executing_seq` word of an mmap file; `None` if the file is missing, unreadable
+/// or its header invalid.
+pub fn read_executing(mmap_path: &Path) -> Option<u64> {
+    let file = File::open(mmap_path).ok()?;
+    read_file_layout(&file, mmap_path).ok()?;
+    // pread does not promise an atomic 8-byte copy: read until two reads agree.
+    let mut prev: Option<u64> = None;
+    for _ in 0..8 {
+        let mut w = [0u8; 8];
+        file.read_exact_at(&mut w, EXECUTING_OFFSET).ok()?;
+        let v = u64::from_le_bytes(w);
+        if prev == Some(v) {
+            return Some(v);
+        }
+        prev = Some(v);
+    }
+    prev
+}
+
+// ---------------------------------------------------------------------------------------
+// Disk copy.
+
+/// Writes the disk copy durably: write `<path>.tmp`, fsync it, rename it over `path`, fsync
+/// the directory. Errors name the operation and the path. Not safe to call concurrently for
+/// the same `path` (both would use the same `.tmp`).
+pub fn write_disk_copy(
+    path: &Path,
+    generation: u64,
+    last_seq: u64,
+    payload: &[u8],
+) -> io::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    let record = encode_record(generation, last_seq, payload);
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_ctx("create", &tmp))?;
+        f.write_all(&record).map_err(io_ctx("write", &tmp))?;
+        f.sync_all().map_err(io_ctx("fsync", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("rename of {} to {}: {e}", tmp.display(), path.display()),
+            )
+        })
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let dir = parent_dir(path);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_ctx("fsync", dir))
+}
+
+/// Reads and verifies the disk copy. A missing file is [`CheckpointError::Missing`].
+pub fn read_disk_copy(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CheckpointError::Missing),
+        Err(e) => return Err(ck_io("open", path, e)),
+    };
+    let file_len = file.metadata().map_err(|e| ck_io("stat", path, e))?.len();
+    if file_len == 0 {
+        return Err(CheckpointError::Empty);
+    }
+    if file_len < RECORD_HEADER_LEN as u64 {
+        return Err(CheckpointError::Truncated {
+            expected: RECORD_HEADER_LEN as u64,
+            found: file_len,
+        });
+    }
+    read_record_at(&file, 0, Limit::FileLen(file_len), path)
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker's writable mapping.
+
+/// The worker's two-slot checkpoint file, mapped read-write and shared with readers in other
+/// processes. No reference is ever created over the mapping: bytes are copied in with
+/// `ptr::copy_nonoverlapping` and the executing word is an atomic store.
+#[derive(Debug)]
+pub struct MmapCheckpoint {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    layout: Layout,
+    /// (generation, last_seq) of the valid checkpoint in each slot, as last written or read.
+    slots: [Option<(u64, u64)>; 2],
+}
+
+impl MmapCheckpoint {
+    /// Opens the file at `path`, creating it (capacity `max(min_capacity, 64 KiB)`) if
+    /// absent. An existing valid file keeps its capacity (it grows on demand in
+    /// [`write`](Self::write)). If the file exists but its header is invalid or the file is
+    /// too short, it is renamed aside to `<path>.corrupt-<unix nanos>` (returned, for the
+    /// caller to log) and a fresh file is created.
+    pub fn open(path: &Path, min_capacity: u64) -> io::Result<(Self, Option<PathBuf>)> {
+        let mut moved_aside = None;
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => match read_file_layout(&file, path) {
+                Ok(layout) => {
+                    let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
+                    return Self::from_parts(path.to_path_buf(), file, map, layout)
+                        .map(|s| (s, None));
+                }
+                Err(CheckpointError::Io(msg)) => {
+                    return Err(io::Error::other(msg));
+                }
+                Err(_) => {
+                    drop(file);
+                    let nanos = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    let aside = with_suffix(path, &format!(".corrupt-{nanos}"));
+                    fs::rename(path, &aside).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("rename of {} to {}: {e}", path.display(), aside.display()),
+                        )
+                    })?;
+                    moved_aside = Some(aside);
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_ctx("open", path)(e)),
+        }
+        let capacity = min_capacity.max(MIN_CAPACITY);
+        let layout = Layout::new(capacity).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("checkpoint capacity {capacity} is too large"),
+            )
+        })?;
+        let (file, map) = build_file(path, ".new", layout, 0, &[])?;
+        let this = Self::from_parts(path.to_path_buf(), file, map, layout)?;
+        Ok((this, moved_aside))
+    }
+
+    fn from_parts(path: PathBuf, file: File, map: MmapRaw, layout: Layout) -> io::Result<Self> {
+        if (map.len() as u64) < layout.file_len {
+            return Err(io::Error::other(format!(
+                "mapping of {} is {} bytes, expected at least {}",
+                path.display(),
+                map.len(),
+                layout.file_len
+            )));
+        }
+        if !map.as_ptr().cast::<u64>().is_aligned() {
+            return Err(io::Error::other(format!(
+                "mapping of {} is not 8-byte aligned",
+                path.display()
+            )));
+        }
+        let mut slots = [None, None];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = read_record_at(
+                &file,
+                layout.slot_offset(i),
+                Limit::Capacity(layout.capacity),
+                &path,
+            )
+            .ok()
+            .map(|c| (c.generation, c.last_seq));
+        }
+        Ok(MmapCheckpoint {
+            path,
+            file,
+            map,
+            layout,
+            slots,
+        })
+    }
+
+    /// What this writer believes each slot holds: `(generation, last_seq)` of a valid
+    /// record, or `None`. After a [`MmapCheckpoint::write`], the slot not written holds
+    /// the checkpoint before it (the fallback if the new one is ever found damaged).
+    pub fn slot_contents(&self) -> [Option<(u64, u64)>; 2] {
+        self.slots
+    }
+
+    /// Index of the slot holding the newest valid checkpoint (same order as [`scan`]).
+    fn newest(&self) -> Option<usize> {
+        match self.slots {
+            [None, None] => None,
+            [Some(_), None] => Some(0),
+            [None, Some(_)] => Some(1),
+            [Some(a), Some(b)] => Some(if b > a { 1 } else { 0 }),
+        }
+    }
+
+    /// Copies `data` into the mapping at `offset`.
+    fn copy_in(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).ok();
+        let end = start.and_then(|s| s.checked_add(data.len()));
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(io::Error::other("checkpoint write outside the mapping"));
+        };
+        if end > self.map.len() {
+            return Err(io::Error::other("checkpoint write outside the mapping"));
+        }
+        // SAFETY: `start..end` lies within the mapping (checked above), which stays mapped
+        // while `self.map` lives; the file is never truncated, so the pages are backed.
+        // `data` is ordinary process memory, so it cannot overlap the mapping's pages.
+        // No Rust reference to the mapping exists; concurrent readers are other processes
+        // using pread, for which a torn view is detected by the checksums. Within this
+        // process, `&mut self` on `write` excludes `set_executing`, which only touches
+        // bytes 64..72 (never written here).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(start),
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint into the slot that does not hold the newest valid checkpoint:
+    /// zero its header, write the payload, then write the header. A payload larger than the
+    /// capacity grows the file (see the module doc). Returns the slot written.
+    pub fn write(&mut self, generation: u64, last_seq: u64, payload: &[u8]) -> io::Result<Source> {
+        if payload.len() as u64 > self.layout.capacity {
+            return self.grow_and_write(generation, last_seq, payload);
+        }
+        let target = match self.newest() {
+            Some(0) => 1,
+            _ => 0,
+        };
+        let offset = self.layout.slot_offset(target);
+        let header = encode_header(generation, last_seq, payload);
+        self.slots[target] = None;
+        self.copy_in(offset, &[0u8; RECORD_HEADER_LEN])?;
+        fence(Ordering::Release);
+        self.copy_in(offset + RECORD_HEADER_LEN as u64, payload)?;
+        fence(Ordering::Release);
+        self.copy_in(offset, &header)?;
+        fence(Ordering::Release);
+        self.slots[target] = Some((generation, last_seq));
+        Ok(Source::slot(target))
+    }
+
+    fn grow_and_write(
+        &mut self,
+        generation: u64,
+        last_seq: u64,
+        payload: &[u8],
+    ) -> io::Result<Source> {
+        let len = payload.len() as u64;
+        let too_large = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("checkpoint payload of {len} bytes is too large"),
+            )
+        };
+        let capacity = len
+            .checked_mul(2)
+            .and_then(u64::checked_next_power_of_two)
+            .ok_or_else(too_large)?
+            .max(MIN_CAPACITY);
+        let layout = Layout::new(capacity).ok_or_else(too_large)?;
+
+        // The previous newest record, re-read and re-verified from our own file.
+        let previous = match self.newest() {
+            Some(i) => read_record_at(
+                &self.file,
+                self.layout.slot_offset(i),
+                Limit::Capacity(self.layout.capacity),
+                &self.path,
+            )
+            .ok(),
+            None => None,
+        };
+        let mut executing = [0u8; 8];
+        self.file
+            .read_exact_at(&mut executing, EXECUTING_OFFSET)
+            .map_err(io_ctx("read", &self.path))?;
+        let executing = u64::from_le_bytes(executing);
+
+        let new_record = encode_record(generation, last_seq, payload);
+        let prev_record = previous
+            .as_ref()
+            .map(|c| encode_record(c.generation, c.last_seq, &c.payload));
+        let mut records: Vec<(usize, &[u8])> = Vec::with_capacity(2);
+        if let Some(r) = &prev_record {
+            records.push((0, r));
+        }
+        records.push((1, &new_record));
+
+        let (file, map) = build_file(&self.path, ".grow", layout, executing, &records)?;
+        self.file = file;
+        self.map = map;
+        self.layout = layout;
+        self.slots = [
+            previous.map(|c| (c.generation, c.last_seq)),
+            Some((generation, last_seq)),
+        ];
+        Ok(Source::SlotB)
+    }
+
+    /// Stores the `executing_seq` word (atomic u64 store, Release) through the mapping.
+    pub fn set_executing(&self, seq: u64) {
+        // The mapping is at least MMAP_HEADER_LEN (4096) bytes long and 8-byte aligned
+        // (both checked in `from_parts`), so offset 64 is in bounds and aligned.
+        let ptr = self
+            .map
+            .as_mut_ptr()
+            .wrapping_add(EXECUTING_OFFSET as usize)
+            .cast::<u64>();
+        // SAFETY: `ptr` is in bounds and 8-byte aligned (see above) and valid for reads and
+        // writes while `self.map` lives, which outlives this temporary. Within this process
+        // the word is only ever accessed atomically (here); `copy_in` never writes bytes
+        // 64..72. Other processes only read it with pread.
+        let word = unsafe { AtomicU64::from_ptr(ptr) };
+        word.store(seq, Ordering::Release);
+    }
+
+    /// Payload bytes each slot can hold.
+    pub fn capacity(&self) -> u64 {
+        self.layout.capacity
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Builds a complete mmap file at `<path><suffix>` (header, zero-filled slots, the given
+/// records), fsyncs and maps it, then renames it over `path`. Returns the open file and its
+/// mapping. The file is fully written (not sparse), so later stores through the mapping
+/// need no new blocks.
+fn build_file(
+    path: &Path,
+    suffix: &str,
+    layout: Layout,
+    executing: u64,
+    records: &[(usize, &[u8])],
+) -> io::Result<(File, MmapRaw)> {
+    let tmp = with_suffix(path, suffix);
+    // A leftover from a killed worker: unlink rather than truncate (nobody can fault on it).
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_ctx("remove", &tmp)(e)),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_ctx("create", &tmp))?;
+    let built = (|| {
+        let write =
+            |buf: &[u8], off: u64| file.write_all_at(buf, off).map_err(io_ctx("write", &tmp));
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = MMAP_HEADER_LEN;
+        while off < layout.file_len {
+            let n = (layout.file_len - off).min(zeros.len() as u64) as usize;
+            write(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        write(&encode_file_header(layout.capacity, executing), 0)?;
+        for &(slot, record) in records {
+            if record.len() as u64 > record_len(layout.capacity) {
+                return Err(io::Error::other("record larger than the slot"));
+            }
+            write(record, layout.slot_offset(slot))?;
+        }
+        file.sync_data().map_err(io_ctx("fsync", &tmp))?;
+        let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", &tmp))?;
+        fs::rename(&tmp, path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("rename of {} to {}: {e}", tmp.display(), path.display()),
+            )
+        })?;
+        Ok(map)
+    })();
+    match built {
+        Ok(map) => Ok((file, map)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn paths(d: &tempfile::TempDir) -> (PathBuf, PathBuf) {
+        (d.path().join("a.ckpt"), d.path().join("a.checkpoint"))
+    }
+
+    fn patch(path: &Path, offset: u64, f: impl FnOnce(u8) -> u8) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, offset).unwrap();
+        file.write_all_at(&[f(b[0])], offset).unwrap();
+    }
+
+    fn slot_off(cap: u64, i: usize) -> u64 {
+        Layout::new(cap).unwrap().slot_offset(i)
+    }
+
+    fn candidate(s: &Scan, src: Source) -> Result<(u64, u64), CheckpointError> {
+        s.candidates
+            .iter()
+            .find(|(x, _)| *x == src)
+            .unwrap()
+            .1
+            .clone()
+    }
+
+    #[test]
+    fn record_round_trip() {
+        for payload in [&b""[..], b"x", &[7u8; 5000]] {
+            let rec = encode_record(3, 99, payload);
+            assert_eq!(rec.len(), 64 + payload.len());
+            let ck = decode_record(&rec).unwrap();
+            assert_eq!(
+                ck,
+                Checkpoint {
+                    generation: 3,
+                    last_seq: 99,
+                    payload: payload.to_vec()
+                }
+            );
+            // Trailing bytes are ignored.
+            let mut longer = rec.clone();
+            longer.extend_from_slice(&[1, 2, 3]);
+            assert_eq!(decode_record(&longer).unwrap(), ck);
+        }
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(decode_record(&[]), Err(CheckpointError::Empty));
+        assert_eq!(decode_record(&[0u8; 100]), Err(CheckpointError::Empty));
+        assert_eq!(
+            decode_record(&[1u8; 10]),
+            Err(CheckpointError::Truncated {
+                expected: 64,
+                found: 10
+            })
+        );
+        let rec = encode_record(1, 2, b"hello world");
+        assert_eq!(
+            decode_record(&rec[..70]),
+            Err(CheckpointError::Truncated {
+                expected: 75,
+                found: 70
+            })
+        );
+        let mut bad = rec.clone();
+        bad[0] = b'X';
+        assert_eq!(decode_record(&bad), Err(CheckpointError::BadMagic));
+        let mut bad = rec.clone();
+        bad[20] ^= 1;
+        assert_eq!(decode_record(&bad), Err(CheckpointError::HeaderChecksum));
+        let mut bad = rec.clone();
+        bad[70] ^= 0x80;
+        assert!(matches!(
+            decode_record(&bad),
+            Err(CheckpointError::PayloadChecksum { .. })
+        ));
+        // A future version with a valid header checksum.
+        let mut v2 = rec.clone();
+        put_u32(&mut v2, 8, 2);
+        let crc = crc32c::crc32c(&v2[..60]);
+        put_u32(&mut v2, 60, crc);
+        assert_eq!(
+            decode_record(&v2),
+            Err(CheckpointError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn error_messages() {
+        let e = CheckpointError::PayloadChecksum {
+            expected: 0xdead_beef,
+            found: 0x12,
+        };
+        assert_eq!(
+            e.to_string(),
+            "payload checksum mismatch (expected 0xdeadbeef, found 0x00000012)"
+        );
+        assert_eq!(
+            CheckpointError::Truncated {
+                expected: 5000,
+                found: 100
+            }
+            .to_string(),
+            "truncated: header says 5000 bytes, 100 present"
+        );
+        assert!(
+            CheckpointError::HeaderChecksum
+                .to_string()
+                .contains("torn header")
+        );
+        assert!(CheckpointError::BadMagic.to_string().contains("bad magic"));
+        assert_eq!(Source::SlotA.to_string(), "mmap slot A");
+        assert_eq!(Source::SlotB.to_string(), "mmap slot B");
+        assert_eq!(Source::Disk.to_string(), "disk copy");
+    }
+
+    #[test]
+    fn mmap_round_trip_and_alternating_slots() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert!(moved.is_none());
+        assert_eq!(m.capacity(), MIN_CAPACITY);
+        assert_eq!(m.path(), mp.as_path());
+        let slots = read_mmap_slots(&mp);
+        assert_eq!(slots[0], (Source::SlotA, Err(CheckpointError::Empty)));
+        assert_eq!(slots[1], (Source::SlotB, Err(CheckpointError::Empty)));
+
+        assert_eq!(m.write(1, 10, b"one").unwrap(), Source::SlotA);
+        assert_eq!(m.write(2, 20, b"two").unwrap(), Source::SlotB);
+        assert_eq!(m.write(3, 30, b"three").unwrap(), Source::SlotA);
+        let slots = read_mmap_slots(&mp);
+        assert_eq!(slots[0].1.as_ref().unwrap().payload, b"three");
+        assert_eq!(slots[1].1.as_ref().unwrap().payload, b"two");
+
+        let s = scan(&mp, &dp);
+        let (src, ck) = s.chosen.clone().unwrap();
+        assert_eq!(src, Source::SlotA);
+        assert_eq!(
+            (ck.generation, ck.last_seq, &ck.payload[..]),
+            (3, 30, &b"three"[..])
+        );
+        assert_eq!(candidate(&s, Source::Disk), Err(CheckpointError::Missing));
+        assert_eq!(candidate(&s, Source::SlotB), Ok((2, 20)));
+
+        // Reopening finds the newest slot and writes the other one.
+        drop(m);
+        let (mut m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert!(moved.is_none());
+        assert_eq!(m.write(4, 40, b"four").unwrap(), Source::SlotB);
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().1.payload, b"four");
+    }
+
+    #[test]
+    fn min_capacity_respected() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let (m, _) = MmapCheckpoint::open(&mp, 200_000).unwrap();
+        assert_eq!(m.capacity(), 200_000);
+        let len = fs::metadata(&mp).unwrap().len();
+        assert_eq!(len, Layout::new(200_000).unwrap().file_len);
+        assert!(!with_suffix(&mp, ".new").exists());
+    }
+
+    #[test]
+    fn payload_flip_falls_back_to_other_slot() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, b"first").unwrap();
+        m.write(2, 20, b"second").unwrap(); // slot B
+        drop(m);
+        patch(&mp, slot_off(MIN_CAPACITY, 1) + 64 + 2, |b| b ^ 0x04);
+        let s = scan(&mp, &dp);
+        let (src, ck) = s.chosen.clone().unwrap();
+        assert_eq!((src, ck.generation), (Source::SlotA, 1));
+        let err = candidate(&s, Source::SlotB).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::PayloadChecksum { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("payload checksum mismatch"));
+    }
+
+    #[test]
+    fn header_flip_falls_back_to_other_slot() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, b"first").unwrap();
+        m.write(2, 20, b"second").unwrap(); // slot B
+        drop(m);
+        patch(&mp, slot_off(MIN_CAPACITY, 1) + 17, |b| b ^ 0x01);
+        let s = scan(&mp, &dp);
+        assert_eq!(s.chosen.clone().unwrap().0, Source::SlotA);
+        assert_eq!(
+            candidate(&s, Source::SlotB),
+            Err(CheckpointError::HeaderChecksum)
+        );
+        // The writer, reopened, treats B as free and writes there, keeping A.
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(m.write(3, 30, b"third").unwrap(), Source::SlotB);
+    }
+
+    #[test]
+    fn interrupted_write_keeps_newest() {
+        // Simulate a kill after the header was zeroed and part of the payload written.
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, b"first").unwrap(); // A
+        m.write(2, 20, b"second").unwrap(); // B
+        let a = slot_off(MIN_CAPACITY, 0);
+        m.copy_in(a, &[0u8; 64]).unwrap();
+        m.copy_in(a + 64, b"partial new payl").unwrap();
+        drop(m);
+        let s = scan(&mp, &dp);
+        assert_eq!(candidate(&s, Source::SlotA), Err(CheckpointError::Empty));
+        assert_eq!(s.chosen.clone().unwrap().1.payload, b"second");
+
+        // Kill mid-header: half of a new header over the zeroed one.
+        let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        let h = encode_header(3, 30, b"third");
+        m.copy_in(a, &h[..40]).unwrap();
+        drop(m);
+        let s = scan(&mp, &dp);
+        assert_eq!(
+            candidate(&s, Source::SlotA),
+            Err(CheckpointError::HeaderChecksum)
+        );
+        assert_eq!(s.chosen.clone().unwrap().1.payload, b"second");
+    }
+
+    #[test]
+    fn truncated_mmap_file_falls_back_to_disk() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(5, 50, b"mmap").unwrap();
+        drop(m);
+        write_disk_copy(&dp, 4, 40, b"disk").unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&mp)
+            .unwrap()
+            .set_len(10_000)
+            .unwrap();
+        let s = scan(&mp, &dp);
+        let (src, ck) = s.chosen.clone().unwrap();
+        assert_eq!(
+            (src, ck.generation, &ck.payload[..]),
+            (Source::Disk, 4, &b"disk"[..])
+        );
+        let expected = CheckpointError::Truncated {
+            expected: Layout::new(MIN_CAPACITY).unwrap().file_len,
+            found: 10_000,
+        };
+        assert_eq!(candidate(&s, Source::SlotA), Err(expected.clone()));
+        assert_eq!(candidate(&s, Source::SlotB), Err(expected));
+        assert_eq!(read_executing(&mp), None);
+    }
+
+    #[test]
+    fn truncated_disk_copy_is_reported() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        write_disk_copy(&dp, 4, 40, &[9u8; 300]).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&dp)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let s = scan(&mp, &dp);
+        assert!(s.chosen.is_none());
+        assert_eq!(candidate(&s, Source::SlotA), Err(CheckpointError::Missing));
+        assert_eq!(
+            candidate(&s, Source::Disk),
+            Err(CheckpointError::Truncated {
+                expected: 364,
+                found: 100
+            })
+        );
+        fs::write(&dp, b"").unwrap();
+        assert_eq!(read_disk_copy(&dp), Err(CheckpointError::Empty));
+        fs::write(&dp, b"short").unwrap();
+        assert_eq!(
+            read_disk_copy(&dp),
+            Err(CheckpointError::Truncated {
+                expected: 64,
+                found: 5
+            })
+        );
+    }
+
+    #[test]
+    fn scan_picks_highest_generation() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(3, 30, b"a3").unwrap(); // A
+        m.write(4, 40, b"b4").unwrap(); // B
+        write_disk_copy(&dp, 7, 70, b"d7").unwrap();
+        let s = scan(&mp, &dp);
+        assert_eq!(s.chosen.clone().unwrap().0, Source::Disk);
+        assert_eq!(s.candidates.len(), 3);
+        assert_eq!(candidate(&s, Source::SlotA), Ok((3, 30)));
+        assert_eq!(candidate(&s, Source::Disk), Ok((7, 70)));
+
+        m.write(8, 80, b"a8").unwrap(); // A
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().0, Source::SlotA);
+
+        // Tie on generation: higher last_seq wins.
+        write_disk_copy(&dp, 8, 81, b"d8").unwrap();
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().0, Source::Disk);
+        // Full tie: the mmap slot wins.
+        write_disk_copy(&dp, 8, 80, b"d8").unwrap();
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().0, Source::SlotA);
+        // Only the disk copy.
+        drop(m);
+        fs::remove_file(&mp).unwrap();
+        let s = scan(&mp, &dp);
+        assert_eq!(s.chosen.clone().unwrap().0, Source::Disk);
+        assert_eq!(candidate(&s, Source::SlotB), Err(CheckpointError::Missing));
+    }
+
+    #[test]
+    fn writer_keeps_highest_key_as_newest() {
+        // A lower generation written after a higher one does not displace it.
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(m.write(5, 50, b"five").unwrap(), Source::SlotA);
+        assert_eq!(m.write(2, 20, b"two").unwrap(), Source::SlotB);
+        assert_eq!(m.write(3, 30, b"three").unwrap(), Source::SlotB);
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().1.generation, 5);
+    }
+
+    #[test]
+    fn growth_preserves_previous_checkpoint() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, b"small").unwrap();
+        m.set_executing(77);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(m.write(2, 20, &big).unwrap(), Source::SlotB);
+        assert_eq!(m.capacity(), 262_144);
+        assert!(!with_suffix(&mp, ".grow").exists());
+        assert_eq!(
+            fs::metadata(&mp).unwrap().len(),
+            Layout::new(262_144).unwrap().file_len
+        );
+        let slots = read_mmap_slots(&mp);
+        assert_eq!(slots[0].1.as_ref().unwrap().payload, b"small");
+        assert_eq!(slots[1].1.as_ref().unwrap().payload, big);
+        assert_eq!(read_executing(&mp), Some(77));
+        // The new mapping is live: writes and the executing word go to the new file.
+        assert_eq!(m.write(3, 30, b"after").unwrap(), Source::SlotA);
+        m.set_executing(78);
+        assert_eq!(read_executing(&mp), Some(78));
+        let s = scan(&mp, &dp);
+        assert_eq!(s.chosen.clone().unwrap().1.payload, b"after");
+        assert_eq!(candidate(&s, Source::SlotB), Ok((2, 20)));
+        // Reopen: valid file, capacity kept.
+        drop(m);
+        let (m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert!(moved.is_none());
+        assert_eq!(m.capacity(), 262_144);
+    }
+
+    #[test]
+    fn growth_from_empty_file() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        let big = vec![3u8; MIN_CAPACITY as usize + 1];
+        assert_eq!(m.write(1, 1, &big).unwrap(), Source::SlotB);
+        let s = scan(&mp, &dp);
+        assert_eq!(candidate(&s, Source::SlotA), Err(CheckpointError::Empty));
+        assert_eq!(s.chosen.clone().unwrap().1.payload, big);
+    }
+
+    #[test]
+    fn corrupt_file_header_is_moved_aside() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let garbage = vec![0xabu8; 5000];
+        fs::write(&mp, &garbage).unwrap();
+        let (mut m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        let moved = moved.unwrap();
+        assert!(
+            moved
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("a.ckpt.corrupt-")
+        );
+        assert_eq!(fs::read(&moved).unwrap(), garbage);
+        assert_eq!(read_executing(&mp), Some(0));
+        m.write(1, 1, b"fresh").unwrap();
+        assert_eq!(
+            read_mmap_slots(&mp)[0].1.as_ref().unwrap().payload,
+            b"fresh"
+        );
+    }
+
+    #[test]
+    fn short_or_flipped_file_is_moved_aside() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 1, b"x").unwrap();
+        drop(m);
+        // Valid header, but the file is too short for its slots.
+        let head = fs::read(&mp).unwrap()[..8192].to_vec();
+        fs::write(&mp, &head).unwrap();
+        let (m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(fs::read(moved.unwrap()).unwrap(), head);
+        drop(m);
+        // A flipped capacity bit.
+        patch(&mp, 17, |b| b ^ 0x10);
+        assert_eq!(read_executing(&mp), None);
+        let slots = read_mmap_slots(&mp);
+        assert_eq!(slots[0].1, Err(CheckpointError::HeaderChecksum));
+        let (_m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert!(moved.is_some());
+        // An empty file.
+        drop(_m);
+        fs::write(&mp, b"").unwrap();
+        let (_m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert!(moved.is_some());
+        assert_eq!(read_executing(&mp), Some(0));
+    }
+
+    #[test]
+    fn executing_word_round_trip() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        assert_eq!(read_executing(&mp), None);
+        let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(read_executing(&mp), Some(0));
+        m.set_executing(u64::MAX - 1);
+        assert_eq!(read_executing(&mp), Some(u64::MAX - 1));
+        m.set_executing(42);
+        assert_eq!(read_executing(&mp), Some(42));
+        drop(m);
+        // Survives the mapping going away, and reopening does not reset it.
+        assert_eq!(read_executing(&mp), Some(42));
+        let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(read_executing(&mp), Some(42));
+        m.set_executing(0);
+        assert_eq!(read_executing(&mp), Some(0));
+    }
+
+    #[test]
+    fn huge_lengths_do_not_allocate_or_panic() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        // Record header with a valid checksum and an absurd payload length.
+        let mut h = encode_header(1, 1, b"");
+        put_u64(&mut h, 32, u64::MAX);
+        let crc = crc32c::crc32c(&h[..60]);
+        put_u32(&mut h, 60, crc);
+        assert_eq!(
+            decode_record(&h),
+            Err(CheckpointError::Truncated {
+                expected: u64::MAX,
+                found: 64
+            })
+        );
+        fs::write(&dp, h).unwrap();
+        assert!(matches!(
+            read_disk_copy(&dp),
+            Err(CheckpointError::Truncated { .. })
+        ));
+
+        // Same header in an mmap slot: larger than the slot.
+        let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.copy_in(slot_off(MIN_CAPACITY, 0), &h).unwrap();
+        drop(m);
+        assert_eq!(
+            read_mmap_slots(&mp)[0].1,
+            Err(CheckpointError::TooLarge(u64::MAX))
+        );
+        // A slot length just above the capacity.
+        let mut h2 = encode_header(1, 1, b"");
+        put_u64(&mut h2, 32, MIN_CAPACITY + 1);
+        let crc = crc32c::crc32c(&h2[..60]);
+        put_u32(&mut h2, 60, crc);
+        let f = OpenOptions::new().write(true).open(&mp).unwrap();
+        f.write_all_at(&h2, slot_off(MIN_CAPACITY, 1)).unwrap();
+        assert_eq!(
+            read_mmap_slots(&mp)[1].1,
+            Err(CheckpointError::TooLarge(MIN_CAPACITY + 1))
+        );
+
+        // File header with a valid checksum and absurd capacities.
+        for cap in [u64::MAX, u64::MAX / 2, 1 << 50] {
+            let hdr = encode_file_header(cap, 0);
+            fs::write(&mp, &hdr).unwrap();
+            let slots = read_mmap_slots(&mp);
+            assert!(slots.iter().all(|(_, r)| r.is_err()), "{slots:?}");
+            assert_eq!(read_executing(&mp), None);
+            let (m, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+            assert!(moved.is_some());
+            drop(m);
+        }
+        // An absurd requested capacity is an error, not a panic.
+        fs::remove_file(&mp).unwrap();
+        assert!(MmapCheckpoint::open(&mp, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn write_disk_copy_leaves_no_tmp() {
+        let d = dir();
+        let (_, dp) = paths(&d);
+        write_disk_copy(&dp, 1, 2, b"payload").unwrap();
+        write_disk_copy(&dp, 2, 3, b"payload 2").unwrap();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.checkpoint")]);
+        let ck = read_disk_copy(&dp).unwrap();
+        assert_eq!(
+            (ck.generation, ck.last_seq, &ck.payload[..]),
+            (2, 3, &b"payload 2"[..])
+        );
+        assert_eq!(fs::read(&dp).unwrap(), encode_record(2, 3, b"payload 2"));
+    }
+
+    #[test]
+    fn write_disk_copy_error_names_path() {
+        let d = dir();
+        let p = d.path().join("no-such-dir").join("x.checkpoint");
+        let e = write_disk_copy(&p, 1, 1, b"").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("create of "), "{msg}");
+        assert!(msg.contains("x.checkpoint.tmp"), "{msg}");
+        assert_eq!(read_disk_copy(&p), Err(CheckpointError::Missing));
+    }
+
+    /// Payload that a checkpoint of generation `g` holds in the concurrency tests.
+    fn payload_for(g: u64) -> Vec<u8> {
+        let len = (g.wrapping_mul(7919) % 150_000) as usize;
+        (0..len)
+            .map(|i| (g as usize).wrapping_add(i) as u8)
+            .collect()
+    }
+
+    fn assert_consistent(slots: &[(Source, Result<Checkpoint, CheckpointError>)]) {
+        for (src, r) in slots {
+            if let Ok(ck) = r {
+                assert_eq!(ck.last_seq, ck.generation * 10, "{src}");
+                assert!(
+                    ck.payload == payload_for(ck.generation),
+                    "{src}: wrong payload"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_reader_never_sees_torn_checkpoint() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, &payload_for(1)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut g = 2;
+                while !stop.load(Ordering::Relaxed) {
+                    m.write(g, g * 10, &payload_for(g)).unwrap();
+                    m.set_executing(g);
+                    g += 1;
+                }
+                g
+            })
+        };
+        let mut valid = 0;
+        for _ in 0..300 {
+            let slots = read_mmap_slots(&mp);
+            assert_consistent(&slots);
+            valid += slots.iter().filter(|(_, r)| r.is_ok()).count();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let last = writer.join().unwrap();
+        assert!(valid > 0);
+        let slots = read_mmap_slots(&mp);
+        assert_consistent(&slots);
+        let newest = slots
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|c| c.generation)
+            .max();
+        assert_eq!(newest, Some(last - 1));
+    }
+
+    /// Child half of `sigkill_mid_write_keeps_a_valid_checkpoint`: writes checkpoints
+    /// forever when started by it, does nothing in a normal test run.
+    #[test]
+    fn sigkill_child_writer() {
+        let Some(path) = std::env::var_os("RESURGAM_CKPT_KILL_CHILD") else {
+            return;
+        };
+        let (mut m, _) = MmapCheckpoint::open(Path::new(&path), 0).unwrap();
+        let mut g = 1;
+        loop {
+            m.set_executing(g);
+            m.write(g, g * 10, &payload_for(g)).unwrap();
+            g += 1;
+        }
+    }
+
+    #[test]
+    fn sigkill_mid_write_keeps_a_valid_checkpoint() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let exe = std::env::current_exe().unwrap();
+        for round in 0..6u64 {
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "checkpoint::tests::sigkill_child_writer",
+                    "--nocapture",
+                ])
+                .env("RESURGAM_CKPT_KILL_CHILD", &mp)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while !read_mmap_slots(&mp).iter().any(|(_, r)| r.is_ok()) {
+                assert!(start.elapsed().as_secs() < 30, "child wrote nothing");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1 + round * 7));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let s = scan(&mp, &dp);
+            let slots = read_mmap_slots(&mp);
+            assert_consistent(&slots);
+            let (_, ck) = s
+                .chosen
+                .clone()
+                .expect("a valid checkpoint survives the kill");
+            assert_eq!(ck.payload, payload_for(ck.generation));
+            assert!(read_executing(&mp).unwrap() >= ck.generation);
+            // The next worker continues from the file as left.
+            fs::remove_file(&mp).unwrap();
+        }
+    }
+
+    fn fixed_header(mut h: [u8; 64]) -> [u8; 64] {
+        let crc = crc32c::crc32c(&h[..60]);
+        put_u32(&mut h, 60, crc);
+        h
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_record(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_valid_headers(
+            generation in any::<u64>(),
+            last_seq in any::<u64>(),
+            len in any::<u64>(),
+            crc in any::<u32>(),
+            version in prop_oneof![Just(1u32), any::<u32>()],
+            tail in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut h = encode_header(generation, last_seq, b"");
+            put_u32(&mut h, 8, version);
+            put_u64(&mut h, 32, len);
+            put_u32(&mut h, 40, crc);
+            let mut bytes = fixed_header(h).to_vec();
+            bytes.extend_from_slice(&tail);
+            match decode_record(&bytes) {
+                Ok(ck) => {
+                    prop_assert_eq!(version, 1);
+                    prop_assert_eq!(ck.payload.len() as u64, len);
+                    prop_assert_eq!(crc32c::crc32c(&ck.payload), crc);
+                }
+                Err(CheckpointError::Truncated { .. }) => prop_assert!(len > tail.len() as u64),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn bit_flips_are_detected(
+            generation in any::<u64>(),
+            last_seq in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+            bit in any::<proptest::sample::Index>(),
+        ) {
+            let rec = encode_record(generation, last_seq, &payload);
+            let i = bit.index(rec.len() * 8);
+            let mut flipped = rec.clone();
+            flipped[i / 8] ^= 1 << (i % 8);
+            prop_assert!(decode_record(&flipped).is_err());
+        }
+
+        #[test]
+        fn damage_never_yields_other_content(
+            generation in any::<u64>(),
+            last_seq in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+            flips in proptest::collection::vec(any::<proptest::sample::Index>(), 1..4),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let rec = encode_record(generation, last_seq, &payload);
+            let original = Checkpoint { generation, last_seq, payload: payload.clone() };
+            let mut damaged = rec.clone();
+            for f in &flips {
+                let i = f.index(rec.len() * 8);
+                damaged[i / 8] ^= 1 << (i % 8);
+            }
+            if let Ok(ck) = decode_record(&damaged) {
+                prop_assert_eq!(ck, original.clone());
+            }
+            let short = &rec[..cut.index(rec.len())];
+            prop_assert!(decode_record(short).is_err());
+        }
+    }
+}

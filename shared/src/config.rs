@@ -1,0 +1,2187 @@
+//! The supervisor's config file (TOML): schema, defaults and validation.
+//!
+//! Three optional tables: `[supervisor]` (directories, control socket, durability),
+//! `[defaults]` (the restart/checkpoint [`Policy`] every actor inherits) and any number of
+//! `[[actor]]` entries (`name`, `kind`, and any `[defaults]` key as a per-actor override).
+//! [`reference`] lists every key with its default and meaning.
+//!
+//! Parsing never stops at the first mistake: [`Config::parse`] reports every problem it
+//! can find as a [`ConfigError`] with file, line and column, so `resurgam check` can show
+//! them all at once. Only a TOML syntax error stops the semantic checks (the rest of the
+//! document cannot be trusted then). A key with the wrong type or an unknown key is
+//! reported and dropped, and the rest of its table is still checked.
+//!
+//! Relative paths in the file are resolved against the directory of the config file;
+//! defaults come from an explicit [`Environment`] so that tests never touch the process
+//! environment.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::duration::{format_duration, parse_duration};
+
+/// Default for `[supervisor].max_request_bytes` (1 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Smallest accepted `[supervisor].max_request_bytes`.
+pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
+/// Largest accepted `[supervisor].max_request_bytes` (64 MiB).
+pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Default for `[supervisor].shutdown_timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `[supervisor].socket_mode`.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// State directory used when neither the file nor `$STATE_DIRECTORY` names one
+/// (relative to the working directory).
+pub const DEFAULT_STATE_DIR: &str = "resurgam-state";
+/// The `path` of [`Config::embedded_defaults`].
+pub const EMBEDDED_PATH: &str = "<embedded>";
+/// The pattern actor names must match (for messages and docs).
+pub const ACTOR_NAME_PATTERN: &str = "[A-Za-z0-9_-]{1,64}";
+
+/// Largest uid accepted in `allowed_uids` (`(uid_t)-1` is not a real uid).
+const MAX_UID: i64 = u32::MAX as i64 - 1;
+/// At most this many syntax errors are reported (later ones are mostly follow-ups).
+const MAX_SYNTAX_ERRORS: usize = 20;
+
+/// How calls are logged before they are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The call log lives in RAM only (lost if the supervisor dies).
+    Memory,
+    /// The call log is a file in the page cache (survives process crashes).
+    Log,
+    /// The call log is fsync'd before replies are released (survives power loss).
+    Fsync,
+}
+
+impl Durability {
+    /// Every value, in order of increasing durability.
+    pub const ALL: [Durability; 3] = [Durability::Memory, Durability::Log, Durability::Fsync];
+
+    /// The config spelling: `"memory"`, `"log"` or `"fsync"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Memory => "memory",
+            Durability::Log => "log",
+            Durability::Fsync => "fsync",
+        }
+    }
+
+    /// The inverse of [`Durability::as_str`] (exact, lowercase).
+    pub fn from_name(name: &str) -> Option<Durability> {
+        Durability::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Restart, retry and checkpoint policy of one actor (`[defaults]` merged with the
+/// actor's own overrides).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Restarts allowed within `restart_window`; -1 = unlimited.
+    pub max_restarts: i64,
+    /// The restart intensity window.
+    pub restart_window: Duration,
+    /// Attempts for a call that kills its worker; -1 = unlimited, else >= 1.
+    pub max_call_retries: i64,
+    /// Checkpoint after this many calls; 0 = never by count.
+    pub checkpoint_every: u64,
+    /// Checkpoint after this much time; zero = never by time.
+    pub checkpoint_interval: Duration,
+    /// First delay after the second quick restart; doubles each time.
+    pub backoff_initial: Duration,
+    /// Cap of the exponential backoff (>= `backoff_initial`).
+    pub backoff_max: Duration,
+    /// A worker alive this long resets the backoff.
+    pub min_uptime: Duration,
+    /// A worker not ready within this is killed (> 0).
+    pub startup_timeout: Duration,
+    /// Hang detection; zero = off.
+    pub heartbeat_timeout: Duration,
+    /// How this actor's calls are logged.
+    pub durability: Durability,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_restarts: -1,
+            restart_window: Duration::from_secs(60),
+            max_call_retries: 3,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            min_uptime: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::ZERO,
+            durability: Durability::Log,
+        }
+    }
+}
+
+/// One `[[actor]]` entry, with its effective policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActorConfig {
+    /// Unique name, matching [`ACTOR_NAME_PATTERN`].
+    pub name: String,
+    /// Which actor implementation runs it (checked against the registry elsewhere).
+    pub kind: String,
+    /// `[defaults]` merged with this actor's overrides.
+    pub policy: Policy,
+    /// 1-based line of the `name` value.
+    pub line: usize,
+    /// 1-based line of the `kind` value.
+    pub kind_line: usize,
+}
+
+/// The `[supervisor]` table with every default filled in and paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// Checkpoints and call logs live here.
+    pub state_dir: PathBuf,
+    /// Runtime files (the control socket).
+    pub runtime_dir: PathBuf,
+    /// The control socket path.
+    pub socket: PathBuf,
+    /// Durability of actors that do not set their own.
+    pub durability: Durability,
+    /// Maximum size of one control-socket request line.
+    pub max_request_bytes: usize,
+    /// Graceful stop deadline.
+    pub shutdown_timeout: Duration,
+    /// Uids allowed on the control socket besides root and the supervisor's own uid.
+    pub allowed_uids: Vec<u32>,
+    /// Permission bits of the control socket (<= 0o777).
+    pub socket_mode: u32,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from ([`EMBEDDED_PATH`] for the embedded defaults).
+    pub path: PathBuf,
+    /// The `[supervisor]` table.
+    pub supervisor: SupervisorConfig,
+    /// The actors, in file order.
+    pub actors: Vec<ActorConfig>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line, when the problem has a place.
+    pub line: Option<usize>,
+    /// 1-based column (in characters), when known.
+    pub column: Option<usize>,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found (validation collects every error, not only the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where defaults come from; passed in so tests need not touch the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$STATE_DIRECTORY` (first entry): default `state_dir`.
+    pub state_directory: Option<PathBuf>,
+    /// `$RUNTIME_DIRECTORY` (first entry): default `runtime_dir`.
+    pub runtime_directory: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads `STATE_DIRECTORY` and `RUNTIME_DIRECTORY`. systemd may pass several paths
+    /// separated by `:`; the first is taken. Empty values count as unset.
+    pub fn from_process() -> Self {
+        Environment {
+            state_directory: std::env::var_os("STATE_DIRECTORY").and_then(|v| first_path(&v)),
+            runtime_directory: std::env::var_os("RUNTIME_DIRECTORY").and_then(|v| first_path(&v)),
+        }
+    }
+}
+
+/// The first entry of a `:`-separated path list, or `None` when it is empty.
+fn first_path(value: &OsStr) -> Option<PathBuf> {
+    #[cfg(unix)]
+    let first: PathBuf = {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = value.as_bytes();
+        let end = bytes.iter().position(|b| *b == b':').unwrap_or(bytes.len());
+        PathBuf::from(OsStr::from_bytes(&bytes[..end]))
+    };
+    #[cfg(not(unix))]
+    let first: PathBuf = {
+        let text = value.to_string_lossy();
+        PathBuf::from(text.split(':').next().unwrap_or_default())
+    };
+    if first.as_os_str().is_empty() {
+        None
+    } else {
+        Some(first)
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`. An unreadable file is one [`ConfigError`] naming the file
+    /// and the OS error.
+    pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        match String::from_utf8(bytes) {
+            Ok(text) => Config::parse(&text, path, env),
+            Err(e) => {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                // The valid prefix is UTF-8, so `position` counts characters correctly.
+                let prefix = String::from_utf8_lossy(valid);
+                let (line, column) = position(&prefix, prefix.len());
+                Err(ConfigErrors(vec![ConfigError {
+                    file: path.to_path_buf(),
+                    line: Some(line),
+                    column: Some(column),
+                    message: "config file is not valid UTF-8".to_string(),
+                }]))
+            }
+        }
+    }
+
+    /// Parses `text` as if read from `path` (used for error messages and to resolve
+    /// relative paths).
+    pub fn parse(text: &str, path: &Path, env: &Environment) -> Result<Config, ConfigErrors> {
+        let mut cx = Checker {
+            text,
+            file: path,
+            errors: Vec::new(),
+        };
+        let config = cx.check(env);
+        if cx.errors.is_empty() {
+            Ok(config)
+        } else {
+            let mut errors = cx.errors;
+            errors.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The config with no file: all defaults, no actors (path = [`EMBEDDED_PATH`]).
+    pub fn embedded_defaults(env: &Environment) -> Config {
+        let state_dir = env
+            .state_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let runtime_dir = env
+            .runtime_directory
+            .clone()
+            .unwrap_or_else(|| state_dir.join("run"));
+        let socket = runtime_dir.join("control.sock");
+        Config {
+            path: PathBuf::from(EMBEDDED_PATH),
+            supervisor: SupervisorConfig {
+                state_dir,
+                runtime_dir,
+                socket,
+                durability: Durability::Log,
+                max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                allowed_uids: Vec::new(),
+                socket_mode: DEFAULT_SOCKET_MODE,
+            },
+            actors: Vec::new(),
+        }
+    }
+
+    /// The actor called `name`, if any.
+    pub fn actor(&self, name: &str) -> Option<&ActorConfig> {
+        self.actors.iter().find(|a| a.name == name)
+    }
+}
+
+/// True when `name` matches `[A-Za-z0-9_-]{1,64}` (so it can never escape the state
+/// directory).
+pub fn valid_actor_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every key with its default and meaning, for the docs: (table, key, default as TOML
+/// text, meaning). Defaults that depend on the environment or on other keys are written
+/// in angle brackets inside the string.
+pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
+    let p = Policy::default();
+    let dur = |d: Duration| format!("{:?}", format_duration(d));
+    vec![
+        (
+            "supervisor",
+            "state_dir",
+            format!("{DEFAULT_STATE_DIR:?}"),
+            "Directory for checkpoints and call logs. Default: $STATE_DIRECTORY (first entry) \
+             if set, else ./resurgam-state in the working directory. A relative path in the \
+             file is relative to the config file's directory.",
+        ),
+        (
+            "supervisor",
+            "runtime_dir",
+            "\"<state_dir>/run\"".to_string(),
+            "Directory for runtime files. Default: $RUNTIME_DIRECTORY (first entry) if set, \
+             else <state_dir>/run.",
+        ),
+        (
+            "supervisor",
+            "socket",
+            "\"<runtime_dir>/control.sock\"".to_string(),
+            "Path of the control socket (newline-delimited JSON).",
+        ),
+        (
+            "supervisor",
+            "durability",
+            format!("{:?}", Durability::Log.as_str()),
+            "\"memory\": the call log lives in RAM only; \"log\": in a file in the page cache \
+             (survives process crashes); \"fsync\": fsync'd before replies are released \
+             (survives power loss). Actors may override it.",
+        ),
+        (
+            "supervisor",
+            "max_request_bytes",
+            DEFAULT_MAX_REQUEST_BYTES.to_string(),
+            "Maximum size in bytes of one control-socket request line (1024 to 67108864).",
+        ),
+        (
+            "supervisor",
+            "shutdown_timeout",
+            dur(DEFAULT_SHUTDOWN_TIMEOUT),
+            "Deadline for a graceful stop (drain, final checkpoints).",
+        ),
+        (
+            "supervisor",
+            "allowed_uids",
+            "[]".to_string(),
+            "Uids allowed on the control socket besides root and the supervisor's own uid.",
+        ),
+        (
+            "supervisor",
+            "socket_mode",
+            format!("\"{DEFAULT_SOCKET_MODE:04o}\""),
+            "Permission bits of the control socket, an octal string up to \"0777\".",
+        ),
+        (
+            "defaults",
+            "max_restarts",
+            p.max_restarts.to_string(),
+            "Restarts allowed within restart_window before the actor is declared dead; \
+             -1 = unlimited.",
+        ),
+        (
+            "defaults",
+            "restart_window",
+            dur(p.restart_window),
+            "The restart intensity window.",
+        ),
+        (
+            "defaults",
+            "max_call_retries",
+            p.max_call_retries.to_string(),
+            "Attempts for a call whose worker dies while running it; -1 = unlimited, else >= 1.",
+        ),
+        (
+            "defaults",
+            "checkpoint_every",
+            p.checkpoint_every.to_string(),
+            "Checkpoint after this many calls; 0 = never by count.",
+        ),
+        (
+            "defaults",
+            "checkpoint_interval",
+            dur(p.checkpoint_interval),
+            "Checkpoint after this much time; \"0s\" = never by time.",
+        ),
+        (
+            "defaults",
+            "backoff_initial",
+            dur(p.backoff_initial),
+            "First delay after the second quick restart; doubles each time.",
+        ),
+        (
+            "defaults",
+            "backoff_max",
+            dur(p.backoff_max),
+            "Cap of the exponential restart backoff (>= backoff_initial).",
+        ),
+        (
+            "defaults",
+            "min_uptime",
+            dur(p.min_uptime),
+            "A worker alive this long resets the backoff.",
+        ),
+        (
+            "defaults",
+            "startup_timeout",
+            dur(p.startup_timeout),
+            "A worker that is not ready within this is killed (must be > 0).",
+        ),
+        (
+            "defaults",
+            "heartbeat_timeout",
+            dur(p.heartbeat_timeout),
+            "Hang detection; \"0s\" = off.",
+        ),
+        (
+            "defaults",
+            "durability",
+            "\"<[supervisor].durability>\"".to_string(),
+            "Per-actor override of [supervisor].durability: \"memory\", \"log\" or \"fsync\".",
+        ),
+        (
+            "actor",
+            "name",
+            "\"<required>\"".to_string(),
+            "Unique actor name matching [A-Za-z0-9_-]{1,64}. Any [defaults] key may also \
+             appear in an [[actor]] table and overrides it for that actor.",
+        ),
+        (
+            "actor",
+            "kind",
+            "\"<required>\"".to_string(),
+            "Which actor implementation runs it, e.g. \"counter\" or \"kv\".",
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw (spanned) schema. Each value keeps its byte span so errors can point at it.
+
+/// A string-typed value whose type errors say what is expected in operator terms.
+macro_rules! text_value {
+    ($name:ident, $expecting:literal) => {
+        #[derive(Debug, Clone)]
+        struct $name(String);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name(v.to_owned()))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+text_value!(
+    DurationText,
+    "a duration string such as \"10s\" or \"250ms\""
+);
+text_value!(
+    DurabilityText,
+    "one of the strings \"memory\", \"log\", \"fsync\""
+);
+text_value!(ModeText, "a quoted octal string such as \"0600\"");
+text_value!(PathText, "a path string");
+text_value!(NameText, "a string");
+
+/// An integer whose type errors say "an integer" rather than "i64".
+#[derive(Debug, Clone, Copy)]
+struct Int(i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_i64(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    state_dir: Option<Spanned<PathText>>,
+    runtime_dir: Option<Spanned<PathText>>,
+    socket: Option<Spanned<PathText>>,
+    durability: Option<Spanned<DurabilityText>>,
+    max_request_bytes: Option<Spanned<Int>>,
+    shutdown_timeout: Option<Spanned<DurationText>>,
+    allowed_uids: Option<Vec<Spanned<Int>>>,
+    socket_mode: Option<Spanned<ModeText>>,
+}
+
+/// Declares the policy keys once: `RawPolicy` (`[defaults]`) and `RawActor` (`[[actor]]`,
+/// the same keys plus `name` and `kind`; serde's `flatten` cannot be combined with
+/// `deny_unknown_fields`).
+macro_rules! policy_tables {
+    ($($field:ident : $ty:ty),* $(,)?) => {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawPolicy {
+            $($field: Option<Spanned<$ty>>,)*
+        }
+
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawActor {
+            name: Option<Spanned<NameText>>,
+            kind: Option<Spanned<NameText>>,
+            $($field: Option<Spanned<$ty>>,)*
+        }
+
+        impl RawActor {
+            fn split(self) -> (Option<Spanned<NameText>>, Option<Spanned<NameText>>, RawPolicy) {
+                (self.name, self.kind, RawPolicy { $($field: self.$field,)* })
+            }
+        }
+    };
+}
+
+policy_tables! {
+    max_restarts: Int,
+    restart_window: DurationText,
+    max_call_retries: Int,
+    checkpoint_every: Int,
+    checkpoint_interval: DurationText,
+    backoff_initial: DurationText,
+    backoff_max: DurationText,
+    min_uptime: DurationText,
+    startup_timeout: DurationText,
+    heartbeat_timeout: DurationText,
+    durability: DurabilityText,
+}
+
+/// Where the keys of one table are, to say which key a serde error is about.
+struct TableIndex {
+    /// The table's own span (its header, or the inline table).
+    span: Range<usize>,
+    /// (key, key span, value span).
+    keys: Vec<(String, Range<usize>, Range<usize>)>,
+}
+
+impl TableIndex {
+    fn new(span: Range<usize>, table: &DeTable<'_>) -> TableIndex {
+        let keys = table
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), k.span(), v.span()))
+            .collect();
+        TableIndex { span, keys }
+    }
+}
+
+/// The value of `key` in `table`, if it is a string.
+fn string_value<'a>(table: &'a DeTable<'_>, key: &str) -> Option<&'a str> {
+    table.get(key).and_then(|v| v.get_ref().as_str())
+}
+
+/// 1-based (line, column) of byte `offset` in `text`; columns count characters.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let offset = offset.min(bytes.len());
+    let before = &bytes[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = before[line_start..]
+        .iter()
+        .filter(|b| (**b & 0xC0) != 0x80)
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// Resolves a path from the file against the config file's directory.
+fn resolve(config_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        config_dir.join(path)
+    }
+}
+
+/// Parses an octal permission string: `"0600"`, `"600"` or `"0o600"`, at most 0o777.
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    let mode = u32::from_str_radix(digits, 8).ok()?;
+    (mode <= 0o777).then_some(mode)
+}
+
+/// Collects errors while turning the document into a [`Config`].
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error_at(&mut self, span: &Range<usize>, message: String) {
+        let (line, column) = position(self.text, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            message,
+        });
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        position(self.text, span.start).0
+    }
+
+    /// Reports a serde/toml error from deserializing the table `index` describes, and
+    /// returns the key it is about (if it can be placed on one).
+    fn serde_error(
+        &mut self,
+        section: &str,
+        index: &TableIndex,
+        error: &toml::de::Error,
+    ) -> Option<String> {
+        let message = error.message();
+        let span = error.span().unwrap_or_else(|| index.span.clone());
+        let on_key = index
+            .keys
+            .iter()
+            .find(|(_, k, _)| k.contains(&span.start) || k.start == span.start);
+        let in_value = index
+            .keys
+            .iter()
+            .find(|(_, _, v)| v.contains(&span.start) || v.start == span.start);
+        let (text, key) = match (on_key, in_value) {
+            (Some((key, _, _)), _) => {
+                let message = match message.strip_prefix("unknown field") {
+                    Some(rest) => format!("unknown key{rest}"),
+                    None => message.to_string(),
+                };
+                (format!("{section}: {message}"), Some(key.clone()))
+            }
+            (None, Some((key, _, _))) => (format!("{section} {key}: {message}"), Some(key.clone())),
+            (None, None) => (format!("{section}: {message}"), None),
+        };
+        self.error_at(&span, text);
+        key
+    }
+
+    /// Deserializes one table. A serde error (unknown key, wrong type) is reported, the
+    /// key it is about is dropped and the rest is deserialized again, so every such error
+    /// in the table is reported. Returns the raw table and the dropped keys; `None` when
+    /// `value` is not a table or an error cannot be placed on a key.
+    fn table<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        section: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<(T, Vec<String>)> {
+        let DeValue::Table(table) = value.get_ref() else {
+            return None;
+        };
+        let span = value.span();
+        let mut table = table.clone();
+        let mut dropped = Vec::new();
+        // Each round either succeeds or removes one key, so this ends.
+        loop {
+            let index = TableIndex::new(span.clone(), &table);
+            let attempt = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            match T::deserialize(ValueDeserializer::from(attempt)) {
+                Ok(raw) => return Some((raw, dropped)),
+                Err(e) => {
+                    let key = self.serde_error(section, &index, &e)?;
+                    table.remove(key.as_str())?;
+                    dropped.push(key);
+                }
+            }
+        }
+    }
+
+    fn check(&mut self, env: &Environment) -> Config {
+        let (root, syntax) = DeTable::parse_recoverable(self.text);
+        let mut config = Config::embedded_defaults(env);
+        config.path = self.file.to_path_buf();
+        if !syntax.is_empty() {
+            // The recovered tree is unreliable: report the syntax errors only, one per
+            // line (later errors on the same line are usually follow-ups).
+            let mut seen_lines = Vec::new();
+            for error in &syntax {
+                let span = error.span().unwrap_or(0..0);
+                let line = self.line_of(&span);
+                if seen_lines.contains(&line) || seen_lines.len() >= MAX_SYNTAX_ERRORS {
+                    continue;
+                }
+                seen_lines.push(line);
+                let duplicate = self
+                    .text
+                    .get(span.clone())
+                    .filter(|k| !k.is_empty() && error.message() == "duplicate key");
+                let message = match duplicate {
+                    Some(key) => format!(
+                        "TOML syntax error: duplicate key `{key}` (each key and table may \
+                         appear only once; use [[actor]] for several actors)"
+                    ),
+                    None => format!("TOML syntax error: {}", error.message()),
+                };
+                self.error_at(&span, message);
+            }
+            return config;
+        }
+
+        let root = root.into_inner();
+        let mut raw_supervisor = RawSupervisor::default();
+        let mut raw_defaults = RawPolicy::default();
+        let mut raw_actors: Vec<(usize, Range<usize>, RawActor, Vec<String>)> = Vec::new();
+        for (key, value) in &root {
+            let name: &str = key.get_ref();
+            match name {
+                "supervisor" | "defaults" if !value.get_ref().is_table() => {
+                    self.error_at(
+                        &value.span(),
+                        format!(
+                            "`{name}` must be a table (write a [{name}] header), not a {}",
+                            value.get_ref().type_str()
+                        ),
+                    );
+                }
+                "supervisor" => {
+                    if let Some((raw, _)) = self.table("[supervisor]", value) {
+                        raw_supervisor = raw;
+                    }
+                }
+                "defaults" => {
+                    if let Some((raw, _)) = self.table("[defaults]", value) {
+                        raw_defaults = raw;
+                    }
+                }
+                "actor" => {
+                    let DeValue::Array(entries) = value.get_ref() else {
+                        self.error_at(
+                            &value.span(),
+                            format!(
+                                "`actor` must be an array of tables (write each actor under an \
+                                 [[actor]] header), not a {}",
+                                value.get_ref().type_str()
+                            ),
+                        );
+                        continue;
+                    };
+                    for (i, entry) in entries.iter().enumerate() {
+                        let number = i + 1;
+                        let DeValue::Table(table) = entry.get_ref() else {
+                            self.error_at(
+                                &entry.span(),
+                                format!(
+                                    "actor #{number} must be a table (an [[actor]] section), \
+                                     not a {}",
+                                    entry.get_ref().type_str()
+                                ),
+                            );
+                            continue;
+                        };
+                        let label = match string_value(table, "name") {
+                            Some(n) if valid_actor_name(n) => format!("actor {n:?}"),
+                            _ => format!("actor #{number}"),
+                        };
+                        if let Some((raw, dropped)) = self.table::<RawActor>(&label, entry) {
+                            raw_actors.push((number, entry.span(), raw, dropped));
+                        }
+                    }
+                }
+                other => {
+                    self.error_at(
+                        &key.span(),
+                        format!(
+                            "unknown key `{other}` at the top level; allowed: the tables \
+                             [supervisor], [defaults] and [[actor]]"
+                        ),
+                    );
+                }
+            }
+        }
+
+        let config_dir = match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        config.supervisor = self.supervisor(raw_supervisor, env, &config_dir);
+
+        let base = Policy {
+            durability: config.supervisor.durability,
+            ..Policy::default()
+        };
+        let defaults = self.policy("[defaults]", &base, &raw_defaults);
+
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (number, header, raw, dropped) in raw_actors {
+            let actor = self.actor(number, &header, raw, &dropped, &defaults, &mut seen);
+            if let Some(actor) = actor {
+                config.actors.push(actor);
+            }
+        }
+        config
+    }
+
+    fn path_value(&mut self, key: &str, value: &Spanned<PathText>, dir: &Path) -> Option<PathBuf> {
+        let text = &value.get_ref().0;
+        if text.is_empty() {
+            self.error_at(
+                &value.span(),
+                format!(
+                    "[supervisor] {key}: must not be empty (remove the key to use the default)"
+                ),
+            );
+            return None;
+        }
+        if text.contains('\0') {
+            self.error_at(
+                &value.span(),
+                format!("[supervisor] {key}: path must not contain a NUL character"),
+            );
+            return None;
+        }
+        Some(resolve(dir, text))
+    }
+
+    fn supervisor(
+        &mut self,
+        raw: RawSupervisor,
+        env: &Environment,
+        dir: &Path,
+    ) -> SupervisorConfig {
+        let defaults = Config::embedded_defaults(env).supervisor;
+
+        let state_dir = raw
+            .state_dir
+            .as_ref()
+            .and_then(|v| self.path_value("state_dir", v, dir))
+            .unwrap_or(defaults.state_dir);
+        let runtime_dir = raw
+            .runtime_dir
+            .as_ref()
+            .and_then(|v| self.path_value("runtime_dir", v, dir))
+            .or_else(|| env.runtime_directory.clone())
+            .unwrap_or_else(|| state_dir.join("run"));
+        let socket = raw
+            .socket
+            .as_ref()
+            .and_then(|v| self.path_value("socket", v, dir))
+            .unwrap_or_else(|| runtime_dir.join("control.sock"));
+
+        let durability = raw
+            .durability
+            .as_ref()
+            .and_then(|v| self.durability("[supervisor]", v))
+            .unwrap_or(defaults.durability);
+
+        let mut max_request_bytes = defaults.max_request_bytes;
+        if let Some(v) = &raw.max_request_bytes {
+            let n = v.get_ref().0;
+            match usize::try_from(n) {
+                Ok(n) if (MIN_MAX_REQUEST_BYTES..=MAX_MAX_REQUEST_BYTES).contains(&n) => {
+                    max_request_bytes = n;
+                }
+                _ => self.error_at(
+                    &v.span(),
+                    format!(
+                        "[supervisor] max_request_bytes: {n} is out of range; allowed: \
+                         {MIN_MAX_REQUEST_BYTES} to {MAX_MAX_REQUEST_BYTES} bytes (default \
+                         {DEFAULT_MAX_REQUEST_BYTES})"
+                    ),
+                ),
+            }
+        }
+
+        let shutdown_timeout = raw
+            .shutdown_timeout
+            .as_ref()
+            .and_then(|v| self.duration("[supervisor]", "shutdown_timeout", v))
+            .unwrap_or(defaults.shutdown_timeout);
+
+        let mut allowed_uids = Vec::new();
+        for uid in raw.allowed_uids.iter().flatten() {
+            let n = uid.get_ref().0;
+            match u32::try_from(n) {
+                Ok(u) if i64::from(u) <= MAX_UID => allowed_uids.push(u),
+                _ => self.error_at(
+                    &uid.span(),
+                    format!(
+                        "[supervisor] allowed_uids: {n} is not a valid uid; allowed: 0 to \
+                         {MAX_UID}"
+                    ),
+                ),
+            }
+        }
+
+        let mut socket_mode = defaults.socket_mode;
+        if let Some(v) = &raw.socket_mode {
+            let text = &v.get_ref().0;
+            match parse_mode(text) {
+                Some(mode) => socket_mode = mode,
+                None => self.error_at(
+                    &v.span(),
+                    format!(
+                        "[supervisor] socket_mode: {text:?} is not an octal permission mode; \
+                         allowed: octal digits up to \"0777\", e.g. \"0600\" or \"0660\""
+                    ),
+                ),
+            }
+        }
+
+        SupervisorConfig {
+            state_dir,
+            runtime_dir,
+            socket,
+            durability,
+            max_request_bytes,
+            shutdown_timeout,
+            allowed_uids,
+            socket_mode,
+        }
+    }
+
+    fn durability(&mut self, section: &str, value: &Spanned<DurabilityText>) -> Option<Durability> {
+        let text = &value.get_ref().0;
+        let found = Durability::from_name(text);
+        if found.is_none() {
+            self.error_at(
+                &value.span(),
+                format!(
+                    "{section} durability: unknown value {text:?}; allowed: \"memory\", \"log\", \
+                     \"fsync\""
+                ),
+            );
+        }
+        found
+    }
+
+    fn duration(
+        &mut self,
+        section: &str,
+        key: &str,
+        value: &Spanned<DurationText>,
+    ) -> Option<Duration> {
+        match parse_duration(&value.get_ref().0) {
+            Ok(d) => Some(d),
+            Err(message) => {
+                self.error_at(
+                    &value.span(),
+                    format!("{section} {key}: {message}; e.g. \"250ms\", \"10s\", \"2m\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// `base` overridden by the keys present in `raw`. Every bad value is reported (and
+    /// leaves the base value). Cross-key checks are reported only when `raw` sets one of
+    /// the keys involved, so a mistake in `[defaults]` is not repeated for every actor.
+    fn policy(&mut self, section: &str, base: &Policy, raw: &RawPolicy) -> Policy {
+        let mut p = base.clone();
+
+        if let Some(v) = &raw.max_restarts {
+            let n = v.get_ref().0;
+            if n >= -1 {
+                p.max_restarts = n;
+            } else {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} max_restarts: {n} is not allowed; use -1 for unlimited or a \
+                         number >= 0"
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &raw.max_call_retries {
+            let n = v.get_ref().0;
+            if n == -1 || n >= 1 {
+                p.max_call_retries = n;
+            } else {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} max_call_retries: {n} is not allowed (0 would never run a \
+                         call); use -1 for unlimited or a number >= 1"
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &raw.checkpoint_every {
+            let n = v.get_ref().0;
+            match u64::try_from(n) {
+                Ok(n) => p.checkpoint_every = n,
+                Err(_) => self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} checkpoint_every: {n} is negative; use 0 for never by count \
+                         or a number of calls >= 1"
+                    ),
+                ),
+            }
+        }
+
+        let durations: [(&str, &Option<Spanned<DurationText>>, &mut Duration); 7] = [
+            ("restart_window", &raw.restart_window, &mut p.restart_window),
+            (
+                "checkpoint_interval",
+                &raw.checkpoint_interval,
+                &mut p.checkpoint_interval,
+            ),
+            (
+                "backoff_initial",
+                &raw.backoff_initial,
+                &mut p.backoff_initial,
+            ),
+            ("backoff_max", &raw.backoff_max, &mut p.backoff_max),
+            ("min_uptime", &raw.min_uptime, &mut p.min_uptime),
+            (
+                "startup_timeout",
+                &raw.startup_timeout,
+                &mut p.startup_timeout,
+            ),
+            (
+                "heartbeat_timeout",
+                &raw.heartbeat_timeout,
+                &mut p.heartbeat_timeout,
+            ),
+        ];
+        for (key, value, slot) in durations {
+            if let Some(d) = value.as_ref().and_then(|v| self.duration(section, key, v)) {
+                *slot = d;
+            }
+        }
+
+        if let Some(d) = raw
+            .durability
+            .as_ref()
+            .and_then(|v| self.durability(section, v))
+        {
+            p.durability = d;
+        }
+
+        if let Some(v) = raw
+            .startup_timeout
+            .as_ref()
+            .filter(|_| p.startup_timeout.is_zero())
+        {
+            self.error_at(
+                &v.span(),
+                format!(
+                    "{section} startup_timeout: must be greater than 0s (a worker needs time to \
+                     start), e.g. \"10s\""
+                ),
+            );
+        }
+
+        if p.backoff_max < p.backoff_initial {
+            // Point at the key this table sets (backoff_max first); when it sets
+            // neither, the mistake belongs to the table it inherits from.
+            let place = raw
+                .backoff_max
+                .as_ref()
+                .or(raw.backoff_initial.as_ref())
+                .map(|v| v.span());
+            if let Some(span) = place {
+                self.error_at(
+                    &span,
+                    format!(
+                        "{section} backoff_max ({}) is less than backoff_initial ({}); \
+                         backoff_max must be >= backoff_initial",
+                        format_duration(p.backoff_max),
+                        format_duration(p.backoff_initial)
+                    ),
+                );
+            }
+        }
+        p
+    }
+
+    fn actor(
+        &mut self,
+        number: usize,
+        header: &Range<usize>,
+        raw: RawActor,
+        dropped: &[String],
+        defaults: &Policy,
+        seen: &mut HashMap<String, usize>,
+    ) -> Option<ActorConfig> {
+        let (name, kind, raw_policy) = raw.split();
+        let mut ok = true;
+
+        let label = match &name {
+            Some(n) if valid_actor_name(&n.get_ref().0) => format!("actor {:?}", n.get_ref().0),
+            _ => format!("actor #{number}"),
+        };
+
+        let (name, line) = match name {
+            // A `name` of the wrong type was reported already.
+            None if dropped.iter().any(|k| k == "name") => {
+                ok = false;
+                (String::new(), self.line_of(header))
+            }
+            None => {
+                self.error_at(
+                    header,
+                    format!(
+                        "{label}: missing required key `name` (a unique name matching \
+                         {ACTOR_NAME_PATTERN})"
+                    ),
+                );
+                ok = false;
+                (String::new(), self.line_of(header))
+            }
+            Some(n) => {
+                let span = n.span();
+                let line = self.line_of(&span);
+                let name = n.into_inner().0;
+                if !valid_actor_name(&name) {
+                    self.error_at(
+                        &span,
+                        format!(
+                            "{label} name: {name:?} is not a valid actor name; allowed: \
+                             {ACTOR_NAME_PATTERN} (1 to 64 ASCII letters, digits, '_' or '-')"
+                        ),
+                    );
+                    ok = false;
+                } else if let Some(first) = seen.get(&name) {
+                    self.error_at(
+                        &span,
+                        format!(
+                            "{label} name: duplicate actor name {name:?}, first defined at \
+                             line {first}; actor names must be unique"
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    seen.insert(name.clone(), line);
+                }
+                (name, line)
+            }
+        };
+
+        let (kind, kind_line) = match kind {
+            None if dropped.iter().any(|k| k == "kind") => {
+                ok = false;
+                (String::new(), self.line_of(header))
+            }
+            None => {
+                self.error_at(
+                    header,
+                    format!(
+                        "{label}: missing required key `kind` (which actor implementation runs \
+                         it, e.g. \"counter\")"
+                    ),
+                );
+                ok = false;
+                (String::new(), self.line_of(header))
+            }
+            Some(k) => {
+                let span = k.span();
+                let kind_line = self.line_of(&span);
+                let kind = k.into_inner().0;
+                if kind.trim().is_empty() {
+                    self.error_at(
+                        &span,
+                        format!(
+                            "{label} kind: must not be empty; name an actor implementation, e.g. \
+                             \"counter\""
+                        ),
+                    );
+                    ok = false;
+                }
+                (kind, kind_line)
+            }
+        };
+
+        let policy = self.policy(&label, defaults, &raw_policy);
+        ok.then_some(ActorConfig {
+            name,
+            kind,
+            policy,
+            line,
+            kind_line,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The example from DESIGN.md §9 plus every key documented in the config format.
+    const DESIGN_EXAMPLE: &str = r#"
+[supervisor]
+state_dir   = "state"              # default: $STATE_DIRECTORY, else ./resurgam-state
+runtime_dir = "state/run"          # default: $RUNTIME_DIRECTORY, else <state_dir>/run
+socket      = "state/run/control.sock"   # default: <runtime_dir>/control.sock
+durability  = "log"                # "memory" | "log" | "fsync"
+max_request_bytes = 1048576
+shutdown_timeout = "10s"
+allowed_uids = [1000]
+socket_mode = "0600"
+
+[defaults]                         # every actor inherits these, each may override
+max_restarts        = -1           # -1 = unlimited, as in Ray
+restart_window      = "60s"        # intensity window, as in Erlang/OTP
+max_call_retries    = 3            # attempts for a call that kills its worker; -1 = unlimited
+checkpoint_every    = 1000         # calls
+checkpoint_interval = "1s"
+backoff_initial     = "10ms"
+backoff_max         = "1s"
+min_uptime          = "1s"
+startup_timeout     = "10s"
+heartbeat_timeout   = "0s"
+durability          = "log"
+
+[[actor]]
+name = "counter"                   # [A-Za-z0-9_-]{1,64}
+kind = "counter"
+
+[[actor]]
+name = "store"
+kind = "kv"
+"#;
+
+    const FILE: &str = "/etc/resurgam/resurgam.toml";
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new(FILE), &Environment::default())
+    }
+
+    fn ok(text: &str) -> Config {
+        match parse(text) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got:\n{e}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse(text) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    /// Asserts exactly one error, on `line`, whose message mentions every needle.
+    fn one_error(text: &str, line: usize, needles: &[&str]) -> ConfigError {
+        let errs = errors(text);
+        assert_eq!(
+            errs.len(),
+            1,
+            "expected one error for {text:?}, got {errs:#?}"
+        );
+        let e = errs.into_iter().next().unwrap();
+        assert_eq!(e.line, Some(line), "wrong line for {text:?}: {e}");
+        assert!(e.column.is_some(), "no column: {e}");
+        assert_eq!(e.file, Path::new(FILE));
+        for needle in needles {
+            assert!(e.message.contains(needle), "{e} should mention {needle:?}");
+        }
+        e
+    }
+
+    fn defaults_with(line: &str) -> String {
+        format!("[defaults]\n{line}\n")
+    }
+
+    // ----- valid configs ---------------------------------------------------------------
+
+    #[test]
+    fn design_example_parses() {
+        let c = ok(DESIGN_EXAMPLE);
+        assert_eq!(c.path, Path::new(FILE));
+        let s = &c.supervisor;
+        assert_eq!(s.state_dir, Path::new("/etc/resurgam/state"));
+        assert_eq!(s.runtime_dir, Path::new("/etc/resurgam/state/run"));
+        assert_eq!(s.socket, Path::new("/etc/resurgam/state/run/control.sock"));
+        assert_eq!(s.durability, Durability::Log);
+        assert_eq!(s.max_request_bytes, 1 << 20);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(s.allowed_uids, vec![1000]);
+        assert_eq!(s.socket_mode, 0o600);
+        let names: Vec<_> = c.actors.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["counter", "store"]);
+        let counter = c.actor("counter").unwrap();
+        assert_eq!(counter.kind, "counter");
+        assert_eq!(counter.policy, Policy::default());
+        assert_eq!(counter.line, 26);
+        assert_eq!(counter.kind_line, 27);
+        let store = c.actor("store").unwrap();
+        assert_eq!(
+            (store.kind.as_str(), store.line, store.kind_line),
+            ("kv", 30, 31)
+        );
+        assert!(c.actor("nope").is_none());
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = ok("");
+        assert_eq!(
+            c.supervisor,
+            Config::embedded_defaults(&Environment::default()).supervisor
+        );
+        assert!(c.actors.is_empty());
+        let s = &c.supervisor;
+        assert_eq!(s.state_dir, Path::new("resurgam-state"));
+        assert_eq!(s.runtime_dir, Path::new("resurgam-state/run"));
+        assert_eq!(s.socket, Path::new("resurgam-state/run/control.sock"));
+        assert_eq!(s.durability, Durability::Log);
+        assert_eq!(s.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert!(s.allowed_uids.is_empty());
+        assert_eq!(s.socket_mode, 0o600);
+        // Empty tables are fine too.
+        assert_eq!(ok("[supervisor]\n[defaults]\n").supervisor, c.supervisor);
+    }
+
+    #[test]
+    fn policy_defaults() {
+        let p = Policy::default();
+        assert_eq!(p.max_restarts, -1);
+        assert_eq!(p.restart_window, Duration::from_secs(60));
+        assert_eq!(p.max_call_retries, 3);
+        assert_eq!(p.checkpoint_every, 1000);
+        assert_eq!(p.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(p.backoff_initial, Duration::from_millis(10));
+        assert_eq!(p.backoff_max, Duration::from_secs(1));
+        assert_eq!(p.min_uptime, Duration::from_secs(1));
+        assert_eq!(p.startup_timeout, Duration::from_secs(10));
+        assert_eq!(p.heartbeat_timeout, Duration::ZERO);
+        assert_eq!(p.durability, Durability::Log);
+        let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\n");
+        assert_eq!(c.actors[0].policy, p);
+        assert_eq!((c.actors[0].line, c.actors[0].kind_line), (2, 3));
+    }
+
+    #[test]
+    fn embedded_defaults_have_no_actors() {
+        let c = Config::embedded_defaults(&Environment::default());
+        assert_eq!(c.path, Path::new("<embedded>"));
+        assert!(c.actors.is_empty());
+        assert_eq!(
+            c.supervisor.socket,
+            Path::new("resurgam-state/run/control.sock")
+        );
+    }
+
+    #[test]
+    fn overrides_inherit_from_defaults_then_actor() {
+        let c = ok(r#"
+[supervisor]
+durability = "fsync"
+
+[defaults]
+max_restarts = 5
+restart_window = "30s"
+backoff_max = "2s"
+
+[[actor]]
+name = "a"
+kind = "counter"
+max_restarts = 2
+backoff_initial = "100ms"
+durability = "memory"
+
+[[actor]]
+name = "b"
+kind = "kv"
+heartbeat_timeout = "5s"
+"#);
+        assert_eq!(c.supervisor.durability, Durability::Fsync);
+        let a = &c.actor("a").unwrap().policy;
+        assert_eq!(a.max_restarts, 2);
+        assert_eq!(a.restart_window, Duration::from_secs(30));
+        assert_eq!(a.backoff_initial, Duration::from_millis(100));
+        assert_eq!(a.backoff_max, Duration::from_secs(2));
+        assert_eq!(a.durability, Durability::Memory);
+        let b = &c.actor("b").unwrap().policy;
+        assert_eq!(b.max_restarts, 5);
+        assert_eq!(b.restart_window, Duration::from_secs(30));
+        assert_eq!(b.heartbeat_timeout, Duration::from_secs(5));
+        assert_eq!(b.backoff_initial, Duration::from_millis(10));
+        assert_eq!(
+            b.durability,
+            Durability::Fsync,
+            "inherits [supervisor].durability"
+        );
+        assert_eq!(b.max_call_retries, 3);
+    }
+
+    #[test]
+    fn defaults_durability_overrides_supervisor_for_actors() {
+        let c = ok(r#"
+[supervisor]
+durability = "memory"
+[defaults]
+durability = "fsync"
+[[actor]]
+name = "a"
+kind = "k"
+[[actor]]
+name = "b"
+kind = "k"
+durability = "log"
+"#);
+        assert_eq!(c.supervisor.durability, Durability::Memory);
+        assert_eq!(c.actor("a").unwrap().policy.durability, Durability::Fsync);
+        assert_eq!(c.actor("b").unwrap().policy.durability, Durability::Log);
+    }
+
+    #[test]
+    fn special_values_accepted() {
+        let c = ok(r#"
+[defaults]
+max_restarts = 0
+max_call_retries = -1
+checkpoint_every = 0
+checkpoint_interval = "0s"
+backoff_initial = "1s"
+backoff_max = "1s"
+[supervisor]
+max_request_bytes = 1024
+socket_mode = "0o660"
+allowed_uids = [0, 65534, 4294967294]
+"#);
+        assert_eq!(c.supervisor.socket_mode, 0o660);
+        assert_eq!(c.supervisor.max_request_bytes, 1024);
+        assert_eq!(c.supervisor.allowed_uids, vec![0, 65534, 4_294_967_294]);
+        assert_eq!(
+            ok("[supervisor]\nmax_request_bytes = 67108864")
+                .supervisor
+                .max_request_bytes,
+            64 << 20
+        );
+        assert_eq!(
+            ok("[supervisor]\nsocket_mode = \"777\"")
+                .supervisor
+                .socket_mode,
+            0o777
+        );
+        assert_eq!(
+            ok("[supervisor]\nsocket_mode = \"0\"")
+                .supervisor
+                .socket_mode,
+            0
+        );
+        // Inline-table actors work like [[actor]] sections.
+        let c = ok("actor = [{ name = \"x\", kind = \"k\" }, { name = \"y\", kind = \"k\" }]");
+        assert_eq!(c.actors.len(), 2);
+    }
+
+    #[test]
+    fn actor_order_is_preserved() {
+        let mut text = String::new();
+        let names = ["zeta", "alpha", "mid-1", "B_2", "0"];
+        for n in names {
+            text.push_str(&format!("[[actor]]\nname = \"{n}\"\nkind = \"k\"\n"));
+        }
+        let c = ok(&text);
+        let got: Vec<_> = c.actors.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(got, names);
+    }
+
+    // ----- paths and environment -------------------------------------------------------
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "[supervisor]\nstate_dir = \"state\"\n";
+        let env = Environment::default();
+        let c = Config::parse(text, Path::new("conf/r.toml"), &env).unwrap();
+        assert_eq!(c.supervisor.state_dir, Path::new("conf/state"));
+        assert_eq!(c.supervisor.runtime_dir, Path::new("conf/state/run"));
+        assert_eq!(
+            c.supervisor.socket,
+            Path::new("conf/state/run/control.sock")
+        );
+        let c = Config::parse(text, Path::new("r.toml"), &env).unwrap();
+        assert_eq!(c.supervisor.state_dir, Path::new("./state"));
+
+        let text = "[supervisor]\nstate_dir = \"/var/lib/x\"\nruntime_dir = \"../run\"\nsocket = \"s.sock\"\n";
+        let c = Config::parse(text, Path::new("/etc/r/r.toml"), &env).unwrap();
+        assert_eq!(c.supervisor.state_dir, Path::new("/var/lib/x"));
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/etc/r/../run"));
+        assert_eq!(c.supervisor.socket, Path::new("/etc/r/s.sock"));
+    }
+
+    #[test]
+    fn environment_supplies_default_directories() {
+        let both = Environment {
+            state_directory: Some(PathBuf::from("/var/lib/resurgam")),
+            runtime_directory: Some(PathBuf::from("/run/resurgam")),
+        };
+        let c = Config::parse("", Path::new(FILE), &both).unwrap();
+        assert_eq!(c.supervisor.state_dir, Path::new("/var/lib/resurgam"));
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/run/resurgam"));
+        assert_eq!(c.supervisor.socket, Path::new("/run/resurgam/control.sock"));
+        assert_eq!(Config::embedded_defaults(&both).supervisor, c.supervisor);
+
+        let state_only = Environment {
+            state_directory: Some(PathBuf::from("/var/lib/resurgam")),
+            runtime_directory: None,
+        };
+        let c = Config::parse("", Path::new(FILE), &state_only).unwrap();
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/var/lib/resurgam/run"));
+        assert_eq!(
+            c.supervisor.socket,
+            Path::new("/var/lib/resurgam/run/control.sock")
+        );
+
+        // The file wins over the environment; runtime_dir still comes from it if unset.
+        let c = Config::parse(
+            "[supervisor]\nstate_dir = \"s\"\n",
+            Path::new("/etc/r.toml"),
+            &both,
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.state_dir, Path::new("/etc/s"));
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/run/resurgam"));
+        let c = Config::parse(
+            "[supervisor]\nruntime_dir = \"/tmp/r\"\n",
+            Path::new("/etc/r.toml"),
+            &both,
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.socket, Path::new("/tmp/r/control.sock"));
+    }
+
+    #[test]
+    fn environment_takes_the_first_of_several_paths() {
+        assert_eq!(first_path(OsStr::new("/a:/b")), Some(PathBuf::from("/a")));
+        assert_eq!(first_path(OsStr::new("/a")), Some(PathBuf::from("/a")));
+        assert_eq!(first_path(OsStr::new("")), None);
+        assert_eq!(first_path(OsStr::new(":/b")), None);
+        // Reading the real environment must not panic, whatever it holds.
+        let _ = Environment::from_process();
+    }
+
+    // ----- errors: one per case, with line and key -------------------------------------
+
+    #[test]
+    fn bad_durations() {
+        one_error(
+            &defaults_with("restart_window = \"60\""),
+            2,
+            &["restart_window", "no unit"],
+        );
+        one_error(
+            "\n[supervisor]\nshutdown_timeout = \"ten\"",
+            3,
+            &["shutdown_timeout"],
+        );
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\nmin_uptime = \"1 parsec\"",
+            4,
+            &["min_uptime", "actor \"a\"", "parsec"],
+        );
+        one_error(
+            &defaults_with("checkpoint_interval = \"-1s\""),
+            2,
+            &["checkpoint_interval"],
+        );
+        // Not a string at all: a type error naming the key and the expected form.
+        one_error(
+            &defaults_with("restart_window = 60"),
+            2,
+            &["restart_window", "duration string"],
+        );
+    }
+
+    #[test]
+    fn negative_numbers() {
+        one_error(
+            &defaults_with("max_restarts = -2"),
+            2,
+            &["max_restarts", "-1"],
+        );
+        one_error(
+            &defaults_with("checkpoint_every = -1"),
+            2,
+            &["checkpoint_every", "negative"],
+        );
+        one_error(
+            &defaults_with("max_call_retries = -5"),
+            2,
+            &["max_call_retries"],
+        );
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\n\nmax_restarts = -3",
+            5,
+            &["max_restarts", "actor \"a\""],
+        );
+    }
+
+    #[test]
+    fn zero_call_retries() {
+        one_error(
+            &defaults_with("max_call_retries = 0"),
+            2,
+            &["max_call_retries", ">= 1"],
+        );
+    }
+
+    #[test]
+    fn backoff_max_below_initial() {
+        one_error(
+            &defaults_with("backoff_initial = \"2s\"\nbackoff_max = \"1s\""),
+            3,
+            &["backoff_max", "backoff_initial"],
+        );
+        // Only backoff_initial set: reported there.
+        one_error(
+            &defaults_with("backoff_initial = \"5s\""),
+            2,
+            &["backoff_initial"],
+        );
+        // Across tables: defaults raise the floor, the actor's cap is below it.
+        one_error(
+            "[defaults]\nbackoff_initial = \"500ms\"\n[[actor]]\nname = \"a\"\nkind = \"k\"\nbackoff_max = \"100ms\"",
+            6,
+            &["backoff_max", "actor \"a\""],
+        );
+        // A mistake in [defaults] is reported once, not again for each actor.
+        let text = "[defaults]\nbackoff_initial = \"5s\"\n[[actor]]\nname = \"a\"\nkind = \"k\"\n[[actor]]\nname = \"b\"\nkind = \"k\"";
+        assert_eq!(errors(text).len(), 1);
+    }
+
+    #[test]
+    fn zero_startup_timeout() {
+        one_error(
+            &defaults_with("startup_timeout = \"0s\""),
+            2,
+            &["startup_timeout", "greater than 0"],
+        );
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\nstartup_timeout = \"0ms\"",
+            4,
+            &["startup_timeout"],
+        );
+    }
+
+    #[test]
+    fn bad_durability() {
+        one_error(
+            "[supervisor]\ndurability = \"fast\"",
+            2,
+            &["durability", "\"fast\"", "fsync"],
+        );
+        one_error(&defaults_with("durability = \"LOG\""), 2, &["durability"]);
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\ndurability = \"disk\"",
+            4,
+            &["durability", "actor \"a\""],
+        );
+        one_error("[supervisor]\ndurability = 1", 2, &["durability"]);
+    }
+
+    #[test]
+    fn bad_socket_mode() {
+        for bad in [
+            "\"0800\"",
+            "\"01777\"",
+            "\"abc\"",
+            "\"\"",
+            "\"+600\"",
+            "\"0o\"",
+            "\"-1\"",
+        ] {
+            one_error(
+                &format!("[supervisor]\nsocket_mode = {bad}"),
+                2,
+                &["socket_mode", "octal"],
+            );
+        }
+        // An integer is refused rather than guessed (600 decimal is not 0o600).
+        one_error(
+            "[supervisor]\nsocket_mode = 600",
+            2,
+            &["socket_mode", "octal string"],
+        );
+    }
+
+    #[test]
+    fn max_request_bytes_out_of_range() {
+        for bad in ["100", "1023", "67108865", "-1", "0"] {
+            one_error(
+                &format!("[supervisor]\n\nmax_request_bytes = {bad}"),
+                3,
+                &["max_request_bytes", "1024", "67108864"],
+            );
+        }
+    }
+
+    #[test]
+    fn bad_uids() {
+        one_error(
+            "[supervisor]\nallowed_uids = [1000, -1]",
+            2,
+            &["allowed_uids", "-1"],
+        );
+        one_error(
+            "[supervisor]\nallowed_uids = [4294967295]",
+            2,
+            &["allowed_uids"],
+        );
+        one_error(
+            "[supervisor]\nallowed_uids = [\"bob\"]",
+            2,
+            &["allowed_uids", "integer"],
+        );
+    }
+
+    #[test]
+    fn empty_paths() {
+        one_error("[supervisor]\nstate_dir = \"\"", 2, &["state_dir", "empty"]);
+        one_error("[supervisor]\nsocket = \"\"", 2, &["socket", "empty"]);
+    }
+
+    #[test]
+    fn duplicate_actor_names() {
+        let text =
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\n\n[[actor]]\nname = \"a\"\nkind = \"k\"\n";
+        let e = one_error(text, 6, &["\"a\"", "line 2", "duplicate"]);
+        assert_eq!(e.column, Some(8));
+    }
+
+    #[test]
+    fn invalid_actor_names() {
+        let long = "x".repeat(65);
+        for bad in ["", "../x", ".", "a/b", long.as_str(), "é", "a b", "a.b"] {
+            let text = format!("[[actor]]\nkind = \"k\"\nname = {bad:?}\n");
+            one_error(&text, 3, &[&format!("{bad:?}"), ACTOR_NAME_PATTERN]);
+        }
+        assert!(
+            ok(&format!(
+                "[[actor]]\nkind = \"k\"\nname = \"{}\"\n",
+                "x".repeat(64)
+            ))
+            .actors
+            .len()
+                == 1
+        );
+    }
+
+    #[test]
+    fn empty_kind() {
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"\"",
+            3,
+            &["kind", "empty", "actor \"a\""],
+        );
+        one_error("[[actor]]\nname = \"a\"\nkind = \"  \"", 3, &["kind"]);
+    }
+
+    #[test]
+    fn missing_name_or_kind() {
+        one_error(
+            "# actors\n\n[[actor]]\nkind = \"k\"\n",
+            3,
+            &["name", "missing"],
+        );
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\n[[actor]]\nname = \"b\"\n",
+            4,
+            &["kind", "missing", "\"b\""],
+        );
+        let errs = errors("[[actor]]\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().all(|e| e.line == Some(1)));
+    }
+
+    #[test]
+    fn unknown_keys_point_at_the_key() {
+        let e = one_error(
+            "[supervisor]\nsocket_path = \"x\"",
+            2,
+            &["socket_path", "unknown key", "socket"],
+        );
+        assert_eq!(e.column, Some(1));
+        let e = one_error(
+            "[defaults]\n  max_restart = 3",
+            2,
+            &["max_restart", "max_restarts", "[defaults]"],
+        );
+        assert_eq!(e.column, Some(3));
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\ncommand = \"/bin/x\"",
+            4,
+            &["command"],
+        );
+        // Actor-only keys are not allowed in [defaults].
+        one_error("[defaults]\nname = \"a\"", 2, &["name", "unknown key"]);
+        let e = one_error(
+            "\n[supervsor]\nstate_dir = \"x\"",
+            2,
+            &["supervsor", "[supervisor]"],
+        );
+        assert_eq!(e.column, Some(2));
+        one_error("debug = true\n", 1, &["debug"]);
+        one_error("[supervisor.extra]\nx = 1\n", 1, &["extra"]);
+    }
+
+    #[test]
+    fn type_errors_point_at_the_value() {
+        let e = one_error(
+            &defaults_with("max_restarts = \"x\""),
+            2,
+            &["max_restarts", "integer"],
+        );
+        assert_eq!(e.column, Some(16));
+        one_error(
+            &defaults_with("checkpoint_every = 1.5"),
+            2,
+            &["checkpoint_every"],
+        );
+        one_error("[[actor]]\nname = 5\nkind = \"k\"", 2, &["name"]);
+        one_error("[supervisor]\nstate_dir = [1]", 2, &["state_dir"]);
+        one_error("supervisor = 3", 1, &["supervisor", "table"]);
+        one_error(
+            "\n[actor]\nname = \"a\"\nkind = \"k\"",
+            2,
+            &["actor", "[[actor]]"],
+        );
+        one_error("actor = [1]", 1, &["actor", "table"]);
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let e = one_error("[supervisor]\nstate_dir = \n", 2, &["syntax"]);
+        assert!(e.column.is_some());
+        one_error(
+            "[defaults]\nmax_restarts = 1\nmax_restarts = 2\n",
+            3,
+            &["duplicate"],
+        );
+        one_error("[supervisor\n", 1, &["syntax"]);
+        let errs = errors("a = \nb = [1,\nc = \"x\n[x\nd=1\n");
+        assert!(!errs.is_empty() && errs.len() <= MAX_SYNTAX_ERRORS);
+        assert_eq!(errs[0].line, Some(1));
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let text = r#"
+[supervisor]
+durability = "fast"
+
+[defaults]
+restart_window = "forever"
+
+[[actor]]
+name = "../etc"
+kind = "counter"
+"#;
+        let errs = errors(text);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(3), Some(6), Some(9)]);
+        assert!(errs[0].message.contains("durability"));
+        assert!(errs[1].message.contains("restart_window"));
+        assert!(errs[2].message.contains("../etc"));
+
+        // Unknown keys and type errors are collected too, several per table.
+        let text = "[supervisor]\nbogus = 1\nmax_request_bytes = \"x\"\ndurability = \"no\"\n";
+        let lines: Vec<_> = errors(text).iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(4)]);
+
+        // Serde errors in different tables and actors are collected too.
+        let text = "[supervisor]\nbogus = 1\n[defaults]\nmax_restarts = \"x\"\n[[actor]]\nname = \"a\"\nkind = 3\n[[actor]]\nname = \"b\"\nkind = \"k\"\nmax_call_retries = 0\n";
+        let lines: Vec<_> = errors(text).iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(4), Some(7), Some(11)]);
+    }
+
+    #[test]
+    fn display_formats() {
+        let e = ConfigError {
+            file: PathBuf::from("a.toml"),
+            line: Some(3),
+            column: Some(7),
+            message: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "a.toml:3:7: bad");
+        let no_col = ConfigError {
+            column: None,
+            ..e.clone()
+        };
+        assert_eq!(no_col.to_string(), "a.toml:3: bad");
+        let no_line = ConfigError {
+            line: None,
+            column: None,
+            ..e.clone()
+        };
+        assert_eq!(no_line.to_string(), "a.toml: bad");
+        let all = ConfigErrors(vec![e, no_line]);
+        assert_eq!(all.to_string(), "a.toml:3:7: bad\na.toml: bad");
+        let boxed: Box<dyn std::error::Error> = Box::new(all);
+        assert!(boxed.to_string().contains("a.toml:3:7"));
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(position("", 0), (1, 1));
+        assert_eq!(position("ab\ncd", 3), (2, 1));
+        assert_eq!(position("ab\ncd", 4), (2, 2));
+        assert_eq!(position("éé = 1\n", 4), (1, 3));
+        assert_eq!(position("ab", 99), (1, 3));
+        let e = one_error("[[actor]]\nkind = \"é\"\nname = \"é\"", 3, &["\"é\""]);
+        assert_eq!(e.column, Some(8));
+    }
+
+    // ----- files -----------------------------------------------------------------------
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resurgam.toml");
+        std::fs::write(&path, DESIGN_EXAMPLE).unwrap();
+        let c = Config::load(&path, &Environment::default()).unwrap();
+        assert_eq!(c.path, path);
+        assert_eq!(c.supervisor.state_dir, dir.path().join("state"));
+        assert_eq!(c.actors.len(), 2);
+    }
+
+    #[test]
+    fn load_reports_an_unreadable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.toml");
+        let errs = Config::load(&path, &Environment::default()).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].file, path);
+        assert_eq!(errs[0].line, None);
+        assert!(errs[0].message.contains("cannot read"), "{}", errs[0]);
+        assert!(errs[0].to_string().starts_with(&path.display().to_string()));
+    }
+
+    #[test]
+    fn load_reports_invalid_utf8_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"[supervisor]\nstate_dir = \"\xff\"\n").unwrap();
+        let errs = Config::load(&path, &Environment::default()).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!((errs[0].line, errs[0].column), (Some(2), Some(14)));
+        assert!(errs[0].message.contains("UTF-8"));
+    }
+
+    // ----- reference and names ---------------------------------------------------------
+
+    #[test]
+    fn valid_names() {
+        for good in ["a", "A-b_9", "counter", &"z".repeat(64)] {
+            assert!(valid_actor_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            "é",
+            "a\0",
+            &"z".repeat(65),
+        ] {
+            assert!(!valid_actor_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reference_matches_the_parser() {
+        let entries = reference();
+        let mut seen = std::collections::HashSet::new();
+        for (table, key, _, meaning) in &entries {
+            assert!(seen.insert((*table, *key)), "{table}.{key} listed twice");
+            assert!(!meaning.is_empty());
+        }
+        // Every [defaults] key is accepted in [defaults] and in [[actor]], and the literal
+        // defaults equal Policy::default().
+        let mut defaults = String::from("[defaults]\n");
+        let mut actor = String::from("[[actor]]\nname = \"a\"\nkind = \"k\"\n");
+        for (table, key, default, _) in &entries {
+            if *table == "defaults" && !default.contains('<') {
+                defaults.push_str(&format!("{key} = {default}\n"));
+                actor.push_str(&format!("{key} = {default}\n"));
+            }
+            if *table == "supervisor" && !default.contains('<') {
+                // Supervisor literals parse and are the defaults.
+                let c = ok(&format!("[supervisor]\n{key} = {default}\n"));
+                let mut expected = ok("").supervisor;
+                if *key == "state_dir" {
+                    expected.state_dir = PathBuf::from("/etc/resurgam/resurgam-state");
+                    expected.runtime_dir = expected.state_dir.join("run");
+                    expected.socket = expected.runtime_dir.join("control.sock");
+                }
+                assert_eq!(c.supervisor, expected, "{key}");
+            }
+        }
+        let c = ok(&format!("{defaults}\n{actor}"));
+        assert_eq!(c.actors[0].policy, Policy::default());
+        // Every key of every table appears in the reference.
+        let keys: Vec<_> = entries
+            .iter()
+            .map(|(t, k, _, _)| format!("{t}.{k}"))
+            .collect();
+        for k in [
+            "supervisor.socket_mode",
+            "defaults.durability",
+            "actor.kind",
+            "defaults.heartbeat_timeout",
+        ] {
+            assert!(keys.contains(&k.to_string()), "{k}");
+        }
+        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 11);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 8);
+    }
+
+    #[test]
+    fn durability_names_round_trip() {
+        for d in Durability::ALL {
+            assert_eq!(Durability::from_name(d.as_str()), Some(d));
+            assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
+        }
+        assert_eq!(Durability::from_name("Log"), None);
+    }
+
+    // ----- never panics ----------------------------------------------------------------
+
+    fn mutate(base: &str, edits: &[(usize, u8, char)]) -> String {
+        let mut chars: Vec<char> = base.chars().collect();
+        for &(pos, op, c) in edits {
+            if chars.is_empty() {
+                chars.push(c);
+                continue;
+            }
+            let i = pos % chars.len();
+            match op % 4 {
+                0 => {
+                    chars.remove(i);
+                }
+                1 => chars.insert(i, c),
+                2 => chars[i] = c,
+                _ => {
+                    // Duplicate a line-sized chunk to create duplicate keys/actors.
+                    let end = (i + 40).min(chars.len());
+                    let chunk: Vec<char> = chars[i..end].to_vec();
+                    chars.splice(i..i, chunk);
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(text in any::<String>()) {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_tomlish_text(text in "[\\[\\]a-z_=\"'0-9. \n#{},:-]{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_config(
+            edits in proptest::collection::vec(
+                (any::<usize>(), any::<u8>(), prop_oneof![
+                    Just('"'), Just('['), Just(']'), Just('='), Just('\n'), Just('-'),
+                    Just('0'), Just('9'), Just('s'), Just('é'), Just('.'), Just('/'),
+                    any::<char>(),
+                ]),
+                1..8,
+            )
+        ) {
+            let text = mutate(DESIGN_EXAMPLE, &edits);
+            match parse(&text) {
+                Ok(c) => {
+                    for a in &c.actors {
+                        prop_assert!(valid_actor_name(&a.name));
+                        prop_assert!(a.line >= 1 && a.kind_line >= 1);
+                    }
+                }
+                Err(errs) => {
+                    prop_assert!(!errs.0.is_empty());
+                    let lines = text.split('\n').count();
+                    for e in &errs.0 {
+                        prop_assert!(!e.message.is_empty());
+                        if let Some(l) = e.line {
+                            prop_assert!(l >= 1 && l <= lines, "line {} of {}", l, lines);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

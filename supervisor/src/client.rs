@@ -1,0 +1,166 @@
+//! A Rust client for the control socket: connect, call, pipelined calls, status.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use resurgam_shared::protocol::{ErrorBody, Reply};
+
+/// What can go wrong talking to a supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the supervisor closed the connection")]
+    Closed,
+    #[error("malformed reply from the supervisor: {0}")]
+    Protocol(String),
+    /// The supervisor answered with an error.
+    #[error("{0}")]
+    Remote(ErrorBody),
+}
+
+/// One connection to a supervisor's control socket.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: BufWriter<UnixStream>,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let w = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer: BufWriter::new(w),
+            next_id: 1,
+        })
+    }
+
+    /// Sets a read timeout for replies (None = wait forever).
+    pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
+        self.reader.get_ref().set_read_timeout(t)?;
+        Ok(())
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Queues one request object (its `id` is set here) without flushing; returns the id.
+    pub fn send(&mut self, mut request: Value) -> Result<u64, ClientError> {
+        let id = self.fresh_id();
+        if let Value::Object(m) = &mut request {
+            m.insert("id".into(), json!(id));
+        }
+        serde_json::to_writer(&mut self.writer, &request)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.writer.write_all(b"\n")?;
+        Ok(id)
+    }
+
+    /// Flushes queued requests.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.writer.flush()?;
+        Ok(())
+    }
+
+    /// Reads the next reply (any id).
+    pub fn recv(&mut self) -> Result<Reply, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))
+    }
+
+    /// Sends one request and waits for its reply.
+    pub fn request(&mut self, request: Value) -> Result<Value, ClientError> {
+        let id = self.send(request)?;
+        self.flush()?;
+        loop {
+            let reply = self.recv()?;
+            if reply.id == json!(id) {
+                return reply.into_result().map_err(ClientError::Remote);
+            }
+        }
+    }
+
+    /// Calls `method` on `actor` and waits for the result.
+    pub fn call(&mut self, actor: &str, method: &str, args: Value) -> Result<Value, ClientError> {
+        self.request(call_request(actor, method, args))
+    }
+
+    /// Sends every call before reading any reply (pipelining); results in input order.
+    pub fn call_pipelined(
+        &mut self,
+        calls: &[(&str, &str, Value)],
+    ) -> Result<Vec<Result<Value, ErrorBody>>, ClientError> {
+        let mut ids = Vec::with_capacity(calls.len());
+        for (actor, method, args) in calls {
+            ids.push(self.send(call_request(actor, method, args.clone()))?);
+        }
+        self.flush()?;
+        let first = ids.first().copied().unwrap_or(0);
+        let mut results: Vec<Option<Result<Value, ErrorBody>>> = vec![None; calls.len()];
+        let mut pending = calls.len();
+        while pending > 0 {
+            let reply = self.recv()?;
+            let idx = reply
+                .id
+                .as_u64()
+                .and_then(|id| id.checked_sub(first))
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < results.len());
+            let Some(i) = idx else { continue };
+            if results[i].is_none() {
+                results[i] = Some(reply.into_result());
+                pending -= 1;
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// The `status` reply.
+    pub fn status(&mut self) -> Result<Value, ClientError> {
+        self.request(json!({"op": "status"}))
+    }
+
+    /// Checkpoints `actor` now; returns `{"generation", "last_seq"}` once the disk copy is synced.
+    pub fn checkpoint(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "checkpoint", "actor": actor}))
+    }
+
+    /// Restarts `actor` (revives it when DEAD).
+    pub fn restart(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "restart", "actor": actor}))
+    }
+
+    /// Asks the supervisor to shut down gracefully.
+    pub fn stop(&mut self) -> Result<Value, ClientError> {
+        self.request(json!({"op": "stop"}))
+    }
+}
+
+fn call_request(actor: &str, method: &str, args: Value) -> Value {
+    if args.is_null() {
+        json!({"op": "call", "actor": actor, "method": method})
+    } else {
+        json!({"op": "call", "actor": actor, "method": method, "args": args})
+    }
+}

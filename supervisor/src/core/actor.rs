@@ -1,0 +1,435 @@
+//! Per-actor state of the core: lifecycle, call log, checkpoint bookkeeping.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
+
+use resurgam_shared::calllog::LogRecord;
+use resurgam_shared::config::{Durability, Policy};
+use resurgam_shared::ipc::{Call, Outcome, Reply};
+use resurgam_shared::protocol::{ErrorBody, ErrorKind};
+
+use super::restart::RestartTracker;
+use super::{
+    Action, ActorId, ActorSpec, MAX_BATCH_BYTES, MAX_BATCH_CALLS, MAX_INFLIGHT_BATCHES, Origin,
+};
+use crate::exit::WorkerExit;
+
+/// Where an actor is in its life (the `state` field of `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Alive,
+    Restarting,
+    Dead,
+    /// Stopped by a graceful shutdown.
+    Stopped,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "STARTING",
+            Phase::Alive => "ALIVE",
+            Phase::Restarting => "RESTARTING",
+            Phase::Dead => "DEAD",
+            Phase::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// One logged call.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub seq: u64,
+    pub method: String,
+    pub args: Vec<u8>,
+    /// Who waits for the reply; `None` once answered.
+    pub origin: Option<Origin>,
+    /// Hash of the first reply, once answered (replays are compared with it; 0 means
+    /// the first reply is unknown, e.g. for calls recovered from the durable log).
+    pub answered: Option<u64>,
+    /// Deaths of a worker while it executed this call.
+    pub attempts: u32,
+    /// Recovered from the durable log at start: its client may have had its reply, so
+    /// it is never failed (only dropped as a poison call, which cannot have succeeded).
+    pub recovered: bool,
+}
+
+/// A first answer to deliver: who asked, and the result.
+pub(super) type Answer = (Origin, Result<String, ErrorBody>);
+
+pub(super) struct ActorState {
+    pub name: String,
+    pub kind: String,
+    pub policy: Policy,
+    pub methods: &'static [&'static str],
+    pub phase: Phase,
+    pub dirty: bool,
+
+    // The current worker (epoch).
+    pub epoch: u64,
+    pub pid: Option<u32>,
+    pub exited: bool,
+    pub closed: bool,
+    pub exit_status: Option<WorkerExit>,
+    pub last_exit: Option<String>,
+    pub executing_at_death: Option<u64>,
+    pub fatal: Option<String>,
+    pub start_deadline: Option<Instant>,
+    pub drain_deadline: Option<Instant>,
+    pub restart_at: Option<Instant>,
+    pub alive_since: Option<Instant>,
+    pub operator_restart: bool,
+    pub final_checkpoint_requested: bool,
+    pub stop_sent: bool,
+    pub dead_reason: Option<String>,
+
+    // The call log.
+    pub next_seq: u64,
+    pub log: VecDeque<Entry>,
+    /// Every call with a larger seq is in the log (unless it was failed and never ran).
+    pub log_floor: u64,
+    pub unanswered: usize,
+    /// Durable modes: entries up to here were handed to the log writer…
+    pub appended_upto: u64,
+    /// …up to here are written (only these may be dispatched)…
+    pub logged_upto: u64,
+    /// …and (fsync mode) up to here are fsync'd (only these replies may be released).
+    pub durable_upto: u64,
+    /// Fsync mode: replies waiting for their log record's fsync.
+    pub held: VecDeque<(u64, Origin, Result<String, ErrorBody>)>,
+    /// Calls recovered from the durable log at start.
+    pub recovered: u64,
+    /// The log floor last sent to the shell for segment truncation.
+    pub truncated_upto: u64,
+    pub sent_upto: u64,
+    pub replied_upto: u64,
+    pub inflight_batches: u32,
+
+    // Checkpoints.
+    /// Newest checkpoint the worker reported: (generation, last_seq).
+    pub checkpoint: (u64, u64),
+    /// last_seq of the newest and of the other valid mmap slot, as last reported.
+    pub mmap_newest: Option<u64>,
+    pub mmap_other: Option<u64>,
+    /// Checkpoint the synced disk copy holds, as the disk thread last reported.
+    pub disk: (u64, u64),
+    pub disk_sync_error: Option<String>,
+    pub checkpoint_outstanding: bool,
+    pub last_checkpoint_request: Instant,
+    pub checkpoint_waiters: Vec<Origin>,
+    pub sync_waiters: Vec<(Origin, u64)>,
+    pub restored: Option<(u64, u64, Option<String>)>,
+
+    // Counters.
+    pub restarts: u64,
+    pub replayed: u64,
+    pub served: u64,
+    pub nondeterministic: u64,
+    pub tracker: RestartTracker,
+}
+
+fn outcome_hash(o: &Outcome) -> u64 {
+    let mut h = DefaultHasher::new();
+    o.hash(&mut h);
+    // 0 is reserved for "first reply unknown".
+    h.finish().max(1)
+}
+
+impl ActorState {
+    pub fn new(spec: ActorSpec, now: Instant) -> ActorState {
+        ActorState {
+            name: spec.name,
+            kind: spec.kind,
+            policy: spec.policy,
+            methods: spec.methods,
+            phase: Phase::Starting,
+            dirty: false,
+            epoch: 0,
+            pid: None,
+            exited: false,
+            closed: false,
+            exit_status: None,
+            last_exit: None,
+            executing_at_death: None,
+            fatal: None,
+            start_deadline: None,
+            drain_deadline: None,
+            restart_at: None,
+            alive_since: None,
+            operator_restart: false,
+            final_checkpoint_requested: false,
+            stop_sent: false,
+            dead_reason: None,
+            next_seq: spec.start_seq + 1,
+            log: VecDeque::new(),
+            log_floor: spec.start_seq,
+            unanswered: 0,
+            appended_upto: spec.start_seq,
+            logged_upto: spec.start_seq,
+            durable_upto: spec.start_seq,
+            held: VecDeque::new(),
+            recovered: 0,
+            truncated_upto: 0,
+            sent_upto: spec.start_seq,
+            replied_upto: spec.start_seq,
+            inflight_batches: 0,
+            checkpoint: (0, spec.start_seq),
+            mmap_newest: None,
+            mmap_other: None,
+            disk: (0, spec.start_seq),
+            disk_sync_error: None,
+            checkpoint_outstanding: false,
+            last_checkpoint_request: now,
+            checkpoint_waiters: Vec::new(),
+            sync_waiters: Vec::new(),
+            restored: None,
+            restarts: 0,
+            replayed: 0,
+            served: 0,
+            nondeterministic: 0,
+            tracker: RestartTracker::default(),
+        }
+    }
+
+    /// Loads calls recovered from the durable log: they are replayed for their effect
+    /// (their clients are gone) after the checkpoint the worker restores.
+    pub fn load_recovered(&mut self, records: Vec<LogRecord>, range: Option<(u64, u64)>) {
+        let range = range.or(match (records.first(), records.last()) {
+            (Some(f), Some(l)) => Some((f.seq, l.seq)),
+            _ => None,
+        });
+        let Some((first_seq, last_seq)) = range else {
+            return;
+        };
+        // Every call after this is in the log or was cancelled; a checkpoint older than
+        // it leaves a gap that restore refuses to paper over.
+        self.log_floor = first_seq.saturating_sub(1);
+        self.next_seq = self.next_seq.max(last_seq + 1);
+        for r in records {
+            self.next_seq = self.next_seq.max(r.seq + 1);
+            self.log.push_back(Entry {
+                seq: r.seq,
+                method: r.method,
+                args: r.args,
+                // Unanswered: its client is gone, but it still counts attempts, so a
+                // recovered poison call is dropped like any other.
+                origin: None,
+                answered: None,
+                attempts: 0,
+                recovered: true,
+            });
+            self.recovered += 1;
+        }
+        let last = self.next_seq.saturating_sub(1);
+        self.appended_upto = last;
+        self.logged_upto = last;
+        self.durable_upto = last;
+    }
+
+    /// True when calls go to the durable log before they run.
+    pub fn durable(&self) -> bool {
+        self.policy.durability != Durability::Memory
+    }
+
+    /// Calls up to this seq may go to the worker (written to the log first when durable).
+    fn dispatchable_upto(&self) -> u64 {
+        if self.durable() {
+            self.logged_upto
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// Durable modes: the calls not yet handed to the log writer.
+    pub fn take_unappended(&mut self) -> Option<Vec<Call>> {
+        if !self.durable() {
+            return None;
+        }
+        let start = self.log.partition_point(|e| e.seq <= self.appended_upto);
+        if start == self.log.len() {
+            return None;
+        }
+        let calls: Vec<Call> = self
+            .log
+            .range(start..)
+            .map(|e| Call {
+                seq: e.seq,
+                method: e.method.clone(),
+                args: e.args.clone(),
+            })
+            .collect();
+        if let Some(last) = calls.last() {
+            self.appended_upto = last.seq;
+        }
+        Some(calls)
+    }
+
+    /// Resets the per-worker fields for a new worker process.
+    pub fn begin_epoch(&mut self, now: Instant) {
+        self.epoch += 1;
+        self.phase = Phase::Starting;
+        self.pid = None;
+        self.exited = false;
+        self.closed = false;
+        self.exit_status = None;
+        self.executing_at_death = None;
+        self.fatal = None;
+        self.start_deadline = Some(now + self.policy.startup_timeout);
+        self.drain_deadline = None;
+        self.restart_at = None;
+        self.alive_since = None;
+        self.inflight_batches = 0;
+        self.checkpoint_outstanding = false;
+        self.final_checkpoint_requested = false;
+        self.stop_sent = false;
+    }
+
+    pub fn dead_error(&self) -> ErrorBody {
+        ErrorBody::new(
+            ErrorKind::ActorDead,
+            format!(
+                "actor {:?} is DEAD: {}",
+                self.name,
+                self.dead_reason.as_deref().unwrap_or("unknown reason")
+            ),
+        )
+    }
+
+    pub fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let i = self.log.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.log.get_mut(i)
+    }
+
+    pub fn remove_entry(&mut self, seq: u64) -> Option<Entry> {
+        let i = self.log.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.log.remove(i)
+    }
+
+    /// Sends logged calls the worker has not seen yet, in batches.
+    pub fn dispatch(&mut self, id: ActorId, out: &mut Vec<Action>) {
+        if self.phase != Phase::Alive {
+            return;
+        }
+        let limit = self.dispatchable_upto();
+        while self.inflight_batches < MAX_INFLIGHT_BATCHES {
+            let start = self.log.partition_point(|e| e.seq <= self.sent_upto);
+            if start == self.log.len() || self.log[start].seq > limit {
+                break;
+            }
+            let mut calls = Vec::new();
+            let mut bytes = 0;
+            for e in self.log.range(start..) {
+                if e.seq > limit
+                    || calls.len() == MAX_BATCH_CALLS
+                    || (bytes > 0 && bytes + e.args.len() > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += e.args.len();
+                calls.push(Call {
+                    seq: e.seq,
+                    method: e.method.clone(),
+                    args: e.args.clone(),
+                });
+            }
+            if let Some(last) = calls.last() {
+                self.sent_upto = last.seq;
+            }
+            self.inflight_batches += 1;
+            out.push(Action::SendCalls {
+                actor: id,
+                epoch: self.epoch,
+                calls,
+            });
+        }
+    }
+
+    /// Records one reply; returns who to answer and with what, for a first answer whose
+    /// release is allowed now (fsync mode holds it until its log record is durable).
+    pub fn on_reply(&mut self, r: Reply) -> Option<Answer> {
+        let seq = r.seq;
+        let answer = self.first_answer(r)?;
+        if self.policy.durability == Durability::Fsync && seq > self.durable_upto {
+            self.held.push_back((seq, answer.0, answer.1));
+            return None;
+        }
+        Some(answer)
+    }
+
+    fn first_answer(&mut self, r: Reply) -> Option<Answer> {
+        self.replied_upto = self.replied_upto.max(r.seq);
+        let hash = outcome_hash(&r.outcome);
+        let name = self.name.clone();
+        let e = self.entry_mut(r.seq)?;
+        match e.answered {
+            Some(first) => {
+                if first != hash && first != 0 {
+                    tracing::warn!(actor = %name, seq = r.seq, method = %e.method, "non-deterministic actor: replayed call gave a different reply");
+                    self.nondeterministic += 1;
+                }
+                None
+            }
+            None => {
+                e.answered = Some(hash);
+                let origin = e.origin.take();
+                if !e.recovered {
+                    self.unanswered = self.unanswered.saturating_sub(1);
+                    self.served += 1;
+                }
+                let result = match r.outcome {
+                    Outcome::Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
+                        ErrorBody::new(ErrorKind::ActorError, "the actor's reply is not UTF-8 JSON")
+                    }),
+                    Outcome::Err { kind, message } => Err(ErrorBody::new(kind, message)),
+                };
+                origin.map(|o| (o, result))
+            }
+        }
+    }
+
+    /// Drops answered calls that every checkpoint still on file covers (both mmap slots
+    /// and the disk copy), so that any of them can serve a restore.
+    pub fn truncate_log(&mut self) {
+        let floor = [self.mmap_newest, self.mmap_other, Some(self.disk.1)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
+        while let Some(e) = self.log.front() {
+            if e.seq <= floor && e.answered.is_some() {
+                self.log.pop_front();
+            } else {
+                break;
+            }
+        }
+        let covered = self.log.front().map_or(floor, |e| floor.min(e.seq - 1));
+        self.log_floor = self.log_floor.max(covered);
+    }
+
+    /// When the next time-based checkpoint is due, if one is.
+    pub fn checkpoint_due(&self) -> Option<Instant> {
+        let interval = self.policy.checkpoint_interval;
+        if self.phase != Phase::Alive
+            || interval.is_zero()
+            || self.checkpoint_outstanding
+            || self.replied_upto <= self.checkpoint.1
+        {
+            return None;
+        }
+        Some(self.last_checkpoint_request + interval)
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.restart_at,
+            self.start_deadline,
+            self.drain_deadline,
+            self.checkpoint_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}

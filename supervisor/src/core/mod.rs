@@ -1,0 +1,1245 @@
+//! The core: a pure state machine that owns every actor's call log and lifecycle.
+//!
+//! It takes [`Event`]s (a request arrived, a worker replied, a worker died, a timer is
+//! due, …) together with the current time and returns [`Action`]s (send a batch, reply
+//! to a client, spawn, kill, sync a checkpoint to disk). It performs no I/O and reads no
+//! clock, so it is tested exhaustively without processes (see the property tests).
+//!
+//! Invariants it keeps:
+//! * every accepted call gets exactly one reply (an `ok`, an actor error, `CallFailed`
+//!   for a poison call, `ActorDead`, or `Busy` at shutdown);
+//! * calls to one actor are applied in `seq` order, each once per worker lifetime; a
+//!   new worker gets every logged call after its restored checkpoint;
+//! * the log keeps every call that some still-usable checkpoint does not cover (the
+//!   previous mmap slot and the disk copy included), so one damaged checkpoint never
+//!   loses a call.
+
+mod actor;
+pub mod restart;
+mod status;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use resurgam_shared::config::{Config, Policy};
+use resurgam_shared::ipc::{Call, Reply, Restored};
+use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
+
+use crate::exit::WorkerExit;
+pub use actor::Phase;
+use actor::{ActorState, Entry};
+
+/// Index of an actor in the core's table (stable for the life of the process).
+pub type ActorId = usize;
+/// A client connection, numbered by the shell.
+pub type ConnId = u64;
+
+/// Most calls in one batch sent to a worker.
+pub const MAX_BATCH_CALLS: usize = 4096;
+/// Most bytes of arguments in one batch (larger batches travel via shared memory).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches sent to a worker and not yet answered.
+pub const MAX_INFLIGHT_BATCHES: u32 = 2;
+/// Unanswered calls an actor may hold before new ones are refused with `Busy`.
+pub const MAX_QUEUE: usize = 1 << 20;
+/// How long to wait for the ipc channel of a dead worker to drain before handling the
+/// death anyway (normally it closes within microseconds of the exit).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a call came from: the connection and the request's raw JSON `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub conn: ConnId,
+    pub id: String,
+}
+
+/// Something that happened, as the shell reports it.
+#[derive(Debug)]
+pub enum Event {
+    /// A parsed client request.
+    Request {
+        conn: ConnId,
+        request: Request,
+    },
+    /// The shell started the worker process for `epoch`.
+    Spawned {
+        actor: ActorId,
+        epoch: u64,
+        pid: u32,
+    },
+    /// The worker process could not be started at all.
+    SpawnFailed {
+        actor: ActorId,
+        epoch: u64,
+        error: String,
+    },
+    Ready {
+        actor: ActorId,
+        epoch: u64,
+        restored: Restored,
+    },
+    Replies {
+        actor: ActorId,
+        epoch: u64,
+        replies: Vec<Reply>,
+    },
+    Checkpointed {
+        actor: ActorId,
+        epoch: u64,
+        generation: u64,
+        last_seq: u64,
+        /// last_seq of the checkpoint left in the other mmap slot, if it holds one.
+        previous: Option<u64>,
+    },
+    CheckpointFailed {
+        actor: ActorId,
+        epoch: u64,
+        message: String,
+    },
+    /// The worker reported it cannot go on (it exits next).
+    Fatal {
+        actor: ActorId,
+        epoch: u64,
+        message: String,
+    },
+    /// The worker's channel is closed and drained: no more messages from it.
+    ChannelClosed {
+        actor: ActorId,
+        epoch: u64,
+    },
+    /// The worker process was reaped. `executing` is the call it was running, if any.
+    Exited {
+        actor: ActorId,
+        epoch: u64,
+        exit: WorkerExit,
+        executing: Option<u64>,
+    },
+    /// The disk copy now holds this checkpoint (fsync'd).
+    DiskSynced {
+        actor: ActorId,
+        generation: u64,
+        last_seq: u64,
+    },
+    DiskSyncFailed {
+        actor: ActorId,
+        message: String,
+    },
+    /// The log writer wrote the actor's calls up to `upto` (durable modes).
+    Logged {
+        actor: ActorId,
+        upto: u64,
+    },
+    /// The log writer could not write calls `from..=upto`: they are refused.
+    LogFailed {
+        actor: ActorId,
+        from: u64,
+        upto: u64,
+        error: String,
+    },
+    /// Fsync mode: the log is fsync'd up to `upto`.
+    Durable {
+        actor: ActorId,
+        upto: u64,
+    },
+    /// Fsync mode: the fsync covering calls up to `upto` failed.
+    DurableFailed {
+        actor: ActorId,
+        upto: u64,
+        error: String,
+    },
+    /// SIGTERM / SIGINT: shut down gracefully.
+    Shutdown {
+        reason: String,
+    },
+    /// A timer may be due (the shell calls this at [`Core::next_deadline`]).
+    Tick,
+}
+
+/// What the shell must do.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send this line (with its newline) to the connection.
+    Reply {
+        conn: ConnId,
+        line: String,
+    },
+    /// Start a worker process for the actor's `epoch`.
+    Spawn {
+        actor: ActorId,
+        epoch: u64,
+    },
+    SendCalls {
+        actor: ActorId,
+        epoch: u64,
+        calls: Vec<Call>,
+    },
+    RequestCheckpoint {
+        actor: ActorId,
+        epoch: u64,
+    },
+    /// Ask the worker to exit (after its final checkpoint).
+    StopWorker {
+        actor: ActorId,
+        epoch: u64,
+    },
+    /// SIGKILL the worker of this epoch (if it is still running).
+    Kill {
+        actor: ActorId,
+        epoch: u64,
+    },
+    /// Copy the newest valid mmap checkpoint of the actor to its disk copy.
+    SyncDisk {
+        actor: ActorId,
+    },
+    /// Durable modes: append these calls to the actor's log file, then report
+    /// `Logged` or `LogFailed` before anything else happens.
+    Append {
+        actor: ActorId,
+        calls: Vec<Call>,
+    },
+    /// Durable modes: these logged calls were refused after all (poison call, actor
+    /// DEAD, shutdown): write tombstones so a restart never replays them.
+    Cancel {
+        actor: ActorId,
+        seqs: Vec<u64>,
+    },
+    /// Every call up to `upto` is covered by every checkpoint on file: log segments
+    /// holding only such calls may be deleted.
+    TruncateLog {
+        actor: ActorId,
+        upto: u64,
+    },
+    /// Every actor is stopped: exit the process with this code.
+    Exit {
+        code: i32,
+    },
+}
+
+/// Static facts the shell gives the core at start.
+pub struct ActorSpec {
+    pub name: String,
+    pub kind: String,
+    pub policy: Policy,
+    pub methods: &'static [&'static str],
+    /// The newest `last_seq` among the actor's valid checkpoints found at start.
+    pub start_seq: u64,
+    /// Calls found in the durable log at start, in seq order.
+    pub recovered: Vec<resurgam_shared::calllog::LogRecord>,
+    /// The smallest and largest seq in the durable log at start (cancelled records
+    /// included).
+    pub log_range: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Running,
+    Stopping { deadline: Instant },
+    Exited,
+}
+
+/// The supervisor's state machine.
+pub struct Core {
+    actors: Vec<ActorState>,
+    by_name: HashMap<String, ActorId>,
+    mode: Mode,
+    shutdown_timeout: Duration,
+    pid: u32,
+    started: Instant,
+    out: Vec<Action>,
+    /// Actors with queued calls or other work for [`Core::flush`].
+    dirty: Vec<ActorId>,
+}
+
+impl Core {
+    /// Builds the core and starts every actor's first worker.
+    pub fn new(config: &Config, specs: Vec<ActorSpec>, pid: u32, now: Instant) -> Core {
+        let mut core = Core {
+            by_name: specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i))
+                .collect(),
+            actors: specs
+                .into_iter()
+                .map(|mut s| {
+                    let recovered = std::mem::take(&mut s.recovered);
+                    let range = s.log_range;
+                    let mut a = ActorState::new(s, now);
+                    a.load_recovered(recovered, range);
+                    a
+                })
+                .collect(),
+            mode: Mode::Running,
+            shutdown_timeout: config.supervisor.shutdown_timeout,
+            pid,
+            started: now,
+            out: Vec::new(),
+            dirty: Vec::new(),
+        };
+        for id in 0..core.actors.len() {
+            core.spawn(id, now);
+        }
+        core
+    }
+
+    /// Handles one event. Actions accumulate until [`Core::take_actions`].
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Request { conn, request } => self.on_request(conn, request, now),
+            Event::Spawned { actor, epoch, pid } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    a.pid = Some(pid);
+                }
+            }
+            Event::SpawnFailed {
+                actor,
+                epoch,
+                error,
+            } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    tracing::error!(actor = %a.name, %error, "cannot start worker");
+                    a.last_exit = Some(format!("spawn failed: {error}"));
+                    a.exited = true;
+                    a.closed = true;
+                    self.on_death(actor, now);
+                }
+            }
+            Event::Ready {
+                actor,
+                epoch,
+                restored,
+            } => self.on_ready(actor, epoch, restored, now),
+            Event::Replies {
+                actor,
+                epoch,
+                replies,
+            } => self.on_replies(actor, epoch, replies),
+            Event::Checkpointed {
+                actor,
+                epoch,
+                generation,
+                last_seq,
+                previous,
+            } => self.on_checkpointed(actor, epoch, (generation, last_seq), previous, now),
+            Event::CheckpointFailed {
+                actor,
+                epoch,
+                message,
+            } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    tracing::error!(actor = %a.name, %message, "checkpoint failed");
+                    a.checkpoint_outstanding = false;
+                    let waiters = std::mem::take(&mut a.checkpoint_waiters);
+                    let err = ErrorBody::new(
+                        ErrorKind::CallFailed,
+                        format!("checkpoint of {:?} failed: {message}", a.name),
+                    );
+                    for w in waiters {
+                        self.reply_err(&w, &err);
+                    }
+                    if matches!(self.mode, Mode::Stopping { .. }) {
+                        self.stop_worker_if_done(actor);
+                    }
+                }
+            }
+            Event::Fatal {
+                actor,
+                epoch,
+                message,
+            } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    tracing::error!(actor = %a.name, %message, "worker reported a fatal error");
+                    a.fatal = Some(message);
+                }
+            }
+            Event::ChannelClosed { actor, epoch } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    a.closed = true;
+                    if a.exited {
+                        self.on_death(actor, now);
+                    } else {
+                        // The worker is about to exit; if it does not, it is broken.
+                        a.drain_deadline = Some(now + DRAIN_GRACE);
+                    }
+                }
+            }
+            Event::Exited {
+                actor,
+                epoch,
+                exit,
+                executing,
+            } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    a.exited = true;
+                    a.last_exit = Some(exit.to_string());
+                    a.exit_status = Some(exit);
+                    a.executing_at_death = executing.filter(|&s| s != 0);
+                    if a.closed {
+                        self.on_death(actor, now);
+                    } else {
+                        a.drain_deadline = Some(now + DRAIN_GRACE);
+                    }
+                }
+            }
+            Event::DiskSynced {
+                actor,
+                generation,
+                last_seq,
+            } => self.on_disk_synced(actor, generation, last_seq),
+            Event::DiskSyncFailed { actor, message } => {
+                if let Some(a) = self.actors.get_mut(actor) {
+                    tracing::error!(actor = %a.name, %message, "disk copy of checkpoint failed; the call log is kept");
+                    a.disk_sync_error = Some(message.clone());
+                    let waiters = std::mem::take(&mut a.sync_waiters);
+                    let err = ErrorBody::new(
+                        ErrorKind::CallFailed,
+                        format!("disk copy of {:?} failed: {message}", a.name),
+                    );
+                    for (w, _) in waiters {
+                        self.reply_err(&w, &err);
+                    }
+                    if matches!(self.mode, Mode::Stopping { .. }) {
+                        // Stop anyway: the mmap checkpoint and (in memory mode) nothing
+                        // else remains; the error is logged above.
+                        self.stop_worker_if_done(actor);
+                    }
+                }
+            }
+            Event::Logged { actor, upto } => {
+                if let Some(a) = self.actors.get_mut(actor) {
+                    a.logged_upto = a.logged_upto.max(upto);
+                    if a.policy.durability != resurgam_shared::config::Durability::Fsync {
+                        a.durable_upto = a.logged_upto;
+                    }
+                    self.mark_dirty(actor);
+                }
+            }
+            Event::LogFailed {
+                actor,
+                from,
+                upto,
+                error,
+            } => self.on_log_failed(actor, from, upto, &error),
+            Event::Durable { actor, upto } => self.on_durable(actor, upto, None),
+            Event::DurableFailed { actor, upto, error } => {
+                self.on_durable(actor, upto, Some(error))
+            }
+            Event::Shutdown { reason } => self.begin_shutdown(&reason, now),
+            Event::Tick => self.on_tick(now),
+        }
+    }
+
+    /// Sends queued calls in batches. Call after a burst of events: the longer the
+    /// burst, the bigger the batches.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            let a = &mut self.actors[id];
+            a.dirty = false;
+            if let Some(calls) = a.take_unappended() {
+                self.out.push(Action::Append { actor: id, calls });
+            }
+            let a = &mut self.actors[id];
+            a.dispatch(id, &mut self.out);
+            if matches!(self.mode, Mode::Stopping { .. }) {
+                self.maybe_final_checkpoint(id);
+            }
+        }
+    }
+
+    /// The actions produced since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Appends the actions produced since the last call to `into`.
+    pub fn drain_actions(&mut self, into: &mut Vec<Action>) {
+        into.append(&mut self.out);
+    }
+
+    /// When the core next needs a [`Event::Tick`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut d = self.actors.iter().filter_map(|a| a.next_deadline()).min();
+        if let Mode::Stopping { deadline } = self.mode {
+            d = Some(d.map_or(deadline, |x| x.min(deadline)));
+        }
+        d
+    }
+
+    /// True once the core has asked the shell to exit.
+    pub fn has_exited(&self) -> bool {
+        self.mode == Mode::Exited
+    }
+
+    /// Looks up an actor by name.
+    pub fn actor_id(&self, name: &str) -> Option<ActorId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The actor's name.
+    pub fn actor_name(&self, id: ActorId) -> &str {
+        &self.actors[id].name
+    }
+
+    /// The actor's phase.
+    pub fn phase(&self, id: ActorId) -> Phase {
+        self.actors[id].phase
+    }
+
+    /// Number of logged calls kept for replay (for tests and status).
+    pub fn log_len(&self, id: ActorId) -> usize {
+        self.actors[id].log.len()
+    }
+
+    // ---- internals ----
+
+    fn current(&mut self, actor: ActorId, epoch: u64) -> Option<&mut ActorState> {
+        self.actors
+            .get_mut(actor)
+            .filter(|a| a.epoch == epoch && a.phase != Phase::Stopped)
+    }
+
+    fn mark_dirty(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if !a.dirty {
+            a.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn reply_ok(&mut self, to: &Origin, ok: &str) {
+        self.out.push(Action::Reply {
+            conn: to.conn,
+            line: encode_ok(&to.id, ok),
+        });
+    }
+
+    fn reply_err(&mut self, to: &Origin, err: &ErrorBody) {
+        self.out.push(Action::Reply {
+            conn: to.conn,
+            line: encode_err(&to.id, err),
+        });
+    }
+
+    fn on_request(&mut self, conn: ConnId, request: Request, now: Instant) {
+        let origin = Origin {
+            conn,
+            id: request.id,
+        };
+        match request.op {
+            Op::Call {
+                actor,
+                method,
+                args,
+            } => self.on_call(origin, &actor, method, args),
+            Op::Status => {
+                let s = status::render(self, now);
+                self.reply_ok(&origin, &s);
+            }
+            Op::Checkpoint { actor } => self.on_checkpoint_request(origin, &actor),
+            Op::Restart { actor } => self.on_restart_request(origin, &actor, now),
+            Op::Stop => {
+                self.reply_ok(&origin, "{\"stopping\":true}");
+                self.begin_shutdown("stop requested over the control socket", now);
+            }
+        }
+    }
+
+    fn lookup(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
+        match self.by_name.get(actor) {
+            Some(&id) => Some(id),
+            None => {
+                let err =
+                    ErrorBody::new(ErrorKind::UnknownActor, format!("no actor named {actor:?}"));
+                self.reply_err(origin, &err);
+                None
+            }
+        }
+    }
+
+    fn on_call(&mut self, origin: Origin, actor: &str, method: String, args: Option<String>) {
+        let Some(id) = self.lookup(&origin, actor) else {
+            return;
+        };
+        let stopping = !matches!(self.mode, Mode::Running);
+        let a = &mut self.actors[id];
+        let refusal = if !a.methods.contains(&method.as_str()) {
+            Some(ErrorBody::new(
+                ErrorKind::UnknownMethod,
+                format!(
+                    "actor {:?} (kind {}) has no method {method:?}; it has: {}",
+                    a.name,
+                    a.kind,
+                    a.methods.join(", ")
+                ),
+            ))
+        } else if stopping {
+            Some(ErrorBody::new(
+                ErrorKind::Busy,
+                "the supervisor is shutting down; no new calls are accepted",
+            ))
+        } else if a.phase == Phase::Dead {
+            Some(a.dead_error())
+        } else if a.unanswered >= MAX_QUEUE {
+            Some(ErrorBody::new(
+                ErrorKind::Busy,
+                format!(
+                    "actor {:?} has {} calls queued (limit {MAX_QUEUE})",
+                    a.name, a.unanswered
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            self.reply_err(&origin, &err);
+            return;
+        }
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        a.unanswered += 1;
+        a.log.push_back(Entry {
+            seq,
+            method,
+            args: args.map(String::into_bytes).unwrap_or_default(),
+            origin: Some(origin),
+            answered: None,
+            attempts: 0,
+            recovered: false,
+        });
+        self.mark_dirty(id);
+    }
+
+    fn on_checkpoint_request(&mut self, origin: Origin, actor: &str) {
+        let Some(id) = self.lookup(&origin, actor) else {
+            return;
+        };
+        let a = &mut self.actors[id];
+        match a.phase {
+            Phase::Alive => {
+                a.checkpoint_waiters.push(origin);
+                if !a.checkpoint_outstanding {
+                    a.checkpoint_outstanding = true;
+                    self.out.push(Action::RequestCheckpoint {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                }
+            }
+            Phase::Dead => {
+                let err = a.dead_error();
+                self.reply_err(&origin, &err);
+            }
+            other => {
+                let err = ErrorBody::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "actor {:?} is {}; try again when it is ALIVE",
+                        a.name,
+                        other.as_str()
+                    ),
+                );
+                self.reply_err(&origin, &err);
+            }
+        }
+    }
+
+    fn on_restart_request(&mut self, origin: Origin, actor: &str, now: Instant) {
+        let Some(id) = self.lookup(&origin, actor) else {
+            return;
+        };
+        if !matches!(self.mode, Mode::Running) {
+            let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
+            self.reply_err(&origin, &err);
+            return;
+        }
+        let a = &mut self.actors[id];
+        tracing::info!(actor = %a.name, phase = a.phase.as_str(), "restart requested by operator");
+        let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
+        match a.phase {
+            Phase::Dead | Phase::Restarting => {
+                a.tracker.reset();
+                a.dead_reason = None;
+                self.spawn(id, now);
+            }
+            Phase::Starting | Phase::Alive => {
+                a.operator_restart = true;
+                self.out.push(Action::Kill {
+                    actor: id,
+                    epoch: a.epoch,
+                });
+            }
+            Phase::Stopped => {}
+        }
+        self.reply_ok(&origin, &ok);
+    }
+
+    fn spawn(&mut self, id: ActorId, now: Instant) {
+        let a = &mut self.actors[id];
+        a.begin_epoch(now);
+        self.out.push(Action::Spawn {
+            actor: id,
+            epoch: a.epoch,
+        });
+    }
+
+    fn on_ready(&mut self, id: ActorId, epoch: u64, restored: Restored, now: Instant) {
+        let Some(a) = self.current(id, epoch) else {
+            return;
+        };
+        if a.phase != Phase::Starting {
+            return;
+        }
+        let k = restored.last_seq;
+        for r in &restored.rejected {
+            tracing::warn!(actor = %a.name, rejected = %r, "checkpoint candidate rejected");
+        }
+        if let Some(p) = &restored.moved_aside {
+            tracing::warn!(actor = %a.name, path = %p, "damaged checkpoint file moved aside");
+        }
+        if k < a.log_floor {
+            // Calls in (k, log_floor] are gone: continuing would silently lose state.
+            let reason = format!(
+                "restored checkpoint (generation {}, last_seq {k}, from {}) is older than the \
+                 call log, which starts after seq {}: calls in between are lost; refusing to \
+                 serve a state that silently dropped acknowledged calls",
+                restored.generation,
+                restored.source.as_deref().unwrap_or("nothing: fresh start"),
+                a.log_floor
+            );
+            tracing::error!(actor = %a.name, %reason, "unrecoverable checkpoint gap");
+            self.out.push(Action::Kill { actor: id, epoch });
+            self.make_dead(id, reason);
+            return;
+        }
+        let a = &mut self.actors[id];
+        a.restored = Some((restored.generation, k, restored.source.clone()));
+        // What the mmap slots hold from now on: the restored checkpoint is the newest.
+        a.checkpoint = (restored.generation, k);
+        let mut slots = restored.mmap_slots.clone();
+        slots.sort_unstable_by(|x, y| y.cmp(x));
+        a.mmap_newest = slots.first().map(|s| s.1);
+        a.mmap_other = slots.get(1).map(|s| s.1);
+        a.next_seq = a.next_seq.max(k + 1);
+        a.sent_upto = k;
+        a.inflight_batches = 0;
+        a.phase = Phase::Alive;
+        a.alive_since = Some(now);
+        a.start_deadline = None;
+        a.last_checkpoint_request = now;
+        let replay = a.log.iter().filter(|e| e.seq > k).count();
+        a.replayed = replay as u64;
+        // Unanswered calls the restored checkpoint already covers: their effect is in
+        // the state (recovered from the durable log, or a reply lost with a worker).
+        let mut covered = 0;
+        let mut lost = Vec::new();
+        for e in a.log.iter_mut() {
+            if e.seq > k {
+                break;
+            }
+            if e.answered.is_none() {
+                e.answered = Some(0);
+                if !e.recovered {
+                    covered += 1;
+                }
+                lost.extend(e.origin.take());
+            }
+        }
+        a.unanswered -= covered;
+        tracing::info!(
+            actor = %a.name,
+            pid = a.pid.unwrap_or(0),
+            generation = restored.generation,
+            last_seq = k,
+            source = restored.source.as_deref().unwrap_or("none (fresh state)"),
+            replay,
+            restarts = a.restarts,
+            "worker ready"
+        );
+        let err = ErrorBody::new(
+            ErrorKind::CallFailed,
+            "the call was applied but its reply was lost with the worker",
+        );
+        for o in lost {
+            tracing::error!(actor = %self.actors[id].name, "reply lost for an applied call");
+            self.reply_err(&o, &err);
+        }
+        self.mark_dirty(id);
+    }
+
+    fn on_replies(&mut self, id: ActorId, epoch: u64, replies: Vec<Reply>) {
+        let Some(a) = self.current(id, epoch) else {
+            return;
+        };
+        a.inflight_batches = a.inflight_batches.saturating_sub(1);
+        let mut answers = Vec::new();
+        for r in replies {
+            if let Some(ans) = a.on_reply(r) {
+                answers.push(ans);
+            }
+        }
+        for (origin, result) in answers {
+            match result {
+                Ok(ok) => self.reply_ok(&origin, &ok),
+                Err(err) => self.reply_err(&origin, &err),
+            }
+        }
+        self.mark_dirty(id);
+    }
+
+    fn on_checkpointed(
+        &mut self,
+        id: ActorId,
+        epoch: u64,
+        (generation, last_seq): (u64, u64),
+        previous: Option<u64>,
+        now: Instant,
+    ) {
+        let Some(a) = self.current(id, epoch) else {
+            return;
+        };
+        a.checkpoint = (generation, last_seq);
+        a.mmap_newest = Some(last_seq);
+        a.mmap_other = previous;
+        a.checkpoint_outstanding = false;
+        a.last_checkpoint_request = now;
+        let waiters = std::mem::take(&mut a.checkpoint_waiters);
+        a.sync_waiters
+            .extend(waiters.into_iter().map(|w| (w, generation)));
+        self.out.push(Action::SyncDisk { actor: id });
+    }
+
+    /// The calls `from..=upto` could not be logged: never acknowledge them.
+    fn on_log_failed(&mut self, id: ActorId, from: u64, upto: u64, error: &str) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        tracing::error!(actor = %a.name, from, upto, %error, "call log append failed; refusing those calls");
+        let mut failed = Vec::new();
+        let (logged, sent) = (a.logged_upto, a.sent_upto);
+        a.log.retain_mut(|e| {
+            let refused = e.seq >= from && e.seq <= upto && e.seq > logged && e.seq > sent;
+            if refused && let Some(o) = e.origin.take() {
+                failed.push(o);
+            }
+            !refused
+        });
+        a.unanswered = a.unanswered.saturating_sub(failed.len());
+        a.appended_upto = a.logged_upto;
+        // The refused calls were the newest: give their seqs back, so the log has no
+        // hole that a later restore would take for lost calls.
+        if a.log.back().is_none_or(|e| e.seq < from) {
+            a.next_seq = a.next_seq.min(from.max(a.logged_upto + 1));
+        }
+        let err = ErrorBody::new(
+            ErrorKind::CallFailed,
+            format!(
+                "the call to {:?} was not accepted: its call log could not be written ({error})",
+                a.name
+            ),
+        );
+        for o in failed {
+            self.reply_err(&o, &err);
+        }
+    }
+
+    /// Fsync mode: releases the replies whose log records are now durable (or fails
+    /// them when the fsync failed: the call ran, but its record may be lost).
+    fn on_durable(&mut self, id: ActorId, upto: u64, error: Option<String>) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        a.durable_upto = a.durable_upto.max(upto);
+        let mut release = Vec::new();
+        while a.held.front().is_some_and(|h| h.0 <= upto) {
+            if let Some(h) = a.held.pop_front() {
+                release.push(h);
+            }
+        }
+        let name = a.name.clone();
+        for (_, origin, result) in release {
+            match (&error, result) {
+                (None, Ok(ok)) => self.reply_ok(&origin, &ok),
+                (None, Err(e)) => self.reply_err(&origin, &e),
+                (Some(err), _) => {
+                    let e = ErrorBody::new(
+                        ErrorKind::CallFailed,
+                        format!(
+                            "the call to {name:?} ran, but fsync of its log record failed ({err}); it may not survive a power loss"
+                        ),
+                    );
+                    self.reply_err(&origin, &e);
+                }
+            }
+        }
+    }
+
+    fn on_disk_synced(&mut self, id: ActorId, generation: u64, last_seq: u64) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        // The disk thread reports every copy it makes, in order: this is what it holds.
+        a.disk = (generation, last_seq);
+        a.disk_sync_error = None;
+        a.truncate_log();
+        if a.log_floor > a.truncated_upto {
+            a.truncated_upto = a.log_floor;
+            self.out.push(Action::TruncateLog {
+                actor: id,
+                upto: a.log_floor,
+            });
+        }
+        let a = &mut self.actors[id];
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut a.sync_waiters)
+            .into_iter()
+            .partition(|(_, g)| *g <= generation);
+        a.sync_waiters = wait;
+        let ok = format!("{{\"generation\":{generation},\"last_seq\":{last_seq}}}");
+        for (w, _) in done {
+            self.reply_ok(&w, &ok);
+        }
+        if matches!(self.mode, Mode::Stopping { .. }) {
+            self.stop_worker_if_done(id);
+        }
+    }
+
+    /// Both the exit and the channel's end are known (or the grace ran out): decide.
+    fn on_death(&mut self, id: ActorId, now: Instant) {
+        let stopping = matches!(self.mode, Mode::Stopping { .. });
+        let a = &mut self.actors[id];
+        if matches!(a.phase, Phase::Dead | Phase::Stopped | Phase::Restarting) {
+            return;
+        }
+        a.drain_deadline = None;
+        let waiters = std::mem::take(&mut a.checkpoint_waiters);
+        a.checkpoint_outstanding = false;
+        let name = a.name.clone();
+        for w in waiters {
+            let err = ErrorBody::new(
+                ErrorKind::Busy,
+                format!("the worker of {name:?} died before the checkpoint was written; try again"),
+            );
+            self.reply_err(&w, &err);
+        }
+        let a = &mut self.actors[id];
+        let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
+        if stopping && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
+            tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
+            a.phase = Phase::Stopped;
+            self.fail_unanswered(
+                id,
+                ErrorKind::Busy,
+                "the supervisor stopped before the call ran",
+            );
+            self.maybe_exit();
+            return;
+        }
+        if let Some(msg) = a.fatal.take() {
+            let reason = format!("worker reported a fatal error: {msg}");
+            self.make_dead(id, reason);
+            return;
+        }
+        if std::mem::take(&mut a.operator_restart) {
+            tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker killed for an operator restart");
+            self.spawn(id, now);
+            return;
+        }
+        a.restarts += 1;
+        // Poison-call accounting: only the call the worker was executing is blamed.
+        let mut poisoned = None;
+        let limit = a.policy.max_call_retries;
+        if let Some(seq) = a.executing_at_death.take()
+            && let Some(e) = a.entry_mut(seq)
+            && e.answered.is_none()
+        {
+            e.attempts += 1;
+            if limit >= 0 && i64::from(e.attempts) >= limit {
+                poisoned = Some((seq, e.attempts));
+            }
+        }
+        if let Some((seq, attempts)) = poisoned {
+            let a = &mut self.actors[id];
+            let e = a.remove_entry(seq);
+            if e.as_ref().is_some_and(|e| !e.recovered) {
+                a.unanswered = a.unanswered.saturating_sub(1);
+            }
+            if a.durable() && seq <= a.appended_upto {
+                self.out.push(Action::Cancel {
+                    actor: id,
+                    seqs: vec![seq],
+                });
+            }
+            let a = &mut self.actors[id];
+            tracing::error!(actor = %a.name, seq, attempts, method = e.as_ref().map_or("?", |e| e.method.as_str()), "poison call dropped");
+            if let Some(Entry {
+                origin: Some(o),
+                method,
+                ..
+            }) = e
+            {
+                let err = ErrorBody::new(
+                    ErrorKind::CallFailed,
+                    format!(
+                        "call {method:?} to {:?} killed its worker {attempts} times ({reason}); it was dropped",
+                        a.name
+                    ),
+                );
+                self.reply_err(&o, &err);
+            }
+        }
+        let a = &mut self.actors[id];
+        match a.tracker.on_death(&a.policy, now, a.alive_since) {
+            Ok(delay) => {
+                tracing::warn!(
+                    actor = %a.name,
+                    pid = a.pid.unwrap_or(0),
+                    exit = %reason,
+                    restarts = a.restarts,
+                    delay_ms = delay.as_millis() as u64,
+                    "worker died; restarting"
+                );
+                if delay.is_zero() && !stopping {
+                    self.spawn(id, now);
+                } else {
+                    a.phase = Phase::Restarting;
+                    a.restart_at = Some(now + delay);
+                    a.alive_since = None;
+                    if stopping {
+                        a.phase = Phase::Stopped;
+                        self.fail_unanswered(
+                            id,
+                            ErrorKind::Busy,
+                            "the supervisor stopped while the actor was restarting",
+                        );
+                        self.maybe_exit();
+                    }
+                }
+            }
+            Err(give_up) => {
+                let reason = format!(
+                    "worker died {} times within {} (max_restarts = {}); last: {reason}",
+                    give_up.restarts + 1,
+                    resurgam_shared::duration::format_duration(give_up.window),
+                    a.policy.max_restarts
+                );
+                self.make_dead(id, reason);
+            }
+        }
+    }
+
+    fn make_dead(&mut self, id: ActorId, reason: String) {
+        let a = &mut self.actors[id];
+        tracing::error!(actor = %a.name, %reason, "actor is DEAD; `resurgam restart` revives it");
+        a.phase = Phase::Dead;
+        a.dead_reason = Some(reason);
+        a.alive_since = None;
+        a.restart_at = None;
+        a.start_deadline = None;
+        a.drain_deadline = None;
+        let err = a.dead_error();
+        let waiters: Vec<Origin> = std::mem::take(&mut a.checkpoint_waiters)
+            .into_iter()
+            .chain(
+                std::mem::take(&mut a.sync_waiters)
+                    .into_iter()
+                    .map(|(w, _)| w),
+            )
+            .collect();
+        for w in waiters {
+            self.reply_err(&w, &err);
+        }
+        self.fail_unanswered_with(id, &err);
+        self.maybe_exit();
+    }
+
+    fn fail_unanswered(&mut self, id: ActorId, kind: ErrorKind, message: &str) {
+        let err = ErrorBody::new(kind, message);
+        self.fail_unanswered_with(id, &err);
+    }
+
+    /// Answers every unanswered call with `err` and removes it from the log (answered
+    /// calls stay: they are needed to rebuild the state).
+    fn fail_unanswered_with(&mut self, id: ActorId, err: &ErrorBody) {
+        let a = &mut self.actors[id];
+        let mut failed = Vec::new();
+        let mut cancelled = Vec::new();
+        let logged = if a.durable() { a.appended_upto } else { 0 };
+        a.log.retain_mut(|e| {
+            if e.answered.is_none() && !e.recovered {
+                if let Some(o) = e.origin.take() {
+                    failed.push(o);
+                }
+                if e.seq <= logged {
+                    cancelled.push(e.seq);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        a.unanswered = 0;
+        if !cancelled.is_empty() {
+            // Already in the durable log: cancel them there, so a restart of the
+            // supervisor never runs a call whose client was told it failed.
+            self.out.push(Action::Cancel {
+                actor: id,
+                seqs: cancelled,
+            });
+        }
+        for o in failed {
+            self.reply_err(&o, err);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        for id in 0..self.actors.len() {
+            let a = &mut self.actors[id];
+            if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
+                a.restart_at = None;
+                self.spawn(id, now);
+                continue;
+            }
+            let a = &mut self.actors[id];
+            if a.start_deadline.is_some_and(|t| t <= now) && a.phase == Phase::Starting {
+                a.start_deadline = None;
+                tracing::error!(actor = %a.name, pid = a.pid.unwrap_or(0), "worker not ready within startup_timeout; killing it");
+                a.last_exit = Some("not ready within startup_timeout".into());
+                self.out.push(Action::Kill {
+                    actor: id,
+                    epoch: a.epoch,
+                });
+                continue;
+            }
+            if a.drain_deadline.is_some_and(|t| t <= now) {
+                a.drain_deadline = None;
+                if a.exited {
+                    tracing::warn!(actor = %a.name, "worker's channel did not close after its exit; handling the death anyway");
+                    a.closed = true;
+                    self.on_death(id, now);
+                } else {
+                    tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), "worker closed its channel but did not exit; killing it");
+                    self.out.push(Action::Kill {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                }
+                continue;
+            }
+            let a = &mut self.actors[id];
+            if let Some(due) = a.checkpoint_due()
+                && due <= now
+            {
+                a.checkpoint_outstanding = true;
+                a.last_checkpoint_request = now;
+                self.out.push(Action::RequestCheckpoint {
+                    actor: id,
+                    epoch: a.epoch,
+                });
+            }
+        }
+        if let Mode::Stopping { deadline } = self.mode
+            && deadline <= now
+        {
+            tracing::error!("shutdown_timeout reached; killing the remaining workers");
+            for id in 0..self.actors.len() {
+                let a = &mut self.actors[id];
+                if !matches!(a.phase, Phase::Stopped | Phase::Dead) {
+                    self.out.push(Action::Kill {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                    a.phase = Phase::Stopped;
+                    self.fail_unanswered(
+                        id,
+                        ErrorKind::Timeout,
+                        "the supervisor's shutdown_timeout ran out before the call ran",
+                    );
+                }
+            }
+            self.mode = Mode::Exited;
+            self.out.push(Action::Exit { code: 1 });
+        }
+    }
+
+    fn begin_shutdown(&mut self, reason: &str, now: Instant) {
+        if !matches!(self.mode, Mode::Running) {
+            return;
+        }
+        tracing::info!(%reason, "shutting down: answering in-flight calls, then final checkpoints");
+        self.mode = Mode::Stopping {
+            deadline: now + self.shutdown_timeout,
+        };
+        for id in 0..self.actors.len() {
+            let a = &mut self.actors[id];
+            match a.phase {
+                Phase::Restarting => {
+                    a.phase = Phase::Stopped;
+                    a.restart_at = None;
+                    self.fail_unanswered(
+                        id,
+                        ErrorKind::Busy,
+                        "the supervisor stopped while the actor was restarting",
+                    );
+                }
+                Phase::Alive | Phase::Starting => self.mark_dirty(id),
+                Phase::Dead | Phase::Stopped => {}
+            }
+        }
+        self.flush();
+        self.maybe_exit();
+    }
+
+    /// In shutdown: once an alive actor has no unanswered call, ask for its final
+    /// checkpoint.
+    fn maybe_final_checkpoint(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if a.phase == Phase::Alive
+            && a.unanswered == 0
+            && !a.final_checkpoint_requested
+            && a.inflight_batches == 0
+        {
+            a.final_checkpoint_requested = true;
+            a.checkpoint_outstanding = true;
+            self.out.push(Action::RequestCheckpoint {
+                actor: id,
+                epoch: a.epoch,
+            });
+        }
+    }
+
+    fn stop_worker_if_done(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if a.phase == Phase::Alive
+            && a.final_checkpoint_requested
+            && !a.checkpoint_outstanding
+            && !a.stop_sent
+        {
+            a.stop_sent = true;
+            self.out.push(Action::StopWorker {
+                actor: id,
+                epoch: a.epoch,
+            });
+        }
+    }
+
+    fn maybe_exit(&mut self) {
+        if matches!(self.mode, Mode::Stopping { .. })
+            && self
+                .actors
+                .iter()
+                .all(|a| matches!(a.phase, Phase::Stopped | Phase::Dead))
+        {
+            tracing::info!("every actor is stopped; exiting");
+            self.mode = Mode::Exited;
+            self.out.push(Action::Exit { code: 0 });
+        }
+    }
+}
+
+/// JSON string literal of `s`.
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".to_string())
+}
+
+#[cfg(test)]
+mod tests;

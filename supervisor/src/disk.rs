@@ -1,0 +1,92 @@
+//! The disk-copy thread: copies an actor's newest valid mmap checkpoint to its synced
+//! disk copy (temp file, fsync, rename, fsync of the directory), off the call path.
+//! Requests for one actor coalesce: a burst of checkpoints costs one copy.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use resurgam_shared::checkpoint::{self, CheckpointError};
+
+use crate::core::{ActorId, Event};
+use crate::run::ShellEvent;
+
+/// The files of one actor.
+#[derive(Clone)]
+pub struct Files {
+    pub name: String,
+    pub mmap: PathBuf,
+    pub disk: PathBuf,
+}
+
+pub fn start(
+    files: Vec<Files>,
+    requests: Receiver<ActorId>,
+    events: Sender<ShellEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("disk-sync".into())
+        .spawn(move || {
+            // Generation each disk copy holds (so an unchanged checkpoint is not rewritten).
+            let mut synced: HashMap<ActorId, (u64, u64)> = HashMap::new();
+            while let Ok(first) = requests.recv() {
+                let mut batch = BTreeSet::from([first]);
+                batch.extend(requests.try_iter());
+                for actor in batch {
+                    let Some(f) = files.get(actor) else { continue };
+                    let event = sync_one(f, actor, synced.get(&actor).copied());
+                    if let Event::DiskSynced {
+                        generation,
+                        last_seq,
+                        ..
+                    } = event
+                    {
+                        synced.insert(actor, (generation, last_seq));
+                    }
+                    if events.send(ShellEvent::Core(event)).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+}
+
+fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
+    let slots = checkpoint::read_mmap_slots(&f.mmap);
+    let newest = slots
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .max_by_key(|c| (c.generation, c.last_seq));
+    let Some(ck) = newest else {
+        return Event::DiskSyncFailed {
+            actor,
+            message: format!(
+                "no valid checkpoint in {} to copy ({})",
+                f.mmap.display(),
+                CheckpointError::Missing
+            ),
+        };
+    };
+    if already == Some((ck.generation, ck.last_seq)) {
+        return Event::DiskSynced {
+            actor,
+            generation: ck.generation,
+            last_seq: ck.last_seq,
+        };
+    }
+    match checkpoint::write_disk_copy(&f.disk, ck.generation, ck.last_seq, &ck.payload) {
+        Ok(()) => {
+            tracing::debug!(actor = %f.name, generation = ck.generation, last_seq = ck.last_seq, bytes = ck.payload.len(), "disk copy synced");
+            Event::DiskSynced {
+                actor,
+                generation: ck.generation,
+                last_seq: ck.last_seq,
+            }
+        }
+        Err(e) => Event::DiskSyncFailed {
+            actor,
+            message: format!("write {}: {e}", f.disk.display()),
+        },
+    }
+}

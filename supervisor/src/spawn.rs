@@ -1,0 +1,276 @@
+//! Starting workers and moving their messages.
+//!
+//! Workers are started by fork+exec of this very binary (`/proc/self/exe`) through
+//! `std::process::Command`, never by a bare `fork` of this multi-threaded process. The
+//! child finds the name of an `IpcOneShotServer` in its environment and connects back.
+//!
+//! Spawning happens on one long-lived thread: `PR_SET_PDEATHSIG` fires when the *thread*
+//! that forked a child exits, so a short-lived spawning thread would kill its workers.
+//!
+//! Per worker there are two threads: a reader (accepts the bootstrap connection, then
+//! turns every message into an event) and a writer (the only place that calls the
+//! possibly-blocking ipc `send`, so a stuck worker never blocks the core).
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crossbeam_channel::{Receiver, Sender};
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
+
+use resurgam_shared::ipc::{
+    ENV_BOOTSTRAP, ENV_PARENT_PID, FromWorker, IPC_VERSION, Init, ToWorker, decode_replies,
+};
+
+use crate::core::{ActorId, Event};
+use crate::run::ShellEvent;
+
+/// Environment variables a worker must never see (it must not speak for the service).
+const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "RESURGAM_SOCKET",
+];
+
+/// A request to start one worker.
+pub struct SpawnJob {
+    pub actor: ActorId,
+    pub epoch: u64,
+    pub name: String,
+    pub kind: String,
+    pub mmap_path: PathBuf,
+    pub disk_path: PathBuf,
+    pub checkpoint_every: u64,
+}
+
+/// Starts the spawner thread. It lives as long as `jobs` has senders.
+pub fn start_spawner(
+    jobs: Receiver<SpawnJob>,
+    events: Sender<ShellEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("spawner".into())
+        .spawn(move || {
+            for job in jobs {
+                spawn_one(job, &events);
+            }
+        })
+}
+
+fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
+    let (actor, epoch) = (job.actor, job.epoch);
+    let fail = |error: String| {
+        let _ = events.send(ShellEvent::Core(Event::SpawnFailed {
+            actor,
+            epoch,
+            error,
+        }));
+    };
+    let (server, server_name) = match IpcOneShotServer::<FromWorker>::new() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("create bootstrap server: {e}")),
+    };
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(format!("resurgam-worker[{}]", job.name))
+        .env(ENV_BOOTSTRAP, &server_name)
+        .env(ENV_PARENT_PID, std::process::id().to_string())
+        .stdin(Stdio::null())
+        // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+        // then stops the workers in order.
+        .process_group(0);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("start worker process: {e}")),
+    };
+    let pid = child.id();
+    // The reaper thread collects the exit status with waitpid(-1); the Child handle is
+    // dropped without waiting (dropping neither kills nor waits).
+    drop(child);
+    let _ = events.send(ShellEvent::Spawned {
+        actor,
+        epoch,
+        pid,
+        server_name,
+    });
+    let init = Init {
+        version: IPC_VERSION,
+        actor: job.name.clone(),
+        kind: job.kind,
+        mmap_path: job.mmap_path.as_os_str().as_bytes().to_vec(),
+        disk_path: job.disk_path.as_os_str().as_bytes().to_vec(),
+        checkpoint_every: job.checkpoint_every,
+    };
+    let events = events.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("rx-{}", job.name))
+        .stack_size(256 * 1024)
+        .spawn(move || reader(server, actor, epoch, pid, init, events));
+    if let Err(e) = spawned {
+        tracing::error!(actor = %job.name, pid, error = %e, "cannot start reader thread; killing the worker");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Accepts the worker's connection, hands its sender to a writer thread, then forwards
+/// every message as an event until the worker's end closes.
+fn reader(
+    server: IpcOneShotServer<FromWorker>,
+    actor: ActorId,
+    epoch: u64,
+    pid: u32,
+    init: Init,
+    events: Sender<ShellEvent>,
+) {
+    let closed = || ShellEvent::Core(Event::ChannelClosed { actor, epoch });
+    let (rx, first) = match server.accept() {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(actor = %init.actor, pid, error = %e, "bootstrap connection failed");
+            let _ = events.send(closed());
+            return;
+        }
+    };
+    let to_worker = match first {
+        FromWorker::Hello {
+            version,
+            pid: wpid,
+            to_worker,
+        } if version == IPC_VERSION && wpid == pid => to_worker,
+        FromWorker::Abort => {
+            let _ = events.send(closed());
+            return;
+        }
+        other => {
+            tracing::error!(actor = %init.actor, pid, message = ?other, "worker sent a bad hello; killing it");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = events.send(closed());
+            return;
+        }
+    };
+    let name = init.actor.clone();
+    let (outbox, inbox) = crossbeam_channel::unbounded::<ToWorker>();
+    // Init goes first, through the same queue as everything after it.
+    let _ = outbox.send(ToWorker::Init(init));
+    let writer = std::thread::Builder::new()
+        .name(format!("tx-{name}"))
+        .stack_size(256 * 1024)
+        .spawn(move || writer(to_worker, inbox));
+    if let Err(e) = writer {
+        tracing::error!(actor = %name, pid, error = %e, "cannot start writer thread; killing the worker");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if events
+        .send(ShellEvent::Connected {
+            actor,
+            epoch,
+            outbox,
+        })
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let msg = match rx.recv() {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        let event = match msg {
+            FromWorker::Ready(restored) => Event::Ready {
+                actor,
+                epoch,
+                restored,
+            },
+            FromWorker::Replies(replies) => Event::Replies {
+                actor,
+                epoch,
+                replies,
+            },
+            FromWorker::RepliesShm(shm) => match decode_replies(&shm) {
+                Ok(replies) => Event::Replies {
+                    actor,
+                    epoch,
+                    replies,
+                },
+                Err(e) => {
+                    tracing::error!(actor = %name, pid, error = %e, "undecodable reply batch; killing the worker");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    continue;
+                }
+            },
+            FromWorker::Checkpointed {
+                generation,
+                last_seq,
+                previous,
+                bytes,
+                micros,
+            } => {
+                tracing::debug!(actor = %name, pid, generation, last_seq, bytes, micros, "checkpoint written");
+                Event::Checkpointed {
+                    actor,
+                    epoch,
+                    generation,
+                    last_seq,
+                    previous,
+                }
+            }
+            FromWorker::CheckpointFailed { message } => Event::CheckpointFailed {
+                actor,
+                epoch,
+                message,
+            },
+            FromWorker::Fatal { message } => Event::Fatal {
+                actor,
+                epoch,
+                message,
+            },
+            FromWorker::Hello { .. } | FromWorker::Abort => continue,
+        };
+        if events.send(ShellEvent::Core(event)).is_err() {
+            return;
+        }
+    }
+    let _ = events.send(closed());
+}
+
+/// The only caller of the worker's ipc `send`, which can block while the worker does not
+/// read. Ends when the shell drops the outbox or the worker is gone.
+fn writer(to_worker: IpcSender<ToWorker>, inbox: Receiver<ToWorker>) {
+    for msg in inbox {
+        if to_worker.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Unblocks a reader still waiting in `accept` for a worker that died before it
+/// connected (the one-shot server has no accept timeout).
+pub fn abandon(server_name: String) {
+    let _ = std::thread::Builder::new()
+        .name("abandon".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Ok(tx) = IpcSender::<FromWorker>::connect(server_name) {
+                let _ = tx.send(FromWorker::Abort);
+            }
+        });
+}

@@ -1,0 +1,177 @@
+//! Bad configs are refused by `check` and `run` with exit code 2 and `FILE:LINE...: reason`
+//! lines on stderr; a good config passes `check`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::{resurgam_cmd, run_with_timeout};
+
+/// A config file in its own tempdir. Every file carries a `[supervisor]` section with
+/// paths inside the tempdir, so a `run` that wrongly accepted it would not touch anything
+/// outside. `tail` is appended; `marker` is a substring of the line the error must name.
+struct Case {
+    name: &'static str,
+    tail: &'static str,
+    marker: &'static str,
+    /// Every one of these (lowercase) must appear in the error line.
+    reasons: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "syntax error",
+        tail: "[defaults]\nmax_restarts = = 3\n",
+        marker: "max_restarts = = 3",
+        reasons: &["syntax"],
+    },
+    Case {
+        name: "unknown key",
+        tail: "[defaults]\ncheckpoint_every = 10\nbogus_knob = 1\n",
+        marker: "bogus_knob",
+        reasons: &["unknown key", "bogus_knob"],
+    },
+    Case {
+        name: "bad duration",
+        tail: "[defaults]\nrestart_window = \"5 parsecs\"\n",
+        marker: "5 parsecs",
+        reasons: &["restart_window", "parsecs"],
+    },
+    Case {
+        name: "duplicate actor name",
+        tail: "[[actor]]\nname = \"twin\"\nkind = \"counter\"\n\n[[actor]]\nname = \"twin\" # again\nkind = \"kv\"\n",
+        marker: "# again",
+        reasons: &["duplicate", "twin"],
+    },
+    Case {
+        name: "name escaping the state dir",
+        tail: "[[actor]]\nname = \"../x\"\nkind = \"kv\"\n",
+        marker: "\"../x\"",
+        reasons: &["name", "../x"],
+    },
+    Case {
+        name: "empty name",
+        tail: "[[actor]]\nkind = \"kv\"\nname = \"\"\n",
+        marker: "name = \"\"",
+        reasons: &["name"],
+    },
+    Case {
+        name: "unknown kind",
+        tail: "[[actor]]\nname = \"a\"\nkind = \"no-such-kind\"\n",
+        marker: "no-such-kind",
+        reasons: &["unknown kind", "no-such-kind"],
+    },
+];
+
+fn write_config(dir: &Path, tail: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join("resurgam.toml");
+    let text = format!(
+        "# a test config\n[supervisor]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n\
+         socket = \"{0}/ctl.sock\"\ndurability = \"memory\"\n\n{tail}",
+        dir.display()
+    );
+    std::fs::write(&path, &text).expect("write config");
+    (path, text)
+}
+
+/// 1-based line of the first line containing `marker`.
+fn line_of(text: &str, marker: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("marker {marker:?} not in config"))
+        + 1
+}
+
+fn assert_refused(case: &Case, subcommand: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, text) = write_config(dir.path(), case.tail);
+    let path_s = path.to_str().expect("utf-8 path");
+    let mut cmd = resurgam_cmd(&[subcommand, "--config", path_s]);
+    cmd.current_dir(dir.path());
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    let stderr = crate::util::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let what = format!("`{subcommand}` on a config with a {}", case.name);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit status {:?}, stderr:\n{stderr}",
+        out.status
+    );
+    let line = line_of(&text, case.marker);
+    let prefix = format!("{path_s}:{line}:");
+    let hit = stderr.lines().find(|l| l.starts_with(&prefix));
+    let Some(hit) = hit else {
+        panic!("{what}: no stderr line starts with {prefix:?}; stderr:\n{stderr}\nconfig:\n{text}");
+    };
+    let lower = hit.to_lowercase();
+    for reason in case.reasons {
+        assert!(
+            lower.contains(reason),
+            "{what}: error line {hit:?} does not mention {reason:?}"
+        );
+    }
+    // `run` must not have started anything.
+    assert!(
+        !dir.path().join("ctl.sock").exists(),
+        "{what}: a control socket was created"
+    );
+}
+
+#[test]
+fn check_refuses_bad_configs_with_file_line_and_reason() {
+    for case in CASES {
+        assert_refused(case, "check");
+    }
+}
+
+#[test]
+fn run_refuses_bad_configs_with_file_line_and_reason() {
+    for case in CASES {
+        assert_refused(case, "run");
+    }
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, text) = write_config(
+        dir.path(),
+        "[defaults]\nbogus_knob = 1\nbackoff_max = \"forever\"\n\n[[actor]]\nname = \"../up\"\nkind = \"kv\"\n",
+    );
+    let path_s = path.to_str().expect("utf-8 path");
+    let out = crate::util::cli(&["check", "--config", path_s], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    for marker in ["bogus_knob", "forever", "../up"] {
+        let prefix = format!("{path_s}:{}:", line_of(&text, marker));
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&prefix)),
+            "no error for line of {marker:?} ({prefix}); stderr:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_good_config_passes_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, _) = write_config(
+        dir.path(),
+        "[defaults]\nmax_restarts = 5\nrestart_window = \"30s\"\nmax_call_retries = 2\n\
+         checkpoint_every = 100\ncheckpoint_interval = \"250ms\"\nbackoff_initial = \"5ms\"\n\
+         backoff_max = \"500ms\"\n\n[[actor]]\nname = \"counter\"\nkind = \"counter\"\n\n\
+         [[actor]]\nname = \"store_1\"\nkind = \"kv\"\ncheckpoint_every = 0\n",
+    );
+    let path_s = path.to_str().expect("utf-8 path");
+    let out = crate::util::cli(&["check", "--config", path_s], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK"), "stdout: {stdout}");
+    assert!(
+        !dir.path().join("ctl.sock").exists(),
+        "check must not start anything"
+    );
+}

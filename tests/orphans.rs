@@ -1,0 +1,162 @@
+//! No orphans (G9): workers die with their supervisor; a graceful stop exits 0 with every
+//! worker gone, and a new supervisor on the same directories restores the state.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::util::{Proc, Supervisor};
+
+const CONFIG: &str = r#"
+[[actor]]
+name = "c"
+kind = "counter"
+
+[[actor]]
+name = "kv"
+kind = "kv"
+
+[[actor]]
+name = "c3"
+kind = "counter"
+"#;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until none of `workers` runs (gone, or a zombie waiting for its new parent).
+fn assert_all_gone(sup: &Supervisor, workers: &[Proc], what: &str) {
+    sup.wait_until(
+        &format!("every worker to be gone after {what}"),
+        WAIT,
+        || workers.iter().all(|w| !w.is_running()),
+    );
+}
+
+/// The workers of the actors as status reports them now (all must be ALIVE).
+fn current_workers(sup: &Supervisor) -> Vec<Proc> {
+    let st = sup.status();
+    let workers: Vec<Proc> = st["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let pid = a["pid"].as_i64().unwrap_or_else(|| panic!("no pid: {a}")) as i32;
+            Proc::of(pid).unwrap_or_else(|| panic!("worker {pid} is not running"))
+        })
+        .collect();
+    assert_eq!(workers.len(), 3);
+    workers
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_no_worker_alive() {
+    let sup = Supervisor::start(CONFIG);
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(3)).unwrap(), json!(3));
+    let workers = current_workers(&sup);
+    // Workers are the supervisor's children.
+    let children = crate::util::children_of(sup.pid());
+    for w in &workers {
+        assert!(
+            children.contains(w),
+            "worker {w:?} is not a child of {}",
+            sup.pid()
+        );
+    }
+    let status = sup.kill_supervisor();
+    assert_eq!(status.signal(), Some(9));
+    assert_all_gone(&sup, &workers, "SIGKILL of the supervisor");
+}
+
+#[test]
+fn graceful_stop_exits_zero_and_a_restart_restores_the_state() {
+    let sup = Supervisor::start(CONFIG);
+    let mut c = sup.client();
+    for _ in 0..42 {
+        c.call("c", "incr", json!(1)).unwrap();
+    }
+    c.call(
+        "kv",
+        "put",
+        json!({"key": "a", "value": [1, "two", {"three": 3}]}),
+    )
+    .unwrap();
+    c.call("kv", "put", json!({"key": "b", "value": null}))
+        .unwrap();
+    c.call("kv", "put", json!({"key": "gone", "value": 1}))
+        .unwrap();
+    c.call("kv", "delete", json!({"key": "gone"})).unwrap();
+    let workers = current_workers(&sup);
+
+    assert_eq!(c.stop().unwrap(), json!({"stopping": true}));
+    let status = sup.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "exit after `stop`");
+    assert_all_gone(&sup, &workers, "a graceful stop");
+    assert!(
+        !sup.socket.exists(),
+        "the control socket file was left behind"
+    );
+
+    sup.restart_same_dirs();
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "get", Value::Null).unwrap(), json!(42));
+    assert_eq!(c.call("c3", "get", Value::Null).unwrap(), json!(0));
+    assert_eq!(
+        c.call("kv", "get", json!({"key": "a"})).unwrap(),
+        json!([1, "two", {"three": 3}])
+    );
+    assert_eq!(c.call("kv", "len", Value::Null).unwrap(), json!(2));
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(43));
+
+    // SIGTERM is a graceful shutdown too.
+    let workers = current_workers(&sup);
+    sup.signal_supervisor(Signal::SIGTERM);
+    let status = sup.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM");
+    assert_all_gone(&sup, &workers, "SIGTERM");
+
+    sup.restart_same_dirs();
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "get", Value::Null).unwrap(), json!(43));
+    assert_eq!(c.call("kv", "len", Value::Null).unwrap(), json!(2));
+}
+
+#[test]
+fn stop_while_an_actor_is_restarting_keeps_acknowledged_calls() {
+    // A graceful stop promises final checkpoints: an actor that happens to be waiting
+    // out its restart backoff at that moment must not lose the calls acknowledged
+    // since its last checkpoint.
+    let sup = Supervisor::start(
+        r#"
+[[actor]]
+name = "c"
+kind = "counter"
+checkpoint_every = 0
+checkpoint_interval = "0s"
+backoff_initial = "3s"
+backoff_max = "3s"
+min_uptime = "60s"
+"#,
+    );
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(10)).unwrap(), json!(10));
+    // Two quick deaths: the second restart waits out the (long) backoff.
+    let pid = sup.kill_worker("c");
+    sup.wait_new_pid("c", pid, WAIT);
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(11));
+    sup.kill_worker("c");
+    sup.wait_state("c", "RESTARTING", WAIT);
+    assert_eq!(c.stop().unwrap(), json!({"stopping": true}));
+    let status = sup.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0));
+
+    sup.restart_same_dirs();
+    let mut c = sup.client();
+    assert_eq!(
+        c.call("c", "get", Value::Null).unwrap(),
+        json!(11),
+        "acknowledged calls were lost by a graceful stop"
+    );
+}

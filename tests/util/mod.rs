@@ -1,0 +1,639 @@
+//! The test harness: a real `resurgam` supervisor in a private temporary directory.
+//!
+//! [`Supervisor::start`] writes a config (absolute state/runtime/socket paths inside a
+//! fresh tempdir, `durability = "memory"`), spawns the binary with its stderr captured to
+//! a log file in that tempdir, and waits (bounded, by polling `status`) until every actor
+//! is ALIVE. Dropping it SIGKILLs the supervisor and every worker it has ever been seen
+//! with, then reaps the supervisor — also when the test panicked.
+//!
+//! Every wait is bounded; failures panic with the tail of the supervisor's log.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use resurgam::Client;
+use resurgam::shared::protocol::{ErrorBody, ErrorKind};
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_resurgam");
+/// How long a supervisor may take to bring every actor up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default read timeout of the clients handed out by [`Supervisor::client`].
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Environment variables that must not leak from the test's environment into the binary.
+const SCRUBBED_ENV: &[&str] = &[
+    "RESURGAM_SOCKET",
+    "RESURGAM_LOG",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+];
+
+// ------------------------------------------------------------------------------------
+// Processes.
+
+/// A process identified by pid *and* start time, so a recycled pid is never mistaken
+/// for it (and never killed in its place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// `(state, ppid, starttime)` from `/proc/<pid>/stat`, or None if there is no such process.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, ppid, start))
+}
+
+impl Proc {
+    /// The live process with this pid right now, if any.
+    pub fn of(pid: i32) -> Option<Proc> {
+        let (state, _, start_time) = proc_stat(pid)?;
+        (state != 'Z' && state != 'X').then_some(Proc { pid, start_time })
+    }
+
+    /// True while this very process exists and is not a zombie.
+    pub fn is_running(&self) -> bool {
+        matches!(proc_stat(self.pid), Some((state, _, start)) if start == self.start_time && state != 'Z' && state != 'X')
+    }
+
+    /// Sends `sig` if this very process still runs. Returns whether it was sent.
+    pub fn signal(&self, sig: Signal) -> bool {
+        self.is_running() && kill(Pid::from_raw(self.pid), sig).is_ok()
+    }
+}
+
+/// Every live process whose parent is `ppid` (a scan of /proc).
+pub fn children_of(ppid: i32) -> Vec<Proc> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (state, parent, start_time) = proc_stat(pid)?;
+            (parent == ppid && state != 'Z' && state != 'X').then_some(Proc { pid, start_time })
+        })
+        .collect()
+}
+
+/// Runs a command with a deadline; kills it and panics if it does not finish in time.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// A `resurgam` command with a clean environment (no socket or systemd variables from
+/// the test's own environment).
+pub fn resurgam_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("NO_COLOR", "1");
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs the CLI (`resurgam ARGS...`) with extra environment variables; bounded.
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = resurgam_cmd(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_timeout(cmd, Duration::from_secs(30))
+}
+
+/// Removes ANSI escape sequences (colour codes) from log text.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The error body of a remote error, or a panic describing what came instead.
+pub fn remote_err<T: std::fmt::Debug>(r: Result<T, resurgam::ClientError>) -> ErrorBody {
+    match r {
+        Err(resurgam::ClientError::Remote(body)) => body,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Asserts that `r` is an error reply of `kind`; returns its message.
+#[track_caller]
+pub fn expect_kind<T: std::fmt::Debug>(
+    r: Result<T, resurgam::ClientError>,
+    kind: ErrorKind,
+) -> String {
+    let body = remote_err(r);
+    assert_eq!(body.kind, kind, "wrong error kind: {body:?}");
+    body.message
+}
+
+// ------------------------------------------------------------------------------------
+// A small deterministic PRNG (splitmix64): tests print their seed.
+
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// A seed from the clock and the thread (different on every run).
+    pub fn seed() -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&std::thread::current().id(), &mut h);
+        nanos ^ std::hash::Hasher::finish(&h) ^ u64::from(std::process::id())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The supervisor.
+
+/// One supervisor process (and, across [`Supervisor::restart_same_dirs`], its successors)
+/// running in a private tempdir.
+pub struct Supervisor {
+    dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    child: Mutex<Option<Child>>,
+    /// The current supervisor process.
+    sup: Mutex<Option<Proc>>,
+    /// Every worker process ever reported by `status` or found as a child.
+    seen: Mutex<HashSet<Proc>>,
+    /// How many supervisor processes were started (one log file each).
+    runs: Mutex<u32>,
+}
+
+/// Builds the full config file text: `body` plus a `[supervisor]` section (merged into
+/// the body's own, if it has one) with absolute paths inside `dir`.
+fn compose_config(body: &str, state: &Path, runtime: &Path, socket: &Path) -> String {
+    let mut keys = format!(
+        "state_dir = \"{}\"\nruntime_dir = \"{}\"\nsocket = \"{}\"\n",
+        state.display(),
+        runtime.display(),
+        socket.display()
+    );
+    if !body
+        .lines()
+        .any(|l| l.trim_start().starts_with("durability"))
+    {
+        keys.push_str("durability = \"memory\"\n");
+    }
+    let mut out = String::new();
+    let mut merged = false;
+    for line in body.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !merged && line.trim() == "[supervisor]" {
+            out.push_str(&keys);
+            merged = true;
+        }
+    }
+    if merged {
+        out
+    } else {
+        format!("[supervisor]\n{keys}\n{body}\n")
+    }
+}
+
+impl Supervisor {
+    /// Starts a supervisor with this config (any `[supervisor]` section in `body` gets the
+    /// directories and socket added) and waits until every actor is ALIVE.
+    pub fn start(body: &str) -> Supervisor {
+        let dir = tempfile::Builder::new()
+            .prefix("rsg-it-")
+            .tempdir()
+            .expect("create tempdir");
+        let root = dir.path().to_path_buf();
+        let state_dir = root.join("state");
+        let runtime_dir = root.join("run");
+        let socket = root.join("ctl.sock");
+        assert!(
+            socket.as_os_str().len() < 100,
+            "socket path too long for AF_UNIX: {}",
+            socket.display()
+        );
+        let config_path = root.join("resurgam.toml");
+        fs::write(
+            &config_path,
+            compose_config(body, &state_dir, &runtime_dir, &socket),
+        )
+        .expect("write config");
+        let sup = Supervisor {
+            dir,
+            config_path,
+            socket,
+            state_dir,
+            runtime_dir,
+            child: Mutex::new(None),
+            sup: Mutex::new(None),
+            seen: Mutex::new(HashSet::new()),
+            runs: Mutex::new(0),
+        };
+        sup.spawn();
+        sup.wait_ready();
+        sup
+    }
+
+    /// The tempdir everything lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.dir.path().join(format!("supervisor-{run}.log"))
+    }
+
+    /// Spawns a new supervisor process on this config (the previous one must be gone).
+    /// Call from the test's own thread: the supervisor gets PR_SET_PDEATHSIG, which
+    /// fires when the spawning thread ends.
+    fn spawn(&self) {
+        let run = {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            *runs += 1;
+            *runs
+        };
+        let log = fs::File::create(self.log_path(run)).expect("create log file");
+        let log2 = log.try_clone().expect("clone log file");
+        let config = self.config_path.to_str().expect("utf-8 path").to_string();
+        let mut cmd = resurgam_cmd(&["run", "--config", &config]);
+        cmd.env("RESURGAM_LOG", "info")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log2)
+            .stderr(log);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe; it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("spawn the supervisor");
+        let pid = child.id() as i32;
+        *self.sup.lock().unwrap_or_else(PoisonError::into_inner) =
+            Proc::of(pid).or(Some(Proc { pid, start_time: 0 }));
+        *self.child.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+    }
+
+    /// The supervisor's pid (current process).
+    pub fn pid(&self) -> i32 {
+        self.sup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("a supervisor was started")
+            .pid
+    }
+
+    /// Waits until the socket answers and every actor is ALIVE.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait_exit() {
+                panic!(
+                    "the supervisor exited during startup ({status})\n{}",
+                    self.log_tail(80)
+                );
+            }
+            if let Ok(st) = self.try_status()
+                && let Some(actors) = st["actors"].as_array()
+                && actors.iter().all(|a| a["state"] == "ALIVE")
+            {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "actors not all ALIVE within {START_TIMEOUT:?}; last status: {:?}\n{}",
+                    self.try_status().ok(),
+                    self.log_tail(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A new client connection with a read timeout of [`CLIENT_TIMEOUT`].
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log_tail(40)));
+        c.set_timeout(Some(CLIENT_TIMEOUT)).expect("set timeout");
+        c
+    }
+
+    /// `status` over a fresh connection; records every worker pid it reports.
+    pub fn try_status(&self) -> Result<Value, resurgam::ClientError> {
+        let mut c = Client::connect(&self.socket)?;
+        c.set_timeout(Some(Duration::from_secs(5)))?;
+        let st = c.status()?;
+        self.record_pids(&st);
+        Ok(st)
+    }
+
+    /// The `status` reply (panics if the supervisor does not answer).
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("status failed: {e}\n{}", self.log_tail(60)))
+    }
+
+    fn record_pids(&self, st: &Value) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        for a in st["actors"].as_array().into_iter().flatten() {
+            if let Some(pid) = a["pid"].as_i64()
+                && let Some(p) = Proc::of(pid as i32)
+            {
+                seen.insert(p);
+            }
+        }
+    }
+
+    /// One actor's status object.
+    pub fn actor(&self, name: &str) -> Value {
+        let st = self.status();
+        st["actors"]
+            .as_array()
+            .and_then(|v| v.iter().find(|a| a["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no actor {name:?} in status {st}"))
+    }
+
+    /// The pid of the actor's worker if it is ALIVE.
+    pub fn actor_pid(&self, name: &str) -> Option<i32> {
+        let a = self.actor(name);
+        (a["state"] == "ALIVE")
+            .then(|| a["pid"].as_i64().map(|p| p as i32))
+            .flatten()
+    }
+
+    /// Waits until the actor is in `state`; returns its status object.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_until(&format!("actor {name:?} to be {state}"), timeout, || {
+            last = self.actor(name);
+            last["state"] == state
+        });
+        last
+    }
+
+    /// Waits until the actor is ALIVE with a worker other than `old_pid`; returns the new pid.
+    pub fn wait_new_pid(&self, name: &str, old_pid: i32, timeout: Duration) -> i32 {
+        let mut pid = None;
+        self.wait_until(
+            &format!("actor {name:?} ALIVE with a pid other than {old_pid}"),
+            timeout,
+            || {
+                pid = self.actor_pid(name).filter(|&p| p != old_pid);
+                pid.is_some()
+            },
+        );
+        pid.expect("checked by wait_until")
+    }
+
+    /// SIGKILLs the actor's current worker (it must be ALIVE); returns the killed pid.
+    pub fn kill_worker(&self, name: &str) -> i32 {
+        let pid = self
+            .actor_pid(name)
+            .unwrap_or_else(|| panic!("actor {name:?} is not ALIVE\n{}", self.log_tail(40)));
+        let p = Proc::of(pid).unwrap_or_else(|| panic!("worker {pid} of {name:?} is gone"));
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(p);
+        assert!(p.signal(Signal::SIGKILL), "cannot SIGKILL worker {pid}");
+        pid
+    }
+
+    /// Every worker process seen so far (status reports and /proc scans).
+    pub fn seen_workers(&self) -> Vec<Proc> {
+        if let Some(sup) = *self.sup.lock().unwrap_or_else(PoisonError::into_inner)
+            && sup.is_running()
+        {
+            let kids = children_of(sup.pid);
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(kids);
+        }
+        let v: BTreeSet<Proc> = self
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        v.into_iter().collect()
+    }
+
+    /// Polls `cond` every 10 ms until it holds; panics after `timeout` with the log tail.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n--- supervisor log tail ---\n{}",
+                    self.log_tail(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The whole supervisor log (all runs, in order), without colour codes.
+    pub fn log(&self) -> String {
+        let runs = *self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        for run in 1..=runs {
+            if runs > 1 {
+                out.push_str(&format!("===== supervisor run {run} =====\n"));
+            }
+            let bytes = fs::read(self.log_path(run)).unwrap_or_default();
+            out.push_str(&strip_ansi(&String::from_utf8_lossy(&bytes)));
+        }
+        out
+    }
+
+    /// The last `n` lines of [`Supervisor::log`].
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The exit status if the current supervisor process has exited (reaps it).
+    pub fn try_wait_exit(&self) -> Option<ExitStatus> {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits (bounded) for the current supervisor process to exit; returns its status.
+    pub fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        let mut status = None;
+        self.wait_until("the supervisor to exit", timeout, || {
+            status = self.try_wait_exit();
+            status.is_some()
+        });
+        status.expect("checked by wait_until")
+    }
+
+    /// SIGKILLs the supervisor process only (not its workers) and reaps it.
+    pub fn kill_supervisor(&self) -> ExitStatus {
+        // Learn the workers first: once the supervisor is gone they are no one's children.
+        let _ = self.seen_workers();
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = child.as_mut().expect("a supervisor was started");
+        let _ = c.kill();
+        c.wait().expect("reap the supervisor")
+    }
+
+    /// Sends a signal to the supervisor process.
+    pub fn signal_supervisor(&self, sig: Signal) {
+        if let Some(p) = *self.sup.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = kill(Pid::from_raw(p.pid), sig);
+        }
+    }
+
+    /// Starts a new supervisor on the same config and directories (the previous process
+    /// must have exited or is killed here) and waits until every actor is ALIVE.
+    pub fn restart_same_dirs(&self) {
+        if self.try_wait_exit().is_none() {
+            self.kill_supervisor();
+        }
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Kills the supervisor and every worker ever seen; reaps the supervisor.
+    fn kill_everything(&self) {
+        let sup = *self.sup.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sup) = sup
+            && sup.is_running()
+        {
+            // Freeze it so it cannot start another worker while we look for its children.
+            let _ = kill(Pid::from_raw(sup.pid), Signal::SIGSTOP);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline
+                && !matches!(
+                    proc_stat(sup.pid),
+                    Some(('T' | 't' | 'Z' | 'X', _, _)) | None
+                )
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let workers = self.seen_workers();
+        if let Some(c) = self
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for w in workers {
+            w.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.kill_everything();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- supervisor log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log_tail(120)
+            );
+        }
+    }
+}

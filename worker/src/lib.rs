@@ -1,0 +1,19 @@
+//! The worker side of resurgam: the [`Actor`] trait, the [`Registry`] of actor kinds,
+//! the built-in actors (`counter`, `kv`) and the worker loop ([`run_worker`]).
+//!
+//! Architecture invariant: this crate never spawns processes, never touches the control
+//! socket and never speaks to systemd. A worker talks only to its supervisor, over the
+//! ipc channels set up at bootstrap, and to its own checkpoint files.
+//!
+//! A worker runs actor code in its own OS process. A panic or abort in actor code ends
+//! the process; the supervisor then restores the last checkpoint and replays the calls
+//! after it, so actor code never needs to handle its own crashes.
+
+mod actor;
+pub mod builtin;
+mod registry;
+mod run;
+
+pub use actor::{Actor, ActorError};
+pub use registry::{Kind, Registry};
+pub use run::{EXIT_BAD_BOOTSTRAP, EXIT_FATAL, run_worker};
