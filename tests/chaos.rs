@@ -128,7 +128,7 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
     seen
 }
 
-/// Kills a random ALIVE worker every 5–60 ms until `stop` and at least `MIN_KILLS`
+/// Kills a random worker every 5–60 ms until `stop` and at least `MIN_KILLS`
 /// kills; returns the kills per actor.
 fn killer_thread(sup: &Supervisor, seed: u64, stop: &AtomicBool) -> HashMap<&'static str, u64> {
     let mut rng = Rng::new(seed);
@@ -143,7 +143,8 @@ fn killer_thread(sup: &Supervisor, seed: u64, stop: &AtomicBool) -> HashMap<&'st
         }
         std::thread::sleep(Duration::from_millis(rng.range(5, 60)));
         let actor = ACTORS[rng.range(0, 2) as usize];
-        let Some(pid) = sup.actor_pid(actor) else {
+        // ALIVE (possibly replaying) or STARTING (restoring): any worker is fair game.
+        let Some(pid) = sup.worker_pid(actor) else {
             continue;
         };
         let Some(p) = Proc::of(pid) else { continue };

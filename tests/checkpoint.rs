@@ -167,7 +167,11 @@ fn kill_during_checkpoint_of_a_large_state_loses_nothing() {
     let path = mmap_path(&sup);
 
     let mut torn = 0;
-    for round in 1..=6usize {
+    // Six rounds, more (up to twelve) until a kill has landed inside a slot write.
+    for round in 1..=12usize {
+        if round > 6 && torn > 0 {
+            break;
+        }
         let kill_at = [KillAt::Random, KillAt::PayloadQuarter, KillAt::PayloadEnd][round % 3];
         // Change the last key and the one a quarter in (so the payload bytes the probes
         // watch differ from anything in the file) and two random ones, keeping every
@@ -225,36 +229,45 @@ fn kill_during_checkpoint_of_a_large_state_loses_nothing() {
                 r
             })
         };
+        let sigkill = || {
+            // A plain kill(2), no /proc check first (every microsecond counts here): only
+            // this test kills the worker, so until then its pid cannot have been reused.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(worker.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        };
+        let mut fired = false;
         if kill_at == KillAt::Random {
             std::thread::sleep(Duration::from_micros(rng.range(0, 60_000)));
         } else {
-            // Spin on the probe (no sleep: the copy of a few MiB takes about a millisecond).
+            // Spin on the probe (no sleep: copying a few MiB takes about a millisecond).
             let deadline = Instant::now() + WAIT;
             let mut now = [0u8; 64];
-            let mut fired = false;
             while Instant::now() < deadline && !done.load(Ordering::SeqCst) {
                 file.read_exact_at(&mut now, probe_at).unwrap();
                 if now != original {
+                    sigkill();
                     fired = true;
                     break;
                 }
             }
-            eprintln!("DEBUG fired={fired} target={target} newest_gen={} slots={:?}", newest.generation, slots(&path));
         }
-        // A plain kill(2): the worker is ours and alive (it is writing), and every
-        // microsecond counts here.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(worker.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        if !fired {
+            sigkill();
+        }
+        sup.wait_until("the killed worker to be gone", WAIT, || {
+            !worker.is_running()
+        });
         let target_valid = read_mmap_slots(&path)
             .into_iter()
             .any(|(src, r)| slot_index(src) == target && r.is_ok());
-        if !target_valid {
+        if fired && !target_valid {
             torn += 1;
         }
         eprintln!(
-            "round {round}: kill at {kill_at:?}, target slot valid after the kill: {target_valid}"
+            "round {round}: kill at {kill_at:?} (probe fired: {fired}); \
+             target slot valid after the kill: {target_valid}"
         );
         match ck.join().expect("checkpoint thread") {
             Ok(v) => assert!(v["generation"].as_u64().is_some(), "{v}"),

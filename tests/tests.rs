@@ -10,6 +10,8 @@ mod chaos;
 mod checkpoint;
 // G6 for config files: `check` and `run` refuse bad configs with file, line and reason.
 mod config;
+// DESIGN §6 logs: plain one-line events with actor and pid fields, no colour codes in files.
+mod logs;
 // G4: crash loops end in DEAD (and `restart` revives), poison calls, operator restarts.
 mod lifecycle;
 // G9: no worker outlives the supervisor; graceful stop and restart on the same dirs.

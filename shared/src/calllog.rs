@@ -21,10 +21,29 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The method of a tombstone: a record that cancels the earlier record with the same
-/// seq (a call that was refused after it was logged: its actor went DEAD, or it was a
-/// poison call). No actor method can start with a NUL byte.
+/// The method of a tombstone: a record (with a seq of its own) that cancels earlier
+/// records, listed in its args as comma-separated decimal seqs (calls refused after they
+/// were logged: their actor went DEAD, or they were poison calls). No actor method can
+/// start with a NUL byte.
 pub const CANCEL_METHOD: &str = "\u{0}cancel";
+
+/// The args of a tombstone cancelling `seqs`.
+pub fn encode_cancel_args(seqs: &[u64]) -> Vec<u8> {
+    seqs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+/// The seqs a tombstone cancels (`None` if its args are malformed).
+pub fn parse_cancel_args(args: &[u8]) -> Option<Vec<u64>> {
+    let text = std::str::from_utf8(args).ok()?;
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',').map(|s| s.parse().ok()).collect()
+}
 
 /// Bytes before a record's body.
 pub const RECORD_HEADER: usize = 8;
@@ -206,6 +225,8 @@ pub struct Recovered {
     pub first_seq: Option<u64>,
     /// The largest seq any record carried, cancelled ones included.
     pub last_seq: Option<u64>,
+    /// Seq of the last record read (tombstones included), for the order check.
+    last_good: Option<u64>,
     /// Problems, each naming the file: torn tails, corruption, unreadable files.
     pub problems: Vec<String>,
     /// Set when recovery stopped before the end of the log (records after it are lost).
@@ -253,13 +274,7 @@ pub fn recover(dir: &Path) -> Recovered {
         for rec in records {
             r.first_seq = Some(r.first_seq.map_or(rec.seq, |f| f.min(rec.seq)));
             r.last_seq = Some(r.last_seq.map_or(rec.seq, |l| l.max(rec.seq)));
-            if rec.method == CANCEL_METHOD {
-                if let Some(i) = r.records.iter().rposition(|x| x.seq == rec.seq) {
-                    r.records.remove(i);
-                }
-                continue;
-            }
-            if let Some(prev) = r.records.last().map(|x| x.seq)
+            if let Some(prev) = r.last_good
                 && rec.seq <= prev
             {
                 r.problems.push(format!(
@@ -273,6 +288,18 @@ pub fn recover(dir: &Path) -> Recovered {
                 return r;
             }
             info.last_seq = Some(rec.seq);
+            r.last_good = Some(rec.seq);
+            if rec.method == CANCEL_METHOD {
+                match parse_cancel_args(&rec.args) {
+                    Some(seqs) => r.records.retain(|x| !seqs.contains(&x.seq)),
+                    None => r.problems.push(format!(
+                        "{}: tombstone seq {} has malformed args; ignored",
+                        path.display(),
+                        rec.seq
+                    )),
+                }
+                continue;
+            }
             r.records.push(rec);
         }
         r.segments.push(info);
@@ -395,15 +422,19 @@ mod tests {
             (1, "a", "1"),
             (2, "a", "2"),
             (3, "a", "3"),
-            (2, CANCEL_METHOD, ""),
+            (4, CANCEL_METHOD, "2"),
+            (5, "a", "5"),
+            (6, CANCEL_METHOD, "1,5"),
         ]);
         std::fs::write(dir.path().join(segment_name(1)), b).unwrap();
         let r = recover(dir.path());
+        assert_eq!(r.records.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!((r.first_seq, r.last_seq), (Some(1), Some(6)));
         assert_eq!(
-            r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
-            vec![1, 3]
+            parse_cancel_args(&encode_cancel_args(&[7, 9])),
+            Some(vec![7, 9])
         );
-        assert_eq!(r.first_seq, Some(1));
+        assert_eq!(parse_cancel_args(b"7,x"), None);
         assert!(r.problems.is_empty());
     }
 

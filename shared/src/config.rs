@@ -129,7 +129,7 @@ impl Default for Policy {
             backoff_max: Duration::from_secs(1),
             min_uptime: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(10),
-            heartbeat_timeout: Duration::ZERO,
+            heartbeat_timeout: Duration::from_secs(30),
             durability: Durability::Log,
         }
     }
@@ -477,7 +477,8 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "heartbeat_timeout",
             dur(p.heartbeat_timeout),
-            "Hang detection; \"0s\" = off.",
+            "Hang detection: a worker that neither answers its calls nor a ping within this \
+             (stopped, stuck in a loop) is killed and recovered like a crashed one; \"0s\" = off.",
         ),
         (
             "defaults",
@@ -1417,7 +1418,7 @@ kind = "kv"
         assert_eq!(p.backoff_max, Duration::from_secs(1));
         assert_eq!(p.min_uptime, Duration::from_secs(1));
         assert_eq!(p.startup_timeout, Duration::from_secs(10));
-        assert_eq!(p.heartbeat_timeout, Duration::ZERO);
+        assert_eq!(p.heartbeat_timeout, Duration::from_secs(30));
         assert_eq!(p.durability, Durability::Log);
         let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\n");
         assert_eq!(c.actors[0].policy, p);

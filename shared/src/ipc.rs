@@ -78,6 +78,8 @@ pub enum ToWorker {
     Checkpoint,
     /// Exit with status 0 (the supervisor asked for a final checkpoint before).
     Stop,
+    /// Answer `Pong` at once (hang detection while idle).
+    Ping,
 }
 
 /// How restore went, for the supervisor's log and status.
@@ -123,6 +125,8 @@ pub enum FromWorker {
     CheckpointFailed {
         message: String,
     },
+    /// The answer to `Ping`.
+    Pong,
     /// The worker cannot go on (unknown kind, unreadable checkpoint, …) and exits.
     Fatal {
         message: String,

@@ -91,6 +91,7 @@ impl ActorLog {
             last_seq,
             mut problems,
             stopped_early,
+            ..
         } = calllog::recover(&dir);
         let mut log = ActorLog {
             name: name.to_string(),
@@ -167,17 +168,13 @@ impl ActorLog {
         })
     }
 
-    /// Writes tombstones for logged calls that were refused after all.
-    pub fn cancel(&mut self, seqs: &[u64]) -> Result<(), String> {
-        let calls: Vec<Call> = seqs
-            .iter()
-            .map(|&seq| Call {
-                seq,
-                method: calllog::CANCEL_METHOD.to_string(),
-                args: Vec::new(),
-            })
-            .collect();
-        self.append(&calls)
+    /// Writes a tombstone (record `seq`) for logged calls that were refused after all.
+    pub fn cancel(&mut self, seq: u64, cancelled: &[u64]) -> Result<(), String> {
+        self.append(&[Call {
+            seq,
+            method: calllog::CANCEL_METHOD.to_string(),
+            args: calllog::encode_cancel_args(cancelled),
+        }])
     }
 
     /// Appends a batch of calls (one write). On failure the segment is cut back to where

@@ -68,6 +68,24 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
             ),
         };
     };
+    // Never replace the disk copy with an older checkpoint (the newest mmap slot may
+    // have been damaged): report what the copy holds instead.
+    let on_disk = match already {
+        Some(x) => Some(x),
+        None => checkpoint::read_disk_copy(&f.disk)
+            .ok()
+            .map(|c| (c.generation, c.last_seq)),
+    };
+    if let Some((generation, last_seq)) = on_disk
+        && (generation, last_seq) > (ck.generation, ck.last_seq)
+    {
+        tracing::warn!(actor = %f.name, disk_generation = generation, mmap_generation = ck.generation, "the newest valid mmap checkpoint is older than the disk copy; keeping the disk copy");
+        return Event::DiskSynced {
+            actor,
+            generation,
+            last_seq,
+        };
+    }
     if already == Some((ck.generation, ck.last_seq)) {
         return Event::DiskSynced {
             actor,

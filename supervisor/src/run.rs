@@ -364,9 +364,28 @@ impl Shell<'_> {
                     core.handle(event, Instant::now());
                 }
                 Action::TruncateLog { actor, upto } => self.logs[actor].truncate(upto),
-                Action::Cancel { actor, seqs } => {
-                    if let Err(e) = self.logs[actor].cancel(&seqs) {
-                        tracing::error!(actor = %self.config.actors[actor].name, error = %e, ?seqs, "cannot write tombstones for refused calls; a supervisor restart would replay them");
+                Action::Cancel {
+                    actor,
+                    seq,
+                    cancelled,
+                } => {
+                    let log = &mut self.logs[actor];
+                    match log.cancel(seq, &cancelled) {
+                        Ok(()) => {
+                            if self.config.actors[actor].policy.durability == Durability::Fsync
+                                && let Some(file) = log.sync_handle()
+                            {
+                                let _ = self.fsync_tx.send(SyncRequest {
+                                    actor,
+                                    upto: seq,
+                                    file,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(actor = %self.config.actors[actor].name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
+                            core.handle(Event::Durable { actor, upto: seq }, Instant::now());
+                        }
                     }
                 }
                 Action::Reply { conn, line } => {
@@ -412,6 +431,11 @@ impl Shell<'_> {
                 Action::RequestCheckpoint { actor, epoch } => {
                     if let Some(outbox) = self.outbox(actor, epoch) {
                         let _ = outbox.send(ToWorker::Checkpoint);
+                    }
+                }
+                Action::Ping { actor, epoch } => {
+                    if let Some(outbox) = self.outbox(actor, epoch) {
+                        let _ = outbox.send(ToWorker::Ping);
                     }
                 }
                 Action::StopWorker { actor, epoch } => {

@@ -243,6 +243,7 @@ fn reader(
                 epoch,
                 message,
             },
+            FromWorker::Pong => Event::Pong { actor, epoch },
             FromWorker::Hello { .. } | FromWorker::Abort => continue,
         };
         if events.send(ShellEvent::Core(event)).is_err() {

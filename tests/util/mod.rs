@@ -249,10 +249,13 @@ pub struct Supervisor {
     seen: Mutex<HashSet<Proc>>,
     /// How many supervisor processes were started (one log file each).
     runs: Mutex<u32>,
+    /// Environment changes for the supervisor process.
+    env: Vec<(String, Option<String>)>,
 }
 
 /// Builds the full config file text: `body` plus a `[supervisor]` section (merged into
-/// the body's own, if it has one) with absolute paths inside `dir`.
+/// the body's own, if it has one) with the given absolute paths, and `durability =
+/// "memory"` unless the body sets a durability itself.
 fn compose_config(body: &str, state: &Path, runtime: &Path, socket: &Path) -> String {
     let mut keys = format!(
         "state_dir = \"{}\"\nruntime_dir = \"{}\"\nsocket = \"{}\"\n",
@@ -287,6 +290,13 @@ impl Supervisor {
     /// Starts a supervisor with this config (any `[supervisor]` section in `body` gets the
     /// directories and socket added) and waits until every actor is ALIVE.
     pub fn start(body: &str) -> Supervisor {
+        Supervisor::start_env(body, &[])
+    }
+
+    /// [`Supervisor::start`] with changes to the supervisor's environment: `(name,
+    /// Some(value))` sets a variable, `(name, None)` removes it (e.g. `NO_COLOR`, which
+    /// the harness sets by default).
+    pub fn start_env(body: &str, env: &[(&str, Option<&str>)]) -> Supervisor {
         let dir = tempfile::Builder::new()
             .prefix("rsg-it-")
             .tempdir()
@@ -316,6 +326,10 @@ impl Supervisor {
             sup: Mutex::new(None),
             seen: Mutex::new(HashSet::new()),
             runs: Mutex::new(0),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
         };
         sup.spawn();
         sup.wait_ready();
@@ -344,8 +358,14 @@ impl Supervisor {
         let log2 = log.try_clone().expect("clone log file");
         let config = self.config_path.to_str().expect("utf-8 path").to_string();
         let mut cmd = resurgam_cmd(&["run", "--config", &config]);
-        cmd.env("RESURGAM_LOG", "info")
-            .current_dir(self.dir.path())
+        cmd.env("RESURGAM_LOG", "info");
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log2)
             .stderr(log);
@@ -450,6 +470,11 @@ impl Supervisor {
             .flatten()
     }
 
+    /// The pid of the actor's worker if it has one (ALIVE or STARTING).
+    pub fn worker_pid(&self, name: &str) -> Option<i32> {
+        self.actor(name)["pid"].as_i64().map(|p| p as i32)
+    }
+
     /// Waits until the actor is in `state`; returns its status object.
     pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
         let mut last = Value::Null;
@@ -529,6 +554,11 @@ impl Supervisor {
 
     /// The whole supervisor log (all runs, in order), without colour codes.
     pub fn log(&self) -> String {
+        strip_ansi(&self.raw_log())
+    }
+
+    /// The whole supervisor log (all runs, in order), as written.
+    pub fn raw_log(&self) -> String {
         let runs = *self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
         for run in 1..=runs {
@@ -536,7 +566,7 @@ impl Supervisor {
                 out.push_str(&format!("===== supervisor run {run} =====\n"));
             }
             let bytes = fs::read(self.log_path(run)).unwrap_or_default();
-            out.push_str(&strip_ansi(&String::from_utf8_lossy(&bytes)));
+            out.push_str(&String::from_utf8_lossy(&bytes));
         }
         out
     }

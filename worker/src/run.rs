@@ -132,6 +132,10 @@ impl Worker {
                 },
                 ToWorker::Checkpoint => self.checkpoint(&mut live),
                 ToWorker::Stop => return 0,
+                ToWorker::Ping => self
+                    .to_sup
+                    .send(FromWorker::Pong)
+                    .map_err(|e| format!("send pong: {e}")),
                 ToWorker::Init(_) => return self.fatal("second Init".to_string()),
             };
             if let Err(e) = result {
@@ -184,6 +188,10 @@ impl Worker {
             }
             None => (kind.fresh(), 0, 0, None, 0),
         };
+        // The mmap slot that is not the newest holds the fallback checkpoint.
+        let mut slots = mmap_slots.clone();
+        slots.sort_unstable_by(|x, y| y.cmp(x));
+        let previous = slots.get(1).map(|s| s.1);
         let (mmap, moved) = MmapCheckpoint::open(&mmap_path, size.saturating_mul(2))
             .map_err(|e| format!("open checkpoint file {}: {e}", mmap_path.display()))?;
         self.to_sup
@@ -203,7 +211,7 @@ impl Worker {
             last_seq,
             since_checkpoint: 0,
             every: init.checkpoint_every,
-            previous: None,
+            previous,
         })
     }
 

@@ -56,6 +56,16 @@ pub(super) struct Entry {
     pub recovered: bool,
 }
 
+/// What hang detection wants now.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Heartbeat {
+    Fine,
+    /// Idle for half the timeout: ask for a sign of life.
+    Ping,
+    /// Waited a whole timeout for a worker that owes an answer.
+    Hung,
+}
+
 /// A first answer to deliver: who asked, and the result.
 pub(super) type Answer = (Origin, Result<String, ErrorBody>);
 
@@ -84,6 +94,15 @@ pub(super) struct ActorState {
     pub final_checkpoint_requested: bool,
     pub stop_sent: bool,
     pub dead_reason: Option<String>,
+    /// Every call up to here is in the current worker's state (its restored checkpoint).
+    pub applied_floor: u64,
+    /// When to give up waiting for late replies of calls the restored state covers.
+    pub lost_reply_deadline: Option<Instant>,
+    /// Last time any message came from the current worker.
+    pub last_heard: Instant,
+    pub ping_outstanding: bool,
+    /// The current worker was killed because it hung.
+    pub hung: bool,
 
     // The call log.
     pub next_seq: u64,
@@ -162,6 +181,11 @@ impl ActorState {
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,
+            last_heard: now,
+            ping_outstanding: false,
+            hung: false,
+            applied_floor: 0,
+            lost_reply_deadline: None,
             next_seq: spec.start_seq + 1,
             log: VecDeque::new(),
             log_floor: spec.start_seq,
@@ -284,6 +308,9 @@ impl ActorState {
         self.checkpoint_outstanding = false;
         self.final_checkpoint_requested = false;
         self.stop_sent = false;
+        self.last_heard = now;
+        self.ping_outstanding = false;
+        self.hung = false;
     }
 
     pub fn dead_error(&self) -> ErrorBody {
@@ -308,7 +335,7 @@ impl ActorState {
     }
 
     /// Sends logged calls the worker has not seen yet, in batches.
-    pub fn dispatch(&mut self, id: ActorId, out: &mut Vec<Action>) {
+    pub fn dispatch(&mut self, id: ActorId, out: &mut Vec<Action>, now: Instant) {
         if self.phase != Phase::Alive {
             return;
         }
@@ -336,6 +363,10 @@ impl ActorState {
             }
             if let Some(last) = calls.last() {
                 self.sent_upto = last.seq;
+            }
+            if !self.awaiting() {
+                // The worker owes nothing yet: its full timeout starts now.
+                self.last_heard = self.last_heard.max(now);
             }
             self.inflight_batches += 1;
             out.push(Action::SendCalls {
@@ -408,6 +439,43 @@ impl ActorState {
         self.log_floor = self.log_floor.max(covered);
     }
 
+    /// True when the worker owes the supervisor an answer.
+    fn awaiting(&self) -> bool {
+        self.inflight_batches > 0 || self.checkpoint_outstanding || self.ping_outstanding
+    }
+
+    /// Hang detection (`heartbeat_timeout`; zero turns it off).
+    pub fn heartbeat(&self, now: Instant) -> Heartbeat {
+        let timeout = self.policy.heartbeat_timeout;
+        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+            return Heartbeat::Fine;
+        }
+        let quiet = now.saturating_duration_since(self.last_heard);
+        if self.awaiting() {
+            if quiet >= timeout {
+                Heartbeat::Hung
+            } else {
+                Heartbeat::Fine
+            }
+        } else if quiet >= timeout / 2 {
+            Heartbeat::Ping
+        } else {
+            Heartbeat::Fine
+        }
+    }
+
+    fn heartbeat_deadline(&self) -> Option<Instant> {
+        let timeout = self.policy.heartbeat_timeout;
+        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+            return None;
+        }
+        Some(if self.awaiting() {
+            self.last_heard + timeout
+        } else {
+            self.last_heard + timeout / 2
+        })
+    }
+
     /// When the next time-based checkpoint is due, if one is.
     pub fn checkpoint_due(&self) -> Option<Instant> {
         let interval = self.policy.checkpoint_interval;
@@ -427,6 +495,8 @@ impl ActorState {
             self.start_deadline,
             self.drain_deadline,
             self.checkpoint_due(),
+            self.heartbeat_deadline(),
+            self.lost_reply_deadline,
         ]
         .into_iter()
         .flatten()

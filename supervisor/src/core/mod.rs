@@ -18,7 +18,7 @@ mod actor;
 pub mod restart;
 mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use resurgam_shared::config::{Config, Policy};
@@ -27,7 +27,7 @@ use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, e
 
 use crate::exit::WorkerExit;
 pub use actor::Phase;
-use actor::{ActorState, Entry};
+use actor::{ActorState, Entry, Heartbeat};
 
 /// Index of an actor in the core's table (stable for the life of the process).
 pub type ActorId = usize;
@@ -102,6 +102,11 @@ pub enum Event {
         epoch: u64,
         message: String,
     },
+    /// The worker answered a ping.
+    Pong {
+        actor: ActorId,
+        epoch: u64,
+    },
     /// The worker's channel is closed and drained: no more messages from it.
     ChannelClosed {
         actor: ActorId,
@@ -155,6 +160,20 @@ pub enum Event {
     Tick,
 }
 
+impl Event {
+    /// The worker (actor, epoch) a message from a worker came from.
+    fn worker_of(&self) -> Option<(ActorId, u64)> {
+        match *self {
+            Event::Ready { actor, epoch, .. }
+            | Event::Replies { actor, epoch, .. }
+            | Event::Checkpointed { actor, epoch, .. }
+            | Event::CheckpointFailed { actor, epoch, .. }
+            | Event::Pong { actor, epoch } => Some((actor, epoch)),
+            _ => None,
+        }
+    }
+}
+
 /// What the shell must do.
 #[derive(Debug, PartialEq)]
 pub enum Action {
@@ -174,6 +193,11 @@ pub enum Action {
         calls: Vec<Call>,
     },
     RequestCheckpoint {
+        actor: ActorId,
+        epoch: u64,
+    },
+    /// Ask the worker to answer at once (hang detection).
+    Ping {
         actor: ActorId,
         epoch: u64,
     },
@@ -199,9 +223,11 @@ pub enum Action {
     },
     /// Durable modes: these logged calls were refused after all (poison call, actor
     /// DEAD, shutdown): write tombstones so a restart never replays them.
+    /// The tombstone is a record of its own with sequence number `seq`.
     Cancel {
         actor: ActorId,
-        seqs: Vec<u64>,
+        seq: u64,
+        cancelled: Vec<u64>,
     },
     /// Every call up to `upto` is covered by every checkpoint on file: log segments
     /// holding only such calls may be deleted.
@@ -246,6 +272,8 @@ pub struct Core {
     pid: u32,
     started: Instant,
     out: Vec<Action>,
+    /// The time of the latest event (for work done in `flush`).
+    now: Instant,
     /// Actors with queued calls or other work for [`Core::flush`].
     dirty: Vec<ActorId>,
 }
@@ -274,6 +302,7 @@ impl Core {
             pid,
             started: now,
             out: Vec::new(),
+            now,
             dirty: Vec::new(),
         };
         for id in 0..core.actors.len() {
@@ -284,6 +313,12 @@ impl Core {
 
     /// Handles one event. Actions accumulate until [`Core::take_actions`].
     pub fn handle(&mut self, event: Event, now: Instant) {
+        self.now = self.now.max(now);
+        if let Some((actor, epoch)) = event.worker_of()
+            && let Some(a) = self.current(actor, epoch)
+        {
+            a.last_heard = now;
+        }
         match event {
             Event::Request { conn, request } => self.on_request(conn, request, now),
             Event::Spawned { actor, epoch, pid } => {
@@ -352,6 +387,11 @@ impl Core {
                     a.fatal = Some(message);
                 }
             }
+            Event::Pong { actor, epoch } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    a.ping_outstanding = false;
+                }
+            }
             Event::ChannelClosed { actor, epoch } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.closed = true;
@@ -371,7 +411,11 @@ impl Core {
             } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.exited = true;
-                    a.last_exit = Some(exit.to_string());
+                    a.last_exit = Some(if a.hung {
+                        format!("hung, then {exit} by the supervisor")
+                    } else {
+                        exit.to_string()
+                    });
                     a.exit_status = Some(exit);
                     a.executing_at_death = executing.filter(|&s| s != 0);
                     if a.closed {
@@ -440,7 +484,7 @@ impl Core {
                 self.out.push(Action::Append { actor: id, calls });
             }
             let a = &mut self.actors[id];
-            a.dispatch(id, &mut self.out);
+            a.dispatch(id, &mut self.out, self.now);
             if matches!(self.mode, Mode::Stopping { .. }) {
                 self.maybe_final_checkpoint(id);
             }
@@ -730,22 +774,25 @@ impl Core {
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
         // Unanswered calls the restored checkpoint already covers: their effect is in
-        // the state (recovered from the durable log, or a reply lost with a worker).
+        // the state. Recovered ones have no client; for the others the old worker sent
+        // the reply before it wrote that checkpoint, so it is still on its way from the
+        // old channel (accepted below whatever its epoch); if it does not come within
+        // the grace, the client is told the call was applied and its reply lost.
+        a.applied_floor = k;
         let mut covered = 0;
-        let mut lost = Vec::new();
         for e in a.log.iter_mut() {
             if e.seq > k {
                 break;
             }
-            if e.answered.is_none() {
+            if e.answered.is_none() && e.recovered {
                 e.answered = Some(0);
-                if !e.recovered {
-                    covered += 1;
-                }
-                lost.extend(e.origin.take());
+            } else if e.answered.is_none() {
+                covered += 1;
             }
         }
-        a.unanswered -= covered;
+        if covered > 0 {
+            a.lost_reply_deadline = Some(now + DRAIN_GRACE);
+        }
         tracing::info!(
             actor = %a.name,
             pid = a.pid.unwrap_or(0),
@@ -756,24 +803,24 @@ impl Core {
             restarts = a.restarts,
             "worker ready"
         );
-        let err = ErrorBody::new(
-            ErrorKind::CallFailed,
-            "the call was applied but its reply was lost with the worker",
-        );
-        for o in lost {
-            tracing::error!(actor = %self.actors[id].name, "reply lost for an applied call");
-            self.reply_err(&o, &err);
-        }
         self.mark_dirty(id);
     }
 
     fn on_replies(&mut self, id: ActorId, epoch: u64, replies: Vec<Reply>) {
-        let Some(a) = self.current(id, epoch) else {
+        let Some(a) = self.actors.get_mut(id) else {
             return;
         };
-        a.inflight_batches = a.inflight_batches.saturating_sub(1);
+        let current = a.epoch == epoch;
+        if current {
+            a.inflight_batches = a.inflight_batches.saturating_sub(1);
+        }
         let mut answers = Vec::new();
         for r in replies {
+            // A late reply from an earlier worker still answers a call nobody answered
+            // yet: that worker applied it to a correct state, in order.
+            if !current && a.entry_mut(r.seq).is_none_or(|e| e.answered.is_some()) {
+                continue;
+            }
             if let Some(ans) = a.on_reply(r) {
                 answers.push(ans);
             }
@@ -798,9 +845,12 @@ impl Core {
         let Some(a) = self.current(id, epoch) else {
             return;
         };
-        a.checkpoint = (generation, last_seq);
-        a.mmap_newest = Some(last_seq);
-        a.mmap_other = previous;
+        if (generation, last_seq) != a.checkpoint {
+            // A new checkpoint (a re-report of the same one tells nothing new).
+            a.checkpoint = (generation, last_seq);
+            a.mmap_newest = Some(last_seq);
+            a.mmap_other = previous;
+        }
         a.checkpoint_outstanding = false;
         a.last_checkpoint_request = now;
         let waiters = std::mem::take(&mut a.checkpoint_waiters);
@@ -851,11 +901,15 @@ impl Core {
         };
         a.durable_upto = a.durable_upto.max(upto);
         let mut release = Vec::new();
-        while a.held.front().is_some_and(|h| h.0 <= upto) {
-            if let Some(h) = a.held.pop_front() {
+        let mut keep = VecDeque::new();
+        for h in a.held.drain(..) {
+            if h.0 <= upto {
                 release.push(h);
+            } else {
+                keep.push_back(h);
             }
         }
+        a.held = keep;
         let name = a.name.clone();
         for (_, origin, result) in release {
             match (&error, result) {
@@ -963,12 +1017,11 @@ impl Core {
             if e.as_ref().is_some_and(|e| !e.recovered) {
                 a.unanswered = a.unanswered.saturating_sub(1);
             }
-            if a.durable() && seq <= a.appended_upto {
-                self.out.push(Action::Cancel {
-                    actor: id,
-                    seqs: vec![seq],
-                });
-            }
+            let tombstone = if seq <= a.appended_upto {
+                self.cancel(id, vec![seq])
+            } else {
+                None
+            };
             let a = &mut self.actors[id];
             tracing::error!(actor = %a.name, seq, attempts, method = e.as_ref().map_or("?", |e| e.method.as_str()), "poison call dropped");
             if let Some(Entry {
@@ -984,7 +1037,7 @@ impl Core {
                         a.name
                     ),
                 );
-                self.reply_err(&o, &err);
+                self.reply_after(id, tombstone, o, err);
             }
         }
         let a = &mut self.actors[id];
@@ -1063,7 +1116,15 @@ impl Core {
         let a = &mut self.actors[id];
         let mut failed = Vec::new();
         let mut cancelled = Vec::new();
-        let logged = if a.durable() { a.appended_upto } else { 0 };
+        let logged = a.appended_upto;
+        let applied = a.applied_floor;
+        let mut lost = Vec::new();
+        for e in a.log.iter_mut().take_while(|e| e.seq <= applied) {
+            if e.answered.is_none() {
+                e.answered = Some(0);
+                lost.extend(e.origin.take());
+            }
+        }
         a.log.retain_mut(|e| {
             if e.answered.is_none() && !e.recovered {
                 if let Some(o) = e.origin.take() {
@@ -1078,16 +1139,46 @@ impl Core {
             }
         });
         a.unanswered = 0;
-        if !cancelled.is_empty() {
-            // Already in the durable log: cancel them there, so a restart of the
-            // supervisor never runs a call whose client was told it failed.
-            self.out.push(Action::Cancel {
-                actor: id,
-                seqs: cancelled,
-            });
+        let lost_err = lost_reply_error(&a.name);
+        for o in lost {
+            self.reply_err(&o, &lost_err);
         }
+        let tombstone = self.cancel(id, cancelled);
         for o in failed {
-            self.reply_err(&o, err);
+            self.reply_after(id, tombstone, o, err.clone());
+        }
+    }
+
+    /// Durable modes: cancels logged calls with a tombstone record (its own seq, which
+    /// is returned), so a restart of the supervisor never runs a call whose client was
+    /// told it failed.
+    fn cancel(&mut self, id: ActorId, cancelled: Vec<u64>) -> Option<u64> {
+        let a = &mut self.actors[id];
+        if !a.durable() || cancelled.is_empty() {
+            return None;
+        }
+        let seq = a.next_seq;
+        a.next_seq += 1;
+        self.out.push(Action::Cancel {
+            actor: id,
+            seq,
+            cancelled,
+        });
+        Some(seq)
+    }
+
+    /// Sends an error reply; in fsync mode only once the tombstone `after` is durable
+    /// (else a power loss could bring back a call its client was told failed).
+    fn reply_after(&mut self, id: ActorId, after: Option<u64>, to: Origin, err: ErrorBody) {
+        let a = &mut self.actors[id];
+        match after {
+            Some(seq)
+                if a.policy.durability == resurgam_shared::config::Durability::Fsync
+                    && seq > a.durable_upto =>
+            {
+                a.held.push_back((seq, to, Err(err)));
+            }
+            _ => self.reply_err(&to, &err),
         }
     }
 
@@ -1124,6 +1215,46 @@ impl Core {
                     });
                 }
                 continue;
+            }
+            let a = &mut self.actors[id];
+            if a.lost_reply_deadline.is_some_and(|t| t <= now) {
+                a.lost_reply_deadline = None;
+                let floor = a.applied_floor;
+                let mut lost = Vec::new();
+                for e in a.log.iter_mut().take_while(|e| e.seq <= floor) {
+                    if e.answered.is_none() {
+                        e.answered = Some(0);
+                        lost.extend(e.origin.take());
+                        a.unanswered = a.unanswered.saturating_sub(1);
+                    }
+                }
+                let err = lost_reply_error(&a.name);
+                for o in lost {
+                    tracing::error!(actor = %self.actors[id].name, "reply lost for an applied call");
+                    self.reply_err(&o, &err);
+                }
+            }
+            let a = &mut self.actors[id];
+            match a.heartbeat(now) {
+                Heartbeat::Hung => {
+                    let timeout =
+                        resurgam_shared::duration::format_duration(a.policy.heartbeat_timeout);
+                    tracing::error!(actor = %a.name, pid = a.pid.unwrap_or(0), %timeout, "worker hung: no reply and no heartbeat within heartbeat_timeout; killing it");
+                    a.hung = true;
+                    self.out.push(Action::Kill {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                    continue;
+                }
+                Heartbeat::Ping => {
+                    a.ping_outstanding = true;
+                    self.out.push(Action::Ping {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                }
+                Heartbeat::Fine => {}
             }
             let a = &mut self.actors[id];
             if let Some(due) = a.checkpoint_due()
@@ -1234,6 +1365,16 @@ impl Core {
             self.out.push(Action::Exit { code: 0 });
         }
     }
+}
+
+/// The answer to a call whose effect is in the state but whose reply is gone.
+fn lost_reply_error(actor: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::CallFailed,
+        format!(
+            "the call to {actor:?} was applied, but its reply was lost with the worker that ran it"
+        ),
+    )
 }
 
 /// JSON string literal of `s`.

@@ -54,6 +54,7 @@ enum ToW {
     Calls(Vec<Call>),
     Checkpoint,
     Stop,
+    Ping,
 }
 
 /// A simulated worker process (one epoch). Its state is the list of applied calls,
@@ -93,6 +94,8 @@ struct World {
     fsync_pending: bool,
     last_logged: u64,
     disk_full: bool,
+    /// Messages of earlier workers not yet read by the supervisor.
+    stale: VecDeque<Event>,
     /// Replies per request id.
     replies: HashMap<u64, Vec<Value>>,
     /// Calls issued, in order: (id, method, n).
@@ -120,6 +123,7 @@ impl World {
             fsync_pending: false,
             last_logged: 0,
             disk_full: false,
+            stale: VecDeque::new(),
             replies: HashMap::new(),
             issued: Vec::new(),
             crash_boundary: 0,
@@ -181,8 +185,10 @@ impl World {
                 self.replies.entry(id).or_default().push(v);
             }
             Action::Spawn { epoch, .. } => {
-                if let Some(old) = &self.worker {
+                if let Some(old) = self.worker.as_mut() {
                     assert!(old.dead, "spawn while the previous worker lives");
+                    // What it sent is still in its channel and reaches the supervisor.
+                    self.stale.extend(old.outbox.drain(..));
                 }
                 self.worker = Some(SimWorker {
                     epoch,
@@ -208,6 +214,11 @@ impl World {
                     w.inbox.push_back(ToW::Checkpoint);
                 }
             }
+            Action::Ping { epoch, .. } => {
+                if let Some(w) = self.live_worker(epoch) {
+                    w.inbox.push_back(ToW::Ping);
+                }
+            }
             Action::StopWorker { epoch, .. } => {
                 if let Some(w) = self.live_worker(epoch) {
                     w.inbox.push_back(ToW::Stop);
@@ -229,10 +240,7 @@ impl World {
                 let from = calls.first().map_or(0, |c| c.seq);
                 let upto = calls.last().map_or(0, |c| c.seq);
                 assert!(
-                    self.log
-                        .iter()
-                        .filter(|r| r.method != resurgam_shared::calllog::CANCEL_METHOD)
-                        .all(|r| r.seq < from),
+                    self.log.iter().all(|r| r.seq < from),
                     "log appends out of order"
                 );
                 let ev = if self.disk_full {
@@ -254,15 +262,16 @@ impl World {
                 };
                 self.core.handle(ev, self.now);
             }
-            Action::Cancel { seqs, .. } => {
+            Action::Cancel { seq, cancelled, .. } => {
                 // Tombstones are small; the model assumes they get written (a failure
                 // to write one is logged by the shell, see `Shell::execute`).
-                self.log.extend(seqs.into_iter().map(|seq| LogRecord {
+                self.log.push(LogRecord {
                     seq,
                     method: resurgam_shared::calllog::CANCEL_METHOD.into(),
-                    args: Vec::new(),
-                }));
+                    args: resurgam_shared::calllog::encode_cancel_args(&cancelled),
+                });
                 self.fsync_pending = true;
+                self.last_logged = self.last_logged.max(seq);
             }
             Action::TruncateLog { upto, .. } => {
                 let n = self.log.iter().take_while(|r| r.seq <= upto).count();
@@ -467,6 +476,10 @@ impl World {
             }
             ToW::Checkpoint => self.write_checkpoint(),
             ToW::Stop => self.die(WorkerExit::Code(0), None),
+            ToW::Ping => {
+                let epoch = w.epoch;
+                w.outbox.push_back(Event::Pong { actor: 0, epoch });
+            }
         }
     }
 
@@ -494,6 +507,10 @@ impl World {
     }
 
     fn deliver_one(&mut self) {
+        if let Some(ev) = self.stale.pop_front() {
+            self.handle(ev);
+            return;
+        }
         let Some(w) = self.worker.as_mut() else {
             return;
         };
@@ -508,6 +525,13 @@ impl World {
         }
         self.disk_pending = false;
         if let Some((_, c)) = self.newest_valid() {
+            // Like the disk thread: never replace the copy with an older checkpoint.
+            let c = match &self.disk {
+                Some(d) if d.valid && (d.generation, d.last_seq) >= (c.generation, c.last_seq) => {
+                    d.clone()
+                }
+                _ => c,
+            };
             let (generation, last_seq) = (c.generation, c.last_seq);
             self.disk = Some(c);
             self.handle(Event::DiskSynced {
@@ -539,6 +563,7 @@ impl World {
         }
         self.fsynced = self.log.len();
         self.worker = None;
+        self.stale.clear();
         self.disk_pending = false;
         self.fsync_pending = false;
         self.crash_boundary = self.next_id;
@@ -554,12 +579,14 @@ impl World {
             .log
             .iter()
             .filter(|r| r.method == resurgam_shared::calllog::CANCEL_METHOD)
-            .map(|r| r.seq)
+            .flat_map(|r| resurgam_shared::calllog::parse_cancel_args(&r.args).unwrap())
             .collect();
         let recovered = self
             .log
             .iter()
-            .filter(|r| !cancelled.contains(&r.seq))
+            .filter(|r| {
+                !cancelled.contains(&r.seq) && r.method != resurgam_shared::calllog::CANCEL_METHOD
+            })
             .cloned()
             .collect();
         self.core = World::boot(&self.policy, start_seq, recovered, range, self.now);
@@ -575,9 +602,10 @@ impl World {
     /// Runs everything pending to completion (no more faults).
     fn settle(&mut self) {
         for _ in 0..100_000 {
-            let busy = self.worker.as_ref().is_some_and(|w| {
-                !w.outbox.is_empty() || (!w.dead && (!w.started || !w.inbox.is_empty()))
-            });
+            let busy = !self.stale.is_empty()
+                || self.worker.as_ref().is_some_and(|w| {
+                    !w.outbox.is_empty() || (!w.dead && (!w.started || !w.inbox.is_empty()))
+                });
             if busy {
                 self.start_worker();
                 self.worker_step(None);
@@ -667,7 +695,14 @@ impl World {
                         matches!(kind, "CallFailed" | "ActorDead"),
                         "unexpected error for call {id}: {r}"
                     );
-                    assert!(!position.contains_key(&id), "refused call {id} was applied");
+                    let says_applied = r["err"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("was applied"));
+                    assert_eq!(
+                        position.contains_key(&id),
+                        says_applied,
+                        "call {id}: the error must say whether it was applied: {r}"
+                    );
                 }
             }
         }
@@ -1027,6 +1062,39 @@ proptest! {
         let mut w = World::new(p);
         run_schedule(&mut w, steps);
     }
+}
+
+#[test]
+fn a_hung_worker_is_pinged_then_killed_and_its_call_replayed() {
+    let mut p = policy(-1, 3, 0);
+    p.heartbeat_timeout = Duration::from_secs(2);
+    let mut w = World::new(p);
+    w.settle();
+    // Idle: after half the timeout the core pings, and an answer keeps it alive.
+    w.advance(Duration::from_millis(1100));
+    assert!(matches!(
+        w.worker.as_ref().unwrap().inbox.front(),
+        Some(ToW::Ping)
+    ));
+    w.settle();
+    let epoch = w.worker.as_ref().unwrap().epoch;
+    // Now the worker stops answering (SIGSTOP, endless loop) with a call in flight.
+    let id = w.call("incr", 4);
+    w.advance(Duration::from_millis(1900));
+    assert_eq!(w.worker.as_ref().unwrap().epoch, epoch, "killed too early");
+    w.advance(Duration::from_millis(200));
+    assert!(w.worker.as_ref().unwrap().dead || w.worker.as_ref().unwrap().epoch > epoch);
+    w.settle();
+    assert_eq!(ok_value(&w, id), Some(4));
+    assert!(
+        w.core.actors[0]
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.starts_with("hung")),
+        "{:?}",
+        w.core.actors[0].last_exit
+    );
+    w.check_model();
 }
 
 #[test]
