@@ -15,7 +15,7 @@ fn log_lines_are_plain_text_with_actor_and_pid_fields() {
 name = "c"
 kind = "counter"
 "#,
-        &[("NO_COLOR", None), ("TERM", Some("xterm-256color"))],
+        &[("NO_COLOR", None), ("TERM", None)],
     );
     let mut c = sup.client();
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(1));

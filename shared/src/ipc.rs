@@ -80,6 +80,10 @@ pub enum ToWorker {
     Stop,
     /// Answer `Pong` at once (hang detection while idle).
     Ping,
+    /// New settings after a reload.
+    Configure {
+        checkpoint_every: u64,
+    },
 }
 
 /// How restore went, for the supervisor's log and status.

@@ -89,6 +89,8 @@ pub enum Op {
     Restart {
         actor: String,
     },
+    /// Re-read the config file and apply the changes (like SIGHUP).
+    Reload,
     Stop,
 }
 
@@ -161,9 +163,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
             actor: need_actor(wire.actor, "restart")?,
         },
         Some("stop") => Op::Stop,
+        Some("reload") => Op::Reload,
         Some(other) => {
             return Err(bad(format!(
-                "unknown op {other:?} (expected call, status, checkpoint, restart, stop)"
+                "unknown op {other:?} (expected call, status, checkpoint, restart, reload, stop)"
             )));
         }
         None => return Err(bad("request has no \"op\" string".to_string())),

@@ -2,7 +2,7 @@
 //! disk copy (temp file, fsync, rename, fsync of the directory), off the call path.
 //! Requests for one actor coalesce: a burst of checkpoints costs one copy.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,8 +21,7 @@ pub struct Files {
 }
 
 pub fn start(
-    files: Vec<Files>,
-    requests: Receiver<ActorId>,
+    requests: Receiver<(ActorId, Files)>,
     events: Sender<ShellEvent>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -31,11 +30,10 @@ pub fn start(
             // Generation each disk copy holds (so an unchanged checkpoint is not rewritten).
             let mut synced: HashMap<ActorId, (u64, u64)> = HashMap::new();
             while let Ok(first) = requests.recv() {
-                let mut batch = BTreeSet::from([first]);
+                let mut batch = BTreeMap::from([first]);
                 batch.extend(requests.try_iter());
-                for actor in batch {
-                    let Some(f) = files.get(actor) else { continue };
-                    let event = sync_one(f, actor, synced.get(&actor).copied());
+                for (actor, f) in batch {
+                    let event = sync_one(&f, actor, synced.get(&actor).copied());
                     if let Event::DiskSynced {
                         generation,
                         last_seq,

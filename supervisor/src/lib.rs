@@ -36,6 +36,7 @@ pub mod core;
 mod disk;
 pub mod exit;
 mod logging;
+pub mod notify;
 mod paths;
 mod reap;
 mod run;

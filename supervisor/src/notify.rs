@@ -358,7 +358,10 @@ mod tests {
             .unwrap_or_else(|| panic!("{msg:?}"))
             .parse()
             .unwrap();
-        assert!(before <= usec && usec <= after, "{before} <= {usec} <= {after}");
+        assert!(
+            before <= usec && usec <= after,
+            "{before} <= {usec} <= {after}"
+        );
         n.ready();
         assert_eq!(r.recv(), "READY=1\n");
         n.ready();
@@ -452,10 +455,7 @@ mod tests {
             parse_env(s("/n"), s("2000000"), s("1"), me),
             (s("/n"), None)
         );
-        assert_eq!(
-            parse_env(s("/n"), s("garbage"), None, me),
-            (s("/n"), None)
-        );
+        assert_eq!(parse_env(s("/n"), s("garbage"), None, me), (s("/n"), None));
         assert_eq!(parse_env(s("/n"), s("0"), None, me), (s("/n"), None));
         assert_eq!(parse_env(s("/n"), None, None, me), (s("/n"), None));
     }

@@ -13,8 +13,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
-use resurgam_shared::config::Config;
+use resurgam_shared::config::{ActorConfig, Config, Environment};
 use resurgam_shared::ipc::{ToWorker, calls_message};
+use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use resurgam_shared::config::Durability;
 
@@ -23,6 +24,7 @@ use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
 use crate::disk::{self, Files};
 use crate::exit::WorkerExit;
+use crate::notify::Notifier;
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
 use resurgam_worker::Registry;
@@ -94,60 +96,23 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let mut specs = Vec::new();
     let mut files = Vec::new();
     let mut logs = Vec::new();
-    let mut any_fsync = false;
     for a in &config.actors {
-        let kind = registry
-            .get(&a.kind)
-            .ok_or_else(|| format!("actor {:?}: unknown kind {:?}", a.name, a.kind))?;
-        let mmap = paths::mmap_file(&config, &a.name);
-        let disk = paths::disk_copy(&config, &a.name);
-        let scan = checkpoint::scan(&mmap, &disk);
-        let start_seq = scan.chosen.as_ref().map_or(0, |(_, c)| c.last_seq);
-        if let Some((source, c)) = &scan.chosen {
-            tracing::info!(actor = %a.name, %source, generation = c.generation, last_seq = c.last_seq, "found checkpoint");
-        }
-        let fsync = a.policy.durability == Durability::Fsync;
-        any_fsync |= fsync;
-        let opened = ActorLog::open(&sup.state_dir, &a.name, fsync, Box::new(RealSink))
-            .map_err(|e| format!("actor {:?}: call log: {e}", a.name))?;
-        let (log, recovered, log_range) = (opened.log, opened.records, opened.range);
-        for p in &opened.problems {
-            tracing::error!(actor = %a.name, problem = %p, "call log recovery");
-        }
-        if !recovered.is_empty() {
-            let after = recovered.iter().filter(|r| r.seq > start_seq).count();
-            tracing::info!(actor = %a.name, records = recovered.len(), to_replay = after, "call log recovered");
-        }
+        let (spec, f, log) = prepare_actor(&config, a, registry)?;
+        specs.push(spec);
+        files.push(f);
         logs.push(log);
-        specs.push(ActorSpec {
-            name: a.name.clone(),
-            kind: a.kind.clone(),
-            policy: a.policy.clone(),
-            methods: kind.methods(),
-            start_seq,
-            recovered,
-            log_range,
-        });
-        files.push(Files {
-            name: a.name.clone(),
-            mmap,
-            disk,
-        });
     }
 
     let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
     let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
-    let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<ActorId>();
+    let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
     reap::start(signals, events_tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
     spawn::start_spawner(spawn_rx, events_tx.clone())
         .map_err(|e| format!("start spawner thread: {e}"))?;
-    disk::start(files.clone(), disk_rx, events_tx.clone())
-        .map_err(|e| format!("start disk thread: {e}"))?;
+    disk::start(disk_rx, events_tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
-    if any_fsync {
-        calllog::start_fsync_thread(fsync_rx, events_tx.clone())
-            .map_err(|e| format!("start fsync thread: {e}"))?;
-    }
+    calllog::start_fsync_thread(fsync_rx, events_tx.clone())
+        .map_err(|e| format!("start fsync thread: {e}"))?;
 
     let listener = control::bind(&sup.socket, sup.socket_mode)?;
     let _socket_file = SocketFile(sup.socket.clone());
@@ -172,14 +137,22 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     );
 
     let mut core = Core::new(&config, specs, std::process::id(), Instant::now());
+    let notifier = Notifier::from_env();
+    let next_watchdog = notifier.watchdog_interval().map(|d| Instant::now() + d);
     let mut shell = Shell {
-        config: &config,
-        files,
         workers: KillOnDrop(
             (0..config.actors.len())
                 .map(|_| WorkerSlot::default())
                 .collect(),
         ),
+        actor_configs: config.actors.clone(),
+        config,
+        registry: registry.clone(),
+        notifier,
+        ready_sent: false,
+        stopping_sent: false,
+        next_watchdog,
+        files,
         pids: HashMap::new(),
         early_exits: HashMap::new(),
         conns: HashMap::new(),
@@ -194,7 +167,11 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
 
     while shell.exit_code.is_none() {
         let now = Instant::now();
-        let first = match core.next_deadline() {
+        let deadline = match (core.next_deadline(), shell.next_watchdog) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let first = match deadline {
             Some(d) if d <= now => Err(RecvTimeoutError::Timeout),
             Some(d) => events.recv_timeout(d - now),
             None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -215,6 +192,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             core.handle(Event::Tick, now);
         }
         shell.run_actions(&mut core, &mut actions);
+        shell.tell_systemd(&core, now);
     }
     let code = shell.exit_code.unwrap_or(1);
     // Let the connection writers send the last replies (e.g. to `stop`).
@@ -224,8 +202,16 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     Ok(code)
 }
 
-struct Shell<'a> {
-    config: &'a Config,
+struct Shell {
+    config: Config,
+    /// Per actor id (stable across reloads; removed actors keep their entry).
+    actor_configs: Vec<ActorConfig>,
+    registry: Registry,
+    notifier: Notifier,
+    ready_sent: bool,
+    stopping_sent: bool,
+    /// When the next WATCHDOG=1 is due (sent from this loop, so a stuck core stops it).
+    next_watchdog: Option<Instant>,
     files: Vec<Files>,
     workers: KillOnDrop,
     /// pid → (actor, epoch) of every worker not yet reaped.
@@ -234,13 +220,13 @@ struct Shell<'a> {
     early_exits: HashMap<u32, WorkerExit>,
     conns: HashMap<ConnId, Sender<String>>,
     spawn_tx: Sender<SpawnJob>,
-    disk_tx: Sender<ActorId>,
+    disk_tx: Sender<(ActorId, Files)>,
     logs: Vec<ActorLog>,
     fsync_tx: Sender<SyncRequest>,
     exit_code: Option<i32>,
 }
 
-impl Shell<'_> {
+impl Shell {
     fn on_event(&mut self, ev: ShellEvent, core: &mut Core) {
         let now = Instant::now();
         match ev {
@@ -282,9 +268,11 @@ impl Shell<'_> {
                 self.conns.remove(&conn);
             }
             ShellEvent::Hangup => {
-                tracing::warn!(
-                    "SIGHUP received: configuration reload is not supported yet; ignored"
-                );
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let result = self.reload(core, now);
+                if let Err(e) = result {
+                    tracing::error!(error = %e.message, "reload refused; the old configuration stays");
+                }
             }
         }
     }
@@ -318,6 +306,176 @@ impl Shell<'_> {
         );
     }
 
+    /// The config of an actor by id (reload keeps removed actors' entries at the end of
+    /// `retired`, so ids stay stable).
+    fn config_actor(&self, actor: ActorId) -> &ActorConfig {
+        &self.actor_configs[actor]
+    }
+
+    /// Sends systemd what changed: READY=1 once every actor serves, STATUS= lines,
+    /// STOPPING=1, and WATCHDOG=1 from this loop (a stuck core stops the pings).
+    fn tell_systemd(&mut self, core: &Core, now: Instant) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        if core.is_stopping() && !self.stopping_sent {
+            self.stopping_sent = true;
+            self.notifier.stopping();
+        }
+        if !self.ready_sent && !core.is_stopping() && core.all_serving() {
+            self.ready_sent = true;
+            self.notifier.ready();
+        }
+        self.notifier.status(&core.summary());
+        if let (Some(due), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
+            && due <= now
+        {
+            self.notifier.watchdog();
+            self.next_watchdog = Some(now + every);
+        }
+    }
+
+    /// Re-reads the config file and applies it: added actors start, removed ones stop
+    /// after a final checkpoint, changed policies apply; untouched actors keep their
+    /// worker. An invalid file changes nothing.
+    fn reload(&mut self, core: &mut Core, now: Instant) -> Result<String, ErrorBody> {
+        let bad = |m: String| ErrorBody::new(ErrorKind::BadRequest, m);
+        self.notifier.reloading();
+        let result = self.reload_inner(core, now, &bad);
+        // READY=1 again: systemd leaves the reloading state whether or not it worked.
+        self.notifier.ready();
+        result
+    }
+
+    fn reload_inner(
+        &mut self,
+        core: &mut Core,
+        now: Instant,
+        bad: &dyn Fn(String) -> ErrorBody,
+    ) -> Result<String, ErrorBody> {
+        if self.config.path.as_os_str() == resurgam_shared::config::EMBEDDED_PATH {
+            return Err(bad(
+                "no config file to reload (started without --config)".into()
+            ));
+        }
+        let new = Config::load(&self.config.path, &Environment::from_process()).map_err(|e| {
+            bad(format!(
+                "the new configuration is invalid; nothing changed:\n{e}"
+            ))
+        })?;
+        let problems = check(&new, &self.registry);
+        if !problems.is_empty() {
+            return Err(bad(format!(
+                "the new configuration is invalid; nothing changed:\n{}",
+                problems.join("\n")
+            )));
+        }
+        let mut ignored = Vec::new();
+        let (old_s, new_s) = (&self.config.supervisor, &new.supervisor);
+        for (key, changed) in [
+            ("state_dir", old_s.state_dir != new_s.state_dir),
+            ("runtime_dir", old_s.runtime_dir != new_s.runtime_dir),
+            ("socket", old_s.socket != new_s.socket),
+            ("socket_mode", old_s.socket_mode != new_s.socket_mode),
+            (
+                "max_request_bytes",
+                old_s.max_request_bytes != new_s.max_request_bytes,
+            ),
+            ("allowed_uids", old_s.allowed_uids != new_s.allowed_uids),
+            (
+                "shutdown_timeout",
+                old_s.shutdown_timeout != new_s.shutdown_timeout,
+            ),
+        ] {
+            if changed {
+                ignored.push(format!("[supervisor].{key}"));
+            }
+        }
+        if ignored
+            .iter()
+            .any(|k| k.ends_with("state_dir") || k.ends_with("runtime_dir"))
+        {
+            return Err(bad(format!(
+                "changing {} needs a restart of the supervisor; nothing changed",
+                ignored.join(", ")
+            )));
+        }
+        // Validate every change before applying any.
+        for a in &new.actors {
+            if let Some(old) = self.config.actor(&a.name)
+                && old.kind != a.kind
+            {
+                return Err(bad(format!(
+                    "actor {:?}: changing its kind ({} → {}) is not supported; remove it, reload, then add it again",
+                    a.name, old.kind, a.kind
+                )));
+            }
+            if self.config.actor(&a.name).is_none() && core.is_retiring(&a.name) {
+                return Err(bad(format!(
+                    "actor {:?} is still stopping after its removal; reload again in a moment",
+                    a.name
+                )));
+            }
+        }
+        let mut added = Vec::new();
+        let mut prepared = Vec::new();
+        for a in new
+            .actors
+            .iter()
+            .filter(|a| self.config.actor(&a.name).is_none())
+        {
+            prepared.push((
+                a.clone(),
+                prepare_actor(&new, a, &self.registry).map_err(bad)?,
+            ));
+        }
+        let mut removed = Vec::new();
+        for old in &self.config.actors {
+            if new.actor(&old.name).is_none()
+                && let Some(id) = core.actor_id(&old.name)
+            {
+                core.retire_actor(id);
+                removed.push(old.name.clone());
+            }
+        }
+        let mut changed = Vec::new();
+        for a in &new.actors {
+            if let Some(old) = self.config.actor(&a.name)
+                && old.policy != a.policy
+                && let Some(id) = core.actor_id(&a.name)
+            {
+                core.update_policy(id, a.policy.clone());
+                self.actor_configs[id] = a.clone();
+                changed.push(a.name.clone());
+            }
+        }
+        for (a, (spec, files, log)) in prepared {
+            let expected = self.files.len();
+            self.files.push(files);
+            self.logs.push(log);
+            self.workers.0.push(WorkerSlot::default());
+            self.actor_configs.push(a.clone());
+            let id = core.add_actor(spec, now);
+            debug_assert_eq!(id, expected);
+            added.push(a.name.clone());
+        }
+        tracing::info!(
+            ?added,
+            ?removed,
+            ?changed,
+            ?ignored,
+            "configuration reloaded"
+        );
+        self.config = new;
+        Ok(serde_json::json!({
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "needs_restart": ignored,
+        })
+        .to_string())
+    }
+
     fn outbox(&self, actor: ActorId, epoch: u64) -> Option<&Sender<ToWorker>> {
         let w = &self.workers.0[actor];
         (w.epoch == epoch).then_some(w.outbox.as_ref()).flatten()
@@ -347,7 +505,7 @@ impl Shell<'_> {
                     let log = &mut self.logs[actor];
                     let event = match log.append(&calls) {
                         Ok(()) => {
-                            if self.config.actors[actor].policy.durability == Durability::Fsync
+                            if self.actor_configs[actor].policy.durability == Durability::Fsync
                                 && let Some(file) = log.sync_handle()
                             {
                                 let _ = self.fsync_tx.send(SyncRequest { actor, upto, file });
@@ -372,7 +530,7 @@ impl Shell<'_> {
                     let log = &mut self.logs[actor];
                     match log.cancel(seq, &cancelled) {
                         Ok(()) => {
-                            if self.config.actors[actor].policy.durability == Durability::Fsync
+                            if self.actor_configs[actor].policy.durability == Durability::Fsync
                                 && let Some(file) = log.sync_handle()
                             {
                                 let _ = self.fsync_tx.send(SyncRequest {
@@ -383,7 +541,7 @@ impl Shell<'_> {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(actor = %self.config.actors[actor].name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
+                            tracing::error!(actor = %self.config_actor(actor).name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
                             core.handle(Event::Durable { actor, upto: seq }, Instant::now());
                         }
                     }
@@ -399,7 +557,7 @@ impl Shell<'_> {
                         epoch,
                         ..WorkerSlot::default()
                     };
-                    let a = &self.config.actors[actor];
+                    let a = &self.config_actor(actor);
                     let f = &self.files[actor];
                     let _ = self.spawn_tx.send(SpawnJob {
                         actor,
@@ -453,7 +611,20 @@ impl Shell<'_> {
                     }
                 }
                 Action::SyncDisk { actor } => {
-                    let _ = self.disk_tx.send(actor);
+                    let _ = self.disk_tx.send((actor, self.files[actor].clone()));
+                }
+                Action::Configure {
+                    actor,
+                    epoch,
+                    checkpoint_every,
+                } => {
+                    if let Some(outbox) = self.outbox(actor, epoch) {
+                        let _ = outbox.send(ToWorker::Configure { checkpoint_every });
+                    }
+                }
+                Action::Reload { origin } => {
+                    let result = self.reload(core, Instant::now());
+                    core.answer(&origin, result);
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
             }
@@ -479,6 +650,55 @@ fn report_orphan_logs(config: &Config) {
             );
         }
     }
+}
+
+/// Everything needed to start supervising one configured actor: its core spec (with
+/// the checkpoint found and the calls recovered from its log), its files, its log.
+fn prepare_actor(
+    config: &Config,
+    a: &ActorConfig,
+    registry: &Registry,
+) -> Result<(ActorSpec, Files, ActorLog), String> {
+    let kind = registry
+        .get(&a.kind)
+        .ok_or_else(|| format!("actor {:?}: unknown kind {:?}", a.name, a.kind))?;
+    let mmap = paths::mmap_file(config, &a.name);
+    let disk = paths::disk_copy(config, &a.name);
+    let scan = checkpoint::scan(&mmap, &disk);
+    let start_seq = scan.chosen.as_ref().map_or(0, |(_, c)| c.last_seq);
+    if let Some((source, c)) = &scan.chosen {
+        tracing::info!(actor = %a.name, %source, generation = c.generation, last_seq = c.last_seq, "found checkpoint");
+    }
+    let fsync = a.policy.durability == Durability::Fsync;
+    let opened = ActorLog::open(
+        &config.supervisor.state_dir,
+        &a.name,
+        fsync,
+        Box::new(RealSink),
+    )
+    .map_err(|e| format!("actor {:?}: call log: {e}", a.name))?;
+    for p in &opened.problems {
+        tracing::error!(actor = %a.name, problem = %p, "call log recovery");
+    }
+    if !opened.records.is_empty() {
+        let after = opened.records.iter().filter(|r| r.seq > start_seq).count();
+        tracing::info!(actor = %a.name, records = opened.records.len(), to_replay = after, "call log recovered");
+    }
+    let spec = ActorSpec {
+        name: a.name.clone(),
+        kind: a.kind.clone(),
+        policy: a.policy.clone(),
+        methods: kind.methods(),
+        start_seq,
+        recovered: opened.records,
+        log_range: opened.range,
+    };
+    let files = Files {
+        name: a.name.clone(),
+        mmap,
+        disk,
+    };
+    Ok((spec, files, opened.log))
 }
 
 fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, String> {

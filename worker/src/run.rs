@@ -132,6 +132,10 @@ impl Worker {
                 },
                 ToWorker::Checkpoint => self.checkpoint(&mut live),
                 ToWorker::Stop => return 0,
+                ToWorker::Configure { checkpoint_every } => {
+                    live.every = checkpoint_every;
+                    Ok(())
+                }
                 ToWorker::Ping => self
                     .to_sup
                     .send(FromWorker::Pong)

@@ -91,6 +91,8 @@ pub(super) struct ActorState {
     pub restart_at: Option<Instant>,
     pub alive_since: Option<Instant>,
     pub operator_restart: bool,
+    /// Removed from the config by a reload: winds down like at shutdown.
+    pub retiring: bool,
     pub final_checkpoint_requested: bool,
     pub stop_sent: bool,
     pub dead_reason: Option<String>,
@@ -178,6 +180,7 @@ impl ActorState {
             restart_at: None,
             alive_since: None,
             operator_restart: false,
+            retiring: false,
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,

@@ -196,6 +196,16 @@ pub enum Action {
         actor: ActorId,
         epoch: u64,
     },
+    /// Tell a running worker its new `checkpoint_every` (reload).
+    Configure {
+        actor: ActorId,
+        epoch: u64,
+        checkpoint_every: u64,
+    },
+    /// Re-read the config file and apply it (`reload` op; the shell answers `origin`).
+    Reload {
+        origin: Origin,
+    },
     /// Ask the worker to answer at once (hang detection).
     Ping {
         actor: ActorId,
@@ -372,7 +382,7 @@ impl Core {
                     for w in waiters {
                         self.reply_err(&w, &err);
                     }
-                    if matches!(self.mode, Mode::Stopping { .. }) {
+                    if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
                         self.stop_worker_if_done(actor);
                     }
                 }
@@ -485,7 +495,7 @@ impl Core {
             }
             let a = &mut self.actors[id];
             a.dispatch(id, &mut self.out, self.now);
-            if matches!(self.mode, Mode::Stopping { .. }) {
+            if matches!(self.mode, Mode::Stopping { .. }) || a.retiring {
                 self.maybe_final_checkpoint(id);
             }
         }
@@ -508,6 +518,110 @@ impl Core {
             d = Some(d.map_or(deadline, |x| x.min(deadline)));
         }
         d
+    }
+
+    /// True when every actor serves (ALIVE) or is DEAD by policy: time for READY=1.
+    pub fn all_serving(&self) -> bool {
+        self.actors
+            .iter()
+            .filter(|a| !a.retiring)
+            .all(|a| matches!(a.phase, Phase::Alive | Phase::Dead))
+    }
+
+    /// True once a graceful shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        !matches!(self.mode, Mode::Running)
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let mut counts = [0usize; 5];
+        let mut served = 0;
+        for a in self.actors.iter().filter(|a| !a.retiring) {
+            counts[a.phase as usize] += 1;
+            served += a.served;
+        }
+        let [starting, alive, restarting, dead, stopped] = counts;
+        let mut parts = vec![format!("{alive} alive")];
+        for (n, what) in [
+            (starting, "starting"),
+            (restarting, "restarting"),
+            (dead, "DEAD"),
+            (stopped, "stopped"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        let mode = if self.is_stopping() { "stopping: " } else { "" };
+        format!("{mode}{}; {served} calls served", parts.join(", "))
+    }
+
+    /// Adds an actor (reload) and starts its worker. Returns its id, which is the next
+    /// index: the shell keeps its per-actor tables in the same order.
+    pub fn add_actor(&mut self, spec: ActorSpec, now: Instant) -> ActorId {
+        let id = self.actors.len();
+        let mut spec = spec;
+        let records = std::mem::take(&mut spec.recovered);
+        let range = spec.log_range;
+        let mut a = ActorState::new(spec, now);
+        a.load_recovered(records, range);
+        self.by_name.insert(a.name.clone(), id);
+        tracing::info!(actor = %a.name, kind = %a.kind, "actor added by reload");
+        self.actors.push(a);
+        self.spawn(id, now);
+        id
+    }
+
+    /// Removes an actor (reload): new calls get `UnknownActor`; calls already accepted
+    /// are answered, then a final checkpoint is taken and the worker stopped.
+    pub fn retire_actor(&mut self, id: ActorId) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        if a.retiring {
+            return;
+        }
+        tracing::info!(actor = %a.name, "actor removed by reload: final checkpoint, then stop");
+        a.retiring = true;
+        self.by_name.remove(&a.name);
+        match a.phase {
+            Phase::Restarting | Phase::Dead | Phase::Starting if a.unanswered == 0 => {
+                if a.phase == Phase::Starting {
+                    self.out.push(Action::Kill {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                }
+                a.phase = Phase::Stopped;
+                a.restart_at = None;
+            }
+            _ => self.mark_dirty(id),
+        }
+    }
+
+    /// True while an actor removed by a reload has not stopped yet.
+    pub fn is_retiring(&self, name: &str) -> bool {
+        self.actors
+            .iter()
+            .any(|a| a.retiring && a.name == name && a.phase != Phase::Stopped)
+    }
+
+    /// Applies a changed policy (reload). `checkpoint_every` reaches a running worker
+    /// through `Configure`.
+    pub fn update_policy(&mut self, id: ActorId, policy: Policy) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        let every_changed = a.policy.checkpoint_every != policy.checkpoint_every;
+        a.policy = policy;
+        if every_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
+            self.out.push(Action::Configure {
+                actor: id,
+                epoch: a.epoch,
+                checkpoint_every: a.policy.checkpoint_every,
+            });
+        }
     }
 
     /// True once the core has asked the shell to exit.
@@ -551,6 +665,14 @@ impl Core {
         }
     }
 
+    /// Answers a request the shell handled (e.g. `reload`).
+    pub fn answer(&mut self, to: &Origin, result: Result<String, ErrorBody>) {
+        match result {
+            Ok(ok) => self.reply_ok(to, &ok),
+            Err(e) => self.reply_err(to, &e),
+        }
+    }
+
     fn reply_ok(&mut self, to: &Origin, ok: &str) {
         self.out.push(Action::Reply {
             conn: to.conn,
@@ -582,6 +704,14 @@ impl Core {
             }
             Op::Checkpoint { actor } => self.on_checkpoint_request(origin, &actor),
             Op::Restart { actor } => self.on_restart_request(origin, &actor, now),
+            Op::Reload => {
+                if self.is_stopping() {
+                    let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
+                    self.reply_err(&origin, &err);
+                } else {
+                    self.out.push(Action::Reload { origin });
+                }
+            }
             Op::Stop => {
                 self.reply_ok(&origin, "{\"stopping\":true}");
                 self.begin_shutdown("stop requested over the control socket", now);
@@ -952,7 +1082,7 @@ impl Core {
         for (w, _) in done {
             self.reply_ok(&w, &ok);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[id].retiring {
             self.stop_worker_if_done(id);
         }
     }
@@ -977,7 +1107,8 @@ impl Core {
         }
         let a = &mut self.actors[id];
         let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
-        if stopping && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
+        let winding_down = stopping || a.retiring;
+        if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
             a.phase = Phase::Stopped;
             self.fail_unanswered(
@@ -998,7 +1129,6 @@ impl Core {
             self.spawn(id, now);
             return;
         }
-        a.restarts += 1;
         // Poison-call accounting: only the call the worker was executing is blamed.
         let mut poisoned = None;
         let limit = a.policy.max_call_retries;
@@ -1051,21 +1181,15 @@ impl Core {
                     delay_ms = delay.as_millis() as u64,
                     "worker died; restarting"
                 );
-                if delay.is_zero() && !stopping {
+                a.restarts += 1;
+                // While stopping, restart at once: the final checkpoint must hold
+                // every call the log has (in memory mode nothing else does).
+                if delay.is_zero() || stopping {
                     self.spawn(id, now);
                 } else {
                     a.phase = Phase::Restarting;
                     a.restart_at = Some(now + delay);
                     a.alive_since = None;
-                    if stopping {
-                        a.phase = Phase::Stopped;
-                        self.fail_unanswered(
-                            id,
-                            ErrorKind::Busy,
-                            "the supervisor stopped while the actor was restarting",
-                        );
-                        self.maybe_exit();
-                    }
                 }
             }
             Err(give_up) => {
@@ -1303,17 +1427,17 @@ impl Core {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
             match a.phase {
-                Phase::Restarting => {
-                    a.phase = Phase::Stopped;
-                    a.restart_at = None;
-                    self.fail_unanswered(
-                        id,
-                        ErrorKind::Busy,
-                        "the supervisor stopped while the actor was restarting",
-                    );
-                }
+                // Waiting out a backoff: start it now, so its final checkpoint holds
+                // every call the log has.
+                Phase::Restarting => self.spawn(id, now),
                 Phase::Alive | Phase::Starting => self.mark_dirty(id),
-                Phase::Dead | Phase::Stopped => {}
+                Phase::Dead => {
+                    let pending = a.log.iter().filter(|e| e.seq > a.checkpoint.1).count();
+                    if pending > 0 && !a.durable() {
+                        tracing::warn!(actor = %a.name, calls = pending, "actor is DEAD: its calls since the last checkpoint live only in memory (durability = \"memory\") and are lost at exit");
+                    }
+                }
+                Phase::Stopped => {}
             }
         }
         self.flush();

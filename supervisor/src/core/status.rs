@@ -10,6 +10,7 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
     let actors: Vec<_> = core
         .actors
         .iter()
+        .filter(|a| !(a.retiring && a.phase == super::Phase::Stopped))
         .map(|a| {
             json!({
                 "name": a.name,

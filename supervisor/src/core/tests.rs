@@ -15,6 +15,7 @@ use resurgam_shared::ipc::{Call, Outcome, Reply, Restored};
 use resurgam_shared::protocol::{Op, Request};
 
 use super::*;
+use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 const CONN: ConnId = 1;
 
@@ -279,6 +280,22 @@ impl World {
                 self.fsynced = self.fsynced.saturating_sub(n);
             }
             Action::Exit { code } => self.exited = Some(code),
+            Action::Configure {
+                epoch,
+                checkpoint_every,
+                ..
+            } => {
+                if let Some(w) = self.live_worker(epoch) {
+                    w.every = checkpoint_every;
+                }
+            }
+            Action::Reload { origin } => self.core.answer(
+                &origin,
+                Err(ErrorBody::new(
+                    ErrorKind::BadRequest,
+                    "no file in the model",
+                )),
+            ),
         }
     }
 
@@ -1095,6 +1112,84 @@ fn a_hung_worker_is_pinged_then_killed_and_its_call_replayed() {
         w.core.actors[0].last_exit
     );
     w.check_model();
+}
+
+#[test]
+fn a_removed_actor_answers_its_calls_checkpoints_and_stops() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let a = w.call("incr", 2);
+    w.core.retire_actor(0);
+    w.pump();
+    let late = w.call("incr", 1);
+    w.issued.pop();
+    assert_eq!(err_kind(&w, late).as_deref(), Some("UnknownActor"));
+    w.settle();
+    assert_eq!(ok_value(&w, a), Some(2));
+    assert_eq!(w.core.phase(0), Phase::Stopped);
+    assert_eq!(
+        total(&w.disk.as_ref().unwrap().state),
+        2,
+        "final checkpoint on disk"
+    );
+    let id = w.op(Op::Status);
+    assert_eq!(w.replies[&id][0]["ok"]["actors"], serde_json::json!([]));
+    assert!(w.core.all_serving());
+}
+
+#[test]
+fn an_added_actor_gets_the_next_id_and_starts() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let spec = ActorSpec {
+        name: "d".into(),
+        kind: "counter".into(),
+        policy: policy(-1, 3, 0),
+        methods: &["incr", "get", "crash"],
+        start_seq: 0,
+        recovered: Vec::new(),
+        log_range: None,
+    };
+    let id = w.core.add_actor(spec, w.now);
+    assert_eq!(id, 1);
+    assert_eq!(w.core.actor_id("d"), Some(1));
+    let actions = w.core.take_actions();
+    assert_eq!(actions, vec![Action::Spawn { actor: 1, epoch: 1 }]);
+    assert!(!w.core.all_serving(), "the new actor is not serving yet");
+}
+
+#[test]
+fn stop_while_restarting_restarts_first_so_the_final_checkpoint_has_every_call() {
+    let mut p = policy(-1, 3, 0);
+    p.backoff_initial = Duration::from_secs(3);
+    p.backoff_max = Duration::from_secs(3);
+    let mut w = World::new(p);
+    w.settle();
+    w.call("incr", 10);
+    w.settle();
+    w.die(
+        WorkerExit::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+        None,
+    );
+    w.settle();
+    w.call("incr", 1);
+    w.settle();
+    w.die(
+        WorkerExit::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+        None,
+    );
+    w.deliver_one();
+    assert_eq!(w.core.phase(0), Phase::Restarting);
+    w.op(Op::Stop);
+    w.settle();
+    assert_eq!(w.exited, Some(0));
+    assert_eq!(total(&w.disk.as_ref().unwrap().state), 11);
 }
 
 #[test]

@@ -1,0 +1,504 @@
+//! systemd (DESIGN §6, G5, G9): the shipped unit `systemd/resurgam.service`, sandbox
+//! included, run by a real systemd booted as PID 1 of private namespaces (`systemd/ns.rs`,
+//! `systemd/boot_ns.sh`). A test drop-in only points ExecStart at the binary under test,
+//! shortens the watchdog and the timeouts, and sends the logs to a file.
+//!
+//! One namespace, one test function, in steps (each bounded, each polling):
+//! (a) `systemctl start` returns (Type=notify: on READY=1) with every actor ALIVE;
+//! (b) `kill -9` of a worker is resurgam's business: the unit stays active, NRestarts 0;
+//! (e) `systemctl reload` (SIGHUP) applies a changed config: an added actor appears;
+//! (c) SIGSTOP of the supervisor: systemd's watchdog kills and restarts it, state survives;
+//! (d) `systemctl stop`: Result=success, exit 0, no process of the unit left; a new start
+//!     restores the state.
+//!
+//! Needs root, unshare/nsenter and systemd; otherwise it prints "SKIPPED: <reason>".
+//! `.ci/run` installs systemd when it is missing.
+
+mod ns;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use ns::{Namespace, PAYLOAD_DIR};
+
+/// The unit as shipped.
+const UNIT: &str = include_str!("../systemd/resurgam.service");
+const UNIT_NAME: &str = "resurgam.service";
+/// The example config as shipped.
+const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/resurgam.toml");
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_resurgam");
+/// The control socket under the unit's RuntimeDirectory=resurgam.
+const SOCKET: &str = "/run/resurgam/control.sock";
+/// The unit's watchdog in the test drop-in.
+const WATCHDOG: &str = "3s";
+
+/// The test's changes to the shipped unit. DefaultDependencies=no keeps the host's
+/// sysinit.target (and its units) out of the namespace.
+const DROP_IN: &str = "\
+[Unit]
+DefaultDependencies=no
+
+[Service]
+ExecStart=
+ExecStart=/run/resurgam-test/resurgam run --config /run/resurgam-test/resurgam.toml
+WatchdogSec=3s
+RestartSec=200ms
+TimeoutStartSec=20s
+TimeoutStopSec=20s
+StandardOutput=append:/run/resurgam-test/resurgam.log
+StandardError=append:/run/resurgam-test/resurgam.log
+Environment=NO_COLOR=1
+LimitCORE=0
+";
+
+const CONFIG: &str = r#"
+[supervisor]
+durability = "log"
+shutdown_timeout = "10s"
+
+[defaults]
+checkpoint_every = 1
+
+[[actor]]
+name = "counter"
+kind = "counter"
+
+[[actor]]
+name = "store"
+kind = "kv"
+"#;
+
+/// CONFIG plus one actor, for the reload step.
+const CONFIG_RELOADED: &str = r#"
+[supervisor]
+durability = "log"
+shutdown_timeout = "10s"
+
+[defaults]
+checkpoint_every = 1
+
+[[actor]]
+name = "counter"
+kind = "counter"
+
+[[actor]]
+name = "store"
+kind = "kv"
+
+[[actor]]
+name = "extra"
+kind = "counter"
+"#;
+
+/// Bound of one systemctl or CLI command.
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of one wait for a state.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The namespace plus the staging directory it was booted from.
+struct Harness {
+    // Field order: the namespace is torn down before the staging dir is removed.
+    ns: Namespace,
+    staging: tempfile::TempDir,
+}
+
+impl Harness {
+    fn boot() -> Harness {
+        let staging = tempfile::Builder::new()
+            .prefix("resurgam-systemd-")
+            .tempdir()
+            .expect("tempdir");
+        let payload = staging.path().join("payload");
+        let units = staging.path().join("units");
+        fs::create_dir_all(&payload).expect("mkdir payload");
+        fs::create_dir_all(units.join("resurgam.service.d")).expect("mkdir units");
+        fs::copy(BIN, payload.join("resurgam")).expect("copy binary");
+        fs::write(payload.join("resurgam.toml"), CONFIG).expect("write config");
+        fs::write(units.join(UNIT_NAME), UNIT).expect("write unit");
+        fs::write(units.join("resurgam.service.d/test.conf"), DROP_IN).expect("write drop-in");
+        let ns = Namespace::boot(staging.path()).unwrap_or_else(|e| panic!("{e}"));
+        Harness {
+            ns,
+            staging,
+        }
+    }
+
+    /// Panics with `msg` and everything that helps: systemctl status, resurgam's log,
+    /// systemd's console.
+    fn fail(&self, msg: &str) -> ! {
+        let status = self
+            .ns
+            .try_exec(
+                &["systemctl", "status", UNIT_NAME, "--no-pager", "-l", "-n", "0"],
+                Duration::from_secs(10),
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| e);
+        let log = fs::read_to_string(self.ns.host_path(&format!("{PAYLOAD_DIR}/resurgam.log")))
+            .unwrap_or_else(|e| format!("(no log: {e})"));
+        panic!(
+            "{msg}\n--- systemctl status\n{status}\n--- resurgam log (tail)\n{}\n--- systemd console (tail)\n{}",
+            ns::tail(&log, 40),
+            self.ns.console_tail()
+        );
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        self.ns
+            .try_exec(args, CMD_TIMEOUT)
+            .unwrap_or_else(|e| self.fail(&e))
+    }
+
+    /// `systemctl ARGS`, which must succeed.
+    fn systemctl(&self, args: &[&str]) {
+        let mut full = vec!["systemctl", "--no-pager"];
+        full.extend_from_slice(args);
+        let out = self.exec(&full);
+        if !out.status.success() {
+            self.fail(&format!(
+                "systemctl {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+
+    /// Properties of the unit (`systemctl show -p …`).
+    fn show(&self, props: &[&str]) -> HashMap<String, String> {
+        let mut args = vec!["systemctl", "show", UNIT_NAME, "--no-pager"];
+        for p in props {
+            args.push("-p");
+            args.push(p);
+        }
+        let out = self.exec(&args);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn prop(&self, name: &str) -> String {
+        self.show(&[name]).remove(name).unwrap_or_default()
+    }
+
+    /// The resurgam CLI inside the namespace, on the service's control socket.
+    fn cli(&self, args: &[&str]) -> Output {
+        let bin = format!("{PAYLOAD_DIR}/resurgam");
+        let mut full = vec!["env", "NO_COLOR=1", bin.as_str()];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--socket", SOCKET]);
+        self.exec(&full)
+    }
+
+    fn call(&self, actor: &str, method: &str, args: Option<Value>) -> Value {
+        let json_args = args.map(|a| a.to_string());
+        let mut argv = vec!["call", actor, method];
+        if let Some(a) = &json_args {
+            argv.push(a);
+        }
+        let out = self.cli(&argv);
+        if !out.status.success() {
+            self.fail(&format!(
+                "resurgam call {actor} {method} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            self.fail(&format!(
+                "call {actor} {method}: not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+    }
+
+    /// `resurgam status --json`, or None while the supervisor does not answer.
+    fn try_status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| self.fail("resurgam status --json failed"))
+    }
+
+    /// Polls `cond` until it holds, at most `timeout`.
+    fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            if Instant::now() >= deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Namespace pids of every process in the unit's control group.
+    fn unit_pids(&self) -> Vec<i32> {
+        let out = self.exec(&[
+            "sh",
+            "-c",
+            "grep -ls '/system.slice/resurgam.service$' /proc/[0-9]*/cgroup || true",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("/proc/")?.strip_suffix("/cgroup")?.parse().ok())
+            .collect()
+    }
+
+    /// Writes `text` into the namespace at `path`, atomically.
+    fn write_file(&self, path: &str, text: &str) {
+        let host = self.ns.host_path(path);
+        let tmp = host.with_extension("tmp");
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &host))
+            .unwrap_or_else(|e| self.fail(&format!("write {}: {e}", host.display())));
+    }
+}
+
+/// The actor called `name` in a status reply.
+fn actor<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["actors"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+}
+
+fn all_alive(status: &Value, names: &[&str]) -> bool {
+    status["actors"].as_array().map(Vec::len) == Some(names.len())
+        && names
+            .iter()
+            .all(|n| actor(status, n).is_some_and(|a| a["state"] == "ALIVE"))
+}
+
+fn pid_of(status: &Value, name: &str) -> i64 {
+    actor(status, name)
+        .and_then(|a| a["pid"].as_i64())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn resurgam_service_under_systemd() {
+    if let Some(why) = ns::skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let t0 = Instant::now();
+    let h = Harness::boot();
+    let booted = t0.elapsed();
+
+    // (a) Type=notify: `systemctl start` returns once READY=1 arrived, and resurgam
+    // sends it only when every actor serves: the first status after it is all ALIVE.
+    let t = Instant::now();
+    h.systemctl(&["start", UNIT_NAME]);
+    let started = t.elapsed();
+    let st = h.status();
+    if !all_alive(&st, &["counter", "store"]) {
+        h.fail(&format!("service active before every actor was ALIVE: {st}"));
+    }
+    let p = h.show(&[
+        "Type",
+        "ActiveState",
+        "SubState",
+        "NRestarts",
+        "MainPID",
+        "WatchdogUSec",
+        "StatusText",
+    ]);
+    let expect = |k: &str, v: &str| {
+        if p.get(k).map(String::as_str) != Some(v) {
+            h.fail(&format!("after start: {k} = {:?}, expected {v:?} ({p:?})", p.get(k)));
+        }
+    };
+    expect("Type", "notify");
+    expect("ActiveState", "active");
+    expect("SubState", "running");
+    expect("NRestarts", "0");
+    expect("WatchdogUSec", WATCHDOG);
+    expect("MainPID", &st["supervisor"]["pid"].to_string());
+    if p.get("StatusText").is_none_or(String::is_empty) {
+        h.fail("no STATUS= line from resurgam (StatusText is empty)");
+    }
+    let main_pid = p["MainPID"].clone();
+
+    // (b) kill -9 of a worker: resurgam restarts it from its checkpoint; systemd sees
+    // nothing (the unit stays active, NRestarts 0, same main process).
+    assert_eq!(h.call("counter", "incr", Some(json!(5))), json!(5));
+    assert_eq!(h.call("counter", "incr", Some(json!(2))), json!(7));
+    assert_eq!(
+        h.call("store", "put", Some(json!({"key": "city", "value": "Oslo"}))),
+        Value::Null
+    );
+    let old = pid_of(&h.status(), "counter");
+    let out = h.exec(&["kill", "-KILL", &old.to_string()]);
+    assert!(out.status.success(), "kill -9 {old}: {out:?}");
+    h.wait_until("the counter worker to be restarted", WAIT, || {
+        h.try_status().is_some_and(|st| {
+            all_alive(&st, &["counter", "store"])
+                && pid_of(&st, "counter") != old
+                && actor(&st, "counter").is_some_and(|a| a["restarts"].as_i64() >= Some(1))
+        })
+    });
+    assert_eq!(h.call("counter", "get", None), json!(7));
+    assert_eq!(
+        h.call("store", "get", Some(json!({"key": "city"}))),
+        json!("Oslo")
+    );
+    let p = h.show(&["ActiveState", "NRestarts", "MainPID"]);
+    if p["ActiveState"] != "active" || p["NRestarts"] != "0" || p["MainPID"] != main_pid {
+        h.fail(&format!("a worker crash reached systemd: {p:?}"));
+    }
+
+    // (e) `systemctl reload` = SIGHUP: the changed config is applied by the same process.
+    h.write_file(&format!("{PAYLOAD_DIR}/resurgam.toml"), CONFIG_RELOADED);
+    h.systemctl(&["reload", UNIT_NAME]);
+    h.wait_until("the added actor after reload", WAIT, || {
+        h.try_status()
+            .is_some_and(|st| all_alive(&st, &["counter", "store", "extra"]))
+    });
+    h.wait_until("the unit to be active after reload", WAIT, || {
+        h.prop("ActiveState") == "active"
+    });
+    let p = h.show(&["NRestarts", "MainPID"]);
+    if p["NRestarts"] != "0" || p["MainPID"] != main_pid {
+        h.fail(&format!("reload restarted the service: {p:?}"));
+    }
+    assert_eq!(h.call("extra", "incr", None), json!(1));
+    assert_eq!(h.call("counter", "get", None), json!(7));
+
+    // (c) SIGSTOP of the supervisor: no more WATCHDOG=1, so systemd kills it (SIGABRT)
+    // and restarts it (Restart=on-failure); the new one restores every actor.
+    assert_eq!(h.call("counter", "incr", Some(json!(1))), json!(8));
+    let out = h.cli(&["checkpoint", "counter"]);
+    assert!(out.status.success(), "checkpoint: {out:?}");
+    assert_eq!(h.call("counter", "incr", Some(json!(10))), json!(18));
+    let before = h.unit_pids();
+    let t = Instant::now();
+    let out = h.exec(&["kill", "-STOP", &main_pid]);
+    assert!(out.status.success(), "kill -STOP {main_pid}: {out:?}");
+    h.wait_until("the watchdog to restart the service", WAIT, || {
+        let p = h.show(&["ActiveState", "NRestarts", "MainPID"]);
+        p["NRestarts"] == "1"
+            && p["ActiveState"] == "active"
+            && p["MainPID"] != main_pid
+            && p["MainPID"] != "0"
+    });
+    let watchdog_restart = t.elapsed();
+    let st = h.status();
+    if !all_alive(&st, &["counter", "store", "extra"]) {
+        h.fail(&format!("not every actor ALIVE after the watchdog restart: {st}"));
+    }
+    assert_eq!(h.call("counter", "get", None), json!(18));
+    assert_eq!(
+        h.call("store", "get", Some(json!({"key": "city"}))),
+        json!("Oslo")
+    );
+    assert_eq!(h.call("extra", "get", None), json!(1));
+    let leftovers: Vec<i32> = h
+        .unit_pids()
+        .into_iter()
+        .filter(|p| before.contains(p))
+        .collect();
+    if !leftovers.is_empty() {
+        h.fail(&format!(
+            "processes of the stopped supervisor survived its watchdog kill: {leftovers:?}"
+        ));
+    }
+    // The restart must have been the watchdog's doing, not a crash.
+    let console = fs::read_to_string(h.staging.path().join("console.log")).unwrap_or_default();
+    if !console.contains("Watchdog timeout") {
+        h.fail("the service was restarted, but systemd logged no watchdog timeout");
+    }
+
+    // (d) `systemctl stop`: SIGTERM, graceful shutdown, exit 0, nothing left behind;
+    // RuntimeDirectoryPreserve=yes keeps the memory-mapped checkpoints.
+    let before = h.unit_pids();
+    if before.len() != 4 {
+        h.fail(&format!("expected supervisor + 3 workers in the unit, found {before:?}"));
+    }
+    let t = Instant::now();
+    h.systemctl(&["stop", UNIT_NAME]);
+    let stopped = t.elapsed();
+    let p = h.show(&["ActiveState", "Result", "ExecMainCode", "ExecMainStatus"]);
+    if p["ActiveState"] != "inactive" || p["Result"] != "success" || p["ExecMainStatus"] != "0" {
+        h.fail(&format!("unclean stop: {p:?}"));
+    }
+    let left = h.unit_pids();
+    if !left.is_empty() {
+        h.fail(&format!("processes left after stop: {left:?}"));
+    }
+    if !h.ns.host_path("/run/resurgam/counter.ckpt").exists() {
+        h.fail("RuntimeDirectoryPreserve=yes: /run/resurgam/counter.ckpt is gone after stop");
+    }
+
+    // A new start restores the state (same StateDirectory / RuntimeDirectory).
+    h.systemctl(&["start", UNIT_NAME]);
+    assert_eq!(h.call("counter", "get", None), json!(18));
+    assert_eq!(h.call("extra", "get", None), json!(1));
+    h.systemctl(&["stop", UNIT_NAME]);
+    if h.prop("Result") != "success" {
+        h.fail("second stop was not clean");
+    }
+    println!(
+        "systemd test timings: boot {booted:?}, start (to READY) {started:?}, \
+         SIGSTOP → watchdog restart {watchdog_restart:?}, stop {stopped:?}, total {:?}",
+        t0.elapsed()
+    );
+}
+
+/// `systemd-analyze verify` on the shipped unit (ExecStart pointed at the built binary,
+/// as verify checks that it is executable): exit 0 AND nothing on stderr, because
+/// typos and unknown settings are only warnings.
+#[test]
+fn unit_file_verifies_cleanly() {
+    let Some(analyze) = ns::which("systemd-analyze") else {
+        println!("SKIPPED: no systemd-analyze (systemd is not installed)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = "ExecStart=/usr/local/bin/resurgam ";
+    assert!(UNIT.contains(shipped), "the unit's ExecStart changed");
+    let unit = UNIT.replace(shipped, &format!("ExecStart={BIN} "));
+    let path = dir.path().join(UNIT_NAME);
+    fs::write(&path, unit).expect("write unit");
+    let mut cmd = Command::new(analyze);
+    cmd.arg("verify").arg(&path);
+    let out = ns::run_bounded(cmd, CMD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {}\nstdout: {}\nstderr: {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The example config shipped next to the unit is valid (`resurgam check`).
+#[test]
+fn shipped_example_config_is_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config", EXAMPLE_CONFIG])
+        .current_dir(dir.path());
+    let out = ns::run_bounded(cmd, CMD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "resurgam check {EXAMPLE_CONFIG}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(Path::new(EXAMPLE_CONFIG).exists());
+}
