@@ -82,6 +82,11 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Re-read the supervisor's config file and apply it (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// Stop the supervisor gracefully.
     Stop {
         #[command(flatten)]
@@ -167,6 +172,7 @@ pub fn main(registry: Registry) -> ExitCode {
         }
         Command::Checkpoint { actor, socket } => client_cmd(&socket, |c| c.checkpoint(&actor)),
         Command::Restart { actor, socket } => client_cmd(&socket, |c| c.restart(&actor)),
+        Command::Reload { socket } => client_cmd(&socket, |c| c.reload()),
         Command::Stop { socket } => client_cmd(&socket, |c| c.stop()),
     }
 }

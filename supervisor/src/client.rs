@@ -151,6 +151,11 @@ impl Client {
         self.request(json!({"op": "restart", "actor": actor}))
     }
 
+    /// Asks the supervisor to re-read its config file; returns what changed.
+    pub fn reload(&mut self) -> Result<Value, ClientError> {
+        self.request(json!({"op": "reload"}))
+    }
+
     /// Asks the supervisor to shut down gracefully.
     pub fn stop(&mut self) -> Result<Value, ClientError> {
         self.request(json!({"op": "stop"}))

@@ -195,10 +195,13 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         shell.tell_systemd(&core, now);
     }
     let code = shell.exit_code.unwrap_or(1);
-    // Let the connection writers send the last replies (e.g. to `stop`).
-    let writers: Vec<_> = shell.conns.drain().collect();
-    drop(writers);
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Let the connection writers take the last replies (e.g. to `stop`) before the
+    // process ends; a client that does not read gets at most a second.
+    let give_up = Instant::now() + std::time::Duration::from_secs(1);
+    while Instant::now() < give_up && shell.conns.values().any(|tx| !tx.is_empty()) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
     Ok(code)
 }
 

@@ -86,6 +86,16 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
+    // A worker starts with stdin, stdout and stderr only: no other actor's channel (fds
+    // received over ipc-channel are not close-on-exec), no listening socket.
+    // SAFETY: the closure runs in the child between fork and exec; it only makes raw
+    // fcntl/close_range syscalls on integers (async-signal-safe, no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_fds_cloexec();
+            Ok(())
+        });
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("start worker process: {e}")),
@@ -259,6 +269,27 @@ fn writer(to_worker: IpcSender<ToWorker>, inbox: Receiver<ToWorker>) {
     for msg in inbox {
         if to_worker.send(msg).is_err() {
             return;
+        }
+    }
+}
+
+/// Marks every fd above stderr close-on-exec. Runs between fork and exec: raw syscalls
+/// only.
+fn mark_fds_cloexec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: set the flag one descriptor at a time.
+    for fd in 3..4096 {
+        // SAFETY: fcntl on a descriptor number that may be closed fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }
