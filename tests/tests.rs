@@ -18,3 +18,11 @@ mod lifecycle;
 mod orphans;
 // G6/G8 for the control protocol: bad requests, oversized lines, pipelining, the CLI.
 mod protocol;
+// DESIGN §6, G5, G9: the shipped systemd unit under a real systemd booted in a namespace.
+mod systemd;
+// G3/G6 durable call log: supervisor SIGKILLs under load, torn/corrupt tails, full disk.
+mod durable;
+// Reload (op and SIGHUP): added/removed/changed actors, untouched ones kept, bad configs refused.
+mod reload;
+// G5: SIGSTOPped workers are detected as hung and recovered; not with heartbeat_timeout "0s".
+mod hang;

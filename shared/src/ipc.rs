@@ -22,7 +22,7 @@ pub const ENV_BOOTSTRAP: &str = "RESURGAM_WORKER_BOOTSTRAP";
 /// Environment variable with the supervisor's pid (the worker exits if its parent changed).
 pub const ENV_PARENT_PID: &str = "RESURGAM_PARENT_PID";
 /// Batches whose encoding is larger than this go through shared memory.
-pub const SHM_THRESHOLD: usize = 64 * 1024;
+pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
 pub const IPC_VERSION: u32 = 1;
 

@@ -263,6 +263,9 @@ impl Ctx {
     }
 }
 
+/// One workload run against a supervisor of its own.
+type Workload = fn(&mut Ctx) -> Result<()>;
+
 const WORKLOADS: [&str; 6] = ["w1", "w2", "w3", "w4", "w5", "w6"];
 
 fn run(args: &BenchArgs) -> Result<Report> {
@@ -336,7 +339,7 @@ fn run(args: &BenchArgs) -> Result<Report> {
             socket.display().to_string()
         }
         None => {
-            let all: [(&'static str, fn(&mut Ctx) -> Result<()>); 6] = [
+            let all: [(&'static str, Workload); 6] = [
                 ("w1", workloads::w1_own),
                 ("w2", workloads::w2_own),
                 ("w3", workloads::w3),

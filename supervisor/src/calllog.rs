@@ -158,6 +158,17 @@ impl ActorLog {
                 .map(|r| r.seq)
                 .filter(|&s| s >= *first && s < next)
                 .max();
+            let holds_anything = segments
+                .iter()
+                .find(|s| s.path == *path)
+                .is_none_or(|s| s.last_seq.is_some());
+            if last.is_none() && !holds_anything {
+                // Nothing but a torn record or nothing at all (a crash right after the
+                // file was created): it would only be in the way of the next append,
+                // which may want this very name.
+                std::fs::remove_file(path).map_err(ctx("remove empty segment", path))?;
+                continue;
+            }
             log.closed.push_back((last, path.clone()));
         }
         Ok(Opened {
@@ -218,6 +229,8 @@ impl ActorLog {
     fn rotate(&mut self, first_seq: u64) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(ctx("create", &self.dir))?;
         let path = self.dir.join(calllog::segment_name(first_seq));
+        // Never keep the file we append to on the list of closed (deletable) segments.
+        self.closed.retain(|(_, p)| *p != path);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -474,6 +487,27 @@ mod tests {
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn an_empty_segment_from_a_crash_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+            .unwrap()
+            .log;
+        log.append(&[call(1), call(2)]).unwrap();
+        drop(log);
+        let empty = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(3));
+        std::fs::write(&empty, b"").unwrap();
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+            .unwrap()
+            .log;
+        assert!(!empty.exists());
+        log.append(&[call(3)]).unwrap();
+        log.truncate(2);
+        drop(log);
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Run the end-to-end benchmarks (W1–W6) and print a table, or JSON with --json.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the command line; `registry` holds the actor kinds this binary knows.
@@ -174,6 +176,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Command::Restart { actor, socket } => client_cmd(&socket, |c| c.restart(&actor)),
         Command::Reload { socket } => client_cmd(&socket, |c| c.reload()),
         Command::Stop { socket } => client_cmd(&socket, |c| c.stop()),
+        Command::Bench(args) => crate::bench::main(args),
     }
 }
 

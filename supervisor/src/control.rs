@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{MsgFlags, getsockopt, send, sockopt::PeerCredentials};
+use std::os::fd::AsRawFd;
 
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, NULL_ID, encode_err, parse_request};
 
@@ -49,6 +50,48 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {:o} {}: {e}", mode, path.display()))?;
     Ok(listener)
+}
+
+/// The main loop's handle on a connection's output.
+pub struct ConnOut {
+    stream: UnixStream,
+    writer: Sender<String>,
+    /// Chunks handed to the writer thread and not yet written by it.
+    queued: Arc<AtomicUsize>,
+}
+
+impl ConnOut {
+    /// Sends reply text, in order with everything sent before: directly when the writer
+    /// thread has nothing pending, else through it. Returns false once the client is
+    /// gone for good.
+    pub fn send(&self, text: String) -> bool {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.stream.as_raw_fd(), text.as_bytes(), flags) {
+                Ok(n) if n == text.len() => return true,
+                Ok(n) => {
+                    self.queue(text[n..].to_string());
+                    return true;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => return false,
+            }
+        }
+        self.queue(text);
+        true
+    }
+
+    fn queue(&self, text: String) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.writer.send(text).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// True while the writer thread still has text to write.
+    pub fn busy(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0
+    }
 }
 
 /// Who may connect.
@@ -140,19 +183,22 @@ fn serve(
         );
         return true;
     }
-    let write_half = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
+    let (write_half, direct) = match (stream.try_clone(), stream.try_clone()) {
+        (Ok(w), Ok(d)) => (w, d),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "cannot clone a control connection");
             return true;
         }
     };
     let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let conn_out = ConnOut {
+        stream: direct,
+        writer: tx,
+        queued: queued.clone(),
+    };
     if events
-        .send(ShellEvent::ConnOpened {
-            conn,
-            replies: tx.clone(),
-        })
+        .send(ShellEvent::ConnOpened { conn, conn_out })
         .is_err()
     {
         return false;
@@ -161,7 +207,7 @@ fn serve(
     let w = std::thread::Builder::new()
         .name(format!("conn-{conn}-w"))
         .stack_size(128 * 1024)
-        .spawn(move || writer(write_half, rx));
+        .spawn(move || writer(write_half, rx, &queued));
     let events2 = events.clone();
     let max = access.max_request_bytes;
     let live2 = live.clone();
@@ -169,7 +215,7 @@ fn serve(
         .name(format!("conn-{conn}-r"))
         .stack_size(128 * 1024)
         .spawn(move || {
-            reader(stream, conn, max, &events2, &tx);
+            reader(stream, conn, max, &events2);
             live2.fetch_sub(1, Ordering::Relaxed);
             let _ = events2.send(ShellEvent::ConnClosed { conn });
         });
@@ -181,13 +227,15 @@ fn serve(
     true
 }
 
-fn writer(stream: UnixStream, lines: Receiver<String>) {
+fn writer(stream: UnixStream, lines: Receiver<String>, queued: &AtomicUsize) {
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     while let Ok(line) = lines.recv() {
+        let mut taken = 1;
         if out.write_all(line.as_bytes()).is_err() {
             return;
         }
         for more in lines.try_iter() {
+            taken += 1;
             if out.write_all(more.as_bytes()).is_err() {
                 return;
             }
@@ -195,19 +243,15 @@ fn writer(stream: UnixStream, lines: Receiver<String>) {
         if out.flush().is_err() {
             return;
         }
+        // Only now may the main loop write directly again (order is kept).
+        queued.fetch_sub(taken, Ordering::AcqRel);
     }
-    let _ = out.flush();
 }
 
 /// Reads lines of at most `max` bytes. A longer line is answered with `BadRequest` and
 /// skipped up to its newline; the connection stays usable.
-fn reader(
-    stream: UnixStream,
-    conn: ConnId,
-    max: usize,
-    events: &Sender<ShellEvent>,
-    replies: &Sender<String>,
-) {
+fn reader(stream: UnixStream, conn: ConnId, max: usize, events: &Sender<ShellEvent>) {
+    let refuse = |line: String| events.send(ShellEvent::Refused { conn, line }).is_ok();
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::with_capacity(1024);
     loop {
@@ -219,7 +263,9 @@ fn reader(
                     ErrorKind::BadRequest,
                     format!("request exceeds max_request_bytes ({max} bytes)"),
                 );
-                let _ = replies.send(encode_err(NULL_ID, &err));
+                if !refuse(encode_err(NULL_ID, &err)) {
+                    return;
+                }
             }
             Ok(LineRead::Line) => {
                 let text = trim_line(&line);
@@ -236,7 +282,9 @@ fn reader(
                         }
                     }
                     Err(rejected) => {
-                        let _ = replies.send(encode_err(&rejected.id, &rejected.error));
+                        if !refuse(encode_err(&rejected.id, &rejected.error)) {
+                            return;
+                        }
                     }
                 }
             }

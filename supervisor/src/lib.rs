@@ -28,6 +28,7 @@
 //! reaper, control socket, worker I/O, disk sync) around it; [`client`] is the Rust client
 //! the CLI uses.
 
+pub mod bench;
 mod calllog;
 pub mod cli;
 pub mod client;

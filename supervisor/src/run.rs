@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
+use ipc_channel::ipc::IpcSender;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -20,7 +21,7 @@ use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 use resurgam_shared::config::Durability;
 
 use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
-use crate::control::{self, Access, SocketFile};
+use crate::control::{self, Access, ConnOut, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
 use crate::disk::{self, Files};
 use crate::exit::WorkerExit;
@@ -41,7 +42,7 @@ pub enum ShellEvent {
     Connected {
         actor: ActorId,
         epoch: u64,
-        outbox: Sender<ToWorker>,
+        outbox: IpcSender<ToWorker>,
     },
     Reaped {
         pid: i32,
@@ -49,7 +50,12 @@ pub enum ShellEvent {
     },
     ConnOpened {
         conn: ConnId,
-        replies: Sender<String>,
+        conn_out: ConnOut,
+    },
+    /// A request the connection's reader refused itself (malformed, oversized).
+    Refused {
+        conn: ConnId,
+        line: String,
     },
     ConnClosed {
         conn: ConnId,
@@ -57,13 +63,16 @@ pub enum ShellEvent {
     Hangup,
 }
 
+/// How long replies are still delivered to a client that stopped sending.
+const HALF_CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The shell's view of one actor's current worker.
 #[derive(Default)]
 struct WorkerSlot {
     epoch: u64,
     pid: Option<u32>,
     server_name: Option<String>,
-    outbox: Option<Sender<ToWorker>>,
+    outbox: Option<IpcSender<ToWorker>>,
     reaped: bool,
 }
 
@@ -151,11 +160,16 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         notifier,
         ready_sent: false,
         stopping_sent: false,
+        status_states: String::new(),
+        status_due: Instant::now(),
         next_watchdog,
         files,
         pids: HashMap::new(),
         early_exits: HashMap::new(),
         conns: HashMap::new(),
+        outgoing: HashMap::new(),
+        half_closed: HashMap::new(),
+        owed: HashMap::new(),
         spawn_tx,
         disk_tx,
         logs,
@@ -198,7 +212,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     // Let the connection writers take the last replies (e.g. to `stop`) before the
     // process ends; a client that does not read gets at most a second.
     let give_up = Instant::now() + std::time::Duration::from_secs(1);
-    while Instant::now() < give_up && shell.conns.values().any(|tx| !tx.is_empty()) {
+    while Instant::now() < give_up && shell.conns.values().any(|c| c.busy()) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -213,6 +227,9 @@ struct Shell {
     notifier: Notifier,
     ready_sent: bool,
     stopping_sent: bool,
+    /// The actor states last put in STATUS=, and when to refresh the line anyway.
+    status_states: String,
+    status_due: Instant,
     /// When the next WATCHDOG=1 is due (sent from this loop, so a stuck core stops it).
     next_watchdog: Option<Instant>,
     files: Vec<Files>,
@@ -221,7 +238,13 @@ struct Shell {
     pids: HashMap<u32, (ActorId, u64)>,
     /// Exits reaped before their Spawned event arrived.
     early_exits: HashMap<u32, WorkerExit>,
-    conns: HashMap<ConnId, Sender<String>>,
+    conns: HashMap<ConnId, ConnOut>,
+    /// Connections whose client stopped sending, and when to forget them.
+    half_closed: HashMap<ConnId, Instant>,
+    /// Replies each connection is still owed (one per request).
+    owed: HashMap<ConnId, usize>,
+    /// Reply lines gathered in this turn of the loop, per connection.
+    outgoing: HashMap<ConnId, String>,
     spawn_tx: Sender<SpawnJob>,
     disk_tx: Sender<(ActorId, Files)>,
     logs: Vec<ActorLog>,
@@ -233,7 +256,14 @@ impl Shell {
     fn on_event(&mut self, ev: ShellEvent, core: &mut Core) {
         let now = Instant::now();
         match ev {
-            ShellEvent::Core(e) => core.handle(e, now),
+            ShellEvent::Core(e) => {
+                if let Event::Request { conn, .. } = &e {
+                    // Every request gets exactly one reply: count what this
+                    // connection is still owed.
+                    *self.owed.entry(*conn).or_default() += 1;
+                }
+                core.handle(e, now)
+            }
             ShellEvent::Spawned {
                 actor,
                 epoch,
@@ -264,11 +294,23 @@ impl Shell {
                 }
             }
             ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
-            ShellEvent::ConnOpened { conn, replies } => {
-                self.conns.insert(conn, replies);
+            ShellEvent::ConnOpened { conn, conn_out } => {
+                self.conns.insert(conn, conn_out);
+            }
+            ShellEvent::Refused { conn, line } => {
+                *self.owed.entry(conn).or_default() += 1;
+                self.reply(conn, &line);
             }
             ShellEvent::ConnClosed { conn } => {
-                self.conns.remove(&conn);
+                // The client stopped sending; it may still wait for replies (a
+                // half-closed socket, as `socat` and `nc -N` leave it): close once it
+                // has them all (or a write fails, or the grace ends).
+                if self.owed.get(&conn).copied().unwrap_or(0) == 0 {
+                    self.forget_conn(conn);
+                } else {
+                    self.half_closed.insert(conn, now + HALF_CLOSED_GRACE);
+                }
+                self.sweep_half_closed(now);
             }
             ShellEvent::Hangup => {
                 tracing::info!("SIGHUP received: reloading the configuration");
@@ -309,6 +351,38 @@ impl Shell {
         );
     }
 
+    /// Queues one reply line for this turn of the loop.
+    fn reply(&mut self, conn: ConnId, line: &str) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        self.outgoing.entry(conn).or_default().push_str(line);
+        if let Some(n) = self.owed.get_mut(&conn) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Drops a connection's output: once its writer thread has written what it holds,
+    /// the socket closes and the client sees the end.
+    fn forget_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.owed.remove(&conn);
+        self.half_closed.remove(&conn);
+    }
+
+    /// Forgets half-closed connections whose grace ran out.
+    fn sweep_half_closed(&mut self, now: Instant) {
+        let expired: Vec<ConnId> = self
+            .half_closed
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in expired {
+            self.forget_conn(conn);
+        }
+    }
+
     /// The config of an actor by id (reload keeps removed actors' entries at the end of
     /// `retired`, so ids stay stable).
     fn config_actor(&self, actor: ActorId) -> &ActorConfig {
@@ -329,7 +403,15 @@ impl Shell {
             self.ready_sent = true;
             self.notifier.ready();
         }
-        self.notifier.status(&core.summary());
+        // STATUS= when the actors' states change, else at most every few seconds (the
+        // served count alone must not send a datagram to PID 1 per loop turn).
+        let states = core.summary();
+        if states != self.status_states || now >= self.status_due {
+            self.notifier
+                .status(&format!("{states}; {} calls served", core.served()));
+            self.status_states = states;
+            self.status_due = now + std::time::Duration::from_secs(5);
+        }
         if let (Some(due), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
             && due <= now
         {
@@ -479,7 +561,7 @@ impl Shell {
         .to_string())
     }
 
-    fn outbox(&self, actor: ActorId, epoch: u64) -> Option<&Sender<ToWorker>> {
+    fn outbox(&self, actor: ActorId, epoch: u64) -> Option<&IpcSender<ToWorker>> {
         let w = &self.workers.0[actor];
         (w.epoch == epoch).then_some(w.outbox.as_ref()).flatten()
     }
@@ -491,9 +573,30 @@ impl Shell {
             core.flush();
             core.drain_actions(actions);
             if actions.is_empty() {
-                return;
+                break;
             }
             self.execute(actions, core);
+        }
+        let mut gone = Vec::new();
+        for (conn, text) in self.outgoing.drain() {
+            if let Some(c) = self.conns.get(&conn)
+                && !c.send(text)
+            {
+                gone.push(conn);
+            }
+        }
+        for conn in gone {
+            self.forget_conn(conn);
+        }
+        // Half-closed connections that now have every reply are done.
+        let done: Vec<ConnId> = self
+            .half_closed
+            .keys()
+            .filter(|c| self.owed.get(c).copied().unwrap_or(0) == 0)
+            .copied()
+            .collect();
+        for conn in done {
+            self.forget_conn(conn);
         }
     }
 
@@ -549,11 +652,7 @@ impl Shell {
                         }
                     }
                 }
-                Action::Reply { conn, line } => {
-                    if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.send(line);
-                    }
-                }
+                Action::Reply { conn, line } => self.reply(conn, &line),
                 Action::Spawn { actor, epoch } => {
                     let w = &mut self.workers.0[actor];
                     *w = WorkerSlot {

@@ -7,9 +7,12 @@
 //! Spawning happens on one long-lived thread: `PR_SET_PDEATHSIG` fires when the *thread*
 //! that forked a child exits, so a short-lived spawning thread would kill its workers.
 //!
-//! Per worker there are two threads: a reader (accepts the bootstrap connection, then
-//! turns every message into an event) and a writer (the only place that calls the
-//! possibly-blocking ipc `send`, so a stuck worker never blocks the core).
+//! Per worker there is one reader thread: it accepts the bootstrap connection, then turns
+//! every message into an event. The main loop sends to the worker directly: ipc `send`
+//! blocks only when the socket buffer (~208 KiB) is full, and the core never has more
+//! than a few small messages outstanding per worker (at most `MAX_INFLIGHT_BATCHES`
+//! batches of at most `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping),
+//! so even a stopped worker cannot make it block.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -172,25 +175,14 @@ fn reader(
         }
     };
     let name = init.actor.clone();
-    let (outbox, inbox) = crossbeam_channel::unbounded::<ToWorker>();
-    // Init goes first, through the same queue as everything after it.
-    let _ = outbox.send(ToWorker::Init(init));
-    let writer = std::thread::Builder::new()
-        .name(format!("tx-{name}"))
-        .stack_size(256 * 1024)
-        .spawn(move || writer(to_worker, inbox));
-    if let Err(e) = writer {
-        tracing::error!(actor = %name, pid, error = %e, "cannot start writer thread; killing the worker");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    if let Err(e) = to_worker.send(ToWorker::Init(init)) {
+        tracing::warn!(actor = %name, pid, error = %e, "cannot send init to the worker");
     }
     if events
         .send(ShellEvent::Connected {
             actor,
             epoch,
-            outbox,
+            outbox: to_worker,
         })
         .is_err()
     {
@@ -261,16 +253,6 @@ fn reader(
         }
     }
     let _ = events.send(closed());
-}
-
-/// The only caller of the worker's ipc `send`, which can block while the worker does not
-/// read. Ends when the shell drops the outbox or the worker is gone.
-fn writer(to_worker: IpcSender<ToWorker>, inbox: Receiver<ToWorker>) {
-    for msg in inbox {
-        if to_worker.send(msg).is_err() {
-            return;
-        }
-    }
 }
 
 /// Marks every fd above stderr close-on-exec. Runs between fork and exec: raw syscalls

@@ -1,12 +1,13 @@
 //! A real systemd (system mode, v252 on Debian 12) as PID 1 of private namespaces, for
 //! the systemd tests. Booted by `boot_ns.sh` (read its header: it gives the namespace
-//! its own tmpfs over /run, /tmp and /var/{tmp,lib,log,cache} and masks the tmpfiles
-//! units, so the host's /tmp is never emptied).
+//! its own tmpfs over /run, /tmp and /var/{tmp,lib,log,cache}, masks the tmpfiles and
+//! sysinit units, so the host's /tmp is never emptied, and gives it cgroups of its own).
 //!
-//! [`Namespace::boot`] starts `unshare --kill-child=SIGKILL …` (with PR_SET_PDEATHSIG
-//! as a second line of defence) and waits, bounded, for `systemctl is-system-running`.
-//! Dropping it SIGKILLs that unshare, which takes namespace PID 1 and everything in the
-//! namespace down, reaps it, and waits until PID 1 is gone.
+//! [`Namespace::boot`] runs `boot_ns.sh`, which execs `unshare --kill-child=SIGKILL …`
+//! under the same pid (PR_SET_PDEATHSIG is a second line of defence should this process
+//! die), and waits, bounded, for `systemctl is-system-running`. Dropping it SIGKILLs
+//! that unshare, which takes namespace PID 1 and everything in the namespace down, reaps
+//! it, waits until PID 1 is gone and removes the namespace's cgroups.
 
 use std::fs;
 use std::io::{self, Read};
@@ -126,7 +127,37 @@ fn proc_identity(pid: i32) -> Option<(char, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+/// True if host pid `pid` is PID 1 of a child pid namespace ("NSpid:\tHOSTPID\t1").
+fn is_namespace_init(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() >= 2 && ids.last() == Some(&"1")
+            })
+    })
+}
+
+/// Removes the cgroup directory `dir` and every cgroup below it, deepest first (a
+/// cgroup can only be removed once it has no children and no processes).
+fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A booted systemd in its own namespaces.
@@ -136,6 +167,8 @@ pub struct Namespace {
     pid1: i32,
     pid1_start: u64,
     console: PathBuf,
+    /// The cgroups boot_ns.sh made for the namespace, one path a line: removed on drop.
+    cgroups: PathBuf,
 }
 
 impl Namespace {
@@ -147,24 +180,13 @@ impl Namespace {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("dup console log: {e}"))?;
-        let mut cmd = Command::new("unshare");
-        cmd.args([
-            "--kill-child=SIGKILL",
-            "--pid",
-            "--mount",
-            "--net",
-            "--uts",
-            "--ipc",
-            "--cgroup",
-            "--mount-proc",
-            "--propagation",
-            "private",
-            BOOT_SCRIPT,
-        ])
-        .arg(staging)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+        // boot_ns.sh moves itself into cgroups of its own, then execs unshare (same pid).
+        let mut cmd = Command::new("bash");
+        cmd.arg(BOOT_SCRIPT)
+            .arg(staging)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
@@ -177,12 +199,15 @@ impl Namespace {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)
             });
         }
-        let unshare = cmd.spawn().map_err(|e| format!("spawn unshare: {e}"))?;
+        let unshare = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {BOOT_SCRIPT}: {e}"))?;
         let mut ns = Namespace {
             pid1: 0,
             pid1_start: 0,
             unshare,
             console,
+            cgroups: staging.join("cgroups"),
         };
         ns.wait_for_boot()?;
         Ok(ns)
@@ -191,7 +216,9 @@ impl Namespace {
     fn wait_for_boot(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         let upid = self.unshare.id();
-        // unshare forks namespace PID 1 (boot_ns.sh, which execs systemd).
+        // unshare forks namespace PID 1 (boot_ns.sh again, which execs systemd). Before
+        // the exec of unshare, the script's own helpers (awk, mktemp) are its children:
+        // only a process that is PID 1 of a child pid namespace counts.
         loop {
             if let Ok(Some(status)) = self.unshare.try_wait() {
                 return Err(format!(
@@ -203,8 +230,8 @@ impl Namespace {
                 .unwrap_or_default();
             if let Some(pid) = children
                 .split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<i32>().ok())
+                .filter_map(|p| p.parse::<i32>().ok())
+                .find(|&p| is_namespace_init(p))
                 && let Some((_, start)) = proc_identity(pid)
             {
                 self.pid1 = pid;
@@ -218,7 +245,9 @@ impl Namespace {
         }
         let mut last = String::new();
         loop {
-            if let Ok(out) = self.try_exec(&["systemctl", "is-system-running"], Duration::from_secs(10)) {
+            if let Ok(out) =
+                self.try_exec(&["systemctl", "is-system-running"], Duration::from_secs(10))
+            {
                 last = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if last == "running" || last == "degraded" {
                     return Ok(());
@@ -234,15 +263,13 @@ impl Namespace {
         }
     }
 
-    /// The host pid of namespace PID 1.
-    pub fn pid1(&self) -> i32 {
-        self.pid1
-    }
-
     /// Runs `args` inside every namespace of the booted systemd (nsenter -a).
     pub fn try_exec(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
         let mut cmd = Command::new("nsenter");
-        cmd.arg("-t").arg(self.pid1.to_string()).arg("-a").args(args);
+        cmd.arg("-t")
+            .arg(self.pid1.to_string())
+            .arg("-a")
+            .args(args);
         run_bounded(cmd, timeout)
     }
 
@@ -251,9 +278,15 @@ impl Namespace {
         PathBuf::from(format!("/proc/{}/root{path}", self.pid1))
     }
 
-    /// The last lines of systemd's console.
+    /// The last lines of boot_ns.sh's output and of systemd's console.
     pub fn console_tail(&self) -> String {
-        tail(&fs::read_to_string(&self.console).unwrap_or_default(), 40)
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+        let systemd = self.console.with_file_name("systemd.log");
+        format!(
+            "{}\n{}",
+            tail(&read(&self.console), 20),
+            tail(&read(&systemd), 20)
+        )
     }
 }
 
@@ -277,6 +310,22 @@ impl Drop for Namespace {
         while alive(self.pid1, self.pid1_start) && Instant::now() < deadline {
             let _ = kill(Pid::from_raw(self.pid1), Signal::SIGKILL);
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // The cgroups: only paths boot_ns.sh made (resurgam-test-* under /sys/fs/cgroup).
+        let list = fs::read_to_string(&self.cgroups).unwrap_or_default();
+        for dir in list.lines().map(Path::new) {
+            let ours = dir.starts_with("/sys/fs/cgroup")
+                && dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("resurgam-test-"));
+            if !ours {
+                continue;
+            }
+            // The last processes may take a moment to leave them.
+            while remove_cgroup_tree(dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

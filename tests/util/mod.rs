@@ -667,3 +667,118 @@ impl Drop for Supervisor {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------
+// Helpers for durability, reload and hang tests.
+
+impl Supervisor {
+    /// Rewrites the config file with a new `body` (same directories and socket, composed
+    /// as [`Supervisor::start`] does). Takes effect on a reload or the next start.
+    pub fn write_config(&self, body: &str) {
+        fs::write(
+            &self.config_path,
+            compose_config(body, &self.state_dir, &self.runtime_dir, &self.socket),
+        )
+        .expect("rewrite config");
+    }
+
+    /// Whether `status` lists an actor with this name.
+    pub fn has_actor(&self, name: &str) -> bool {
+        self.status()["actors"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|a| a["name"] == name))
+    }
+
+    /// How many supervisor processes were started so far (runs are numbered from 1).
+    pub fn run_count(&self) -> u32 {
+        *self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log of one supervisor run (1-based), without colour codes.
+    pub fn run_log(&self, run: u32) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &fs::read(self.log_path(run)).unwrap_or_default(),
+        ))
+    }
+
+    /// Like [`Supervisor::start`], but the supervisor is started by the command `make`
+    /// returns for the config path (e.g. the binary wrapped in `unshare`, which must
+    /// end up exec'ing `resurgam run --config CONFIG` so that the spawned pid is the
+    /// supervisor). The harness's environment scrubbing, log capture and
+    /// PR_SET_PDEATHSIG apply. Note: [`Supervisor::restart_same_dirs`] restarts with the
+    /// plain binary, not with `make`.
+    pub fn start_wrapped(body: &str, make: impl FnOnce(&Supervisor) -> Command) -> Supervisor {
+        let dir = tempfile::Builder::new()
+            .prefix("rsg-it-")
+            .tempdir()
+            .expect("create tempdir");
+        let root = dir.path().to_path_buf();
+        let state_dir = root.join("state");
+        let runtime_dir = root.join("run");
+        let socket = root.join("ctl.sock");
+        let config_path = root.join("resurgam.toml");
+        fs::write(
+            &config_path,
+            compose_config(body, &state_dir, &runtime_dir, &socket),
+        )
+        .expect("write config");
+        let sup = Supervisor {
+            dir,
+            config_path,
+            socket,
+            state_dir,
+            runtime_dir,
+            child: Mutex::new(None),
+            sup: Mutex::new(None),
+            seen: Mutex::new(HashSet::new()),
+            runs: Mutex::new(0),
+            env: Vec::new(),
+        };
+        let cmd = make(&sup);
+        sup.spawn_command(cmd);
+        sup.wait_ready();
+        sup
+    }
+
+    /// Spawns `cmd` as the supervisor process (see [`Supervisor::start_wrapped`]).
+    fn spawn_command(&self, mut cmd: Command) {
+        let run = {
+            let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+            *runs += 1;
+            *runs
+        };
+        let log = fs::File::create(self.log_path(run)).expect("create log file");
+        let log2 = log.try_clone().expect("clone log file");
+        cmd.env("RESURGAM_LOG", "info").env("NO_COLOR", "1");
+        for var in SCRUBBED_ENV.iter().filter(|v| **v != "RESURGAM_LOG") {
+            cmd.env_remove(var);
+        }
+        cmd.current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log2)
+            .stderr(log);
+        // SAFETY: as in `spawn`: only prctl runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("spawn the supervisor");
+        let pid = child.id() as i32;
+        *self.sup.lock().unwrap_or_else(PoisonError::into_inner) =
+            Proc::of(pid).or(Some(Proc { pid, start_time: 0 }));
+        *self.child.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+    }
+}
+
+impl Supervisor {
+    /// Starts a new supervisor on the same config and directories like
+    /// [`Supervisor::restart_same_dirs`], but returns at once (while it restores and
+    /// replays), e.g. to kill it again in the middle of its recovery.
+    pub fn restart_same_dirs_no_wait(&self) {
+        if self.try_wait_exit().is_none() {
+            self.kill_supervisor();
+        }
+        self.spawn();
+    }
+}

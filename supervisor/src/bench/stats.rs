@@ -219,7 +219,10 @@ mod tests {
 
     #[test]
     fn timestamps_parse_to_unix_micros() {
-        assert_eq!(parse_rfc3339_utc_micros("1970-01-01T00:00:00.000001Z"), Some(1));
+        assert_eq!(
+            parse_rfc3339_utc_micros("1970-01-01T00:00:00.000001Z"),
+            Some(1)
+        );
         assert_eq!(
             parse_rfc3339_utc_micros("2000-03-01T00:00:01.5Z"),
             Some(951_868_801_500_000)

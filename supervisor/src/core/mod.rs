@@ -533,13 +533,16 @@ impl Core {
         !matches!(self.mode, Mode::Running)
     }
 
-    /// A one-line summary for systemd's STATUS=.
+    /// Calls answered so far, all actors together.
+    pub fn served(&self) -> u64 {
+        self.actors.iter().map(|a| a.served).sum()
+    }
+
+    /// A one-line summary of the actors' states for systemd's STATUS=.
     pub fn summary(&self) -> String {
         let mut counts = [0usize; 5];
-        let mut served = 0;
         for a in self.actors.iter().filter(|a| !a.retiring) {
             counts[a.phase as usize] += 1;
-            served += a.served;
         }
         let [starting, alive, restarting, dead, stopped] = counts;
         let mut parts = vec![format!("{alive} alive")];
@@ -554,7 +557,7 @@ impl Core {
             }
         }
         let mode = if self.is_stopping() { "stopping: " } else { "" };
-        format!("{mode}{}; {served} calls served", parts.join(", "))
+        format!("{mode}{}", parts.join(", "))
     }
 
     /// Adds an actor (reload) and starts its worker. Returns its id, which is the next
