@@ -1301,7 +1301,7 @@ backoff_initial     = "10ms"
 backoff_max         = "1s"
 min_uptime          = "1s"
 startup_timeout     = "10s"
-heartbeat_timeout   = "0s"
+heartbeat_timeout   = "30s"
 durability          = "log"
 
 [[actor]]
