@@ -206,6 +206,22 @@ fn load_client(
     seen
 }
 
+/// SIGKILLs the supervisor and starts a new one on the same directories.
+fn crash_and_restart(sup: &Supervisor) {
+    sup.kill_supervisor();
+    sup.wait_state_dir_unlocked();
+    sup.restart_same_dirs();
+}
+
+/// Sets the flag when dropped (also while unwinding).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Sum of `recovered_from_log` over every actor in a status reply.
 fn recovered_from_log(st: &Value) -> u64 {
     st["actors"]
@@ -216,10 +232,11 @@ fn recovered_from_log(st: &Value) -> u64 {
         .sum()
 }
 
-/// Runs `kills` rounds of: load until progress, wait a random moment, SIGKILL the
-/// supervisor, restart it on the same directories. Then checks that every acknowledged
-/// call is present exactly once and that the log stayed bounded.
-fn supervisor_kills_under_load(durability: &str, kills: usize) {
+/// Runs `kills` rounds (at least `min_kills`, more while within `budget`) of: load until
+/// progress, wait a random moment, SIGKILL the supervisor (sometimes twice, the second
+/// time during its recovery), restart it on the same directories. Then checks that
+/// every acknowledged call is present exactly once and that the log stays bounded.
+fn supervisor_kills_under_load(durability: &str, kills: usize, min_kills: usize, budget: Duration) {
     let seed = Rng::seed();
     eprintln!("durable ({durability}) seed = {seed}");
     let mut rng = Rng::new(seed);
@@ -233,6 +250,9 @@ fn supervisor_kills_under_load(durability: &str, kills: usize) {
     let mut recovered_total = 0u64;
 
     let seens = std::thread::scope(|s| {
+        // Stops the clients however this closure ends: on a panic, `scope` would wait
+        // for them forever.
+        let _stop_clients = StopOnDrop(&stop);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|t| {
                 let (sup, stop, acked) = (&sup, &stop, &acked);
@@ -240,6 +260,9 @@ fn supervisor_kills_under_load(durability: &str, kills: usize) {
             })
             .collect();
         for round in 0..kills {
+            if round >= min_kills && started.elapsed() > budget {
+                break; // a slow machine: enough kills, keep the test short
+            }
             // Let the clients make progress on this run, then pick a random moment.
             let base = acked.load(Ordering::Relaxed);
             let want = rng.range(1, 300) as usize;
@@ -259,10 +282,12 @@ fn supervisor_kills_under_load(durability: &str, kills: usize) {
             sup.kill_supervisor();
             if rng.range(0, 3) == 0 {
                 // Sometimes kill it again in the middle of its recovery.
+                sup.wait_state_dir_unlocked();
                 sup.restart_same_dirs_no_wait();
                 std::thread::sleep(Duration::from_millis(rng.range(0, 40)));
                 sup.kill_supervisor();
             }
+            sup.wait_state_dir_unlocked();
             sup.restart_same_dirs();
             recovered_total += recovered_from_log(&sup.status());
         }
@@ -279,8 +304,7 @@ fn supervisor_kills_under_load(durability: &str, kills: usize) {
     });
 
     // The calls acknowledged on the last run must survive a kill too.
-    sup.kill_supervisor();
-    sup.restart_same_dirs();
+    crash_and_restart(&sup);
     recovered_total += recovered_from_log(&sup.status());
     let mut c = sup.client();
 
@@ -417,21 +441,16 @@ fn supervisor_kills_under_load(durability: &str, kills: usize) {
     eprintln!(
         "durable ({durability}): log segments (actor, at the end, after two checkpoints): {counts:?}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "durable chaos test too slow: {:?}",
-        started.elapsed()
-    );
 }
 
 #[test]
 fn supervisor_sigkill_under_load_log_mode_loses_and_doubles_nothing() {
-    supervisor_kills_under_load("log", 25);
+    supervisor_kills_under_load("log", 25, 10, Duration::from_secs(20));
 }
 
 #[test]
 fn supervisor_sigkill_under_load_fsync_mode_loses_and_doubles_nothing() {
-    supervisor_kills_under_load("fsync", 10);
+    supervisor_kills_under_load("fsync", 10, 5, Duration::from_secs(10));
 }
 
 // ------------------------------------------------------------------------------------
@@ -538,6 +557,7 @@ fn a_torn_log_tail_is_cut_and_everything_before_it_replayed() {
         .unwrap();
     assert!(cut < bytes.len());
 
+    sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
     let lines = recovery_lines(&sup, 2);
     assert!(
@@ -555,8 +575,7 @@ fn a_torn_log_tail_is_cut_and_everything_before_it_replayed() {
 
     // Appends continue after the good data: new calls survive another kill.
     put_keys(&mut c, "n", 0..5);
-    sup.kill_supervisor();
-    sup.restart_same_dirs();
+    crash_and_restart(&sup);
     assert!(
         recovery_lines(&sup, 3).is_empty(),
         "the log was still damaged after the first recovery:\n{}",
@@ -583,6 +602,7 @@ fn a_corrupt_log_record_stops_recovery_loudly_and_is_quarantined() {
     bytes[at] ^= 0x5a;
     fs::write(&path, &bytes).unwrap();
 
+    sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
     let lines = recovery_lines(&sup, 2);
     assert!(
@@ -627,8 +647,7 @@ fn a_corrupt_log_record_stops_recovery_loudly_and_is_quarantined() {
 
     // New calls survive another SIGKILL and restart, with no new problem reported.
     put_keys(&mut c, "n", 0..5);
-    sup.kill_supervisor();
-    sup.restart_same_dirs();
+    crash_and_restart(&sup);
     assert!(
         recovery_lines(&sup, 3).is_empty(),
         "the log was still damaged after the quarantine:\n{}",
@@ -694,6 +713,7 @@ fn the_log_of_a_removed_actor_is_kept_and_replayed_when_it_comes_back() {
 
     // Without it in the config: the log is kept untouched and reported.
     sup.write_config(&two_counters(false));
+    sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
     assert!(!sup.has_actor("gone"), "{}", sup.status());
     let mut c = sup.client();
@@ -710,7 +730,7 @@ fn the_log_of_a_removed_actor_is_kept_and_replayed_when_it_comes_back() {
 
     // Added back: its log is replayed.
     sup.write_config(&two_counters(true));
-    sup.restart_same_dirs();
+    crash_and_restart(&sup);
     let a = sup.actor("gone");
     assert_eq!(a["recovered_from_log"], 2, "{a}");
     let mut c = sup.client();
@@ -936,6 +956,7 @@ fn an_empty_segment_left_by_a_crash_does_not_swallow_later_calls() {
     let empty = dir.join(resurgam::shared::calllog::segment_name(11));
     fs::write(&empty, b"").unwrap();
 
+    sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
     let mut c = sup.client();
     put_keys(&mut c, "a", 0..10);
@@ -948,6 +969,7 @@ fn an_empty_segment_left_by_a_crash_does_not_swallow_later_calls() {
     let segs = list_segments(&dir).unwrap();
     sup.kill_supervisor();
 
+    sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
     let mut c = sup.client();
     for prefix in ["k", "a", "b", "c"] {

@@ -811,13 +811,26 @@ fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("open lock file {}: {e}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        format!(
-            "state directory {} is in use by another supervisor (lock {}: {e})",
-            config.supervisor.state_dir.display(),
-            path.display()
-        )
-    })
+    // A worker of a supervisor that was just killed may hold a copy of the lock for a
+    // moment (between fork and exec): retry briefly before giving up.
+    let give_up = Instant::now() + std::time::Duration::from_secs(2);
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < give_up => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => {
+                return Err(format!(
+                    "state directory {} is in use by another supervisor (lock {}: {e})",
+                    config.supervisor.state_dir.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit: every worker costs a few fds.

@@ -782,3 +782,22 @@ impl Supervisor {
         self.spawn();
     }
 }
+
+impl Supervisor {
+    /// Waits until no process holds the state directory's lock any more. After a
+    /// SIGKILL of the supervisor, a worker it was forking at that moment holds a copy of
+    /// the lock until its exec, and a new supervisor started in that window refuses to
+    /// run ("in use by another supervisor").
+    pub fn wait_state_dir_unlocked(&self) {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.state_dir.join(".resurgam.lock");
+        self.wait_until(
+            "the state directory's lock to be free",
+            START_TIMEOUT,
+            || match fs::OpenOptions::new().read(true).open(&path) {
+                Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok(),
+                Err(_) => true,
+            },
+        );
+    }
+}

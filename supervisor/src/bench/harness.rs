@@ -219,7 +219,22 @@ impl Sup {
 
     /// The `status` reply.
     pub(crate) fn status(&self) -> Result<Value> {
-        self.client()?.status().ctx(|| "status".to_string())
+        self.client()
+            .and_then(|mut c| c.status().ctx(|| "status".to_string()))
+            .map_err(|e| BenchError::new(format!("{e} ({})", self.describe())))
+    }
+
+    /// Whether the supervisor still runs, and the end of its log (for error messages).
+    pub(crate) fn describe(&self) -> String {
+        let state = match proc_stat(self.pid) {
+            None => "gone",
+            Some(('Z' | 'X', _, _)) => "exited",
+            Some(_) => "running",
+        };
+        format!(
+            "the supervisor is {state}; its log ends with:\n{}",
+            self.log_tail(1500)
+        )
     }
 
     /// Polls `status` until every configured actor is ALIVE, or fails after `timeout`
@@ -250,8 +265,11 @@ impl Sup {
     /// supervisor (so a recycled pid is never killed).
     pub(crate) fn worker_pid(&self, actor: &str) -> Result<i32> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = self.client()?;
         loop {
-            let status = self.status()?;
+            let status = c
+                .status()
+                .map_err(|e| BenchError::new(format!("status: {e} ({})", self.describe())))?;
             if let Some(pid) = alive_pid(&status, actor)
                 && matches!(proc_stat(pid), Some((_, ppid, _)) if ppid == self.pid)
             {
@@ -281,6 +299,19 @@ impl Drop for Sup {
         // recycled pids are never hit), kill the supervisor, then make sure they are gone
         // (they also have PR_SET_PDEATHSIG(SIGKILL)).
         let workers = children_of(self.pid);
+        if let Ok(Some(status)) = self.child.try_wait() {
+            // It died before the benchmark was done with it: keep its log.
+            let kept = std::env::temp_dir().join(format!("resurgam-bench-{}.log", self.pid));
+            match fs::copy(&self.log_path, &kept) {
+                Ok(_) => eprintln!(
+                    "bench: the supervisor exited early ({status}); its log is in {}",
+                    kept.display()
+                ),
+                Err(e) => eprintln!(
+                    "bench: the supervisor exited early ({status}); keeping its log failed: {e}"
+                ),
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(5);
