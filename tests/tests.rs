@@ -26,3 +26,5 @@ mod durable;
 mod reload;
 // G5: SIGSTOPped workers are detected as hung and recovered; not with heartbeat_timeout "0s".
 mod hang;
+// Regressions found in review: each test failed before its fix.
+mod regression;

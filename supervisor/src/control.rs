@@ -25,8 +25,20 @@ use resurgam_shared::protocol::{ErrorBody, ErrorKind, NULL_ID, encode_err, parse
 use crate::core::{ConnId, Event};
 use crate::run::ShellEvent;
 
-/// Most connections served at once; more are refused with `Busy`.
+/// Most connections served at once; more are refused with `Busy` (fewer when the
+/// open-file limit is low: see [`max_connections`]).
 pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How many connections fit in the open-file limit, keeping room for `actors` workers
+/// (a few fds each) and the rest of the supervisor; a connection costs three fds.
+pub fn max_connections(actors: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let reserve = 256 + 8 * actors as u64;
+    usize::try_from(soft.saturating_sub(reserve) / 3)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(1, MAX_CONNECTIONS)
+}
 
 /// Binds the socket, replacing a stale file but never a live supervisor's socket.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
@@ -55,40 +67,49 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
 /// The main loop's handle on a connection's output.
 pub struct ConnOut {
     stream: UnixStream,
-    writer: Sender<String>,
-    /// Chunks handed to the writer thread and not yet written by it.
+    writer: Sender<Vec<u8>>,
+    /// Bytes handed to the writer thread and not yet written by it.
     queued: Arc<AtomicUsize>,
 }
+
+/// A connection whose client does not read its replies stops being read from once
+/// this much output waits for it (bounded memory per connection).
+pub const MAX_QUEUED_REPLY_BYTES: usize = 8 << 20;
+/// A client that accepts no output for this long is dropped.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl ConnOut {
     /// Sends reply text, in order with everything sent before: directly when the writer
     /// thread has nothing pending, else through it. Returns false once the client is
     /// gone for good.
     pub fn send(&self, text: String) -> bool {
+        let bytes = text.into_bytes();
         if self.queued.load(Ordering::Acquire) == 0 {
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-            match send(self.stream.as_raw_fd(), text.as_bytes(), flags) {
-                Ok(n) if n == text.len() => return true,
-                Ok(n) => {
-                    self.queue(text[n..].to_string());
-                    return true;
-                }
+            match send(self.stream.as_raw_fd(), &bytes, flags) {
+                Ok(n) if n == bytes.len() => return true,
+                // A partial write ends anywhere, even inside a UTF-8 character: the
+                // rest goes on as bytes.
+                Ok(n) => return self.queue(bytes[n..].to_vec()),
                 Err(nix::errno::Errno::EAGAIN) => {}
                 Err(_) => return false,
             }
         }
-        self.queue(text);
+        self.queue(bytes)
+    }
+
+    fn queue(&self, bytes: Vec<u8>) -> bool {
+        let n = bytes.len();
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        if self.writer.send(bytes).is_err() {
+            // The writer thread is gone (the client stopped reading or left).
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
         true
     }
 
-    fn queue(&self, text: String) {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.writer.send(text).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// True while the writer thread still has text to write.
+    /// True while the writer thread still has output to write.
     pub fn busy(&self) -> bool {
         self.queued.load(Ordering::Acquire) > 0
     }
@@ -100,6 +121,7 @@ pub struct Access {
     pub own_uid: u32,
     pub allowed_uids: Vec<u32>,
     pub max_request_bytes: usize,
+    pub max_connections: usize,
 }
 
 impl Access {
@@ -175,22 +197,30 @@ fn serve(
             return true;
         }
     }
-    if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+    if live.load(Ordering::Relaxed) >= access.max_connections {
         refuse(
             stream,
             ErrorKind::Busy,
-            format!("too many connections (limit {MAX_CONNECTIONS})"),
+            format!("too many connections (limit {})", access.max_connections),
         );
         return true;
     }
     let (write_half, direct) = match (stream.try_clone(), stream.try_clone()) {
         (Ok(w), Ok(d)) => (w, d),
         (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot clone a control connection");
+            tracing::warn!(conn, error = %e, "cannot clone a control connection");
+            refuse(
+                stream,
+                ErrorKind::Busy,
+                format!("cannot serve this connection: {e}"),
+            );
             return true;
         }
     };
-    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    if let Err(e) = write_half.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        tracing::warn!(conn, error = %e, "cannot set a write timeout on a control connection");
+    }
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let conn_out = ConnOut {
         stream: direct,
@@ -203,40 +233,74 @@ fn serve(
     {
         return false;
     }
+    // The connection counts until both of its threads have ended.
     live.fetch_add(1, Ordering::Relaxed);
+    let parts = Arc::new(AtomicUsize::new(2));
+    let done = {
+        let (live, parts) = (live.clone(), parts.clone());
+        move || {
+            if parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+                live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    };
+    let done_w = done.clone();
+    let queued_w = queued.clone();
     let w = std::thread::Builder::new()
         .name(format!("conn-{conn}-w"))
         .stack_size(128 * 1024)
-        .spawn(move || writer(write_half, rx, &queued));
+        .spawn(move || {
+            writer(write_half, rx, &queued_w);
+            done_w();
+        });
     let events2 = events.clone();
     let max = access.max_request_bytes;
-    let live2 = live.clone();
+    let done_r = done.clone();
     let r = std::thread::Builder::new()
         .name(format!("conn-{conn}-r"))
         .stack_size(128 * 1024)
         .spawn(move || {
-            reader(stream, conn, max, &events2);
-            live2.fetch_sub(1, Ordering::Relaxed);
+            reader(stream, conn, max, &events2, &queued);
             let _ = events2.send(ShellEvent::ConnClosed { conn });
+            done_r();
         });
     if w.is_err() || r.is_err() {
         tracing::warn!(conn, "cannot start connection threads");
-        live.fetch_sub(1, Ordering::Relaxed);
-        let _ = events.send(ShellEvent::ConnClosed { conn });
+        if w.is_err() {
+            done();
+        }
+        if r.is_err() {
+            done();
+            let _ = events.send(ShellEvent::ConnClosed { conn });
+        }
     }
     true
 }
 
-fn writer(stream: UnixStream, lines: Receiver<String>, queued: &AtomicUsize) {
+/// Writes what the main loop could not write directly. Ends when the connection is
+/// forgotten, or when the client stops accepting output for `WRITE_TIMEOUT` (then the
+/// main loop's next send fails and it forgets the connection).
+fn writer(stream: UnixStream, chunks: Receiver<Vec<u8>>, queued: &AtomicUsize) {
+    let shut = stream.try_clone();
+    write_chunks(stream, &chunks, queued);
+    // Whatever ended it, the connection is over: wake the reader (it sees the end of
+    // input) and release its backpressure wait.
+    if let Ok(s) = shut {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    queued.store(0, Ordering::Release);
+}
+
+fn write_chunks(stream: UnixStream, chunks: &Receiver<Vec<u8>>, queued: &AtomicUsize) {
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    while let Ok(line) = lines.recv() {
-        let mut taken = 1;
-        if out.write_all(line.as_bytes()).is_err() {
+    while let Ok(chunk) = chunks.recv() {
+        let mut taken = chunk.len();
+        if out.write_all(&chunk).is_err() {
             return;
         }
-        for more in lines.try_iter() {
-            taken += 1;
-            if out.write_all(more.as_bytes()).is_err() {
+        for more in chunks.try_iter() {
+            taken += more.len();
+            if out.write_all(&more).is_err() {
                 return;
             }
         }
@@ -250,11 +314,21 @@ fn writer(stream: UnixStream, lines: Receiver<String>, queued: &AtomicUsize) {
 
 /// Reads lines of at most `max` bytes. A longer line is answered with `BadRequest` and
 /// skipped up to its newline; the connection stays usable.
-fn reader(stream: UnixStream, conn: ConnId, max: usize, events: &Sender<ShellEvent>) {
+fn reader(
+    stream: UnixStream,
+    conn: ConnId,
+    max: usize,
+    events: &Sender<ShellEvent>,
+    queued: &AtomicUsize,
+) {
     let refuse = |line: String| events.send(ShellEvent::Refused { conn, line }).is_ok();
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::with_capacity(1024);
     loop {
+        // Backpressure: a client that does not read its replies is not read from.
+        while queued.load(Ordering::Acquire) > MAX_QUEUED_REPLY_BYTES {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         line.clear();
         match read_line_limited(&mut input, &mut line, max) {
             Ok(LineRead::Eof) => return,
@@ -411,6 +485,7 @@ mod tests {
             own_uid: 1000,
             allowed_uids: vec![7],
             max_request_bytes: 10,
+            max_connections: 1,
         };
         assert!(a.allows(0) && a.allows(1000) && a.allows(7));
         assert!(!a.allows(8));

@@ -63,6 +63,9 @@ pub enum ShellEvent {
     Hangup,
 }
 
+/// How long an exit reaped before its worker's spawn was reported is remembered.
+const EARLY_EXIT_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long replies are still delivered to a client that stopped sending.
 const HALF_CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -74,6 +77,8 @@ struct WorkerSlot {
     server_name: Option<String>,
     outbox: Option<IpcSender<ToWorker>>,
     reaped: bool,
+    /// The core asked for a kill before the pid was known.
+    kill_pending: bool,
 }
 
 /// Kills every worker still running when the loop ends, however it ends (G9; workers
@@ -131,6 +136,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
             max_request_bytes: sup.max_request_bytes,
+            // Reloads may add actors: keep room for twice today's.
+            max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
         events_tx.clone(),
     )
@@ -237,7 +244,7 @@ struct Shell {
     /// pid → (actor, epoch) of every worker not yet reaped.
     pids: HashMap<u32, (ActorId, u64)>,
     /// Exits reaped before their Spawned event arrived.
-    early_exits: HashMap<u32, WorkerExit>,
+    early_exits: HashMap<u32, (WorkerExit, Instant)>,
     conns: HashMap<ConnId, ConnOut>,
     /// Connections whose client stopped sending, and when to forget them.
     half_closed: HashMap<ConnId, Instant>,
@@ -272,13 +279,22 @@ impl Shell {
             } => {
                 let w = &mut self.workers.0[actor];
                 if w.epoch != epoch {
+                    // A worker for an epoch the core already gave up on: not wanted.
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     return;
                 }
                 w.pid = Some(pid);
                 w.server_name = Some(server_name);
+                if std::mem::take(&mut w.kill_pending) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
                 self.pids.insert(pid, (actor, epoch));
                 core.handle(Event::Spawned { actor, epoch, pid }, now);
-                if let Some(exit) = self.early_exits.remove(&pid) {
+                // Exits of processes that were never workers (a failed exec) must not
+                // be taken for a later worker that reuses the pid.
+                self.early_exits
+                    .retain(|_, (_, t)| now.saturating_duration_since(*t) < EARLY_EXIT_MEMORY);
+                if let Some((exit, _)) = self.early_exits.remove(&pid) {
                     self.on_reaped(pid as i32, exit, core);
                 }
             }
@@ -326,7 +342,7 @@ impl Shell {
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
-                self.early_exits.insert(p, exit);
+                self.early_exits.insert(p, (exit, Instant::now()));
             }
             return;
         };
@@ -648,7 +664,7 @@ impl Shell {
                         }
                         Err(e) => {
                             tracing::error!(actor = %self.config_actor(actor).name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
-                            core.handle(Event::Durable { actor, upto: seq }, Instant::now());
+                            core.handle(Event::TombstoneFailed { actor, seq }, Instant::now());
                         }
                     }
                 }
@@ -661,7 +677,7 @@ impl Shell {
                     };
                     let a = &self.config_actor(actor);
                     let f = &self.files[actor];
-                    let _ = self.spawn_tx.send(SpawnJob {
+                    let job = SpawnJob {
                         actor,
                         epoch,
                         name: a.name.clone(),
@@ -669,7 +685,18 @@ impl Shell {
                         mmap_path: f.mmap.clone(),
                         disk_path: f.disk.clone(),
                         checkpoint_every: a.policy.checkpoint_every,
-                    });
+                    };
+                    if self.spawn_tx.send(job).is_err() {
+                        let error = "the spawner thread is gone".to_string();
+                        core.handle(
+                            Event::SpawnFailed {
+                                actor,
+                                epoch,
+                                error,
+                            },
+                            Instant::now(),
+                        );
+                    }
                 }
                 Action::SendCalls {
                     actor,
@@ -679,12 +706,29 @@ impl Shell {
                     let Some(outbox) = self.outbox(actor, epoch) else {
                         continue;
                     };
-                    match calls_message(calls) {
-                        Ok(msg) => {
-                            let _ = outbox.send(msg);
+                    // ipc-channel asserts (panics) when it cannot create the shared
+                    // memory of a large batch (no fds or memory left): never let that
+                    // take the main loop down.
+                    let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        calls_message(calls).map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err("no shared memory for a large batch (out of fds or memory?)".into())
+                    });
+                    let sent = match encoded {
+                        Ok(msg) => outbox.send(msg).is_ok(),
+                        Err(error) => {
+                            tracing::error!(actor = %self.files[actor].name, %error, "cannot send a call batch; restarting the worker so the calls are replayed");
+                            false
                         }
-                        Err(e) => {
-                            tracing::error!(actor = %self.files[actor].name, error = %e, "cannot encode a call batch");
+                    };
+                    if !sent {
+                        // The batch counts as in flight: only a new worker can take it.
+                        let w = &self.workers.0[actor];
+                        if !w.reaped
+                            && let Some(pid) = w.pid
+                        {
+                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                         }
                     }
                 }
@@ -704,12 +748,15 @@ impl Shell {
                     }
                 }
                 Action::Kill { actor, epoch } => {
-                    let w = &self.workers.0[actor];
-                    if w.epoch == epoch
-                        && !w.reaped
-                        && let Some(pid) = w.pid
-                    {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let w = &mut self.workers.0[actor];
+                    if w.epoch == epoch && !w.reaped {
+                        match w.pid {
+                            Some(pid) => {
+                                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                            }
+                            // Not started yet: kill it as soon as its pid is known.
+                            None => w.kill_pending = true,
+                        }
                     }
                 }
                 Action::SyncDisk { actor } => {

@@ -91,17 +91,24 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
     }
     // A worker starts with stdin, stdout and stderr only: no other actor's channel (fds
     // received over ipc-channel are not close-on-exec), no listening socket.
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(65_536, |(soft, _)| soft.min(1 << 20) as i32);
     // SAFETY: the closure runs in the child between fork and exec; it only makes raw
     // fcntl/close_range syscalls on integers (async-signal-safe, no allocation, no locks).
     unsafe {
-        cmd.pre_exec(|| {
-            mark_fds_cloexec();
+        cmd.pre_exec(move || {
+            mark_fds_cloexec(fd_limit);
             Ok(())
         });
     }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("start worker process: {e}")),
+    // When exec fails, std waits for the child itself and asserts that the wait worked;
+    // the reaper thread may have reaped it first. Keep this thread (its death would
+    // SIGKILL every worker through PR_SET_PDEATHSIG) and report the failure.
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
+    let child = match spawned {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return fail(format!("start worker process: {e}")),
+        Err(_) => return fail("start worker process: exec failed".to_string()),
     };
     let pid = child.id();
     // The reaper thread collects the exit status with waitpid(-1); the Child handle is
@@ -257,7 +264,7 @@ fn reader(
 
 /// Marks every fd above stderr close-on-exec. Runs between fork and exec: raw syscalls
 /// only.
-fn mark_fds_cloexec() {
+fn mark_fds_cloexec(fd_limit: i32) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range only changes flags of this process's descriptors.
     let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
@@ -265,7 +272,7 @@ fn mark_fds_cloexec() {
         return;
     }
     // Kernels before 5.11: set the flag one descriptor at a time.
-    for fd in 3..4096 {
+    for fd in 3..fd_limit {
         // SAFETY: fcntl on a descriptor number that may be closed fails with EBADF.
         unsafe {
             let flags = libc::fcntl(fd, libc::F_GETFD);

@@ -198,6 +198,8 @@ impl Worker {
         let previous = slots.get(1).map(|s| s.1);
         let (mmap, moved) = MmapCheckpoint::open(&mmap_path, size.saturating_mul(2))
             .map_err(|e| format!("open checkpoint file {}: {e}", mmap_path.display()))?;
+        // The word may still name the call an earlier worker died in.
+        mmap.set_executing(0);
         self.to_sup
             .send(FromWorker::Ready(Restored {
                 generation,

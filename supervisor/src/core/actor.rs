@@ -122,6 +122,8 @@ pub(super) struct ActorState {
     pub held: VecDeque<(u64, Origin, Result<String, ErrorBody>)>,
     /// Calls recovered from the durable log at start.
     pub recovered: u64,
+    /// Seq of the newest tombstone: seqs are never handed back below it.
+    pub last_tombstone: u64,
     /// The log floor last sent to the shell for segment truncation.
     pub truncated_upto: u64,
     pub sent_upto: u64,
@@ -199,6 +201,7 @@ impl ActorState {
             held: VecDeque::new(),
             recovered: 0,
             truncated_upto: 0,
+            last_tombstone: 0,
             sent_upto: spec.start_seq,
             replied_upto: spec.start_seq,
             inflight_batches: 0,

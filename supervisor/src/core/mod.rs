@@ -146,6 +146,12 @@ pub enum Event {
         actor: ActorId,
         upto: u64,
     },
+    /// The tombstone `seq` could not be written: release the error replies that waited
+    /// for it (and nothing else).
+    TombstoneFailed {
+        actor: ActorId,
+        seq: u64,
+    },
     /// Fsync mode: the fsync covering calls up to `upto` failed.
     DurableFailed {
         actor: ActorId,
@@ -427,7 +433,10 @@ impl Core {
                         exit.to_string()
                     });
                     a.exit_status = Some(exit);
-                    a.executing_at_death = executing.filter(|&s| s != 0);
+                    // Only a worker that was serving ran calls; the word may be left over
+                    // from an earlier worker when this one died during its start.
+                    let (alive, floor) = (a.phase == Phase::Alive, a.applied_floor);
+                    a.executing_at_death = executing.filter(|&s| alive && s != 0 && s > floor);
                     if a.closed {
                         self.on_death(actor, now);
                     } else {
@@ -475,6 +484,16 @@ impl Core {
                 error,
             } => self.on_log_failed(actor, from, upto, &error),
             Event::Durable { actor, upto } => self.on_durable(actor, upto, None),
+            Event::TombstoneFailed { actor, seq } => {
+                if let Some(a) = self.actors.get_mut(actor) {
+                    let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+                        a.held.drain(..).partition(|h| h.0 == seq);
+                    a.held = rest;
+                    for (_, origin, result) in mine {
+                        self.answer(&origin, result);
+                    }
+                }
+            }
             Event::DurableFailed { actor, upto, error } => {
                 self.on_durable(actor, upto, Some(error))
             }
@@ -1011,7 +1030,7 @@ impl Core {
         a.appended_upto = a.logged_upto;
         // The refused calls were the newest: give their seqs back, so the log has no
         // hole that a later restore would take for lost calls.
-        if a.log.back().is_none_or(|e| e.seq < from) {
+        if a.log.back().is_none_or(|e| e.seq < from) && a.last_tombstone < from {
             a.next_seq = a.next_seq.min(from.max(a.logged_upto + 1));
         }
         let err = ErrorBody::new(
@@ -1284,8 +1303,15 @@ impl Core {
         if !a.durable() || cancelled.is_empty() {
             return None;
         }
+        // Records reach the log in seq order: calls accepted before this tombstone
+        // but not yet handed to the log writer go first.
+        if let Some(calls) = a.take_unappended() {
+            self.out.push(Action::Append { actor: id, calls });
+        }
+        let a = &mut self.actors[id];
         let seq = a.next_seq;
         a.next_seq += 1;
+        a.last_tombstone = seq;
         self.out.push(Action::Cancel {
             actor: id,
             seq,
@@ -1407,11 +1433,25 @@ impl Core {
                         epoch: a.epoch,
                     });
                     a.phase = Phase::Stopped;
-                    self.fail_unanswered(
-                        id,
+                    // The worker may have applied (and even checkpointed) these calls
+                    // just now: say so, and write no tombstone, so a durable log replays
+                    // them rather than dropping calls that ran.
+                    let err = ErrorBody::new(
                         ErrorKind::Timeout,
-                        "the supervisor's shutdown_timeout ran out before the call ran",
+                        format!(
+                            "the supervisor's shutdown_timeout ran out; the call to {:?} may or may not have been applied",
+                            a.name
+                        ),
                     );
+                    let mut waiting = Vec::new();
+                    for e in a.log.iter_mut() {
+                        if e.answered.is_none() {
+                            waiting.extend(e.origin.take());
+                        }
+                    }
+                    for o in waiting {
+                        self.reply_err(&o, &err);
+                    }
                 }
             }
             self.mode = Mode::Exited;

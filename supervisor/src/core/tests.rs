@@ -264,6 +264,10 @@ impl World {
                 self.core.handle(ev, self.now);
             }
             Action::Cancel { seq, cancelled, .. } => {
+                assert!(
+                    self.log.iter().all(|r| r.seq < seq),
+                    "tombstone {seq} written after a later record"
+                );
                 // Tombstones are small; the model assumes they get written (a failure
                 // to write one is logged by the shell, see `Shell::execute`).
                 self.log.push(LogRecord {
@@ -1190,6 +1194,43 @@ fn stop_while_restarting_restarts_first_so_the_final_checkpoint_has_every_call()
     w.settle();
     assert_eq!(w.exited, Some(0));
     assert_eq!(total(&w.disk.as_ref().unwrap().state), 11);
+}
+
+#[test]
+fn a_tombstone_never_precedes_calls_accepted_before_it() {
+    // A poison call's death and new calls in the same burst (no flush between): the
+    // tombstone's seq is above theirs, so their records must reach the log first.
+    let mut p = policy(-1, 1, 0);
+    p.durability = Durability::Log;
+    let mut w = World::new(p);
+    w.settle();
+    let bad = w.call("crash", 0);
+    w.worker_step(None); // dies executing it; its channel is still open
+    let id = w.next_id;
+    w.next_id += 1;
+    w.issued.push((id, "incr".into(), 7));
+    w.core.handle(
+        Event::Request {
+            conn: CONN,
+            request: Request {
+                id: id.to_string(),
+                op: Op::Call {
+                    actor: "c".into(),
+                    method: "incr".into(),
+                    args: Some(format!("{{\"id\":{id},\"n\":7}}")),
+                },
+            },
+        },
+        w.now,
+    );
+    let epoch = w.worker.as_ref().unwrap().epoch;
+    w.worker.as_mut().unwrap().outbox.clear();
+    w.handle(Event::ChannelClosed { actor: 0, epoch });
+    w.settle();
+    assert_eq!(err_kind(&w, bad).as_deref(), Some("CallFailed"));
+    assert_eq!(ok_value(&w, id), Some(7));
+    w.crash_supervisor(false);
+    w.check_model();
 }
 
 #[test]

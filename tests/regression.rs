@@ -1,0 +1,105 @@
+//! Regressions found in review, each reproduced before its fix.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::Supervisor;
+
+/// A partial non-blocking write of a reply can end inside a multi-byte UTF-8
+/// character; the rest must go on as bytes (the supervisor used to panic slicing it).
+#[test]
+fn replies_split_inside_a_utf8_character_reach_a_slow_reader_intact() {
+    let sup = Supervisor::start("[[actor]]\nname = \"kv\"\nkind = \"kv\"\n");
+    let value = "é".repeat(3000);
+    sup.client()
+        .call("kv", "put", json!({"key": "k", "value": value}))
+        .unwrap();
+    let mut stream = UnixStream::connect(&sup.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut requests = String::new();
+    for id in 0..400 {
+        requests.push_str(&format!(
+            "{{\"id\":{id},\"op\":\"call\",\"actor\":\"kv\",\"method\":\"get\",\"args\":{{\"key\":\"k\"}}}}\n"
+        ));
+    }
+    stream.write_all(requests.as_bytes()).unwrap();
+    // Read slowly at first, so the socket buffer fills and writes come out partial.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut reader = BufReader::with_capacity(1000, stream);
+    let mut seen = vec![false; 400];
+    for _ in 0..400 {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed early"
+        );
+        let v: Value = serde_json::from_str(&line).expect("every reply is whole JSON");
+        assert_eq!(v["ok"], json!(value));
+        seen[v["id"].as_u64().unwrap() as usize] = true;
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert!(sup.try_wait_exit().is_none(), "the supervisor died");
+    assert!(!sup.log().contains("panicked"), "{}", sup.log_tail(20));
+}
+
+/// When exec of a new worker fails, the spawner thread must survive: its death would
+/// SIGKILL every other worker (PR_SET_PDEATHSIG follows the thread that forked).
+#[test]
+fn a_failed_exec_leaves_the_other_workers_alone_and_restart_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("resurgam-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_resurgam"), &bin).unwrap();
+    let body = "[defaults]\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\n\
+                [[actor]]\nname = \"a\"\nkind = \"counter\"\n\
+                [[actor]]\nname = \"b\"\nkind = \"counter\"\n";
+    let sup = Supervisor::start_wrapped(body, |s| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--config"]).arg(&s.config_path);
+        cmd
+    });
+    let mut c = sup.client();
+    c.call("a", "incr", json!(3)).unwrap();
+    c.call("b", "incr", json!(4)).unwrap();
+    let b_pid = sup.worker_pid("b").unwrap();
+    // From now on every exec of the binary fails (EACCES).
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for _ in 0..4 {
+        let a_pid = sup.worker_pid("a").unwrap_or(0);
+        if a_pid != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(a_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // b is untouched and serving; a cannot start.
+    assert_eq!(sup.worker_pid("b"), Some(b_pid), "{}", sup.log_tail(30));
+    assert_eq!(c.call("b", "incr", json!(1)).unwrap(), json!(5));
+    let a = sup.actor("a");
+    assert_ne!(a["state"], "ALIVE", "{a}");
+    assert!(sup.try_wait_exit().is_none(), "the supervisor died");
+    // Exec works again: restart revives a with its state.
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = c.restart("a");
+        if sup.actor("a")["state"] == "ALIVE" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never came back: {}",
+            sup.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.call("a", "get", Value::Null).unwrap(), json!(3));
+}
