@@ -188,7 +188,9 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
 
     while shell.exit_code.is_none() {
         let now = Instant::now();
-        let deadline = match (core.next_deadline(), shell.next_watchdog) {
+        // One scan of the actors' timers per turn of the loop (not per event).
+        let core_deadline = core.next_deadline();
+        let deadline = match (core_deadline, shell.next_watchdog) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -209,7 +211,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             shell.on_event(ev, &mut core);
         }
         let now = Instant::now();
-        if core.next_deadline().is_some_and(|d| d <= now) {
+        // Timers set by this turn's events are seen at the top of the next turn.
+        if core_deadline.is_some_and(|d| d <= now) {
             core.handle(Event::Tick, now);
         }
         shell.run_actions(&mut core, &mut actions);

@@ -1,7 +1,8 @@
 //! Starting workers and moving their messages.
 //!
-//! Workers are started by fork+exec of this very binary (`/proc/self/exe`) through
-//! `std::process::Command`, never by a bare `fork` of this multi-threaded process. The
+//! Workers are started by spawning this very binary (`/proc/self/exe`) through
+//! `std::process::Command` (posix_spawn: no code of ours runs in the child before exec,
+//! and its cost does not grow with the supervisor's memory), never by a bare `fork` of this multi-threaded process. The
 //! child finds the name of an `IpcOneShotServer` in its environment and connects back.
 //!
 //! Spawning happens on one long-lived thread: `PR_SET_PDEATHSIG` fires when the *thread*
@@ -88,18 +89,6 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         .process_group(0);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
-    }
-    // A worker starts with stdin, stdout and stderr only: no other actor's channel (fds
-    // received over ipc-channel are not close-on-exec), no listening socket.
-    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(65_536, |(soft, _)| soft.min(1 << 20) as i32);
-    // SAFETY: the closure runs in the child between fork and exec; it only makes raw
-    // fcntl/close_range syscalls on integers (async-signal-safe, no allocation, no locks).
-    unsafe {
-        cmd.pre_exec(move || {
-            mark_fds_cloexec(fd_limit);
-            Ok(())
-        });
     }
     // When exec fails, std waits for the child itself and asserts that the wait worked;
     // the reaper thread may have reaped it first. Keep this thread (its death would
@@ -260,27 +249,6 @@ fn reader(
         }
     }
     let _ = events.send(closed());
-}
-
-/// Marks every fd above stderr close-on-exec. Runs between fork and exec: raw syscalls
-/// only.
-fn mark_fds_cloexec(fd_limit: i32) {
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range only changes flags of this process's descriptors.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
-    if r == 0 {
-        return;
-    }
-    // Kernels before 5.11: set the flag one descriptor at a time.
-    for fd in 3..fd_limit {
-        // SAFETY: fcntl on a descriptor number that may be closed fails with EBADF.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
-    }
 }
 
 /// Unblocks a reader still waiting in `accept` for a worker that died before it

@@ -28,6 +28,10 @@ pub fn run_worker(registry: &Registry) -> bool {
     let Some(token) = std::env::var_os(ENV_BOOTSTRAP) else {
         return false;
     };
+    // Before anything else: close every fd inherited beyond stdin/stdout/stderr (fds the
+    // supervisor received over ipc-channel are not close-on-exec, so another actor's
+    // channel could be among them).
+    close_inherited_fds();
     let code = match Worker::bootstrap(&token) {
         Ok(mut w) => w.serve(registry),
         Err(message) => {
@@ -272,6 +276,32 @@ impl Worker {
         self.to_sup
             .send(msg)
             .map_err(|e| format!("send checkpoint report: {e}"))
+    }
+}
+
+/// Closes every fd above stderr.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes this process's descriptors; nothing in this
+    // process uses any of them yet (the worker has opened nothing so far).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: closing a descriptor number we do not use (the read_dir handle above
+        // is already closed; a stale number fails with EBADF).
+        unsafe {
+            libc::close(fd);
+        }
     }
 }
 

@@ -15,6 +15,9 @@ use super::{
 };
 use crate::exit::WorkerExit;
 
+/// How long a spawn request may wait for its turn before `startup_timeout` counts.
+const SPAWN_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where an actor is in its life (the `state` field of `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -306,7 +309,9 @@ impl ActorState {
         self.exit_status = None;
         self.executing_at_death = None;
         self.fatal = None;
-        self.start_deadline = Some(now + self.policy.startup_timeout);
+        // Counted from the process start (`Spawned`); until then spawns may queue behind
+        // others (1,000 actors start one after another), so allow a wide margin.
+        self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);
         self.drain_deadline = None;
         self.restart_at = None;
         self.alive_since = None;

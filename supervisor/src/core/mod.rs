@@ -340,6 +340,9 @@ impl Core {
             Event::Spawned { actor, epoch, pid } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.pid = Some(pid);
+                    if a.phase == Phase::Starting {
+                        a.start_deadline = Some(now + a.policy.startup_timeout);
+                    }
                 }
             }
             Event::SpawnFailed {
