@@ -121,7 +121,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
     let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
     reap::start(signals, events_tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
-    spawn::start_spawner(spawn_rx, events_tx.clone())
+    spawn::start_spawners(spawn_rx, events_tx.clone())
         .map_err(|e| format!("start spawner thread: {e}"))?;
     disk::start(disk_rx, events_tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();

@@ -5,8 +5,9 @@
 //! and its cost does not grow with the supervisor's memory), never by a bare `fork` of this multi-threaded process. The
 //! child finds the name of an `IpcOneShotServer` in its environment and connects back.
 //!
-//! Spawning happens on one long-lived thread: `PR_SET_PDEATHSIG` fires when the *thread*
-//! that forked a child exits, so a short-lived spawning thread would kill its workers.
+//! Spawning happens on a few long-lived threads: `PR_SET_PDEATHSIG` fires when the
+//! *thread* that forked a child exits, so a short-lived spawning thread would kill its
+//! workers.
 //!
 //! Per worker there is one reader thread: it accepts the bootstrap connection, then turns
 //! every message into an event. The main loop sends to the worker directly: ipc `send`
@@ -53,17 +54,24 @@ pub struct SpawnJob {
 }
 
 /// Starts the spawner thread. It lives as long as `jobs` has senders.
-pub fn start_spawner(
-    jobs: Receiver<SpawnJob>,
-    events: Sender<ShellEvent>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("spawner".into())
-        .spawn(move || {
-            for job in jobs {
-                spawn_one(job, &events);
-            }
-        })
+/// Spawner threads: a spawn mostly waits for the child's exec, so a few of them start
+/// many actors faster (1,000 at start-up) on few cores.
+pub const SPAWNERS: usize = 4;
+
+/// Starts the spawner threads. They live as long as `jobs` has senders (forever, in
+/// practice: a worker's PR_SET_PDEATHSIG is tied to the thread that started it).
+pub fn start_spawners(jobs: Receiver<SpawnJob>, events: Sender<ShellEvent>) -> std::io::Result<()> {
+    for i in 0..SPAWNERS {
+        let (jobs, events) = (jobs.clone(), events.clone());
+        std::thread::Builder::new()
+            .name(format!("spawner-{i}"))
+            .spawn(move || {
+                for job in jobs {
+                    spawn_one(job, &events);
+                }
+            })?;
+    }
+    Ok(())
 }
 
 fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {

@@ -112,6 +112,11 @@ impl Worker {
             }
         };
         self.name = init.actor.clone();
+        // The process name (comm) is what ps and journald show: make it name the actor.
+        let comm: String = format!("w:{}", init.actor).chars().take(15).collect();
+        if let Ok(comm) = std::ffi::CString::new(comm) {
+            let _ = nix::sys::prctl::set_name(&comm);
+        }
         if init.version != IPC_VERSION {
             return self.fatal(format!(
                 "ipc version mismatch: supervisor {}, worker {IPC_VERSION}",

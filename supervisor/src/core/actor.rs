@@ -103,6 +103,10 @@ pub(super) struct ActorState {
     pub applied_floor: u64,
     /// When to give up waiting for late replies of calls the restored state covers.
     pub lost_reply_deadline: Option<Instant>,
+    /// When the previous worker's death was handled, and its pid (for the log line of
+    /// the next "worker ready").
+    pub died_at: Option<Instant>,
+    pub previous_pid: Option<u32>,
     /// Last time any message came from the current worker.
     pub last_heard: Instant,
     pub ping_outstanding: bool,
@@ -189,6 +193,8 @@ impl ActorState {
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,
+            died_at: None,
+            previous_pid: None,
             last_heard: now,
             ping_outstanding: false,
             hung: false,

@@ -948,9 +948,15 @@ impl Core {
         if covered > 0 {
             a.lost_reply_deadline = Some(now + DRAIN_GRACE);
         }
+        let recovery_ms = a
+            .died_at
+            .take()
+            .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3);
         tracing::info!(
             actor = %a.name,
             pid = a.pid.unwrap_or(0),
+            previous_pid = a.previous_pid.unwrap_or(0),
+            recovery_ms,
             generation = restored.generation,
             last_seq = k,
             source = restored.source.as_deref().unwrap_or("none (fresh state)"),
@@ -1131,6 +1137,8 @@ impl Core {
             self.reply_err(&w, &err);
         }
         let a = &mut self.actors[id];
+        a.died_at = Some(now);
+        a.previous_pid = a.pid;
         let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
         let winding_down = stopping || a.retiring;
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
