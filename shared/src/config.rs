@@ -441,7 +441,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "checkpoint_every",
             p.checkpoint_every.to_string(),
-            "Checkpoint after this many calls; 0 = never by count.",
+            "Checkpoint once this many calls have run since the last one (checked after each batch of calls); 0 = never by count.",
         ),
         (
             "defaults",
