@@ -48,3 +48,33 @@ kind = "counter"
         .unwrap_or_else(|| panic!("no \"worker died\" line:\n{raw}"));
     assert!(died.contains(&format!("pid={pid}")), "{died:?}");
 }
+
+/// What a worker prints reaches the supervisor's log as lines naming the actor and the
+/// worker's pid (under systemd every process of the unit writes to the same journal
+/// stream, so the name must be in the line).
+#[test]
+fn worker_output_is_relayed_with_the_actor_name() {
+    let sup = Supervisor::start("[[actor]]\nname = \"chatty\"\nkind = \"counter\"\n");
+    // A directory where the worker's mmap checkpoint file should be: its next start
+    // fails and the worker says why on stderr before it exits.
+    let ckpt = sup.runtime_dir.join("chatty.ckpt");
+    let pid = sup.worker_pid("chatty").unwrap();
+    std::fs::remove_file(&ckpt).unwrap();
+    std::fs::create_dir(&ckpt).unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    sup.wait_until(
+        "the worker's own message in the supervisor's log",
+        std::time::Duration::from_secs(20),
+        || {
+            sup.log().lines().any(|l| {
+                l.contains("resurgam worker chatty:")
+                    && l.contains("Is a directory")
+                    && l.contains("actor=chatty")
+                    && l.contains("pid=")
+            })
+        },
+    );
+}

@@ -16,6 +16,8 @@
 //! batches of at most `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping),
 //! so even a stopped worker cannot make it block.
 
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -87,11 +89,19 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         Ok(s) => s,
         Err(e) => return fail(format!("create bootstrap server: {e}")),
     };
+    // The worker's stdout and stderr both go into one pipe that a relay thread turns
+    // into log lines carrying the actor's name (the journal then says whose they are).
+    let (output, out_w, err_w) = match output_pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("create the output pipe: {e}")),
+    };
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(format!("resurgam-worker[{}]", job.name))
         .env(ENV_BOOTSTRAP, &server_name)
         .env(ENV_PARENT_PID, std::process::id().to_string())
         .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
         // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
         // then stops the workers in order.
         .process_group(0);
@@ -109,8 +119,11 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
     };
     let pid = child.id();
     // The reaper thread collects the exit status with waitpid(-1); the Child handle is
-    // dropped without waiting (dropping neither kills nor waits).
+    // dropped without waiting (dropping neither kills nor waits). Dropping `cmd` closes
+    // our copies of the pipe's write end, so the relay sees the end when the worker exits.
     drop(child);
+    drop(cmd);
+    relay_output(output, job.name.clone(), pid);
     let _ = events.send(ShellEvent::Spawned {
         actor,
         epoch,
@@ -257,6 +270,40 @@ fn reader(
         }
     }
     let _ = events.send(closed());
+}
+
+/// A pipe for a worker's output: the read end, and two write ends (stdout, stderr).
+fn output_pipe() -> std::io::Result<(std::fs::File, OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let w2 = w.try_clone()?;
+    Ok((std::fs::File::from(r), w, w2))
+}
+
+/// Logs every line a worker prints, with its actor and pid, until the worker is gone.
+fn relay_output(output: std::fs::File, actor: String, pid: u32) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("out-{actor}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut lines = BufReader::new(output);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end();
+                        if !text.is_empty() {
+                            tracing::info!(target: "worker", actor = %actor, pid, "{text}");
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(pid, error = %e, "cannot start the output relay of a worker; its output is lost");
+    }
 }
 
 /// Unblocks a reader still waiting in `accept` for a worker that died before it
