@@ -35,6 +35,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// Largest accepted `[supervisor].max_request_bytes` (64 MiB).
 pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Default for `[supervisor].busy_poll`.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+/// Largest accepted `[supervisor].busy_poll`.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// Default for `[supervisor].shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `[supervisor].socket_mode`.
@@ -165,6 +169,8 @@ pub struct SupervisorConfig {
     pub max_request_bytes: usize,
     /// Graceful stop deadline.
     pub shutdown_timeout: Duration,
+    /// How long the main loop spins for a worker's answer before it sleeps.
+    pub busy_poll: Duration,
     /// Uids allowed on the control socket besides root and the supervisor's own uid.
     pub allowed_uids: Vec<u32>,
     /// Permission bits of the control socket (<= 0o777).
@@ -336,6 +342,7 @@ impl Config {
                 durability: Durability::Log,
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                busy_poll: DEFAULT_BUSY_POLL,
                 allowed_uids: Vec::new(),
                 socket_mode: DEFAULT_SOCKET_MODE,
             },
@@ -405,6 +412,14 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "shutdown_timeout",
             dur(DEFAULT_SHUTDOWN_TIMEOUT),
             "Deadline for a graceful stop (drain, final checkpoints).",
+        ),
+        (
+            "supervisor",
+            "busy_poll",
+            dur(DEFAULT_BUSY_POLL),
+            "After sending calls to a worker, the main loop waits this long on the CPU for \
+             the answer before it sleeps: lower latency for sync calls at the cost of CPU \
+             (\"0s\" = off; at most 10ms).",
         ),
         (
             "supervisor",
@@ -575,6 +590,7 @@ struct RawSupervisor {
     durability: Option<Spanned<DurabilityText>>,
     max_request_bytes: Option<Spanned<Int>>,
     shutdown_timeout: Option<Spanned<DurationText>>,
+    busy_poll: Option<Spanned<DurationText>>,
     allowed_uids: Option<Vec<Spanned<Int>>>,
     socket_mode: Option<Spanned<ModeText>>,
 }
@@ -967,6 +983,21 @@ impl Checker<'_> {
             .and_then(|v| self.duration("[supervisor]", "shutdown_timeout", v))
             .unwrap_or(defaults.shutdown_timeout);
 
+        let mut busy_poll = defaults.busy_poll;
+        if let Some(v) = &raw.busy_poll
+            && let Some(d) = self.duration("[supervisor]", "busy_poll", v)
+        {
+            if d > MAX_BUSY_POLL {
+                self.error_at(
+                    &v.span(),
+                    "[supervisor] busy_poll: at most \"10ms\" (it is time spent spinning)"
+                        .to_string(),
+                );
+            } else {
+                busy_poll = d;
+            }
+        }
+
         let mut allowed_uids = Vec::new();
         for uid in raw.allowed_uids.iter().flatten() {
             let n = uid.get_ref().0;
@@ -1004,6 +1035,7 @@ impl Checker<'_> {
             durability,
             max_request_bytes,
             shutdown_timeout,
+            busy_poll,
             allowed_uids,
             socket_mode,
         }
@@ -1356,6 +1388,19 @@ kind = "kv"
     }
 
     // ----- valid configs ---------------------------------------------------------------
+
+    #[test]
+    fn busy_poll_is_bounded() {
+        assert_eq!(ok("").supervisor.busy_poll, DEFAULT_BUSY_POLL);
+        let c = ok("[supervisor]\nbusy_poll = \"0s\"\n");
+        assert_eq!(c.supervisor.busy_poll, Duration::ZERO);
+        one_error(
+            "[supervisor]\nbusy_poll = \"20ms\"\n",
+            2,
+            &["busy_poll", "10ms"],
+        );
+        one_error("[supervisor]\nbusy_poll = \"fast\"\n", 2, &["busy_poll"]);
+    }
 
     #[test]
     fn design_example_parses() {
@@ -2101,7 +2146,7 @@ kind = "counter"
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 11);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 8);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 9);
     }
 
     #[test]

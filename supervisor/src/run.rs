@@ -63,6 +63,23 @@ pub enum ShellEvent {
     Hangup,
 }
 
+/// Polls the channel for up to `budget`.
+fn spin_recv(
+    events: &crossbeam_channel::Receiver<ShellEvent>,
+    budget: std::time::Duration,
+) -> Option<ShellEvent> {
+    let start = Instant::now();
+    loop {
+        if let Ok(ev) = events.try_recv() {
+            return Some(ev);
+        }
+        if start.elapsed() >= budget {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// How long an exit reaped before its worker's spawn was reported is remembered.
 const EARLY_EXIT_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -177,6 +194,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         outgoing: HashMap::new(),
         half_closed: HashMap::new(),
         owed: HashMap::new(),
+        awaiting_worker: false,
         spawn_tx,
         disk_tx,
         logs,
@@ -194,10 +212,19 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let first = match deadline {
-            Some(d) if d <= now => Err(RecvTimeoutError::Timeout),
-            Some(d) => events.recv_timeout(d - now),
-            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        // A worker that was just sent calls usually answers within tens of µs: wait
+        // for that briefly on the CPU instead of sleeping (a futex wake-up costs 10–50 µs
+        // on a VM), and only then block.
+        let spun = if std::mem::take(&mut shell.awaiting_worker) {
+            spin_recv(&events, shell.config.supervisor.busy_poll)
+        } else {
+            None
+        };
+        let first = match (spun, deadline) {
+            (Some(ev), _) => Ok(ev),
+            (None, Some(d)) if d <= now => Err(RecvTimeoutError::Timeout),
+            (None, Some(d)) => events.recv_timeout(d.saturating_duration_since(Instant::now())),
+            (None, None) => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match first {
             Ok(ev) => shell.on_event(ev, &mut core),
@@ -253,6 +280,8 @@ struct Shell {
     half_closed: HashMap<ConnId, Instant>,
     /// Replies each connection is still owed (one per request).
     owed: HashMap<ConnId, usize>,
+    /// Calls went to a worker in this turn of the loop (its answer is worth a short spin).
+    awaiting_worker: bool,
     /// Reply lines gathered in this turn of the loop, per connection.
     outgoing: HashMap<ConnId, String>,
     spawn_tx: Sender<SpawnJob>,
@@ -725,6 +754,7 @@ impl Shell {
                             false
                         }
                     };
+                    self.awaiting_worker = true;
                     if !sent {
                         // The batch counts as in flight: only a new worker can take it.
                         let w = &self.workers.0[actor];
