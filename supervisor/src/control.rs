@@ -1,9 +1,13 @@
 //! The control socket: a Unix stream socket speaking newline-delimited JSON.
 //!
 //! One accept thread; per connection a reader thread (frames lines, enforces the size
-//! limit, parses, forwards requests to the core in order) and a writer thread (writes
-//! reply lines, flushing when it has nothing more queued). A slow or hostile client only
-//! ever holds up its own two threads.
+//! limit, parses, forwards requests to the core in order). Replies are written by the
+//! main loop itself with a non-blocking `send` when the connection's writer thread is
+//! idle (the common case: one syscall, no thread hand-off); whatever does not fit goes
+//! to the writer thread, which blocks on the socket for it (at most `WRITE_TIMEOUT`).
+//! A client that does not read its replies stops being read from once
+//! `MAX_QUEUED_REPLY_BYTES` wait for it, so a slow or hostile client only ever holds up
+//! its own two threads and a bounded amount of memory.
 //!
 //! Access: the socket file gets `socket_mode` (0600 by default) and every connection's
 //! peer credentials (SO_PEERCRED) are checked: root, the supervisor's own uid and

@@ -2,8 +2,10 @@
 //!
 //! Workers are started by spawning this very binary (`/proc/self/exe`) through
 //! `std::process::Command` (posix_spawn: no code of ours runs in the child before exec,
-//! and its cost does not grow with the supervisor's memory), never by a bare `fork` of this multi-threaded process. The
-//! child finds the name of an `IpcOneShotServer` in its environment and connects back.
+//! and its cost does not grow with the supervisor's memory), never by a bare `fork` of
+//! this multi-threaded process. The child finds the name of an `IpcOneShotServer` in its
+//! environment, closes every fd it inherited beyond stdio, and connects back. Its stdout
+//! and stderr go through a pipe into the supervisor's log, line by line, with its name.
 //!
 //! Spawning happens on a few long-lived threads: `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked a child exits, so a short-lived spawning thread would kill its
