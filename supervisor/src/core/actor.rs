@@ -281,6 +281,23 @@ impl ActorState {
         }
     }
 
+    /// Gives up on the late replies of calls the current worker's restored state already
+    /// holds: marks them answered (they stay in the log) and returns who still waits.
+    pub fn take_lost_replies(&mut self) -> Vec<Origin> {
+        let floor = self.applied_floor;
+        let mut lost = Vec::new();
+        for e in self.log.iter_mut().take_while(|e| e.seq <= floor) {
+            if e.answered.is_none() {
+                e.answered = Some(0);
+                if !e.recovered {
+                    self.unanswered = self.unanswered.saturating_sub(1);
+                }
+                lost.extend(e.origin.take());
+            }
+        }
+        lost
+    }
+
     /// Durable modes: the calls not yet handed to the log writer.
     pub fn take_unappended(&mut self) -> Option<Vec<Call>> {
         if !self.durable() {

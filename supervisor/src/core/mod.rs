@@ -1274,14 +1274,9 @@ impl Core {
         let mut failed = Vec::new();
         let mut cancelled = Vec::new();
         let logged = a.appended_upto;
-        let applied = a.applied_floor;
-        let mut lost = Vec::new();
-        for e in a.log.iter_mut().take_while(|e| e.seq <= applied) {
-            if e.answered.is_none() {
-                e.answered = Some(0);
-                lost.extend(e.origin.take());
-            }
-        }
+        // Calls the current worker's state already holds ran: they are answered as such
+        // and kept, never failed or cancelled.
+        let lost = a.take_lost_replies();
         a.log.retain_mut(|e| {
             if e.answered.is_none() && !e.recovered {
                 if let Some(o) = e.origin.take() {
@@ -1383,15 +1378,7 @@ impl Core {
             let a = &mut self.actors[id];
             if a.lost_reply_deadline.is_some_and(|t| t <= now) {
                 a.lost_reply_deadline = None;
-                let floor = a.applied_floor;
-                let mut lost = Vec::new();
-                for e in a.log.iter_mut().take_while(|e| e.seq <= floor) {
-                    if e.answered.is_none() {
-                        e.answered = Some(0);
-                        lost.extend(e.origin.take());
-                        a.unanswered = a.unanswered.saturating_sub(1);
-                    }
-                }
+                let lost = a.take_lost_replies();
                 let err = lost_reply_error(&a.name);
                 for o in lost {
                     tracing::error!(actor = %self.actors[id].name, "reply lost for an applied call");
