@@ -35,8 +35,9 @@ use resurgam_shared::ipc::{
 use crate::core::{ActorId, Event};
 use crate::run::ShellEvent;
 
-/// Environment variables a worker must never see (it must not speak for the service).
-const SCRUBBED_ENV: &[&str] = &[
+/// Environment variables a worker must never see: it must not speak for the service,
+/// nor find the control socket.
+pub(crate) const WORKER_SCRUBBED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
@@ -107,7 +108,7 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
         // then stops the workers in order.
         .process_group(0);
-    for var in SCRUBBED_ENV {
+    for var in WORKER_SCRUBBED_ENV {
         cmd.env_remove(var);
     }
     // When exec fails, std waits for the child itself and asserts that the wait worked;

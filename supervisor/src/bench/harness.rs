@@ -20,18 +20,9 @@ use crate::client::Client;
 use super::stats::proc_stat;
 use super::{BenchError, Context, Result};
 
-/// Environment variables that must not reach the benchmark's supervisor.
-const SCRUBBED_ENV: &[&str] = &[
-    "RESURGAM_SOCKET",
-    "STATE_DIRECTORY",
-    "RUNTIME_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
+/// Environment variables that must not reach the benchmark's supervisor: what its
+/// workers must not see either, and the directories systemd would give it.
+const SCRUBBED_ENV: &[&str] = &["STATE_DIRECTORY", "RUNTIME_DIRECTORY"];
 
 /// Read timeout of the clients handed out by [`Sup::client`].
 pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -149,7 +140,7 @@ impl Sup {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        for var in SCRUBBED_ENV {
+        for var in SCRUBBED_ENV.iter().chain(crate::spawn::WORKER_SCRUBBED_ENV) {
             cmd.env_remove(var);
         }
         let spawned_wall = SystemTime::now();
