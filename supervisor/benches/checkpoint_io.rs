@@ -2,8 +2,9 @@
 //! decoding and verifying it, writing into the two-slot mmap file, restoring by scanning
 //! both slots and the disk copy, and the fsync'd disk copy itself.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -73,11 +74,7 @@ fn bench_checkpoint(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots();
+    config = common::quick();
     targets = bench_checkpoint
 }
 criterion_main!(benches);

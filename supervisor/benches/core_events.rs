@@ -2,6 +2,8 @@
 //! to the client, with the worker's periodic checkpoints and disk copies fed back, as the
 //! shell would (no processes, no I/O). Measured per call, for single calls and batches.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -212,11 +214,7 @@ fn bench_core(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots();
+    config = common::quick();
     targets = bench_core
 }
 criterion_main!(benches);

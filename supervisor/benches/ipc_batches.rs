@@ -1,8 +1,9 @@
 //! IPC batch encoding and decoding: postcard of call and reply batches (what ipc-channel
 //! does for every inline message), and the shared-memory path of large batches.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -80,11 +81,7 @@ fn bench_ipc(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots();
+    config = common::quick();
     targets = bench_ipc
 }
 criterion_main!(benches);

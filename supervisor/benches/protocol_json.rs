@@ -1,7 +1,8 @@
 //! The control protocol: parsing request lines and serialising reply lines.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -36,11 +37,7 @@ fn bench_protocol(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots();
+    config = common::quick();
     targets = bench_protocol
 }
 criterion_main!(benches);
