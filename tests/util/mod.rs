@@ -297,6 +297,14 @@ impl Supervisor {
     /// Some(value))` sets a variable, `(name, None)` removes it (e.g. `NO_COLOR`, which
     /// the harness sets by default).
     pub fn start_env(body: &str, env: &[(&str, Option<&str>)]) -> Supervisor {
+        let sup = Supervisor::prepare(body, env);
+        sup.spawn();
+        sup.wait_ready();
+        sup
+    }
+
+    /// A tempdir with the config written into it, and no process yet.
+    fn prepare(body: &str, env: &[(&str, Option<&str>)]) -> Supervisor {
         let dir = tempfile::Builder::new()
             .prefix("rsg-it-")
             .tempdir()
@@ -316,7 +324,7 @@ impl Supervisor {
             compose_config(body, &state_dir, &runtime_dir, &socket),
         )
         .expect("write config");
-        let sup = Supervisor {
+        Supervisor {
             dir,
             config_path,
             socket,
@@ -330,10 +338,7 @@ impl Supervisor {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
                 .collect(),
-        };
-        sup.spawn();
-        sup.wait_ready();
-        sup
+        }
     }
 
     /// The tempdir everything lives in.
@@ -708,32 +713,7 @@ impl Supervisor {
     /// PR_SET_PDEATHSIG apply. Note: [`Supervisor::restart_same_dirs`] restarts with the
     /// plain binary, not with `make`.
     pub fn start_wrapped(body: &str, make: impl FnOnce(&Supervisor) -> Command) -> Supervisor {
-        let dir = tempfile::Builder::new()
-            .prefix("rsg-it-")
-            .tempdir()
-            .expect("create tempdir");
-        let root = dir.path().to_path_buf();
-        let state_dir = root.join("state");
-        let runtime_dir = root.join("run");
-        let socket = root.join("ctl.sock");
-        let config_path = root.join("resurgam.toml");
-        fs::write(
-            &config_path,
-            compose_config(body, &state_dir, &runtime_dir, &socket),
-        )
-        .expect("write config");
-        let sup = Supervisor {
-            dir,
-            config_path,
-            socket,
-            state_dir,
-            runtime_dir,
-            child: Mutex::new(None),
-            sup: Mutex::new(None),
-            seen: Mutex::new(HashSet::new()),
-            runs: Mutex::new(0),
-            env: Vec::new(),
-        };
+        let sup = Supervisor::prepare(body, &[]);
         let cmd = make(&sup);
         sup.spawn_command(cmd);
         sup.wait_ready();
