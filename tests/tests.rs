@@ -28,3 +28,5 @@ mod reload;
 mod hang;
 // Regressions found in review: each test failed before its fix.
 mod regression;
+// G7: the control socket's mode and SO_PEERCRED check keep other users out.
+mod access;

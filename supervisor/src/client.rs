@@ -95,7 +95,9 @@ impl Client {
         self.flush()?;
         loop {
             let reply = self.recv()?;
-            if reply.id == json!(id) {
+            // A null id answers what the supervisor could not tie to a request: a
+            // refused connection (Unauthorized, Busy) or an unreadable request.
+            if reply.id == json!(id) || (reply.id.is_null() && reply.err.is_some()) {
                 return reply.into_result().map_err(ClientError::Remote);
             }
         }

@@ -164,9 +164,29 @@ pub fn start(
         })
 }
 
+/// Answers a connection that is not served with one error line, then closes it. The
+/// client's request is read and dropped first: closing a socket with unread input
+/// resets it, and the client would see "connection reset" instead of the reason.
 fn refuse(mut stream: UnixStream, kind: ErrorKind, message: String) {
     let line = encode_err(NULL_ID, &ErrorBody::new(kind, message));
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
     let _ = stream.write_all(line.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Off the accept thread: a refused client must not slow down the others.
+    let _ = std::thread::Builder::new()
+        .name("refuse".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+            let mut sink = [0u8; 4096];
+            let mut left: usize = 1 << 20;
+            while left > 0 {
+                match stream.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        });
 }
 
 /// Sets up one connection. Returns false when the supervisor is going away.
