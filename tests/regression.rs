@@ -103,3 +103,48 @@ fn a_failed_exec_leaves_the_other_workers_alone_and_restart_recovers() {
     }
     assert_eq!(c.call("a", "get", Value::Null).unwrap(), json!(3));
 }
+
+/// A client that sends requests and never reads the replies holds a bounded amount of
+/// the supervisor's memory (its connection stops being read from), and other clients
+/// keep being served.
+#[test]
+fn a_client_that_never_reads_its_replies_costs_bounded_memory() {
+    let sup = Supervisor::start("[[actor]]\nname = \"c\"\nkind = \"counter\"\n");
+    let rss_kib = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = rss_kib(sup.pid());
+    let mut flood = UnixStream::connect(&sup.socket).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let line = b"{\"id\":1,\"op\":\"status\"}\n".repeat(1000);
+    // Write until the supervisor stops reading (the write times out) or 200k requests
+    // (~100 MB of replies) are in.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while sent < 200 && Instant::now() < deadline {
+        match flood.write_all(&line) {
+            Ok(()) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 200,
+        "the supervisor kept reading a client that reads nothing"
+    );
+    let grown = rss_kib(sup.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "the supervisor grew by {grown} KiB for one client that does not read"
+    );
+    // Everyone else is still served.
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(2)).unwrap(), json!(2));
+    drop(flood);
+}

@@ -74,11 +74,15 @@ pub struct ConnOut {
     writer: Sender<Vec<u8>>,
     /// Bytes handed to the writer thread and not yet written by it.
     queued: Arc<AtomicUsize>,
+    /// Requests read and not yet answered (every request gets exactly one reply).
+    owed: Arc<AtomicUsize>,
 }
 
 /// A connection whose client does not read its replies stops being read from once
-/// this much output waits for it (bounded memory per connection).
+/// this much output waits for it (bounded memory per connection)…
 pub const MAX_QUEUED_REPLY_BYTES: usize = 8 << 20;
+/// …or once this many of its requests wait for their replies.
+pub const MAX_OWED_REPLIES: usize = 16 * 1024;
 /// A client that accepts no output for this long is dropped.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -116,6 +120,18 @@ impl ConnOut {
     /// True while the writer thread still has output to write.
     pub fn busy(&self) -> bool {
         self.queued.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts one reply produced for this connection.
+    pub fn answered(&self) {
+        let _ = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Replies this connection is still owed.
+    pub fn owed(&self) -> usize {
+        self.owed.load(Ordering::Acquire)
     }
 }
 
@@ -246,10 +262,12 @@ fn serve(
     }
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
+    let owed = Arc::new(AtomicUsize::new(0));
     let conn_out = ConnOut {
         stream: direct,
         writer: tx,
         queued: queued.clone(),
+        owed: owed.clone(),
     };
     if events
         .send(ShellEvent::ConnOpened { conn, conn_out })
@@ -284,7 +302,7 @@ fn serve(
         .name(format!("conn-{conn}-r"))
         .stack_size(128 * 1024)
         .spawn(move || {
-            reader(stream, conn, max, &events2, &queued);
+            reader(stream, conn, max, &events2, &queued, &owed);
             let _ = events2.send(ShellEvent::ConnClosed { conn });
             done_r();
         });
@@ -344,13 +362,22 @@ fn reader(
     max: usize,
     events: &Sender<ShellEvent>,
     queued: &AtomicUsize,
+    owed: &AtomicUsize,
 ) {
-    let refuse = |line: String| events.send(ShellEvent::Refused { conn, line }).is_ok();
+    // Counted before it is handed on, so the main loop never sees a reply it was not
+    // owed.
+    let refuse = |line: String| {
+        owed.fetch_add(1, Ordering::AcqRel);
+        events.send(ShellEvent::Refused { conn, line }).is_ok()
+    };
     let mut input = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::with_capacity(1024);
     loop {
-        // Backpressure: a client that does not read its replies is not read from.
-        while queued.load(Ordering::Acquire) > MAX_QUEUED_REPLY_BYTES {
+        // Backpressure: a client that does not read its replies, or has too many
+        // requests waiting, is not read from.
+        while queued.load(Ordering::Acquire) > MAX_QUEUED_REPLY_BYTES
+            || owed.load(Ordering::Acquire) > MAX_OWED_REPLIES
+        {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         line.clear();
@@ -372,6 +399,7 @@ fn reader(
                 }
                 match parse_request(text) {
                     Ok(request) => {
+                        owed.fetch_add(1, Ordering::AcqRel);
                         if events
                             .send(ShellEvent::Core(Event::Request { conn, request }))
                             .is_err()

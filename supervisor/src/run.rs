@@ -193,7 +193,6 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         conns: HashMap::new(),
         outgoing: HashMap::new(),
         half_closed: HashMap::new(),
-        owed: HashMap::new(),
         awaiting_worker: false,
         spawn_tx,
         disk_tx,
@@ -278,8 +277,6 @@ struct Shell {
     conns: HashMap<ConnId, ConnOut>,
     /// Connections whose client stopped sending, and when to forget them.
     half_closed: HashMap<ConnId, Instant>,
-    /// Replies each connection is still owed (one per request).
-    owed: HashMap<ConnId, usize>,
     /// Calls went to a worker in this turn of the loop (its answer is worth a short spin).
     awaiting_worker: bool,
     /// Reply lines gathered in this turn of the loop, per connection.
@@ -295,14 +292,7 @@ impl Shell {
     fn on_event(&mut self, ev: ShellEvent, core: &mut Core) {
         let now = Instant::now();
         match ev {
-            ShellEvent::Core(e) => {
-                if let Event::Request { conn, .. } = &e {
-                    // Every request gets exactly one reply: count what this
-                    // connection is still owed.
-                    *self.owed.entry(*conn).or_default() += 1;
-                }
-                core.handle(e, now)
-            }
+            ShellEvent::Core(e) => core.handle(e, now),
             ShellEvent::Spawned {
                 actor,
                 epoch,
@@ -345,15 +335,12 @@ impl Shell {
             ShellEvent::ConnOpened { conn, conn_out } => {
                 self.conns.insert(conn, conn_out);
             }
-            ShellEvent::Refused { conn, line } => {
-                *self.owed.entry(conn).or_default() += 1;
-                self.reply(conn, &line);
-            }
+            ShellEvent::Refused { conn, line } => self.reply(conn, &line),
             ShellEvent::ConnClosed { conn } => {
                 // The client stopped sending; it may still wait for replies (a
                 // half-closed socket, as `socat` and `nc -N` leave it): close once it
                 // has them all (or a write fails, or the grace ends).
-                if self.owed.get(&conn).copied().unwrap_or(0) == 0 {
+                if self.conns.get(&conn).is_none_or(|c| c.owed() == 0) {
                     self.forget_conn(conn);
                 } else {
                     self.half_closed.insert(conn, now + HALF_CLOSED_GRACE);
@@ -401,20 +388,17 @@ impl Shell {
 
     /// Queues one reply line for this turn of the loop.
     fn reply(&mut self, conn: ConnId, line: &str) {
-        if !self.conns.contains_key(&conn) {
+        let Some(c) = self.conns.get(&conn) else {
             return;
-        }
+        };
+        c.answered();
         self.outgoing.entry(conn).or_default().push_str(line);
-        if let Some(n) = self.owed.get_mut(&conn) {
-            *n = n.saturating_sub(1);
-        }
     }
 
     /// Drops a connection's output: once its writer thread has written what it holds,
     /// the socket closes and the client sees the end.
     fn forget_conn(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
-        self.owed.remove(&conn);
         self.half_closed.remove(&conn);
     }
 
@@ -640,7 +624,7 @@ impl Shell {
         let done: Vec<ConnId> = self
             .half_closed
             .keys()
-            .filter(|c| self.owed.get(c).copied().unwrap_or(0) == 0)
+            .filter(|c| self.conns.get(c).is_none_or(|c| c.owed() == 0))
             .copied()
             .collect();
         for conn in done {
