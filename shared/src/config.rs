@@ -1,9 +1,11 @@
 //! The supervisor's config file (TOML): schema, defaults and validation.
 //!
 //! Three optional tables: `[supervisor]` (directories, control socket, durability),
-//! `[defaults]` (the restart/checkpoint [`Policy`] every actor inherits) and any number of
-//! `[[actor]]` entries (`name`, `kind`, and any `[defaults]` key as a per-actor override).
-//! [`reference`] lists every key with its default and meaning.
+//! `[defaults]` (the restart/checkpoint [`Policy`] and the worker's user, group and
+//! resource [`Limits`] every actor inherits) and any number of `[[actor]]` entries
+//! (`name`, `kind`, and any `[defaults]` key as a per-actor override). An actor of kind
+//! [`EXEC_KIND`] runs an external program: its own `command`, `env` and `cwd` complete
+//! its [`Launch`]. [`reference()`] lists every key with its default and meaning.
 //!
 //! Parsing never stops at the first mistake: [`Config::parse`] reports every problem it
 //! can find as a [`ConfigError`] with file, line and column, so `resurgam check` can show
@@ -15,7 +17,7 @@
 //! defaults come from an explicit [`Environment`] so that tests never touch the process
 //! environment.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fmt;
 use std::ops::Range;
@@ -51,8 +53,21 @@ pub const EMBEDDED_PATH: &str = "<embedded>";
 /// The pattern actor names must match (for messages and docs).
 pub const ACTOR_NAME_PATTERN: &str = "[A-Za-z0-9_-]{1,64}";
 
-/// Largest uid accepted in `allowed_uids` (`(uid_t)-1` is not a real uid).
+/// The `kind` of actors whose worker runs an external program (`command`).
+pub const EXEC_KIND: &str = "exec";
+/// Environment variables resurgam sets for an exec worker itself; `env` may not set them.
+pub const RESERVED_ENV: [&str; 2] = ["RESURGAM_FD", "RESURGAM_ACTOR"];
+/// Smallest accepted `limit_memory` (16 MiB): below it a process cannot even start.
+pub const MIN_LIMIT_MEMORY: u64 = 16 << 20;
+/// Largest accepted `limit_open_files` (2^20, the usual kernel maximum `nr_open`).
+pub const MAX_LIMIT_OPEN_FILES: u64 = 1 << 20;
+
+/// Largest uid or gid accepted (`(uid_t)-1` is not a real id).
 const MAX_UID: i64 = u32::MAX as i64 - 1;
+/// The units a size may have, for messages and docs.
+const SIZE_UNITS: &str = "B, K or KiB, M or MiB, G or GiB, T or TiB (all powers of 1024)";
+/// The key under which toml hands a date/time to a map visitor.
+const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
 /// At most this many syntax errors are reported (later ones are mostly follow-ups).
 const MAX_SYNTAX_ERRORS: usize = 20;
 
@@ -139,7 +154,7 @@ impl Default for Policy {
     }
 }
 
-/// One `[[actor]]` entry, with its effective policy.
+/// One `[[actor]]` entry, with its effective policy and launch settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActorConfig {
     /// Unique name, matching [`ACTOR_NAME_PATTERN`].
@@ -148,10 +163,80 @@ pub struct ActorConfig {
     pub kind: String,
     /// `[defaults]` merged with this actor's overrides.
     pub policy: Policy,
+    /// How its worker is started: `[defaults]` (user, group, limits) merged with this
+    /// actor's overrides, plus its own `command`, `env` and `cwd`.
+    pub launch: Launch,
     /// 1-based line of the `name` value.
     pub line: usize,
     /// 1-based line of the `kind` value.
     pub kind_line: usize,
+    /// 1-based line of the `command` value (kind [`EXEC_KIND`] only).
+    pub command_line: Option<usize>,
+    /// 1-based line of the `cwd` value, when the actor sets one.
+    pub cwd_line: Option<usize>,
+}
+
+/// How an actor's worker process is started; a change of any of it needs a new worker
+/// (compare with [`Launch::same_settings`], which ignores where values are written).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launch {
+    /// kind = "exec": the program and its arguments (argv, no shell). `None` for every
+    /// other kind.
+    pub command: Option<Vec<String>>,
+    /// kind = "exec": variables added to the program's environment (sorted by name).
+    pub env: BTreeMap<String, String>,
+    /// kind = "exec": the program's working directory, resolved against the config
+    /// file's directory; default (`None`): the config file's directory itself.
+    pub cwd: Option<PathBuf>,
+    /// Run the worker as this user (a name or a numeric uid, as written; an integer is
+    /// kept as its decimal text), any kind.
+    pub user: Option<Located<String>>,
+    /// Run the worker with this primary group (a name or a numeric gid, as written), any
+    /// kind.
+    pub group: Option<Located<String>>,
+    /// Resource limits applied to the worker before the actor's code runs.
+    pub limits: Limits,
+}
+
+impl Launch {
+    /// True when both start the same worker: equal apart from where in the file `user`
+    /// and `group` are written (a line moved by an edit needs no new worker).
+    pub fn same_settings(&self, other: &Launch) -> bool {
+        let value = |l: &Option<Located<String>>| l.as_ref().map(|l| l.value.clone());
+        self.command == other.command
+            && self.env == other.env
+            && self.cwd == other.cwd
+            && value(&self.user) == value(&other.user)
+            && value(&self.group) == value(&other.group)
+            && self.limits == other.limits
+    }
+}
+
+/// A config value with its place in the file, for errors found after parsing (e.g. a
+/// user that does not exist on this machine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// 1-based line of the value.
+    pub line: usize,
+    /// 1-based column (in characters) of the value.
+    pub column: usize,
+}
+
+/// Resource limits (setrlimit, soft = hard). `None` = inherited from the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// RLIMIT_AS: address space in bytes (>= [`MIN_LIMIT_MEMORY`]).
+    pub memory: Option<u64>,
+    /// RLIMIT_NOFILE: open files (1 to [`MAX_LIMIT_OPEN_FILES`]).
+    pub open_files: Option<u64>,
+    /// RLIMIT_CORE: core dump size in bytes (0 = no core dumps).
+    pub core: Option<u64>,
+    /// RLIMIT_NPROC: processes of the worker's user (>= 1).
+    pub processes: Option<u64>,
+    /// RLIMIT_CPU: CPU seconds (>= 1; the config's duration rounded up to whole seconds).
+    pub cpu_seconds: Option<u64>,
 }
 
 /// The `[supervisor]` table with every default filled in and paths resolved.
@@ -502,6 +587,56 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "Per-actor override of [supervisor].durability: \"memory\", \"log\" or \"fsync\".",
         ),
         (
+            "defaults",
+            "user",
+            "\"<the supervisor's user>\"".to_string(),
+            "Run workers as this user: a name (\"resurgam\") or a numeric uid (1000); \
+             the supervisor must be allowed to switch to it (usually: run as root).",
+        ),
+        (
+            "defaults",
+            "group",
+            "\"<the user's primary group>\"".to_string(),
+            "Run workers with this primary group: a name or a numeric gid.",
+        ),
+        (
+            "defaults",
+            "limit_memory",
+            "\"<inherited>\"".to_string(),
+            "Address-space limit of a worker (RLIMIT_AS): bytes, or a size such as \"512MiB\" \
+             or \"2G\" (units K/KiB, M/MiB, G/GiB, T/TiB, all powers of 1024); at least \
+             16MiB. Allocations beyond it fail (the worker usually dies and is restarted).",
+        ),
+        (
+            "defaults",
+            "limit_open_files",
+            "\"<inherited>\"".to_string(),
+            "Open-file limit of a worker (RLIMIT_NOFILE), 1 to 1048576; the worker itself \
+             needs a few descriptors.",
+        ),
+        (
+            "defaults",
+            "limit_core",
+            "\"<inherited>\"".to_string(),
+            "Core dump size limit of a worker (RLIMIT_CORE), a size like limit_memory; 0 = \
+             no core dumps.",
+        ),
+        (
+            "defaults",
+            "limit_processes",
+            "\"<inherited>\"".to_string(),
+            "Process limit (RLIMIT_NPROC, >= 1): counts every process and thread of the \
+             worker's user, not only this worker's.",
+        ),
+        (
+            "defaults",
+            "limit_cpu",
+            "\"<inherited>\"".to_string(),
+            "CPU time limit of one worker process (RLIMIT_CPU), e.g. \"10m\": the total \
+             over its life, not per call; the kernel kills it when it is used up and it is \
+             restarted. At least \"1s\"; rounded up to whole seconds.",
+        ),
+        (
             "actor",
             "name",
             "\"<required>\"".to_string(),
@@ -512,7 +647,30 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "actor",
             "kind",
             "\"<required>\"".to_string(),
-            "Which actor implementation runs it, e.g. \"counter\" or \"kv\".",
+            "Which actor implementation runs it, e.g. \"counter\" or \"kv\"; \"exec\" runs \
+             an external program (see command).",
+        ),
+        (
+            "actor",
+            "command",
+            "\"<required for kind exec>\"".to_string(),
+            "kind \"exec\" only: the program and its arguments, an argv array (no shell); \
+             a relative program path is relative to cwd.",
+        ),
+        (
+            "actor",
+            "env",
+            "{}".to_string(),
+            "kind \"exec\" only: variables added to the program's environment, a table of \
+             strings, e.g. { LANG = \"C.UTF-8\" }; RESURGAM_FD and RESURGAM_ACTOR are \
+             reserved.",
+        ),
+        (
+            "actor",
+            "cwd",
+            "\"<the config file's directory>\"".to_string(),
+            "kind \"exec\" only: the program's working directory; a relative path is \
+             relative to the config file's directory.",
         ),
     ]
 }
@@ -595,14 +753,175 @@ struct RawSupervisor {
     socket_mode: Option<Spanned<ModeText>>,
 }
 
-/// Declares the policy keys once: `RawPolicy` (`[defaults]`) and `RawActor` (`[[actor]]`,
-/// the same keys plus `name` and `kind`; serde's `flatten` cannot be combined with
-/// `deny_unknown_fields`).
-macro_rules! policy_tables {
+/// A string or an integer (`user`, `group`, sizes), with a type error that says so.
+macro_rules! text_or_int_value {
+    ($name:ident, $expecting:literal) => {
+        #[derive(Debug, Clone)]
+        enum $name {
+            Text(String),
+            Int(i64),
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name::Text(v.to_owned()))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$name, E> {
+                        Ok($name::Int(v))
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$name, E> {
+                        i64::try_from(v)
+                            .map($name::Int)
+                            .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+text_or_int_value!(
+    UserValue,
+    "a user name or a numeric uid, e.g. \"resurgam\" or 1000"
+);
+text_or_int_value!(
+    GroupValue,
+    "a group name or a numeric gid, e.g. \"resurgam\" or 1000"
+);
+text_or_int_value!(
+    SizeValue,
+    "a size: a number of bytes or a string such as \"512MiB\""
+);
+
+/// Any TOML value: a string, or the name of its type (so that each wrong item of an array
+/// or table is reported at its own place instead of dropping the whole key).
+#[derive(Debug, Clone)]
+enum AnyValue {
+    Text(String),
+    /// Not a string: "an integer", "a table", ...
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for AnyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AnyValue, E> {
+                Ok(AnyValue::Text(v.to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("an integer"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("an integer"))
+            }
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("an integer"))
+            }
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("an integer"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<AnyValue, E> {
+                Ok(AnyValue::Other("a float"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(AnyValue::Other("an array"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AnyValue, A::Error> {
+                let mut datetime = false;
+                while let Some(key) = map.next_key::<String>()? {
+                    datetime |= key == TOML_DATETIME_FIELD;
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                Ok(AnyValue::Other(if datetime {
+                    "a date/time"
+                } else {
+                    "a table"
+                }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `command`: an array whose items are checked one by one.
+#[derive(Debug, Clone)]
+struct CommandValue(Vec<Spanned<AnyValue>>);
+
+impl<'de> Deserialize<'de> for CommandValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CommandValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings (the program and its arguments), e.g. [\"python3\", \"bank.py\"]")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CommandValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(CommandValue(items))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `env`: a table whose names and values are checked one by one.
+#[derive(Debug, Clone)]
+struct EnvValue(Vec<(Spanned<String>, Spanned<AnyValue>)>);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of strings, e.g. env = { LANG = \"C.UTF-8\" }")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<EnvValue, A::Error> {
+                let mut entries = Vec::new();
+                // A TOML table's keys are always strings that know their span; toml's
+                // date/time is the only map whose key is not, so that is what failed.
+                let date_time = |_| de::Error::invalid_type(Unexpected::Other("date/time"), &V);
+                while let Some(key) = map.next_key::<Spanned<String>>().map_err(date_time)? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(EnvValue(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Declares the keys shared by `[defaults]` and `[[actor]]` once: `RawDefaults` and
+/// `RawActor` (the same keys plus `name`, `kind` and the exec keys `command`, `env`,
+/// `cwd`; serde's `flatten` cannot be combined with `deny_unknown_fields`).
+macro_rules! defaults_tables {
     ($($field:ident : $ty:ty),* $(,)?) => {
         #[derive(Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct RawPolicy {
+        struct RawDefaults {
             $($field: Option<Spanned<$ty>>,)*
         }
 
@@ -611,18 +930,22 @@ macro_rules! policy_tables {
         struct RawActor {
             name: Option<Spanned<NameText>>,
             kind: Option<Spanned<NameText>>,
+            command: Option<Spanned<CommandValue>>,
+            env: Option<Spanned<EnvValue>>,
+            cwd: Option<Spanned<PathText>>,
             $($field: Option<Spanned<$ty>>,)*
         }
 
         impl RawActor {
-            fn split(self) -> (Option<Spanned<NameText>>, Option<Spanned<NameText>>, RawPolicy) {
-                (self.name, self.kind, RawPolicy { $($field: self.$field,)* })
+            fn split(self) -> (Option<Spanned<NameText>>, Option<Spanned<NameText>>, RawExec, RawDefaults) {
+                let exec = RawExec { command: self.command, env: self.env, cwd: self.cwd };
+                (self.name, self.kind, exec, RawDefaults { $($field: self.$field,)* })
             }
         }
     };
 }
 
-policy_tables! {
+defaults_tables! {
     max_restarts: Int,
     restart_window: DurationText,
     max_call_retries: Int,
@@ -634,6 +957,34 @@ policy_tables! {
     startup_timeout: DurationText,
     heartbeat_timeout: DurationText,
     durability: DurabilityText,
+    user: UserValue,
+    group: GroupValue,
+    limit_memory: SizeValue,
+    limit_open_files: Int,
+    limit_core: SizeValue,
+    limit_processes: Int,
+    limit_cpu: DurationText,
+}
+
+/// The keys only an exec actor may have.
+#[derive(Debug)]
+struct RawExec {
+    command: Option<Spanned<CommandValue>>,
+    env: Option<Spanned<EnvValue>>,
+    cwd: Option<Spanned<PathText>>,
+}
+
+/// One `[[actor]]` entry as read, before validation.
+struct ActorEntry {
+    /// 1-based position among the actors.
+    number: usize,
+    /// The entry's span (its `[[actor]]` header, or the inline table).
+    header: Range<usize>,
+    raw: RawActor,
+    /// Keys reported (wrong type) and dropped.
+    dropped: Vec<String>,
+    /// Where its keys are.
+    index: TableIndex,
 }
 
 /// Where the keys of one table are, to say which key a serde error is about.
@@ -695,6 +1046,75 @@ fn parse_mode(text: &str) -> Option<u32> {
     }
     let mode = u32::from_str_radix(digits, 8).ok()?;
     (mode <= 0o777).then_some(mode)
+}
+
+/// Parses a size: a whole number of bytes with an optional unit, `"4096"`, `"64KiB"`,
+/// `"512MiB"`, `"1G"`. K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024; `B` (or none) is
+/// bytes. The error names the input and says what is allowed.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!(
+            "size {text:?} is empty; write a number of bytes or a number with a unit, e.g. \
+             \"512MiB\""
+        ));
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "size {text:?} is negative; write a number of bytes >= 0 or a size such as \
+             \"512MiB\""
+        ));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "size {text:?} does not start with a number; e.g. \"512MiB\" or \"2G\""
+        ));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "size {text:?} is not a whole number; use a smaller unit instead of a fraction, \
+             e.g. \"1536MiB\" rather than \"1.5GiB\""
+        ));
+    }
+    let shift = match unit.trim_start() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            let hint = match other {
+                "KB" | "MB" | "GB" | "TB" | "kB" => {
+                    format!(
+                        " ({other:?} is ambiguous: write {}iB for powers of 1024)",
+                        &other[..1].to_uppercase()
+                    )
+                }
+                _ => String::new(),
+            };
+            return Err(format!(
+                "size {text:?} has unknown unit {other:?}{hint}; allowed units: {SIZE_UNITS}, or \
+                 none for bytes"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("size {text:?} is too large (at most 2^64 - 1 bytes)"))
+}
+
+/// Formats a byte count with the largest binary unit that divides it: `"16MiB"`.
+fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
 }
 
 /// Collects errors while turning the document into a [`Config`].
@@ -815,8 +1235,8 @@ impl Checker<'_> {
 
         let root = root.into_inner();
         let mut raw_supervisor = RawSupervisor::default();
-        let mut raw_defaults = RawPolicy::default();
-        let mut raw_actors: Vec<(usize, Range<usize>, RawActor, Vec<String>)> = Vec::new();
+        let mut raw_defaults = RawDefaults::default();
+        let mut raw_actors: Vec<ActorEntry> = Vec::new();
         for (key, value) in &root {
             let name: &str = key.get_ref();
             match name {
@@ -869,7 +1289,13 @@ impl Checker<'_> {
                             _ => format!("actor #{number}"),
                         };
                         if let Some((raw, dropped)) = self.table::<RawActor>(&label, entry) {
-                            raw_actors.push((number, entry.span(), raw, dropped));
+                            raw_actors.push(ActorEntry {
+                                number,
+                                header: entry.span(),
+                                raw,
+                                dropped,
+                                index: TableIndex::new(entry.span(), table),
+                            });
                         }
                     }
                 }
@@ -896,11 +1322,12 @@ impl Checker<'_> {
             ..Policy::default()
         };
         let defaults = self.policy("[defaults]", &base, &raw_defaults);
+        let default_launch = self.launch("[defaults]", &Launch::default(), &raw_defaults);
 
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for (number, header, raw, dropped) in raw_actors {
-            let actor = self.actor(number, &header, raw, &dropped, &defaults, &mut seen);
-            if let Some(actor) = actor {
+        for entry in raw_actors {
+            let inherited = (&defaults, &default_launch);
+            if let Some(actor) = self.actor(entry, inherited, &config_dir, &mut seen) {
                 config.actors.push(actor);
             }
         }
@@ -1077,7 +1504,7 @@ impl Checker<'_> {
     /// `base` overridden by the keys present in `raw`. Every bad value is reported (and
     /// leaves the base value). Cross-key checks are reported only when `raw` sets one of
     /// the keys involved, so a mistake in `[defaults]` is not repeated for every actor.
-    fn policy(&mut self, section: &str, base: &Policy, raw: &RawPolicy) -> Policy {
+    fn policy(&mut self, section: &str, base: &Policy, raw: &RawDefaults) -> Policy {
         let mut p = base.clone();
 
         if let Some(v) = &raw.max_restarts {
@@ -1198,16 +1625,23 @@ impl Checker<'_> {
         p
     }
 
+    /// Validates one actor: `inherited` is the policy and launch settings of `[defaults]`.
     fn actor(
         &mut self,
-        number: usize,
-        header: &Range<usize>,
-        raw: RawActor,
-        dropped: &[String],
-        defaults: &Policy,
+        entry: ActorEntry,
+        inherited: (&Policy, &Launch),
+        config_dir: &Path,
         seen: &mut HashMap<String, usize>,
     ) -> Option<ActorConfig> {
-        let (name, kind, raw_policy) = raw.split();
+        let ActorEntry {
+            number,
+            header,
+            raw,
+            dropped,
+            index,
+        } = entry;
+        let header = &header;
+        let (name, kind, raw_exec, raw_defaults) = raw.split();
         let mut ok = true;
 
         let label = match &name {
@@ -1295,14 +1729,393 @@ impl Checker<'_> {
             }
         };
 
-        let policy = self.policy(&label, defaults, &raw_policy);
+        let policy = self.policy(&label, inherited.0, &raw_defaults);
+        let mut launch = self.launch(&label, inherited.1, &raw_defaults);
+        // The exec keys depend on the kind; an invalid kind was reported already.
+        let exec = Exec {
+            label: &label,
+            kind: (!kind.trim().is_empty()).then_some(kind.as_str()),
+            header,
+            index: &index,
+            dropped: &dropped,
+        };
+        let (command_line, cwd_line) = self.exec(&exec, raw_exec, config_dir, &mut launch);
         ok.then_some(ActorConfig {
             name,
             kind,
             policy,
+            launch,
             line,
             kind_line,
+            command_line,
+            cwd_line,
         })
+    }
+
+    /// `base` (user, group, limits) overridden by the keys present in `raw`. Every bad
+    /// value is reported and leaves the base value.
+    fn launch(&mut self, section: &str, base: &Launch, raw: &RawDefaults) -> Launch {
+        let mut launch = base.clone();
+        if let Some(v) = &raw.user {
+            let value = match v.get_ref() {
+                UserValue::Text(t) => IdValue::Text(t),
+                UserValue::Int(n) => IdValue::Int(*n),
+            };
+            if let Some(user) = self.id(section, "user", "uid", value, &v.span()) {
+                launch.user = Some(user);
+            }
+        }
+        if let Some(v) = &raw.group {
+            let value = match v.get_ref() {
+                GroupValue::Text(t) => IdValue::Text(t),
+                GroupValue::Int(n) => IdValue::Int(*n),
+            };
+            if let Some(group) = self.id(section, "group", "gid", value, &v.span()) {
+                launch.group = Some(group);
+            }
+        }
+
+        let limits = &mut launch.limits;
+        if let Some(v) = &raw.limit_memory
+            && let Some(bytes) = self.size(section, "limit_memory", v)
+        {
+            if bytes < MIN_LIMIT_MEMORY {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} limit_memory: {} is too small; a worker needs at least {} of \
+                         address space to start (remove the key for no limit)",
+                        format_size(bytes),
+                        format_size(MIN_LIMIT_MEMORY)
+                    ),
+                );
+            } else {
+                limits.memory = Some(bytes);
+            }
+        }
+        if let Some(v) = &raw.limit_core
+            && let Some(bytes) = self.size(section, "limit_core", v)
+        {
+            limits.core = Some(bytes);
+        }
+        if let Some(v) = &raw.limit_open_files {
+            let n = v.get_ref().0;
+            match u64::try_from(n) {
+                Ok(n) if (1..=MAX_LIMIT_OPEN_FILES).contains(&n) => limits.open_files = Some(n),
+                _ => self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} limit_open_files: {n} is out of range; allowed: 1 to \
+                         {MAX_LIMIT_OPEN_FILES} (remove the key to inherit the supervisor's limit)"
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &raw.limit_processes {
+            let n = v.get_ref().0;
+            match u64::try_from(n) {
+                Ok(n) if n >= 1 => limits.processes = Some(n),
+                _ => self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} limit_processes: {n} is not allowed; use a number >= 1 (remove \
+                         the key to inherit the supervisor's limit)"
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &raw.limit_cpu
+            && let Some(d) = self.duration(section, "limit_cpu", v)
+        {
+            if d < Duration::from_secs(1) {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} limit_cpu: {} is too small; the CPU limit counts whole seconds, \
+                         at least \"1s\" (remove the key for no limit)",
+                        format_duration(d)
+                    ),
+                );
+            } else {
+                // RLIMIT_CPU counts whole seconds: a remainder rounds up, never down.
+                let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                limits.cpu_seconds = Some(seconds);
+            }
+        }
+        launch
+    }
+
+    /// A `user` or `group` value (`what` is "uid" or "gid"), kept as written.
+    fn id(
+        &mut self,
+        section: &str,
+        key: &str,
+        what: &str,
+        value: IdValue<'_>,
+        span: &Range<usize>,
+    ) -> Option<Located<String>> {
+        let text = match value {
+            IdValue::Text(t) if t.is_empty() => {
+                self.error_at(
+                    span,
+                    format!(
+                        "{section} {key}: must not be empty; write a name or a numeric {what} \
+                         (remove the key to keep the supervisor's)"
+                    ),
+                );
+                return None;
+            }
+            IdValue::Text(t) if t.contains('\0') => {
+                self.error_at(
+                    span,
+                    format!("{section} {key}: must not contain a NUL character"),
+                );
+                return None;
+            }
+            IdValue::Text(t) => t.clone(),
+            IdValue::Int(n) if (0..=MAX_UID).contains(&n) => n.to_string(),
+            IdValue::Int(n) => {
+                self.error_at(
+                    span,
+                    format!("{section} {key}: {n} is not a valid {what}; allowed: 0 to {MAX_UID}"),
+                );
+                return None;
+            }
+        };
+        let (line, column) = position(self.text, span.start);
+        Some(Located {
+            value: text,
+            line,
+            column,
+        })
+    }
+
+    fn size(&mut self, section: &str, key: &str, value: &Spanned<SizeValue>) -> Option<u64> {
+        let parsed = match value.get_ref() {
+            SizeValue::Int(n) => u64::try_from(*n).map_err(|_| {
+                format!("{n} is negative; use a number of bytes >= 0 or a size such as \"512MiB\"")
+            }),
+            SizeValue::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Ok(bytes) => Some(bytes),
+            Err(message) => {
+                self.error_at(&value.span(), format!("{section} {key}: {message}"));
+                None
+            }
+        }
+    }
+
+    /// Checks `command`, `env` and `cwd` against the actor's kind and fills them into
+    /// `launch`. Returns the lines of `command` and `cwd`.
+    fn exec(
+        &mut self,
+        exec: &Exec<'_>,
+        raw: RawExec,
+        config_dir: &Path,
+        launch: &mut Launch,
+    ) -> (Option<usize>, Option<usize>) {
+        let label = exec.label;
+        let is_exec = match exec.kind {
+            Some(EXEC_KIND) => true,
+            // Any other valid kind is built in: the exec keys do not belong there.
+            Some(kind) => {
+                let present = [
+                    ("command", raw.command.as_ref().map(|v| v.span())),
+                    ("env", raw.env.as_ref().map(|v| v.span())),
+                    ("cwd", raw.cwd.as_ref().map(|v| v.span())),
+                ];
+                for (key, value_span) in present {
+                    if let Some(value_span) = value_span {
+                        let span = exec.key_span(key).unwrap_or(value_span);
+                        self.error_at(
+                            &span,
+                            format!(
+                                "{label} {key}: only actors of kind \"{EXEC_KIND}\" run a \
+                                 command; kind {kind:?} is built in"
+                            ),
+                        );
+                    }
+                }
+                return (None, None);
+            }
+            // Unknown kind (reported already): still check what is there.
+            None => false,
+        };
+
+        let mut command_line = None;
+        match raw.command {
+            Some(v) => {
+                command_line = Some(self.line_of(&v.span()));
+                launch.command = self.command(label, &v);
+            }
+            None if is_exec && !exec.dropped.iter().any(|k| k == "command") => {
+                self.error_at(
+                    exec.header,
+                    format!(
+                        "{label}: kind \"{EXEC_KIND}\" needs `command`, the program to run as an \
+                         argv array, e.g. command = [\"python3\", \"bank.py\"]"
+                    ),
+                );
+            }
+            None => {}
+        }
+        if let Some(v) = raw.env {
+            launch.env = self.env(label, v.into_inner());
+        }
+        let mut cwd_line = None;
+        if let Some(v) = raw.cwd {
+            let span = v.span();
+            cwd_line = Some(self.line_of(&span));
+            let text = &v.get_ref().0;
+            if text.is_empty() {
+                self.error_at(
+                    &span,
+                    format!(
+                        "{label} cwd: must not be empty (remove the key to use the config file's \
+                         directory)"
+                    ),
+                );
+            } else if text.contains('\0') {
+                self.error_at(
+                    &span,
+                    format!("{label} cwd: path must not contain a NUL character"),
+                );
+            } else {
+                launch.cwd = Some(resolve(config_dir, text));
+            }
+        }
+        (command_line, cwd_line)
+    }
+
+    /// The argv of `command`, or `None` when anything in it is wrong (each reported).
+    fn command(&mut self, label: &str, value: &Spanned<CommandValue>) -> Option<Vec<String>> {
+        let items = &value.get_ref().0;
+        if items.is_empty() {
+            self.error_at(
+                &value.span(),
+                format!(
+                    "{label} command: must not be empty; give the program and its arguments, e.g. \
+                     command = [\"python3\", \"bank.py\"]"
+                ),
+            );
+            return None;
+        }
+        let mut argv = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let problem = match item.get_ref() {
+                AnyValue::Other(what) => Some(format!(
+                    "must be a string, not {what}{}",
+                    quote_hint(what, "\"8080\"")
+                )),
+                AnyValue::Text(t) if t.is_empty() && i == 0 => Some(
+                    "the program must not be empty; e.g. \"python3\" or \"/usr/bin/python3\""
+                        .to_string(),
+                ),
+                AnyValue::Text(t) if t.is_empty() => {
+                    Some("must not be an empty string".to_string())
+                }
+                AnyValue::Text(t) if t.contains('\0') => {
+                    Some("must not contain a NUL character".to_string())
+                }
+                AnyValue::Text(t) => {
+                    argv.push(t.clone());
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                self.error_at(&item.span(), format!("{label} command[{i}]: {problem}"));
+            }
+        }
+        (argv.len() == items.len()).then_some(argv)
+    }
+
+    /// The variables of `env`; a bad name or value is reported and left out.
+    fn env(&mut self, label: &str, value: EnvValue) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for (name, value) in value.0 {
+            let name_span = name.span();
+            let name = name.into_inner();
+            let problem = if name.is_empty() {
+                Some("a variable name must not be empty".to_string())
+            } else if name.contains('=') {
+                Some(format!("variable name {name:?} must not contain '='"))
+            } else if name.contains('\0') {
+                Some(format!(
+                    "variable name {name:?} must not contain a NUL character"
+                ))
+            } else if RESERVED_ENV.contains(&name.as_str()) {
+                Some(format!(
+                    "{name} is reserved: resurgam sets {} itself",
+                    RESERVED_ENV.join(" and ")
+                ))
+            } else {
+                None
+            };
+            let name_ok = problem.is_none();
+            if let Some(problem) = problem {
+                self.error_at(&name_span, format!("{label} env: {problem}"));
+            }
+            let value_span = value.span();
+            match value.into_inner() {
+                AnyValue::Other(what) => {
+                    let hint = quote_hint(what, &format!("{name} = \"1\""));
+                    self.error_at(
+                        &value_span,
+                        format!("{label} env.{name}: must be a string, not {what}{hint}"),
+                    );
+                }
+                AnyValue::Text(t) if t.contains('\0') => self.error_at(
+                    &value_span,
+                    format!("{label} env.{name}: value must not contain a NUL character"),
+                ),
+                AnyValue::Text(t) => {
+                    if name_ok {
+                        env.insert(name, t);
+                    }
+                }
+            }
+        }
+        env
+    }
+}
+
+/// For a number or boolean where a string is needed: " (quote it, e.g. {example})".
+fn quote_hint(what: &str, example: &str) -> String {
+    match what {
+        "an integer" | "a float" | "a boolean" => format!(" (quote it, e.g. {example})"),
+        _ => String::new(),
+    }
+}
+
+/// A `user` or `group` value, whichever key it came from.
+enum IdValue<'a> {
+    Text(&'a String),
+    Int(i64),
+}
+
+/// What the exec checks of one actor need to know about it.
+struct Exec<'a> {
+    /// `actor "name"` or `actor #n`.
+    label: &'a str,
+    /// Its kind, when valid.
+    kind: Option<&'a str>,
+    /// The `[[actor]]` header (for a missing `command`).
+    header: &'a Range<usize>,
+    /// Where its keys are.
+    index: &'a TableIndex,
+    /// Keys reported and dropped for their type.
+    dropped: &'a [String],
+}
+
+impl Exec<'_> {
+    /// The span of `key` itself (not its value).
+    fn key_span(&self, key: &str) -> Option<Range<usize>> {
+        self.index
+            .keys
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, span, _)| span.clone())
     }
 }
 
@@ -1919,12 +2732,25 @@ allowed_uids = [0, 65534, 4294967294]
         );
         assert_eq!(e.column, Some(3));
         one_error(
-            "[[actor]]\nname = \"a\"\nkind = \"k\"\ncommand = \"/bin/x\"",
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\ncomand = [\"/bin/x\"]",
             4,
-            &["command"],
+            &[
+                "comand",
+                "unknown key",
+                "`command`",
+                "`env`",
+                "`cwd`",
+                "`limit_cpu`",
+            ],
         );
         // Actor-only keys are not allowed in [defaults].
         one_error("[defaults]\nname = \"a\"", 2, &["name", "unknown key"]);
+        one_error(
+            "[defaults]\ncommand = [\"x\"]",
+            2,
+            &["command", "unknown key", "`user`", "`limit_memory`"],
+        );
+        one_error("[defaults]\ncwd = \"/\"", 2, &["cwd", "unknown key"]);
         let e = one_error(
             "\n[supervsor]\nstate_dir = \"x\"",
             2,
@@ -2079,6 +2905,611 @@ kind = "counter"
         assert!(errs[0].message.contains("UTF-8"));
     }
 
+    // ----- launch: exec, user, group, limits -------------------------------------------
+
+    /// An exec actor with every launch key, for the mutation proptest too.
+    const EXEC_EXAMPLE: &str = r#"
+[defaults]
+user = "resurgam"
+limit_open_files = 4096
+
+[[actor]]
+name = "bank"
+kind = "exec"
+command = ["python3", "bank.py", "--port", "8080"]
+env = { LANG = "C.UTF-8", PYTHONUNBUFFERED = "1" }
+cwd = "apps/bank"
+group = 1001
+limit_memory = "512MiB"
+limit_core = 0
+limit_processes = 64
+limit_cpu = "10m"
+
+[[actor]]
+name = "c"
+kind = "counter"
+"#;
+
+    #[test]
+    fn an_exec_actor_with_every_key_parses_into_its_launch() {
+        let c = ok(EXEC_EXAMPLE);
+        let bank = c.actor("bank").unwrap();
+        let expected = Launch {
+            command: Some(
+                ["python3", "bank.py", "--port", "8080"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            env: BTreeMap::from([
+                ("LANG".to_string(), "C.UTF-8".to_string()),
+                ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+            ]),
+            cwd: Some(PathBuf::from("/etc/resurgam/apps/bank")),
+            user: Some(Located {
+                value: "resurgam".to_string(),
+                line: 3,
+                column: 8,
+            }),
+            group: Some(Located {
+                value: "1001".to_string(),
+                line: 12,
+                column: 9,
+            }),
+            limits: Limits {
+                memory: Some(512 << 20),
+                open_files: Some(4096),
+                core: Some(0),
+                processes: Some(64),
+                cpu_seconds: Some(600),
+            },
+        };
+        assert_eq!(bank.launch, expected);
+        assert_eq!((bank.command_line, bank.cwd_line), (Some(9), Some(11)));
+        assert_eq!(bank.policy, Policy::default(), "launch keys are not policy");
+
+        // A built-in kind inherits user and limits but runs no command.
+        let counter = c.actor("c").unwrap();
+        assert_eq!(
+            counter.launch,
+            Launch {
+                user: expected.user.clone(),
+                limits: Limits {
+                    open_files: Some(4096),
+                    ..Limits::default()
+                },
+                ..Launch::default()
+            }
+        );
+        assert_eq!((counter.command_line, counter.cwd_line), (None, None));
+
+        // Without launch keys, nothing is set: everything is inherited from the supervisor.
+        let plain = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\n");
+        assert_eq!(plain.actors[0].launch, Launch::default());
+        // The smallest exec actor: cwd defaults to None (the config file's directory).
+        let c = ok("[[actor]]\nname = \"x\"\nkind = \"exec\"\ncommand = [\"./x\"]\n");
+        assert_eq!(c.actors[0].launch.command, Some(vec!["./x".to_string()]));
+        assert_eq!(c.actors[0].launch.cwd, None);
+        assert!(c.actors[0].launch.env.is_empty());
+    }
+
+    #[test]
+    fn env_may_be_a_sub_table_and_cwd_may_be_absolute() {
+        let c = ok(r#"
+[[actor]]
+name = "bank"
+kind = "exec"
+command = ["/usr/bin/env"]
+cwd = "/srv/bank"
+
+[actor.env]
+ZED = "last"
+"A B" = ""
+"#);
+        let launch = &c.actors[0].launch;
+        assert_eq!(launch.cwd, Some(PathBuf::from("/srv/bank")));
+        let names: Vec<_> = launch.env.keys().map(String::as_str).collect();
+        assert_eq!(names, ["A B", "ZED"], "sorted by name");
+        assert_eq!(launch.env["A B"], "");
+        // Relative cwd with a relative config path.
+        let text = "[[actor]]\nname = \"x\"\nkind = \"exec\"\ncommand = [\"x\"]\ncwd = \"..\"\n";
+        let c = Config::parse(text, Path::new("conf/r.toml"), &Environment::default()).unwrap();
+        assert_eq!(c.actors[0].launch.cwd, Some(PathBuf::from("conf/..")));
+    }
+
+    #[test]
+    fn defaults_launch_settings_are_inherited_and_an_actor_overrides_them() {
+        let c = ok(r#"
+[defaults]
+user = "svc"
+group = "svc"
+limit_memory = "1G"
+limit_core = "0"
+limit_cpu = "90s"
+
+[[actor]]
+name = "a"
+kind = "counter"
+
+[[actor]]
+name = "b"
+kind = "counter"
+user = 0
+limit_memory = 17179869184
+limit_cpu = "1500ms"
+limit_processes = 10
+"#);
+        let a = &c.actor("a").unwrap().launch;
+        assert_eq!(a.user.as_ref().unwrap().value, "svc");
+        assert_eq!(a.user.as_ref().unwrap().line, 3, "points into [defaults]");
+        assert_eq!(a.group.as_ref().unwrap().value, "svc");
+        assert_eq!(
+            a.limits,
+            Limits {
+                memory: Some(1 << 30),
+                core: Some(0),
+                cpu_seconds: Some(90),
+                ..Limits::default()
+            }
+        );
+        let b = &c.actor("b").unwrap().launch;
+        assert_eq!(
+            b.user,
+            Some(Located {
+                value: "0".to_string(),
+                line: 16,
+                column: 8
+            })
+        );
+        assert_eq!(b.group, a.group, "not overridden");
+        assert_eq!(
+            b.limits,
+            Limits {
+                memory: Some(16 << 30),
+                core: Some(0),
+                cpu_seconds: Some(2),
+                processes: Some(10),
+                open_files: None,
+            },
+            "1500ms rounds up to 2 CPU seconds"
+        );
+        // Numeric strings stay as written: resolution happens in the supervisor.
+        let c = ok(
+            "[defaults]\nuser = \"1000\"\ngroup = \"0\"\n[[actor]]\nname = \"a\"\nkind = \"k\"\n",
+        );
+        let launch = &c.actors[0].launch;
+        assert_eq!(launch.user.as_ref().unwrap().value, "1000");
+        assert_eq!(launch.group.as_ref().unwrap().value, "0");
+        // Largest id and largest open-files limit.
+        let c = ok(
+            "[defaults]\nuser = 4294967294\nlimit_open_files = 1048576\nlimit_cpu = \"1s\"\n[[actor]]\nname = \"a\"\nkind = \"k\"\n",
+        );
+        let launch = &c.actors[0].launch;
+        assert_eq!(launch.user.as_ref().unwrap().value, "4294967294");
+        assert_eq!(launch.limits.open_files, Some(1 << 20));
+        assert_eq!(launch.limits.cpu_seconds, Some(1));
+        // The smallest memory limit is accepted.
+        let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\nlimit_memory = \"16MiB\"\n");
+        assert_eq!(c.actors[0].launch.limits.memory, Some(MIN_LIMIT_MEMORY));
+    }
+
+    #[test]
+    fn same_settings_ignores_where_values_are_written() {
+        let a = ok(EXEC_EXAMPLE).actor("bank").unwrap().launch.clone();
+        let moved = ok(&format!("\n\n# a comment\n{EXEC_EXAMPLE}"))
+            .actor("bank")
+            .unwrap()
+            .launch
+            .clone();
+        assert_ne!(a, moved, "== sees the lines");
+        assert!(a.same_settings(&moved));
+        let mut other = a.clone();
+        other.user.as_mut().unwrap().value = "root".to_string();
+        assert!(!a.same_settings(&other));
+        let mut other = a.clone();
+        other.limits.cpu_seconds = None;
+        assert!(!a.same_settings(&other));
+        let mut other = a.clone();
+        other.env.clear();
+        assert!(!a.same_settings(&other));
+    }
+
+    #[test]
+    fn exec_without_command_is_reported_at_the_actor_header() {
+        let e = one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\n\n[[actor]]\nname = \"bank\"\nkind = \"exec\"\n",
+            5,
+            &[],
+        );
+        assert_eq!(
+            e.message,
+            "actor \"bank\": kind \"exec\" needs `command`, the program to run as an argv \
+             array, e.g. command = [\"python3\", \"bank.py\"]"
+        );
+        // A command of the wrong type is reported once, not also as missing.
+        one_error(
+            "[[actor]]\nname = \"bank\"\nkind = \"exec\"\ncommand = \"python3 bank.py\"\n",
+            4,
+            &["actor \"bank\" command", "array of strings"],
+        );
+        // Inline-table actors point at their table.
+        one_error(
+            "actor = [{ name = \"x\", kind = \"exec\" }]",
+            1,
+            &["command"],
+        );
+    }
+
+    #[test]
+    fn exec_keys_on_a_built_in_kind_are_reported_at_the_key() {
+        let e = one_error(
+            "[[actor]]\nname = \"c\"\nkind = \"counter\"\n  command = [\"x\"]\n",
+            4,
+            &[],
+        );
+        assert_eq!(
+            e.message,
+            "actor \"c\" command: only actors of kind \"exec\" run a command; kind \"counter\" \
+             is built in"
+        );
+        assert_eq!(e.column, Some(3), "at the key");
+        let errs = errors(
+            "[[actor]]\nname = \"c\"\nkind = \"kv\"\nenv = { A = \"1\" }\ncwd = \"x\"\n[actor.x]\n",
+        );
+        let got: Vec<_> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+        assert_eq!(got.len(), 3, "{errs:#?}");
+        assert_eq!(got[0].0, Some(4));
+        assert!(
+            got[0]
+                .1
+                .starts_with("actor \"c\" env: only actors of kind \"exec\"")
+        );
+        assert_eq!(got[1].0, Some(5));
+        assert!(got[1].1.starts_with("actor \"c\" cwd: only actors"));
+        assert!(got[2].1.contains("unknown key `x`"), "{}", got[2].1);
+        // A sub-table is reported at its header.
+        one_error(
+            "[[actor]]\nname = \"c\"\nkind = \"kv\"\n\n[actor.env]\nA = \"1\"\n",
+            5,
+            &["env", "only actors of kind \"exec\""],
+        );
+        // An invalid kind was reported already: no second error about exec keys.
+        one_error(
+            "[[actor]]\nname = \"c\"\nkind = \"\"\ncommand = [\"x\"]\n",
+            3,
+            &["kind", "empty"],
+        );
+    }
+
+    #[test]
+    fn bad_command_items_are_each_reported_at_the_item() {
+        let exec = |command: &str| {
+            format!("[[actor]]\nname = \"bank\"\nkind = \"exec\"\ncommand = {command}\n")
+        };
+        one_error(
+            &exec("[]"),
+            4,
+            &["actor \"bank\" command: must not be empty", "python3"],
+        );
+        let e = one_error(
+            &exec("[\"python3\", 8080]"),
+            4,
+            &["command[1]", "an integer"],
+        );
+        assert_eq!(e.column, Some(23), "at the item");
+        one_error(
+            &exec("[\"\", \"x\"]"),
+            4,
+            &["command[0]", "program", "empty"],
+        );
+        one_error(&exec("[\"x\", \"\"]"), 4, &["command[1]", "empty string"]);
+        one_error(&exec("[\"x\", \"a\\u0000b\"]"), 4, &["command[1]", "NUL"]);
+        one_error(&exec("[\"x\", [\"y\"]]"), 4, &["command[1]", "an array"]);
+        one_error(&exec("[\"x\", { y = 1 }]"), 4, &["command[1]", "a table"]);
+        one_error(
+            &exec("[\"x\", 1979-05-27]"),
+            4,
+            &["command[1]", "date/time"],
+        );
+        one_error(&exec("[true]"), 4, &["command[0]", "a boolean"]);
+        one_error(&exec("[1.5]"), 4, &["command[0]", "a float"]);
+        one_error(&exec("{ a = 1 }"), 4, &["command", "array of strings"]);
+        // Every bad item is reported, each on its own line.
+        let text = "[[actor]]\nname = \"bank\"\nkind = \"exec\"\ncommand = [\n  \"\",\n  \"ok\",\n  1,\n  \"\",\n]\n";
+        let lines: Vec<_> = errors(text).iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(5), Some(7), Some(8)]);
+    }
+
+    #[test]
+    fn bad_env_names_and_values_are_each_reported() {
+        let exec = |env: &str| {
+            format!("[[actor]]\nname = \"bank\"\nkind = \"exec\"\ncommand = [\"x\"]\n{env}\n")
+        };
+        one_error(
+            &exec("env = \"A=1\""),
+            5,
+            &["actor \"bank\" env", "table of strings"],
+        );
+        one_error(&exec("env = [\"A=1\"]"), 5, &["env", "table of strings"]);
+        one_error(&exec("env = 1979-05-27"), 5, &["env", "table of strings"]);
+        let e = one_error(
+            &exec("env = { PORT = 8080 }"),
+            5,
+            &["env.PORT", "an integer"],
+        );
+        assert_eq!(e.column, Some(16), "at the value");
+        let e = one_error(
+            &exec("env = { \"\" = \"x\" }"),
+            5,
+            &["env", "name must not be empty"],
+        );
+        assert_eq!(e.column, Some(9), "at the name");
+        one_error(&exec("env = { \"A=B\" = \"x\" }"), 5, &["\"A=B\"", "'='"]);
+        one_error(&exec("env = { \"A\\u0000\" = \"x\" }"), 5, &["NUL"]);
+        one_error(&exec("env = { A = \"x\\u0000\" }"), 5, &["env.A", "NUL"]);
+        for reserved in RESERVED_ENV {
+            one_error(
+                &exec(&format!("env = {{ {reserved} = \"3\" }}")),
+                5,
+                &[reserved, "reserved", "RESURGAM_FD and RESURGAM_ACTOR"],
+            );
+        }
+        one_error(
+            &exec("env = { A = { B = \"c\" } }"),
+            5,
+            &["env.A", "a table"],
+        );
+        // Every problem, one per line, in a sub-table.
+        let text = exec("[actor.env]\nOK = \"1\"\nRESURGAM_FD = \"3\"\nN = 1\n\"X=Y\" = 2\n");
+        let lines: Vec<_> = errors(&text).iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(7), Some(8), Some(9), Some(9)]);
+    }
+
+    #[test]
+    fn bad_cwd() {
+        let exec = |cwd: &str| {
+            format!("[[actor]]\nname = \"bank\"\nkind = \"exec\"\ncommand = [\"x\"]\ncwd = {cwd}\n")
+        };
+        one_error(&exec("\"\""), 5, &["actor \"bank\" cwd", "empty"]);
+        one_error(&exec("\"a\\u0000\""), 5, &["cwd", "NUL"]);
+        one_error(&exec("1"), 5, &["cwd", "path string"]);
+    }
+
+    #[test]
+    fn bad_user_and_group() {
+        one_error(
+            &defaults_with("user = \"\""),
+            2,
+            &["[defaults] user", "empty", "uid"],
+        );
+        one_error(
+            &defaults_with("group = \"\""),
+            2,
+            &["[defaults] group", "empty", "gid"],
+        );
+        one_error(&defaults_with("user = \"a\\u0000\""), 2, &["user", "NUL"]);
+        one_error(
+            &defaults_with("user = -1"),
+            2,
+            &["user", "-1", "not a valid uid", "4294967294"],
+        );
+        one_error(
+            &defaults_with("group = 4294967295"),
+            2,
+            &["group", "not a valid gid"],
+        );
+        one_error(
+            &defaults_with("user = 1.5"),
+            2,
+            &["user", "user name or a numeric uid"],
+        );
+        one_error(
+            &defaults_with("group = true"),
+            2,
+            &["group", "group name or a numeric gid"],
+        );
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\nuser = \"\"\n",
+            4,
+            &["actor \"a\" user", "empty"],
+        );
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        let good: [(&str, u64); 16] = [
+            ("0", 0),
+            ("4096", 4096),
+            ("4096B", 4096),
+            ("64KiB", 64 << 10),
+            ("64K", 64 << 10),
+            ("512MiB", 512 << 20),
+            ("100M", 100 << 20),
+            ("2GiB", 2 << 30),
+            ("1G", 1 << 30),
+            ("3TiB", 3 << 40),
+            ("1T", 1 << 40),
+            (" 512 MiB ", 512 << 20),
+            ("16777215T", 16_777_215 << 40),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551615B", u64::MAX),
+            ("007M", 7 << 20),
+        ];
+        for (text, bytes) in good {
+            assert_eq!(parse_size(text), Ok(bytes), "{text:?}");
+        }
+        let bad: [(&str, &str); 14] = [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("-1", "negative"),
+            ("-5G", "negative"),
+            ("1.5G", "whole number"),
+            ("0,5M", "whole number"),
+            ("G", "does not start with a number"),
+            ("+5", "does not start with a number"),
+            ("16777216T", "too large"),
+            ("18446744073709551616", "too large"),
+            ("5 parsecs", "unknown unit \"parsecs\""),
+            ("1MB", "ambiguous: write MiB"),
+            ("1kB", "ambiguous: write KiB"),
+            ("1mib", "unknown unit"),
+        ];
+        for (text, needle) in bad {
+            let e = parse_size(text).unwrap_err();
+            assert!(
+                e.contains(needle),
+                "{text:?}: {e} should mention {needle:?}"
+            );
+            assert!(
+                e.contains(&format!("{text:?}")),
+                "{e} should name the input"
+            );
+        }
+        assert!(parse_size("1x").unwrap_err().contains(SIZE_UNITS));
+        for (bytes, text) in [
+            (0, "0B"),
+            (1, "1B"),
+            (1536, "1536B"),
+            (16 << 20, "16MiB"),
+            (3 << 40, "3TiB"),
+            (1025 << 10, "1025KiB"),
+        ] {
+            assert_eq!(format_size(bytes), text);
+            assert_eq!(parse_size(text), Ok(bytes));
+        }
+    }
+
+    #[test]
+    fn bad_limits() {
+        let e = one_error(&defaults_with("limit_memory = \"8MiB\""), 2, &[]);
+        assert_eq!(
+            e.message,
+            "[defaults] limit_memory: 8MiB is too small; a worker needs at least 16MiB of \
+             address space to start (remove the key for no limit)"
+        );
+        one_error(
+            &defaults_with("limit_memory = 16777215"),
+            2,
+            &["16777215B", "at least 16MiB"],
+        );
+        one_error(
+            &defaults_with("limit_memory = \"1.5G\""),
+            2,
+            &["limit_memory", "whole number"],
+        );
+        one_error(
+            &defaults_with("limit_memory = \"2GB\""),
+            2,
+            &["limit_memory", "GiB", "KiB"],
+        );
+        one_error(
+            &defaults_with("limit_memory = -1"),
+            2,
+            &["limit_memory", "negative"],
+        );
+        one_error(
+            &defaults_with("limit_memory = 1.5"),
+            2,
+            &["limit_memory", "a size"],
+        );
+        one_error(
+            &defaults_with("limit_core = \"-1\""),
+            2,
+            &["limit_core", "negative"],
+        );
+        one_error(
+            &defaults_with("limit_core = \"\""),
+            2,
+            &["limit_core", "empty"],
+        );
+        for bad in ["0", "-1", "1048577"] {
+            one_error(
+                &defaults_with(&format!("limit_open_files = {bad}")),
+                2,
+                &["limit_open_files", bad, "1 to 1048576"],
+            );
+        }
+        one_error(
+            &defaults_with("limit_open_files = \"1k\""),
+            2,
+            &["limit_open_files", "integer"],
+        );
+        for bad in ["0", "-3"] {
+            one_error(
+                &defaults_with(&format!("limit_processes = {bad}")),
+                2,
+                &["limit_processes", bad, ">= 1"],
+            );
+        }
+        one_error(
+            &defaults_with("limit_cpu = \"0s\""),
+            2,
+            &["limit_cpu", "at least \"1s\""],
+        );
+        one_error(
+            &defaults_with("limit_cpu = \"999ms\""),
+            2,
+            &["limit_cpu", "999ms", "1s"],
+        );
+        one_error(
+            &defaults_with("limit_cpu = 10"),
+            2,
+            &["limit_cpu", "duration"],
+        );
+        one_error(
+            &defaults_with("limit_cpu = \"10\""),
+            2,
+            &["limit_cpu", "no unit"],
+        );
+        // An actor's bad limit names the actor; a bad [defaults] limit is reported once.
+        one_error(
+            "[[actor]]\nname = \"a\"\nkind = \"k\"\nlimit_open_files = 0\n",
+            4,
+            &["actor \"a\" limit_open_files"],
+        );
+        let text = "[defaults]\nlimit_memory = \"1M\"\n[[actor]]\nname = \"a\"\nkind = \"k\"\n[[actor]]\nname = \"b\"\nkind = \"k\"";
+        assert_eq!(errors(text).len(), 1);
+    }
+
+    #[test]
+    fn all_launch_errors_are_collected() {
+        let text = r#"
+[defaults]
+user = ""
+limit_memory = "1K"
+
+[[actor]]
+name = "bank"
+kind = "exec"
+env = { RESURGAM_ACTOR = "x", N = 1 }
+cwd = ""
+limit_cpu = "0s"
+
+[[actor]]
+name = "c"
+kind = "counter"
+command = ["x"]
+group = -1
+"#;
+        let errs = errors(text);
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(
+            lines,
+            [
+                Some(3),
+                Some(4),
+                Some(6),
+                Some(9),
+                Some(9),
+                Some(10),
+                Some(11),
+                Some(16),
+                Some(17)
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[2].message.contains("needs `command`"));
+    }
+
     // ----- reference and names ---------------------------------------------------------
 
     #[test]
@@ -2145,8 +3576,45 @@ kind = "counter"
         ] {
             assert!(keys.contains(&k.to_string()), "{k}");
         }
-        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 11);
+        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 18);
         assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 9);
+        assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
+
+        // The parser accepts exactly the keys of the reference: compare with the list its
+        // unknown-key error gives (an [[actor]] takes its own keys and every [defaults] key).
+        let listed = |table: &str| -> Vec<String> {
+            let mut keys: Vec<String> = entries
+                .iter()
+                .filter(|e| e.0 == table || (table == "actor" && e.0 == "defaults"))
+                .map(|e| e.1.to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        for (table, text) in [
+            ("supervisor", "[supervisor]\nzz = 1\n"),
+            ("defaults", "[defaults]\nzz = 1\n"),
+            ("actor", "[[actor]]\nname = \"a\"\nkind = \"k\"\nzz = 1\n"),
+        ] {
+            let message = errors(text).remove(0).message;
+            let (_, allowed) = message.split_once("expected one of").expect(&message);
+            let mut accepted: Vec<String> = allowed
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect();
+            accepted.sort();
+            assert_eq!(accepted, listed(table), "{table}: {message}");
+        }
+        // Every actor-only launch key parses with an example value.
+        let c = ok(
+            "[[actor]]\nname = \"a\"\nkind = \"exec\"\ncommand = [\"x\"]\nenv = {}\ncwd = \"d\"\n",
+        );
+        assert_eq!(
+            c.actors[0].launch.cwd,
+            Some(PathBuf::from("/etc/resurgam/d"))
+        );
     }
 
     #[test]
@@ -2200,6 +3668,7 @@ kind = "counter"
 
         #[test]
         fn parse_never_panics_on_mutated_config(
+            base in prop_oneof![Just(DESIGN_EXAMPLE), Just(EXEC_EXAMPLE)],
             edits in proptest::collection::vec(
                 (any::<usize>(), any::<u8>(), prop_oneof![
                     Just('"'), Just('['), Just(']'), Just('='), Just('\n'), Just('-'),
@@ -2209,12 +3678,21 @@ kind = "counter"
                 1..8,
             )
         ) {
-            let text = mutate(DESIGN_EXAMPLE, &edits);
+            let text = mutate(base, &edits);
             match parse(&text) {
                 Ok(c) => {
                     for a in &c.actors {
                         prop_assert!(valid_actor_name(&a.name));
                         prop_assert!(a.line >= 1 && a.kind_line >= 1);
+                        let launch = &a.launch;
+                        if a.kind == EXEC_KIND {
+                            let command = launch.command.as_ref();
+                            prop_assert!(command.is_some_and(|c| !c.is_empty() && !c[0].is_empty()));
+                        } else {
+                            prop_assert!(launch.command.is_none() && launch.env.is_empty());
+                            prop_assert!(launch.cwd.is_none());
+                        }
+                        prop_assert!(launch.limits.memory.is_none_or(|m| m >= MIN_LIMIT_MEMORY));
                     }
                 }
                 Err(errs) => {
