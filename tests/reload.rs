@@ -122,14 +122,14 @@ fn reload_op_adds_an_actor_changes_a_policy_and_keeps_the_rest() {
     let mut c = sup.client();
     assert_eq!(
         c.reload().unwrap(),
-        json!({"added": ["fresh"], "removed": [], "changed": ["pol"], "needs_restart": []})
+        json!({"added": ["fresh"], "removed": [], "changed": ["pol"], "restarted": [], "needs_restart": []})
     );
     check_after(&sup, &before);
 
     // A reload with nothing changed changes nothing.
     assert_eq!(
         c.reload().unwrap(),
-        json!({"added": [], "removed": [], "changed": [], "needs_restart": []})
+        json!({"added": [], "removed": [], "changed": [], "restarted": [], "needs_restart": []})
     );
     assert_eq!(sup.actor_pid("keep"), Some(before.keep_pid));
 }
@@ -201,7 +201,7 @@ durability = "memory"
     }
     assert_eq!(
         reload_reply.unwrap(),
-        json!({"added": [], "removed": ["victim"], "changed": [], "needs_restart": []})
+        json!({"added": [], "removed": ["victim"], "changed": [], "restarted": [], "needs_restart": []})
     );
     expect_kind(
         c.call("victim", "get", json!({"key": "a0"})),

@@ -24,7 +24,10 @@ pub const ENV_PARENT_PID: &str = "RESURGAM_PARENT_PID";
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 1;
+pub const IPC_VERSION: u32 = 2;
+/// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
+/// was sent as [`FromWorker::Crashed`] first).
+pub const EXIT_PROGRAM_FAILED: i32 = 75;
 
 /// One call as the worker sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,45 @@ pub struct Init {
     pub disk_path: Vec<u8>,
     /// Checkpoint after this many applied calls (0 = never by count).
     pub checkpoint_every: u64,
+    /// For kind `exec`: the program to run and talk to.
+    pub exec: Option<ExecInit>,
+    /// Identity and limits for the actor's code.
+    pub privileges: Privileges,
+}
+
+/// The program of an `exec` actor, as the worker starts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInit {
+    /// argv (bytes of each argument; no NUL inside, checked by the config).
+    pub argv: Vec<String>,
+    /// Variables added to the worker's own (already scrubbed) environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory (bytes of the OS path).
+    #[serde(with = "serde_bytes")]
+    pub cwd: Vec<u8>,
+}
+
+/// A resource limit, applied as soft = hard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rlimit {
+    /// RLIMIT_AS, bytes.
+    AddressSpace(u64),
+    /// RLIMIT_NOFILE.
+    OpenFiles(u64),
+    /// RLIMIT_CORE, bytes.
+    Core(u64),
+    /// RLIMIT_NPROC.
+    Processes(u64),
+    /// RLIMIT_CPU, seconds.
+    CpuSeconds(u64),
+}
+
+/// Who the actor's code runs as, with which limits. Empty = as the supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Privileges {
+    /// `(uid, gid)` to switch to (the supervisor resolved names and checked it is root).
+    pub identity: Option<(u32, u32)>,
+    pub limits: Vec<Rlimit>,
 }
 
 /// Supervisor → worker.
@@ -101,6 +143,8 @@ pub struct Restored {
     pub moved_aside: Option<String>,
     /// `(generation, last_seq)` of every valid record in the mmap file's slots.
     pub mmap_slots: Vec<(u64, u64)>,
+    /// For kind `exec`: the pid of the program (the worker's child).
+    pub program_pid: Option<u32>,
 }
 
 /// Worker → supervisor.
@@ -134,6 +178,11 @@ pub enum FromWorker {
     /// The worker cannot go on (unknown kind, unreadable checkpoint, …) and exits.
     Fatal {
         message: String,
+    },
+    /// The worker's exec program crashed or broke the protocol; the worker exits with
+    /// [`EXIT_PROGRAM_FAILED`] and is recovered like any crashed worker.
+    Crashed {
+        reason: String,
     },
 }
 

@@ -49,7 +49,7 @@ impl Sim {
             name: "c".into(),
             kind: "counter".into(),
             policy,
-            methods: &["incr", "get", "crash"],
+            methods: Some(&["incr", "get", "crash"]),
             start_seq: 0,
             recovered: Vec::new(),
             log_range: None,
@@ -125,6 +125,7 @@ impl Sim {
                         rejected: Vec::new(),
                         moved_aside: None,
                         mmap_slots: Vec::new(),
+                        program_pid: None,
                     },
                 });
             }

@@ -36,6 +36,7 @@ mod control;
 pub mod core;
 mod disk;
 pub mod exit;
+mod launch;
 mod logging;
 pub mod notify;
 mod paths;

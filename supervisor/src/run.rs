@@ -25,6 +25,7 @@ use crate::control::{self, Access, ConnOut, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
 use crate::disk::{self, Files};
 use crate::exit::WorkerExit;
+use crate::launch::{self, EXEC_KIND, Launched};
 use crate::notify::Notifier;
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
@@ -106,7 +107,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for w in &self.0 {
             if let (Some(pid), false) = (w.pid, w.reaped) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                spawn::kill_group(pid);
             }
         }
     }
@@ -127,11 +128,13 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let mut specs = Vec::new();
     let mut files = Vec::new();
     let mut logs = Vec::new();
+    let mut launches = Vec::new();
     for a in &config.actors {
-        let (spec, f, log) = prepare_actor(&config, a, registry)?;
+        let (spec, f, log, launched) = prepare_actor(&config, a, registry)?;
         specs.push(spec);
         files.push(f);
         logs.push(log);
+        launches.push(launched);
     }
 
     let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
@@ -188,6 +191,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         status_due: Instant::now(),
         next_watchdog,
         files,
+        launches,
         pids: HashMap::new(),
         early_exits: HashMap::new(),
         conns: HashMap::new(),
@@ -269,6 +273,8 @@ struct Shell {
     /// When the next WATCHDOG=1 is due (sent from this loop, so a stuck core stops it).
     next_watchdog: Option<Instant>,
     files: Vec<Files>,
+    /// Per actor id: how its worker is started (program, identity, limits).
+    launches: Vec<Launched>,
     workers: KillOnDrop,
     /// pid → (actor, epoch) of every worker not yet reaped.
     pids: HashMap<u32, (ActorId, u64)>,
@@ -302,13 +308,13 @@ impl Shell {
                 let w = &mut self.workers.0[actor];
                 if w.epoch != epoch {
                     // A worker for an epoch the core already gave up on: not wanted.
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    spawn::kill_group(pid);
                     return;
                 }
                 w.pid = Some(pid);
                 w.server_name = Some(server_name);
                 if std::mem::take(&mut w.kill_pending) {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    spawn::kill_group(pid);
                 }
                 self.pids.insert(pid, (actor, epoch));
                 core.handle(Event::Spawned { actor, epoch, pid }, now);
@@ -365,6 +371,12 @@ impl Shell {
             }
             return;
         };
+        // Whatever the worker left in its process group (an exec actor's program, the
+        // program's children) dies with it. The group id stays reserved while any member
+        // lives, so this cannot reach another process.
+        if pid > 1 {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
         let w = &mut self.workers.0[actor];
         if w.epoch == epoch {
             w.reaped = true;
@@ -534,6 +546,17 @@ impl Shell {
                 )));
             }
         }
+        // Launch settings (program, identity, limits) of the actors that stay, resolved
+        // before anything is applied.
+        let mut relaunch = Vec::new();
+        for a in &new.actors {
+            if let Some(id) = core.actor_id(&a.name) {
+                let launched = launch::resolve(&new, a).map_err(|e| bad(e.join("\n")))?;
+                if launched != self.launches[id] {
+                    relaunch.push((id, launched));
+                }
+            }
+        }
         let mut added = Vec::new();
         let mut prepared = Vec::new();
         for a in new
@@ -566,9 +589,19 @@ impl Shell {
                 changed.push(a.name.clone());
             }
         }
-        for (a, (spec, files, log)) in prepared {
+        let mut restarted = Vec::new();
+        for (id, launched) in relaunch {
+            self.launches[id] = launched;
+            if let Some(a) = new.actor(&self.files[id].name) {
+                self.actor_configs[id] = a.clone();
+                restarted.push(a.name.clone());
+            }
+            core.relaunch(id, now);
+        }
+        for (a, (spec, files, log, launched)) in prepared {
             let expected = self.files.len();
             self.files.push(files);
+            self.launches.push(launched);
             self.logs.push(log);
             self.workers.0.push(WorkerSlot::default());
             self.actor_configs.push(a.clone());
@@ -580,6 +613,7 @@ impl Shell {
             ?added,
             ?removed,
             ?changed,
+            ?restarted,
             ?ignored,
             "configuration reloaded"
         );
@@ -588,6 +622,7 @@ impl Shell {
             "added": added,
             "removed": removed,
             "changed": changed,
+            "restarted": restarted,
             "needs_restart": ignored,
         })
         .to_string())
@@ -693,6 +728,7 @@ impl Shell {
                     };
                     let a = &self.config_actor(actor);
                     let f = &self.files[actor];
+                    let launched = &self.launches[actor];
                     let job = SpawnJob {
                         actor,
                         epoch,
@@ -701,6 +737,8 @@ impl Shell {
                         mmap_path: f.mmap.clone(),
                         disk_path: f.disk.clone(),
                         checkpoint_every: a.policy.checkpoint_every,
+                        exec: launched.exec.clone(),
+                        privileges: launched.privileges.clone(),
                     };
                     if self.spawn_tx.send(job).is_err() {
                         let error = "the spawner thread is gone".to_string();
@@ -745,7 +783,7 @@ impl Shell {
                         if !w.reaped
                             && let Some(pid) = w.pid
                         {
-                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                            spawn::kill_group(pid);
                         }
                     }
                 }
@@ -769,7 +807,7 @@ impl Shell {
                     if w.epoch == epoch && !w.reaped {
                         match w.pid {
                             Some(pid) => {
-                                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                                spawn::kill_group(pid);
                             }
                             // Not started yet: kill it as soon as its pid is known.
                             None => w.kill_pending = true,
@@ -824,10 +862,17 @@ fn prepare_actor(
     config: &Config,
     a: &ActorConfig,
     registry: &Registry,
-) -> Result<(ActorSpec, Files, ActorLog), String> {
-    let kind = registry
-        .get(&a.kind)
-        .ok_or_else(|| format!("actor {:?}: unknown kind {:?}", a.name, a.kind))?;
+) -> Result<(ActorSpec, Files, ActorLog, Launched), String> {
+    // An exec actor's methods are its program's: the program refuses unknown ones.
+    let methods = if a.kind == EXEC_KIND {
+        None
+    } else {
+        let kind = registry
+            .get(&a.kind)
+            .ok_or_else(|| format!("actor {:?}: unknown kind {:?}", a.name, a.kind))?;
+        Some(kind.methods())
+    };
+    let launched = launch::resolve(config, a).map_err(|e| e.join("\n"))?;
     let mmap = paths::mmap_file(config, &a.name);
     let disk = paths::disk_copy(config, &a.name);
     let scan = checkpoint::scan(&mmap, &disk);
@@ -854,7 +899,7 @@ fn prepare_actor(
         name: a.name.clone(),
         kind: a.kind.clone(),
         policy: a.policy.clone(),
-        methods: kind.methods(),
+        methods,
         start_seq,
         recovered: opened.records,
         log_range: opened.range,
@@ -864,7 +909,7 @@ fn prepare_actor(
         mmap,
         disk,
     };
-    Ok((spec, files, opened.log))
+    Ok((spec, files, opened.log, launched))
 }
 
 fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, String> {
@@ -910,19 +955,24 @@ fn raise_fd_limit() {
 
 /// Checks a config file as `run` would, without starting anything.
 pub fn check(config: &Config, registry: &Registry) -> Vec<String> {
-    config
-        .actors
-        .iter()
-        .filter(|a| registry.get(&a.kind).is_none())
-        .map(|a| {
-            format!(
-                "{}:{}: actor {:?}: unknown kind {:?} (known: {})",
+    let mut problems = Vec::new();
+    for a in &config.actors {
+        if a.kind != EXEC_KIND && registry.get(&a.kind).is_none() {
+            let mut known = registry.names();
+            known.push(EXEC_KIND);
+            known.sort_unstable();
+            problems.push(format!(
+                "{}:{}: actor {:?}: unknown kind {:?} (known: {}; kind \"exec\" runs a program of yours)",
                 config.path.display(),
                 a.kind_line,
                 a.name,
                 a.kind,
-                registry.names().join(", ")
-            )
-        })
-        .collect()
+                known.join(", ")
+            ));
+        }
+        if let Err(e) = launch::resolve(config, a) {
+            problems.extend(e);
+        }
+    }
+    problems
 }

@@ -29,7 +29,8 @@ use crossbeam_channel::{Receiver, Sender};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use resurgam_shared::ipc::{
-    ENV_BOOTSTRAP, ENV_PARENT_PID, FromWorker, IPC_VERSION, Init, ToWorker, decode_replies,
+    ENV_BOOTSTRAP, ENV_PARENT_PID, ExecInit, FromWorker, IPC_VERSION, Init, Privileges, ToWorker,
+    decode_replies,
 };
 
 use crate::core::{ActorId, Event};
@@ -56,6 +57,9 @@ pub struct SpawnJob {
     pub mmap_path: PathBuf,
     pub disk_path: PathBuf,
     pub checkpoint_every: u64,
+    /// Kind `exec`: the program the worker starts.
+    pub exec: Option<ExecInit>,
+    pub privileges: Privileges,
 }
 
 /// Starts the spawner thread. It lives as long as `jobs` has senders.
@@ -140,6 +144,8 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         mmap_path: job.mmap_path.as_os_str().as_bytes().to_vec(),
         disk_path: job.disk_path.as_os_str().as_bytes().to_vec(),
         checkpoint_every: job.checkpoint_every,
+        exec: job.exec,
+        privileges: job.privileges,
     };
     let events = events.clone();
     let spawned = std::thread::Builder::new()
@@ -148,10 +154,7 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         .spawn(move || reader(server, actor, epoch, pid, init, events));
     if let Err(e) = spawned {
         tracing::error!(actor = %job.name, pid, error = %e, "cannot start reader thread; killing the worker");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        kill_group(pid);
     }
 }
 
@@ -186,10 +189,7 @@ fn reader(
         }
         other => {
             tracing::error!(actor = %init.actor, pid, message = ?other, "worker sent a bad hello; killing it");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill_group(pid);
             let _ = events.send(closed());
             return;
         }
@@ -232,10 +232,7 @@ fn reader(
                 },
                 Err(e) => {
                     tracing::error!(actor = %name, pid, error = %e, "undecodable reply batch; killing the worker");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    kill_group(pid);
                     continue;
                 }
             },
@@ -265,6 +262,11 @@ fn reader(
                 epoch,
                 message,
             },
+            FromWorker::Crashed { reason } => Event::Crashed {
+                actor,
+                epoch,
+                reason,
+            },
             FromWorker::Pong => Event::Pong { actor, epoch },
             FromWorker::Hello { .. } | FromWorker::Abort => continue,
         };
@@ -273,6 +275,19 @@ fn reader(
         }
     }
     let _ = events.send(closed());
+}
+
+/// Kills a worker that is not reaped yet and everything in its process group (the worker
+/// leads a group of its own: an exec actor's program and whatever it started are in it).
+pub(crate) fn kill_group(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 /// A pipe for a worker's output: the read end, and two write ends (stdout, stderr).

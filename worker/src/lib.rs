@@ -1,9 +1,11 @@
 //! The worker side of resurgam: the [`Actor`] trait, the [`Registry`] of actor kinds,
 //! the built-in actors (`counter`, `kv`) and the worker loop ([`run_worker`]).
 //!
-//! Architecture invariant: this crate never spawns processes, never touches the control
-//! socket and never speaks to systemd. A worker talks only to its supervisor, over the
-//! ipc channels set up at bootstrap, and to its own checkpoint files.
+//! Architecture invariant: this crate never touches the control socket and never speaks
+//! to systemd. A worker talks only to its supervisor, over the ipc channels set up at
+//! bootstrap, to its own checkpoint files, and — for an actor of kind `exec` only — to
+//! the one program it starts as its child ([`exec`], over the documented exec worker
+//! protocol). It starts no other process.
 //!
 //! A worker runs actor code in its own OS process. A panic or abort in actor code ends
 //! the process; the supervisor then restores the last checkpoint and replays the calls
@@ -11,8 +13,10 @@
 
 mod actor;
 pub mod builtin;
+pub mod exec;
 mod registry;
 mod run;
+mod sys;
 
 pub use actor::{Actor, ActorError};
 pub use registry::{Kind, Registry};

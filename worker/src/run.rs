@@ -10,12 +10,14 @@ use serde_json::Value;
 
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
 use resurgam_shared::ipc::{
-    Call, ENV_BOOTSTRAP, ENV_PARENT_PID, FromWorker, IPC_VERSION, Init, Outcome, Reply, Restored,
-    ToWorker, decode_calls, replies_message,
+    Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
+    Outcome, Reply, Restored, ToWorker, decode_calls, replies_message,
 };
 use resurgam_shared::protocol::ErrorKind;
 
+use crate::exec::{self, Program};
 use crate::registry::{DynActor, Registry};
+use crate::sys::Prepared;
 
 /// Exit status of a worker whose bootstrap failed (no supervisor to talk to).
 pub const EXIT_BAD_BOOTSTRAP: i32 = 70;
@@ -48,9 +50,26 @@ struct Worker {
     name: String,
 }
 
+/// What runs the actor's calls.
+enum Engine {
+    /// A kind compiled into this binary.
+    Native(Box<dyn DynActor>),
+    /// An exec actor's program.
+    Exec(Program),
+}
+
+/// Why the worker cannot go on serving.
+enum Stop {
+    /// Something other than the program failed (the supervisor is unreachable, a restore
+    /// is impossible, a checkpoint could not be written): said in the message.
+    Failed(String),
+    /// The exec program crashed or broke the protocol: report it, exit as crashed.
+    Crashed(String),
+}
+
 /// The actor with its checkpoint bookkeeping.
 struct Live {
-    actor: Box<dyn DynActor>,
+    engine: Engine,
     mmap: MmapCheckpoint,
     generation: u64,
     last_seq: u64,
@@ -65,9 +84,12 @@ impl Worker {
         let parent: Option<i32> = std::env::var(ENV_PARENT_PID)
             .ok()
             .and_then(|p| p.parse().ok());
-        // Die with the supervisor. The flag is set after fork, so the parent may already
-        // be gone: compare with the pid it told us.
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        // Die with the supervisor, and take every process of this worker's process group
+        // (an exec actor's program and whatever it started) along: the parent-death
+        // signal's handler kills the whole group. The flag is set after fork, so the
+        // parent may already be gone: compare with the pid it told us.
+        install_group_killer();
+        nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
             .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
         if let Some(p) = parent
             && nix::unistd::getppid().as_raw() != p
@@ -125,44 +147,72 @@ impl Worker {
         }
         let mut live = match self.restore(registry, &init) {
             Ok(live) => live,
-            Err(message) => return self.fatal(message),
+            Err(Stop::Crashed(reason)) => return self.crashed(reason),
+            Err(Stop::Failed(message)) => return self.fatal(message),
         };
-        loop {
-            let msg = match self.inbox.recv() {
-                Ok(m) => m,
-                // The supervisor is gone (PDEATHSIG normally kills us first).
-                Err(_) => return 0,
-            };
-            let result = match msg {
-                ToWorker::Calls(calls) => self.apply(&mut live, calls),
-                ToWorker::CallsShm(shm) => match decode_calls(&shm) {
-                    Ok(calls) => self.apply(&mut live, calls),
-                    Err(e) => return self.fatal(format!("undecodable call batch: {e}")),
-                },
-                ToWorker::Checkpoint => self.checkpoint(&mut live),
-                ToWorker::Stop => return 0,
-                ToWorker::Configure { checkpoint_every } => {
-                    live.every = checkpoint_every;
-                    Ok(())
+        let result = self.serve_calls(&mut live);
+        match result {
+            Ok(()) => {
+                if let Engine::Exec(program) = live.engine {
+                    program.stop();
                 }
-                ToWorker::Ping => self
-                    .to_sup
-                    .send(FromWorker::Pong)
-                    .map_err(|e| format!("send pong: {e}")),
-                ToWorker::Init(_) => return self.fatal("second Init".to_string()),
-            };
-            if let Err(e) = result {
+                0
+            }
+            Err(Stop::Crashed(reason)) => {
+                drop(live);
+                self.crashed(reason)
+            }
+            Err(Stop::Failed(e)) => {
                 // The supervisor cannot be reached: nothing left to serve.
                 eprintln!("resurgam worker {}: {e}", self.name);
-                return EXIT_BAD_BOOTSTRAP;
+                EXIT_BAD_BOOTSTRAP
             }
         }
     }
 
-    fn restore(&self, registry: &Registry, init: &Init) -> Result<Live, String> {
-        let kind = registry
-            .get(&init.kind)
-            .ok_or_else(|| format!("unknown actor kind {:?}", init.kind))?;
+    /// Serves the supervisor's messages until it says stop (`Ok`) or something ends it.
+    fn serve_calls(&self, live: &mut Live) -> Result<(), Stop> {
+        loop {
+            let msg = match self.inbox.recv() {
+                Ok(m) => m,
+                // The supervisor is gone (PDEATHSIG normally kills us first).
+                Err(_) => return Ok(()),
+            };
+            match msg {
+                ToWorker::Calls(calls) => self.apply(live, calls)?,
+                ToWorker::CallsShm(shm) => match decode_calls(&shm) {
+                    Ok(calls) => self.apply(live, calls)?,
+                    Err(e) => return Err(Stop::Failed(format!("undecodable call batch: {e}"))),
+                },
+                ToWorker::Checkpoint => self.checkpoint(live)?,
+                ToWorker::Stop => return Ok(()),
+                ToWorker::Configure { checkpoint_every } => live.every = checkpoint_every,
+                ToWorker::Ping => self
+                    .to_sup
+                    .send(FromWorker::Pong)
+                    .map_err(|e| Stop::Failed(format!("send pong: {e}")))?,
+                ToWorker::Init(_) => return Err(Stop::Failed("second Init".to_string())),
+            }
+        }
+    }
+
+    /// Reports a crashed exec program and exits as crashed.
+    fn crashed(&self, reason: String) -> i32 {
+        eprintln!("resurgam worker {}: {reason}", self.name);
+        let _ = self.to_sup.send(FromWorker::Crashed { reason });
+        EXIT_PROGRAM_FAILED
+    }
+
+    fn restore(&self, registry: &Registry, init: &Init) -> Result<Live, Stop> {
+        let fatal = Stop::Failed;
+        let kind = match &init.exec {
+            Some(_) => None,
+            None => Some(
+                registry
+                    .get(&init.kind)
+                    .ok_or_else(|| fatal(format!("unknown actor kind {:?}", init.kind)))?,
+            ),
+        };
         let mmap_path = PathBuf::from(OsStr::from_bytes(&init.mmap_path));
         let disk_path = PathBuf::from(OsStr::from_bytes(&init.disk_path));
         let scan = checkpoint::scan(&mmap_path, &disk_path);
@@ -183,32 +233,65 @@ impl Worker {
                 rejected.push(format!("{source}: {e}"));
             }
         }
-        let (actor, generation, last_seq, source, size) = match &scan.chosen {
-            Some((source, ck)) => {
-                let actor = kind.restore(&ck.payload).map_err(|e| {
-                    format!(
-                        "checkpoint generation {} from {source} verified but cannot be loaded: {e}",
-                        ck.generation
-                    )
+        let size = scan
+            .chosen
+            .as_ref()
+            .map_or(0, |(_, ck)| ck.payload.len() as u64);
+        // Opened before any privilege is dropped (the file is the supervisor's).
+        let (mmap, moved) = MmapCheckpoint::open(&mmap_path, size.saturating_mul(2))
+            .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
+        // The word may still name the call an earlier worker died in.
+        mmap.set_executing(0);
+        let cannot_load = |source: &checkpoint::Source, generation: u64, e: String| {
+            format!(
+                "checkpoint generation {generation} from {source} verified but cannot be loaded: {e}"
+            )
+        };
+        let (engine, program_pid) = match (kind, &init.exec) {
+            (Some(kind), _) => {
+                let actor = match &scan.chosen {
+                    Some((source, ck)) => kind
+                        .restore(&ck.payload)
+                        .map_err(|e| fatal(cannot_load(source, ck.generation, e)))?,
+                    None => kind.fresh(),
+                };
+                // The actor's code runs in this process: limits and identity apply here.
+                Prepared::new(&init.privileges).apply().map_err(|e| {
+                    fatal(format!(
+                        "cannot apply user, group or limits {:?}: {e}",
+                        init.privileges
+                    ))
                 })?;
-                (
-                    actor,
-                    ck.generation,
-                    ck.last_seq,
-                    Some(source.to_string()),
-                    ck.payload.len() as u64,
-                )
+                (Engine::Native(actor), None)
             }
-            None => (kind.fresh(), 0, 0, None, 0),
+            (None, Some(spec)) => {
+                let mut program = Program::start(&init.actor, spec, &init.privileges, &self.to_sup)
+                    .map_err(|e| match e {
+                        exec::StartError::Fatal(m) => Stop::Failed(m),
+                        exec::StartError::Crashed(m) => Stop::Crashed(m),
+                    })?;
+                if let Some((source, ck)) = &scan.chosen {
+                    match program.load(&ck.payload) {
+                        Ok(()) => {}
+                        Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
+                        Err(exec::Failure::Refused { message, .. }) => {
+                            return Err(fatal(cannot_load(source, ck.generation, message)));
+                        }
+                    }
+                }
+                let pid = program.pid();
+                (Engine::Exec(program), Some(pid))
+            }
+            (None, None) => return Err(fatal(format!("unknown actor kind {:?}", init.kind))),
+        };
+        let (generation, last_seq, source) = match &scan.chosen {
+            Some((source, ck)) => (ck.generation, ck.last_seq, Some(source.to_string())),
+            None => (0, 0, None),
         };
         // The mmap slot that is not the newest holds the fallback checkpoint.
         let mut slots = mmap_slots.clone();
         slots.sort_unstable_by(|x, y| y.cmp(x));
         let previous = slots.get(1).map(|s| s.1);
-        let (mmap, moved) = MmapCheckpoint::open(&mmap_path, size.saturating_mul(2))
-            .map_err(|e| format!("open checkpoint file {}: {e}", mmap_path.display()))?;
-        // The word may still name the call an earlier worker died in.
-        mmap.set_executing(0);
         self.to_sup
             .send(FromWorker::Ready(Restored {
                 generation,
@@ -217,10 +300,11 @@ impl Worker {
                 rejected,
                 moved_aside: moved.map(|p| p.display().to_string()),
                 mmap_slots,
+                program_pid,
             }))
-            .map_err(|e| format!("send ready: {e}"))?;
+            .map_err(|e| fatal(format!("send ready: {e}")))?;
         Ok(Live {
-            actor,
+            engine,
             mmap,
             generation,
             last_seq,
@@ -230,35 +314,57 @@ impl Worker {
         })
     }
 
-    fn apply(&self, live: &mut Live, calls: Vec<Call>) -> Result<(), String> {
-        let mut replies = Vec::with_capacity(calls.len());
-        for call in calls {
-            let outcome = if call.seq <= live.last_seq {
-                // Never apply a call twice; the supervisor only replays seq > last_seq.
-                Outcome::Err {
+    fn apply(&self, live: &mut Live, calls: Vec<Call>) -> Result<(), Stop> {
+        // Never apply a call twice; the supervisor only replays seq > last_seq.
+        let (stale, fresh): (Vec<Call>, Vec<Call>) =
+            calls.into_iter().partition(|c| c.seq <= live.last_seq);
+        let mut replies: Vec<Reply> = stale
+            .into_iter()
+            .map(|call| Reply {
+                outcome: Outcome::Err {
                     kind: ErrorKind::CallFailed,
                     message: format!(
                         "call seq {} was already applied (last_seq {})",
                         call.seq, live.last_seq
                     ),
-                }
-            } else {
-                live.mmap.set_executing(call.seq);
-                let outcome = apply_one(live.actor.as_mut(), &call);
-                live.last_seq = call.seq;
-                live.since_checkpoint += 1;
-                outcome
-            };
-            replies.push(Reply {
+                },
                 seq: call.seq,
-                outcome,
-            });
-        }
+            })
+            .collect();
+        let outcomes = match &mut live.engine {
+            Engine::Native(actor) => fresh
+                .iter()
+                .map(|call| {
+                    live.mmap.set_executing(call.seq);
+                    apply_one(actor.as_mut(), call)
+                })
+                .collect(),
+            Engine::Exec(program) => {
+                let mmap = &live.mmap;
+                program
+                    .calls(&fresh, &|seq| mmap.set_executing(seq))
+                    .map_err(|f| match f {
+                        exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
+                            Stop::Crashed(m)
+                        }
+                    })?
+            }
+        };
         live.mmap.set_executing(0);
-        let msg = replies_message(replies).map_err(|e| format!("encode replies: {e}"))?;
+        if let Some(last) = fresh.last() {
+            live.last_seq = last.seq;
+            live.since_checkpoint += fresh.len() as u64;
+        }
+        replies.extend(fresh.iter().zip(outcomes).map(|(call, outcome)| Reply {
+            seq: call.seq,
+            outcome,
+        }));
+        replies.sort_unstable_by_key(|r| r.seq);
+        let msg =
+            replies_message(replies).map_err(|e| Stop::Failed(format!("encode replies: {e}")))?;
         self.to_sup
             .send(msg)
-            .map_err(|e| format!("send replies: {e}"))?;
+            .map_err(|e| Stop::Failed(format!("send replies: {e}")))?;
         // Replies go out before the checkpoint that covers them is written, so a call
         // whose effect a checkpoint holds has always had its reply sent.
         if live.every > 0 && live.since_checkpoint >= live.every {
@@ -267,20 +373,46 @@ impl Worker {
         Ok(())
     }
 
-    fn checkpoint(&self, live: &mut Live) -> Result<(), String> {
+    fn checkpoint(&self, live: &mut Live) -> Result<(), Stop> {
         let msg = match write_checkpoint(live) {
             Ok(m) => m,
-            Err(message) => {
+            Err(Stop::Failed(message)) => {
                 eprintln!(
                     "resurgam worker {}: checkpoint failed: {message}",
                     self.name
                 );
                 FromWorker::CheckpointFailed { message }
             }
+            Err(crashed) => return Err(crashed),
         };
         self.to_sup
             .send(msg)
-            .map_err(|e| format!("send checkpoint report: {e}"))
+            .map_err(|e| Stop::Failed(format!("send checkpoint report: {e}")))
+    }
+}
+
+/// The signal the kernel sends a worker when the supervisor dies (`PR_SET_PDEATHSIG`).
+/// Its handler kills the worker's whole process group.
+const PARENT_DEATH_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
+
+extern "C" fn kill_group(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; pid 0 is this process's group (the worker is
+    // its leader: the supervisor starts it in a group of its own).
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+    }
+}
+
+/// Makes [`PARENT_DEATH_SIGNAL`] kill this worker's process group.
+fn install_group_killer() {
+    let handler: extern "C" fn(libc::c_int) = kill_group;
+    // SAFETY: the handler only calls kill(2), which is async-signal-safe; installing it
+    // happens before this process starts any thread or child.
+    unsafe {
+        libc::signal(
+            PARENT_DEATH_SIGNAL as libc::c_int,
+            handler as libc::sighandler_t,
+        );
     }
 }
 
@@ -339,7 +471,7 @@ fn apply_one(actor: &mut dyn DynActor, call: &Call) -> Outcome {
     }
 }
 
-fn write_checkpoint(live: &mut Live) -> Result<FromWorker, String> {
+fn write_checkpoint(live: &mut Live) -> Result<FromWorker, Stop> {
     let start = Instant::now();
     if live.since_checkpoint == 0 && live.generation > 0 {
         // Nothing changed since the last checkpoint: report it again.
@@ -351,12 +483,20 @@ fn write_checkpoint(live: &mut Live) -> Result<FromWorker, String> {
             micros: 0,
         });
     }
-    let payload = live.actor.save()?;
+    let payload = match &mut live.engine {
+        Engine::Native(actor) => actor.save().map_err(Stop::Failed)?,
+        Engine::Exec(program) => program.save().map_err(|f| match f {
+            exec::Failure::Crashed(m) => Stop::Crashed(m),
+            exec::Failure::Refused { message, .. } => {
+                Stop::Failed(format!("the program's get_state failed: {message}"))
+            }
+        })?,
+    };
     let generation = live.generation + 1;
     let written = live
         .mmap
         .write(generation, live.last_seq, &payload)
-        .map_err(|e| format!("write {}: {e}", display(live.mmap.path())))?;
+        .map_err(|e| Stop::Failed(format!("write {}: {e}", display(live.mmap.path()))))?;
     let other = match written {
         checkpoint::Source::SlotA => 1,
         _ => 0,

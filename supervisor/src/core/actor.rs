@@ -76,7 +76,8 @@ pub(super) struct ActorState {
     pub name: String,
     pub kind: String,
     pub policy: Policy,
-    pub methods: &'static [&'static str],
+    /// The methods the worker answers; `None` when its program decides (kind `exec`).
+    pub methods: Option<&'static [&'static str]>,
     pub phase: Phase,
     pub dirty: bool,
 
@@ -89,6 +90,12 @@ pub(super) struct ActorState {
     pub last_exit: Option<String>,
     pub executing_at_death: Option<u64>,
     pub fatal: Option<String>,
+    /// Why the worker's exec program failed, as the worker reported it before exiting.
+    pub crash_reason: Option<String>,
+    /// The current worker's exec program (kind `exec`).
+    pub program_pid: Option<u32>,
+    /// A reload changed how the worker is launched: restart it after the next checkpoint.
+    pub relaunch_pending: bool,
     pub start_deadline: Option<Instant>,
     pub drain_deadline: Option<Instant>,
     pub restart_at: Option<Instant>,
@@ -184,6 +191,9 @@ impl ActorState {
             last_exit: None,
             executing_at_death: None,
             fatal: None,
+            crash_reason: None,
+            program_pid: None,
+            relaunch_pending: false,
             start_deadline: None,
             drain_deadline: None,
             restart_at: None,
@@ -332,6 +342,8 @@ impl ActorState {
         self.exit_status = None;
         self.executing_at_death = None;
         self.fatal = None;
+        self.crash_reason = None;
+        self.program_pid = None;
         // Counted from the process start (`Spawned`); until then spawns may queue behind
         // others (1,000 actors start one after another), so allow a wide margin.
         self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);

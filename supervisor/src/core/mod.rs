@@ -102,6 +102,12 @@ pub enum Event {
         epoch: u64,
         message: String,
     },
+    /// The worker's exec program crashed or broke the protocol (the worker exits next).
+    Crashed {
+        actor: ActorId,
+        epoch: u64,
+        reason: String,
+    },
     /// The worker answered a ping.
     Pong {
         actor: ActorId,
@@ -174,6 +180,7 @@ impl Event {
             | Event::Replies { actor, epoch, .. }
             | Event::Checkpointed { actor, epoch, .. }
             | Event::CheckpointFailed { actor, epoch, .. }
+            | Event::Crashed { actor, epoch, .. }
             | Event::Pong { actor, epoch } => Some((actor, epoch)),
             _ => None,
         }
@@ -262,7 +269,8 @@ pub struct ActorSpec {
     pub name: String,
     pub kind: String,
     pub policy: Policy,
-    pub methods: &'static [&'static str],
+    /// The methods the worker answers; `None` when its program decides (kind `exec`).
+    pub methods: Option<&'static [&'static str]>,
     /// The newest `last_seq` among the actor's valid checkpoints found at start.
     pub start_seq: u64,
     /// Calls found in the durable log at start, in seq order.
@@ -394,6 +402,7 @@ impl Core {
                     if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
                         self.stop_worker_if_done(actor);
                     }
+                    self.relaunch_if_pending(actor);
                 }
             }
             Event::Fatal {
@@ -404,6 +413,16 @@ impl Core {
                 if let Some(a) = self.current(actor, epoch) {
                     tracing::error!(actor = %a.name, %message, "worker reported a fatal error");
                     a.fatal = Some(message);
+                }
+            }
+            Event::Crashed {
+                actor,
+                epoch,
+                reason,
+            } => {
+                if let Some(a) = self.current(actor, epoch) {
+                    tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "program failed");
+                    a.crash_reason = Some(reason);
                 }
             }
             Event::Pong { actor, epoch } => {
@@ -430,10 +449,10 @@ impl Core {
             } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.exited = true;
-                    a.last_exit = Some(if a.hung {
-                        format!("hung, then {exit} by the supervisor")
-                    } else {
-                        exit.to_string()
+                    a.last_exit = Some(match (&a.crash_reason, a.hung) {
+                        (_, true) => format!("hung, then {exit} by the supervisor"),
+                        (Some(reason), false) => format!("{reason} (worker {exit})"),
+                        (None, false) => exit.to_string(),
                     });
                     a.exit_status = Some(exit);
                     // Only a worker that was serving ran calls; the word may be left over
@@ -762,14 +781,16 @@ impl Core {
         };
         let stopping = !matches!(self.mode, Mode::Running);
         let a = &mut self.actors[id];
-        let refusal = if !a.methods.contains(&method.as_str()) {
+        let refusal = if let Some(methods) = a.methods
+            && !methods.contains(&method.as_str())
+        {
             Some(ErrorBody::new(
                 ErrorKind::UnknownMethod,
                 format!(
                     "actor {:?} (kind {}) has no method {method:?}; it has: {}",
                     a.name,
                     a.kind,
-                    a.methods.join(", ")
+                    methods.join(", ")
                 ),
             ))
         } else if stopping {
@@ -913,6 +934,7 @@ impl Core {
         }
         let a = &mut self.actors[id];
         a.restored = Some((restored.generation, k, restored.source.clone()));
+        a.program_pid = restored.program_pid;
         // What the mmap slots hold from now on: the restored checkpoint is the newest.
         a.checkpoint = (restored.generation, k);
         let mut slots = restored.mmap_slots.clone();
@@ -1018,6 +1040,52 @@ impl Core {
         a.sync_waiters
             .extend(waiters.into_iter().map(|w| (w, generation)));
         self.out.push(Action::SyncDisk { actor: id });
+        self.relaunch_if_pending(id);
+    }
+
+    /// A reload changed how this actor's worker is launched (its program, user, limits):
+    /// take a checkpoint, then replace the worker. Calls keep being accepted; those the
+    /// old worker has not answered are replayed on the new one.
+    pub fn relaunch(&mut self, id: ActorId, now: Instant) {
+        let Some(a) = self.actors.get_mut(id) else {
+            return;
+        };
+        tracing::info!(actor = %a.name, phase = a.phase.as_str(), "launch settings changed: checkpoint, then restart");
+        match a.phase {
+            Phase::Alive => {
+                a.relaunch_pending = true;
+                if !a.checkpoint_outstanding {
+                    a.checkpoint_outstanding = true;
+                    a.last_checkpoint_request = now;
+                    self.out.push(Action::RequestCheckpoint {
+                        actor: id,
+                        epoch: a.epoch,
+                    });
+                }
+            }
+            Phase::Starting => {
+                a.operator_restart = true;
+                self.out.push(Action::Kill {
+                    actor: id,
+                    epoch: a.epoch,
+                });
+            }
+            // The next worker is started with the new settings anyway.
+            Phase::Restarting | Phase::Dead | Phase::Stopped => {}
+        }
+    }
+
+    /// Restarts the worker if a reload asked for it and its checkpoint is answered.
+    fn relaunch_if_pending(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if a.relaunch_pending && !a.checkpoint_outstanding && a.phase == Phase::Alive {
+            a.relaunch_pending = false;
+            a.operator_restart = true;
+            self.out.push(Action::Kill {
+                actor: id,
+                epoch: a.epoch,
+            });
+        }
     }
 
     /// The calls `from..=upto` could not be logged: never acknowledge them.

@@ -17,6 +17,7 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
                 "kind": a.kind,
                 "state": a.phase.as_str(),
                 "pid": a.pid.filter(|_| matches!(a.phase, super::Phase::Alive | super::Phase::Starting)),
+                "program_pid": a.program_pid.filter(|_| a.phase == super::Phase::Alive),
                 "restarts": a.restarts,
                 "last_exit": a.last_exit,
                 "checkpoint": {"generation": a.checkpoint.0, "last_seq": a.checkpoint.1},

@@ -146,7 +146,7 @@ impl World {
             name: "c".into(),
             kind: "counter".into(),
             policy: p.clone(),
-            methods: &["incr", "get", "crash"],
+            methods: Some(&["incr", "get", "crash"]),
             start_seq,
             recovered,
             log_range,
@@ -396,6 +396,7 @@ impl World {
             rejected,
             moved_aside: None,
             mmap_slots,
+            program_pid: None,
         };
         self.handle(Event::Spawned {
             actor: 0,
@@ -1149,7 +1150,7 @@ fn an_added_actor_gets_the_next_id_and_starts() {
         name: "d".into(),
         kind: "counter".into(),
         policy: policy(-1, 3, 0),
-        methods: &["incr", "get", "crash"],
+        methods: Some(&["incr", "get", "crash"]),
         start_seq: 0,
         recovered: Vec::new(),
         log_range: None,

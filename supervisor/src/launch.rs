@@ -1,0 +1,186 @@
+//! How each actor's worker is launched: the exec program (kind `exec`), the user and
+//! group its code runs as, and its resource limits, resolved from the config into what
+//! the worker needs ([`ExecInit`], [`Privileges`]).
+//!
+//! Names are resolved here, once, when the config is checked or loaded (user and group
+//! databases are not read on every restart). A `user` or `group` that is not the
+//! supervisor's own needs the supervisor to run as root: anything else is a config error
+//! with its place in the file.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use resurgam_shared::config::{ActorConfig, Config, Located};
+use resurgam_shared::ipc::{ExecInit, Privileges, Rlimit};
+
+pub use resurgam_shared::config::EXEC_KIND;
+
+/// Everything a spawn of this actor's worker needs besides its files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launched {
+    pub exec: Option<ExecInit>,
+    pub privileges: Privileges,
+}
+
+/// Resolves an actor's launch settings. Errors are `FILE:LINE:COL: message` lines.
+pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>> {
+    let mut errors = Vec::new();
+    let at = |l: &Located<String>, message: String| {
+        format!(
+            "{}:{}:{}: actor {:?}: {message}",
+            config.path.display(),
+            l.line,
+            l.column,
+            a.name
+        )
+    };
+    let launch = &a.launch;
+    let user = launch
+        .user
+        .as_ref()
+        .and_then(|u| match lookup_user(&u.value) {
+            Ok(found) => Some((u, found)),
+            Err(e) => {
+                errors.push(at(u, e));
+                None
+            }
+        });
+    let group = launch
+        .group
+        .as_ref()
+        .and_then(|g| match lookup_group(&g.value) {
+            Ok(gid) => Some((g, gid)),
+            Err(e) => {
+                errors.push(at(g, e));
+                None
+            }
+        });
+    let me = (Uid::current(), Gid::current());
+    let identity = match (&user, &group) {
+        (None, None) => None,
+        (Some((_, (uid, primary))), g) => Some((*uid, g.map_or(*primary, |(_, gid)| gid))),
+        (None, Some((_, gid))) => Some((me.0, *gid)),
+    };
+    if let Some((uid, gid)) = identity
+        && (uid, gid) != me
+        && !me.0.is_root()
+    {
+        let place = user.map(|(l, _)| l).or(group.map(|(l, _)| l));
+        if let Some(place) = place {
+            errors.push(at(
+                place,
+                format!(
+                    "running the worker as uid {uid} gid {gid} needs the supervisor to run as \
+                     root (it runs as uid {}); remove `user`/`group` or start it as root",
+                    me.0
+                ),
+            ));
+        }
+    }
+    let l = &launch.limits;
+    let limits: Vec<Rlimit> = [
+        l.memory.map(Rlimit::AddressSpace),
+        l.open_files.map(Rlimit::OpenFiles),
+        l.core.map(Rlimit::Core),
+        l.processes.map(Rlimit::Processes),
+        l.cpu_seconds.map(Rlimit::CpuSeconds),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let exec = launch.command.as_ref().map(|argv| ExecInit {
+        argv: argv.clone(),
+        env: launch
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        cwd: launch
+            .cwd
+            .clone()
+            .unwrap_or_else(|| config_dir(&config.path))
+            .as_os_str()
+            .as_bytes()
+            .to_vec(),
+    });
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Launched {
+        exec,
+        privileges: Privileges {
+            identity: identity.map(|(u, g)| (u.as_raw(), g.as_raw())),
+            limits,
+        },
+    })
+}
+
+/// The directory of the config file (where relative paths in it point).
+fn config_dir(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// A user by name or number: its uid and primary gid.
+fn lookup_user(text: &str) -> Result<(Uid, Gid), String> {
+    let found = match text.parse::<u32>() {
+        Ok(n) => User::from_uid(Uid::from_raw(n)),
+        Err(_) => User::from_name(text),
+    };
+    match found {
+        Ok(Some(u)) => Ok((u.uid, u.gid)),
+        // A numeric uid need not have a passwd entry: its primary group is then its own
+        // number, as systemd's DynamicUser does.
+        Ok(None) => match text.parse::<u32>() {
+            Ok(n) => Ok((Uid::from_raw(n), Gid::from_raw(n))),
+            Err(_) => Err(format!("user {text:?}: no such user on this machine")),
+        },
+        Err(e) => Err(format!("user {text:?}: cannot read the user database: {e}")),
+    }
+}
+
+/// A group by name or number.
+fn lookup_group(text: &str) -> Result<Gid, String> {
+    if let Ok(n) = text.parse::<u32>() {
+        return Ok(Gid::from_raw(n));
+    }
+    match Group::from_name(text) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("group {text:?}: no such group on this machine")),
+        Err(e) => Err(format!(
+            "group {text:?}: cannot read the group database: {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_users_need_no_passwd_entry() {
+        let (uid, gid) = lookup_user("4000000").unwrap();
+        assert_eq!((uid.as_raw(), gid.as_raw()), (4_000_000, 4_000_000));
+    }
+
+    #[test]
+    fn root_resolves_by_name_and_number() {
+        assert_eq!(lookup_user("root").unwrap().0.as_raw(), 0);
+        assert_eq!(lookup_user("0").unwrap().0.as_raw(), 0);
+    }
+
+    #[test]
+    fn unknown_names_are_errors_naming_them() {
+        let e = lookup_user("no-such-user-resurgam").unwrap_err();
+        assert!(
+            e.contains("no-such-user-resurgam") && e.contains("no such user"),
+            "{e}"
+        );
+        let e = lookup_group("no-such-group-resurgam").unwrap_err();
+        assert!(e.contains("no such group"), "{e}");
+    }
+}

@@ -1,0 +1,578 @@
+//! The `exec` kind: the actor is a program of its own, spoken to over the exec worker
+//! protocol (`docs/exec-protocol.md`).
+//!
+//! The worker process stays what it is for every kind (checkpoint file, channel to the
+//! supervisor, sequence numbers, poison-call word); for an exec actor it starts the
+//! program as its child with one end of a Unix stream socket as fd 3, and turns call
+//! batches, checkpoints and restores into protocol frames:
+//!
+//! * a batch of calls is written as a pipeline of `C` frames while the answers are read
+//!   (poll on both directions, so neither side can block the other on a full buffer);
+//!   the poison-call word names the oldest unanswered call, so a death blames exactly
+//!   the call the program was running;
+//! * a checkpoint is `S` → `T` (raw bytes), a restore is `L` → `K`.
+//!
+//! Everything the program sends is untrusted: frame types, lengths and bodies are checked
+//! against what may come next, and anything else ends the worker as crashed with the
+//! reason ([`Failure::Crashed`]), never as a reply. A watcher thread waits for the
+//! program: when it ends while the worker still needs it, the worker reports why and
+//! exits at once, so a dead program is recovered without waiting for the next call.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipc_channel::ipc::IpcSender;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use resurgam_shared::ipc::{
+    Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, ExecInit, FromWorker, Outcome,
+    Privileges,
+};
+use resurgam_shared::protocol::ErrorKind;
+
+use crate::sys;
+
+/// The protocol version this worker speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// The program's end of the protocol socket.
+pub const PROGRAM_FD: i32 = 3;
+/// Environment variable naming [`PROGRAM_FD`].
+pub const ENV_FD: &str = "RESURGAM_FD";
+/// Environment variable with the actor's name.
+pub const ENV_ACTOR: &str = "RESURGAM_ACTOR";
+/// Largest body of `H`, `E` and `R` frames, and of a `C` frame we send.
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest `T` body (a state).
+pub const MAX_STATE: usize = 2 << 30;
+/// How long a stopping worker waits for its program to exit after closing the channel.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long the worker waits for the watcher's account of a program that closed the
+/// channel (it usually exits right after).
+const EXIT_REPORT_WAIT: Duration = Duration::from_millis(500);
+/// Read buffer size (many replies per read under load).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why an exchange with the program did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The program ended or broke the protocol: the worker exits as crashed.
+    Crashed(String),
+    /// The program answered `E`.
+    Refused { kind: ErrorKind, message: String },
+}
+
+/// Why a program could not be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// Starting again cannot help (no such program, another protocol version): the actor
+    /// is DEAD until an operator acts.
+    Fatal(String),
+    /// The program died or misbehaved before it was ready: a crash like any other.
+    Crashed(String),
+}
+
+/// The program of an exec actor, started and past its hello.
+pub struct Program {
+    pid: i32,
+    sock: UnixStream,
+    /// Read buffer: `rbuf[rpos..rend]` is read and not yet consumed. Its length is its
+    /// usable size (never zeroed again after it grows).
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rend: usize,
+    /// Set before the worker ends the program on purpose.
+    stopping: Arc<AtomicBool>,
+    /// The watcher's account of the program's end.
+    ended: mpsc::Receiver<String>,
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    protocol: u64,
+    #[serde(default)]
+    program: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorFrame {
+    kind: String,
+    message: String,
+}
+
+impl Program {
+    /// Starts the program, waits for its hello, and arms the watcher that reports its end
+    /// to the supervisor (through `to_sup`) if it dies while it is needed.
+    pub fn start(
+        actor: &str,
+        exec: &ExecInit,
+        privileges: &Privileges,
+        to_sup: &IpcSender<FromWorker>,
+    ) -> Result<Program, StartError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| StartError::Crashed(format!("socketpair: {e}")))?;
+        let theirs = OwnedFd::from(theirs);
+        let Some((program, args)) = exec.argv.split_first() else {
+            return Err(StartError::Fatal("empty command".to_string()));
+        };
+        let cwd = std::path::PathBuf::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&exec.cwd),
+        );
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&cwd)
+            .env_remove(ENV_BOOTSTRAP)
+            .env_remove(ENV_PARENT_PID)
+            .envs(exec.env.iter().map(|(k, v)| (k, v)))
+            .env(ENV_FD, PROGRAM_FD.to_string())
+            .env(ENV_ACTOR, actor)
+            .stdin(Stdio::null());
+        let child_fd = theirs.as_raw_fd();
+        let prepared = sys::Prepared::new(privileges);
+        let parent = std::process::id() as i32;
+        // SAFETY: the closure runs in the forked child before exec and only makes raw
+        // system calls (dup2, fcntl, setrlimit, setgroups, setgid, setuid, prctl,
+        // getppid) on values prepared before the fork: no allocation, no lock.
+        unsafe {
+            cmd.pre_exec(move || sys::in_child(child_fd, PROGRAM_FD, &prepared, parent));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            StartError::Fatal(format!(
+                "cannot start {program:?} (cwd {}): {e}",
+                cwd.to_string_lossy()
+            ))
+        })?;
+        let pid = child.id() as i32;
+        // The watcher reaps the program; the handle is dropped without waiting.
+        drop(child);
+        drop(theirs);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (tx, ended) = mpsc::channel();
+        watch(pid, stopping.clone(), tx, to_sup.clone(), actor.to_string())
+            .map_err(StartError::Crashed)?;
+        let mut p = Program {
+            pid,
+            sock: ours,
+            rbuf: vec![0; READ_CHUNK],
+            rpos: 0,
+            rend: 0,
+            stopping,
+            ended,
+        };
+        p.sock.set_nonblocking(true).map_err(|e| {
+            StartError::Crashed(format!("set the protocol socket non-blocking: {e}"))
+        })?;
+        p.hello(actor)?;
+        Ok(p)
+    }
+
+    /// The program's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    fn hello(&mut self, actor: &str) -> Result<(), StartError> {
+        let body = serde_json::json!({"protocol": PROTOCOL_VERSION, "actor": actor}).to_string();
+        let mut out = Vec::new();
+        frame(&mut out, b'H', body.as_bytes());
+        let mut hello = None;
+        self.exchange(&out, 1, |_, kind, body| {
+            if kind != b'H' {
+                return Err(Failure::Crashed(format!(
+                    "the program's first frame is {} instead of its hello (H)",
+                    describe(kind)
+                )));
+            }
+            let h: Hello = serde_json::from_slice(body).map_err(|e| {
+                Failure::Crashed(format!(
+                    "the program's hello is not {{\"protocol\": 1}}: {e}"
+                ))
+            })?;
+            hello = Some(h);
+            Ok(())
+        })
+        .map_err(|f| match f {
+            Failure::Crashed(m) | Failure::Refused { message: m, .. } => StartError::Crashed(m),
+        })?;
+        let Some(h) = hello else {
+            return Err(StartError::Crashed("no hello from the program".to_string()));
+        };
+        if h.protocol != PROTOCOL_VERSION {
+            return Err(StartError::Fatal(format!(
+                "the program speaks protocol version {}, this worker speaks {PROTOCOL_VERSION}",
+                h.protocol
+            )));
+        }
+        if let Some(name) = h.program {
+            eprintln!(
+                "resurgam worker {actor}: program pid {} ready ({})",
+                self.pid,
+                name.chars().take(200).collect::<String>()
+            );
+        }
+        Ok(())
+    }
+
+    /// Gives the program a state it returned earlier (`L` → `K`).
+    pub fn load(&mut self, state: &[u8]) -> Result<(), Failure> {
+        if state.len() > MAX_STATE {
+            return Err(Failure::Refused {
+                kind: ErrorKind::ActorError,
+                message: format!(
+                    "state of {} bytes is over the protocol's limit",
+                    state.len()
+                ),
+            });
+        }
+        let mut out = Vec::with_capacity(state.len() + 5);
+        frame(&mut out, b'L', state);
+        self.exchange(&out, 1, |_, kind, body| match kind {
+            b'K' => Ok(()),
+            b'E' => Err(refusal(body)?),
+            other => Err(unexpected(other, "load_state (L)", "K or E")),
+        })
+    }
+
+    /// Asks for the whole state (`S` → `T`).
+    pub fn save(&mut self) -> Result<Vec<u8>, Failure> {
+        let mut out = Vec::new();
+        frame(&mut out, b'S', b"");
+        let mut state = None;
+        self.exchange(&out, 1, |_, kind, body| match kind {
+            b'T' => {
+                state = Some(body.to_vec());
+                Ok(())
+            }
+            b'E' => Err(refusal(body)?),
+            other => Err(unexpected(other, "get_state (S)", "T or E")),
+        })?;
+        state.ok_or_else(|| Failure::Crashed("no state from the program".to_string()))
+    }
+
+    /// Runs a batch of calls, pipelined. `executing(seq)` is told the oldest unanswered
+    /// call at each step (0 once all are answered). Only a crash is an error: a refused
+    /// call is an [`Outcome::Err`].
+    pub fn calls(
+        &mut self,
+        calls: &[Call],
+        executing: &dyn Fn(u64),
+    ) -> Result<Vec<Outcome>, Failure> {
+        let size: usize = calls
+            .iter()
+            .map(|c| c.method.len() + c.args.len() + 40)
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for c in calls {
+            encode_call(&mut out, c)?;
+        }
+        let mut outcomes = Vec::with_capacity(calls.len());
+        if let Some(first) = calls.first() {
+            executing(first.seq);
+        }
+        self.exchange(&out, calls.len(), |index, kind, body| {
+            let outcome = match kind {
+                b'R' => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => Outcome::Ok(body.to_vec()),
+                    Err(e) => {
+                        return Err(Failure::Crashed(format!(
+                            "the program's reply (R) is not JSON: {e}"
+                        )));
+                    }
+                },
+                b'E' => match refusal(body)? {
+                    Failure::Refused { kind, message } => Outcome::Err { kind, message },
+                    crashed => return Err(crashed),
+                },
+                other => return Err(unexpected(other, "a call (C)", "R or E")),
+            };
+            outcomes.push(outcome);
+            executing(calls.get(index + 1).map_or(0, |c| c.seq));
+            Ok(())
+        })?;
+        Ok(outcomes)
+    }
+
+    /// Ends the program on purpose: closes the channel (the program should exit 0) and
+    /// waits up to a grace for it. A program still running then is left to the
+    /// supervisor, which kills the worker's process group once the worker has exited.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // The channel's end tells the program to exit; the watcher reports when it has.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let _ = self.ended.recv_timeout(STOP_GRACE);
+    }
+
+    /// Writes `out` while reading `expect` frames, handing each to `on_frame` with its
+    /// index. Both directions are driven by poll, so a program that answers while it
+    /// still has requests to read never blocks on a full buffer.
+    fn exchange(
+        &mut self,
+        out: &[u8],
+        expect: usize,
+        mut on_frame: impl FnMut(usize, u8, &[u8]) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let mut written = 0;
+        let mut received = 0;
+        while received < expect || written < out.len() {
+            // Whole frames already buffered.
+            while received < expect {
+                let Some((kind, start, end)) = self.next_frame()? else {
+                    break;
+                };
+                on_frame(received, kind, &self.rbuf[start..end])?;
+                self.rpos = end;
+                received += 1;
+            }
+            if received >= expect && written >= out.len() {
+                break;
+            }
+            if written < out.len() {
+                match (&self.sock).write(&out[written..]) {
+                    Ok(0) => return Err(self.closed()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(self.closed()),
+                }
+            }
+            if received < expect {
+                match self.fill() {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(f) => return Err(f),
+                }
+            }
+            let mut flags = PollFlags::empty();
+            if received < expect {
+                flags |= PollFlags::POLLIN;
+            }
+            if written < out.len() {
+                flags |= PollFlags::POLLOUT;
+            }
+            let mut fds = [PollFd::new(self.sock.as_fd(), flags)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(Failure::Crashed(format!(
+                        "poll on the protocol socket: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Program {
+    /// The next whole frame in the buffer: `(type, body start, body end)`, without
+    /// consuming it. Checks the type and the length before any body byte is awaited.
+    fn next_frame(&mut self) -> Result<Option<(u8, usize, usize)>, Failure> {
+        let avail = self.rend - self.rpos;
+        if avail < 5 {
+            return Ok(None);
+        }
+        let h = &self.rbuf[self.rpos..self.rpos + 5];
+        let kind = h[0];
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        let limit = match kind {
+            b'T' => MAX_STATE,
+            b'K' => 0,
+            b'H' | b'R' | b'E' => MAX_MESSAGE,
+            other => {
+                return Err(Failure::Crashed(format!(
+                    "the program sent a frame of unknown type {} (header bytes {:02x?})",
+                    describe(other),
+                    h
+                )));
+            }
+        };
+        if len > limit {
+            return Err(Failure::Crashed(format!(
+                "the program sent a {} frame of {len} bytes (limit {limit})",
+                describe(kind)
+            )));
+        }
+        if avail - 5 < len {
+            return Ok(None);
+        }
+        let start = self.rpos + 5;
+        Ok(Some((kind, start, start + len)))
+    }
+
+    /// Reads what the socket has. `Ok(false)` when it has nothing now.
+    fn fill(&mut self) -> Result<bool, Failure> {
+        if self.rpos == self.rend {
+            self.rpos = 0;
+            self.rend = 0;
+        }
+        // Room for at least the frame being read (its header says how long it is), and
+        // a chunk more.
+        let pending = self.rend - self.rpos;
+        let needed = match self.rbuf.get(self.rpos + 1..self.rpos + 5) {
+            Some(l) if pending >= 5 => 5 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize,
+            _ => 0,
+        };
+        if self.rend == self.rbuf.len() || self.rpos + needed > self.rbuf.len() {
+            // Move the unread part to the front, then grow if that is not enough.
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            self.rpos = 0;
+            self.rend = pending;
+            let want = needed.max(pending + READ_CHUNK);
+            if want > self.rbuf.len() {
+                self.rbuf.resize(want, 0);
+            }
+        }
+        match (&self.sock).read(&mut self.rbuf[self.rend..]) {
+            Ok(0) => Err(self.closed()),
+            Ok(n) => {
+                self.rend += n;
+                Ok(true)
+            }
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(self.closed()),
+            },
+        }
+    }
+
+    /// The channel ended: the program's own end says why, if it ended.
+    fn closed(&self) -> Failure {
+        match self.ended.recv_timeout(EXIT_REPORT_WAIT) {
+            Ok(reason) => Failure::Crashed(reason),
+            Err(_) => Failure::Crashed(format!(
+                "the program (pid {}) closed the protocol channel",
+                self.pid
+            )),
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if !self.stopping.load(Ordering::SeqCst) {
+            // Dropped after a failure: the program must not outlive this worker's need
+            // of it (the supervisor kills the whole group after the worker exits, too).
+            let _ =
+                nix::sys::signal::kill(Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Appends one frame.
+fn frame(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Appends the `C` frame of a call: `{"method": …, "args": …}`.
+fn encode_call(out: &mut Vec<u8>, c: &Call) -> Result<(), Failure> {
+    let start = out.len();
+    out.extend_from_slice(&[b'C', 0, 0, 0, 0]);
+    out.extend_from_slice(b"{\"method\":");
+    serde_json::to_writer(&mut *out, &c.method)
+        .map_err(|e| Failure::Crashed(format!("encode call seq {}: {e}", c.seq)))?;
+    out.extend_from_slice(b",\"args\":");
+    if c.args.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        out.extend_from_slice(&c.args);
+    }
+    out.push(b'}');
+    let len = out.len() - start - 5;
+    if len > MAX_MESSAGE {
+        return Err(Failure::Crashed(format!(
+            "call seq {} is {len} bytes, over the protocol's limit of {MAX_MESSAGE}",
+            c.seq
+        )));
+    }
+    out[start + 1..start + 5].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Decodes an `E` body: `Refused` when it is well formed, else a crash.
+fn refusal(body: &[u8]) -> Result<Failure, Failure> {
+    let e: ErrorFrame = serde_json::from_slice(body).map_err(|err| {
+        Failure::Crashed(format!(
+            "the program's error (E) is not {{\"kind\", \"message\"}}: {err}"
+        ))
+    })?;
+    let kind = match e.kind.as_str() {
+        "BadRequest" => ErrorKind::BadRequest,
+        "UnknownMethod" => ErrorKind::UnknownMethod,
+        _ => ErrorKind::ActorError,
+    };
+    Ok(Failure::Refused {
+        kind,
+        message: e.message,
+    })
+}
+
+fn unexpected(kind: u8, request: &str, allowed: &str) -> Failure {
+    Failure::Crashed(format!(
+        "the program answered {request} with a {} frame (expected {allowed})",
+        describe(kind)
+    ))
+}
+
+/// A frame type for messages: the letter when printable, else its byte value.
+fn describe(kind: u8) -> String {
+    if kind.is_ascii_graphic() {
+        format!("'{}'", kind as char)
+    } else {
+        format!("0x{kind:02x}")
+    }
+}
+
+/// Starts the thread that reaps the program. If it ends while the worker still needs it,
+/// the thread reports why to the supervisor and ends the worker at once.
+fn watch(
+    pid: i32,
+    stopping: Arc<AtomicBool>,
+    tx: mpsc::Sender<String>,
+    to_sup: IpcSender<FromWorker>,
+    actor: String,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("program-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let reason = loop {
+                match waitpid(Pid::from_raw(pid), None) {
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        break format!("the program (pid {pid}) exited with code {code}");
+                    }
+                    Ok(WaitStatus::Signaled(_, sig, core)) => {
+                        break format!(
+                            "the program (pid {pid}) was killed by {}{}",
+                            sig.as_str(),
+                            if core { " (core dumped)" } else { "" }
+                        );
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => break format!("the program (pid {pid}) is gone ({e})"),
+                }
+            };
+            let _ = tx.send(reason.clone());
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            eprintln!("resurgam worker {actor}: {reason}");
+            let _ = to_sup.send(FromWorker::Crashed { reason });
+            // SAFETY: _exit ends the process without running destructors or atexit
+            // handlers that the main thread might be using; the checkpoint file is
+            // crash-safe by design (a torn slot is detected and skipped).
+            unsafe { libc::_exit(EXIT_PROGRAM_FAILED) }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("start the program's watcher thread: {e}"))
+}
