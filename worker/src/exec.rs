@@ -458,9 +458,11 @@ impl Program {
 
 impl Drop for Program {
     fn drop(&mut self) {
-        if !self.stopping.load(Ordering::SeqCst) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
             // Dropped after a failure: the program must not outlive this worker's need
             // of it (the supervisor kills the whole group after the worker exits, too).
+            // Marked as stopping first: the watcher must not report (and exit on) this
+            // kill in place of the failure the worker reports itself.
             let _ =
                 nix::sys::signal::kill(Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
         }
