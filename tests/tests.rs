@@ -30,3 +30,5 @@ mod hang;
 mod regression;
 // G7: the control socket's mode and SO_PEERCRED check keep other users out.
 mod access;
+// The Python SDK's unit tests (python/tests), run against the binary under test.
+mod python;

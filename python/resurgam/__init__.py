@@ -1,0 +1,57 @@
+"""resurgam: the Python SDK of the resurgam actor supervisor.
+
+Two sides, both standard library only:
+
+* **Actor side**: :func:`serve` runs a plain class as an exec actor (``kind =
+  "exec"``): each public method takes the call's decoded JSON ``args`` and returns the
+  JSON reply; ``get_state``/``load_state`` turn the state into a checkpoint and back.
+* **Client side**: :class:`Client` talks to a running supervisor over its control
+  socket: ``Client().call("counter", "incr", 5)``, ``status()``, pipelined
+  ``call_async``/``call_many``, and ``client.actor("bank").deposit(...)``.
+
+Failures raise subclasses of :class:`Error`, one per error kind of the protocol.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .actor import serve
+from .client import ActorHandle, ActorMethod, Client, socket_path
+from .errors import (
+    ActorDead,
+    ActorError,
+    ActorStopped,
+    BadRequest,
+    Busy,
+    CallFailed,
+    Error,
+    Timeout,
+    Unauthorized,
+    UnknownActor,
+    UnknownMethod,
+    Unreachable,
+    error_from,
+)
+
+__all__ = [
+    "__version__",
+    "serve",
+    "Client",
+    "ActorHandle",
+    "ActorMethod",
+    "socket_path",
+    "Error",
+    "BadRequest",
+    "Unauthorized",
+    "UnknownActor",
+    "UnknownMethod",
+    "ActorError",
+    "ActorDead",
+    "ActorStopped",
+    "CallFailed",
+    "Busy",
+    "Timeout",
+    "Unreachable",
+    "error_from",
+]
