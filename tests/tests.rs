@@ -32,3 +32,5 @@ mod regression;
 mod access;
 // The Python SDK's unit tests (python/tests), run against the binary under test.
 mod python;
+// G7/G9 for exec actors: no descendant outlives them, scrubbed env and fds, user/group/limits.
+mod exec_isolation;
