@@ -36,9 +36,10 @@ A class that defines neither ``get_state`` nor ``load_state`` gets defaults: the
 is the instance's ``__dict__`` (pickled) and loading updates ``__dict__`` with it.
 Defining only one of the two is refused (the pair must agree on the format).
 
-Throughput: requests are read a megabyte at a time, every complete request is applied
-and its answer collected, and the answers are sent together before blocking for more
-input, as the protocol requires.
+Throughput: requests are read a megabyte at a time and applied one after another. The
+answer to each request is sent before the next request is applied, as the protocol
+requires (the answers resurgam has received tell it which call was running if the
+program dies, so that call alone is blamed), and before blocking for more input.
 
 Nothing is ever written to stdout by this module: stdout and stderr belong to the
 program (resurgam logs them). Protocol violations by the supervisor (an unknown frame
@@ -208,6 +209,10 @@ class _Actor:
                         handler = self._handlers.get(ftype)
                         if handler is None:
                             self._unexpected(ftype)
+                        # Answers go out before the next request runs: if it kills
+                        # the program, the calls before it must not be blamed.
+                        if writer.pending:
+                            writer.flush()
                         handler(body)
                         if writer.pending >= _FLUSH_AT:
                             writer.flush()

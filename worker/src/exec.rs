@@ -233,6 +233,7 @@ impl Program {
                 ),
             });
         }
+        self.ensure_idle()?;
         let mut out = Vec::with_capacity(state.len() + 5);
         frame(&mut out, b'L', state);
         self.exchange(&out, 1, |_, kind, body| match kind {
@@ -244,6 +245,7 @@ impl Program {
 
     /// Asks for the whole state (`S` → `T`).
     pub fn save(&mut self) -> Result<Vec<u8>, Failure> {
+        self.ensure_idle()?;
         let mut out = Vec::new();
         frame(&mut out, b'S', b"");
         let mut state = None;
@@ -266,6 +268,7 @@ impl Program {
         calls: &[Call],
         executing: &dyn Fn(u64),
     ) -> Result<Vec<Outcome>, Failure> {
+        self.ensure_idle()?;
         let size: usize = calls
             .iter()
             .map(|c| c.method.len() + c.args.len() + 40)
@@ -311,6 +314,18 @@ impl Program {
         let _ = self.ended.recv_timeout(STOP_GRACE);
     }
 
+    /// Fails when the program sent something no request asked for (an answer sent
+    /// twice, say): it would otherwise be taken for the answer to the next request.
+    fn ensure_idle(&mut self) -> Result<(), Failure> {
+        if self.rpos < self.rend || self.fill()? {
+            return Err(Failure::Crashed(format!(
+                "the program sent {} bytes that answer no request",
+                self.rend - self.rpos
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes `out` while reading `expect` frames, handing each to `on_frame` with its
     /// index. Both directions are driven by poll, so a program that answers while it
     /// still has requests to read never blocks on a full buffer.
@@ -328,8 +343,8 @@ impl Program {
                 let Some((kind, start, end)) = self.next_frame()? else {
                     break;
                 };
-                on_frame(received, kind, &self.rbuf[start..end])?;
                 self.rpos = end;
+                on_frame(received, kind, &self.rbuf[start..end])?;
                 received += 1;
             }
             if received >= expect && written >= out.len() {

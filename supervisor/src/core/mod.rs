@@ -422,6 +422,9 @@ impl Core {
             } => {
                 if let Some(a) = self.current(actor, epoch) {
                     tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "program failed");
+                    if let (Some(exit), false) = (a.exit_status, a.hung) {
+                        a.last_exit = Some(format!("{reason} (worker {exit})"));
+                    }
                     a.crash_reason = Some(reason);
                 }
             }
