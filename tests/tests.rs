@@ -30,7 +30,11 @@ mod hang;
 mod regression;
 // G7: the control socket's mode and SO_PEERCRED check keep other users out.
 mod access;
-// The Python SDK's unit tests (python/tests), run against the binary under test.
-mod python;
+// Exec actors (docs/exec-protocol.md): Python/raw programs, misbehaviour, DEAD, reload, durable log.
+mod exec;
+// G1 for exec actors: pipelined appends while programs and workers are SIGKILLed at random.
+mod exec_chaos;
 // G7/G9 for exec actors: no descendant outlives them, scrubbed env and fds, user/group/limits.
 mod exec_isolation;
+// The Python SDK's unit tests (python/tests), run against the binary under test.
+mod python;
