@@ -1017,3 +1017,70 @@ fn a_reload_that_changes_command_or_env_restarts_only_that_actor_with_its_state(
         "a reload is not a crash"
     );
 }
+
+// ------------------------------------------------------------------------------------
+// The shipped examples (examples/python): their configs check, their actors run and
+// keep their state through kill -9.
+
+#[test]
+fn the_python_examples_check_and_keep_their_state_through_kill_9() {
+    require_python();
+    for config in ["immortal", "worker"] {
+        let path = repo().join(format!("examples/python/{config}.toml"));
+        let out = crate::util::cli(&["check", "--config", path.to_str().expect("utf-8")], &[]);
+        assert!(
+            out.status.success(),
+            "check {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let example = |name: &str, script: &str| {
+        let script = repo().join("examples/python").join(script);
+        format!(
+            "\n[[actor]]\nname = \"{name}\"\nkind = \"exec\"\ncommand = [\"python3\", {}]\nenv = {{ PYTHONPATH = {} }}\n",
+            toml_str(script.to_str().expect("utf-8 path")),
+            toml_str(python_dir().to_str().expect("utf-8 path"))
+        )
+    };
+    let sup = start(&format!(
+        "{FAST_RESTARTS}{}{}",
+        example("words", "immortal.py"),
+        example("bank", "worker.py")
+    ));
+    let mut c = sup.client();
+    assert_eq!(
+        c.call("words", "process", json!("the cat and the hat"))
+            .unwrap(),
+        json!(1)
+    );
+    assert_eq!(
+        c.call("words", "process", json!("the end")).unwrap(),
+        json!(2)
+    );
+    let deposit = |c: &mut Client, amount: i64| {
+        c.call(
+            "bank",
+            "perform_task",
+            json!({"account": "alice", "amount": amount}),
+        )
+    };
+    assert_eq!(deposit(&mut c, 5).unwrap(), json!(5));
+    let refused = deposit(&mut c, -9).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("ValueError: alice has 5 EUR"),
+        "{refused:?}"
+    );
+    // The immortal actor has no checkpoint code of its own: the SDK's default state.
+    c.checkpoint("words").unwrap();
+    for name in ["words", "bank"] {
+        let (w, p) = kill_program(&sup, name);
+        wait_recovered(&sup, name, w, p);
+    }
+    let mut c = sup.client();
+    assert_eq!(
+        c.call("words", "top", json!(1)).unwrap(),
+        json!([["the", 3]])
+    );
+    assert_eq!(c.call("bank", "balance", json!("alice")).unwrap(), json!(5));
+}
