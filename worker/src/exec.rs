@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -71,6 +71,21 @@ pub enum Failure {
     Refused { kind: ErrorKind, message: String },
 }
 
+/// Who deals with the program's end, as the worker's main thread and the watcher thread
+/// agree on it (one atomic, so exactly one of them reports a death).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Between requests: if the program dies, the watcher reports it and ends the worker.
+    Idle = 0,
+    /// A request is out: the main thread reads the program's last answers and reports.
+    Busy = 1,
+    /// The worker is ending the program on purpose: nobody reports.
+    Stopping = 2,
+    /// The watcher is ending the worker.
+    Exiting = 3,
+}
+
 /// Why a program could not be started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError {
@@ -90,8 +105,8 @@ pub struct Program {
     rbuf: Vec<u8>,
     rpos: usize,
     rend: usize,
-    /// Set before the worker ends the program on purpose.
-    stopping: Arc<AtomicBool>,
+    /// Who handles the program's end, shared with the watcher thread ([`Use`]).
+    state: Arc<AtomicU8>,
     /// The watcher's account of the program's end.
     ended: mpsc::Receiver<String>,
 }
@@ -155,9 +170,9 @@ impl Program {
         // The watcher reaps the program; the handle is dropped without waiting.
         drop(child);
         drop(theirs);
-        let stopping = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(Use::Idle as u8));
         let (tx, ended) = mpsc::channel();
-        watch(pid, stopping.clone(), tx, to_sup.clone(), actor.to_string())
+        watch(pid, state.clone(), tx, to_sup.clone(), actor.to_string())
             .map_err(StartError::Crashed)?;
         let mut p = Program {
             pid,
@@ -165,7 +180,7 @@ impl Program {
             rbuf: vec![0; READ_CHUNK],
             rpos: 0,
             rend: 0,
-            stopping,
+            state,
             ended,
         };
         p.sock.set_nonblocking(true).map_err(|e| {
@@ -308,7 +323,7 @@ impl Program {
     /// waits up to a grace for it. A program still running then is left to the
     /// supervisor, which kills the worker's process group once the worker has exited.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.state.store(Use::Stopping as u8, Ordering::SeqCst);
         // The channel's end tells the program to exit; the watcher reports when it has.
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         let _ = self.ended.recv_timeout(STOP_GRACE);
@@ -329,7 +344,40 @@ impl Program {
     /// Writes `out` while reading `expect` frames, handing each to `on_frame` with its
     /// index. Both directions are driven by poll, so a program that answers while it
     /// still has requests to read never blocks on a full buffer.
+    ///
+    /// While it runs, the worker is [`Use::Busy`]: if the program dies meanwhile, its
+    /// last answers are still read (in order, up to the end of the channel) before the
+    /// end is reported, so the poison-call word names the call that was running.
     fn exchange(
+        &mut self,
+        out: &[u8],
+        expect: usize,
+        on_frame: impl FnMut(usize, u8, &[u8]) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        if self
+            .state
+            .compare_exchange(
+                Use::Idle as u8,
+                Use::Busy as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            // The watcher is ending this worker: the program is gone.
+            return Err(self.closed());
+        }
+        let result = self.exchange_busy(out, expect, on_frame);
+        let _ = self.state.compare_exchange(
+            Use::Busy as u8,
+            Use::Idle as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        result
+    }
+
+    fn exchange_busy(
         &mut self,
         out: &[u8],
         expect: usize,
@@ -473,7 +521,7 @@ impl Program {
 
 impl Drop for Program {
     fn drop(&mut self) {
-        if !self.stopping.swap(true, Ordering::SeqCst) {
+        if self.state.swap(Use::Stopping as u8, Ordering::SeqCst) != Use::Stopping as u8 {
             // Dropped after a failure: the program must not outlive this worker's need
             // of it (the supervisor kills the whole group after the worker exits, too).
             // Marked as stopping first: the watcher must not report (and exit on) this
@@ -554,7 +602,7 @@ fn describe(kind: u8) -> String {
 /// the thread reports why to the supervisor and ends the worker at once.
 fn watch(
     pid: i32,
-    stopping: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
     tx: mpsc::Sender<String>,
     to_sup: IpcSender<FromWorker>,
     actor: String,
@@ -580,7 +628,18 @@ fn watch(
                 }
             };
             let _ = tx.send(reason.clone());
-            if stopping.load(Ordering::SeqCst) {
+            // Only an idle worker is ended from here. A busy one reads what the program
+            // sent before it died (answers that tell which call was running) and reports
+            // the end itself; a stopping one ended the program on purpose.
+            if state
+                .compare_exchange(
+                    Use::Idle as u8,
+                    Use::Exiting as u8,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_err()
+            {
                 return;
             }
             eprintln!("resurgam worker {actor}: {reason}");
