@@ -312,8 +312,13 @@ class ServeTest(unittest.TestCase):
         n = 10_000
         body = json.dumps({"method": "deposit", "args": {"account": "a", "amount": 1}}).encode()
         frame = HEADER.pack(b"C", len(body)) + body
-        w.sock.sendall(frame * n)  # everything before reading any answer
+        # All requests go out at once while the answers are read, as resurgam does: the
+        # program answers each call before it applies the next one, so a side that only
+        # wrote would stall both once the answers filled the socket buffer.
+        sender = threading.Thread(target=w.sock.sendall, args=(frame * n,))
+        sender.start()
         replies = [w.recv() for _ in range(n)]
+        sender.join()
         self.assertEqual([t for t, _ in replies], [b"R"] * n)
         self.assertEqual([int(b) for _, b in replies], list(range(1, n + 1)))
         self.assertEqual(w.close_and_wait(), 0)
