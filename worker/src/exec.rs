@@ -84,6 +84,10 @@ enum Use {
     Stopping = 2,
     /// The watcher is ending the worker.
     Exiting = 3,
+    /// The program died while a request was out: the main thread reports it (the
+    /// watcher has shut the read side of the socket, so the main thread sees the end
+    /// even if a descendant of the program still holds the other end).
+    Died = 4,
 }
 
 /// Why a program could not be started.
@@ -109,6 +113,8 @@ pub struct Program {
     state: Arc<AtomicU8>,
     /// The watcher's account of the program's end.
     ended: mpsc::Receiver<String>,
+    /// The program as a pidfd (None on kernels without pidfd_open).
+    pidfd: Option<OwnedFd>,
 }
 
 #[derive(Deserialize)]
@@ -161,19 +167,49 @@ impl Program {
             cmd.pre_exec(move || sys::in_child(child_fd, PROGRAM_FD, &prepared, parent));
         }
         let child = cmd.spawn().map_err(|e| {
-            StartError::Fatal(format!(
+            let message = format!(
                 "cannot start {program:?} (cwd {}): {e}",
                 cwd.to_string_lossy()
-            ))
+            );
+            // A missing or unusable program, a bad cwd, an identity or limit the system
+            // refuses: starting again cannot help. Anything else (no memory, no
+            // processes or fds left for the moment) is retried like a crash.
+            match e.raw_os_error() {
+                Some(
+                    libc::ENOENT
+                    | libc::EACCES
+                    | libc::ENOEXEC
+                    | libc::ENOTDIR
+                    | libc::EPERM
+                    | libc::EINVAL
+                    | libc::ELOOP
+                    | libc::ENAMETOOLONG
+                    | libc::ESRCH,
+                ) => StartError::Fatal(message),
+                _ => StartError::Crashed(message),
+            }
         })?;
         let pid = child.id() as i32;
-        // The watcher reaps the program; the handle is dropped without waiting.
+        // The watcher reaps the program; the handle is dropped without waiting. A pidfd
+        // taken before anything can reap it lets the worker kill this very process later,
+        // never a recycled pid.
+        let pidfd = pidfd_open(pid);
         drop(child);
         drop(theirs);
+        let wake = ours
+            .try_clone()
+            .map_err(|e| StartError::Crashed(format!("duplicate the protocol socket: {e}")))?;
         let state = Arc::new(AtomicU8::new(Use::Idle as u8));
         let (tx, ended) = mpsc::channel();
-        watch(pid, state.clone(), tx, to_sup.clone(), actor.to_string())
-            .map_err(StartError::Crashed)?;
+        watch(
+            pid,
+            state.clone(),
+            tx,
+            wake,
+            to_sup.clone(),
+            actor.to_string(),
+        )
+        .map_err(StartError::Crashed)?;
         let mut p = Program {
             pid,
             sock: ours,
@@ -182,6 +218,7 @@ impl Program {
             rend: 0,
             state,
             ended,
+            pidfd,
         };
         p.sock.set_nonblocking(true).map_err(|e| {
             StartError::Crashed(format!("set the protocol socket non-blocking: {e}"))
@@ -368,13 +405,19 @@ impl Program {
             return Err(self.closed());
         }
         let result = self.exchange_busy(out, expect, on_frame);
-        let _ = self.state.compare_exchange(
+        let idle = self.state.compare_exchange(
             Use::Busy as u8,
             Use::Idle as u8,
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        result
+        match (result, idle) {
+            (Err(failure), _) => Err(failure),
+            (Ok(()), Ok(_)) => Ok(()),
+            // Every answer came, but the program is gone (the watcher saw it die while
+            // this request was out): a crash like any other, nobody else reports it.
+            (Ok(()), Err(_)) => Err(self.closed()),
+        }
     }
 
     fn exchange_busy(
@@ -526,9 +569,37 @@ impl Drop for Program {
             // of it (the supervisor kills the whole group after the worker exits, too).
             // Marked as stopping first: the watcher must not report (and exit on) this
             // kill in place of the failure the worker reports itself.
-            let _ =
-                nix::sys::signal::kill(Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+            // Without a pidfd the pid may already be reaped (and, in theory, recycled):
+            // the kill is then left to the supervisor's group kill.
+            if let Some(fd) = &self.pidfd {
+                pidfd_kill(fd);
+            }
         }
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+), or None.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+    // descriptor is owned by nobody else, so wrapping it in OwnedFd is sound.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` is a fresh descriptor returned to us above.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// SIGKILLs the process behind a pidfd (a no-op once it has been reaped).
+fn pidfd_kill(fd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal number, a null
+    // siginfo and no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 
@@ -604,6 +675,7 @@ fn watch(
     pid: i32,
     state: Arc<AtomicU8>,
     tx: mpsc::Sender<String>,
+    wake: UnixStream,
     to_sup: IpcSender<FromWorker>,
     actor: String,
 ) -> Result<(), String> {
@@ -631,15 +703,18 @@ fn watch(
             // Only an idle worker is ended from here. A busy one reads what the program
             // sent before it died (answers that tell which call was running) and reports
             // the end itself; a stopping one ended the program on purpose.
-            if state
-                .compare_exchange(
-                    Use::Idle as u8,
-                    Use::Exiting as u8,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                )
-                .is_err()
-            {
+            let cas = |from: Use, to: Use| {
+                state
+                    .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            };
+            if cas(Use::Busy, Use::Died) {
+                // Whatever the program sent is queued already; after this, reads drain
+                // it and then see the end, and a waiting poll wakes up.
+                let _ = wake.shutdown(std::net::Shutdown::Read);
+                return;
+            }
+            if !cas(Use::Idle, Use::Exiting) {
                 return;
             }
             eprintln!("resurgam worker {actor}: {reason}");
