@@ -18,7 +18,7 @@
 //! batches of at most `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping),
 //! so even a stopped worker cannot make it block.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -297,30 +297,85 @@ fn output_pipe() -> std::io::Result<(std::fs::File, OwnedFd, OwnedFd)> {
     Ok((std::fs::File::from(r), w, w2))
 }
 
+/// Longest part of one output line that is logged; the rest of the line is dropped
+/// (and counted in the log line). A program writing without newlines cannot make the
+/// supervisor buffer more than this.
+const MAX_OUTPUT_LINE: usize = 16 * 1024;
+
 /// Logs every line a worker prints, with its actor and pid, until the worker is gone.
 fn relay_output(output: std::fs::File, actor: String, pid: u32) {
     let spawned = std::thread::Builder::new()
         .name(format!("out-{actor}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut lines = BufReader::new(output);
-            let mut line = Vec::new();
+            let mut lines = OutputLines::default();
+            let mut output = output;
+            let mut chunk = vec![0u8; 8192];
             loop {
-                line.clear();
-                match lines.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line);
-                        let text = text.trim_end();
-                        if !text.is_empty() {
-                            tracing::info!(target: "worker", actor = %actor, pid, "{text}");
-                        }
-                    }
+                match output.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => lines.push(&chunk[..n], |line| log_output(&actor, pid, line)),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
+            lines.finish(|line| log_output(&actor, pid, line));
         });
     if let Err(e) = spawned {
         tracing::warn!(pid, error = %e, "cannot start the output relay of a worker; its output is lost");
+    }
+}
+
+fn log_output(actor: &str, pid: u32, line: &str) {
+    tracing::info!(target: "worker", actor = %actor, pid, "{line}");
+}
+
+/// Splits a worker's output into lines of at most [`MAX_OUTPUT_LINE`] bytes.
+#[derive(Default)]
+struct OutputLines {
+    line: Vec<u8>,
+    dropped: usize,
+}
+
+impl OutputLines {
+    /// Takes the next bytes; calls `emit` for every line they complete.
+    fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
+        while !bytes.is_empty() {
+            let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            let room = MAX_OUTPUT_LINE - self.line.len();
+            let keep = part.len().min(room);
+            self.line.extend_from_slice(&part[..keep]);
+            self.dropped += part.len() - keep;
+            if complete {
+                self.emit(&mut emit);
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Emits what is left (a last line without a newline).
+    fn finish(&mut self, mut emit: impl FnMut(&str)) {
+        if !self.line.is_empty() || self.dropped > 0 {
+            self.emit(&mut emit);
+        }
+    }
+
+    fn emit(&mut self, emit: &mut impl FnMut(&str)) {
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end();
+        if self.dropped > 0 {
+            emit(&format!(
+                "{text} … ({} more bytes of this line dropped)",
+                self.dropped
+            ));
+        } else if !text.is_empty() {
+            emit(text);
+        }
+        self.line.clear();
+        self.dropped = 0;
     }
 }
 
@@ -335,4 +390,44 @@ pub fn abandon(server_name: String) {
                 let _ = tx.send(FromWorker::Abort);
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut l = OutputLines::default();
+        for c in chunks {
+            l.push(c, |s| out.push(s.to_string()));
+        }
+        l.finish(|s| out.push(s.to_string()));
+        out
+    }
+
+    #[test]
+    fn output_is_split_into_lines_across_chunks() {
+        assert_eq!(
+            lines(&[b"a\nb", b"c\n\n", b"d"]),
+            vec!["a".to_string(), "bc".to_string(), "d".to_string()]
+        );
+    }
+
+    #[test]
+    fn an_endless_line_is_capped_and_what_was_dropped_is_counted() {
+        let big = vec![b'x'; 3 * MAX_OUTPUT_LINE];
+        let out = lines(&[&big, &big, b"\nnext\n"]);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].starts_with(&"x".repeat(MAX_OUTPUT_LINE)));
+        assert!(
+            out[0].ends_with(&format!(
+                "({} more bytes of this line dropped)",
+                5 * MAX_OUTPUT_LINE
+            )),
+            "{}",
+            &out[0][MAX_OUTPUT_LINE..]
+        );
+        assert_eq!(out[1], "next");
+    }
 }
