@@ -63,6 +63,9 @@ pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>
         (Some((_, (uid, primary))), g) => Some((*uid, g.map_or(*primary, |(_, gid)| gid))),
         (None, Some((_, gid))) => Some((me.0, *gid)),
     };
+    // The supervisor's own identity is no change: nothing to switch (and a non-root
+    // supervisor could not call setgroups).
+    let identity = identity.filter(|&id| id != me);
     if let Some((uid, gid)) = identity
         && (uid, gid) != me
         && !me.0.is_root()

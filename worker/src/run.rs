@@ -262,6 +262,10 @@ impl Worker {
                         init.privileges
                     ))
                 })?;
+                if init.privileges.identity.is_some() {
+                    // A change of identity clears the parent-death signal: set it again.
+                    rearm_parent_death()?;
+                }
                 (Engine::Native(actor), None)
             }
             (None, Some(spec)) => {
@@ -388,6 +392,22 @@ impl Worker {
         self.to_sup
             .send(msg)
             .map_err(|e| Stop::Failed(format!("send checkpoint report: {e}")))
+    }
+}
+
+/// Sets the parent-death signal again (after a change of identity cleared it) and
+/// checks the supervisor did not die in between.
+fn rearm_parent_death() -> Result<(), Stop> {
+    nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
+        .map_err(|e| Stop::Failed(format!("prctl(PR_SET_PDEATHSIG): {e}")))?;
+    let parent: Option<i32> = std::env::var(ENV_PARENT_PID)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    match parent {
+        Some(p) if nix::unistd::getppid().as_raw() != p => Err(Stop::Failed(format!(
+            "supervisor (pid {p}) is already gone"
+        ))),
+        _ => Ok(()),
     }
 }
 
