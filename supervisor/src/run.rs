@@ -594,9 +594,10 @@ impl Shell {
             self.launches[id] = launched;
             if let Some(a) = new.actor(&self.files[id].name) {
                 self.actor_configs[id] = a.clone();
-                restarted.push(a.name.clone());
+                if core.relaunch(id, now) {
+                    restarted.push(a.name.clone());
+                }
             }
-            core.relaunch(id, now);
         }
         for (a, (spec, files, log, launched)) in prepared {
             let expected = self.files.len();

@@ -344,6 +344,8 @@ impl ActorState {
         self.fatal = None;
         self.crash_reason = None;
         self.program_pid = None;
+        // A new worker starts with the current launch settings.
+        self.relaunch_pending = false;
         // Counted from the process start (`Spawned`); until then spawns may queue behind
         // others (1,000 actors start one after another), so allow a wide margin.
         self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);

@@ -1049,9 +1049,12 @@ impl Core {
     /// A reload changed how this actor's worker is launched (its program, user, limits):
     /// take a checkpoint, then replace the worker. Calls keep being accepted; those the
     /// old worker has not answered are replayed on the new one.
-    pub fn relaunch(&mut self, id: ActorId, now: Instant) {
+    ///
+    /// Returns whether a worker is being replaced (not for a DEAD, stopped or
+    /// restarting actor: its next start uses the new settings anyway).
+    pub fn relaunch(&mut self, id: ActorId, now: Instant) -> bool {
         let Some(a) = self.actors.get_mut(id) else {
-            return;
+            return false;
         };
         tracing::info!(actor = %a.name, phase = a.phase.as_str(), "launch settings changed: checkpoint, then restart");
         match a.phase {
@@ -1074,13 +1077,20 @@ impl Core {
                 });
             }
             // The next worker is started with the new settings anyway.
-            Phase::Restarting | Phase::Dead | Phase::Stopped => {}
+            Phase::Restarting | Phase::Dead | Phase::Stopped => return false,
         }
+        true
     }
 
     /// Restarts the worker if a reload asked for it and its checkpoint is answered.
     fn relaunch_if_pending(&mut self, id: ActorId) {
+        let winding_down = matches!(self.mode, Mode::Stopping { .. });
         let a = &mut self.actors[id];
+        if winding_down || a.retiring {
+            // It stops anyway; the next start (if any) uses the new settings.
+            a.relaunch_pending = false;
+            return;
+        }
         if a.relaunch_pending && !a.checkpoint_outstanding && a.phase == Phase::Alive {
             a.relaunch_pending = false;
             a.operator_restart = true;
