@@ -699,8 +699,10 @@ fn a_builtin_worker_runs_as_the_configured_uid() {
     if !root_or_skip("running a worker as another user") {
         return;
     }
+    // A built-in worker run as another user needs a durable call log (it cannot grow
+    // its checkpoint file once it dropped its identity).
     let sup = Supervisor::start(&format!(
-        "[[actor]]\nname = \"c\"\nkind = \"counter\"\nuser = \"{NOBODY}\"\n"
+        "[[actor]]\nname = \"c\"\nkind = \"counter\"\nuser = \"{NOBODY}\"\ndurability = \"log\"\n"
     ));
     let mut c = sup.client();
     assert_eq!(c.call("c", "incr", json!(3)).unwrap(), json!(3));
@@ -737,7 +739,8 @@ fn check_names_an_unknown_user_and_group_with_file_and_line() {
     let text = format!(
         "[supervisor]\nstate_dir = {}\n\n[[actor]]\nname = \"a\"\nkind = \"counter\"\n\
          user = \"no-such-user-xyz\"\n\n[[actor]]\nname = \"b\"\nkind = \"counter\"\n\
-         group = \"no-such-group-xyz\"\n",
+         group = \"no-such-group-xyz\"\n\n[[actor]]\nname = \"m\"\nkind = \"kv\"\n\
+         user = \"65534\"\ndurability = \"memory\"\n",
         path_str(&dir.path().join("state"))
     );
     fs::write(&path, &text).unwrap();
@@ -759,4 +762,13 @@ fn check_names_an_unknown_user_and_group_with_file_and_line() {
             "no line starting with {place:?} naming {needle:?}:\n{stderr}"
         );
     }
+    // A built-in kind run as another user with its calls only in memory: refused, at
+    // the `user` line (it could not grow its checkpoint file).
+    let place = format!("{}:{}:", path.display(), line_of("user = \"65534\""));
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&place) && l.contains("\"memory\"")),
+        "no line starting with {place:?} refusing durability memory:\n{stderr}"
+    );
 }

@@ -590,20 +590,25 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "user",
             "\"<the supervisor's user>\"".to_string(),
-            "Run workers as this user: a name (\"resurgam\") or a numeric uid (1000); \
-             the supervisor must be allowed to switch to it (usually: run as root).",
+            "Run the actor's code as this user: a name (\"resurgam\") or a numeric uid \
+             (1000); needs a supervisor running as root. Kind exec: the program (its worker \
+             keeps the supervisor's identity to write the checkpoint file). Built-in kinds: \
+             the worker itself, once its checkpoint file is open; the file cannot grow after \
+             that (past 64 KiB or twice the state's size at start, checkpoints fail and the \
+             call log keeps the calls), so durability \"memory\" is refused with it.",
         ),
         (
             "defaults",
             "group",
             "\"<the user's primary group>\"".to_string(),
-            "Run workers with this primary group: a name or a numeric gid.",
+            "Run the actor's code with this primary group (a name or a numeric gid) and no \
+             supplementary groups.",
         ),
         (
             "defaults",
             "limit_memory",
             "\"<inherited>\"".to_string(),
-            "Address-space limit of a worker (RLIMIT_AS): bytes, or a size such as \"512MiB\" \
+            "Address-space limit of the actor's code (RLIMIT_AS; kind exec: the program): bytes, or a size such as \"512MiB\" \
              or \"2G\" (units K/KiB, M/MiB, G/GiB, T/TiB, all powers of 1024); at least \
              16MiB. Allocations beyond it fail (the worker usually dies and is restarted).",
         ),
@@ -611,14 +616,14 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "limit_open_files",
             "\"<inherited>\"".to_string(),
-            "Open-file limit of a worker (RLIMIT_NOFILE), 1 to 1048576; the worker itself \
+            "Open-file limit of the actor's code (RLIMIT_NOFILE), 1 to 1048576; the worker itself \
              needs a few descriptors.",
         ),
         (
             "defaults",
             "limit_core",
             "\"<inherited>\"".to_string(),
-            "Core dump size limit of a worker (RLIMIT_CORE), a size like limit_memory; 0 = \
+            "Core dump size limit of the actor's code (RLIMIT_CORE), a size like limit_memory; 0 = \
              no core dumps.",
         ),
         (
@@ -632,7 +637,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "limit_cpu",
             "\"<inherited>\"".to_string(),
-            "CPU time limit of one worker process (RLIMIT_CPU), e.g. \"10m\": the total \
+            "CPU time limit of the actor's code (RLIMIT_CPU), e.g. \"10m\": the total \
              over its life, not per call; the kernel kills it when it is used up and it is \
              restarted. At least \"1s\"; rounded up to whole seconds.",
         ),

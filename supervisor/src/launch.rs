@@ -12,7 +12,7 @@ use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use resurgam_shared::config::{ActorConfig, Config, Located};
+use resurgam_shared::config::{ActorConfig, Config, Durability, Located};
 use resurgam_shared::ipc::{ExecInit, Privileges, Rlimit};
 
 pub use resurgam_shared::config::EXEC_KIND;
@@ -81,6 +81,24 @@ pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>
                 ),
             ));
         }
+    }
+    // A built-in worker that dropped its identity cannot grow its checkpoint file (the
+    // runtime directory is the supervisor's): with the calls only in memory, a state
+    // that outgrew it would lose acknowledged calls at a stop.
+    if a.kind != EXEC_KIND
+        && identity.is_some_and(|id| id != me)
+        && a.policy.durability == Durability::Memory
+        && let Some(place) = user.map(|(l, _)| l).or(group.map(|(l, _)| l))
+    {
+        errors.push(at(
+            place,
+            format!(
+                "a built-in kind ({}) run as another user cannot grow its checkpoint file, \
+                 so its calls need durability \"log\" or \"fsync\" (not \"memory\"); or run the \
+                 actor as kind \"exec\"",
+                a.kind
+            ),
+        ));
     }
     let l = &launch.limits;
     let limits: Vec<Rlimit> = [
