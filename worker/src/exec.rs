@@ -52,6 +52,8 @@ pub const ENV_FD: &str = "RESURGAM_FD";
 pub const ENV_ACTOR: &str = "RESURGAM_ACTOR";
 /// Largest body of `H`, `E` and `R` frames, and of a `C` frame we send.
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Longest error message of an `E` frame that is passed on (the rest is cut).
+pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Largest `T` body (a state).
 pub const MAX_STATE: usize = 2 << 30;
 /// How long a stopping worker waits for its program to exit after closing the channel.
@@ -647,10 +649,18 @@ fn refusal(body: &[u8]) -> Result<Failure, Failure> {
         "UnknownMethod" => ErrorKind::UnknownMethod,
         _ => ErrorKind::ActorError,
     };
-    Ok(Failure::Refused {
-        kind,
-        message: e.message,
-    })
+    // The message goes into replies, status and logs: keep it to a readable size.
+    let mut message = e.message;
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = message.len() - end;
+        message.truncate(end);
+        message.push_str(&format!(" … ({cut} more bytes)"));
+    }
+    Ok(Failure::Refused { kind, message })
 }
 
 fn unexpected(kind: u8, request: &str, allowed: &str) -> Failure {
