@@ -111,6 +111,8 @@ pub struct Program {
     rbuf: Vec<u8>,
     rpos: usize,
     rend: usize,
+    /// The current request (for messages) and the frame types it may be answered with.
+    accept: (&'static str, &'static [u8]),
     /// Who handles the program's end, shared with the watcher thread ([`Use`]).
     state: Arc<AtomicU8>,
     /// The watcher's account of the program's end.
@@ -218,6 +220,7 @@ impl Program {
             rbuf: vec![0; READ_CHUNK],
             rpos: 0,
             rend: 0,
+            accept: ("the hello (H)", b"H"),
             state,
             ended,
             pidfd,
@@ -239,6 +242,7 @@ impl Program {
         let mut out = Vec::new();
         frame(&mut out, b'H', body.as_bytes());
         let mut hello = None;
+        self.accept = ("the hello (H)", b"H");
         self.exchange(&out, 1, |_, kind, body| {
             if kind != b'H' {
                 return Err(Failure::Crashed(format!(
@@ -290,6 +294,7 @@ impl Program {
         self.ensure_idle()?;
         let mut out = Vec::with_capacity(state.len() + 5);
         frame(&mut out, b'L', state);
+        self.accept = ("load_state (L)", b"KE");
         self.exchange(&out, 1, |_, kind, body| match kind {
             b'K' => Ok(()),
             b'E' => Err(refusal(body)?),
@@ -303,6 +308,7 @@ impl Program {
         let mut out = Vec::new();
         frame(&mut out, b'S', b"");
         let mut state = None;
+        self.accept = ("get_state (S)", b"TE");
         self.exchange(&out, 1, |_, kind, body| match kind {
             b'T' => {
                 state = Some(body.to_vec());
@@ -335,6 +341,7 @@ impl Program {
         if let Some(first) = calls.first() {
             executing(first.seq);
         }
+        self.accept = ("a call (C)", b"RE");
         self.exchange(&out, calls.len(), |index, kind, body| {
             let outcome = match kind {
                 b'R' => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
@@ -503,6 +510,11 @@ impl Program {
                 )));
             }
         };
+        let (request, allowed) = self.accept;
+        if !allowed.contains(&kind) {
+            let allowed: Vec<String> = allowed.iter().map(|&k| describe(k)).collect();
+            return Err(unexpected(kind, request, &allowed.join(" or ")));
+        }
         if len > limit {
             return Err(Failure::Crashed(format!(
                 "the program sent a {} frame of {len} bytes (limit {limit})",
@@ -517,25 +529,27 @@ impl Program {
     }
 
     /// Reads what the socket has. `Ok(false)` when it has nothing now.
+    ///
+    /// The buffer grows by doubling only when it is full, so a frame's declared length
+    /// costs memory only as its bytes arrive (a header announcing 2 GiB commits
+    /// nothing), and it shrinks back once a large frame is consumed.
     fn fill(&mut self) -> Result<bool, Failure> {
         if self.rpos == self.rend {
             self.rpos = 0;
             self.rend = 0;
+            if self.rbuf.len() > 4 * READ_CHUNK {
+                self.rbuf = vec![0; READ_CHUNK];
+            }
         }
-        // Room for at least the frame being read (its header says how long it is), and
-        // a chunk more.
-        let pending = self.rend - self.rpos;
-        let needed = match self.rbuf.get(self.rpos + 1..self.rpos + 5) {
-            Some(l) if pending >= 5 => 5 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize,
-            _ => 0,
-        };
-        if self.rend == self.rbuf.len() || self.rpos + needed > self.rbuf.len() {
-            // Move the unread part to the front, then grow if that is not enough.
-            self.rbuf.copy_within(self.rpos..self.rend, 0);
-            self.rpos = 0;
-            self.rend = pending;
-            let want = needed.max(pending + READ_CHUNK);
-            if want > self.rbuf.len() {
+        if self.rend == self.rbuf.len() {
+            // Full: move the unread part to the front; still full: double.
+            if self.rpos > 0 {
+                self.rbuf.copy_within(self.rpos..self.rend, 0);
+                self.rend -= self.rpos;
+                self.rpos = 0;
+            }
+            if self.rend == self.rbuf.len() {
+                let want = (self.rbuf.len() * 2).max(READ_CHUNK);
                 self.rbuf.resize(want, 0);
             }
         }
