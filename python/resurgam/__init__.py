@@ -17,7 +17,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .actor import serve
-from .client import ActorHandle, ActorMethod, Client, socket_path
 from .errors import (
     ActorDead,
     ActorError,
@@ -33,6 +32,18 @@ from .errors import (
     Unreachable,
     error_from,
 )
+
+_CLIENT_NAMES = frozenset({"ActorHandle", "ActorMethod", "Client", "socket_path"})
+
+
+def __getattr__(name: str) -> object:
+    """Imports the client side on first use: an actor program never pays for it."""
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Dict, List, Optional, Tuple, Union
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = [
     "HEADER_SIZE",
@@ -68,7 +70,8 @@ _SEPARATE_BODY = 64 << 10
 
 #: A frame body: ``bytes`` for frames that fit the receive buffer, a ``bytearray`` of the
 #: exact size for larger ones.
-Body = Union[bytes, bytearray]
+if TYPE_CHECKING:
+    Body = Union[bytes, bytearray]
 
 
 class ProtocolError(Exception):

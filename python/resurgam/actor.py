@@ -49,24 +49,27 @@ status 2; the end of the channel ends :func:`serve` normally.
 
 from __future__ import annotations
 
-import inspect
 import json
 import json.scanner
 import os
 import pickle
 import socket
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, cast
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from ._frames import (
     MAX_JSON_BODY,
-    Body,
     FrameReader,
     FrameTooLarge,
     FrameWriter,
     ProtocolError,
 )
 from .errors import ActorError, BadRequest, Error, UnknownMethod
+
+if TYPE_CHECKING:
+    from ._frames import Body
 
 __all__ = ["serve", "PROTOCOL", "ENV_FD"]
 
@@ -155,9 +158,39 @@ def _callable_static(attr: object) -> bool:
     return isinstance(attr, (staticmethod, classmethod)) or callable(attr)
 
 
+_CO_VARARGS = 0x04
+
+
+def _getattr_static(obj: Any, name: str, default: Any) -> Any:
+    """``inspect.getattr_static`` for plain instances, without importing inspect: a data
+    descriptor of the class, else the instance's own attribute, else the class's."""
+    found = default
+    for klass in type(obj).__mro__:
+        if name in klass.__dict__:
+            found = klass.__dict__[name]
+            break
+    if found is not default and (hasattr(type(found), "__set__") or hasattr(type(found), "__delete__")):
+        return found
+    try:
+        own = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        own = {}
+    if name in own:
+        return own[name]
+    return found
+
+
 def _takes_argument(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` accepts one positional argument (unknown signatures: assume so)."""
+    # A method or function of Python code: its code object says, without inspect.
+    func = getattr(fn, "__func__", fn)
+    code = getattr(func, "__code__", None)
+    if code is not None and type(func).__name__ == "function" and not hasattr(func, "__wrapped__"):
+        bound = 1 if getattr(fn, "__self__", None) is not None and func is not fn else 0
+        return code.co_argcount - bound >= 1 or bool(code.co_flags & _CO_VARARGS)
     try:
+        import inspect
+
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return True
@@ -329,7 +362,7 @@ class _Actor:
         """The public callable attribute ``name`` of the instance, else ``None``."""
         if not name or name.startswith("_") or name in _RESERVED:
             return None
-        static = inspect.getattr_static(self._obj, name, _MISSING)
+        static = _getattr_static(self._obj, name, _MISSING)
         if static is not _MISSING and not _callable_static(static):
             return None  # data, or a property: never run it to find out
         try:
@@ -344,7 +377,7 @@ class _Actor:
         for name in dir(self._obj):
             if name.startswith("_") or name in _RESERVED:
                 continue
-            static = inspect.getattr_static(self._obj, name, _MISSING)
+            static = _getattr_static(self._obj, name, _MISSING)
             if static is not _MISSING and _callable_static(static):
                 names.append(name)
         return sorted(names)
@@ -446,9 +479,8 @@ def _json_encoder() -> Callable[[Any], str]:
 
 #: ``scan_once(text, index) -> (value, end)`` of the C scanner (typeshed's stub types
 #: ``make_scanner`` oddly, hence the casts).
-_scan_json = cast(
-    Callable[[str, int], Tuple[Any, int]],
-    json.scanner.make_scanner(cast(Any, json.JSONDecoder())),
+_scan_json = (
+    json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[no-untyped-call]
 )
 
 

@@ -17,7 +17,9 @@ handles them sensibly: :class:`Unreachable` is a :class:`ConnectionError` and
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Type
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Tuple, Type
 
 __all__ = [
     "Error",
