@@ -2,13 +2,19 @@
 # Runs `resurgam bench` and the same workloads on Ray (bench/ray/bench_ray.py) on this
 # machine, one after the other, and writes the side-by-side table with ratios.
 #
-#   bench/compare.sh [--quick]
+#   bench/compare.sh [--quick] [--only w1,w2,w3,w7]
+#
+# --only is passed to both sides (Ray has no W6 and W7; it runs the rest of the list).
 #
 # Environment:
 #   OUT=DIR        where results go (default bench/results/<UTC timestamp>)
 #   RAY_VENV=DIR   a Python venv with ray (created with `pip install ray` if missing;
 #                  default ~/.cache/resurgam-bench-ray-venv)
 #   RAY_ACTORS=N   W4 actor counts for Ray (default 100)
+#   CARGO_TARGET_DIR=DIR  cargo's target directory (absolute; default target/ in the repo)
+#
+# W7 (resurgam's Python exec actor) runs on the venv's interpreter, the one Ray's actors
+# run on; the SDK is the repository's python/ directory.
 #
 # Outputs in $OUT: resurgam.json, ray.json, their stderr logs, and compare.md (printed).
 set -euo pipefail
@@ -16,12 +22,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 quick=()
-if [[ "${1:-}" == "--quick" ]]; then
-    quick=(--quick)
-elif [[ $# -gt 0 ]]; then
-    echo "usage: $0 [--quick]" >&2
-    exit 2
-fi
+only=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=(--quick) ;;
+        --only) [[ $# -ge 2 ]] || { echo "usage: $0 [--quick] [--only LIST]" >&2; exit 2; }
+                only=(--only "$2"); shift ;;
+        *) echo "usage: $0 [--quick] [--only LIST]" >&2; exit 2 ;;
+    esac
+    shift
+done
 out=${OUT:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
 venv=${RAY_VENV:-$HOME/.cache/resurgam-bench-ray-venv}
 mkdir -p "$out"
@@ -34,6 +44,7 @@ fi
 
 echo "compare: building resurgam (release)" >&2
 (cd "$root" && cargo build --release --quiet --bin resurgam)
+resurgam=${CARGO_TARGET_DIR:-$root/target}/release/resurgam
 
 {
     echo "nproc: $(nproc)"
@@ -43,12 +54,14 @@ echo "compare: building resurgam (release)" >&2
     echo "ray: $("$venv/bin/python" -c 'import ray; print(ray.__version__)')"
 } > "$out/machine.txt"
 
-echo "compare: resurgam bench ${quick[*]}" >&2
+echo "compare: resurgam bench ${quick[*]} ${only[*]}" >&2
 status=0
-"$root/target/release/resurgam" bench --json "${quick[@]}" > "$out/resurgam.json" 2> "$out/resurgam.log" || status=$?
+"$resurgam" bench --json "${quick[@]}" "${only[@]}" \
+    --python "$venv/bin/python" --python-sdk "$root/python" \
+    > "$out/resurgam.json" 2> "$out/resurgam.log" || status=$?
 
-echo "compare: Ray ${quick[*]}" >&2
-"$venv/bin/python" "$here/ray/bench_ray.py" "${quick[@]}" --actors "${RAY_ACTORS:-100}" \
+echo "compare: Ray ${quick[*]} ${only[*]}" >&2
+"$venv/bin/python" "$here/ray/bench_ray.py" "${quick[@]}" "${only[@]}" --actors "${RAY_ACTORS:-100}" \
     --out "$out/ray.json" > "$out/ray.log" 2>&1 || status=$?
 echo "load at end: $(cat /proc/loadavg)" >> "$out/machine.txt"
 

@@ -15,7 +15,11 @@
 //! * W4 scale: 100 and 1,000 actors until all serve, PSS, idle CPU;
 //! * W5 checkpoint cost (every call / every 100 / never on a 1 MiB kv; 64 MiB on demand and
 //!   the latency of another actor meanwhile);
-//! * W6 each durability mode with 1 and 16 clients.
+//! * W6 each durability mode with 1 and 16 clients;
+//! * W7 a Python exec actor (the SDK in `python/resurgam`): sync calls, pipelined calls
+//!   and recovery after SIGKILL of its program or of its worker with a 1 MiB state, with
+//!   the time split into interpreter start, import, load_state and replay. Its rows
+//!   name the W1–W3 rows they compare with on Ray (`pairs_with`).
 //!
 //! Method: each figure is computed once per repeat (a percentile or a rate over many calls,
 //! or one recovery), and the report gives the median and [min–max] over the repeats. The
@@ -23,6 +27,7 @@
 
 mod harness;
 mod load;
+mod python;
 mod stats;
 mod workloads;
 
@@ -56,9 +61,23 @@ pub struct BenchArgs {
     /// Run only these workloads (comma-separated, e.g. w1,w3).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Durability mode of the actors of W1–W5 (W6 measures all three).
+    /// Durability mode of the actors of W1–W5 and W7 (W6 measures all three).
     #[arg(long, value_enum, default_value = "log")]
     pub durability: BenchDurability,
+    /// `[supervisor] busy_poll` of the benchmark's supervisors, e.g. `0s` (default: the
+    /// product's default).
+    #[arg(long, value_name = "DURATION")]
+    pub busy_poll: Option<String>,
+    /// W7: the Python interpreter (a name looked up in PATH, or a path). The benchmark
+    /// runs the interpreter's own `sys.executable`, so a launcher shim (pyenv) is not
+    /// part of the figures.
+    #[arg(long, default_value = "python3", value_name = "PROGRAM")]
+    pub python: String,
+    /// W7: the directory holding the SDK package `resurgam/` (default
+    /// `$RESURGAM_PYTHON_SDK`, else the `python/` directory of the source tree this
+    /// binary sits in or was built from, else an installed `resurgam` package).
+    #[arg(long, value_name = "DIR")]
+    pub python_sdk: Option<PathBuf>,
 }
 
 /// `[supervisor] durability` of the benchmark's supervisors.
@@ -178,6 +197,10 @@ pub(crate) struct Row {
     pub n: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The id of the row to compare with on the other side when it differs from `id`
+    /// (W7's Python actor compares with Ray's W1–W3 rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs_with: Option<String>,
 }
 
 /// The load average around one workload.
@@ -212,6 +235,8 @@ pub(crate) struct Report {
     pub rows: Vec<Row>,
     pub loads: Vec<LoadMark>,
     pub failures: Vec<Failure>,
+    /// Workloads that could not run on this machine (e.g. W7 without Python), with why.
+    pub skipped: Vec<Failure>,
     pub notes: Vec<String>,
 }
 
@@ -221,8 +246,15 @@ pub(crate) struct Ctx {
     pub repeats: usize,
     pub quick: bool,
     pub durability: &'static str,
+    /// `--busy-poll`.
+    pub busy_poll: Option<String>,
+    /// W7's `--python` and `--python-sdk`.
+    pub python: String,
+    pub python_sdk: Option<PathBuf>,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+    /// Workloads skipped with the reason.
+    pub skipped: Vec<Failure>,
 }
 
 impl Ctx {
@@ -253,6 +285,7 @@ impl Ctx {
             max: s.max,
             n: s.n,
             note: None,
+            pairs_with: None,
         });
         self.rows.last_mut()
     }
@@ -266,13 +299,13 @@ impl Ctx {
 /// One workload run against a supervisor of its own.
 type Workload = fn(&mut Ctx) -> Result<()>;
 
-const WORKLOADS: [&str; 6] = ["w1", "w2", "w3", "w4", "w5", "w6"];
+const WORKLOADS: [&str; 7] = ["w1", "w2", "w3", "w4", "w5", "w6", "w7"];
 
 fn run(args: &BenchArgs) -> Result<Report> {
     for o in &args.only {
         if !WORKLOADS.iter().any(|w| w.eq_ignore_ascii_case(o)) {
             return Err(BenchError {
-                message: format!("--only: unknown workload {o:?} (expected w1 … w6)"),
+                message: format!("--only: unknown workload {o:?} (expected w1 … w7)"),
                 usage: true,
             });
         }
@@ -291,9 +324,18 @@ fn run(args: &BenchArgs) -> Result<Report> {
         repeats: args.repeats.unwrap_or(if args.quick { 3 } else { 5 }),
         quick: args.quick,
         durability: args.durability.as_str(),
+        busy_poll: args.busy_poll.clone(),
+        python: args.python.clone(),
+        python_sdk: args.python_sdk.clone(),
         rows: Vec::new(),
         notes: Vec::new(),
+        skipped: Vec::new(),
     };
+    if let Some(d) = &args.busy_poll {
+        ctx.notes.push(format!(
+            "[supervisor] busy_poll = {d:?} in the benchmark's supervisors (--busy-poll)"
+        ));
+    }
     let mut machine = Machine::probe();
     let started = Instant::now();
     let mut loads = Vec::new();
@@ -334,18 +376,19 @@ fn run(args: &BenchArgs) -> Result<Report> {
                 });
             }
             ctx.notes.push(
-                "W3–W6 need a supervisor configured for them: run without --socket".to_string(),
+                "W3–W7 need a supervisor configured for them: run without --socket".to_string(),
             );
             socket.display().to_string()
         }
         None => {
-            let all: [(&'static str, Workload); 6] = [
+            let all: [(&'static str, Workload); 7] = [
                 ("w1", workloads::w1_own),
                 ("w2", workloads::w2_own),
                 ("w3", workloads::w3),
                 ("w4", workloads::w4_scale),
                 ("w5", workloads::w5_checkpoint),
                 ("w6", workloads::w6_durability),
+                ("w7", python::w7),
             ];
             for (name, f) in all {
                 if selected(name) {
@@ -369,6 +412,7 @@ fn run(args: &BenchArgs) -> Result<Report> {
         rows: ctx.rows,
         loads,
         failures,
+        skipped: ctx.skipped,
         notes: ctx.notes,
     })
 }
@@ -379,7 +423,7 @@ fn render_table(r: &Report) -> String {
     let m = &r.machine;
     let load = |l: Option<[f64; 3]>| l.map_or("?".to_string(), |l| fmt_num(l[0]));
     out.push_str(&format!(
-        "resurgam bench ({}; durability {:?} for W1–W5; {} repeats; {:.0} s)\n",
+        "resurgam bench ({}; durability {:?} for W1–W5 and W7; {} repeats; {:.0} s)\n",
         r.target,
         r.durability.as_str(),
         r.repeats,
@@ -425,6 +469,13 @@ fn render_table(r: &Report) -> String {
     }
     for n in &r.notes {
         out.push_str(&format!("\nnote: {n}"));
+    }
+    for f in &r.skipped {
+        out.push_str(&format!(
+            "\nSKIPPED {}: {}",
+            f.workload.to_uppercase(),
+            f.error
+        ));
     }
     for f in &r.failures {
         out.push_str(&format!(

@@ -60,11 +60,13 @@ impl ActorConf {
 pub(crate) struct SupConf {
     pub durability: &'static str,
     pub max_request_bytes: Option<u64>,
+    /// `[supervisor] busy_poll` (a duration text); `None` keeps the product's default.
+    pub busy_poll: Option<String>,
     pub actors: Vec<ActorConf>,
 }
 
 /// A TOML basic string.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -92,6 +94,9 @@ impl SupConf {
         let _ = writeln!(t, "durability = {}", toml_string(self.durability));
         if let Some(n) = self.max_request_bytes {
             let _ = writeln!(t, "max_request_bytes = {n}");
+        }
+        if let Some(d) = &self.busy_poll {
+            let _ = writeln!(t, "busy_poll = {}", toml_string(d));
         }
         for a in &self.actors {
             let _ = writeln!(t, "\n[[actor]]");
@@ -443,6 +448,7 @@ mod tests {
         let conf = SupConf {
             durability: "memory",
             max_request_bytes: Some(1 << 20),
+            busy_poll: Some("0s".to_string()),
             actors: vec![
                 ActorConf::new("c\"0", "counter")
                     .set("checkpoint_every", "0")
@@ -454,6 +460,7 @@ mod tests {
         assert!(t.contains("name = \"c\\\"0\""), "{t}");
         assert!(t.contains("checkpoint_interval = \"0s\""), "{t}");
         assert!(t.contains("max_request_bytes = 1048576"), "{t}");
+        assert!(t.contains("busy_poll = \"0s\""), "{t}");
     }
 
     #[test]

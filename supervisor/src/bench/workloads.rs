@@ -1,4 +1,5 @@
-//! The workloads W1–W6 of `resurgam bench` (see the module doc of `bench`).
+//! The workloads W1–W6 of `resurgam bench` (see the module doc of `bench`; W7 is in
+//! `python.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -17,19 +18,20 @@ use super::load::{Outcome, Until, pipeline, sync_calls};
 use super::stats::{cpu_ticks, micros, p50_p99, percentile, pss_rss_kib, unix_micros};
 use super::{BenchError, Better, Context, Ctx, Result};
 
-const MIB: usize = 1 << 20;
+pub(crate) const MIB: usize = 1 << 20;
 /// Largest value put in one request (the config caps a request line at 64 MiB).
 const MAX_PART: usize = 32 * MIB;
 /// Pipelining window of W2 (and of the bulk calls of W3).
-const WINDOW: usize = 1000;
+pub(crate) const WINDOW: usize = 1000;
 
-fn start(ctx: &Ctx, actors: Vec<ActorConf>, big_requests: bool) -> Result<Sup> {
+pub(crate) fn start(ctx: &Ctx, actors: Vec<ActorConf>, big_requests: bool) -> Result<Sup> {
     let timeout = Duration::from_secs(60 + actors.len() as u64 / 10);
     Sup::start(
         &ctx.exe,
         &SupConf {
             durability: ctx.durability,
             max_request_bytes: big_requests.then_some(64 * MIB as u64),
+            busy_poll: ctx.busy_poll.clone(),
             actors,
         },
         timeout,
@@ -61,7 +63,7 @@ pub(crate) fn external_counters(socket: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -163,7 +165,7 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_no_errors(o: &Outcome, what: &str) -> Result<()> {
+pub(crate) fn check_no_errors(o: &Outcome, what: &str) -> Result<()> {
     match &o.first_err {
         None => Ok(()),
         Some(e) => Err(BenchError::new(format!(
@@ -285,7 +287,7 @@ pub(crate) fn w3(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Makes `actor` (a kv) hold about `bytes` of state in values of at most 32 MiB.
-fn fill_kv(c: &mut Client, actor: &str, bytes: usize) -> Result<()> {
+pub(crate) fn fill_kv(c: &mut Client, actor: &str, bytes: usize) -> Result<()> {
     let parts = bytes.div_ceil(MAX_PART).max(1);
     let len = (bytes / parts).saturating_sub(24);
     for p in 0..parts {
@@ -300,7 +302,7 @@ fn fill_kv(c: &mut Client, actor: &str, bytes: usize) -> Result<()> {
     Ok(())
 }
 
-fn put_n(i: u64) -> Value {
+pub(crate) fn put_n(i: u64) -> Value {
     json!({"key": "n", "value": i})
 }
 
@@ -687,6 +689,7 @@ fn w4_one(ctx: &mut Ctx, n: usize) -> Result<()> {
     let conf = SupConf {
         durability: ctx.durability,
         max_request_bytes: None,
+        busy_poll: ctx.busy_poll.clone(),
         actors: (0..n)
             .map(|i| ActorConf::new(format!("a{i:04}"), "counter"))
             .collect(),
