@@ -78,3 +78,35 @@ fn worker_output_is_relayed_with_the_actor_name() {
         },
     );
 }
+
+#[test]
+fn a_closed_stderr_does_not_take_the_supervisor_down() {
+    // `resurgam run … 2>&1 | head -1`: once the reader is gone every log line fails
+    // with EPIPE. The supervisor must keep serving (and its workers keep running)
+    // and still stop cleanly.
+    let body = "[[actor]]\nname = \"c\"\nkind = \"counter\"\n";
+    let sup = Supervisor::start_wrapped(body, |s| {
+        let mut cmd = std::process::Command::new("bash");
+        // exec keeps the pid: the harness's process is the supervisor itself, with its
+        // stderr a pipe whose reader has already exited.
+        cmd.arg("-c")
+            .arg("exec \"$0\" run --config \"$1\" 2> >(exit 0)")
+            .arg(crate::util::BIN)
+            .arg(&s.config_path);
+        cmd
+    });
+    let mut c = sup.client();
+    for n in 1..=3 {
+        assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(n));
+    }
+    // A worker death logs several lines, all of them failing.
+    let pid = sup.kill_worker("c");
+    sup.wait_new_pid("c", pid, std::time::Duration::from_secs(20));
+    assert_eq!(c.call("c", "get", json!(null)).unwrap(), json!(3));
+    assert_eq!(sup.client().stop().unwrap(), json!({"stopping": true}));
+    assert_eq!(
+        sup.wait_exit(std::time::Duration::from_secs(20)).code(),
+        Some(0),
+        "the supervisor did not exit cleanly"
+    );
+}

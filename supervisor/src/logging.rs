@@ -17,7 +17,12 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr)
         // Colour only on a terminal: files and the journal get plain `key=value` lines.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_target(false)
+        // A log line that cannot be written (stderr closed: `resurgam run | head`, a
+        // full disk) is dropped. By default the subscriber would report it with
+        // `eprintln!`, which panics on the same closed stderr and took the supervisor,
+        // and with it every worker, down.
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
