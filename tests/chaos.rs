@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Rng, Supervisor};
+use crate::util::{Proc, Rng, Supervisor, assert_no_stray_reply, pipeline};
 
 const CONFIG: &str = r#"
 [defaults]
@@ -61,7 +61,7 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
     while !stop.load(Ordering::Relaxed) {
         // One pipelined batch of 1..=64 calls, every reply matched by id.
         let batch = rng.range(1, 64);
-        let mut pending: HashMap<u64, Sent> = HashMap::new();
+        let mut requests: Vec<(Value, Sent)> = Vec::new();
         for _ in 0..batch {
             n += 1;
             let (req, sent) = match rng.range(0, 2) {
@@ -82,25 +82,10 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
                     )
                 }
             };
-            let id = c.send(req).expect("send");
-            assert!(pending.insert(id, sent).is_none());
+            requests.push((req, sent));
         }
-        c.flush().expect("flush");
-        while !pending.is_empty() {
-            let reply = c.recv().unwrap_or_else(|e| {
-                panic!(
-                    "client {t}: no reply ({} pending): {e}\n{}",
-                    pending.len(),
-                    sup.log_tail(60)
-                )
-            });
-            let id = reply.id.as_u64().expect("numeric id");
-            let sent = pending
-                .remove(&id)
-                .unwrap_or_else(|| panic!("client {t}: unexpected or duplicate reply id {id}"));
-            let result = reply.into_result().unwrap_or_else(|e| {
-                panic!("client {t}: call {id} failed: {e:?}\n{}", sup.log_tail(60))
-            });
+        let who = format!("client {t}");
+        for (sent, result) in pipeline(sup, &mut c, &who, requests) {
             seen.calls += 1;
             match sent {
                 Sent::Incr(actor) => seen
@@ -116,15 +101,7 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
         }
     }
     // No stray reply may follow: every call was answered exactly once.
-    c.set_timeout(Some(Duration::from_millis(200))).unwrap();
-    match c.recv() {
-        Err(resurgam::ClientError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("client {t}: unexpected extra reply: {other:?}"),
-    }
+    assert_no_stray_reply(&mut c, &format!("client {t}"));
     seen
 }
 

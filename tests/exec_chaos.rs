@@ -17,7 +17,7 @@ use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
 use crate::exec::{StopOnDrop, WAIT, check_ledger, python_actor, start};
-use crate::util::{Proc, Rng, Supervisor, children_of};
+use crate::util::{Proc, Rng, Supervisor, assert_no_stray_reply, children_of, pipeline};
 
 const LEDGERS: [&str; 2] = ["l1", "l2"];
 const CLIENTS: usize = 3;
@@ -68,7 +68,7 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
     let mut seen = Seen::default();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let mut pending: HashMap<u64, Sent> = HashMap::new();
+        let mut requests: Vec<(Value, Sent)> = Vec::new();
         for _ in 0..rng.range(1, 32) {
             n += 1;
             let (req, sent) = match rng.range(0, 4) {
@@ -85,25 +85,10 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
                     )
                 }
             };
-            let id = c.send(req).expect("send");
-            assert!(pending.insert(id, sent).is_none());
+            requests.push((req, sent));
         }
-        c.flush().expect("flush");
-        while !pending.is_empty() {
-            let reply = c.recv().unwrap_or_else(|e| {
-                panic!(
-                    "client {t}: no reply ({} pending): {e}\n{}",
-                    pending.len(),
-                    sup.log_tail(60)
-                )
-            });
-            let id = reply.id.as_u64().expect("numeric id");
-            let sent = pending
-                .remove(&id)
-                .unwrap_or_else(|| panic!("client {t}: unexpected or duplicate reply id {id}"));
-            let result = reply.into_result().unwrap_or_else(|e| {
-                panic!("client {t}: call {id} failed: {e:?}\n{}", sup.log_tail(60))
-            });
+        let who = format!("client {t}");
+        for (sent, result) in pipeline(sup, &mut c, &who, requests) {
             seen.calls += 1;
             let value = result.as_i64().expect("an integer reply");
             match sent {
@@ -115,15 +100,7 @@ fn client_thread(sup: &Supervisor, t: usize, seed: u64, stop: &AtomicBool) -> Se
         }
     }
     // No stray reply may follow: every call was answered exactly once.
-    c.set_timeout(Some(Duration::from_millis(200))).unwrap();
-    match c.recv() {
-        Err(ClientError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("client {t}: unexpected extra reply: {other:?}"),
-    }
+    assert_no_stray_reply(&mut c, &format!("client {t}"));
     seen
 }
 

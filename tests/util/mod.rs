@@ -781,3 +781,56 @@ impl Supervisor {
         );
     }
 }
+
+// ------------------------------------------------------------------------------------
+// Pipelined calls.
+
+/// Sends `requests` pipelined on `c`, then takes the replies in whatever order they
+/// come, each matched to its request by id. Panics (with the supervisor's log tail) on a
+/// missing, unexpected, duplicate or failed reply. Returns each request's tag with its
+/// `ok` value, in reply order.
+pub fn pipeline<T>(
+    sup: &Supervisor,
+    c: &mut Client,
+    who: &str,
+    requests: Vec<(Value, T)>,
+) -> Vec<(T, Value)> {
+    let mut pending = std::collections::HashMap::new();
+    for (req, tag) in requests {
+        let id = c.send(req).expect("send");
+        assert!(pending.insert(id, tag).is_none(), "{who}: id {id} reused");
+    }
+    c.flush().expect("flush");
+    let mut answered = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let reply = c.recv().unwrap_or_else(|e| {
+            panic!(
+                "{who}: no reply ({} pending): {e}\n{}",
+                pending.len(),
+                sup.log_tail(60)
+            )
+        });
+        let id = reply.id.as_u64().expect("numeric id");
+        let tag = pending
+            .remove(&id)
+            .unwrap_or_else(|| panic!("{who}: unexpected or duplicate reply id {id}"));
+        let result = reply
+            .into_result()
+            .unwrap_or_else(|e| panic!("{who}: call {id} failed: {e:?}\n{}", sup.log_tail(60)));
+        answered.push((tag, result));
+    }
+    answered
+}
+
+/// Asserts that no reply follows on `c`: every call it made was answered exactly once.
+pub fn assert_no_stray_reply(c: &mut Client, who: &str) {
+    c.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    match c.recv() {
+        Err(resurgam::ClientError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("{who}: unexpected extra reply: {other:?}"),
+    }
+}
