@@ -15,7 +15,7 @@ const NOBODY: u32 = 65534;
 /// None (with the reason printed) when this process may not switch users.
 fn status_as_nobody(sup: &Supervisor) -> Option<Output> {
     if !nix::unistd::getuid().is_root() {
-        println!("SKIPPED: not root, cannot run a client as another uid");
+        crate::util::skip("not root, cannot run a client as another uid");
         return None;
     }
     // Another user must be able to reach the socket and run the binary: open up the

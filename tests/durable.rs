@@ -797,8 +797,7 @@ fn fill(path: &Path) -> u64 {
 #[test]
 fn a_full_disk_refuses_calls_and_service_resumes_when_space_returns() {
     if let Err(reason) = can_mount_tmpfs() {
-        println!("SKIPPED: {reason}");
-        eprintln!("SKIPPED: {reason}");
+        crate::util::skip(&reason);
         return;
     }
     let sup = Supervisor::start_wrapped(FULL_DISK, |sup| {

@@ -192,8 +192,7 @@ fn root_or_skip(what: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    println!("SKIPPED: not root, cannot test {what}");
-    eprintln!("SKIPPED: not root, cannot test {what}");
+    crate::util::skip(&format!("not root, cannot test {what}"));
     false
 }
 

@@ -327,7 +327,7 @@ fn pid_of(status: &Value, name: &str) -> i64 {
 #[test]
 fn resurgam_service_under_systemd() {
     if let Some(why) = ns::skip_reason() {
-        println!("SKIPPED: {why}");
+        crate::util::skip(&why);
         return;
     }
     let t0 = Instant::now();
@@ -518,7 +518,7 @@ fn resurgam_service_under_systemd() {
 #[test]
 fn unit_file_verifies_cleanly() {
     let Some(analyze) = ns::which("systemd-analyze") else {
-        println!("SKIPPED: no systemd-analyze (systemd is not installed)");
+        crate::util::skip("no systemd-analyze (systemd is not installed)");
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

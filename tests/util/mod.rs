@@ -834,3 +834,20 @@ pub fn assert_no_stray_reply(c: &mut Client, who: &str) {
         other => panic!("{who}: unexpected extra reply: {other:?}"),
     }
 }
+
+// ------------------------------------------------------------------------------------
+// Skips.
+
+/// Marks the calling test as skipped because `reason` keeps it from running on this
+/// machine; the caller then returns. The line `SKIPPED: <test>: <reason>` goes straight
+/// to the process's stderr (libtest captures only the print macros), so it shows in every
+/// run's output and `.ci/run` counts it in the totals. Under CI (`$CI` set and not
+/// "false") a skip is a failure: CI runs as root with every tool installed.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+        panic!("{test} cannot run here ({reason}); in CI a skip is a failure");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+}
