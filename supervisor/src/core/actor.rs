@@ -175,6 +175,16 @@ fn outcome_hash(o: &Outcome) -> u64 {
 }
 
 impl ActorState {
+    /// How the current worker ended, for `last_exit`: the exit status, with why it hung or
+    /// what its exec program did when that is known.
+    pub fn describe_exit(&self, exit: WorkerExit) -> String {
+        match (&self.crash_reason, self.hung) {
+            (_, true) => format!("hung, then {exit} by the supervisor"),
+            (Some(reason), false) => format!("{reason} (worker {exit})"),
+            (None, false) => exit.to_string(),
+        }
+    }
+
     pub fn new(spec: ActorSpec, now: Instant) -> ActorState {
         ActorState {
             name: spec.name,

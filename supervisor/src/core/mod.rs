@@ -422,10 +422,11 @@ impl Core {
             } => {
                 if let Some(a) = self.current(actor, epoch) {
                     tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "program failed");
-                    if let (Some(exit), false) = (a.exit_status, a.hung) {
-                        a.last_exit = Some(format!("{reason} (worker {exit})"));
-                    }
                     a.crash_reason = Some(reason);
+                    // The reason may come after the exit status (two threads report them).
+                    if let Some(exit) = a.exit_status {
+                        a.last_exit = Some(a.describe_exit(exit));
+                    }
                 }
             }
             Event::Pong { actor, epoch } => {
@@ -452,11 +453,7 @@ impl Core {
             } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.exited = true;
-                    a.last_exit = Some(match (&a.crash_reason, a.hung) {
-                        (_, true) => format!("hung, then {exit} by the supervisor"),
-                        (Some(reason), false) => format!("{reason} (worker {exit})"),
-                        (None, false) => exit.to_string(),
-                    });
+                    a.last_exit = Some(a.describe_exit(exit));
                     a.exit_status = Some(exit);
                     // Only a worker that was serving ran calls; the word may be left over
                     // from an earlier worker when this one died during its start.
