@@ -584,6 +584,28 @@ fn a_program_that_speaks_protocol_2_makes_its_actor_dead_with_both_versions_name
     assert_supervisor_up(&sup);
 }
 
+#[test]
+fn a_frame_that_answers_no_request_is_a_crash_never_the_next_reply() {
+    let body = format!(
+        "{FAST_RESTARTS}\n[[actor]]\nname = \"twice\"\nkind = \"exec\"\ncommand = [\"python3\", {}]\nmax_restarts = 1\n",
+        toml_str(fixture("answers_twice.py").to_str().unwrap())
+    );
+    let sup = start(&body);
+    let mut c = sup.client();
+    // The stray second hello is found before the call goes out: the call is not
+    // answered with it; each new program does the same, so the actor ends DEAD.
+    expect_kind(c.call("twice", "get", Value::Null), ErrorKind::ActorDead);
+    let a = sup.wait_state("twice", "DEAD", WAIT);
+    assert!(
+        a["dead_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("answer no request"),
+        "dead_reason should name the stray frame: {a}"
+    );
+    assert_supervisor_up(&sup);
+}
+
 fn fragile_config() -> String {
     format!(
         "{FAST_RESTARTS}{}",
