@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 
-use super::harness::{ActorConf, LogTail, Sup, log_fields, toml_string};
+use super::harness::{ActorConf, LogTail, Sup, toml_string};
 use super::load::{Until, pipeline, sync_calls};
 use super::stats::{p50_p99, percentile, proc_stat, unix_micros};
 use super::workloads::{MIB, WINDOW, check_no_errors, fill_kv, ms, put_n, start};
@@ -570,21 +570,10 @@ fn secs_to_us(v: &Value) -> Option<i64> {
 /// Reads the log until it shows the death of worker `pid`, the new program's start and
 /// load lines, and the next 'worker ready' (at most 3 s).
 fn read_breakdown(tail: &mut LogTail, actor: &str, pid: i32) -> Option<Breakdown> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let (mut died, mut ready) = (None, None);
     let (mut started, mut loaded): (Option<Value>, Option<Value>) = (None, None);
-    loop {
-        for line in tail.next_lines() {
-            let (msg, a, ts) = log_fields(&line);
-            if a != actor {
-                continue;
-            }
-            if msg.starts_with("worker died") && line["fields"]["pid"].as_i64() == Some(pid.into())
-            {
-                died = ts;
-            } else if msg == "worker ready" && died.is_some() && ready.is_none() {
-                ready = ts.map(|t| (t, line["fields"]["replay"].as_u64().unwrap_or(0)));
-            } else if let Some(rest) = msg.strip_prefix(TAG) {
+    let b =
+        super::workloads::read_breakdown_with(tail, actor, pid, Duration::from_secs(3), |msg| {
+            if let Some(rest) = msg.strip_prefix(TAG) {
                 let (event, body) = rest.split_once(' ').unwrap_or((rest, "null"));
                 let body = serde_json::from_str::<Value>(body).ok();
                 match event {
@@ -593,25 +582,18 @@ fn read_breakdown(tail: &mut LogTail, actor: &str, pid: i32) -> Option<Breakdown
                     _ => {}
                 }
             }
-        }
-        if let (Some(died), Some((ready, replay)), Some(s), Some(l)) =
-            (died, ready, &started, &loaded)
-        {
-            return Some(Breakdown {
-                died,
-                main: secs_to_us(&s["main"])?,
-                imported: secs_to_us(&s["imported"])?,
-                load_start: secs_to_us(&l["start"])?,
-                load_end: secs_to_us(&l["end"])?,
-                ready,
-                replay,
-            });
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+            started.is_some() && loaded.is_some()
+        })?;
+    let (s, l) = (started?, loaded?);
+    Some(Breakdown {
+        died: b.died,
+        main: secs_to_us(&s["main"])?,
+        imported: secs_to_us(&s["imported"])?,
+        load_start: secs_to_us(&l["start"])?,
+        load_end: secs_to_us(&l["end"])?,
+        ready: b.ready,
+        replay: b.replay,
+    })
 }
 
 /// kill -9 of the program, then of the worker, → the next reply, 1 MiB of state.

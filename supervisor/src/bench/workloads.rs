@@ -307,17 +307,29 @@ pub(crate) fn put_n(i: u64) -> Value {
 }
 
 /// Timestamps (µs since the epoch) of the supervisor's log lines about one recovery.
-struct Breakdown {
-    died: i64,
-    ready: i64,
-    replay: u64,
+pub(crate) struct Breakdown {
+    pub(crate) died: i64,
+    pub(crate) ready: i64,
+    pub(crate) replay: u64,
 }
 
 /// Reads the log until it shows `actor`'s worker `pid` died and the next one is ready
 /// (waits at most 2 s).
 fn read_breakdown(tail: &mut LogTail, actor: &str, pid: i32) -> Option<Breakdown> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let (mut died, mut ready) = (None, None);
+    read_breakdown_with(tail, actor, pid, Duration::from_secs(2), |_| true)
+}
+
+/// [`read_breakdown`] that also hands every other message of `actor` to `other`, and
+/// waits (at most `wait`) until `other` says it has seen what it needs.
+pub(crate) fn read_breakdown_with(
+    tail: &mut LogTail,
+    actor: &str,
+    pid: i32,
+    wait: Duration,
+    mut other: impl FnMut(&str) -> bool,
+) -> Option<Breakdown> {
+    let deadline = Instant::now() + wait;
+    let (mut died, mut ready, mut complete) = (None, None, other(""));
     loop {
         for line in tail.next_lines() {
             let (msg, a, ts) = log_fields(&line);
@@ -329,9 +341,11 @@ fn read_breakdown(tail: &mut LogTail, actor: &str, pid: i32) -> Option<Breakdown
                 died = ts;
             } else if msg == "worker ready" && died.is_some() && ready.is_none() {
                 ready = ts.map(|t| (t, line["fields"]["replay"].as_u64().unwrap_or(0)));
+            } else {
+                complete = other(msg);
             }
         }
-        if let (Some(d), Some((r, n))) = (died, ready) {
+        if let (Some(d), Some((r, n)), true) = (died, ready, complete) {
             return Some(Breakdown {
                 died: d,
                 ready: r,
