@@ -38,3 +38,5 @@ mod exec_chaos;
 mod exec_isolation;
 // The Python SDK's unit tests (python/tests), run against the binary under test.
 mod python;
+// One event loop: the supervisor's thread count does not grow with actors or connections.
+mod shell;

@@ -502,9 +502,11 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "busy_poll",
             dur(DEFAULT_BUSY_POLL),
-            "After sending calls to a worker, the main loop waits this long on the CPU for \
-             the answer before it sleeps: lower latency for sync calls at the cost of CPU \
-             (\"0s\" = off; at most 10ms).",
+            "After sending calls to a worker that usually answers within this time, the main \
+             loop waits this long on the CPU for the answer before it sleeps, and a worker \
+             whose calls come back to back waits up to twice this long on the CPU for the \
+             next one: lower latency for sync calls at the cost of CPU, none for actors that \
+             are slow or idle (\"0s\" = off; at most 10ms).",
         ),
         (
             "supervisor",

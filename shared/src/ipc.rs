@@ -1,14 +1,20 @@
-//! Messages between the supervisor and a worker, over ipc-channel.
+//! Messages between the supervisor and a worker.
 //!
-//! Bootstrap: the supervisor creates an `IpcOneShotServer<FromWorker>` and starts its own
-//! binary with the server's name in [`ENV_BOOTSTRAP`]. The worker connects, creates its
-//! inbound channel and sends [`FromWorker::Hello`] carrying the sender of it. The supervisor
-//! answers [`ToWorker::Init`]; the worker restores its checkpoint and sends
-//! [`FromWorker::Ready`]. From then on calls travel in batches ([`ToWorker::Calls`]) and
-//! replies come back in batches ([`FromWorker::Replies`]).
+//! Bootstrap, over ipc-channel: the supervisor creates an `IpcOneShotServer<FromWorker>`
+//! and starts its own binary with the server's name in [`ENV_BOOTSTRAP`]. The worker
+//! connects, creates its inbound channel and sends [`FromWorker::Hello`] carrying the
+//! sender of it. The supervisor answers [`ToWorker::Init`]. Supervisor → worker traffic
+//! stays on that ipc channel: calls in batches ([`ToWorker::Calls`]), large batches as
+//! shared memory ([`ToWorker::CallsShm`]).
+//!
+//! Worker → supervisor traffic ([`Report`]: ready, replies, checkpoints) goes over a
+//! stream socket the worker inherits as its stdin (and moves off fd 0 at once), in frames (a u32 little-endian
+//! length, then the postcard encoding). Unlike an ipc-channel receiver, a socket is a
+//! file descriptor the supervisor's event loop can poll: replies reach the loop with no
+//! thread in between, and a report of any size streams through it.
 //!
 //! Size rule: ipc-channel fragments a message larger than one socket buffer (~207 KiB) and
-//! a sender can then hang forever if the receiver dies mid-message. Every batch whose
+//! a sender can then hang forever if the receiver dies mid-message. Every call batch whose
 //! encoding exceeds [`SHM_THRESHOLD`] therefore travels as one shared-memory region (an fd),
 //! so no ipc message ever needs fragmenting.
 
@@ -24,7 +30,9 @@ pub const ENV_PARENT_PID: &str = "RESURGAM_PARENT_PID";
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 2;
+pub const IPC_VERSION: u32 = 3;
+/// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
+pub const MAX_REPORT_BYTES: usize = 1 << 30;
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -68,6 +76,10 @@ pub struct Init {
     pub disk_path: Vec<u8>,
     /// Checkpoint after this many applied calls (0 = never by count).
     pub checkpoint_every: u64,
+    /// When calls come back to back (the last one came within this many µs of the
+    /// worker's previous answer), wait for the next one on the CPU this long before
+    /// sleeping (0 = never).
+    pub spin_micros: u64,
     /// For kind `exec`: the program to run and talk to.
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
@@ -147,7 +159,7 @@ pub struct Restored {
     pub program_pid: Option<u32>,
 }
 
-/// Worker → supervisor.
+/// Worker → supervisor, over the bootstrap ipc channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
     Hello {
@@ -158,10 +170,17 @@ pub enum FromWorker {
     /// Sent by the supervisor itself to its own bootstrap server, to abandon a spawn
     /// whose worker died before it connected.
     Abort,
+}
+
+/// Worker → supervisor, over the report socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
     Ready(Restored),
+    /// The replies to a batch of calls (its last part, when it is sent in parts).
     Replies(Vec<Reply>),
-    /// A postcard-encoded `Vec<Reply>` too large for one ipc message.
-    RepliesShm(IpcSharedMemory),
+    /// Some replies to a batch of calls, with more to come (a large batch is sent in
+    /// parts, so no frame is much larger than one reply).
+    MoreReplies(Vec<Reply>),
     Checkpointed {
         generation: u64,
         last_seq: u64,
@@ -184,6 +203,79 @@ pub enum FromWorker {
     Crashed {
         reason: String,
     },
+}
+
+/// Encodes one report as a frame: u32 little-endian length, then postcard.
+pub fn encode_report(report: &Report) -> Result<Vec<u8>, postcard::Error> {
+    let mut frame = postcard::to_extend(report, vec![0u8; 4])?;
+    let len = u32::try_from(frame.len() - 4).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Why a report stream cannot be read on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("report frame of {0} bytes is larger than the limit ({MAX_REPORT_BYTES})")]
+    TooLarge(usize),
+    #[error("undecodable report frame of {len} bytes: {error}")]
+    Undecodable { len: usize, error: String },
+}
+
+/// Splits a worker's report stream into reports. Bytes go in as they arrive; the buffer
+/// grows with the bytes received, never with a length the worker claims.
+#[derive(Debug, Default)]
+pub struct ReportDecoder {
+    buf: Vec<u8>,
+    /// Where the undecoded part of `buf` starts.
+    pos: usize,
+}
+
+impl ReportDecoder {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete report, if one is buffered.
+    pub fn next_report(&mut self) -> Result<Option<Report>, ReportError> {
+        let rest = &self.buf[self.pos..];
+        let Some(head) = rest.get(..4) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(head);
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_REPORT_BYTES {
+            return Err(ReportError::TooLarge(len));
+        }
+        let Some(body) = rest.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let report = postcard::from_bytes(body).map_err(|e| ReportError::Undecodable {
+            len,
+            error: e.to_string(),
+        })?;
+        self.pos += 4 + len;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > (1 << 20) && self.pos * 2 > self.buf.len() {
+            // Keep the buffer from growing without bound when frames straddle reads.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        Ok(Some(report))
+    }
+
+    /// Bytes received that do not form a complete report yet.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
 }
 
 /// Approximate encoded size of a batch of calls.
@@ -217,23 +309,8 @@ pub fn calls_message(calls: Vec<Call>) -> Result<ToWorker, postcard::Error> {
     }
 }
 
-/// Wraps a batch of replies, through shared memory when it is large.
-pub fn replies_message(replies: Vec<Reply>) -> Result<FromWorker, postcard::Error> {
-    if replies_size(&replies) > SHM_THRESHOLD {
-        let bytes = postcard::to_allocvec(&replies)?;
-        Ok(FromWorker::RepliesShm(IpcSharedMemory::from_bytes(&bytes)))
-    } else {
-        Ok(FromWorker::Replies(replies))
-    }
-}
-
 /// Decodes a shared-memory batch of calls.
 pub fn decode_calls(shm: &IpcSharedMemory) -> Result<Vec<Call>, postcard::Error> {
-    postcard::from_bytes(shm)
-}
-
-/// Decodes a shared-memory batch of replies.
-pub fn decode_replies(shm: &IpcSharedMemory) -> Result<Vec<Reply>, postcard::Error> {
     postcard::from_bytes(shm)
 }
 
@@ -261,23 +338,51 @@ mod tests {
     }
 
     #[test]
-    fn large_replies_round_trip_through_shm() {
-        let replies = vec![
-            Reply {
+    fn reports_round_trip_through_frames_split_anywhere() {
+        let reports = vec![
+            Report::Pong,
+            Report::Replies(vec![Reply {
                 seq: 3,
                 outcome: Outcome::Ok(vec![b'1'; SHM_THRESHOLD + 1]),
-            },
-            Reply {
-                seq: 4,
-                outcome: Outcome::Err {
-                    kind: ErrorKind::ActorError,
-                    message: "no".into(),
-                },
+            }]),
+            Report::Crashed {
+                reason: "gone".into(),
             },
         ];
-        match replies_message(replies.clone()).unwrap() {
-            FromWorker::RepliesShm(shm) => assert_eq!(decode_replies(&shm).unwrap(), replies),
-            other => panic!("expected shm, got {other:?}"),
+        let stream: Vec<u8> = reports
+            .iter()
+            .flat_map(|r| encode_report(r).unwrap())
+            .collect();
+        for chunk in [1, 3, 7, 4096, stream.len()] {
+            let mut d = ReportDecoder::default();
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                d.push(piece);
+                while let Some(r) = d.next_report().unwrap() {
+                    got.push(r);
+                }
+            }
+            assert_eq!(got, reports, "chunk {chunk}");
+            assert_eq!(d.pending(), 0);
         }
+    }
+
+    #[test]
+    fn an_oversized_or_garbage_frame_is_an_error_not_an_allocation() {
+        let mut d = ReportDecoder::default();
+        d.push(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            d.next_report(),
+            Err(ReportError::TooLarge(u32::MAX as usize))
+        );
+        let mut d = ReportDecoder::default();
+        d.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            d.next_report(),
+            Err(ReportError::Undecodable { len: 3, .. })
+        ));
+        let mut d = ReportDecoder::default();
+        d.push(&[200, 0, 0, 0, 1]);
+        assert_eq!(d.next_report(), Ok(None), "an incomplete frame waits");
     }
 }

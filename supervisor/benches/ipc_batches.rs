@@ -1,5 +1,6 @@
 //! IPC batch encoding and decoding: postcard of call and reply batches (what ipc-channel
-//! does for every inline message), and the shared-memory path of large batches.
+//! does for every inline message), the shared-memory path of large call batches, and
+//! the framing of large reply batches on the report socket.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use resurgam::shared::ipc::{
-    Call, FromWorker, Outcome, Reply, ToWorker, calls_message, decode_calls, decode_replies,
-    replies_message,
+    Call, Outcome, Reply, Report, ReportDecoder, ToWorker, calls_message, decode_calls,
+    encode_report,
 };
 
 fn calls(n: u64, args_len: usize) -> Vec<Call> {
@@ -69,11 +70,17 @@ fn bench_ipc(c: &mut Criterion) {
             _ => 0,
         })
     });
-    let big_replies = replies(64, 16 * 1024);
-    g.bench_function("replies_message_shm_1MiB_encode_decode", |b| {
-        b.iter(|| match replies_message(big_replies.clone()) {
-            Ok(FromWorker::RepliesShm(shm)) => decode_replies(&shm).map(|v| v.len()).unwrap_or(0),
-            _ => 0,
+    // Large reply batches stream through the report socket as one frame.
+    let big_replies = Report::Replies(replies(64, 16 * 1024));
+    g.bench_function("report_frame_1MiB_encode_decode", |b| {
+        b.iter(|| {
+            let frame = encode_report(black_box(&big_replies)).unwrap_or_default();
+            let mut d = ReportDecoder::default();
+            d.push(&frame);
+            match d.next_report() {
+                Ok(Some(Report::Replies(v))) => v.len(),
+                _ => 0,
+            }
         })
     });
     g.finish();

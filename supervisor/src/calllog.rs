@@ -15,13 +15,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use resurgam_shared::calllog::{self, LogRecord, Recovered, Stop};
 use resurgam_shared::ipc::Call;
 
 use crate::core::{ActorId, Event};
-use crate::run::ShellEvent;
+use crate::shell::{LoopTx, ShellEvent};
 
 /// A segment is closed and a new one started beyond this size.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
@@ -317,7 +317,7 @@ pub struct SyncRequest {
 /// and reports the highest durable seq per actor.
 pub fn start_fsync_thread(
     requests: Receiver<SyncRequest>,
-    events: Sender<ShellEvent>,
+    events: LoopTx,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("log-fsync".into())

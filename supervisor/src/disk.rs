@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use resurgam_shared::checkpoint::{self, CheckpointError};
 
 use crate::core::{ActorId, Event};
-use crate::run::ShellEvent;
+use crate::shell::{LoopTx, ShellEvent};
 
 /// The files of one actor.
 #[derive(Clone)]
@@ -22,7 +22,7 @@ pub struct Files {
 
 pub fn start(
     requests: Receiver<(ActorId, Files)>,
-    events: Sender<ShellEvent>,
+    events: LoopTx,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("disk-sync".into())

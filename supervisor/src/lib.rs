@@ -24,9 +24,10 @@
 //! }
 //! ```
 //!
-//! Code map: [`core`] is the pure state machine; `run` wires the shell threads (signals,
-//! reaper, control socket, worker I/O, disk sync) around it; [`client`] is the Rust client
-//! the CLI uses.
+//! Code map: [`core`] is the pure state machine; `run` is the event loop around it, with
+//! `shell` (control connections, workers' report sockets, worker output, the event
+//! vocabulary) and the helper threads (signals and reaping, spawners, disk copy, log
+//! fsync); [`client`] is the Rust client the CLI uses.
 
 pub mod bench;
 mod calllog;
@@ -42,6 +43,7 @@ pub mod notify;
 mod paths;
 mod reap;
 mod run;
+mod shell;
 mod spawn;
 
 pub use client::{Client, ClientError};

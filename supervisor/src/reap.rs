@@ -4,7 +4,6 @@
 //! collate: one SIGCHLD can stand for many dead children, so every SIGCHLD reaps with
 //! `waitpid(-1, WNOHANG)` until nothing is left.
 
-use crossbeam_channel::Sender;
 use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
@@ -12,7 +11,7 @@ use signal_hook::iterator::Signals;
 
 use crate::core::Event;
 use crate::exit::WorkerExit;
-use crate::run::ShellEvent;
+use crate::shell::{LoopTx, ShellEvent};
 
 /// Registers the signals. Call before starting any thread.
 pub fn register() -> std::io::Result<Signals> {
@@ -20,10 +19,7 @@ pub fn register() -> std::io::Result<Signals> {
 }
 
 /// Runs the signal thread until the event channel closes.
-pub fn start(
-    mut signals: Signals,
-    events: Sender<ShellEvent>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn start(mut signals: Signals, events: LoopTx) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -53,7 +49,7 @@ pub fn start(
 }
 
 /// Reaps every dead child. Returns false when the event channel is closed.
-fn reap_all(events: &Sender<ShellEvent>) -> bool {
+fn reap_all(events: &LoopTx) -> bool {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return true,

@@ -1,91 +1,50 @@
-//! `resurgam run`: wires the shell threads around the core and runs the event loop.
+//! `resurgam run`: the event loop around the core.
+//!
+//! One thread owns the core and polls (epoll, through mio) the control socket, every
+//! control connection, every worker's report socket and a waker; the few helper threads
+//! (signals and reaping, spawners, disk copy, log fsync, worker output) hand it events
+//! through the waker's channel. A call crosses three processes (client, supervisor,
+//! worker) and no thread hand-off inside the supervisor.
 //!
 //! Order matters: signals are registered before any thread exists; the state directory
 //! is locked before anything is touched; the control socket is bound last, once every
 //! worker has been asked to start.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
+use mio::{Events, Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
 use resurgam_shared::config::{ActorConfig, Config, Environment};
-use resurgam_shared::ipc::{ToWorker, calls_message};
+use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use resurgam_shared::config::Durability;
 
 use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
-use crate::control::{self, Access, ConnOut, SocketFile};
+use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
 use crate::disk::{self, Files};
 use crate::exit::WorkerExit;
 use crate::launch::{self, EXEC_KIND, Launched};
 use crate::notify::Notifier;
+use crate::shell::conns::Conns;
+use crate::shell::output::OutputRelay;
+use crate::shell::reports::{self, ReadEnd, ReportStream};
+use crate::shell::{LoopTx, ShellEvent, token};
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
 use resurgam_worker::Registry;
 
-/// Everything the shell threads tell the loop.
-pub enum ShellEvent {
-    Core(Event),
-    Spawned {
-        actor: ActorId,
-        epoch: u64,
-        pid: u32,
-        server_name: String,
-    },
-    Connected {
-        actor: ActorId,
-        epoch: u64,
-        outbox: IpcSender<ToWorker>,
-    },
-    Reaped {
-        pid: i32,
-        exit: WorkerExit,
-    },
-    ConnOpened {
-        conn: ConnId,
-        conn_out: ConnOut,
-    },
-    /// A request the connection's reader refused itself (malformed, oversized).
-    Refused {
-        conn: ConnId,
-        line: String,
-    },
-    ConnClosed {
-        conn: ConnId,
-    },
-    Hangup,
-}
-
-/// Polls the channel for up to `budget`.
-fn spin_recv(
-    events: &crossbeam_channel::Receiver<ShellEvent>,
-    budget: std::time::Duration,
-) -> Option<ShellEvent> {
-    let start = Instant::now();
-    loop {
-        if let Ok(ev) = events.try_recv() {
-            return Some(ev);
-        }
-        if start.elapsed() >= budget {
-            return None;
-        }
-        std::hint::spin_loop();
-    }
-}
-
 /// How long an exit reaped before its worker's spawn was reported is remembered.
 const EARLY_EXIT_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How long replies are still delivered to a client that stopped sending.
-const HALF_CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The shell's view of one actor's current worker.
 #[derive(Default)]
@@ -94,7 +53,15 @@ struct WorkerSlot {
     pid: Option<u32>,
     server_name: Option<String>,
     outbox: Option<IpcSender<ToWorker>>,
+    /// Our end of the worker's report socket, once it said hello.
+    reports: Option<ReportStream>,
+    /// The core was told this worker's channel is closed.
+    closed: bool,
     reaped: bool,
+    /// Calls were sent and no replies came back since then.
+    sent_at: Option<Instant>,
+    /// Moving average of how long the worker takes to answer a batch of calls.
+    answer_time: Duration,
     /// The core asked for a kill before the pid was known.
     kill_pending: bool,
 }
@@ -137,21 +104,37 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         launches.push(launched);
     }
 
+    let mut poll = Poll::new().map_err(|e| format!("create the event loop: {e}"))?;
+    let poll_registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| format!("create the event loop: {e}"))?;
+    let waker = Waker::new(poll.registry(), token::WAKER)
+        .map_err(|e| format!("create the event loop's waker: {e}"))?;
     let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
+    let tx = LoopTx::new(events_tx, Arc::new(waker));
     let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
     let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
-    reap::start(signals, events_tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
-    spawn::start_spawners(spawn_rx, events_tx.clone())
+    reap::start(signals, tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
+    let output = OutputRelay::start().map_err(|e| format!("start the output thread: {e}"))?;
+    spawn::start_spawners(spawn_rx, tx.clone(), output)
         .map_err(|e| format!("start spawner thread: {e}"))?;
-    disk::start(disk_rx, events_tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
+    disk::start(disk_rx, tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
-    calllog::start_fsync_thread(fsync_rx, events_tx.clone())
+    calllog::start_fsync_thread(fsync_rx, tx.clone())
         .map_err(|e| format!("start fsync thread: {e}"))?;
+    drop(tx);
 
     let listener = control::bind(&sup.socket, sup.socket_mode)?;
     let _socket_file = SocketFile(sup.socket.clone());
-    control::start(
-        listener,
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("control socket {}: {e}", sup.socket.display()))?;
+    let conns = Conns::new(
+        mio::net::UnixListener::from_std(listener),
+        poll_registry
+            .try_clone()
+            .map_err(|e| format!("create the event loop: {e}"))?,
         Access {
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
@@ -159,10 +142,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             // Reloads may add actors: keep room for twice today's.
             max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
-        events_tx.clone(),
     )
-    .map_err(|e| format!("start control thread: {e}"))?;
-    drop(events_tx);
+    .map_err(|e| format!("serve the control socket: {e}"))?;
 
     tracing::info!(
         socket = %sup.socket.display(),
@@ -194,10 +175,10 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         launches,
         pids: HashMap::new(),
         early_exits: HashMap::new(),
-        conns: HashMap::new(),
-        outgoing: HashMap::new(),
-        half_closed: HashMap::new(),
-        awaiting_worker: false,
+        conns,
+        poll_registry,
+        worker_reads: VecDeque::new(),
+        spin: Duration::ZERO,
         spawn_tx,
         disk_tx,
         logs,
@@ -207,38 +188,58 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let mut actions = Vec::new();
     shell.run_actions(&mut core, &mut actions);
 
+    let mut ready = Events::with_capacity(1024);
     while shell.exit_code.is_none() {
         let now = Instant::now();
         // One scan of the actors' timers per turn of the loop (not per event).
         let core_deadline = core.next_deadline();
-        let deadline = match (core_deadline, shell.next_watchdog) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        // A worker that was just sent calls usually answers within tens of µs: wait
-        // for that briefly on the CPU instead of sleeping (a futex wake-up costs 10–50 µs
-        // on a VM), and only then block.
-        let spun = if std::mem::take(&mut shell.awaiting_worker) {
-            spin_recv(&events, shell.config.supervisor.busy_poll)
+        let deadline = [core_deadline, shell.next_watchdog, shell.conns.sweep(now)]
+            .into_iter()
+            .flatten()
+            .min();
+        let more_to_do =
+            shell.conns.has_input() || !shell.worker_reads.is_empty() || !events.is_empty();
+        let timeout = if more_to_do {
+            Some(Duration::ZERO)
         } else {
-            None
+            deadline.map(|d| d.saturating_duration_since(now))
         };
-        let first = match (spun, deadline) {
-            (Some(ev), _) => Ok(ev),
-            (None, Some(d)) if d <= now => Err(RecvTimeoutError::Timeout),
-            (None, Some(d)) => events.recv_timeout(d.saturating_duration_since(Instant::now())),
-            (None, None) => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match first {
-            Ok(ev) => shell.on_event(ev, &mut core),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err("every shell thread is gone".to_string());
+        let spin = std::mem::take(&mut shell.spin);
+        wait(&mut poll, &mut ready, timeout, spin)
+            .map_err(|e| format!("the event loop cannot poll: {e}"))?;
+        let now = Instant::now();
+        for ev in ready.iter() {
+            match token::of(ev.token()) {
+                token::Of::Listener => shell.conns.accept(now),
+                token::Of::Waker => {}
+                token::Of::Conn(conn) => shell.conns.ready(
+                    conn,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                ),
+                token::Of::Worker(actor) => {
+                    if !shell.worker_reads.contains(&actor) {
+                        shell.worker_reads.push_back(actor);
+                    }
+                }
             }
         }
-        // Drain the burst: everything that arrived meanwhile goes into the same batches.
-        for ev in events.try_iter().take(8192) {
-            shell.on_event(ev, &mut core);
+        // What the helper threads sent (bounded per turn, so sockets get their turn).
+        for _ in 0..8192 {
+            match events.try_recv() {
+                Ok(ev) => shell.on_event(ev, &mut core),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    return Err("every helper thread is gone".to_string());
+                }
+            }
+        }
+        shell.read_workers(&mut core);
+        shell.conns.read(now, |conn, request| {
+            core.handle(Event::Request { conn, request }, now);
+        });
+        if shell.conns.accept_due(now) {
+            shell.conns.accept(now);
         }
         let now = Instant::now();
         // Timers set by this turn's events are seen at the top of the next turn.
@@ -249,14 +250,62 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         shell.tell_systemd(&core, now);
     }
     let code = shell.exit_code.unwrap_or(1);
-    // Let the connection writers take the last replies (e.g. to `stop`) before the
-    // process ends; a client that does not read gets at most a second.
-    let give_up = Instant::now() + std::time::Duration::from_secs(1);
-    while Instant::now() < give_up && shell.conns.values().any(|c| c.busy()) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
+    // Let the clients take the last replies (e.g. to `stop`) before the process ends; a
+    // client that does not read gets at most a second.
+    let give_up = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < give_up && shell.conns.writing() {
+        shell.conns.flush_all(Instant::now());
+        let _ = wait(
+            &mut poll,
+            &mut ready,
+            Some(Duration::from_millis(5)),
+            Duration::ZERO,
+        );
     }
-    std::thread::sleep(std::time::Duration::from_millis(5));
     Ok(code)
+}
+
+/// How long a worker whose calls come back to back waits for the next one on the CPU:
+/// twice the loop's own spin (the next call has a client's round trip to make first).
+fn worker_spin(busy_poll: Duration) -> u64 {
+    u64::try_from(busy_poll.as_micros().saturating_mul(2)).unwrap_or(u64::MAX)
+}
+
+/// Waits for readiness: first on the CPU for up to `spin` (a worker that was just sent
+/// calls usually answers within tens of µs, and a wake-up from sleep costs 10–50 µs on a
+/// VM), then asleep for up to `timeout` (`None`: until something happens).
+fn wait(
+    poll: &mut Poll,
+    ready: &mut Events,
+    timeout: Option<Duration>,
+    spin: Duration,
+) -> std::io::Result<()> {
+    let mut timeout = timeout;
+    if !spin.is_zero() && timeout != Some(Duration::ZERO) {
+        let start = Instant::now();
+        loop {
+            match poll.poll(ready, Some(Duration::ZERO)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if !ready.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        timeout = timeout.map(|t| t.saturating_sub(start.elapsed()));
+    }
+    match poll.poll(ready, timeout) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            ready.clear();
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 struct Shell {
@@ -280,13 +329,13 @@ struct Shell {
     pids: HashMap<u32, (ActorId, u64)>,
     /// Exits reaped before their Spawned event arrived.
     early_exits: HashMap<u32, (WorkerExit, Instant)>,
-    conns: HashMap<ConnId, ConnOut>,
-    /// Connections whose client stopped sending, and when to forget them.
-    half_closed: HashMap<ConnId, Instant>,
-    /// Calls went to a worker in this turn of the loop (its answer is worth a short spin).
-    awaiting_worker: bool,
-    /// Reply lines gathered in this turn of the loop, per connection.
-    outgoing: HashMap<ConnId, String>,
+    conns: Conns,
+    /// The loop's registry (worker report sockets come and go).
+    poll_registry: mio::Registry,
+    /// Workers whose report socket may have more to read, in turn order.
+    worker_reads: VecDeque<ActorId>,
+    /// How long to spin for a worker's answer before the loop sleeps next.
+    spin: Duration,
     spawn_tx: Sender<SpawnJob>,
     disk_tx: Sender<(ActorId, Files)>,
     logs: Vec<ActorLog>,
@@ -309,6 +358,7 @@ impl Shell {
                 if w.epoch != epoch {
                     // A worker for an epoch the core already gave up on: not wanted.
                     spawn::kill_group(pid);
+                    spawn::abandon(server_name);
                     return;
                 }
                 w.pid = Some(pid);
@@ -330,29 +380,11 @@ impl Shell {
                 actor,
                 epoch,
                 outbox,
-            } => {
-                let w = &mut self.workers.0[actor];
-                if w.epoch == epoch {
-                    w.outbox = Some(outbox);
-                    w.server_name = None;
-                }
-            }
+                reports,
+                init,
+            } => self.on_connected(actor, epoch, outbox, reports, *init),
+            ShellEvent::BootstrapFailed { actor, epoch } => self.channel_closed(actor, epoch, core),
             ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
-            ShellEvent::ConnOpened { conn, conn_out } => {
-                self.conns.insert(conn, conn_out);
-            }
-            ShellEvent::Refused { conn, line } => self.reply(conn, &line),
-            ShellEvent::ConnClosed { conn } => {
-                // The client stopped sending; it may still wait for replies (a
-                // half-closed socket, as `socat` and `nc -N` leave it): close once it
-                // has them all (or a write fails, or the grace ends).
-                if self.conns.get(&conn).is_none_or(|c| c.owed() == 0) {
-                    self.forget_conn(conn);
-                } else {
-                    self.half_closed.insert(conn, now + HALF_CLOSED_GRACE);
-                }
-                self.sweep_half_closed(now);
-            }
             ShellEvent::Hangup => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 let result = self.reload(core, now);
@@ -382,9 +414,13 @@ impl Shell {
             w.reaped = true;
             w.outbox = None;
             if let Some(name) = w.server_name.take() {
-                // Died before it connected: release the reader waiting in accept.
+                // Died before it connected: release the spawner waiting in accept.
                 spawn::abandon(name);
             }
+            // The worker is gone: everything it sent is in the socket now. Read it all,
+            // then its death is known without waiting for anything else.
+            self.read_reports(actor, usize::MAX, core);
+            self.channel_closed(actor, epoch, core);
         }
         let executing = checkpoint::read_executing(&self.files[actor].mmap);
         core.handle(
@@ -400,30 +436,120 @@ impl Shell {
 
     /// Queues one reply line for this turn of the loop.
     fn reply(&mut self, conn: ConnId, line: &str) {
-        let Some(c) = self.conns.get(&conn) else {
+        self.conns.reply(conn, line);
+    }
+
+    /// A worker said hello: its channel is usable and its reports are read from now on.
+    fn on_connected(
+        &mut self,
+        actor: ActorId,
+        epoch: u64,
+        outbox: IpcSender<ToWorker>,
+        reports: std::os::unix::net::UnixStream,
+        init: Init,
+    ) {
+        let w = &mut self.workers.0[actor];
+        if w.epoch != epoch || w.reaped || w.closed {
             return;
+        }
+        // Sent only now that the loop holds the report socket: the worker says nothing
+        // before it has its Init.
+        if let Err(e) = outbox.send(ToWorker::Init(init)) {
+            tracing::warn!(actor = %self.files[actor].name, pid = ?w.pid, error = %e, "cannot send init to the worker");
+        }
+        w.server_name = None;
+        let registered = reports.set_nonblocking(true).and_then(|()| {
+            let mut stream = mio::net::UnixStream::from_std(reports);
+            self.poll_registry
+                .register(&mut stream, token::worker(actor), Interest::READABLE)
+                .map(|()| stream)
+        });
+        match registered {
+            Ok(stream) => {
+                w.outbox = Some(outbox);
+                w.reports = Some(ReportStream::new(stream));
+                // Reports may have arrived before the registration.
+                if !self.worker_reads.contains(&actor) {
+                    self.worker_reads.push_back(actor);
+                }
+            }
+            Err(e) => {
+                tracing::error!(actor = %self.files[actor].name, error = %e, "cannot watch a worker's report socket; killing it");
+                if let Some(pid) = w.pid {
+                    spawn::kill_group(pid);
+                }
+            }
+        }
+    }
+
+    /// Tells the core a worker's channel is closed (once per worker) and stops reading it.
+    fn channel_closed(&mut self, actor: ActorId, epoch: u64, core: &mut Core) {
+        let w = &mut self.workers.0[actor];
+        if w.epoch != epoch || w.closed {
+            return;
+        }
+        w.closed = true;
+        if let Some(mut r) = w.reports.take() {
+            let _ = self.poll_registry.deregister(&mut r.stream);
+        }
+        core.handle(Event::ChannelClosed { actor, epoch }, Instant::now());
+    }
+
+    /// Reads every worker with reports waiting, each up to its budget.
+    fn read_workers(&mut self, core: &mut Core) {
+        for _ in 0..self.worker_reads.len() {
+            let Some(actor) = self.worker_reads.pop_front() else {
+                break;
+            };
+            if self.read_reports(actor, reports::READ_BUDGET, core) {
+                self.worker_reads.push_back(actor);
+            }
+        }
+    }
+
+    /// Reads one worker's reports and hands them to the core. True when more waits.
+    fn read_reports(&mut self, actor: ActorId, budget: usize, core: &mut Core) -> bool {
+        let w = &mut self.workers.0[actor];
+        let epoch = w.epoch;
+        let Some(stream) = w.reports.as_mut() else {
+            return false;
         };
-        c.answered();
-        self.outgoing.entry(conn).or_default().push_str(line);
-    }
-
-    /// Drops a connection's output: once its writer thread has written what it holds,
-    /// the socket closes and the client sees the end.
-    fn forget_conn(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
-        self.half_closed.remove(&conn);
-    }
-
-    /// Forgets half-closed connections whose grace ran out.
-    fn sweep_half_closed(&mut self, now: Instant) {
-        let expired: Vec<ConnId> = self
-            .half_closed
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in expired {
-            self.forget_conn(conn);
+        let mut got = Vec::new();
+        let end = stream.read(budget, &mut got);
+        let now = Instant::now();
+        for report in got {
+            if let Report::Replies(_) = report
+                && let Some(sent) = w.sent_at.take()
+            {
+                // How long this worker takes to answer decides whether waiting for it
+                // on the CPU pays.
+                let sample = now.saturating_duration_since(sent);
+                w.answer_time = (w.answer_time * 3 + sample) / 4;
+            }
+            let event = report_event(&self.files[actor].name, w.pid, actor, epoch, report);
+            core.handle(event, now);
+        }
+        match end {
+            ReadEnd::Drained => false,
+            ReadEnd::More => true,
+            ReadEnd::Closed => {
+                let cut = w.reports.as_ref().map_or(0, ReportStream::unfinished);
+                if cut > 0 {
+                    tracing::info!(actor = %self.files[actor].name, pid = ?w.pid, bytes = cut, "worker ended in the middle of a report; its calls are replayed");
+                }
+                self.channel_closed(actor, epoch, core);
+                false
+            }
+            ReadEnd::Broken(e) => {
+                tracing::error!(actor = %self.files[actor].name, pid = ?w.pid, error = %e, "worker broke its report stream; killing it");
+                if let Some(pid) = w.pid
+                    && !w.reaped
+                {
+                    spawn::kill_group(pid);
+                }
+                self.channel_closed(actor, epoch, core);
+                false
+            }
         }
     }
 
@@ -645,27 +771,7 @@ impl Shell {
             }
             self.execute(actions, core);
         }
-        let mut gone = Vec::new();
-        for (conn, text) in self.outgoing.drain() {
-            if let Some(c) = self.conns.get(&conn)
-                && !c.send(text)
-            {
-                gone.push(conn);
-            }
-        }
-        for conn in gone {
-            self.forget_conn(conn);
-        }
-        // Half-closed connections that now have every reply are done.
-        let done: Vec<ConnId> = self
-            .half_closed
-            .keys()
-            .filter(|c| self.conns.get(c).is_none_or(|c| c.owed() == 0))
-            .copied()
-            .collect();
-        for conn in done {
-            self.forget_conn(conn);
-        }
+        self.conns.flush(Instant::now());
     }
 
     fn execute(&mut self, actions: &mut Vec<Action>, core: &mut Core) {
@@ -723,8 +829,12 @@ impl Shell {
                 Action::Reply { conn, line } => self.reply(conn, &line),
                 Action::Spawn { actor, epoch } => {
                     let w = &mut self.workers.0[actor];
+                    if let Some(mut r) = w.reports.take() {
+                        let _ = self.poll_registry.deregister(&mut r.stream);
+                    }
                     *w = WorkerSlot {
                         epoch,
+                        answer_time: w.answer_time,
                         ..WorkerSlot::default()
                     };
                     let a = &self.config_actor(actor);
@@ -738,6 +848,7 @@ impl Shell {
                         mmap_path: f.mmap.clone(),
                         disk_path: f.disk.clone(),
                         checkpoint_every: a.policy.checkpoint_every,
+                        spin_micros: worker_spin(self.config.supervisor.busy_poll),
                         exec: launched.exec.clone(),
                         privileges: launched.privileges.clone(),
                     };
@@ -777,7 +888,15 @@ impl Shell {
                             false
                         }
                     };
-                    self.awaiting_worker = true;
+                    let w = &mut self.workers.0[actor];
+                    let now = Instant::now();
+                    w.sent_at.get_or_insert(now);
+                    // Wait on the CPU for the answer only for a worker that usually
+                    // answers within the spin: for a slow one it would be wasted.
+                    let budget = self.config.supervisor.busy_poll;
+                    if w.answer_time <= budget {
+                        self.spin = budget;
+                    }
                     if !sent {
                         // The batch counts as in flight: only a new worker can take it.
                         let w = &self.workers.0[actor];
@@ -834,6 +953,59 @@ impl Shell {
                 Action::Exit { code } => self.exit_code = Some(code),
             }
         }
+    }
+}
+
+/// The core's event for one report of a worker.
+fn report_event(name: &str, pid: Option<u32>, actor: ActorId, epoch: u64, report: Report) -> Event {
+    match report {
+        Report::Ready(restored) => Event::Ready {
+            actor,
+            epoch,
+            restored,
+        },
+        Report::Replies(replies) => Event::Replies {
+            actor,
+            epoch,
+            replies,
+        },
+        Report::MoreReplies(replies) => Event::MoreReplies {
+            actor,
+            epoch,
+            replies,
+        },
+        Report::Checkpointed {
+            generation,
+            last_seq,
+            previous,
+            bytes,
+            micros,
+        } => {
+            tracing::debug!(actor = %name, ?pid, generation, last_seq, bytes, micros, "checkpoint written");
+            Event::Checkpointed {
+                actor,
+                epoch,
+                generation,
+                last_seq,
+                previous,
+            }
+        }
+        Report::CheckpointFailed { message } => Event::CheckpointFailed {
+            actor,
+            epoch,
+            message,
+        },
+        Report::Fatal { message } => Event::Fatal {
+            actor,
+            epoch,
+            message,
+        },
+        Report::Crashed { reason } => Event::Crashed {
+            actor,
+            epoch,
+            reason,
+        },
+        Report::Pong => Event::Pong { actor, epoch },
     }
 }
 

@@ -11,30 +11,34 @@
 //! *thread* that forked a child exits, so a short-lived spawning thread would kill its
 //! workers.
 //!
-//! Per worker there is one reader thread: it accepts the bootstrap connection, then turns
-//! every message into an event. The main loop sends to the worker directly: ipc `send`
-//! blocks only when the socket buffer (~208 KiB) is full, and the core never has more
-//! than a few small messages outstanding per worker (at most `MAX_INFLIGHT_BATCHES`
-//! batches of at most `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping),
-//! so even a stopped worker cannot make it block.
+//! The worker's stdin is one end of a socket pair, its report socket (the worker moves it
+//! off fd 0 at once). A short-lived thread accepts the worker's bootstrap connection (its
+//! hello carries the worker's inbound ipc channel) and hands the channel and our end of
+//! the report socket to the event loop, which sends `Init` and reads reports from then
+//! on. The main loop
+//! sends to the worker directly: ipc `send` blocks only when the socket buffer
+//! (~208 KiB) is full, and the core never has more than a few small messages
+//! outstanding per worker (at most `MAX_INFLIGHT_BATCHES` batches of at most
+//! `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping), so even a stopped
+//! worker cannot make it block.
 
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use resurgam_shared::ipc::{
-    ENV_BOOTSTRAP, ENV_PARENT_PID, ExecInit, FromWorker, IPC_VERSION, Init, Privileges, ToWorker,
-    decode_replies,
+    ENV_BOOTSTRAP, ENV_PARENT_PID, ExecInit, FromWorker, IPC_VERSION, Init, Privileges,
 };
 
 use crate::core::{ActorId, Event};
-use crate::run::ShellEvent;
+use crate::shell::output::{OutputRelay, Pipe};
+use crate::shell::{LoopTx, ShellEvent};
 
 /// Environment variables a worker must never see: it must not speak for the service,
 /// nor find the control socket.
@@ -57,6 +61,8 @@ pub struct SpawnJob {
     pub mmap_path: PathBuf,
     pub disk_path: PathBuf,
     pub checkpoint_every: u64,
+    /// How long the worker may wait on the CPU for back-to-back calls.
+    pub spin_micros: u64,
     /// Kind `exec`: the program the worker starts.
     pub exec: Option<ExecInit>,
     pub privileges: Privileges,
@@ -69,21 +75,25 @@ pub const SPAWNERS: usize = 4;
 
 /// Starts the spawner threads. They live as long as `jobs` has senders (forever, in
 /// practice: a worker's PR_SET_PDEATHSIG is tied to the thread that started it).
-pub fn start_spawners(jobs: Receiver<SpawnJob>, events: Sender<ShellEvent>) -> std::io::Result<()> {
+pub fn start_spawners(
+    jobs: Receiver<SpawnJob>,
+    events: LoopTx,
+    output: OutputRelay,
+) -> std::io::Result<()> {
     for i in 0..SPAWNERS {
-        let (jobs, events) = (jobs.clone(), events.clone());
+        let (jobs, events, output) = (jobs.clone(), events.clone(), output.clone());
         std::thread::Builder::new()
             .name(format!("spawner-{i}"))
             .spawn(move || {
                 for job in jobs {
-                    spawn_one(job, &events);
+                    spawn_one(job, &events, &output);
                 }
             })?;
     }
     Ok(())
 }
 
-fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
+fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
     let (actor, epoch) = (job.actor, job.epoch);
     let fail = |error: String| {
         let _ = events.send(ShellEvent::Core(Event::SpawnFailed {
@@ -98,15 +108,22 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
     };
     // The worker's stdout and stderr both go into one pipe that a relay thread turns
     // into log lines carrying the actor's name (the journal then says whose they are).
-    let (output, out_w, err_w) = match output_pipe() {
+    let (out_r, out_w, err_w) = match output_pipe() {
         Ok(p) => p,
         Err(e) => return fail(format!("create the output pipe: {e}")),
+    };
+    // The worker's end of its report socket is its stdin (what posix_spawn can pass; the
+    // worker moves it away from fd 0 at once). Both ends are close-on-exec here, so no
+    // other child started meanwhile inherits them.
+    let (reports, worker_end) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("create the report socket: {e}")),
     };
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(format!("resurgam-worker[{}]", job.name))
         .env(ENV_BOOTSTRAP, &server_name)
         .env(ENV_PARENT_PID, std::process::id().to_string())
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(OwnedFd::from(worker_end)))
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
@@ -130,7 +147,11 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
     // our copies of the pipe's write end, so the relay sees the end when the worker exits.
     drop(child);
     drop(cmd);
-    relay_output(output, job.name.clone(), pid);
+    output.add(Pipe {
+        file: out_r,
+        actor: job.name.clone(),
+        pid,
+    });
     let _ = events.send(ShellEvent::Spawned {
         actor,
         epoch,
@@ -144,37 +165,44 @@ fn spawn_one(job: SpawnJob, events: &Sender<ShellEvent>) {
         mmap_path: job.mmap_path.as_os_str().as_bytes().to_vec(),
         disk_path: job.disk_path.as_os_str().as_bytes().to_vec(),
         checkpoint_every: job.checkpoint_every,
+        spin_micros: job.spin_micros,
         exec: job.exec,
         privileges: job.privileges,
     };
-    let events = events.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("rx-{}", job.name))
-        .stack_size(256 * 1024)
-        .spawn(move || reader(server, actor, epoch, pid, init, events));
-    if let Err(e) = spawned {
-        tracing::error!(actor = %job.name, pid, error = %e, "cannot start reader thread; killing the worker");
+    // The accept waits for the worker's exec and start-up: on a thread of its own, so a
+    // worker that never connects holds up no other spawn. (Only the spawning thread's
+    // death matters to PR_SET_PDEATHSIG; this one may end whenever it likes.)
+    let events2 = events.clone();
+    let started = std::thread::Builder::new()
+        .name(format!("boot-{}", job.name))
+        .stack_size(128 * 1024)
+        .spawn(move || bootstrap(server, actor, epoch, pid, init, reports, &events2));
+    if let Err(e) = started {
+        tracing::error!(actor = %job.name, pid, error = %e, "cannot start the bootstrap thread; killing the worker");
         kill_group(pid);
     }
 }
 
-/// Accepts the worker's connection, hands its sender to a writer thread, then forwards
-/// every message as an event until the worker's end closes.
-fn reader(
+/// Accepts the worker's bootstrap connection, checks its hello and hands the worker's
+/// channel, its report socket and its `Init` to the loop (which sends the `Init`: so no
+/// report can come before the loop reads the socket).
+fn bootstrap(
     server: IpcOneShotServer<FromWorker>,
     actor: ActorId,
     epoch: u64,
     pid: u32,
     init: Init,
-    events: Sender<ShellEvent>,
+    reports: UnixStream,
+    events: &LoopTx,
 ) {
-    let closed = || ShellEvent::Core(Event::ChannelClosed { actor, epoch });
-    let (rx, first) = match server.accept() {
+    let failed = || {
+        let _ = events.send(ShellEvent::BootstrapFailed { actor, epoch });
+    };
+    let (_rx, first) = match server.accept() {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(actor = %init.actor, pid, error = %e, "bootstrap connection failed");
-            let _ = events.send(closed());
-            return;
+            return failed();
         }
     };
     let to_worker = match first {
@@ -183,98 +211,20 @@ fn reader(
             pid: wpid,
             to_worker,
         } if version == IPC_VERSION && wpid == pid => to_worker,
-        FromWorker::Abort => {
-            let _ = events.send(closed());
-            return;
-        }
+        FromWorker::Abort => return failed(),
         other => {
             tracing::error!(actor = %init.actor, pid, message = ?other, "worker sent a bad hello; killing it");
             kill_group(pid);
-            let _ = events.send(closed());
-            return;
+            return failed();
         }
     };
-    let name = init.actor.clone();
-    if let Err(e) = to_worker.send(ToWorker::Init(init)) {
-        tracing::warn!(actor = %name, pid, error = %e, "cannot send init to the worker");
-    }
-    if events
-        .send(ShellEvent::Connected {
-            actor,
-            epoch,
-            outbox: to_worker,
-        })
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let msg = match rx.recv() {
-            Ok(m) => m,
-            Err(_) => break,
-        };
-        let event = match msg {
-            FromWorker::Ready(restored) => Event::Ready {
-                actor,
-                epoch,
-                restored,
-            },
-            FromWorker::Replies(replies) => Event::Replies {
-                actor,
-                epoch,
-                replies,
-            },
-            FromWorker::RepliesShm(shm) => match decode_replies(&shm) {
-                Ok(replies) => Event::Replies {
-                    actor,
-                    epoch,
-                    replies,
-                },
-                Err(e) => {
-                    tracing::error!(actor = %name, pid, error = %e, "undecodable reply batch; killing the worker");
-                    kill_group(pid);
-                    continue;
-                }
-            },
-            FromWorker::Checkpointed {
-                generation,
-                last_seq,
-                previous,
-                bytes,
-                micros,
-            } => {
-                tracing::debug!(actor = %name, pid, generation, last_seq, bytes, micros, "checkpoint written");
-                Event::Checkpointed {
-                    actor,
-                    epoch,
-                    generation,
-                    last_seq,
-                    previous,
-                }
-            }
-            FromWorker::CheckpointFailed { message } => Event::CheckpointFailed {
-                actor,
-                epoch,
-                message,
-            },
-            FromWorker::Fatal { message } => Event::Fatal {
-                actor,
-                epoch,
-                message,
-            },
-            FromWorker::Crashed { reason } => Event::Crashed {
-                actor,
-                epoch,
-                reason,
-            },
-            FromWorker::Pong => Event::Pong { actor, epoch },
-            FromWorker::Hello { .. } | FromWorker::Abort => continue,
-        };
-        if events.send(ShellEvent::Core(event)).is_err() {
-            return;
-        }
-    }
-    let _ = events.send(closed());
+    let _ = events.send(ShellEvent::Connected {
+        actor,
+        epoch,
+        outbox: to_worker,
+        reports,
+        init: Box::new(init),
+    });
 }
 
 /// Kills a worker that is not reaped yet and everything in its process group (the worker
@@ -297,88 +247,6 @@ fn output_pipe() -> std::io::Result<(std::fs::File, OwnedFd, OwnedFd)> {
     Ok((std::fs::File::from(r), w, w2))
 }
 
-/// Longest part of one output line that is logged; the rest of the line is dropped
-/// (and counted in the log line). A program writing without newlines cannot make the
-/// supervisor buffer more than this.
-const MAX_OUTPUT_LINE: usize = 16 * 1024;
-
-/// Logs every line a worker prints, with its actor and pid, until the worker is gone.
-fn relay_output(output: std::fs::File, actor: String, pid: u32) {
-    let spawned = std::thread::Builder::new()
-        .name(format!("out-{actor}"))
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let mut lines = OutputLines::default();
-            let mut output = output;
-            let mut chunk = vec![0u8; 8192];
-            loop {
-                match output.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => lines.push(&chunk[..n], |line| log_output(&actor, pid, line)),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            lines.finish(|line| log_output(&actor, pid, line));
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(pid, error = %e, "cannot start the output relay of a worker; its output is lost");
-    }
-}
-
-fn log_output(actor: &str, pid: u32, line: &str) {
-    tracing::info!(target: "worker", actor = %actor, pid, "{line}");
-}
-
-/// Splits a worker's output into lines of at most [`MAX_OUTPUT_LINE`] bytes.
-#[derive(Default)]
-struct OutputLines {
-    line: Vec<u8>,
-    dropped: usize,
-}
-
-impl OutputLines {
-    /// Takes the next bytes; calls `emit` for every line they complete.
-    fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
-        while !bytes.is_empty() {
-            let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &[][..], false),
-            };
-            let room = MAX_OUTPUT_LINE - self.line.len();
-            let keep = part.len().min(room);
-            self.line.extend_from_slice(&part[..keep]);
-            self.dropped += part.len() - keep;
-            if complete {
-                self.emit(&mut emit);
-            }
-            bytes = rest;
-        }
-    }
-
-    /// Emits what is left (a last line without a newline).
-    fn finish(&mut self, mut emit: impl FnMut(&str)) {
-        if !self.line.is_empty() || self.dropped > 0 {
-            self.emit(&mut emit);
-        }
-    }
-
-    fn emit(&mut self, emit: &mut impl FnMut(&str)) {
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end();
-        if self.dropped > 0 {
-            emit(&format!(
-                "{text} … ({} more bytes of this line dropped)",
-                self.dropped
-            ));
-        } else if !text.is_empty() {
-            emit(text);
-        }
-        self.line.clear();
-        self.dropped = 0;
-    }
-}
-
 /// Unblocks a reader still waiting in `accept` for a worker that died before it
 /// connected (the one-shot server has no accept timeout).
 pub fn abandon(server_name: String) {
@@ -390,44 +258,4 @@ pub fn abandon(server_name: String) {
                 let _ = tx.send(FromWorker::Abort);
             }
         });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(chunks: &[&[u8]]) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut l = OutputLines::default();
-        for c in chunks {
-            l.push(c, |s| out.push(s.to_string()));
-        }
-        l.finish(|s| out.push(s.to_string()));
-        out
-    }
-
-    #[test]
-    fn output_is_split_into_lines_across_chunks() {
-        assert_eq!(
-            lines(&[b"a\nb", b"c\n\n", b"d"]),
-            vec!["a".to_string(), "bc".to_string(), "d".to_string()]
-        );
-    }
-
-    #[test]
-    fn an_endless_line_is_capped_and_what_was_dropped_is_counted() {
-        let big = vec![b'x'; 3 * MAX_OUTPUT_LINE];
-        let out = lines(&[&big, &big, b"\nnext\n"]);
-        assert_eq!(out.len(), 2);
-        assert!(out[0].starts_with(&"x".repeat(MAX_OUTPUT_LINE)));
-        assert!(
-            out[0].ends_with(&format!(
-                "({} more bytes of this line dropped)",
-                5 * MAX_OUTPUT_LINE
-            )),
-            "{}",
-            &out[0][MAX_OUTPUT_LINE..]
-        );
-        assert_eq!(out[1], "next");
-    }
 }

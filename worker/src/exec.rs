@@ -28,16 +28,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ipc_channel::ipc::IpcSender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
 use resurgam_shared::ipc::{
-    Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, ExecInit, FromWorker, Outcome,
-    Privileges,
+    Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, ExecInit, Outcome, Privileges, Report,
 };
+
+use crate::report::Reporter;
 use resurgam_shared::protocol::ErrorKind;
 
 use crate::sys;
@@ -141,7 +141,7 @@ impl Program {
         actor: &str,
         exec: &ExecInit,
         privileges: &Privileges,
-        to_sup: &IpcSender<FromWorker>,
+        to_sup: &Reporter,
     ) -> Result<Program, StartError> {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| StartError::Crashed(format!("socketpair: {e}")))?;
@@ -700,7 +700,7 @@ fn watch(
     state: Arc<AtomicU8>,
     tx: mpsc::Sender<String>,
     wake: UnixStream,
-    to_sup: IpcSender<FromWorker>,
+    to_sup: Reporter,
     actor: String,
 ) -> Result<(), String> {
     std::thread::Builder::new()
@@ -742,7 +742,7 @@ fn watch(
                 return;
             }
             eprintln!("resurgam worker {actor}: {reason}");
-            let _ = to_sup.send(FromWorker::Crashed { reason });
+            let _ = to_sup.send(&Report::Crashed { reason });
             // SAFETY: _exit ends the process without running destructors or atexit
             // handlers that the main thread might be using; the checkpoint file is
             // crash-safe by design (a torn slot is detected and skipped).

@@ -2,8 +2,9 @@
 //! the built-in actors (`counter`, `kv`) and the worker loop ([`run_worker`]).
 //!
 //! Architecture invariant: this crate never touches the control socket and never speaks
-//! to systemd. A worker talks only to its supervisor, over the ipc channels set up at
-//! bootstrap, to its own checkpoint files, and — for an actor of kind `exec` only — to
+//! to systemd. A worker talks only to its supervisor (calls come in over the ipc channel
+//! set up at bootstrap, replies and reports go out over its report socket), to its own
+//! checkpoint files, and — for an actor of kind `exec` only — to
 //! the one program it starts as its child ([`exec`], over the documented exec worker
 //! protocol). It starts no other process.
 //!
@@ -15,6 +16,7 @@ mod actor;
 pub mod builtin;
 pub mod exec;
 mod registry;
+mod report;
 mod run;
 mod sys;
 

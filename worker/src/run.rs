@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use serde_json::Value;
@@ -11,12 +11,13 @@ use serde_json::Value;
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
-    Outcome, Reply, Restored, ToWorker, decode_calls, replies_message,
+    Outcome, Reply, Report, Restored, ToWorker, decode_calls,
 };
 use resurgam_shared::protocol::ErrorKind;
 
 use crate::exec::{self, Program};
 use crate::registry::{DynActor, Registry};
+use crate::report::Reporter;
 use crate::sys::Prepared;
 
 /// Exit status of a worker whose bootstrap failed (no supervisor to talk to).
@@ -30,9 +31,9 @@ pub fn run_worker(registry: &Registry) -> bool {
     let Some(token) = std::env::var_os(ENV_BOOTSTRAP) else {
         return false;
     };
-    // Before anything else: close every fd inherited beyond stdin/stdout/stderr (fds the
-    // supervisor received over ipc-channel are not close-on-exec, so another actor's
-    // channel could be among them).
+    // Before anything else: close every fd inherited beyond stdin (the report socket),
+    // stdout and stderr (fds the supervisor received over ipc-channel are not
+    // close-on-exec, so another actor's channel could be among them).
     close_inherited_fds();
     let code = match Worker::bootstrap(&token) {
         Ok(mut w) => w.serve(registry),
@@ -45,7 +46,7 @@ pub fn run_worker(registry: &Registry) -> bool {
 }
 
 struct Worker {
-    to_sup: IpcSender<FromWorker>,
+    to_sup: Reporter,
     inbox: IpcReceiver<ToWorker>,
     name: String,
 }
@@ -77,6 +78,8 @@ struct Live {
     every: u64,
     /// last_seq of the checkpoint in the slot not written last (reported to the supervisor).
     previous: Option<u64>,
+    /// See [`Init::spin_micros`].
+    spin_micros: u64,
 }
 
 impl Worker {
@@ -100,11 +103,12 @@ impl Worker {
             .to_str()
             .ok_or("bootstrap token is not UTF-8")?
             .to_string();
-        let to_sup = IpcSender::<FromWorker>::connect(token)
+        let reporter = Reporter::inherit()?;
+        let bootstrap = IpcSender::<FromWorker>::connect(token)
             .map_err(|e| format!("connect to the supervisor: {e}"))?;
         let (tx, inbox) =
             ipc::channel::<ToWorker>().map_err(|e| format!("create the inbound channel: {e}"))?;
-        to_sup
+        bootstrap
             .send(FromWorker::Hello {
                 version: IPC_VERSION,
                 pid: std::process::id(),
@@ -112,7 +116,7 @@ impl Worker {
             })
             .map_err(|e| format!("send hello: {e}"))?;
         Ok(Worker {
-            to_sup,
+            to_sup: reporter,
             inbox,
             name: String::from("?"),
         })
@@ -120,7 +124,7 @@ impl Worker {
 
     fn fatal(&self, message: String) -> i32 {
         eprintln!("resurgam worker {}: {message}", self.name);
-        let _ = self.to_sup.send(FromWorker::Fatal { message });
+        let _ = self.to_sup.send(&Report::Fatal { message });
         EXIT_FATAL
     }
 
@@ -172,12 +176,21 @@ impl Worker {
 
     /// Serves the supervisor's messages until it says stop (`Ok`) or something ends it.
     fn serve_calls(&self, live: &mut Live) -> Result<(), Stop> {
+        let spin = Duration::from_micros(live.spin_micros);
+        let mut back_to_back = false;
         loop {
-            let msg = match self.inbox.recv() {
-                Ok(m) => m,
-                // The supervisor is gone (PDEATHSIG normally kills us first).
-                Err(_) => return Ok(()),
+            let idle_since = Instant::now();
+            let msg = if back_to_back {
+                self.next_message_spinning(spin)
+            } else {
+                self.inbox.recv().ok()
             };
+            // The supervisor is gone (PDEATHSIG normally kills us first).
+            let Some(msg) = msg else { return Ok(()) };
+            // A client calling back to back is answered fastest by a worker that is
+            // awake when the next call comes (a wake-up from sleep costs 10–50 µs on a
+            // VM); one whose calls come further apart never spins.
+            back_to_back = !spin.is_zero() && idle_since.elapsed() <= spin;
             match msg {
                 ToWorker::Calls(calls) => self.apply(live, calls)?,
                 ToWorker::CallsShm(shm) => match decode_calls(&shm) {
@@ -189,17 +202,31 @@ impl Worker {
                 ToWorker::Configure { checkpoint_every } => live.every = checkpoint_every,
                 ToWorker::Ping => self
                     .to_sup
-                    .send(FromWorker::Pong)
+                    .send(&Report::Pong)
                     .map_err(|e| Stop::Failed(format!("send pong: {e}")))?,
                 ToWorker::Init(_) => return Err(Stop::Failed("second Init".to_string())),
             }
         }
     }
 
+    /// The next message, waited for on the CPU for up to `spin`, then asleep. `None`
+    /// once the supervisor is gone.
+    fn next_message_spinning(&self, spin: Duration) -> Option<ToWorker> {
+        let start = Instant::now();
+        while start.elapsed() < spin {
+            match self.inbox.try_recv() {
+                Ok(m) => return Some(m),
+                Err(ipc_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(_) => return None,
+            }
+        }
+        self.inbox.recv().ok()
+    }
+
     /// Reports a crashed exec program and exits as crashed.
     fn crashed(&self, reason: String) -> i32 {
         eprintln!("resurgam worker {}: {reason}", self.name);
-        let _ = self.to_sup.send(FromWorker::Crashed { reason });
+        let _ = self.to_sup.send(&Report::Crashed { reason });
         EXIT_PROGRAM_FAILED
     }
 
@@ -297,7 +324,7 @@ impl Worker {
         slots.sort_unstable_by(|x, y| y.cmp(x));
         let previous = slots.get(1).map(|s| s.1);
         self.to_sup
-            .send(FromWorker::Ready(Restored {
+            .send(&Report::Ready(Restored {
                 generation,
                 last_seq,
                 source,
@@ -314,6 +341,7 @@ impl Worker {
             last_seq,
             since_checkpoint: 0,
             every: init.checkpoint_every,
+            spin_micros: init.spin_micros,
             previous,
         })
     }
@@ -364,11 +392,17 @@ impl Worker {
             outcome,
         }));
         replies.sort_unstable_by_key(|r| r.seq);
-        let msg =
-            replies_message(replies).map_err(|e| Stop::Failed(format!("encode replies: {e}")))?;
-        self.to_sup
-            .send(msg)
-            .map_err(|e| Stop::Failed(format!("send replies: {e}")))?;
+        let mut parts = reply_frames(replies).into_iter().peekable();
+        while let Some(part) = parts.next() {
+            let report = if parts.peek().is_some() {
+                Report::MoreReplies(part)
+            } else {
+                Report::Replies(part)
+            };
+            self.to_sup
+                .send(&report)
+                .map_err(|e| Stop::Failed(format!("send replies: {e}")))?;
+        }
         // Replies go out before the checkpoint that covers them is written, so a call
         // whose effect a checkpoint holds has always had its reply sent.
         if live.every > 0 && live.since_checkpoint >= live.every {
@@ -385,12 +419,12 @@ impl Worker {
                     "resurgam worker {}: checkpoint failed: {message}",
                     self.name
                 );
-                FromWorker::CheckpointFailed { message }
+                Report::CheckpointFailed { message }
             }
             Err(crashed) => return Err(crashed),
         };
         self.to_sup
-            .send(msg)
+            .send(&msg)
             .map_err(|e| Stop::Failed(format!("send checkpoint report: {e}")))
     }
 }
@@ -491,11 +525,11 @@ fn apply_one(actor: &mut dyn DynActor, call: &Call) -> Outcome {
     }
 }
 
-fn write_checkpoint(live: &mut Live) -> Result<FromWorker, Stop> {
+fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
     let start = Instant::now();
     if live.since_checkpoint == 0 && live.generation > 0 {
         // Nothing changed since the last checkpoint: report it again.
-        return Ok(FromWorker::Checkpointed {
+        return Ok(Report::Checkpointed {
             generation: live.generation,
             last_seq: live.last_seq,
             previous: live.previous,
@@ -524,7 +558,7 @@ fn write_checkpoint(live: &mut Live) -> Result<FromWorker, Stop> {
     live.previous = live.mmap.slot_contents()[other].map(|(_, seq)| seq);
     live.generation = generation;
     live.since_checkpoint = 0;
-    Ok(FromWorker::Checkpointed {
+    Ok(Report::Checkpointed {
         generation,
         last_seq: live.last_seq,
         previous: live.previous,
@@ -533,6 +567,57 @@ fn write_checkpoint(live: &mut Live) -> Result<FromWorker, Stop> {
     })
 }
 
+/// Largest batch of replies sent in one report frame (a single larger reply goes alone),
+/// so the supervisor never has to hold a frame much larger than one reply.
+const FRAME_REPLY_BYTES: usize = 16 << 20;
+
+/// Splits a batch of replies into frames of at most [`FRAME_REPLY_BYTES`] (approximately).
+fn reply_frames(replies: Vec<Reply>) -> Vec<Vec<Reply>> {
+    let mut frames = vec![Vec::new()];
+    let mut size = 0;
+    for r in replies {
+        let n = resurgam_shared::ipc::replies_size(std::slice::from_ref(&r));
+        if size + n > FRAME_REPLY_BYTES && size > 0 {
+            frames.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        if let Some(last) = frames.last_mut() {
+            last.push(r);
+        }
+    }
+    frames
+}
+
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(seq: u64, len: usize) -> Reply {
+        Reply {
+            seq,
+            outcome: Outcome::Ok(vec![b'1'; len]),
+        }
+    }
+
+    #[test]
+    fn large_reply_batches_go_in_frames_in_order() {
+        let third = FRAME_REPLY_BYTES / 3;
+        let batch: Vec<Reply> = (1..=7).map(|s| reply(s, third)).collect();
+        let frames = reply_frames(batch.clone());
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        for f in &frames {
+            assert!(!f.is_empty());
+            assert!(resurgam_shared::ipc::replies_size(f) <= FRAME_REPLY_BYTES);
+        }
+        assert_eq!(frames.concat(), batch, "every reply once, in order");
+        // A single reply larger than a frame goes alone; an empty batch is one frame.
+        let huge = vec![reply(1, 10), reply(2, FRAME_REPLY_BYTES * 2), reply(3, 10)];
+        assert_eq!(reply_frames(huge).len(), 3);
+        assert_eq!(reply_frames(Vec::new()), vec![Vec::<Reply>::new()]);
+    }
 }

@@ -78,7 +78,14 @@ pub enum Event {
         epoch: u64,
         restored: Restored,
     },
+    /// The replies to a batch of calls (the last part of them, when it came in parts).
     Replies {
+        actor: ActorId,
+        epoch: u64,
+        replies: Vec<Reply>,
+    },
+    /// Some of the replies to a batch of calls, with more to come.
+    MoreReplies {
         actor: ActorId,
         epoch: u64,
         replies: Vec<Reply>,
@@ -178,6 +185,7 @@ impl Event {
         match *self {
             Event::Ready { actor, epoch, .. }
             | Event::Replies { actor, epoch, .. }
+            | Event::MoreReplies { actor, epoch, .. }
             | Event::Checkpointed { actor, epoch, .. }
             | Event::CheckpointFailed { actor, epoch, .. }
             | Event::Crashed { actor, epoch, .. }
@@ -375,7 +383,12 @@ impl Core {
                 actor,
                 epoch,
                 replies,
-            } => self.on_replies(actor, epoch, replies),
+            } => self.on_replies(actor, epoch, replies, true),
+            Event::MoreReplies {
+                actor,
+                epoch,
+                replies,
+            } => self.on_replies(actor, epoch, replies, false),
             Event::Checkpointed {
                 actor,
                 epoch,
@@ -989,12 +1002,12 @@ impl Core {
         self.mark_dirty(id);
     }
 
-    fn on_replies(&mut self, id: ActorId, epoch: u64, replies: Vec<Reply>) {
+    fn on_replies(&mut self, id: ActorId, epoch: u64, replies: Vec<Reply>, batch_done: bool) {
         let Some(a) = self.actors.get_mut(id) else {
             return;
         };
         let current = a.epoch == epoch;
-        if current {
+        if current && batch_done {
             a.inflight_batches = a.inflight_batches.saturating_sub(1);
         }
         let mut answers = Vec::new();

@@ -487,10 +487,22 @@ impl World {
                 }
                 let w = self.worker.as_mut().unwrap();
                 let epoch = w.epoch;
+                // A batch of three or more calls is answered in parts, as a real worker
+                // answers a large one: every part but the last is `MoreReplies`.
+                let mut rest = replies;
+                while rest.len() >= 3 {
+                    let tail = rest.split_off(rest.len() / 2);
+                    w.outbox.push_back(Event::MoreReplies {
+                        actor: 0,
+                        epoch,
+                        replies: rest,
+                    });
+                    rest = tail;
+                }
                 w.outbox.push_back(Event::Replies {
                     actor: 0,
                     epoch,
-                    replies,
+                    replies: rest,
                 });
                 if w.every > 0 && w.since >= w.every {
                     self.write_checkpoint();

@@ -1,0 +1,704 @@
+//! Control connections, served by the event loop itself: no thread per connection.
+//!
+//! Input is read without blocking, framed into lines of at most `max_request_bytes`
+//! (a longer line is answered with `BadRequest` and skipped up to its newline), parsed,
+//! and handed to the core in order. Each connection gets a read budget per turn of the
+//! loop, so one busy client cannot starve the others. Replies collect in the
+//! connection's output buffer and are written when the loop has finished its turn.
+//!
+//! Bounds: a client that does not read its replies stops being read from once
+//! [`MAX_QUEUED_REPLY_BYTES`] wait for it or [`MAX_OWED_REPLIES`] of its requests wait
+//! for an answer; one that accepts no output for [`WRITE_TIMEOUT`] is dropped. A client
+//! that stops sending (a half-closed socket, as `socat` and `nc -N` leave it) still gets
+//! every reply it is owed, for up to [`HALF_CLOSED_GRACE`].
+//!
+//! Access: every connection's peer credentials (SO_PEERCRED) are checked: root, the
+//! supervisor's own uid and `allowed_uids` may talk; anyone else gets one `Unauthorized`
+//! reply and is closed, as is a connection past the connection limit (`Busy`). Their
+//! input is drained for a moment first (closing with unread input would reset the
+//! socket and hide the reason), with no thread and a bounded number of them at once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind as IoKind, Read};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry};
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, getsockopt, send, sockopt::PeerCredentials};
+
+use resurgam_shared::protocol::{
+    ErrorBody, ErrorKind, NULL_ID, Request, encode_err, parse_request,
+};
+
+use crate::control::Access;
+use crate::core::ConnId;
+use crate::shell::token;
+
+/// A connection whose client does not read its replies stops being read from once this
+/// much output waits for it…
+pub const MAX_QUEUED_REPLY_BYTES: usize = 8 << 20;
+/// …or once this many of its requests wait for their replies.
+pub const MAX_OWED_REPLIES: usize = 16 * 1024;
+/// A client that accepts no output for this long is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long replies are still delivered to a client that stopped sending.
+pub const HALF_CLOSED_GRACE: Duration = Duration::from_secs(60);
+/// Bytes read from one connection per turn of the loop.
+const READ_BUDGET: usize = 256 * 1024;
+/// How long a refused connection's input is drained, and how much of it at most.
+const REFUSED_DRAIN: Duration = Duration::from_millis(500);
+const REFUSED_DRAIN_BYTES: usize = 1 << 20;
+/// Refused connections drained at once; more are closed at once.
+const MAX_REFUSED: usize = 256;
+/// After accept fails for lack of fds, wait this long before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+struct Conn {
+    stream: UnixStream,
+    lines: LineFramer,
+    out: Vec<u8>,
+    /// How much of `out` is written.
+    sent: usize,
+    /// Requests read and not yet answered (every request gets exactly one reply).
+    owed: usize,
+    /// In the read queue (input may be waiting).
+    queued: bool,
+    /// Not read from until the client takes its replies.
+    paused: bool,
+    /// The client stopped sending, at this time.
+    eof_at: Option<Instant>,
+    /// Output has been waiting without progress since then.
+    stalled_since: Option<Instant>,
+    /// In the write list of this turn.
+    to_write: bool,
+    /// Registered for writability (only while output waits for room in the socket).
+    watching_writes: bool,
+}
+
+impl Conn {
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Writes what waits, without blocking and without SIGPIPE. Returns whether any
+    /// byte went out, or `Err` once the client is gone for good.
+    fn write_out(&mut self) -> Result<bool, ()> {
+        let mut wrote = false;
+        while self.pending() > 0 {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match send(self.stream.as_raw_fd(), &self.out[self.sent..], flags) {
+                Ok(0) => return Err(()),
+                Ok(n) => {
+                    self.sent += n;
+                    wrote = true;
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Appends output; the caller puts the connection in the write list.
+    fn push_out(&mut self, bytes: &[u8]) {
+        if self.pending() == 0 {
+            self.out.clear();
+            self.sent = 0;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn over_limits(&self) -> bool {
+        self.pending() > MAX_QUEUED_REPLY_BYTES || self.owed > MAX_OWED_REPLIES
+    }
+
+    /// Has everything it is owed, and will ask for nothing more.
+    fn finished(&self) -> bool {
+        self.eof_at.is_some() && self.owed == 0 && self.pending() == 0
+    }
+}
+
+struct Refused {
+    stream: UnixStream,
+    until: Instant,
+    left: usize,
+}
+
+/// Every control connection, and the listening socket.
+pub struct Conns {
+    listener: UnixListener,
+    registry: Registry,
+    access: Access,
+    live: HashMap<ConnId, Conn>,
+    refused: HashMap<ConnId, Refused>,
+    next: ConnId,
+    /// Connections that may have input to read, in turn order.
+    to_read: VecDeque<ConnId>,
+    /// Connections with output to write.
+    to_write: Vec<ConnId>,
+    /// Connections with a deadline (output stalled, or the client stopped sending).
+    timed: HashSet<ConnId>,
+    /// When to try accepting again after running out of fds.
+    accept_again: Option<Instant>,
+}
+
+impl Conns {
+    pub fn new(
+        mut listener: UnixListener,
+        registry: Registry,
+        access: Access,
+    ) -> std::io::Result<Conns> {
+        registry.register(&mut listener, token::LISTENER, Interest::READABLE)?;
+        Ok(Conns {
+            listener,
+            registry,
+            access,
+            live: HashMap::new(),
+            refused: HashMap::new(),
+            next: 1,
+            to_read: VecDeque::new(),
+            to_write: Vec::new(),
+            timed: HashSet::new(),
+            accept_again: None,
+        })
+    }
+
+    /// Accepts every waiting connection.
+    pub fn accept(&mut self, now: Instant) {
+        self.accept_again = None;
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == IoKind::WouldBlock => return,
+                Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the pending connections stay in the backlog;
+                    // try again shortly rather than spin.
+                    tracing::warn!(error = %e, "accept on the control socket failed");
+                    self.accept_again = Some(now + ACCEPT_RETRY);
+                    return;
+                }
+            };
+            let conn = self.next;
+            self.next += 1;
+            self.admit(stream, conn, now);
+        }
+    }
+
+    fn admit(&mut self, mut stream: UnixStream, conn: ConnId, now: Instant) {
+        let refusal = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) if self.access.allows(cred.uid()) => None,
+            Ok(cred) => {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    pid = cred.pid(),
+                    "control connection refused: uid not allowed"
+                );
+                Some((
+                    ErrorKind::Unauthorized,
+                    format!("uid {} may not use this supervisor", cred.uid()),
+                ))
+            }
+            Err(e) => Some((
+                ErrorKind::Unauthorized,
+                format!("cannot read peer credentials: {e}"),
+            )),
+        };
+        let refusal = refusal.or_else(|| {
+            (self.live.len() >= self.access.max_connections).then(|| {
+                (
+                    ErrorKind::Busy,
+                    format!(
+                        "too many connections (limit {})",
+                        self.access.max_connections
+                    ),
+                )
+            })
+        });
+        if let Some((kind, message)) = refusal {
+            return self.refuse(stream, conn, kind, message, now);
+        }
+        if let Err(e) = self
+            .registry
+            .register(&mut stream, token::conn(conn), Interest::READABLE)
+        {
+            tracing::warn!(conn, error = %e, "cannot serve a control connection");
+            return;
+        }
+        self.live.insert(
+            conn,
+            Conn {
+                stream,
+                lines: LineFramer::default(),
+                out: Vec::new(),
+                sent: 0,
+                owed: 0,
+                queued: true,
+                paused: false,
+                eof_at: None,
+                stalled_since: None,
+                to_write: false,
+                watching_writes: false,
+            },
+        );
+        // Input may have arrived with the connection.
+        self.to_read.push_back(conn);
+    }
+
+    /// Answers a connection that is not served with one error line, then drains its
+    /// input for a moment and closes it.
+    fn refuse(
+        &mut self,
+        mut stream: UnixStream,
+        conn: ConnId,
+        kind: ErrorKind,
+        message: String,
+        now: Instant,
+    ) {
+        let line = encode_err(NULL_ID, &ErrorBody::new(kind, message));
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let _ = send(stream.as_raw_fd(), line.as_bytes(), flags);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if self.refused.len() >= MAX_REFUSED {
+            return;
+        }
+        if self
+            .registry
+            .register(&mut stream, token::conn(conn), Interest::READABLE)
+            .is_ok()
+        {
+            let mut r = Refused {
+                stream,
+                until: now + REFUSED_DRAIN,
+                left: REFUSED_DRAIN_BYTES,
+            };
+            if !drain_refused(&mut r) {
+                self.refused.insert(conn, r);
+            } else {
+                let _ = self.registry.deregister(&mut r.stream);
+            }
+        }
+    }
+
+    /// A connection's socket is ready.
+    pub fn ready(&mut self, conn: ConnId, readable: bool, writable: bool) {
+        if let Some(r) = self.refused.get_mut(&conn) {
+            if drain_refused(r)
+                && let Some(mut r) = self.refused.remove(&conn)
+            {
+                let _ = self.registry.deregister(&mut r.stream);
+            }
+            return;
+        }
+        let Some(c) = self.live.get_mut(&conn) else {
+            return;
+        };
+        if readable && !c.queued && !c.paused && c.eof_at.is_none() {
+            c.queued = true;
+            self.to_read.push_back(conn);
+        }
+        if writable && c.pending() > 0 && !c.to_write {
+            c.to_write = true;
+            self.to_write.push(conn);
+        }
+    }
+
+    /// True while some connection has input left from an earlier turn.
+    pub fn has_input(&self) -> bool {
+        !self.to_read.is_empty()
+    }
+
+    /// Reads each queued connection once (up to its budget) and hands every request to
+    /// `deliver`, in order per connection.
+    pub fn read(&mut self, now: Instant, mut deliver: impl FnMut(ConnId, Request)) {
+        let max = self.access.max_request_bytes;
+        let mut buf = [0u8; 64 * 1024];
+        for _ in 0..self.to_read.len() {
+            let Some(conn) = self.to_read.pop_front() else {
+                break;
+            };
+            let Some(c) = self.live.get_mut(&conn) else {
+                continue;
+            };
+            let mut taken = 0;
+            let more = loop {
+                if c.over_limits() {
+                    // Backpressure: read again once the client takes its replies.
+                    c.paused = true;
+                    break false;
+                }
+                if taken >= READ_BUDGET {
+                    break true;
+                }
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        c.eof_at = Some(now);
+                        self.timed.insert(conn);
+                        let lines = std::mem::take(&mut c.lines);
+                        lines.finish(|l| take_line(c, l, max, &mut deliver, conn));
+                        break false;
+                    }
+                    Ok(n) => {
+                        taken += n;
+                        let mut lines = std::mem::take(&mut c.lines);
+                        lines.push(&buf[..n], max, |l| take_line(c, l, max, &mut deliver, conn));
+                        c.lines = lines;
+                    }
+                    Err(e) if e.kind() == IoKind::WouldBlock => break false,
+                    Err(e) if e.kind() == IoKind::Interrupted => {}
+                    Err(e) => {
+                        if e.kind() != IoKind::ConnectionReset {
+                            tracing::debug!(conn, error = %e, "control connection read failed");
+                        }
+                        c.eof_at = Some(now);
+                        self.timed.insert(conn);
+                        break false;
+                    }
+                }
+            };
+            if c.pending() > 0 && !c.to_write {
+                c.to_write = true;
+                self.to_write.push(conn);
+            }
+            if more {
+                self.to_read.push_back(conn);
+            } else {
+                c.queued = false;
+                if c.finished() {
+                    self.close(conn);
+                }
+            }
+        }
+    }
+
+    /// Queues one reply line for a connection.
+    pub fn reply(&mut self, conn: ConnId, line: &str) {
+        let Some(c) = self.live.get_mut(&conn) else {
+            return;
+        };
+        c.owed = c.owed.saturating_sub(1);
+        c.push_out(line.as_bytes());
+        if !c.to_write {
+            c.to_write = true;
+            self.to_write.push(conn);
+        }
+    }
+
+    /// Writes what waits for each connection, as far as its socket takes it.
+    pub fn flush(&mut self, now: Instant) {
+        let list = std::mem::take(&mut self.to_write);
+        for conn in list {
+            let Some(c) = self.live.get_mut(&conn) else {
+                continue;
+            };
+            c.to_write = false;
+            let Ok(wrote) = c.write_out() else {
+                // The client is gone for good: whatever it is owed cannot reach it.
+                self.close(conn);
+                continue;
+            };
+            if c.pending() == 0 {
+                c.out.clear();
+                c.sent = 0;
+                c.stalled_since = None;
+                if c.out.capacity() > 1 << 20 {
+                    c.out.shrink_to(64 * 1024);
+                }
+            } else if wrote || c.stalled_since.is_none() {
+                c.stalled_since = Some(now);
+            }
+            // Writability is watched only while output waits for room: a socket that
+            // has room says so after every read of the client, waking the loop for nothing.
+            let watch = c.pending() > 0;
+            if watch != c.watching_writes {
+                let interest = if watch {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if self
+                    .registry
+                    .reregister(&mut c.stream, token::conn(conn), interest)
+                    .is_ok()
+                {
+                    c.watching_writes = watch;
+                }
+            }
+            if c.paused && !c.over_limits() {
+                c.paused = false;
+                if c.eof_at.is_none() && !c.queued {
+                    c.queued = true;
+                    self.to_read.push_back(conn);
+                }
+            }
+            if c.stalled_since.is_some() || c.eof_at.is_some() {
+                self.timed.insert(conn);
+            } else {
+                self.timed.remove(&conn);
+            }
+            if c.finished() {
+                self.close(conn);
+            }
+        }
+    }
+
+    /// Writes what waits for every connection (at exit).
+    pub fn flush_all(&mut self, now: Instant) {
+        for (&conn, c) in self.live.iter_mut() {
+            if c.pending() > 0 && !c.to_write {
+                c.to_write = true;
+                self.to_write.push(conn);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Drops connections past their deadlines. Returns the next deadline, if any.
+    pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = self.accept_again;
+        let mut expired = Vec::new();
+        self.timed.retain(|c| self.live.contains_key(c));
+        for (conn, c) in self
+            .timed
+            .iter()
+            .filter_map(|k| Some((*k, self.live.get(k)?)))
+        {
+            let deadlines = [
+                c.stalled_since.map(|t| t + WRITE_TIMEOUT),
+                c.eof_at.map(|t| t + HALF_CLOSED_GRACE),
+            ];
+            for d in deadlines.into_iter().flatten() {
+                if d <= now {
+                    expired.push(conn);
+                } else {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        expired.sort_unstable();
+        expired.dedup();
+        for conn in expired {
+            self.close(conn);
+        }
+        let gone: Vec<ConnId> = self
+            .refused
+            .iter()
+            .filter(|(_, r)| r.until <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in gone {
+            if let Some(mut r) = self.refused.remove(&conn) {
+                let _ = self.registry.deregister(&mut r.stream);
+            }
+        }
+        if let Some(d) = self.refused.values().map(|r| r.until).min() {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        next
+    }
+
+    /// True when accepting should be tried again now (after running out of fds).
+    pub fn accept_due(&self, now: Instant) -> bool {
+        self.accept_again.is_some_and(|t| t <= now)
+    }
+
+    /// True while some connection still has output to write.
+    pub fn writing(&self) -> bool {
+        self.live.values().any(|c| c.pending() > 0)
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.timed.remove(&conn);
+        if let Some(mut c) = self.live.remove(&conn) {
+            let _ = self.registry.deregister(&mut c.stream);
+        }
+    }
+}
+
+/// Reads and drops a refused client's input; true once done with it.
+fn drain_refused(r: &mut Refused) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match r.stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(n) => {
+                r.left = r.left.saturating_sub(n);
+                if r.left == 0 {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == IoKind::WouldBlock => return false,
+            Err(e) if e.kind() == IoKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// One framed piece of a connection's input.
+#[derive(Debug, PartialEq, Eq)]
+enum Framed<'a> {
+    /// A line, without its newline.
+    Line(&'a [u8]),
+    /// A line longer than the limit (skipped).
+    TooLong,
+}
+
+/// Cuts a byte stream into lines of at most `max` bytes, never holding more than
+/// `max` + 1 bytes of a line.
+#[derive(Default)]
+struct LineFramer {
+    line: Vec<u8>,
+    /// The line being read is over the limit: skip to its newline.
+    too_long: bool,
+}
+
+impl LineFramer {
+    fn push(&mut self, mut bytes: &[u8], max: usize, mut emit: impl FnMut(Framed<'_>)) {
+        while !bytes.is_empty() {
+            let (part, rest, done) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            if !self.too_long {
+                if self.line.len() + part.len() > max {
+                    self.too_long = true;
+                    self.line = Vec::new();
+                } else {
+                    self.line.extend_from_slice(part);
+                }
+            }
+            if done {
+                self.end(&mut emit);
+            }
+            bytes = rest;
+        }
+    }
+
+    /// At the end of input, a last line without a newline still counts.
+    fn finish(mut self, mut emit: impl FnMut(Framed<'_>)) {
+        if self.too_long || !self.line.is_empty() {
+            self.end(&mut emit);
+        }
+    }
+
+    fn end(&mut self, emit: &mut impl FnMut(Framed<'_>)) {
+        if std::mem::take(&mut self.too_long) {
+            emit(Framed::TooLong);
+        } else {
+            emit(Framed::Line(&self.line));
+        }
+        self.line.clear();
+        if self.line.capacity() > 64 * 1024 {
+            self.line = Vec::new();
+        }
+    }
+}
+
+/// Hands one framed line to the core, or answers it at once when it is no request.
+fn take_line(
+    c: &mut Conn,
+    framed: Framed<'_>,
+    max: usize,
+    deliver: &mut impl FnMut(ConnId, Request),
+    conn: ConnId,
+) {
+    let refusal = match framed {
+        Framed::TooLong => Some(encode_err(
+            NULL_ID,
+            &ErrorBody::new(
+                ErrorKind::BadRequest,
+                format!("request exceeds max_request_bytes ({max} bytes)"),
+            ),
+        )),
+        Framed::Line(line) => {
+            let text = trim_line(line);
+            if text.is_empty() {
+                None
+            } else {
+                match parse_request(text) {
+                    Ok(request) => {
+                        c.owed += 1;
+                        deliver(conn, request);
+                        None
+                    }
+                    Err(rejected) => Some(encode_err(&rejected.id, &rejected.error)),
+                }
+            }
+        }
+    };
+    if let Some(line) = refusal {
+        c.push_out(line.as_bytes());
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r' | b' ' | b'\t') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]], max: usize) -> Vec<Result<Vec<u8>, ()>> {
+        let mut out = Vec::new();
+        let mut f = LineFramer::default();
+        let mut emit = |l: Framed<'_>| {
+            out.push(match l {
+                Framed::Line(l) => Ok(trim_line(l).to_vec()),
+                Framed::TooLong => Err(()),
+            })
+        };
+        for c in chunks {
+            f.push(c, max, &mut emit);
+        }
+        f.finish(&mut emit);
+        out
+    }
+
+    #[test]
+    fn splits_lines_across_chunks_and_skips_oversized_ones() {
+        let got = lines(&[b"ab\n01234", b"56789abcdef\ncd", b"\nlast"], 8);
+        assert_eq!(
+            got,
+            vec![
+                Ok(b"ab".to_vec()),
+                Err(()),
+                Ok(b"cd".to_vec()),
+                Ok(b"last".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_bytes_is_accepted() {
+        assert_eq!(lines(&[b"12345678\n"], 8), vec![Ok(b"12345678".to_vec())]);
+        assert_eq!(lines(&[b"123456789\n"], 8), vec![Err(())]);
+        assert_eq!(
+            lines(&[b"123456789"], 8),
+            vec![Err(())],
+            "at the end of input too"
+        );
+    }
+
+    #[test]
+    fn an_endless_line_holds_no_more_than_the_limit() {
+        let mut f = LineFramer::default();
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..1000 {
+            f.push(&chunk, 1024, |_| panic!("no line ends"));
+            assert!(f.line.capacity() <= 8192, "{}", f.line.capacity());
+        }
+        let mut got = Vec::new();
+        f.push(b"\nok\n", 1024, |l| {
+            got.push(matches!(l, Framed::TooLong) as u8)
+        });
+        assert_eq!(got, vec![1, 0]);
+    }
+}

@@ -1,0 +1,109 @@
+//! The supervisor's I/O side, around the pure [`crate::core`]: one event loop (in
+//! `run`) owns the control connections ([`conns`]) and the workers' report sockets
+//! ([`reports`]); the few threads left (signals and reaping, spawners, disk copy, log
+//! fsync, worker output) hand it [`ShellEvent`]s through a [`LoopTx`], which also wakes
+//! the loop.
+
+pub mod conns;
+pub mod output;
+pub mod reports;
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use ipc_channel::ipc::IpcSender;
+use mio::{Token, Waker};
+
+use resurgam_shared::ipc::{Init, ToWorker};
+
+use crate::core::{ActorId, ConnId, Event};
+use crate::exit::WorkerExit;
+
+/// Everything the shell threads tell the loop.
+pub enum ShellEvent {
+    Core(Event),
+    Spawned {
+        actor: ActorId,
+        epoch: u64,
+        pid: u32,
+        server_name: String,
+    },
+    /// The worker said hello: its inbound channel, our end of its report socket, and
+    /// the `Init` to send it.
+    Connected {
+        actor: ActorId,
+        epoch: u64,
+        outbox: IpcSender<ToWorker>,
+        reports: UnixStream,
+        init: Box<Init>,
+    },
+    /// The worker never connected (or sent a bad hello, or died first).
+    BootstrapFailed {
+        actor: ActorId,
+        epoch: u64,
+    },
+    Reaped {
+        pid: i32,
+        exit: WorkerExit,
+    },
+    Hangup,
+}
+
+/// The loop is gone (it ended, or is ending).
+#[derive(Debug)]
+pub struct LoopGone;
+
+/// How a thread hands the loop an event: a channel, plus a wake-up of its `epoll_wait`.
+#[derive(Clone)]
+pub struct LoopTx {
+    tx: crossbeam_channel::Sender<ShellEvent>,
+    waker: Arc<Waker>,
+}
+
+impl LoopTx {
+    pub fn new(tx: crossbeam_channel::Sender<ShellEvent>, waker: Arc<Waker>) -> LoopTx {
+        LoopTx { tx, waker }
+    }
+
+    pub fn send(&self, ev: ShellEvent) -> Result<(), LoopGone> {
+        self.tx.send(ev).map_err(|_| LoopGone)?;
+        // A failed wake-up (eventfd counter full) means one is pending anyway.
+        let _ = self.waker.wake();
+        Ok(())
+    }
+}
+
+/// The loop's tokens: the listener, the waker, then connections and workers.
+pub mod token {
+    use super::*;
+
+    pub const LISTENER: Token = Token(0);
+    pub const WAKER: Token = Token(1);
+    const WORKER_BASE: usize = 1 << 48;
+    const CONN_BASE: usize = 16;
+
+    pub fn conn(conn: ConnId) -> Token {
+        Token(CONN_BASE + conn as usize)
+    }
+
+    pub fn worker(actor: ActorId) -> Token {
+        Token(WORKER_BASE + actor)
+    }
+
+    /// What a token stands for.
+    pub enum Of {
+        Listener,
+        Waker,
+        Conn(ConnId),
+        Worker(ActorId),
+    }
+
+    pub fn of(t: Token) -> Of {
+        match t.0 {
+            0 => Of::Listener,
+            n if n >= WORKER_BASE => Of::Worker(n - WORKER_BASE),
+            n if n >= CONN_BASE => Of::Conn((n - CONN_BASE) as ConnId),
+            _ => Of::Waker,
+        }
+    }
+}
