@@ -38,7 +38,7 @@ pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// Largest accepted `[supervisor].max_request_bytes` (64 MiB).
 pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Default for `[supervisor].busy_poll`.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 /// Largest accepted `[supervisor].busy_poll`.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// Default for `[supervisor].shutdown_timeout`.
@@ -503,10 +503,11 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "busy_poll",
             dur(DEFAULT_BUSY_POLL),
             "After sending calls to a worker that usually answers within this time, the main \
-             loop waits this long on the CPU for the answer before it sleeps, and a worker \
-             whose calls come back to back waits up to twice this long on the CPU for the \
-             next one: lower latency for sync calls at the cost of CPU, none for actors that \
-             are slow or idle (\"0s\" = off; at most 10ms).",
+             loop waits this long for the answer before it sleeps, and a worker whose calls \
+             come back to back waits up to twice this long for the next one, yielding the CPU \
+             to any other runnable process meanwhile: lower latency for sync calls at the \
+             cost of otherwise idle CPU, none for actors that are slow or idle (\"0s\" = \
+             off; at most 10ms).",
         ),
         (
             "supervisor",

@@ -271,9 +271,9 @@ fn worker_spin(busy_poll: Duration) -> u64 {
     u64::try_from(busy_poll.as_micros().saturating_mul(2)).unwrap_or(u64::MAX)
 }
 
-/// Waits for readiness: first on the CPU for up to `spin` (a worker that was just sent
-/// calls usually answers within tens of µs, and a wake-up from sleep costs 10–50 µs on a
-/// VM), then asleep for up to `timeout` (`None`: until something happens).
+/// Waits for readiness: first awake for up to `spin`, yielding the CPU between polls (a
+/// worker that was just sent calls usually answers within tens of µs, and a wake-up from
+/// sleep costs 10–50 µs on a VM), then asleep for up to `timeout` (`None`: until something happens).
 fn wait(
     poll: &mut Poll,
     ready: &mut Events,
@@ -295,7 +295,9 @@ fn wait(
             if start.elapsed() >= spin {
                 break;
             }
-            std::hint::spin_loop();
+            // Not a pure spin: the process we wait for (a worker, the program behind
+            // it) may be runnable on this very CPU.
+            std::thread::yield_now();
         }
         timeout = timeout.map(|t| t.saturating_sub(start.elapsed()));
     }

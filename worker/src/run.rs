@@ -209,14 +209,15 @@ impl Worker {
         }
     }
 
-    /// The next message, waited for on the CPU for up to `spin`, then asleep. `None`
-    /// once the supervisor is gone.
+    /// The next message, waited for awake for up to `spin` (yielding the CPU to any
+    /// other runnable process between tries), then asleep. `None` once the supervisor
+    /// is gone.
     fn next_message_spinning(&self, spin: Duration) -> Option<ToWorker> {
         let start = Instant::now();
         while start.elapsed() < spin {
             match self.inbox.try_recv() {
                 Ok(m) => return Some(m),
-                Err(ipc_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(ipc_channel::TryRecvError::Empty) => std::thread::yield_now(),
                 Err(_) => return None,
             }
         }
