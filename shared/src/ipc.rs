@@ -33,6 +33,9 @@ pub const SHM_THRESHOLD: usize = 32 * 1024;
 pub const IPC_VERSION: u32 = 3;
 /// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
 pub const MAX_REPORT_BYTES: usize = 1 << 30;
+/// Largest reply a worker sends; a larger result is answered with an error instead (the
+/// call did run), so it can never make its worker fail again on every replay.
+pub const MAX_REPLY_BYTES: usize = 512 << 20;
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -137,6 +140,10 @@ pub enum ToWorker {
     /// New settings after a reload.
     Configure {
         checkpoint_every: u64,
+    },
+    /// A new [`Init::spin_micros`] after a reload.
+    Spin {
+        micros: u64,
     },
 }
 

@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
 use resurgam_shared::config::{ActorConfig, Config, Environment};
-use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message};
+use resurgam_shared::ipc::{Init, Report, SHM_THRESHOLD, ToWorker, calls_message};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use resurgam_shared::config::Durability;
@@ -62,6 +62,10 @@ struct WorkerSlot {
     sent_at: Option<Instant>,
     /// Moving average of how long the worker takes to answer a batch of calls.
     answer_time: Duration,
+    /// Batches sent since the loop last waited awake for this worker's answer.
+    batches_since_spin: u32,
+    /// In `Shell::worker_reads`.
+    read_queued: bool,
     /// The core asked for a kill before the pid was known.
     kill_pending: bool,
 }
@@ -217,11 +221,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
                     ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                     ev.is_writable() || ev.is_write_closed() || ev.is_error(),
                 ),
-                token::Of::Worker(actor) => {
-                    if !shell.worker_reads.contains(&actor) {
-                        shell.worker_reads.push_back(actor);
-                    }
-                }
+                token::Of::Worker(actor) => shell.queue_read(actor),
             }
         }
         // What the helper threads sent (bounded per turn, so sockets get their turn).
@@ -264,6 +264,9 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     }
     Ok(code)
 }
+
+/// A worker that seemed too slow to wait for awake gets another chance this often.
+const SPIN_PROBE_EVERY: u32 = 64;
 
 /// How long a worker whose calls come back to back waits for the next one on the CPU:
 /// twice the loop's own spin (the next call has a client's round trip to make first).
@@ -456,9 +459,7 @@ impl Shell {
         }
         // Sent only now that the loop holds the report socket: the worker says nothing
         // before it has its Init.
-        if let Err(e) = outbox.send(ToWorker::Init(init)) {
-            tracing::warn!(actor = %self.files[actor].name, pid = ?w.pid, error = %e, "cannot send init to the worker");
-        }
+        send_init(&self.files[actor].name, w.pid, &outbox, init);
         w.server_name = None;
         let registered = reports.set_nonblocking(true).and_then(|()| {
             let mut stream = mio::net::UnixStream::from_std(reports);
@@ -471,9 +472,7 @@ impl Shell {
                 w.outbox = Some(outbox);
                 w.reports = Some(ReportStream::new(stream));
                 // Reports may have arrived before the registration.
-                if !self.worker_reads.contains(&actor) {
-                    self.worker_reads.push_back(actor);
-                }
+                self.queue_read(actor);
             }
             Err(e) => {
                 tracing::error!(actor = %self.files[actor].name, error = %e, "cannot watch a worker's report socket; killing it");
@@ -497,14 +496,25 @@ impl Shell {
         core.handle(Event::ChannelClosed { actor, epoch }, Instant::now());
     }
 
+    /// Puts a worker in the read queue (once).
+    fn queue_read(&mut self, actor: ActorId) {
+        if let Some(w) = self.workers.0.get_mut(actor)
+            && !w.read_queued
+        {
+            w.read_queued = true;
+            self.worker_reads.push_back(actor);
+        }
+    }
+
     /// Reads every worker with reports waiting, each up to its budget.
     fn read_workers(&mut self, core: &mut Core) {
         for _ in 0..self.worker_reads.len() {
             let Some(actor) = self.worker_reads.pop_front() else {
                 break;
             };
+            self.workers.0[actor].read_queued = false;
             if self.read_reports(actor, reports::READ_BUDGET, core) {
-                self.worker_reads.push_back(actor);
+                self.queue_read(actor);
             }
         }
     }
@@ -738,6 +748,14 @@ impl Shell {
             debug_assert_eq!(id, expected);
             added.push(a.name.clone());
         }
+        if new.supervisor.busy_poll != self.config.supervisor.busy_poll {
+            let micros = worker_spin(new.supervisor.busy_poll);
+            for w in &self.workers.0 {
+                if let Some(outbox) = &w.outbox {
+                    let _ = outbox.send(ToWorker::Spin { micros });
+                }
+            }
+        }
         tracing::info!(
             ?added,
             ?removed,
@@ -837,6 +855,8 @@ impl Shell {
                     *w = WorkerSlot {
                         epoch,
                         answer_time: w.answer_time,
+                        // The actor may still be in the read queue.
+                        read_queued: w.read_queued,
                         ..WorkerSlot::default()
                     };
                     let a = &self.config_actor(actor);
@@ -891,13 +911,19 @@ impl Shell {
                         }
                     };
                     let w = &mut self.workers.0[actor];
-                    let now = Instant::now();
-                    w.sent_at.get_or_insert(now);
-                    // Wait on the CPU for the answer only for a worker that usually
-                    // answers within the spin: for a slow one it would be wasted.
-                    let budget = self.config.supervisor.busy_poll;
-                    if w.answer_time <= budget {
-                        self.spin = budget;
+                    if sent {
+                        let now = Instant::now();
+                        w.sent_at.get_or_insert(now);
+                        // Wait on the CPU for the answer only for a worker that usually
+                        // answers within the spin: for a slow one it would be wasted. An
+                        // answer time measured while asleep includes the loop's own
+                        // wake-up, so now and then try again awake.
+                        let budget = self.config.supervisor.busy_poll;
+                        w.batches_since_spin += 1;
+                        if w.answer_time <= budget || w.batches_since_spin >= SPIN_PROBE_EVERY {
+                            w.batches_since_spin = 0;
+                            self.spin = budget;
+                        }
                     }
                     if !sent {
                         // The batch counts as in flight: only a new worker can take it.
@@ -954,6 +980,39 @@ impl Shell {
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
             }
+        }
+    }
+}
+
+/// Sends a worker its `Init`. One too large for a single ipc message (a long argv or
+/// environment) is sent from a thread of its own: a fragmented ipc send to a worker that
+/// dies meanwhile can block forever, and must never block the loop.
+fn send_init(name: &str, pid: Option<u32>, outbox: &IpcSender<ToWorker>, init: Init) {
+    let size = init.exec.as_ref().map_or(0, |e| {
+        e.argv.iter().map(String::len).sum::<usize>()
+            + e.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + e.cwd.len()
+    }) + init.mmap_path.len()
+        + init.disk_path.len();
+    if size < SHM_THRESHOLD {
+        if let Err(e) = outbox.send(ToWorker::Init(init)) {
+            tracing::warn!(actor = %name, ?pid, error = %e, "cannot send init to the worker");
+        }
+        return;
+    }
+    let (outbox, name2) = (outbox.clone(), name.to_string());
+    let sent = std::thread::Builder::new()
+        .name(format!("init-{name}"))
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if let Err(e) = outbox.send(ToWorker::Init(init)) {
+                tracing::warn!(actor = %name2, ?pid, error = %e, "cannot send init to the worker");
+            }
+        });
+    if let Err(e) = sent {
+        tracing::error!(actor = %name, ?pid, error = %e, "cannot start a thread to send a large init; killing the worker");
+        if let Some(pid) = pid {
+            spawn::kill_group(pid);
         }
     }
 }

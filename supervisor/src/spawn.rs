@@ -175,7 +175,7 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
     let events2 = events.clone();
     let started = std::thread::Builder::new()
         .name(format!("boot-{}", job.name))
-        .stack_size(128 * 1024)
+        .stack_size(256 * 1024)
         .spawn(move || bootstrap(server, actor, epoch, pid, init, reports, &events2));
     if let Err(e) = started {
         tracing::error!(actor = %job.name, pid, error = %e, "cannot start the bootstrap thread; killing the worker");

@@ -11,7 +11,7 @@ use serde_json::Value;
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
-    Outcome, Reply, Report, Restored, ToWorker, decode_calls,
+    MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls,
 };
 use resurgam_shared::protocol::ErrorKind;
 
@@ -176,9 +176,9 @@ impl Worker {
 
     /// Serves the supervisor's messages until it says stop (`Ok`) or something ends it.
     fn serve_calls(&self, live: &mut Live) -> Result<(), Stop> {
-        let spin = Duration::from_micros(live.spin_micros);
         let mut back_to_back = false;
         loop {
+            let spin = Duration::from_micros(live.spin_micros);
             let idle_since = Instant::now();
             let msg = if back_to_back {
                 self.next_message_spinning(spin)
@@ -200,6 +200,7 @@ impl Worker {
                 ToWorker::Checkpoint => self.checkpoint(live)?,
                 ToWorker::Stop => return Ok(()),
                 ToWorker::Configure { checkpoint_every } => live.every = checkpoint_every,
+                ToWorker::Spin { micros } => live.spin_micros = micros,
                 ToWorker::Ping => self
                     .to_sup
                     .send(&Report::Pong)
@@ -390,7 +391,7 @@ impl Worker {
         }
         replies.extend(fresh.iter().zip(outcomes).map(|(call, outcome)| Reply {
             seq: call.seq,
-            outcome,
+            outcome: bounded(outcome),
         }));
         replies.sort_unstable_by_key(|r| r.seq);
         let mut parts = reply_frames(replies).into_iter().peekable();
@@ -568,6 +569,20 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
     })
 }
 
+/// The outcome itself, or an error saying it was too large to send.
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Ok(v) if v.len() > MAX_REPLY_BYTES => Outcome::Err {
+            kind: ErrorKind::ActorError,
+            message: format!(
+                "the call ran, but its result ({} bytes) is larger than the {MAX_REPLY_BYTES}-byte limit of a reply",
+                v.len()
+            ),
+        },
+        other => other,
+    }
+}
+
 /// Largest batch of replies sent in one report frame (a single larger reply goes alone),
 /// so the supervisor never has to hold a frame much larger than one reply.
 const FRAME_REPLY_BYTES: usize = 16 << 20;
@@ -620,5 +635,24 @@ mod tests {
         let huge = vec![reply(1, 10), reply(2, FRAME_REPLY_BYTES * 2), reply(3, 10)];
         assert_eq!(reply_frames(huge).len(), 3);
         assert_eq!(reply_frames(Vec::new()), vec![Vec::<Reply>::new()]);
+    }
+
+    #[test]
+    fn a_result_too_large_to_send_becomes_an_error_reply() {
+        let ok = Outcome::Ok(vec![b'1'; 10]);
+        assert_eq!(bounded(ok.clone()), ok);
+        match bounded(Outcome::Ok(vec![b'1'; MAX_REPLY_BYTES + 1])) {
+            Outcome::Err { kind, message } => {
+                assert_eq!(kind, ErrorKind::ActorError);
+                assert!(message.contains("the call ran"), "{message}");
+            }
+            other => panic!(
+                "expected an error, got {} bytes",
+                match other {
+                    Outcome::Ok(v) => v.len(),
+                    Outcome::Err { .. } => 0,
+                }
+            ),
+        }
     }
 }
