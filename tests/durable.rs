@@ -1,4 +1,4 @@
-//! G3 and G6 for the durable call log (DESIGN §5): SIGKILL of the supervisor itself under
+//! G3 and G6 for the durable call log (ARCHITECTURE.md, Life of a call): SIGKILL of the supervisor itself under
 //! pipelined load loses no acknowledged call and doubles none; torn and corrupt log
 //! tails are reported and cut at the last good record; the log of an actor removed from
 //! the config is kept; a full disk refuses calls without taking the supervisor down.

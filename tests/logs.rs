@@ -1,4 +1,4 @@
-//! The supervisor's log (DESIGN §6): one line per event with actor and pid fields, fit
+//! The supervisor's log: one line per event with actor and pid fields, fit
 //! for journald — so no terminal colour codes when stderr is not a terminal.
 
 use serde_json::json;

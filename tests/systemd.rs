@@ -1,4 +1,4 @@
-//! systemd (DESIGN §6, G5, G9): the shipped unit `systemd/resurgam.service`, sandbox
+//! systemd (G5, G9): the shipped unit `systemd/resurgam.service`, sandbox
 //! included, run by a real systemd booted as PID 1 of private namespaces (`systemd/ns.rs`,
 //! `systemd/boot_ns.sh`). A test drop-in only points ExecStart at the binary under test,
 //! shortens the watchdog and the timeouts, and sends the logs to a file.

@@ -1,5 +1,5 @@
 //! Integration tests: the real `resurgam` binary, a temporary config and directories per
-//! test, driven from the outside through the control socket and the CLI (DESIGN §7).
+//! test, driven from the outside through the control socket and the CLI (ARCHITECTURE.md, Testing).
 
 // The harness: a supervisor in a tempdir, clients, status polling, bounded waits, cleanup.
 mod util;
@@ -10,7 +10,7 @@ mod chaos;
 mod checkpoint;
 // G6 for config files: `check` and `run` refuse bad configs with file, line and reason.
 mod config;
-// DESIGN §6 logs: plain one-line events with actor and pid fields, no colour codes in files.
+// Logs: plain one-line events with actor and pid fields, no colour codes in files.
 mod logs;
 // G4: crash loops end in DEAD (and `restart` revives), poison calls, operator restarts.
 mod lifecycle;
@@ -18,7 +18,7 @@ mod lifecycle;
 mod orphans;
 // G6/G8 for the control protocol: bad requests, oversized lines, pipelining, the CLI.
 mod protocol;
-// DESIGN §6, G5, G9: the shipped systemd unit under a real systemd booted in a namespace.
+// G5, G9: the shipped systemd unit under a real systemd booted in a namespace.
 mod systemd;
 // G3/G6 durable call log: supervisor SIGKILLs under load, torn/corrupt tails, full disk.
 mod durable;

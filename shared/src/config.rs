@@ -2132,8 +2132,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The example from DESIGN.md §9 plus every key documented in the config format.
-    const DESIGN_EXAMPLE: &str = r#"
+    /// A config with every key documented in the config format.
+    const FULL_EXAMPLE: &str = r#"
 [supervisor]
 state_dir   = "state"              # default: $STATE_DIRECTORY, else ./resurgam-state
 runtime_dir = "state/run"          # default: $RUNTIME_DIRECTORY, else <state_dir>/run
@@ -2225,7 +2225,7 @@ kind = "kv"
 
     #[test]
     fn design_example_parses() {
-        let c = ok(DESIGN_EXAMPLE);
+        let c = ok(FULL_EXAMPLE);
         assert_eq!(c.path, Path::new(FILE));
         let s = &c.supervisor;
         assert_eq!(s.state_dir, Path::new("/etc/resurgam/state"));
@@ -2883,7 +2883,7 @@ kind = "counter"
     fn load_reads_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resurgam.toml");
-        std::fs::write(&path, DESIGN_EXAMPLE).unwrap();
+        std::fs::write(&path, FULL_EXAMPLE).unwrap();
         let c = Config::load(&path, &Environment::default()).unwrap();
         assert_eq!(c.path, path);
         assert_eq!(c.supervisor.state_dir, dir.path().join("state"));
@@ -3676,7 +3676,7 @@ group = -1
 
         #[test]
         fn parse_never_panics_on_mutated_config(
-            base in prop_oneof![Just(DESIGN_EXAMPLE), Just(EXEC_EXAMPLE)],
+            base in prop_oneof![Just(FULL_EXAMPLE), Just(EXEC_EXAMPLE)],
             edits in proptest::collection::vec(
                 (any::<usize>(), any::<u8>(), prop_oneof![
                     Just('"'), Just('['), Just(']'), Just('='), Just('\n'), Just('-'),

@@ -1,4 +1,4 @@
-//! `resurgam bench`: end-to-end benchmarks of a real supervisor (DESIGN §7).
+//! `resurgam bench`: end-to-end benchmarks of a real supervisor (ARCHITECTURE.md, Testing).
 //!
 //! By default every workload starts a supervisor of its own: this very binary
 //! (`std::env::current_exe()`) run as `run --config <tmp>/bench.toml` in a fresh

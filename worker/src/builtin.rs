@@ -1,4 +1,4 @@
-//! The built-in actor kinds of DESIGN §9, deterministic, for demos, tests and benchmarks.
+//! The built-in actor kinds, deterministic, for demos, tests and benchmarks.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The `status` reply (DESIGN §9): `{"actors": [...], "supervisor": {...}}`.
+//! The `status` reply: `{"actors": [...], "supervisor": {...}}`.
 
 use std::time::Instant;
 
