@@ -12,11 +12,14 @@
 #                  default ~/.cache/resurgam-bench-ray-venv)
 #   RAY_ACTORS=N   W4 actor counts for Ray (default 100)
 #   CARGO_TARGET_DIR=DIR  cargo's target directory (absolute; default target/ in the repo)
+#   PREVIOUS=BINARY  an earlier `resurgam` binary: it runs the same workloads right
+#                  before this one, and the table and charts show it side by side
 #
 # W7 (resurgam's Python exec actor) runs on the venv's interpreter, the one Ray's actors
 # run on; the SDK is the repository's python/ directory.
 #
-# Outputs in $OUT: resurgam.json, ray.json, their stderr logs, and compare.md (printed).
+# Outputs in $OUT: resurgam.json, ray.json (and previous.json), their stderr logs,
+# compare.md (printed) and the charts latency.svg, throughput.svg, recovery.svg.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -54,8 +57,17 @@ resurgam=${CARGO_TARGET_DIR:-$root/target}/release/resurgam
     echo "ray: $("$venv/bin/python" -c 'import ray; print(ray.__version__)')"
 } > "$out/machine.txt"
 
-echo "compare: resurgam bench ${quick[*]} ${only[*]}" >&2
 status=0
+prev_json=()
+if [[ -n "${PREVIOUS:-}" ]]; then
+    echo "compare: previous binary $PREVIOUS bench ${quick[*]} ${only[*]}" >&2
+    "$PREVIOUS" bench --json "${quick[@]}" "${only[@]}" \
+        --python "$venv/bin/python" --python-sdk "$root/python" \
+        > "$out/previous.json" 2> "$out/previous.log" || status=$?
+    prev_json=("$out/previous.json")
+fi
+
+echo "compare: resurgam bench ${quick[*]} ${only[*]}" >&2
 "$resurgam" bench --json "${quick[@]}" "${only[@]}" \
     --python "$venv/bin/python" --python-sdk "$root/python" \
     > "$out/resurgam.json" 2> "$out/resurgam.log" || status=$?
@@ -65,7 +77,8 @@ echo "compare: Ray ${quick[*]} ${only[*]}" >&2
     --out "$out/ray.json" > "$out/ray.log" 2>&1 || status=$?
 echo "load at end: $(cat /proc/loadavg)" >> "$out/machine.txt"
 
-python3 "$here/compare.py" "$out/resurgam.json" "$out/ray.json" > "$out/compare.md"
+python3 "$here/compare.py" "$out/resurgam.json" "$out/ray.json" "${prev_json[@]}" > "$out/compare.md"
+python3 "$here/charts.py" "$out" "$out/resurgam.json" "$out/ray.json" "${prev_json[@]}"
 cat "$out/compare.md"
 echo "compare: results in $out" >&2
 exit "$status"
