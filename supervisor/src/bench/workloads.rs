@@ -807,7 +807,50 @@ fn w4_one(ctx: &mut Ctx, n: usize) -> Result<()> {
             "ticks",
             Better::Lower,
             &one(w1.saturating_sub(w0) as f64),
-        );
+        ); // As many idle control connections as actors: neither may grow the supervisor
+        // by a thread (issue 12: one event loop).
+        let mut idle_conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            match std::os::unix::net::UnixStream::connect(sup.socket()) {
+                Ok(c) => idle_conns.push(c),
+                Err(e) => {
+                    ctx.notes.push(format!(
+                        "W4: only {} idle connections: {e}",
+                        idle_conns.len()
+                    ));
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        sup.check_running()?;
+        if let Some((_, rss)) = pss_rss_kib(sup.pid()) {
+            ctx.row(
+                format!("{id}.sup_rss_with_conns_kib"),
+                "W4",
+                format!(
+                    "{n} actors + {} idle connections: supervisor RSS",
+                    idle_conns.len()
+                ),
+                "KiB",
+                Better::Lower,
+                &one(rss as f64),
+            );
+        }
+        if let Some(threads) = thread_count(sup.pid()) {
+            ctx.row(
+                format!("{id}.sup_threads_with_conns"),
+                "W4",
+                format!(
+                    "{n} actors + {} idle connections: supervisor threads",
+                    idle_conns.len()
+                ),
+                "threads",
+                Better::Lower,
+                &one(threads as f64),
+            );
+        }
+        drop(idle_conns);
     }
     let id = format!("w4.n{n}");
     ctx.row(
@@ -1102,4 +1145,13 @@ pub(crate) fn w6_durability(ctx: &mut Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The number of threads of a process (`Threads:` in /proc/PID/status).
+fn thread_count(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
