@@ -373,6 +373,56 @@ fn read_record_at(
     limit: Limit,
     path: &Path,
 ) -> Result<Checkpoint, CheckpointError> {
+    let h = read_header_at(file, offset, limit, path)?;
+    let payload = read_vec_at(file, offset + RECORD_HEADER_LEN as u64, h.payload_len, path)?;
+    check_payload(&h, &payload)?;
+    Ok(Checkpoint {
+        generation: h.generation,
+        last_seq: h.last_seq,
+        payload,
+    })
+}
+
+/// Bytes of payload read at a time by [`verify_record_at`].
+const VERIFY_CHUNK: usize = 1 << 20;
+
+/// Verifies a record stored at `offset` in `file` without keeping its payload: the payload
+/// streams through the checksum in chunks, so a large candidate costs one read of page
+/// cache and no allocation of its size.
+fn verify_record_at(
+    file: &File,
+    offset: u64,
+    limit: Limit,
+    path: &Path,
+) -> Result<RecordHeader, CheckpointError> {
+    let h = read_header_at(file, offset, limit, path)?;
+    let len = h.payload_len;
+    let mut buf = vec![0u8; usize::try_from(len).map_or(VERIFY_CHUNK, |l| l.min(VERIFY_CHUNK))];
+    let (mut crc, mut done) = (0u32, 0u64);
+    let start = offset + RECORD_HEADER_LEN as u64;
+    while done < len {
+        let n = usize::try_from(len - done).map_or(buf.len(), |r| r.min(buf.len()));
+        read_exact_at(file, &mut buf[..n], start + done, path)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        done += n as u64;
+    }
+    if crc != h.payload_crc {
+        return Err(CheckpointError::PayloadChecksum {
+            expected: h.payload_crc,
+            found: crc,
+        });
+    }
+    Ok(h)
+}
+
+/// Reads and checks the header of a record stored at `offset`, and its payload length
+/// against `limit`.
+fn read_header_at(
+    file: &File,
+    offset: u64,
+    limit: Limit,
+    path: &Path,
+) -> Result<RecordHeader, CheckpointError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
     read_exact_at(file, &mut head, offset, path)?;
     let h = parse_header(&head)?;
@@ -388,13 +438,7 @@ fn read_record_at(
         }
         _ => {}
     }
-    let payload = read_vec_at(file, offset + RECORD_HEADER_LEN as u64, h.payload_len, path)?;
-    check_payload(&h, &payload)?;
-    Ok(Checkpoint {
-        generation: h.generation,
-        last_seq: h.last_seq,
-        payload,
-    })
+    Ok(h)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -557,7 +601,116 @@ pub struct Scan {
 /// Reads both mmap slots and the disk copy and picks the valid candidate with the highest
 /// generation (ties: higher `last_seq`, then the mmap slot). Missing files are
 /// [`CheckpointError::Missing`] candidates, not errors.
+///
+/// Every candidate is verified, but only the chosen one is kept: the others stream
+/// through the checksum (see [`verify_record_at`]), and the chosen one is read again in
+/// full and verified again as read, so a file written concurrently can never hand out a
+/// payload other than the one verified.
 pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
+    let mut attempt = 1;
+    loop {
+        let (candidates, header_ok) = verify_candidates(mmap_path, disk_path);
+        let mmap_valid = candidates[..2].iter().any(|(_, r)| r.is_ok());
+        if !mmap_valid && header_ok && attempt < READ_ATTEMPTS {
+            // Possibly a read that raced with two consecutive writes.
+            attempt += 1;
+            std::thread::yield_now();
+            continue;
+        }
+        let best = candidates
+            .iter()
+            .filter_map(|(source, r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|&(g, l)| (g, l, source.rank(), *source))
+            })
+            .max_by_key(|&(g, l, rank, _)| (g, l, rank));
+        let Some((generation, last_seq, _, source)) = best else {
+            return Scan {
+                candidates,
+                chosen: None,
+            };
+        };
+        let loaded = match source {
+            Source::Disk => read_disk_copy(disk_path),
+            slot => read_mmap_slot(mmap_path, slot),
+        };
+        match loaded {
+            Ok(ck) if (ck.generation, ck.last_seq) == (generation, last_seq) => {
+                return Scan {
+                    candidates,
+                    chosen: Some((source, ck)),
+                };
+            }
+            // The file changed between the two reads (a writer at work): look again.
+            _ if attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                std::thread::yield_now();
+            }
+            _ => return scan_reading_all(mmap_path, disk_path),
+        }
+    }
+}
+
+/// Every candidate verified, with whether the mmap file's header was valid.
+fn verify_candidates(
+    mmap_path: &Path,
+    disk_path: &Path,
+) -> (Vec<(Source, CandidateOutcome)>, bool) {
+    let outcome = |r: Result<RecordHeader, CheckpointError>| r.map(|h| (h.generation, h.last_seq));
+    let mut all = Vec::with_capacity(3);
+    let mut header_ok = false;
+    match File::open(mmap_path) {
+        Ok(file) => match read_file_layout(&file, mmap_path) {
+            Ok(layout) => {
+                header_ok = true;
+                for i in 0..2 {
+                    let r = verify_record_at(
+                        &file,
+                        layout.slot_offset(i),
+                        Limit::Capacity(layout.capacity),
+                        mmap_path,
+                    );
+                    all.push((Source::slot(i), outcome(r)));
+                }
+            }
+            Err(e) => {
+                all.push((Source::SlotA, Err(e.clone())));
+                all.push((Source::SlotB, Err(e)));
+            }
+        },
+        Err(e) => {
+            let err = if e.kind() == io::ErrorKind::NotFound {
+                CheckpointError::Missing
+            } else {
+                ck_io("open", mmap_path, e)
+            };
+            all.push((Source::SlotA, Err(err.clone())));
+            all.push((Source::SlotB, Err(err)));
+        }
+    }
+    let disk = open_disk_copy(disk_path)
+        .and_then(|(file, len)| verify_record_at(&file, 0, Limit::FileLen(len), disk_path));
+    all.push((Source::Disk, outcome(disk)));
+    (all, header_ok)
+}
+
+/// Reads one slot of the mmap file in full.
+fn read_mmap_slot(mmap_path: &Path, slot: Source) -> Result<Checkpoint, CheckpointError> {
+    let file = File::open(mmap_path).map_err(|e| ck_io("open", mmap_path, e))?;
+    let layout = read_file_layout(&file, mmap_path)?;
+    let i = if slot == Source::SlotB { 1 } else { 0 };
+    read_record_at(
+        &file,
+        layout.slot_offset(i),
+        Limit::Capacity(layout.capacity),
+        mmap_path,
+    )
+}
+
+/// [`scan`] the simple way: every candidate read in full at once (the fallback when the
+/// files keep changing under the streaming scan).
+fn scan_reading_all(mmap_path: &Path, disk_path: &Path) -> Scan {
     let mut all = read_mmap_slots(mmap_path);
     all.push((Source::Disk, read_disk_copy(disk_path)));
     let mut candidates = Vec::with_capacity(all.len());
@@ -644,6 +797,12 @@ pub fn write_disk_copy(
 
 /// Reads and verifies the disk copy. A missing file is [`CheckpointError::Missing`].
 pub fn read_disk_copy(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let (file, file_len) = open_disk_copy(path)?;
+    read_record_at(&file, 0, Limit::FileLen(file_len), path)
+}
+
+/// Opens the disk copy and checks it can hold a record header; returns it with its length.
+fn open_disk_copy(path: &Path) -> Result<(File, u64), CheckpointError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CheckpointError::Missing),
@@ -659,7 +818,7 @@ pub fn read_disk_copy(path: &Path) -> Result<Checkpoint, CheckpointError> {
             found: file_len,
         });
     }
-    read_record_at(&file, 0, Limit::FileLen(file_len), path)
+    Ok((file, file_len))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -744,14 +903,14 @@ impl MmapCheckpoint {
         }
         let mut slots = [None, None];
         for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = read_record_at(
+            *slot = verify_record_at(
                 &file,
                 layout.slot_offset(i),
                 Limit::Capacity(layout.capacity),
                 &path,
             )
             .ok()
-            .map(|c| (c.generation, c.last_seq));
+            .map(|h| (h.generation, h.last_seq));
         }
         Ok(MmapCheckpoint {
             path,
@@ -1587,6 +1746,72 @@ mod tests {
             .map(|c| c.generation)
             .max();
         assert_eq!(newest, Some(last - 1));
+    }
+
+    #[test]
+    fn scan_under_a_concurrent_writer_hands_out_only_verified_payloads() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write(1, 10, &payload_for(1)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut g = 2;
+                while !stop.load(Ordering::Relaxed) {
+                    m.write(g, g * 10, &payload_for(g)).unwrap();
+                    g += 1;
+                }
+            })
+        };
+        let mut chosen = 0;
+        for _ in 0..300 {
+            if let Some((src, ck)) = scan(&mp, &dp).chosen {
+                chosen += 1;
+                assert_eq!(ck.last_seq, ck.generation * 10, "{src}");
+                assert!(
+                    ck.payload == payload_for(ck.generation),
+                    "{src}: wrong payload"
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(chosen > 0);
+    }
+
+    #[test]
+    fn damage_past_the_first_verification_chunk_is_found() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let big: Vec<u8> = (0..3 * VERIFY_CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        let (mut m, _) = MmapCheckpoint::open(&mp, 2 * big.len() as u64).unwrap();
+        m.write(1, 10, &big).unwrap(); // slot A
+        m.write(2, 20, &big[1..]).unwrap(); // slot B
+        let cap = m.capacity();
+        drop(m);
+        let s = scan(&mp, &dp);
+        let (src, ck) = s.chosen.clone().unwrap();
+        assert_eq!((src, ck.generation), (Source::SlotB, 2));
+        assert!(ck.payload == big[1..]);
+        // One byte in the third chunk of slot B's payload.
+        patch(
+            &mp,
+            slot_off(cap, 1) + 64 + 2 * VERIFY_CHUNK as u64 + 17,
+            |b| b ^ 0x40,
+        );
+        let s = scan(&mp, &dp);
+        let (src, ck) = s.chosen.clone().unwrap();
+        assert_eq!((src, ck.generation), (Source::SlotA, 1));
+        assert!(ck.payload == big);
+        assert!(matches!(
+            candidate(&s, Source::SlotB),
+            Err(CheckpointError::PayloadChecksum { .. })
+        ));
+        // The writer's own view agrees: slot B holds nothing valid.
+        let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
     }
 
     /// Child half of `sigkill_mid_write_keeps_a_valid_checkpoint`: writes checkpoints
