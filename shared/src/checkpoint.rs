@@ -341,9 +341,40 @@ fn read_vec_at(
     let mut buf = Vec::new();
     buf.try_reserve_exact(n)
         .map_err(|_| CheckpointError::TooLarge(len))?;
+    advise_huge_pages(&mut buf);
     buf.resize(n, 0);
     read_exact_at(file, &mut buf, offset, path)?;
     Ok(buf)
+}
+
+/// Below this, a buffer is not worth huge pages.
+const HUGE_PAGE_MIN: usize = 4 << 20;
+
+/// Asks for transparent huge pages on a large buffer's (still untouched) capacity: a
+/// 64 MiB restore then takes 32 page faults instead of 16,384. Advice only: where THP
+/// is off, nothing changes.
+fn advise_huge_pages(buf: &mut Vec<u8>) {
+    const HUGE: usize = 2 << 20;
+    if buf.capacity() < HUGE_PAGE_MIN {
+        return;
+    }
+    let start = buf.as_mut_ptr() as usize;
+    let end = start + buf.capacity();
+    // Only whole huge pages inside the allocation.
+    let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if last <= first {
+        return;
+    }
+    // SAFETY: `first..last` lies within `buf`'s allocation, which this function borrows
+    // mutably; MADV_HUGEPAGE changes how its pages are backed, never their contents, and
+    // the range holds no initialised bytes yet. A failure is harmless (advice only).
+    unsafe {
+        libc::madvise(
+            first as *mut libc::c_void,
+            last - first,
+            libc::MADV_HUGEPAGE,
+        );
+    }
 }
 
 fn read_exact_at(
@@ -844,12 +875,41 @@ impl MmapCheckpoint {
     /// too short, it is renamed aside to `<path>.corrupt-<unix nanos>` (returned, for the
     /// caller to log) and a fresh file is created.
     pub fn open(path: &Path, min_capacity: u64) -> io::Result<(Self, Option<PathBuf>)> {
+        Self::open_inner(path, min_capacity, None)
+    }
+
+    /// [`open`](Self::open) right after [`scan`] of the same file, by the only process
+    /// that writes it: the slots' contents are taken from the scan instead of being
+    /// verified a second time (a 64 MiB state is not read twice).
+    pub fn open_after_scan(
+        path: &Path,
+        min_capacity: u64,
+        scan: &Scan,
+    ) -> io::Result<(Self, Option<PathBuf>)> {
+        let slot = |src: Source| {
+            scan.candidates
+                .iter()
+                .find(|(s, _)| *s == src)
+                .and_then(|(_, r)| r.as_ref().ok().copied())
+        };
+        Self::open_inner(
+            path,
+            min_capacity,
+            Some([slot(Source::SlotA), slot(Source::SlotB)]),
+        )
+    }
+
+    fn open_inner(
+        path: &Path,
+        min_capacity: u64,
+        known: Option<[Option<(u64, u64)>; 2]>,
+    ) -> io::Result<(Self, Option<PathBuf>)> {
         let mut moved_aside = None;
         match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) => match read_file_layout(&file, path) {
                 Ok(layout) => {
                     let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
-                    return Self::from_parts(path.to_path_buf(), file, map, layout)
+                    return Self::from_parts(path.to_path_buf(), file, map, layout, known)
                         .map(|s| (s, None));
                 }
                 Err(CheckpointError::Io(msg)) => {
@@ -882,11 +942,19 @@ impl MmapCheckpoint {
             )
         })?;
         let (file, map) = build_file(path, ".new", layout, 0, &[])?;
-        let this = Self::from_parts(path.to_path_buf(), file, map, layout)?;
+        // A new file holds nothing: there is nothing to verify.
+        let this = Self::from_parts(path.to_path_buf(), file, map, layout, Some([None, None]))?;
         Ok((this, moved_aside))
     }
 
-    fn from_parts(path: PathBuf, file: File, map: MmapRaw, layout: Layout) -> io::Result<Self> {
+    /// `known`: the slots' contents when the caller verified them already.
+    fn from_parts(
+        path: PathBuf,
+        file: File,
+        map: MmapRaw,
+        layout: Layout,
+        known: Option<[Option<(u64, u64)>; 2]>,
+    ) -> io::Result<Self> {
         if (map.len() as u64) < layout.file_len {
             return Err(io::Error::other(format!(
                 "mapping of {} is {} bytes, expected at least {}",
@@ -900,6 +968,15 @@ impl MmapCheckpoint {
                 "mapping of {} is not 8-byte aligned",
                 path.display()
             )));
+        }
+        if let Some(slots) = known {
+            return Ok(MmapCheckpoint {
+                path,
+                file,
+                map,
+                layout,
+                slots,
+            });
         }
         let mut slots = [None, None];
         for (i, slot) in slots.iter_mut().enumerate() {
@@ -1809,9 +1886,22 @@ mod tests {
             candidate(&s, Source::SlotB),
             Err(CheckpointError::PayloadChecksum { .. })
         ));
-        // The writer's own view agrees: slot B holds nothing valid.
+        // The writer's own view agrees: slot B holds nothing valid, whether it verifies
+        // the slots itself or takes them from the scan.
         let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
         assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
+        drop(m);
+        let (mut m, _) = MmapCheckpoint::open_after_scan(&mp, 0, &s).unwrap();
+        assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
+        // So the next write goes to the damaged slot, never over the only valid one.
+        assert_eq!(m.write(3, 30, b"next").unwrap(), Source::SlotB);
+        assert_eq!(scan(&mp, &dp).chosen.unwrap().1.generation, 3);
+        assert!(
+            read_mmap_slots(&mp)[0]
+                .1
+                .as_ref()
+                .is_ok_and(|c| c.payload == big)
+        );
     }
 
     /// Child half of `sigkill_mid_write_keeps_a_valid_checkpoint`: writes checkpoints

@@ -267,8 +267,9 @@ impl Worker {
             .as_ref()
             .map_or(0, |(_, ck)| ck.payload.len() as u64);
         // Opened before any privilege is dropped (the file is the supervisor's).
-        let (mmap, moved) = MmapCheckpoint::open(&mmap_path, size.saturating_mul(2))
-            .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
+        let (mmap, moved) =
+            MmapCheckpoint::open_after_scan(&mmap_path, size.saturating_mul(2), &scan)
+                .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
         // The word may still name the call an earlier worker died in.
         mmap.set_executing(0);
         let cannot_load = |source: &checkpoint::Source, generation: u64, e: String| {
