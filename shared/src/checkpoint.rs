@@ -1192,7 +1192,12 @@ fn build_file(
             }
             write(record, layout.slot_offset(slot))?;
         }
-        file.sync_data().map_err(io_ctx("fsync", &tmp))?;
+        // A file that holds no checkpoint yet has nothing to lose: after a power loss it
+        // is found damaged or missing and made again. One with records is synced before
+        // it replaces the old file.
+        if !records.is_empty() {
+            file.sync_data().map_err(io_ctx("fsync", &tmp))?;
+        }
         let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", &tmp))?;
         fs::rename(&tmp, path).map_err(|e| {
             io::Error::new(
