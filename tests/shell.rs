@@ -1,12 +1,15 @@
 //! The supervisor's shape under many actors and connections: one event loop, so its
 //! thread count does not grow with either (a thread per connection or per worker would
-//! put hundreds here).
+//! put hundreds here); and standby workers, started ahead of need and taken over by an
+//! actor whose worker died.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::util::Supervisor;
+use serde_json::json;
+
+use crate::util::{Supervisor, children_of};
 
 const ACTORS: usize = 40;
 const CONNECTIONS: usize = 200;
@@ -60,4 +63,75 @@ fn thread_count_stays_constant_with_many_actors_and_connections() {
         BufReader::new(s).read_line(&mut reply).expect("reply");
         assert!(reply.contains(&format!("again-{i}")), "{reply}");
     }
+}
+
+/// Pids of the supervisor's children that are not any actor's worker (its standbys).
+fn standby_pids(sup: &Supervisor, actors: &[&str]) -> Vec<i32> {
+    let workers: Vec<Option<i32>> = actors.iter().map(|a| sup.worker_pid(a)).collect();
+    children_of(sup.pid())
+        .into_iter()
+        .map(|p| p.pid)
+        .filter(|p| !workers.contains(&Some(*p)))
+        .collect()
+}
+
+#[test]
+fn a_dead_worker_is_replaced_by_a_standby_and_the_pool_refills() {
+    let sup = Supervisor::start(
+        "[supervisor]\nstandby_workers = 2\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    );
+    sup.wait_until("two standby workers", Duration::from_secs(10), || {
+        standby_pids(&sup, &["c"]).len() == 2
+    });
+    let standbys = standby_pids(&sup, &["c"]);
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(5)).unwrap(), json!(5));
+    let old = sup.kill_worker("c");
+    let new = sup.wait_new_pid("c", old, Duration::from_secs(10));
+    assert!(
+        standbys.contains(&new),
+        "the new worker {new} is not one of the standbys {standbys:?}\n{}",
+        sup.log_tail(20)
+    );
+    // The standby took the actor's state and name.
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(6));
+    let comm = std::fs::read_to_string(format!("/proc/{new}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "w:c");
+    // And the pool is whole again, with a new process.
+    sup.wait_until("the pool to refill", Duration::from_secs(10), || {
+        let now = standby_pids(&sup, &["c"]);
+        now.len() == 2 && !now.contains(&new)
+    });
+}
+
+#[test]
+fn without_standby_workers_there_are_none_and_restarts_still_work() {
+    let sup = Supervisor::start(
+        "[supervisor]\nstandby_workers = 0\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    );
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(2)).unwrap(), json!(2));
+    assert_eq!(standby_pids(&sup, &["c"]), Vec::<i32>::new());
+    let old = sup.kill_worker("c");
+    sup.wait_new_pid("c", old, Duration::from_secs(10));
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(3));
+    assert_eq!(standby_pids(&sup, &["c"]), Vec::<i32>::new());
+}
+
+#[test]
+fn reload_replaces_the_standby_workers() {
+    let body = "[supervisor]\nstandby_workers = 2\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n";
+    let sup = Supervisor::start(body);
+    sup.wait_until("two standby workers", Duration::from_secs(10), || {
+        standby_pids(&sup, &["c"]).len() == 2
+    });
+    let before = standby_pids(&sup, &["c"]);
+    // One standby now: the old ones go (the binary may have been upgraded).
+    sup.write_config(&body.replace("standby_workers = 2", "standby_workers = 1"));
+    let mut c = sup.client();
+    c.reload().expect("reload");
+    sup.wait_until("one new standby worker", Duration::from_secs(10), || {
+        let now = standby_pids(&sup, &["c"]);
+        now.len() == 1 && !before.contains(&now[0])
+    });
 }

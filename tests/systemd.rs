@@ -471,9 +471,10 @@ fn resurgam_service_under_systemd() {
     // (d) `systemctl stop`: SIGTERM, graceful shutdown, exit 0, nothing left behind;
     // RuntimeDirectoryPreserve=yes keeps the memory-mapped checkpoints.
     let before = h.unit_pids();
-    if before.len() != 4 {
+    // Supervisor, 3 workers, and the standby workers (started ahead of need).
+    if before.len() < 4 {
         h.fail(&format!(
-            "expected supervisor + 3 workers in the unit, found {before:?}"
+            "expected supervisor + 3 workers (+ standby workers) in the unit, found {before:?}"
         ));
     }
     let t = Instant::now();

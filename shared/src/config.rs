@@ -37,6 +37,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// Largest accepted `[supervisor].max_request_bytes` (64 MiB).
 pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Default for `[supervisor].standby_workers`.
+pub const DEFAULT_STANDBY_WORKERS: usize = 2;
+/// Largest accepted `[supervisor].standby_workers`.
+pub const MAX_STANDBY_WORKERS: usize = 64;
 /// Default for `[supervisor].busy_poll`.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 /// Largest accepted `[supervisor].busy_poll`.
@@ -256,6 +260,8 @@ pub struct SupervisorConfig {
     pub shutdown_timeout: Duration,
     /// How long the main loop spins for a worker's answer before it sleeps.
     pub busy_poll: Duration,
+    /// Workers started ahead of need, taken by the next actor that needs one.
+    pub standby_workers: usize,
     /// Uids allowed on the control socket besides root and the supervisor's own uid.
     pub allowed_uids: Vec<u32>,
     /// Permission bits of the control socket (<= 0o777).
@@ -428,6 +434,7 @@ impl Config {
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 busy_poll: DEFAULT_BUSY_POLL,
+                standby_workers: DEFAULT_STANDBY_WORKERS,
                 allowed_uids: Vec::new(),
                 socket_mode: DEFAULT_SOCKET_MODE,
             },
@@ -508,6 +515,14 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
              to any other runnable process meanwhile: lower latency for sync calls at the \
              cost of otherwise idle CPU, none for actors that are slow or idle (\"0s\" = \
              off; at most 10ms).",
+        ),
+        (
+            "supervisor",
+            "standby_workers",
+            DEFAULT_STANDBY_WORKERS.to_string(),
+            "Worker processes started ahead of need: an actor whose worker died (or a new \
+             one) takes one that is already running, so a restart costs no process start \
+             (0 = off; at most 64).",
         ),
         (
             "supervisor",
@@ -757,6 +772,7 @@ struct RawSupervisor {
     max_request_bytes: Option<Spanned<Int>>,
     shutdown_timeout: Option<Spanned<DurationText>>,
     busy_poll: Option<Spanned<DurationText>>,
+    standby_workers: Option<Spanned<Int>>,
     allowed_uids: Option<Vec<Spanned<Int>>>,
     socket_mode: Option<Spanned<ModeText>>,
 }
@@ -1433,6 +1449,21 @@ impl Checker<'_> {
             }
         }
 
+        let mut standby_workers = defaults.standby_workers;
+        if let Some(v) = &raw.standby_workers {
+            let n = v.get_ref().0;
+            match usize::try_from(n) {
+                Ok(n) if n <= MAX_STANDBY_WORKERS => standby_workers = n,
+                _ => self.error_at(
+                    &v.span(),
+                    format!(
+                        "[supervisor] standby_workers: {n} is out of range; allowed: 0 to \
+                         {MAX_STANDBY_WORKERS} (default {DEFAULT_STANDBY_WORKERS})"
+                    ),
+                ),
+            }
+        }
+
         let mut allowed_uids = Vec::new();
         for uid in raw.allowed_uids.iter().flatten() {
             let n = uid.get_ref().0;
@@ -1471,6 +1502,7 @@ impl Checker<'_> {
             max_request_bytes,
             shutdown_timeout,
             busy_poll,
+            standby_workers,
             allowed_uids,
             socket_mode,
         }
@@ -2221,6 +2253,32 @@ kind = "kv"
             &["busy_poll", "10ms"],
         );
         one_error("[supervisor]\nbusy_poll = \"fast\"\n", 2, &["busy_poll"]);
+    }
+
+    #[test]
+    fn standby_workers_is_bounded() {
+        assert_eq!(ok("").supervisor.standby_workers, DEFAULT_STANDBY_WORKERS);
+        assert_eq!(
+            ok("[supervisor]\nstandby_workers = 0\n")
+                .supervisor
+                .standby_workers,
+            0
+        );
+        one_error(
+            "[supervisor]\nstandby_workers = 65\n",
+            2,
+            &["standby_workers", "0 to 64"],
+        );
+        one_error(
+            "[supervisor]\nstandby_workers = -1\n",
+            2,
+            &["standby_workers"],
+        );
+        one_error(
+            "[supervisor]\nstandby_workers = \"2\"\n",
+            2,
+            &["standby_workers"],
+        );
     }
 
     #[test]
@@ -3585,7 +3643,7 @@ group = -1
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 18);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 9);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 10);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

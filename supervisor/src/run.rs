@@ -38,6 +38,7 @@ use crate::notify::Notifier;
 use crate::shell::conns::Conns;
 use crate::shell::output::OutputRelay;
 use crate::shell::reports::{self, ReadEnd, ReportStream};
+use crate::shell::standby::{self, Standby, StandbyPool};
 use crate::shell::{LoopTx, ShellEvent, token};
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
@@ -121,7 +122,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
     reap::start(signals, tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
     let output = OutputRelay::start().map_err(|e| format!("start the output thread: {e}"))?;
-    spawn::start_spawners(spawn_rx, tx.clone(), output)
+    spawn::start_spawners(spawn_rx, tx.clone(), output.clone())
         .map_err(|e| format!("start spawner thread: {e}"))?;
     disk::start(disk_rx, tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
@@ -160,6 +161,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     let mut core = Core::new(&config, specs, std::process::id(), Instant::now());
     let notifier = Notifier::from_env();
     let next_watchdog = notifier.watchdog_interval().map(|d| Instant::now() + d);
+    let config_standby = config.supervisor.standby_workers;
     let mut shell = Shell {
         workers: KillOnDrop(
             (0..config.actors.len())
@@ -180,6 +182,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         pids: HashMap::new(),
         early_exits: HashMap::new(),
         conns,
+        standby: StandbyPool::new(config_standby),
+        output,
         poll_registry,
         worker_reads: VecDeque::new(),
         spin: Duration::ZERO,
@@ -191,6 +195,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
     };
     let mut actions = Vec::new();
     shell.run_actions(&mut core, &mut actions);
+    // After the actors' own spawns: standby workers for the restarts to come.
+    shell.standby.fill(&shell.spawn_tx);
 
     let mut ready = Events::with_capacity(1024);
     while shell.exit_code.is_none() {
@@ -247,6 +253,9 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             core.handle(Event::Tick, now);
         }
         shell.run_actions(&mut core, &mut actions);
+        if core.is_stopping() {
+            shell.standby.close();
+        }
         shell.tell_systemd(&core, now);
     }
     let code = shell.exit_code.unwrap_or(1);
@@ -335,6 +344,9 @@ struct Shell {
     /// Exits reaped before their Spawned event arrived.
     early_exits: HashMap<u32, (WorkerExit, Instant)>,
     conns: Conns,
+    /// Workers started ahead of need.
+    standby: StandbyPool,
+    output: OutputRelay,
     /// The loop's registry (worker report sockets come and go).
     poll_registry: mio::Registry,
     /// Workers whose report socket may have more to read, in turn order.
@@ -389,6 +401,39 @@ impl Shell {
                 init,
             } => self.on_connected(actor, epoch, outbox, reports, *init),
             ShellEvent::BootstrapFailed { actor, epoch } => self.channel_closed(actor, epoch, core),
+            ShellEvent::StandbySpawned { pid, server_name } => {
+                self.early_exits
+                    .retain(|_, (_, t)| now.saturating_duration_since(*t) < EARLY_EXIT_MEMORY);
+                if self.early_exits.remove(&pid).is_some() {
+                    // Died before it was known: a failed start.
+                    spawn::abandon(server_name);
+                    self.standby.failed(None);
+                } else {
+                    self.standby.spawned(pid, server_name);
+                }
+                self.standby.fill(&self.spawn_tx);
+            }
+            ShellEvent::StandbyReady {
+                pid,
+                outbox,
+                reports,
+            } => {
+                let standby = Standby {
+                    pid,
+                    outbox,
+                    reports,
+                };
+                if let Some(unwanted) = self.standby.ready(standby) {
+                    spawn::kill_group(unwanted.pid);
+                }
+            }
+            ShellEvent::StandbyFailed { pid } => {
+                if let Some(pid) = pid {
+                    spawn::kill_group(pid);
+                }
+                self.standby.failed(pid);
+                self.standby.fill(&self.spawn_tx);
+            }
             ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
             ShellEvent::Hangup => {
                 tracing::info!("SIGHUP received: reloading the configuration");
@@ -404,7 +449,20 @@ impl Shell {
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
-                self.early_exits.insert(p, (exit, Instant::now()));
+                match self.standby.reaped(p) {
+                    standby::Reaped::Ours(server_name) => {
+                        if p > 1 {
+                            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                        }
+                        if let Some(name) = server_name {
+                            spawn::abandon(name);
+                        }
+                        self.standby.fill(&self.spawn_tx);
+                    }
+                    standby::Reaped::NotOurs => {
+                        self.early_exits.insert(p, (exit, Instant::now()));
+                    }
+                }
             }
             return;
         };
@@ -481,6 +539,35 @@ impl Shell {
                 }
             }
         }
+    }
+
+    /// The `Init` of a worker for this actor, as configured now.
+    fn init_for(&self, actor: ActorId) -> Init {
+        let a = &self.actor_configs[actor];
+        let f = &self.files[actor];
+        let launched = &self.launches[actor];
+        spawn::init_for(
+            &a.name,
+            &a.kind,
+            &f.mmap,
+            &f.disk,
+            a.policy.checkpoint_every,
+            worker_spin(self.config.supervisor.busy_poll),
+            launched.exec.clone(),
+            launched.privileges.clone(),
+        )
+    }
+
+    /// Gives a standby worker to this actor's `epoch`: to the core it is spawned at once,
+    /// and it gets its `Init` now.
+    fn bind(&mut self, actor: ActorId, epoch: u64, standby: Standby, init: Init, core: &mut Core) {
+        let pid = standby.pid;
+        self.workers.0[actor].pid = Some(pid);
+        self.pids.insert(pid, (actor, epoch));
+        self.output.rename(pid, &self.files[actor].name);
+        tracing::debug!(actor = %self.files[actor].name, pid, "standby worker taken");
+        core.handle(Event::Spawned { actor, epoch, pid }, Instant::now());
+        self.on_connected(actor, epoch, standby.outbox, standby.reports, init);
     }
 
     /// Tells the core a worker's channel is closed (once per worker) and stops reading it.
@@ -748,6 +835,9 @@ impl Shell {
             debug_assert_eq!(id, expected);
             added.push(a.name.clone());
         }
+        // The binary on disk may have been upgraded: standby workers are started anew.
+        self.standby
+            .recycle(new.supervisor.standby_workers, &self.spawn_tx);
         if new.supervisor.busy_poll != self.config.supervisor.busy_poll {
             let micros = worker_spin(new.supervisor.busy_poll);
             for w in &self.workers.0 {
@@ -859,20 +949,16 @@ impl Shell {
                         read_queued: w.read_queued,
                         ..WorkerSlot::default()
                     };
-                    let a = &self.config_actor(actor);
-                    let f = &self.files[actor];
-                    let launched = &self.launches[actor];
-                    let job = SpawnJob {
+                    let init = self.init_for(actor);
+                    if let Some(standby) = self.standby.take() {
+                        self.bind(actor, epoch, standby, init, core);
+                        self.standby.fill(&self.spawn_tx);
+                        continue;
+                    }
+                    let job = SpawnJob::Actor {
                         actor,
                         epoch,
-                        name: a.name.clone(),
-                        kind: a.kind.clone(),
-                        mmap_path: f.mmap.clone(),
-                        disk_path: f.disk.clone(),
-                        checkpoint_every: a.policy.checkpoint_every,
-                        spin_micros: worker_spin(self.config.supervisor.busy_poll),
-                        exec: launched.exec.clone(),
-                        privileges: launched.privileges.clone(),
+                        init: Box::new(init),
                     };
                     if self.spawn_tx.send(job).is_err() {
                         let error = "the spawner thread is gone".to_string();

@@ -26,7 +26,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crossbeam_channel::Receiver;
@@ -53,20 +52,19 @@ pub(crate) const WORKER_SCRUBBED_ENV: &[&str] = &[
 ];
 
 /// A request to start one worker.
-pub struct SpawnJob {
-    pub actor: ActorId,
-    pub epoch: u64,
-    pub name: String,
-    pub kind: String,
-    pub mmap_path: PathBuf,
-    pub disk_path: PathBuf,
-    pub checkpoint_every: u64,
-    /// How long the worker may wait on the CPU for back-to-back calls.
-    pub spin_micros: u64,
-    /// Kind `exec`: the program the worker starts.
-    pub exec: Option<ExecInit>,
-    pub privileges: Privileges,
+pub enum SpawnJob {
+    /// A worker for this actor's `epoch`, to be sent `init` once it said hello.
+    Actor {
+        actor: ActorId,
+        epoch: u64,
+        init: Box<Init>,
+    },
+    /// A standby worker: bootstrapped, then kept waiting until an actor takes it.
+    Standby,
 }
+
+/// Name a standby worker goes by (its process title, its output) until an actor takes it.
+pub const STANDBY_NAME: &str = "standby";
 
 /// Starts the spawner thread. It lives as long as `jobs` has senders.
 /// Spawner threads: a spawn mostly waits for the child's exec, so a few of them start
@@ -94,13 +92,23 @@ pub fn start_spawners(
 }
 
 fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
-    let (actor, epoch) = (job.actor, job.epoch);
+    let name = match &job {
+        SpawnJob::Actor { init, .. } => init.actor.clone(),
+        SpawnJob::Standby => STANDBY_NAME.to_string(),
+    };
     let fail = |error: String| {
-        let _ = events.send(ShellEvent::Core(Event::SpawnFailed {
-            actor,
-            epoch,
-            error,
-        }));
+        let ev = match &job {
+            SpawnJob::Actor { actor, epoch, .. } => ShellEvent::Core(Event::SpawnFailed {
+                actor: *actor,
+                epoch: *epoch,
+                error,
+            }),
+            SpawnJob::Standby => {
+                tracing::warn!(%error, "cannot start a standby worker");
+                ShellEvent::StandbyFailed { pid: None }
+            }
+        };
+        let _ = events.send(ev);
     };
     let (server, server_name) = match IpcOneShotServer::<FromWorker>::new() {
         Ok(s) => s,
@@ -120,7 +128,7 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
         Err(e) => return fail(format!("create the report socket: {e}")),
     };
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0(format!("resurgam-worker[{}]", job.name))
+    cmd.arg0(format!("resurgam-worker[{name}]"))
         .env(ENV_BOOTSTRAP, &server_name)
         .env(ENV_PARENT_PID, std::process::id().to_string())
         .stdin(Stdio::from(OwnedFd::from(worker_end)))
@@ -149,37 +157,60 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
     drop(cmd);
     output.add(Pipe {
         file: out_r,
-        actor: job.name.clone(),
+        actor: name.clone(),
         pid,
     });
-    let _ = events.send(ShellEvent::Spawned {
-        actor,
-        epoch,
-        pid,
-        server_name,
-    });
-    let init = Init {
-        version: IPC_VERSION,
-        actor: job.name.clone(),
-        kind: job.kind,
-        mmap_path: job.mmap_path.as_os_str().as_bytes().to_vec(),
-        disk_path: job.disk_path.as_os_str().as_bytes().to_vec(),
-        checkpoint_every: job.checkpoint_every,
-        spin_micros: job.spin_micros,
-        exec: job.exec,
-        privileges: job.privileges,
+    let target = match job {
+        SpawnJob::Actor { actor, epoch, init } => {
+            let _ = events.send(ShellEvent::Spawned {
+                actor,
+                epoch,
+                pid,
+                server_name,
+            });
+            Some((actor, epoch, init))
+        }
+        SpawnJob::Standby => {
+            let _ = events.send(ShellEvent::StandbySpawned { pid, server_name });
+            None
+        }
     };
     // The accept waits for the worker's exec and start-up: on a thread of its own, so a
     // worker that never connects holds up no other spawn. (Only the spawning thread's
     // death matters to PR_SET_PDEATHSIG; this one may end whenever it likes.)
     let events2 = events.clone();
     let started = std::thread::Builder::new()
-        .name(format!("boot-{}", job.name))
+        .name(format!("boot-{name}"))
         .stack_size(256 * 1024)
-        .spawn(move || bootstrap(server, actor, epoch, pid, init, reports, &events2));
+        .spawn(move || bootstrap(server, pid, target, reports, &events2));
     if let Err(e) = started {
-        tracing::error!(actor = %job.name, pid, error = %e, "cannot start the bootstrap thread; killing the worker");
+        tracing::error!(actor = %name, pid, error = %e, "cannot start the bootstrap thread; killing the worker");
         kill_group(pid);
+    }
+}
+
+/// The `Init` of a worker for this actor.
+#[allow(clippy::too_many_arguments)]
+pub fn init_for(
+    name: &str,
+    kind: &str,
+    mmap_path: &std::path::Path,
+    disk_path: &std::path::Path,
+    checkpoint_every: u64,
+    spin_micros: u64,
+    exec: Option<ExecInit>,
+    privileges: Privileges,
+) -> Init {
+    Init {
+        version: IPC_VERSION,
+        actor: name.to_string(),
+        kind: kind.to_string(),
+        mmap_path: mmap_path.as_os_str().as_bytes().to_vec(),
+        disk_path: disk_path.as_os_str().as_bytes().to_vec(),
+        checkpoint_every,
+        spin_micros,
+        exec,
+        privileges,
     }
 }
 
@@ -188,20 +219,28 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
 /// report can come before the loop reads the socket).
 fn bootstrap(
     server: IpcOneShotServer<FromWorker>,
-    actor: ActorId,
-    epoch: u64,
     pid: u32,
-    init: Init,
+    target: Option<(ActorId, u64, Box<Init>)>,
     reports: UnixStream,
     events: &LoopTx,
 ) {
     let failed = || {
-        let _ = events.send(ShellEvent::BootstrapFailed { actor, epoch });
+        let ev = match &target {
+            Some((actor, epoch, _)) => ShellEvent::BootstrapFailed {
+                actor: *actor,
+                epoch: *epoch,
+            },
+            None => ShellEvent::StandbyFailed { pid: Some(pid) },
+        };
+        let _ = events.send(ev);
     };
+    let who = target
+        .as_ref()
+        .map_or(STANDBY_NAME, |(_, _, i)| i.actor.as_str());
     let (_rx, first) = match server.accept() {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!(actor = %init.actor, pid, error = %e, "bootstrap connection failed");
+            tracing::warn!(actor = %who, pid, error = %e, "bootstrap connection failed");
             return failed();
         }
     };
@@ -213,18 +252,26 @@ fn bootstrap(
         } if version == IPC_VERSION && wpid == pid => to_worker,
         FromWorker::Abort => return failed(),
         other => {
-            tracing::error!(actor = %init.actor, pid, message = ?other, "worker sent a bad hello; killing it");
+            tracing::error!(actor = %who, pid, message = ?other, "worker sent a bad hello; killing it");
             kill_group(pid);
             return failed();
         }
     };
-    let _ = events.send(ShellEvent::Connected {
-        actor,
-        epoch,
-        outbox: to_worker,
-        reports,
-        init: Box::new(init),
-    });
+    let ev = match target {
+        Some((actor, epoch, init)) => ShellEvent::Connected {
+            actor,
+            epoch,
+            outbox: to_worker,
+            reports,
+            init,
+        },
+        None => ShellEvent::StandbyReady {
+            pid,
+            outbox: to_worker,
+            reports,
+        },
+    };
+    let _ = events.send(ev);
 }
 
 /// Kills a worker that is not reaped yet and everything in its process group (the worker

@@ -7,6 +7,7 @@
 pub mod conns;
 pub mod output;
 pub mod reports;
+pub mod standby;
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -45,6 +46,21 @@ pub enum ShellEvent {
     Reaped {
         pid: i32,
         exit: WorkerExit,
+    },
+    /// A standby worker was started (`server_name`: its bootstrap server).
+    StandbySpawned {
+        pid: u32,
+        server_name: String,
+    },
+    /// A standby worker said hello and waits for an actor.
+    StandbyReady {
+        pid: u32,
+        outbox: IpcSender<ToWorker>,
+        reports: UnixStream,
+    },
+    /// A standby worker could not be started (`pid`: the process, if there was one).
+    StandbyFailed {
+        pid: Option<u32>,
     },
     Hangup,
 }

@@ -21,8 +21,17 @@ const WAKER: Token = Token(0);
 /// Hands new output pipes to the relay thread.
 #[derive(Clone)]
 pub struct OutputRelay {
-    tx: Sender<Pipe>,
+    tx: Sender<Msg>,
     waker: Arc<Waker>,
+}
+
+enum Msg {
+    Add(Pipe),
+    /// The worker `pid` now serves `actor` (a standby worker was taken).
+    Rename {
+        pid: u32,
+        actor: String,
+    },
 }
 
 /// The read end of one worker's output pipe.
@@ -37,7 +46,7 @@ impl OutputRelay {
     pub fn start() -> std::io::Result<OutputRelay> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = crossbeam_channel::unbounded::<Pipe>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         std::thread::Builder::new()
             .name("worker-output".into())
             .spawn(move || relay(poll, &rx))?;
@@ -46,7 +55,19 @@ impl OutputRelay {
 
     /// Logs everything the pipe carries until its writers are gone.
     pub fn add(&self, pipe: Pipe) {
-        if self.tx.send(pipe).is_ok() {
+        self.send(Msg::Add(pipe));
+    }
+
+    /// Lines of worker `pid` carry `actor` from now on.
+    pub fn rename(&self, pid: u32, actor: &str) {
+        self.send(Msg::Rename {
+            pid,
+            actor: actor.to_string(),
+        });
+    }
+
+    fn send(&self, msg: Msg) {
+        if self.tx.send(msg).is_ok() {
             let _ = self.waker.wake();
         }
     }
@@ -60,7 +81,7 @@ struct Source {
 /// Bytes read from one pipe per pass, so one chatty worker cannot starve the others.
 const PASS_BUDGET: usize = 64 * 1024;
 
-fn relay(mut poll: Poll, new: &Receiver<Pipe>) {
+fn relay(mut poll: Poll, new: &Receiver<Msg>) {
     let mut sources: HashMap<usize, Source> = HashMap::new();
     let mut next = 1usize;
     let mut events = Events::with_capacity(256);
@@ -102,7 +123,16 @@ fn relay(mut poll: Poll, new: &Receiver<Pipe>) {
                 }
             }
         }
-        for pipe in new.try_iter() {
+        for msg in new.try_iter() {
+            let pipe = match msg {
+                Msg::Add(pipe) => pipe,
+                Msg::Rename { pid, actor } => {
+                    if let Some(src) = sources.values_mut().find(|s| s.pipe.pid == pid) {
+                        src.pipe.actor = actor;
+                    }
+                    continue;
+                }
+            };
             let key = next;
             next += 1;
             if let Err(e) = nix::fcntl::fcntl(
