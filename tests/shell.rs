@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{Supervisor, children_of};
+use std::os::unix::process::ExitStatusExt;
+
+use crate::util::{Proc, Supervisor, children_of};
 
 const ACTORS: usize = 40;
 const CONNECTIONS: usize = 200;
@@ -75,15 +77,37 @@ fn standby_pids(sup: &Supervisor, actors: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// A supervisor with one counter actor `c`, `standby` standby workers, and debug logs
+/// (which say when a standby is ready).
+fn start_with_standbys(standby: usize) -> Supervisor {
+    Supervisor::start_env(
+        &format!(
+            "[supervisor]\nstandby_workers = {standby}\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n"
+        ),
+        &[("RESURGAM_LOG", Some("debug"))],
+    )
+}
+
+/// Waits until the log says `n` standby workers are ready.
+fn wait_ready_standbys(sup: &Supervisor, n: usize) {
+    let want = format!("ready={n}");
+    sup.wait_until(
+        &format!("{n} standby workers ready"),
+        Duration::from_secs(10),
+        || {
+            sup.log()
+                .lines()
+                .any(|l| l.contains("standby worker ready") && l.contains(&want))
+        },
+    );
+}
+
 #[test]
 fn a_dead_worker_is_replaced_by_a_standby_and_the_pool_refills() {
-    let sup = Supervisor::start(
-        "[supervisor]\nstandby_workers = 2\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
-    );
-    sup.wait_until("two standby workers", Duration::from_secs(10), || {
-        standby_pids(&sup, &["c"]).len() == 2
-    });
+    let sup = start_with_standbys(2);
+    wait_ready_standbys(&sup, 2);
     let standbys = standby_pids(&sup, &["c"]);
+    assert_eq!(standbys.len(), 2, "{standbys:?}");
     let mut c = sup.client();
     assert_eq!(c.call("c", "incr", json!(5)).unwrap(), json!(5));
     let old = sup.kill_worker("c");
@@ -106,9 +130,7 @@ fn a_dead_worker_is_replaced_by_a_standby_and_the_pool_refills() {
 
 #[test]
 fn without_standby_workers_there_are_none_and_restarts_still_work() {
-    let sup = Supervisor::start(
-        "[supervisor]\nstandby_workers = 0\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
-    );
+    let sup = start_with_standbys(0);
     let mut c = sup.client();
     assert_eq!(c.call("c", "incr", json!(2)).unwrap(), json!(2));
     assert_eq!(standby_pids(&sup, &["c"]), Vec::<i32>::new());
@@ -116,22 +138,54 @@ fn without_standby_workers_there_are_none_and_restarts_still_work() {
     sup.wait_new_pid("c", old, Duration::from_secs(10));
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(3));
     assert_eq!(standby_pids(&sup, &["c"]), Vec::<i32>::new());
+    assert!(!sup.log().contains("standby worker ready"));
 }
 
 #[test]
-fn reload_replaces_the_standby_workers() {
-    let body = "[supervisor]\nstandby_workers = 2\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n";
-    let sup = Supervisor::start(body);
-    sup.wait_until("two standby workers", Duration::from_secs(10), || {
-        standby_pids(&sup, &["c"]).len() == 2
-    });
+fn reload_resizes_the_standby_pool() {
+    let sup = start_with_standbys(2);
+    wait_ready_standbys(&sup, 2);
     let before = standby_pids(&sup, &["c"]);
-    // One standby now: the old ones go (the binary may have been upgraded).
-    sup.write_config(&body.replace("standby_workers = 2", "standby_workers = 1"));
+    let body = |n: usize| {
+        format!(
+            "[supervisor]\nstandby_workers = {n}\n\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n"
+        )
+    };
+    // Smaller: one of the two stops, the other stays.
+    sup.write_config(&body(1));
     let mut c = sup.client();
     c.reload().expect("reload");
-    sup.wait_until("one new standby worker", Duration::from_secs(10), || {
+    sup.wait_until("one standby worker left", Duration::from_secs(10), || {
         let now = standby_pids(&sup, &["c"]);
-        now.len() == 1 && !before.contains(&now[0])
+        now.len() == 1 && before.contains(&now[0])
     });
+    // Larger: new ones start.
+    sup.write_config(&body(3));
+    c.reload().expect("reload");
+    wait_ready_standbys(&sup, 3);
+    assert_eq!(standby_pids(&sup, &["c"]).len(), 3);
+}
+
+#[test]
+fn standby_workers_die_with_the_supervisor_and_with_a_graceful_stop() {
+    for graceful in [false, true] {
+        let sup = start_with_standbys(2);
+        wait_ready_standbys(&sup, 2);
+        let standbys: Vec<Proc> = standby_pids(&sup, &["c"])
+            .into_iter()
+            .filter_map(Proc::of)
+            .collect();
+        assert_eq!(standbys.len(), 2);
+        if graceful {
+            sup.client().stop().expect("stop");
+            assert!(sup.wait_exit(Duration::from_secs(15)).success());
+        } else {
+            assert_eq!(sup.kill_supervisor().signal(), Some(9));
+        }
+        sup.wait_until(
+            "the standby workers to be gone",
+            Duration::from_secs(10),
+            || standbys.iter().all(|p| !p.is_running()),
+        );
+    }
 }

@@ -19,6 +19,7 @@ use ipc_channel::ipc::IpcSender;
 use mio::{Events, Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
@@ -59,6 +60,9 @@ struct WorkerSlot {
     /// The core was told this worker's channel is closed.
     closed: bool,
     reaped: bool,
+    /// A pidfd of the worker, polled by the loop: its exit is seen without a signal
+    /// thread in between.
+    pidfd: Option<std::os::fd::OwnedFd>,
     /// Calls were sent and no replies came back since then.
     sent_at: Option<Instant>,
     /// Moving average of how long the worker takes to answer a batch of calls.
@@ -228,6 +232,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
                     ev.is_writable() || ev.is_write_closed() || ev.is_error(),
                 ),
                 token::Of::Worker(actor) => shell.queue_read(actor),
+                token::Of::Death(actor) => shell.on_pidfd(actor, &mut core),
             }
         }
         // What the helper threads sent (bounded per turn, so sockets get their turn).
@@ -383,6 +388,7 @@ impl Shell {
                 if std::mem::take(&mut w.kill_pending) {
                     spawn::kill_group(pid);
                 }
+                self.watch_death(actor, pid);
                 self.pids.insert(pid, (actor, epoch));
                 core.handle(Event::Spawned { actor, epoch, pid }, now);
                 // Exits of processes that were never workers (a failed exec) must not
@@ -405,7 +411,8 @@ impl Shell {
                 self.early_exits
                     .retain(|_, (_, t)| now.saturating_duration_since(*t) < EARLY_EXIT_MEMORY);
                 if self.early_exits.remove(&pid).is_some() {
-                    // Died before it was known: a failed start.
+                    // Died before it was known: a failed start (its bootstrap thread,
+                    // released, reports a pid the pool no longer knows: ignored).
                     spawn::abandon(server_name);
                     self.standby.failed(None);
                 } else {
@@ -423,15 +430,24 @@ impl Shell {
                     outbox,
                     reports,
                 };
-                if let Some(unwanted) = self.standby.ready(standby) {
-                    spawn::kill_group(unwanted.pid);
+                match self.standby.ready(standby) {
+                    standby::Hello::Kept => {
+                        tracing::debug!(
+                            pid,
+                            ready = self.standby.ready_count(),
+                            "standby worker ready"
+                        );
+                    }
+                    standby::Hello::Unwanted(s) => spawn::kill_group(s.pid),
+                    standby::Hello::Unknown => {}
                 }
             }
             ShellEvent::StandbyFailed { pid } => {
-                if let Some(pid) = pid {
+                if self.standby.failed(pid)
+                    && let Some(pid) = pid
+                {
                     spawn::kill_group(pid);
                 }
-                self.standby.failed(pid);
                 self.standby.fill(&self.spawn_tx);
             }
             ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
@@ -471,6 +487,9 @@ impl Shell {
         // lives, so this cannot reach another process.
         if pid > 1 {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
+        if self.workers.0[actor].pid == u32::try_from(pid).ok() {
+            self.forget_pidfd(actor);
         }
         let w = &mut self.workers.0[actor];
         if w.epoch == epoch {
@@ -541,6 +560,64 @@ impl Shell {
         }
     }
 
+    /// Polls a pidfd of the actor's worker, so its exit wakes the loop directly. Without
+    /// one (kernels before 5.3), the signal thread's SIGCHLD reaping still reports it.
+    fn watch_death(&mut self, actor: ActorId, pid: u32) {
+        let Ok(raw) = i32::try_from(pid) else {
+            return;
+        };
+        // SAFETY: pidfd_open only creates a new descriptor (or fails); it reads no memory
+        // of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        let Ok(fd) = i32::try_from(fd) else {
+            return;
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` is the descriptor pidfd_open just returned; nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let registered = self.poll_registry.register(
+            &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&fd)),
+            token::death(actor),
+            Interest::READABLE,
+        );
+        if registered.is_ok() {
+            self.forget_pidfd(actor);
+            self.workers.0[actor].pidfd = Some(fd);
+        }
+    }
+
+    /// Stops polling the actor's worker's pidfd.
+    fn forget_pidfd(&mut self, actor: ActorId) {
+        if let Some(fd) = self.workers.0[actor].pidfd.take() {
+            let _ = self.poll_registry.deregister(&mut mio::unix::SourceFd(
+                &std::os::fd::AsRawFd::as_raw_fd(&fd),
+            ));
+        }
+    }
+
+    /// The actor's worker's pidfd is readable: the process has exited. Reaps exactly it
+    /// (waitid on the pidfd) and handles its death now.
+    fn on_pidfd(&mut self, actor: ActorId, core: &mut Core) {
+        let Some(fd) = self.workers.0[actor].pidfd.as_ref() else {
+            return;
+        };
+        use std::os::fd::AsFd;
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+        match waitid(Id::PIDFd(fd.as_fd()), flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                self.forget_pidfd(actor);
+                if let Some((pid, exit)) = WorkerExit::from_wait(status) {
+                    self.on_reaped(pid, exit, core);
+                }
+            }
+            // Reaped already by the signal thread (its event is on its way), or gone.
+            Err(_) => self.forget_pidfd(actor),
+        }
+    }
+
     /// The `Init` of a worker for this actor, as configured now.
     fn init_for(&self, actor: ActorId) -> Init {
         let a = &self.actor_configs[actor];
@@ -564,6 +641,7 @@ impl Shell {
         let pid = standby.pid;
         self.workers.0[actor].pid = Some(pid);
         self.pids.insert(pid, (actor, epoch));
+        self.watch_death(actor, pid);
         self.output.rename(pid, &self.files[actor].name);
         tracing::debug!(actor = %self.files[actor].name, pid, "standby worker taken");
         core.handle(Event::Spawned { actor, epoch, pid }, Instant::now());
@@ -835,9 +913,8 @@ impl Shell {
             debug_assert_eq!(id, expected);
             added.push(a.name.clone());
         }
-        // The binary on disk may have been upgraded: standby workers are started anew.
         self.standby
-            .recycle(new.supervisor.standby_workers, &self.spawn_tx);
+            .resize(new.supervisor.standby_workers, &self.spawn_tx);
         if new.supervisor.busy_poll != self.config.supervisor.busy_poll {
             let micros = worker_spin(new.supervisor.busy_poll);
             for w in &self.workers.0 {
@@ -938,6 +1015,7 @@ impl Shell {
                 }
                 Action::Reply { conn, line } => self.reply(conn, &line),
                 Action::Spawn { actor, epoch } => {
+                    self.forget_pidfd(actor);
                     let w = &mut self.workers.0[actor];
                     if let Some(mut r) = w.reports.take() {
                         let _ = self.poll_registry.deregister(&mut r.stream);

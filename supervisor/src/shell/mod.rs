@@ -95,6 +95,7 @@ pub mod token {
 
     pub const LISTENER: Token = Token(0);
     pub const WAKER: Token = Token(1);
+    const DEATH_BASE: usize = 1 << 50;
     const WORKER_BASE: usize = 1 << 48;
     const CONN_BASE: usize = 16;
 
@@ -106,17 +107,24 @@ pub mod token {
         Token(WORKER_BASE + actor)
     }
 
+    /// The pidfd of an actor's worker (readable once the process has exited).
+    pub fn death(actor: ActorId) -> Token {
+        Token(DEATH_BASE + actor)
+    }
+
     /// What a token stands for.
     pub enum Of {
         Listener,
         Waker,
         Conn(ConnId),
         Worker(ActorId),
+        Death(ActorId),
     }
 
     pub fn of(t: Token) -> Of {
         match t.0 {
             0 => Of::Listener,
+            n if n >= DEATH_BASE => Of::Death(n - DEATH_BASE),
             n if n >= WORKER_BASE => Of::Worker(n - WORKER_BASE),
             n if n >= CONN_BASE => Of::Conn((n - CONN_BASE) as ConnId),
             _ => Of::Waker,

@@ -97,37 +97,18 @@ fn relay(mut poll: Poll, new: &Receiver<Msg>) {
             tracing::error!(error = %e, "worker output relay cannot poll; output is no longer logged");
             return;
         }
-        for ev in events.iter() {
-            if ev.token() != WAKER && !more.contains(&ev.token().0) {
-                more.push_back(ev.token().0);
-            }
-        }
-        for _ in 0..more.len() {
-            let Some(key) = more.pop_front() else {
-                break;
-            };
-            let Some(src) = sources.get_mut(&key) else {
-                continue;
-            };
-            match drain(src, &mut chunk) {
-                Drained::Empty => {}
-                Drained::More => more.push_back(key),
-                Drained::End => {
-                    let _ = poll
-                        .registry()
-                        .deregister(&mut SourceFd(&src.pipe.file.as_raw_fd()));
-                    if let Some(mut src) = sources.remove(&key) {
-                        let (actor, pid) = (&src.pipe.actor, src.pipe.pid);
-                        src.lines.finish(|line| log_output(actor, pid, line));
-                    }
-                }
-            }
-        }
+        // New pipes and renames first, so that lines read this pass carry the right name.
         for msg in new.try_iter() {
             let pipe = match msg {
                 Msg::Add(pipe) => pipe,
                 Msg::Rename { pid, actor } => {
-                    if let Some(src) = sources.values_mut().find(|s| s.pipe.pid == pid) {
+                    // The newest pipe of that pid (an older one may still be held open by
+                    // a leftover process of a worker that had the same pid).
+                    if let Some((_, src)) = sources
+                        .iter_mut()
+                        .filter(|(_, s)| s.pipe.pid == pid)
+                        .max_by_key(|(k, _)| **k)
+                    {
                         src.pipe.actor = actor;
                     }
                     continue;
@@ -158,6 +139,32 @@ fn relay(mut poll: Poll, new: &Receiver<Msg>) {
                     lines: OutputLines::default(),
                 },
             );
+        }
+        for ev in events.iter() {
+            if ev.token() != WAKER && !more.contains(&ev.token().0) {
+                more.push_back(ev.token().0);
+            }
+        }
+        for _ in 0..more.len() {
+            let Some(key) = more.pop_front() else {
+                break;
+            };
+            let Some(src) = sources.get_mut(&key) else {
+                continue;
+            };
+            match drain(src, &mut chunk) {
+                Drained::Empty => {}
+                Drained::More => more.push_back(key),
+                Drained::End => {
+                    let _ = poll
+                        .registry()
+                        .deregister(&mut SourceFd(&src.pipe.file.as_raw_fd()));
+                    if let Some(mut src) = sources.remove(&key) {
+                        let (actor, pid) = (&src.pipe.actor, src.pipe.pid);
+                        src.lines.finish(|line| log_output(actor, pid, line));
+                    }
+                }
+            }
         }
     }
 }

@@ -5,8 +5,12 @@
 //! A standby worker has said hello and waits for its `Init`; whatever identity, limits,
 //! checkpoint or program an actor needs comes with that `Init`, so any standby suits any
 //! actor. The pool refills itself after each use. It stops refilling after a run of
-//! failed starts (and says so), and is emptied on reload (the binary may have been
-//! upgraded) and at shutdown. Its processes die with the supervisor like any worker.
+//! failed starts (and says so; a reload tries again), takes its new size on reload, and
+//! is emptied at shutdown. Its processes die with the supervisor like any worker.
+//!
+//! Only processes the pool still counts as its own are ever killed or counted: an event
+//! about one it has already forgotten (reaped, or killed on purpose) is ignored, so a
+//! pid that the kernel may have reused is never signalled.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixStream;
@@ -26,6 +30,16 @@ pub struct Standby {
     pub pid: u32,
     pub outbox: IpcSender<ToWorker>,
     pub reports: UnixStream,
+}
+
+/// What the pool makes of a standby that said hello.
+pub enum Hello {
+    /// Kept, ready for an actor.
+    Kept,
+    /// One of the pool's, but not wanted any more: the caller kills it.
+    Unwanted(Standby),
+    /// Not (or no longer) the pool's: already reaped or killed; nothing to do.
+    Unknown,
 }
 
 /// What a reaped pid was to the pool.
@@ -71,12 +85,16 @@ impl StandbyPool {
         }
     }
 
-    /// A ready standby, if any.
+    /// A ready standby, if any. A standby put to use ends a run of failures.
     pub fn take(&mut self) -> Option<Standby> {
         if self.closed {
             return None;
         }
-        self.ready.pop()
+        let taken = self.ready.pop();
+        if taken.is_some() {
+            self.failures = 0;
+        }
+        taken
     }
 
     /// A standby's process exists.
@@ -85,29 +103,35 @@ impl StandbyPool {
         self.starting.insert(pid, server_name);
     }
 
-    /// A standby said hello. Returns it back when the pool does not want it any more (the
-    /// caller kills it).
-    pub fn ready(&mut self, standby: Standby) -> Option<Standby> {
-        if self.starting.remove(&standby.pid).is_none() || self.closed {
-            return Some(standby);
+    /// A standby said hello.
+    pub fn ready(&mut self, standby: Standby) -> Hello {
+        if self.starting.remove(&standby.pid).is_none() {
+            return Hello::Unknown;
         }
-        self.failures = 0;
-        if self.ready.len() >= self.wanted {
-            return Some(standby);
+        // (Failures are forgotten when a standby is put to use, not here: a standby that
+        // says hello and dies must not make the pool start new ones forever.)
+        if self.closed || self.ready.len() >= self.wanted {
+            self.retired.insert(standby.pid);
+            return Hello::Unwanted(standby);
         }
         self.ready.push(standby);
-        None
+        Hello::Kept
     }
 
-    /// A standby could not be started (`pid`: its process, if there was one).
-    pub fn failed(&mut self, pid: Option<u32>) {
+    /// A standby could not be started (`pid`: its process, if there was one). Returns
+    /// whether the caller should kill that process (false: the pool no longer knows it).
+    pub fn failed(&mut self, pid: Option<u32>) -> bool {
         match pid {
             Some(pid) => {
-                self.starting.remove(&pid);
+                if self.starting.remove(&pid).is_none() {
+                    return false;
+                }
+                self.retired.insert(pid);
             }
             None => self.in_flight = self.in_flight.saturating_sub(1),
         }
         self.count_failure();
+        pid.is_some()
     }
 
     fn count_failure(&mut self) {
@@ -138,16 +162,23 @@ impl StandbyPool {
         Reaped::NotOurs
     }
 
-    /// Replaces every ready standby (after a reload: the binary on disk may be newer) and
-    /// takes the new size; failures are forgotten.
-    pub fn recycle(&mut self, wanted: usize, spawn_tx: &Sender<SpawnJob>) {
+    /// Takes a new size (reload): extra ready standbys are stopped, missing ones started;
+    /// failures are forgotten.
+    pub fn resize(&mut self, wanted: usize, spawn_tx: &Sender<SpawnJob>) {
         self.wanted = wanted;
         self.failures = 0;
-        for s in self.ready.drain(..) {
-            spawn::kill_group(s.pid);
-            self.retired.insert(s.pid);
+        while self.ready.len() > wanted {
+            if let Some(s) = self.ready.pop() {
+                spawn::kill_group(s.pid);
+                self.retired.insert(s.pid);
+            }
         }
         self.fill(spawn_tx);
+    }
+
+    /// Standbys ready now.
+    pub fn ready_count(&self) -> usize {
+        self.ready.len()
     }
 
     /// Stops the pool for good (shutdown): its processes are killed.
@@ -160,8 +191,9 @@ impl StandbyPool {
             spawn::kill_group(s.pid);
             self.retired.insert(s.pid);
         }
-        for &pid in self.starting.keys() {
+        for (pid, _) in self.starting.drain() {
             spawn::kill_group(pid);
+            self.retired.insert(pid);
         }
     }
 }
