@@ -187,6 +187,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         early_exits: HashMap::new(),
         conns,
         standby: StandbyPool::new(config_standby),
+        refill_after_ready: false,
         output,
         poll_registry,
         worker_reads: VecDeque::new(),
@@ -351,6 +352,8 @@ struct Shell {
     conns: Conns,
     /// Workers started ahead of need.
     standby: StandbyPool,
+    /// A standby was taken: refill the pool when the next worker is ready.
+    refill_after_ready: bool,
     output: OutputRelay,
     /// The loop's registry (worker report sockets come and go).
     poll_registry: mio::Registry,
@@ -694,6 +697,11 @@ impl Shell {
         let mut got = Vec::new();
         let end = stream.read(budget, &mut got);
         let now = Instant::now();
+        if self.refill_after_ready && got.iter().any(|r| matches!(r, Report::Ready(_))) {
+            self.refill_after_ready = false;
+            self.standby.fill(&self.spawn_tx);
+        }
+        let w = &mut self.workers.0[actor];
         for report in got {
             if let Report::Replies(_) = report
                 && let Some(sent) = w.sent_at.take()
@@ -1030,7 +1038,9 @@ impl Shell {
                     let init = self.init_for(actor);
                     if let Some(standby) = self.standby.take() {
                         self.bind(actor, epoch, standby, init, core);
-                        self.standby.fill(&self.spawn_tx);
+                        // Its replacement starts once this worker is ready: a process
+                        // start now would take the CPUs the restore needs.
+                        self.refill_after_ready = true;
                         continue;
                     }
                     let job = SpawnJob::Actor {
