@@ -205,78 +205,10 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
 
     let mut ready = Events::with_capacity(1024);
     while shell.exit_code.is_none() {
-        let now = Instant::now();
-        // One scan of the actors' timers per turn of the loop (not per event).
-        let core_deadline = core.next_deadline();
-        let deadline = [core_deadline, shell.next_watchdog, shell.conns.sweep(now)]
-            .into_iter()
-            .flatten()
-            .min();
-        let more_to_do =
-            shell.conns.has_input() || !shell.worker_reads.is_empty() || !events.is_empty();
-        let timeout = if more_to_do {
-            Some(Duration::ZERO)
-        } else {
-            deadline.map(|d| d.saturating_duration_since(now))
-        };
-        let spin = std::mem::take(&mut shell.spin);
-        wait(&mut poll, &mut ready, timeout, spin)
-            .map_err(|e| format!("the event loop cannot poll: {e}"))?;
-        let now = Instant::now();
-        for ev in ready.iter() {
-            match token::of(ev.token()) {
-                token::Of::Listener => shell.conns.accept(now),
-                token::Of::Waker => {}
-                token::Of::Conn(conn) => shell.conns.ready(
-                    conn,
-                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                    ev.is_writable() || ev.is_write_closed() || ev.is_error(),
-                ),
-                token::Of::Worker(actor) => shell.queue_read(actor),
-                token::Of::Death(actor) => shell.on_pidfd(actor, &mut core),
-            }
-        }
-        // What the helper threads sent (bounded per turn, so sockets get their turn).
-        for _ in 0..8192 {
-            match events.try_recv() {
-                Ok(ev) => shell.on_event(ev, &mut core),
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    return Err("every helper thread is gone".to_string());
-                }
-            }
-        }
-        shell.read_workers(&mut core);
-        shell.conns.read(now, |conn, request| {
-            core.handle(Event::Request { conn, request }, now);
-        });
-        if shell.conns.accept_due(now) {
-            shell.conns.accept(now);
-        }
-        let now = Instant::now();
-        // Timers set by this turn's events are seen at the top of the next turn.
-        if core_deadline.is_some_and(|d| d <= now) {
-            core.handle(Event::Tick, now);
-        }
-        shell.run_actions(&mut core, &mut actions);
-        if core.is_stopping() {
-            shell.standby.close();
-        }
-        shell.tell_systemd(&core, now);
+        shell.turn(&mut core, &mut poll, &mut ready, &events, &mut actions)?;
     }
     let code = shell.exit_code.unwrap_or(1);
-    // Let the clients take the last replies (e.g. to `stop`) before the process ends; a
-    // client that does not read gets at most a second.
-    let give_up = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < give_up && shell.conns.writing() {
-        shell.conns.flush_all(Instant::now());
-        let _ = wait(
-            &mut poll,
-            &mut ready,
-            Some(Duration::from_millis(5)),
-            Duration::ZERO,
-        );
-    }
+    shell.flush_before_exit(&mut poll, &mut ready);
     Ok(code)
 }
 
@@ -369,6 +301,86 @@ struct Shell {
 }
 
 impl Shell {
+    /// One turn of the event loop: wait (awake for a moment after sending calls, then
+    /// asleep until the next event or timer), take what is ready, let the core act.
+    fn turn(
+        &mut self,
+        core: &mut Core,
+        poll: &mut Poll,
+        ready: &mut Events,
+        events: &crossbeam_channel::Receiver<ShellEvent>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        // One scan of the actors' timers per turn of the loop (not per event).
+        let core_deadline = core.next_deadline();
+        let deadline = [core_deadline, self.next_watchdog, self.conns.sweep(now)]
+            .into_iter()
+            .flatten()
+            .min();
+        let more_to_do =
+            self.conns.has_input() || !self.worker_reads.is_empty() || !events.is_empty();
+        let timeout = if more_to_do {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| d.saturating_duration_since(now))
+        };
+        let spin = std::mem::take(&mut self.spin);
+        wait(poll, ready, timeout, spin).map_err(|e| format!("the event loop cannot poll: {e}"))?;
+        let now = Instant::now();
+        for ev in ready.iter() {
+            match token::of(ev.token()) {
+                token::Of::Listener => self.conns.accept(now),
+                token::Of::Waker => {}
+                token::Of::Conn(conn) => self.conns.ready(
+                    conn,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                ),
+                token::Of::Worker(actor) => self.queue_read(actor),
+                token::Of::Death(actor) => self.on_pidfd(actor, core),
+            }
+        }
+        // What the helper threads sent (bounded per turn, so sockets get their turn).
+        for _ in 0..8192 {
+            match events.try_recv() {
+                Ok(ev) => self.on_event(ev, core),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    return Err("every helper thread is gone".to_string());
+                }
+            }
+        }
+        self.read_workers(core);
+        self.conns.read(now, |conn, request| {
+            core.handle(Event::Request { conn, request }, now);
+        });
+        if self.conns.accept_due(now) {
+            self.conns.accept(now);
+        }
+        let now = Instant::now();
+        // Timers set by this turn's events are seen at the top of the next turn.
+        if core_deadline.is_some_and(|d| d <= now) {
+            core.handle(Event::Tick, now);
+        }
+        self.run_actions(core, actions);
+        if core.is_stopping() {
+            self.standby.close();
+        }
+        self.tell_systemd(core, now);
+        Ok(())
+    }
+
+    /// Lets the clients take the last replies (e.g. to `stop`) before the process ends; a
+    /// client that does not read gets at most a second.
+    fn flush_before_exit(&mut self, poll: &mut Poll, ready: &mut Events) {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < give_up && self.conns.writing() {
+            self.conns.flush_all(Instant::now());
+            let _ = wait(poll, ready, Some(Duration::from_millis(5)), Duration::ZERO);
+        }
+    }
+
     fn on_event(&mut self, ev: ShellEvent, core: &mut Core) {
         let now = Instant::now();
         match ev {
@@ -972,170 +984,26 @@ impl Shell {
     fn execute(&mut self, actions: &mut Vec<Action>, core: &mut Core) {
         for action in actions.drain(..) {
             match action {
-                Action::Append { actor, calls } => {
-                    let (Some(first), Some(last)) = (calls.first(), calls.last()) else {
-                        continue;
-                    };
-                    let (from, upto) = (first.seq, last.seq);
-                    let log = &mut self.logs[actor];
-                    let event = match log.append(&calls) {
-                        Ok(()) => {
-                            if self.actor_configs[actor].policy.durability == Durability::Fsync
-                                && let Some(file) = log.sync_handle()
-                            {
-                                let _ = self.fsync_tx.send(SyncRequest { actor, upto, file });
-                            }
-                            Event::Logged { actor, upto }
-                        }
-                        Err(error) => Event::LogFailed {
-                            actor,
-                            from,
-                            upto,
-                            error,
-                        },
-                    };
-                    core.handle(event, Instant::now());
-                }
+                Action::Append { actor, calls } => self.append(actor, &calls, core),
                 Action::TruncateLog { actor, upto } => self.logs[actor].truncate(upto),
                 Action::Cancel {
                     actor,
                     seq,
                     cancelled,
-                } => {
-                    let log = &mut self.logs[actor];
-                    match log.cancel(seq, &cancelled) {
-                        Ok(()) => {
-                            if self.actor_configs[actor].policy.durability == Durability::Fsync
-                                && let Some(file) = log.sync_handle()
-                            {
-                                let _ = self.fsync_tx.send(SyncRequest {
-                                    actor,
-                                    upto: seq,
-                                    file,
-                                });
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(actor = %self.config_actor(actor).name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
-                            core.handle(Event::TombstoneFailed { actor, seq }, Instant::now());
-                        }
-                    }
-                }
+                } => self.cancel(actor, seq, &cancelled, core),
                 Action::Reply { conn, line } => self.reply(conn, &line),
-                Action::Spawn { actor, epoch } => {
-                    self.forget_pidfd(actor);
-                    let w = &mut self.workers.0[actor];
-                    if let Some(mut r) = w.reports.take() {
-                        let _ = self.poll_registry.deregister(&mut r.stream);
-                    }
-                    *w = WorkerSlot {
-                        epoch,
-                        answer_time: w.answer_time,
-                        // The actor may still be in the read queue.
-                        read_queued: w.read_queued,
-                        ..WorkerSlot::default()
-                    };
-                    let init = self.init_for(actor);
-                    if let Some(standby) = self.standby.take() {
-                        self.bind(actor, epoch, standby, init, core);
-                        // Its replacement starts once this worker is ready: a process
-                        // start now would take the CPUs the restore needs.
-                        self.refill_after_ready = true;
-                        continue;
-                    }
-                    let job = SpawnJob::Actor {
-                        actor,
-                        epoch,
-                        init: Box::new(init),
-                    };
-                    if self.spawn_tx.send(job).is_err() {
-                        let error = "the spawner thread is gone".to_string();
-                        core.handle(
-                            Event::SpawnFailed {
-                                actor,
-                                epoch,
-                                error,
-                            },
-                            Instant::now(),
-                        );
-                    }
-                }
+                Action::Spawn { actor, epoch } => self.spawn(actor, epoch, core),
                 Action::SendCalls {
                     actor,
                     epoch,
                     calls,
-                } => {
-                    let Some(outbox) = self.outbox(actor, epoch) else {
-                        continue;
-                    };
-                    // ipc-channel asserts (panics) when it cannot create the shared
-                    // memory of a large batch (no fds or memory left): never let that
-                    // take the main loop down.
-                    let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        calls_message(calls).map_err(|e| e.to_string())
-                    }))
-                    .unwrap_or_else(|_| {
-                        Err("no shared memory for a large batch (out of fds or memory?)".into())
-                    });
-                    let sent = match encoded {
-                        Ok(msg) => outbox.send(msg).is_ok(),
-                        Err(error) => {
-                            tracing::error!(actor = %self.files[actor].name, %error, "cannot send a call batch; restarting the worker so the calls are replayed");
-                            false
-                        }
-                    };
-                    let w = &mut self.workers.0[actor];
-                    if sent {
-                        let now = Instant::now();
-                        w.sent_at.get_or_insert(now);
-                        // Wait on the CPU for the answer only for a worker that usually
-                        // answers within the spin: for a slow one it would be wasted. An
-                        // answer time measured while asleep includes the loop's own
-                        // wake-up, so now and then try again awake.
-                        let budget = self.config.supervisor.busy_poll;
-                        w.batches_since_spin += 1;
-                        if w.answer_time <= budget || w.batches_since_spin >= SPIN_PROBE_EVERY {
-                            w.batches_since_spin = 0;
-                            self.spin = budget;
-                        }
-                    }
-                    if !sent {
-                        // The batch counts as in flight: only a new worker can take it.
-                        let w = &self.workers.0[actor];
-                        if !w.reaped
-                            && let Some(pid) = w.pid
-                        {
-                            spawn::kill_group(pid);
-                        }
-                    }
-                }
+                } => self.send_calls(actor, epoch, calls),
                 Action::RequestCheckpoint { actor, epoch } => {
-                    if let Some(outbox) = self.outbox(actor, epoch) {
-                        let _ = outbox.send(ToWorker::Checkpoint);
-                    }
+                    self.tell(actor, epoch, ToWorker::Checkpoint);
                 }
-                Action::Ping { actor, epoch } => {
-                    if let Some(outbox) = self.outbox(actor, epoch) {
-                        let _ = outbox.send(ToWorker::Ping);
-                    }
-                }
-                Action::StopWorker { actor, epoch } => {
-                    if let Some(outbox) = self.outbox(actor, epoch) {
-                        let _ = outbox.send(ToWorker::Stop);
-                    }
-                }
-                Action::Kill { actor, epoch } => {
-                    let w = &mut self.workers.0[actor];
-                    if w.epoch == epoch && !w.reaped {
-                        match w.pid {
-                            Some(pid) => {
-                                spawn::kill_group(pid);
-                            }
-                            // Not started yet: kill it as soon as its pid is known.
-                            None => w.kill_pending = true,
-                        }
-                    }
-                }
+                Action::Ping { actor, epoch } => self.tell(actor, epoch, ToWorker::Ping),
+                Action::StopWorker { actor, epoch } => self.tell(actor, epoch, ToWorker::Stop),
+                Action::Kill { actor, epoch } => self.kill(actor, epoch),
                 Action::SyncDisk { actor } => {
                     let _ = self.disk_tx.send((actor, self.files[actor].clone()));
                 }
@@ -1143,16 +1011,161 @@ impl Shell {
                     actor,
                     epoch,
                     checkpoint_every,
-                } => {
-                    if let Some(outbox) = self.outbox(actor, epoch) {
-                        let _ = outbox.send(ToWorker::Configure { checkpoint_every });
-                    }
-                }
+                } => self.tell(actor, epoch, ToWorker::Configure { checkpoint_every }),
                 Action::Reload { origin } => {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
+            }
+        }
+    }
+
+    /// Sends a worker a message if it is the actor's current one and connected.
+    fn tell(&self, actor: ActorId, epoch: u64, msg: ToWorker) {
+        if let Some(outbox) = self.outbox(actor, epoch) {
+            let _ = outbox.send(msg);
+        }
+    }
+
+    /// Appends calls to the actor's log and tells the core how it went (an fsync'd log
+    /// reports the calls durable later, from the fsync thread).
+    fn append(&mut self, actor: ActorId, calls: &[resurgam_shared::ipc::Call], core: &mut Core) {
+        let (Some(first), Some(last)) = (calls.first(), calls.last()) else {
+            return;
+        };
+        let (from, upto) = (first.seq, last.seq);
+        let log = &mut self.logs[actor];
+        let event = match log.append(calls) {
+            Ok(()) => {
+                if self.actor_configs[actor].policy.durability == Durability::Fsync
+                    && let Some(file) = log.sync_handle()
+                {
+                    let _ = self.fsync_tx.send(SyncRequest { actor, upto, file });
+                }
+                Event::Logged { actor, upto }
+            }
+            Err(error) => Event::LogFailed {
+                actor,
+                from,
+                upto,
+                error,
+            },
+        };
+        core.handle(event, Instant::now());
+    }
+
+    /// Writes a tombstone for calls the core refused after they were logged.
+    fn cancel(&mut self, actor: ActorId, seq: u64, cancelled: &[u64], core: &mut Core) {
+        let log = &mut self.logs[actor];
+        match log.cancel(seq, cancelled) {
+            Ok(()) => {
+                if self.actor_configs[actor].policy.durability == Durability::Fsync
+                    && let Some(file) = log.sync_handle()
+                {
+                    let _ = self.fsync_tx.send(SyncRequest {
+                        actor,
+                        upto: seq,
+                        file,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(actor = %self.config_actor(actor).name, error = %e, ?cancelled, "cannot write a tombstone for refused calls; a supervisor restart would replay them");
+                core.handle(Event::TombstoneFailed { actor, seq }, Instant::now());
+            }
+        }
+    }
+
+    /// Gives the actor's `epoch` a worker: a standby if one is ready, else a new process.
+    fn spawn(&mut self, actor: ActorId, epoch: u64, core: &mut Core) {
+        self.forget_pidfd(actor);
+        let w = &mut self.workers.0[actor];
+        if let Some(mut r) = w.reports.take() {
+            let _ = self.poll_registry.deregister(&mut r.stream);
+        }
+        *w = WorkerSlot {
+            epoch,
+            answer_time: w.answer_time,
+            // The actor may still be in the read queue.
+            read_queued: w.read_queued,
+            ..WorkerSlot::default()
+        };
+        let init = self.init_for(actor);
+        if let Some(standby) = self.standby.take() {
+            self.bind(actor, epoch, standby, init, core);
+            // Its replacement starts once this worker is ready: a process start now
+            // would take the CPUs the restore needs.
+            self.refill_after_ready = true;
+            return;
+        }
+        let job = SpawnJob::Actor {
+            actor,
+            epoch,
+            init: Box::new(init),
+        };
+        if self.spawn_tx.send(job).is_err() {
+            let error = "the spawner thread is gone".to_string();
+            core.handle(
+                Event::SpawnFailed {
+                    actor,
+                    epoch,
+                    error,
+                },
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Sends a batch of calls, and decides whether the loop waits awake for the answer.
+    fn send_calls(&mut self, actor: ActorId, epoch: u64, calls: Vec<resurgam_shared::ipc::Call>) {
+        let Some(outbox) = self.outbox(actor, epoch) else {
+            return;
+        };
+        // ipc-channel asserts (panics) when it cannot create the shared memory of a large
+        // batch (no fds or memory left): never let that take the main loop down.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            calls_message(calls).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| {
+            Err("no shared memory for a large batch (out of fds or memory?)".into())
+        });
+        let sent = match encoded {
+            Ok(msg) => outbox.send(msg).is_ok(),
+            Err(error) => {
+                tracing::error!(actor = %self.files[actor].name, %error, "cannot send a call batch; restarting the worker so the calls are replayed");
+                false
+            }
+        };
+        let w = &mut self.workers.0[actor];
+        if !sent {
+            // The batch counts as in flight: only a new worker can take it.
+            if !w.reaped
+                && let Some(pid) = w.pid
+            {
+                spawn::kill_group(pid);
+            }
+            return;
+        }
+        w.sent_at.get_or_insert(Instant::now());
+        // Wait on the CPU for the answer only for a worker that usually answers within the
+        // spin: for a slow one it would be wasted. An answer time measured while asleep
+        // includes the loop's own wake-up, so now and then try again awake.
+        let budget = self.config.supervisor.busy_poll;
+        w.batches_since_spin += 1;
+        if w.answer_time <= budget || w.batches_since_spin >= SPIN_PROBE_EVERY {
+            w.batches_since_spin = 0;
+            self.spin = budget;
+        }
+    }
+
+    /// Kills the actor's `epoch` worker (now, or as soon as its pid is known).
+    fn kill(&mut self, actor: ActorId, epoch: u64) {
+        let w = &mut self.workers.0[actor];
+        if w.epoch == epoch && !w.reaped {
+            match w.pid {
+                Some(pid) => spawn::kill_group(pid),
+                None => w.kill_pending = true,
             }
         }
     }

@@ -353,27 +353,12 @@ impl Core {
         }
         match event {
             Event::Request { conn, request } => self.on_request(conn, request, now),
-            Event::Spawned { actor, epoch, pid } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    a.pid = Some(pid);
-                    if a.phase == Phase::Starting {
-                        a.start_deadline = Some(now + a.policy.startup_timeout);
-                    }
-                }
-            }
+            Event::Spawned { actor, epoch, pid } => self.on_spawned(actor, epoch, pid, now),
             Event::SpawnFailed {
                 actor,
                 epoch,
                 error,
-            } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    tracing::error!(actor = %a.name, %error, "cannot start worker");
-                    a.last_exit = Some(format!("spawn failed: {error}"));
-                    a.exited = true;
-                    a.closed = true;
-                    self.on_death(actor, now);
-                }
-            }
+            } => self.on_spawn_failed(actor, epoch, &error, now),
             Event::Ready {
                 actor,
                 epoch,
@@ -400,24 +385,7 @@ impl Core {
                 actor,
                 epoch,
                 message,
-            } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    tracing::error!(actor = %a.name, %message, "checkpoint failed");
-                    a.checkpoint_outstanding = false;
-                    let waiters = std::mem::take(&mut a.checkpoint_waiters);
-                    let err = ErrorBody::new(
-                        ErrorKind::CallFailed,
-                        format!("checkpoint of {:?} failed: {message}", a.name),
-                    );
-                    for w in waiters {
-                        self.reply_err(&w, &err);
-                    }
-                    if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
-                        self.stop_worker_if_done(actor);
-                    }
-                    self.relaunch_if_pending(actor);
-                }
-            }
+            } => self.on_checkpoint_failed(actor, epoch, &message),
             Event::Fatal {
                 actor,
                 epoch,
@@ -432,86 +400,26 @@ impl Core {
                 actor,
                 epoch,
                 reason,
-            } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "program failed");
-                    a.crash_reason = Some(reason);
-                    // The reason may come after the exit status (two threads report them).
-                    if let Some(exit) = a.exit_status {
-                        a.last_exit = Some(a.describe_exit(exit));
-                    }
-                }
-            }
+            } => self.on_crashed(actor, epoch, reason),
             Event::Pong { actor, epoch } => {
                 if let Some(a) = self.current(actor, epoch) {
                     a.ping_outstanding = false;
                 }
             }
-            Event::ChannelClosed { actor, epoch } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    a.closed = true;
-                    if a.exited {
-                        self.on_death(actor, now);
-                    } else {
-                        // The worker is about to exit; if it does not, it is broken.
-                        a.drain_deadline = Some(now + DRAIN_GRACE);
-                    }
-                }
-            }
+            Event::ChannelClosed { actor, epoch } => self.on_channel_closed(actor, epoch, now),
             Event::Exited {
                 actor,
                 epoch,
                 exit,
                 executing,
-            } => {
-                if let Some(a) = self.current(actor, epoch) {
-                    a.exited = true;
-                    a.last_exit = Some(a.describe_exit(exit));
-                    a.exit_status = Some(exit);
-                    // Only a worker that was serving ran calls; the word may be left over
-                    // from an earlier worker when this one died during its start.
-                    let (alive, floor) = (a.phase == Phase::Alive, a.applied_floor);
-                    a.executing_at_death = executing.filter(|&s| alive && s != 0 && s > floor);
-                    if a.closed {
-                        self.on_death(actor, now);
-                    } else {
-                        a.drain_deadline = Some(now + DRAIN_GRACE);
-                    }
-                }
-            }
+            } => self.on_exited(actor, epoch, exit, executing, now),
             Event::DiskSynced {
                 actor,
                 generation,
                 last_seq,
             } => self.on_disk_synced(actor, generation, last_seq),
-            Event::DiskSyncFailed { actor, message } => {
-                if let Some(a) = self.actors.get_mut(actor) {
-                    tracing::error!(actor = %a.name, %message, "disk copy of checkpoint failed; the call log is kept");
-                    a.disk_sync_error = Some(message.clone());
-                    let waiters = std::mem::take(&mut a.sync_waiters);
-                    let err = ErrorBody::new(
-                        ErrorKind::CallFailed,
-                        format!("disk copy of {:?} failed: {message}", a.name),
-                    );
-                    for (w, _) in waiters {
-                        self.reply_err(&w, &err);
-                    }
-                    if matches!(self.mode, Mode::Stopping { .. }) {
-                        // Stop anyway: the mmap checkpoint and (in memory mode) nothing
-                        // else remains; the error is logged above.
-                        self.stop_worker_if_done(actor);
-                    }
-                }
-            }
-            Event::Logged { actor, upto } => {
-                if let Some(a) = self.actors.get_mut(actor) {
-                    a.logged_upto = a.logged_upto.max(upto);
-                    if a.policy.durability != resurgam_shared::config::Durability::Fsync {
-                        a.durable_upto = a.logged_upto;
-                    }
-                    self.mark_dirty(actor);
-                }
-            }
+            Event::DiskSyncFailed { actor, message } => self.on_disk_sync_failed(actor, &message),
+            Event::Logged { actor, upto } => self.on_logged(actor, upto),
             Event::LogFailed {
                 actor,
                 from,
@@ -519,21 +427,143 @@ impl Core {
                 error,
             } => self.on_log_failed(actor, from, upto, &error),
             Event::Durable { actor, upto } => self.on_durable(actor, upto, None),
-            Event::TombstoneFailed { actor, seq } => {
-                if let Some(a) = self.actors.get_mut(actor) {
-                    let (mine, rest): (VecDeque<_>, VecDeque<_>) =
-                        a.held.drain(..).partition(|h| h.0 == seq);
-                    a.held = rest;
-                    for (_, origin, result) in mine {
-                        self.answer(&origin, result);
-                    }
-                }
-            }
+            Event::TombstoneFailed { actor, seq } => self.on_tombstone_failed(actor, seq),
             Event::DurableFailed { actor, upto, error } => {
                 self.on_durable(actor, upto, Some(error))
             }
             Event::Shutdown { reason } => self.begin_shutdown(&reason, now),
             Event::Tick => self.on_tick(now),
+        }
+    }
+
+    fn on_spawned(&mut self, actor: ActorId, epoch: u64, pid: u32, now: Instant) {
+        if let Some(a) = self.current(actor, epoch) {
+            a.pid = Some(pid);
+            if a.phase == Phase::Starting {
+                a.start_deadline = Some(now + a.policy.startup_timeout);
+            }
+        }
+    }
+
+    fn on_spawn_failed(&mut self, actor: ActorId, epoch: u64, error: &str, now: Instant) {
+        if let Some(a) = self.current(actor, epoch) {
+            tracing::error!(actor = %a.name, %error, "cannot start worker");
+            a.last_exit = Some(format!("spawn failed: {error}"));
+            a.exited = true;
+            a.closed = true;
+            self.on_death(actor, now);
+        }
+    }
+
+    fn on_checkpoint_failed(&mut self, actor: ActorId, epoch: u64, message: &str) {
+        let Some(a) = self.current(actor, epoch) else {
+            return;
+        };
+        tracing::error!(actor = %a.name, %message, "checkpoint failed");
+        a.checkpoint_outstanding = false;
+        let waiters = std::mem::take(&mut a.checkpoint_waiters);
+        let err = ErrorBody::new(
+            ErrorKind::CallFailed,
+            format!("checkpoint of {:?} failed: {message}", a.name),
+        );
+        for w in waiters {
+            self.reply_err(&w, &err);
+        }
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
+            self.stop_worker_if_done(actor);
+        }
+        self.relaunch_if_pending(actor);
+    }
+
+    fn on_crashed(&mut self, actor: ActorId, epoch: u64, reason: String) {
+        if let Some(a) = self.current(actor, epoch) {
+            tracing::warn!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "program failed");
+            a.crash_reason = Some(reason);
+            // The reason may come after the exit status (two threads report them).
+            if let Some(exit) = a.exit_status {
+                a.last_exit = Some(a.describe_exit(exit));
+            }
+        }
+    }
+
+    /// The worker's channel is closed: its death is handled once it has exited too.
+    fn on_channel_closed(&mut self, actor: ActorId, epoch: u64, now: Instant) {
+        if let Some(a) = self.current(actor, epoch) {
+            a.closed = true;
+            if a.exited {
+                self.on_death(actor, now);
+            } else {
+                // The worker is about to exit; if it does not, it is broken.
+                a.drain_deadline = Some(now + DRAIN_GRACE);
+            }
+        }
+    }
+
+    /// The worker was reaped: its death is handled once its channel is closed too.
+    fn on_exited(
+        &mut self,
+        actor: ActorId,
+        epoch: u64,
+        exit: WorkerExit,
+        executing: Option<u64>,
+        now: Instant,
+    ) {
+        if let Some(a) = self.current(actor, epoch) {
+            a.exited = true;
+            a.last_exit = Some(a.describe_exit(exit));
+            a.exit_status = Some(exit);
+            // Only a worker that was serving ran calls; the word may be left over from an
+            // earlier worker when this one died during its start.
+            let (alive, floor) = (a.phase == Phase::Alive, a.applied_floor);
+            a.executing_at_death = executing.filter(|&s| alive && s != 0 && s > floor);
+            if a.closed {
+                self.on_death(actor, now);
+            } else {
+                a.drain_deadline = Some(now + DRAIN_GRACE);
+            }
+        }
+    }
+
+    fn on_disk_sync_failed(&mut self, actor: ActorId, message: &str) {
+        let Some(a) = self.actors.get_mut(actor) else {
+            return;
+        };
+        tracing::error!(actor = %a.name, %message, "disk copy of checkpoint failed; the call log is kept");
+        a.disk_sync_error = Some(message.to_string());
+        let waiters = std::mem::take(&mut a.sync_waiters);
+        let err = ErrorBody::new(
+            ErrorKind::CallFailed,
+            format!("disk copy of {:?} failed: {message}", a.name),
+        );
+        for (w, _) in waiters {
+            self.reply_err(&w, &err);
+        }
+        if matches!(self.mode, Mode::Stopping { .. }) {
+            // Stop anyway: the mmap checkpoint and (in memory mode) nothing else remains;
+            // the error is logged above.
+            self.stop_worker_if_done(actor);
+        }
+    }
+
+    fn on_logged(&mut self, actor: ActorId, upto: u64) {
+        if let Some(a) = self.actors.get_mut(actor) {
+            a.logged_upto = a.logged_upto.max(upto);
+            if a.policy.durability != resurgam_shared::config::Durability::Fsync {
+                a.durable_upto = a.logged_upto;
+            }
+            self.mark_dirty(actor);
+        }
+    }
+
+    /// A tombstone could not be written: the calls it held back are answered now.
+    fn on_tombstone_failed(&mut self, actor: ActorId, seq: u64) {
+        if let Some(a) = self.actors.get_mut(actor) {
+            let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+                a.held.drain(..).partition(|h| h.0 == seq);
+            a.held = rest;
+            for (_, origin, result) in mine {
+                self.answer(&origin, result);
+            }
         }
     }
 
