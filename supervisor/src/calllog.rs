@@ -59,13 +59,30 @@ pub struct ActorLog {
     buf: Vec<u8>,
 }
 
-fn ctx(op: &str, path: &Path) -> impl Fn(std::io::Error) -> String {
-    let what = format!("{op} {}", path.display());
-    move |e| format!("{what}: {e}")
+/// Why a call log operation failed, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no open segment")]
+    NoSegment,
+}
+
+fn ctx(op: &'static str, path: &Path) -> impl Fn(std::io::Error) -> LogError {
+    let path = path.to_path_buf();
+    move |source| LogError::Io {
+        op,
+        path: path.clone(),
+        source,
+    }
 }
 
 /// Fsyncs a directory so that a created, renamed or deleted entry is durable.
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ctx("fsync directory", dir))
@@ -81,7 +98,7 @@ impl ActorLog {
         name: &str,
         fsync: bool,
         sink: Box<dyn Sink>,
-    ) -> Result<Opened, String> {
+    ) -> Result<Opened, LogError> {
         let dir = calllog::log_dir(state_dir, name);
         let Recovered {
             segments,
@@ -180,7 +197,7 @@ impl ActorLog {
     }
 
     /// Writes a tombstone (record `seq`) for logged calls that were refused after all.
-    pub fn cancel(&mut self, seq: u64, cancelled: &[u64]) -> Result<(), String> {
+    pub fn cancel(&mut self, seq: u64, cancelled: &[u64]) -> Result<(), LogError> {
         self.append(&[Call {
             seq,
             method: calllog::CANCEL_METHOD.to_string(),
@@ -190,7 +207,7 @@ impl ActorLog {
 
     /// Appends a batch of calls (one write). On failure the segment is cut back to where
     /// it was, so a later append never follows a partial record.
-    pub fn append(&mut self, calls: &[Call]) -> Result<(), String> {
+    pub fn append(&mut self, calls: &[Call]) -> Result<(), LogError> {
         let Some(first) = calls.first() else {
             return Ok(());
         };
@@ -202,7 +219,7 @@ impl ActorLog {
             calllog::encode_into(&mut self.buf, c.seq, &c.method, &c.args);
         }
         let Some(seg) = self.current.as_mut() else {
-            return Err("no open segment".to_string());
+            return Err(LogError::NoSegment);
         };
         match self.sink.write_all(&seg.file, &self.buf) {
             Ok(()) => {
@@ -211,7 +228,7 @@ impl ActorLog {
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("append to {}: {e}", seg.path.display());
+                let msg = ctx("append to", &seg.path)(e);
                 if let Err(e2) = seg.file.set_len(seg.len) {
                     // The segment may end in a partial record: start a new one next
                     // time; recovery treats this one's tail as torn and moves on only
@@ -226,7 +243,7 @@ impl ActorLog {
         }
     }
 
-    fn rotate(&mut self, first_seq: u64) -> Result<(), String> {
+    fn rotate(&mut self, first_seq: u64) -> Result<(), LogError> {
         std::fs::create_dir_all(&self.dir).map_err(ctx("create", &self.dir))?;
         let path = self.dir.join(calllog::segment_name(first_seq));
         // Never keep the file we append to on the list of closed (deletable) segments.
@@ -413,10 +430,15 @@ mod tests {
             .log;
         log.append(&[call(1)]).unwrap();
         let err = log.append(&[call(2), call(3)]).unwrap_err();
-        assert!(
-            err.contains("os error 28") || err.contains("No space"),
-            "{err}"
-        );
+        // Typed: the operation, the segment and the OS error.
+        match &err {
+            LogError::Io { op, path, source } => {
+                assert_eq!(*op, "append to");
+                assert!(path.starts_with(dir.path()), "{}", path.display());
+                assert_eq!(source.raw_os_error(), Some(28), "{err}");
+            }
+            other => panic!("expected an I/O error, got {other}"),
+        }
         // Space returns.
         log.sink = Box::new(RealSink);
         log.append(&[call(4)]).unwrap();

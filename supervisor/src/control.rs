@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use crate::error::SocketError;
+
 /// Most connections served at once; more are refused with `Busy` (fewer when the
 /// open-file limit is low: see [`max_connections`]).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -26,26 +28,36 @@ pub fn max_connections(actors: usize) -> usize {
 }
 
 /// Binds the socket, replacing a stale file but never a live supervisor's socket.
-pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
+    let path_buf = || path.to_path_buf();
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("create socket directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another supervisor is listening on {}; stop it first",
-                path.display()
-            ));
+            return Err(SocketError::InUse { path: path_buf() });
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| SocketError::Stale {
+            path: path_buf(),
+            source,
+        })?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {:o} {}: {e}", mode, path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+        path: path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        SocketError::Chmod {
+            path: path_buf(),
+            mode,
+            source,
+        }
+    })?;
     Ok(listener)
 }
 
@@ -76,6 +88,29 @@ impl Drop for SocketFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_errors_say_what_failed_and_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        // A socket "inside" a regular file: its directory cannot be made.
+        let err = bind(&file.join("ctl.sock"), 0o600).unwrap_err();
+        assert!(
+            matches!(&err, SocketError::Dir { path, .. } if *path == file),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+        // A live socket is never replaced.
+        let sock = dir.path().join("ctl.sock");
+        let _live = bind(&sock, 0o600).unwrap();
+        let err = bind(&sock, 0o600).unwrap_err();
+        assert!(matches!(err, SocketError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("stop it first"), "{err}");
+    }
 
     #[test]
     fn access_rules() {

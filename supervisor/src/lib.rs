@@ -36,6 +36,7 @@ pub mod client;
 mod control;
 pub mod core;
 mod disk;
+pub mod error;
 pub mod exit;
 mod launch;
 mod logging;

@@ -33,6 +33,7 @@ use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
 use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
 use crate::disk::{self, Files};
+use crate::error::{RunError, SocketError};
 use crate::exit::WorkerExit;
 use crate::launch::{self, EXEC_KIND, Launched};
 use crate::notify::Notifier;
@@ -90,13 +91,16 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs the supervisor until it is stopped. Returns the process exit code.
-pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
-    let signals = reap::register().map_err(|e| format!("register signal handlers: {e}"))?;
+pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
+    let signals = reap::register().map_err(RunError::setup("register signal handlers"))?;
     raise_fd_limit();
     let sup = &config.supervisor;
     for (what, dir) in [("state", &sup.state_dir), ("runtime", &sup.runtime_dir)] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("create {what} directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| RunError::CreateDir {
+            what,
+            path: dir.clone(),
+            source,
+        })?;
     }
     let _lock = lock_state_dir(&config)?;
     report_orphan_logs(&config);
@@ -113,37 +117,40 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
         launches.push(launched);
     }
 
-    let mut poll = Poll::new().map_err(|e| format!("create the event loop: {e}"))?;
+    let mut poll = Poll::new().map_err(RunError::setup("create the event loop"))?;
     let poll_registry = poll
         .registry()
         .try_clone()
-        .map_err(|e| format!("create the event loop: {e}"))?;
+        .map_err(RunError::setup("create the event loop"))?;
     let waker = Waker::new(poll.registry(), token::WAKER)
-        .map_err(|e| format!("create the event loop's waker: {e}"))?;
+        .map_err(RunError::setup("create the event loop's waker"))?;
     let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
     let tx = LoopTx::new(events_tx, Arc::new(waker));
     let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
     let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
-    reap::start(signals, tx.clone()).map_err(|e| format!("start signal thread: {e}"))?;
-    let output = OutputRelay::start().map_err(|e| format!("start the output thread: {e}"))?;
+    reap::start(signals, tx.clone()).map_err(RunError::setup("start signal thread"))?;
+    let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
     spawn::start_spawners(spawn_rx, tx.clone(), output.clone())
-        .map_err(|e| format!("start spawner thread: {e}"))?;
-    disk::start(disk_rx, tx.clone()).map_err(|e| format!("start disk thread: {e}"))?;
+        .map_err(RunError::setup("start spawner thread"))?;
+    disk::start(disk_rx, tx.clone()).map_err(RunError::setup("start disk thread"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
     calllog::start_fsync_thread(fsync_rx, tx.clone())
-        .map_err(|e| format!("start fsync thread: {e}"))?;
+        .map_err(RunError::setup("start fsync thread"))?;
     drop(tx);
 
     let listener = control::bind(&sup.socket, sup.socket_mode)?;
     let _socket_file = SocketFile(sup.socket.clone());
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("control socket {}: {e}", sup.socket.display()))?;
+        .map_err(|source| SocketError::Setup {
+            path: sup.socket.clone(),
+            source,
+        })?;
     let conns = Conns::new(
         mio::net::UnixListener::from_std(listener),
         poll_registry
             .try_clone()
-            .map_err(|e| format!("create the event loop: {e}"))?,
+            .map_err(RunError::setup("create the event loop"))?,
         Access {
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
@@ -152,7 +159,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, String> {
             max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
     )
-    .map_err(|e| format!("serve the control socket: {e}"))?;
+    .map_err(RunError::setup("serve the control socket"))?;
 
     tracing::info!(
         socket = %sup.socket.display(),
@@ -310,7 +317,7 @@ impl Shell {
         ready: &mut Events,
         events: &crossbeam_channel::Receiver<ShellEvent>,
         actions: &mut Vec<Action>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunError> {
         let now = Instant::now();
         // One scan of the actors' timers per turn of the loop (not per event).
         let core_deadline = core.next_deadline();
@@ -326,7 +333,7 @@ impl Shell {
             deadline.map(|d| d.saturating_duration_since(now))
         };
         let spin = std::mem::take(&mut self.spin);
-        wait(poll, ready, timeout, spin).map_err(|e| format!("the event loop cannot poll: {e}"))?;
+        wait(poll, ready, timeout, spin).map_err(RunError::setup("the event loop cannot poll"))?;
         let now = Instant::now();
         for ev in ready.iter() {
             match token::of(ev.token()) {
@@ -347,7 +354,7 @@ impl Shell {
                 Ok(ev) => self.on_event(ev, core),
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    return Err("every helper thread is gone".to_string());
+                    return Err(RunError::HelpersGone);
                 }
             }
         }
@@ -889,7 +896,7 @@ impl Shell {
         {
             prepared.push((
                 a.clone(),
-                prepare_actor(&new, a, &self.registry).map_err(bad)?,
+                prepare_actor(&new, a, &self.registry).map_err(|e| bad(e.to_string()))?,
             ));
         }
         let mut removed = Vec::new();
@@ -1049,7 +1056,7 @@ impl Shell {
                 actor,
                 from,
                 upto,
-                error,
+                error: error.to_string(),
             },
         };
         core.handle(event, Instant::now());
@@ -1283,17 +1290,21 @@ fn prepare_actor(
     config: &Config,
     a: &ActorConfig,
     registry: &Registry,
-) -> Result<(ActorSpec, Files, ActorLog, Launched), String> {
+) -> Result<(ActorSpec, Files, ActorLog, Launched), RunError> {
+    let fail = |reason: String| RunError::Actor {
+        actor: a.name.clone(),
+        reason,
+    };
     // An exec actor's methods are its program's: the program refuses unknown ones.
     let methods = if a.kind == EXEC_KIND {
         None
     } else {
         let kind = registry
             .get(&a.kind)
-            .ok_or_else(|| format!("actor {:?}: unknown kind {:?}", a.name, a.kind))?;
+            .ok_or_else(|| fail(format!("unknown kind {:?}", a.kind)))?;
         Some(kind.methods())
     };
-    let launched = launch::resolve(config, a).map_err(|e| e.join("\n"))?;
+    let launched = launch::resolve(config, a).map_err(|e| fail(e.join("\n")))?;
     let mmap = paths::mmap_file(config, &a.name);
     let disk = paths::disk_copy(config, &a.name);
     let scan = checkpoint::scan(&mmap, &disk);
@@ -1308,7 +1319,7 @@ fn prepare_actor(
         fsync,
         Box::new(RealSink),
     )
-    .map_err(|e| format!("actor {:?}: call log: {e}", a.name))?;
+    .map_err(|e| fail(format!("call log: {e}")))?;
     for p in &opened.problems {
         tracing::error!(actor = %a.name, problem = %p, "call log recovery");
     }
@@ -1333,14 +1344,17 @@ fn prepare_actor(
     Ok((spec, files, opened.log, launched))
 }
 
-fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, String> {
+fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, RunError> {
     let path = paths::lock_file(config);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("open lock file {}: {e}", path.display()))?;
+        .map_err(|source| RunError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     // A worker of a supervisor that was just killed may hold a copy of the lock for a
     // moment (between fork and exec): retry briefly before giving up.
     let give_up = Instant::now() + std::time::Duration::from_secs(2);
@@ -1352,12 +1366,12 @@ fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, String> {
                 file = f;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err((_, e)) => {
-                return Err(format!(
-                    "state directory {} is in use by another supervisor (lock {}: {e})",
-                    config.supervisor.state_dir.display(),
-                    path.display()
-                ));
+            Err((_, source)) => {
+                return Err(RunError::Locked {
+                    state_dir: config.supervisor.state_dir.clone(),
+                    lock: path,
+                    source,
+                });
             }
         }
     }

@@ -1,0 +1,68 @@
+//! Why the supervisor cannot start or has to stop, typed, each case with the path,
+//! actor or resource it concerns (the messages are what an operator reads on stderr).
+
+use std::io;
+use std::path::PathBuf;
+
+/// `resurgam run` could not start, or its event loop could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("create {what} directory {}: {source}", path.display())]
+    CreateDir {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("open lock file {}: {source}", path.display())]
+    LockFile { path: PathBuf, source: io::Error },
+    #[error(
+        "state directory {} is in use by another supervisor (lock {}: {source})",
+        state_dir.display(),
+        lock.display()
+    )]
+    Locked {
+        state_dir: PathBuf,
+        lock: PathBuf,
+        source: nix::errno::Errno,
+    },
+    #[error("actor {actor:?}: {reason}")]
+    Actor { actor: String, reason: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// A resource of the supervisor itself: signal handlers, the event loop, a thread.
+    #[error("{what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("every helper thread is gone")]
+    HelpersGone,
+}
+
+impl RunError {
+    /// A `Setup` error builder for `map_err`.
+    pub fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+        move |source| RunError::Setup { what, source }
+    }
+}
+
+/// The control socket could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("create socket directory {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("another supervisor is listening on {}; stop it first", path.display())]
+    InUse { path: PathBuf },
+    #[error("remove stale socket {}: {source}", path.display())]
+    Stale { path: PathBuf, source: io::Error },
+    #[error("bind {}: {source}", path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("chmod {mode:o} {}: {source}", path.display())]
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Setup { path: PathBuf, source: io::Error },
+}
