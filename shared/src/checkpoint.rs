@@ -417,15 +417,16 @@ fn read_record_at(
 /// Bytes of payload read at a time by [`verify_record_at`].
 const VERIFY_CHUNK: usize = 1 << 20;
 
-/// Verifies a record stored at `offset` in `file` without keeping its payload: the payload
+/// Verifies a record stored at `offset` in `file` without keeping a large payload: it
 /// streams through the checksum in chunks, so a large candidate costs one read of page
-/// cache and no allocation of its size.
+/// cache and no allocation of its size. A payload that fits in one chunk is returned
+/// with the header (it was read and verified whole: no need to read it again).
 fn verify_record_at(
     file: &File,
     offset: u64,
     limit: Limit,
     path: &Path,
-) -> Result<RecordHeader, CheckpointError> {
+) -> Result<(RecordHeader, Option<Vec<u8>>), CheckpointError> {
     let h = read_header_at(file, offset, limit, path)?;
     let len = h.payload_len;
     let mut buf = vec![0u8; usize::try_from(len).map_or(VERIFY_CHUNK, |l| l.min(VERIFY_CHUNK))];
@@ -443,7 +444,11 @@ fn verify_record_at(
             found: crc,
         });
     }
-    Ok(h)
+    let whole = (len <= VERIFY_CHUNK as u64).then(|| {
+        buf.truncate(len as usize);
+        buf
+    });
+    Ok((h, whole))
 }
 
 /// Reads and checks the header of a record stored at `offset`, and its payload length
@@ -640,7 +645,7 @@ pub struct Scan {
 pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
     let mut attempt = 1;
     loop {
-        let (candidates, header_ok) = verify_candidates(mmap_path, disk_path);
+        let (candidates, mut kept, header_ok) = verify_candidates(mmap_path, disk_path);
         let mmap_valid = candidates[..2].iter().any(|(_, r)| r.is_ok());
         if !mmap_valid && header_ok && attempt < READ_ATTEMPTS {
             // Possibly a read that raced with two consecutive writes.
@@ -650,21 +655,29 @@ pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
         }
         let best = candidates
             .iter()
-            .filter_map(|(source, r)| {
+            .enumerate()
+            .filter_map(|(i, (source, r))| {
                 r.as_ref()
                     .ok()
-                    .map(|&(g, l)| (g, l, source.rank(), *source))
+                    .map(|&(g, l)| (g, l, source.rank(), *source, i))
             })
-            .max_by_key(|&(g, l, rank, _)| (g, l, rank));
-        let Some((generation, last_seq, _, source)) = best else {
+            .max_by_key(|&(g, l, rank, _, _)| (g, l, rank));
+        let Some((generation, last_seq, _, source, index)) = best else {
             return Scan {
                 candidates,
                 chosen: None,
             };
         };
-        let loaded = match source {
-            Source::Disk => read_disk_copy(disk_path),
-            slot => read_mmap_slot(mmap_path, slot),
+        // A small payload was kept whole from the verification; a large one is read
+        // (and verified) once more.
+        let loaded = match (kept[index].take(), source) {
+            (Some(payload), _) => Ok(Checkpoint {
+                generation,
+                last_seq,
+                payload,
+            }),
+            (None, Source::Disk) => read_disk_copy(disk_path),
+            (None, slot) => read_mmap_slot(mmap_path, slot),
         };
         match loaded {
             Ok(ck) if (ck.generation, ck.last_seq) == (generation, last_seq) => {
@@ -684,11 +697,22 @@ pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
 }
 
 /// Every candidate verified, with whether the mmap file's header was valid.
+/// Every candidate verified, with its payload when it was small enough to keep, and
+/// whether the mmap file's header was valid.
+#[allow(clippy::type_complexity)]
 fn verify_candidates(
     mmap_path: &Path,
     disk_path: &Path,
-) -> (Vec<(Source, CandidateOutcome)>, bool) {
-    let outcome = |r: Result<RecordHeader, CheckpointError>| r.map(|h| (h.generation, h.last_seq));
+) -> (Vec<(Source, CandidateOutcome)>, Vec<Option<Vec<u8>>>, bool) {
+    let mut kept = Vec::with_capacity(3);
+    let mut outcome = |r: Result<(RecordHeader, Option<Vec<u8>>), CheckpointError>| {
+        let (outcome, payload) = match r {
+            Ok((h, payload)) => (Ok((h.generation, h.last_seq)), payload),
+            Err(e) => (Err(e), None),
+        };
+        kept.push(payload);
+        outcome
+    };
     let mut all = Vec::with_capacity(3);
     let mut header_ok = false;
     match File::open(mmap_path) {
@@ -706,8 +730,8 @@ fn verify_candidates(
                 }
             }
             Err(e) => {
-                all.push((Source::SlotA, Err(e.clone())));
-                all.push((Source::SlotB, Err(e)));
+                all.push((Source::SlotA, outcome(Err(e.clone()))));
+                all.push((Source::SlotB, outcome(Err(e))));
             }
         },
         Err(e) => {
@@ -716,14 +740,14 @@ fn verify_candidates(
             } else {
                 ck_io("open", mmap_path, e)
             };
-            all.push((Source::SlotA, Err(err.clone())));
-            all.push((Source::SlotB, Err(err)));
+            all.push((Source::SlotA, outcome(Err(err.clone()))));
+            all.push((Source::SlotB, outcome(Err(err))));
         }
     }
     let disk = open_disk_copy(disk_path)
         .and_then(|(file, len)| verify_record_at(&file, 0, Limit::FileLen(len), disk_path));
     all.push((Source::Disk, outcome(disk)));
-    (all, header_ok)
+    (all, kept, header_ok)
 }
 
 /// Reads one slot of the mmap file in full.
@@ -987,7 +1011,7 @@ impl MmapCheckpoint {
                 &path,
             )
             .ok()
-            .map(|h| (h.generation, h.last_seq));
+            .map(|(h, _)| (h.generation, h.last_seq));
         }
         Ok(MmapCheckpoint {
             path,
