@@ -195,6 +195,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
         conns,
         standby: StandbyPool::new(config_standby),
         refill_after_ready: false,
+        refill_at: None,
         output,
         poll_registry,
         worker_reads: VecDeque::new(),
@@ -218,6 +219,10 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
     shell.flush_before_exit(&mut poll, &mut ready);
     Ok(code)
 }
+
+/// How long after a taken standby's replacement worker is ready the pool refills: a
+/// process start right away would compete with the calls that waited for the restart.
+const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(50);
 
 /// A worker that seemed too slow to wait for awake gets another chance this often.
 const SPIN_PROBE_EVERY: u32 = 64;
@@ -291,8 +296,10 @@ struct Shell {
     conns: Conns,
     /// Workers started ahead of need.
     standby: StandbyPool,
-    /// A standby was taken: refill the pool when the next worker is ready.
+    /// A standby was taken: refill the pool when the next worker is ready…
     refill_after_ready: bool,
+    /// …a moment after that.
+    refill_at: Option<Instant>,
     output: OutputRelay,
     /// The loop's registry (worker report sockets come and go).
     poll_registry: mio::Registry,
@@ -321,10 +328,19 @@ impl Shell {
         let now = Instant::now();
         // One scan of the actors' timers per turn of the loop (not per event).
         let core_deadline = core.next_deadline();
-        let deadline = [core_deadline, self.next_watchdog, self.conns.sweep(now)]
-            .into_iter()
-            .flatten()
-            .min();
+        if self.refill_at.is_some_and(|t| t <= now) {
+            self.refill_at = None;
+            self.standby.fill(&self.spawn_tx);
+        }
+        let deadline = [
+            core_deadline,
+            self.next_watchdog,
+            self.conns.sweep(now),
+            self.refill_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let more_to_do =
             self.conns.has_input() || !self.worker_reads.is_empty() || !events.is_empty();
         let timeout = if more_to_do {
@@ -717,8 +733,9 @@ impl Shell {
         let end = stream.read(budget, &mut got);
         let now = Instant::now();
         if self.refill_after_ready && got.iter().any(|r| matches!(r, Report::Ready(_))) {
+            // Not at once: the calls waiting for this worker come first.
             self.refill_after_ready = false;
-            self.standby.fill(&self.spawn_tx);
+            self.refill_at.get_or_insert(now + STANDBY_REFILL_DELAY);
         }
         let w = &mut self.workers.0[actor];
         for report in got {
