@@ -1816,11 +1816,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concurrent_reader_never_sees_torn_checkpoint() {
-        let d = dir();
-        let (mp, _) = paths(&d);
-        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+    /// A writer thread that checkpoints generation after generation (payload
+    /// `payload_for(g)`, last_seq `10 g`) until told to stop; it returns the next
+    /// generation it would have written.
+    fn writing_in_background(
+        mp: &Path,
+    ) -> (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<u64>,
+    ) {
+        let (mut m, _) = MmapCheckpoint::open(mp, 0).unwrap();
         m.write(1, 10, &payload_for(1)).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
@@ -1835,6 +1840,14 @@ mod tests {
                 g
             })
         };
+        (stop, writer)
+    }
+
+    #[test]
+    fn concurrent_reader_never_sees_torn_checkpoint() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let (stop, writer) = writing_in_background(&mp);
         let mut valid = 0;
         for _ in 0..300 {
             let slots = read_mmap_slots(&mp);
@@ -1858,19 +1871,7 @@ mod tests {
     fn scan_under_a_concurrent_writer_hands_out_only_verified_payloads() {
         let d = dir();
         let (mp, dp) = paths(&d);
-        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
-        m.write(1, 10, &payload_for(1)).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut g = 2;
-                while !stop.load(Ordering::Relaxed) {
-                    m.write(g, g * 10, &payload_for(g)).unwrap();
-                    g += 1;
-                }
-            })
-        };
+        let (stop, writer) = writing_in_background(&mp);
         let mut chosen = 0;
         for _ in 0..300 {
             if let Some((src, ck)) = scan(&mp, &dp).chosen {
