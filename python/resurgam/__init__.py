@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import errors as _errors
 from .actor import serve
 from .errors import (
     ActorDead,
@@ -45,24 +46,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "__version__",
-    "serve",
-    "Client",
-    "ActorHandle",
-    "ActorMethod",
-    "socket_path",
-    "Error",
-    "BadRequest",
-    "Unauthorized",
-    "UnknownActor",
-    "UnknownMethod",
-    "ActorError",
-    "ActorDead",
-    "ActorStopped",
-    "CallFailed",
-    "Busy",
-    "Timeout",
-    "Unreachable",
-    "error_from",
-]
+__all__ = ["__version__", "serve", *sorted(_CLIENT_NAMES), *_errors.__all__]

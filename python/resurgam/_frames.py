@@ -35,7 +35,6 @@ __all__ = [
     "FrameTooLarge",
     "FrameReader",
     "FrameWriter",
-    "Body",
 ]
 
 _HEADER = struct.Struct(">cI")

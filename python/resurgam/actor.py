@@ -85,8 +85,8 @@ _RESERVED = frozenset({"get_state", "load_state"})
 _CHOSEN_KINDS = {cls.kind for cls in (BadRequest, UnknownMethod, ActorError)}
 #: Answers are sent early once this much output is waiting (bounds memory).
 _FLUSH_AT = 1 << 20
-#: Longest error message sent (longer ones are cut).
-_MAX_MESSAGE = 1 << 20
+#: Longest error message sent (longer ones are cut): the worker keeps no more (4 KiB).
+_MAX_MESSAGE = 4096
 _MISSING = object()
 
 

@@ -109,7 +109,11 @@ class ActorDead(Error):
 
 
 class ActorStopped(Error):
-    """The actor was stopped by an operator (``resurgam stop ACTOR``)."""
+    """The actor is stopped by an operator (a per-actor stop; see the protocol's error kinds).
+
+    Part of the protocol's list of kinds for per-actor ``stop``/``start``; this
+    supervisor version does not send it yet.
+    """
 
     kind = "ActorStopped"
 
