@@ -14,7 +14,7 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Proc, Rng, Supervisor, expect_kind, proc_stat};
+use crate::util::{BIN, Proc, Rng, Supervisor, expect_kind, is_connection_loss, proc_stat};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,18 +81,6 @@ impl Seen {
                 Sent::Put(k, v) => self.puts_unanswered.push((k, v)),
             }
         }
-    }
-}
-
-/// True for the errors a client sees when the supervisor dies under it.
-fn is_connection_loss(e: &ClientError) -> bool {
-    match e {
-        ClientError::Closed => true,
-        ClientError::Io(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        _ => false,
     }
 }
 

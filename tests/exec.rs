@@ -21,7 +21,7 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Rng, Supervisor, expect_kind, proc_stat};
+use crate::util::{Proc, Rng, Supervisor, expect_kind, is_connection_loss, proc_stat};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
@@ -539,6 +539,34 @@ fn only_the_call_that_kills_the_program_is_blamed_not_the_calls_pipelined_before
     assert_eq!(sup.actor("m")["restarts"], 1);
 }
 
+#[test]
+fn a_program_dying_under_a_batch_larger_than_its_socket_is_blamed_for_its_own_call() {
+    // The calls after `exit` (1.2 MB) cannot all be written before the program dies: the
+    // worker's write fails, and the answers the program sent before must still be read.
+    let sup = start(&misbehave_config("max_call_retries = 1"));
+    let mut c = sup.client();
+    let big = json!("x".repeat(4096));
+    let mut calls = vec![
+        ("m", "add", json!(1)),
+        ("m", "add", json!(1)),
+        ("m", "exit", Value::Null),
+    ];
+    calls.extend((0..300).map(|_| ("m", "fail", big.clone())));
+    calls.push(("m", "add", json!(1)));
+    let results = c.call_pipelined(&calls).unwrap();
+    assert_eq!(results[0], Ok(json!(1)));
+    assert_eq!(results[1], Ok(json!(2)));
+    assert_eq!(
+        results[2].as_ref().map_err(|e| e.kind),
+        Err(ErrorKind::CallFailed)
+    );
+    for r in &results[3..303] {
+        assert_eq!(r.as_ref().map_err(|e| e.kind), Err(ErrorKind::ActorError));
+    }
+    assert_eq!(results[303], Ok(json!(3)));
+    assert_eq!(c.call("m", "get", Value::Null).unwrap(), json!(3));
+}
+
 // ------------------------------------------------------------------------------------
 // 4. Problems a restart cannot fix: DEAD, with the reason.
 
@@ -766,17 +794,6 @@ struct Appends {
     unanswered: Vec<String>,
 }
 
-fn connection_lost(e: &ClientError) -> bool {
-    match e {
-        ClientError::Closed | ClientError::Protocol(_) => true,
-        ClientError::Io(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        _ => false,
-    }
-}
-
 /// Pipelines batches of unique appends to `actor`, reconnecting after each supervisor
 /// kill, until `stop`.
 fn append_client(sup: &Supervisor, actor: &str, stop: &AtomicBool, acked: &AtomicUsize) -> Appends {
@@ -800,7 +817,7 @@ fn append_client(sup: &Supervisor, actor: &str, stop: &AtomicBool, acked: &Atomi
                 {
                     Ok(id) => pending.push((id, item)),
                     Err(e) => {
-                        assert!(connection_lost(&e), "send: {e}");
+                        assert!(is_connection_loss(&e), "send: {e}");
                         pending.push((u64::MAX, item));
                         lost = true;
                         break;
@@ -814,10 +831,20 @@ fn append_client(sup: &Supervisor, actor: &str, stop: &AtomicBool, acked: &Atomi
             while !pending.is_empty() {
                 let reply = match c.recv() {
                     Ok(r) => r,
-                    Err(e) if connection_lost(&e) => {
+                    Err(e) if is_connection_loss(&e) => {
                         seen.unanswered.extend(pending.into_iter().map(|(_, i)| i));
                         continue 'connect;
                     }
+                    // A reply line cut short by the supervisor's death: the calls count
+                    // as unanswered only if the connection then ends (a garbled reply
+                    // on a live connection is a failure).
+                    Err(ClientError::Protocol(p)) => match c.recv() {
+                        Err(e) if is_connection_loss(&e) => {
+                            seen.unanswered.extend(pending.into_iter().map(|(_, i)| i));
+                            continue 'connect;
+                        }
+                        other => panic!("malformed reply {p} followed by {other:?}"),
+                    },
                     Err(e) => panic!(
                         "no reply ({} pending): {e}\n{}",
                         pending.len(),

@@ -8,26 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{BIN, run_with_timeout};
+use crate::util::{BIN, SCRUBBED_ENV, run_with_timeout};
 
 /// The repository's root.
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Bound of the whole Python run.
 const TIMEOUT: Duration = Duration::from_secs(300);
-/// Variables of the test's environment that must not reach the Python tests (they would
-/// point clients or supervisors at the wrong socket or service).
-const SCRUBBED_ENV: &[&str] = &[
-    "RESURGAM_SOCKET",
-    "RESURGAM_FD",
-    "RESURGAM_ACTOR",
-    "STATE_DIRECTORY",
-    "RUNTIME_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-];
 
 #[test]
 fn python_sdk_unit_tests_pass() {

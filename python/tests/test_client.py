@@ -36,9 +36,13 @@ from resurgam import Client  # noqa: E402
 
 #: Longest wait for the supervisor to come up (then the test fails with its log).
 STARTUP = 20.0
-#: Environment the supervisor must not inherit from whoever runs the tests.
+#: Environment the supervisor must not inherit from whoever runs the tests (the same
+#: list as SCRUBBED_ENV in tests/util/mod.rs).
 SCRUBBED = (
     "RESURGAM_SOCKET",
+    "RESURGAM_LOG",
+    "RESURGAM_FD",
+    "RESURGAM_ACTOR",
     "STATE_DIRECTORY",
     "RUNTIME_DIRECTORY",
     "NOTIFY_SOCKET",

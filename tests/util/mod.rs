@@ -31,10 +31,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_resurgam");
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default read timeout of the clients handed out by [`Supervisor::client`].
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Environment variables that must not leak from the test's environment into the binary.
-const SCRUBBED_ENV: &[&str] = &[
+/// Environment variables that must not leak from the test's environment into the binary
+/// (or into the Python tests): they would point it at another socket, service or actor.
+pub const SCRUBBED_ENV: &[&str] = &[
     "RESURGAM_SOCKET",
     "RESURGAM_LOG",
+    "RESURGAM_FD",
+    "RESURGAM_ACTOR",
     "STATE_DIRECTORY",
     "RUNTIME_DIRECTORY",
     "NOTIFY_SOCKET",
@@ -42,6 +45,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "WATCHDOG_PID",
     "LISTEN_FDS",
     "LISTEN_PID",
+    "LISTEN_FDNAMES",
 ];
 
 // ------------------------------------------------------------------------------------
@@ -850,4 +854,17 @@ pub fn skip(reason: &str) {
         panic!("{test} cannot run here ({reason}); in CI a skip is a failure");
     }
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+}
+
+/// True for the errors a client sees when the supervisor dies under it (a closed or
+/// reset connection; not a timeout).
+pub fn is_connection_loss(e: &resurgam::ClientError) -> bool {
+    match e {
+        resurgam::ClientError::Closed => true,
+        resurgam::ClientError::Io(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        _ => false,
+    }
 }
