@@ -666,8 +666,15 @@ fn refusal(body: &[u8]) -> Result<Failure, Failure> {
         "UnknownMethod" => ErrorKind::UnknownMethod,
         _ => ErrorKind::ActorError,
     };
-    // The message goes into replies, status and logs: keep it to a readable size.
-    let mut message = e.message;
+    Ok(Failure::Refused {
+        kind,
+        message: cap_message(e.message),
+    })
+}
+
+/// An error message cut to [`MAX_ERROR_MESSAGE`] bytes (saying how much was cut): it goes
+/// into replies, status and logs, whatever the actor's code made of it.
+pub(crate) fn cap_message(mut message: String) -> String {
     if message.len() > MAX_ERROR_MESSAGE {
         let mut end = MAX_ERROR_MESSAGE;
         while !message.is_char_boundary(end) {
@@ -677,7 +684,7 @@ fn refusal(body: &[u8]) -> Result<Failure, Failure> {
         message.truncate(end);
         message.push_str(&format!(" … ({cut} more bytes)"));
     }
-    Ok(Failure::Refused { kind, message })
+    message
 }
 
 fn unexpected(kind: u8, request: &str, allowed: &str) -> Failure {

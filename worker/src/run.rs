@@ -570,9 +570,14 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
     })
 }
 
-/// The outcome itself, or an error saying it was too large to send.
+/// The outcome itself, or an error saying it was too large to send; an error message of
+/// any actor kind is cut to a readable size.
 fn bounded(outcome: Outcome) -> Outcome {
     match outcome {
+        Outcome::Err { kind, message } => Outcome::Err {
+            kind,
+            message: exec::cap_message(message),
+        },
         Outcome::Ok(v) if v.len() > MAX_REPLY_BYTES => Outcome::Err {
             kind: ErrorKind::ActorError,
             message: format!(
@@ -636,6 +641,25 @@ mod tests {
         let huge = vec![reply(1, 10), reply(2, FRAME_REPLY_BYTES * 2), reply(3, 10)];
         assert_eq!(reply_frames(huge).len(), 3);
         assert_eq!(reply_frames(Vec::new()), vec![Vec::<Reply>::new()]);
+    }
+
+    #[test]
+    fn an_error_message_of_any_kind_is_cut_to_a_readable_size() {
+        let long = "é".repeat(exec::MAX_ERROR_MESSAGE);
+        let Outcome::Err { kind, message } = bounded(Outcome::Err {
+            kind: ErrorKind::ActorError,
+            message: long.clone(),
+        }) else {
+            panic!("still an error");
+        };
+        assert_eq!(kind, ErrorKind::ActorError);
+        assert!(
+            message.len() < exec::MAX_ERROR_MESSAGE + 64,
+            "{}",
+            message.len()
+        );
+        assert!(long.starts_with(message.split(" … (").next().unwrap_or("")));
+        assert!(message.ends_with("more bytes)"), "{message}");
     }
 
     #[test]
