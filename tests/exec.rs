@@ -540,6 +540,28 @@ fn only_the_call_that_kills_the_program_is_blamed_not_the_calls_pipelined_before
 }
 
 #[test]
+fn an_exec_actor_with_an_environment_larger_than_one_ipc_message_starts_and_serves() {
+    // 64 KiB of environment: the worker's Init travels through shared memory, in order
+    // with what follows it (a reload, calls).
+    let big = "v".repeat(64 * 1024);
+    let body = python_actor_with("bank", "bank.py", &[], &[("BIG_VALUE", &big)], "");
+    let sup = start(&body);
+    let mut c = sup.client();
+    let acct = |account: &str, amount: i64| json!({"account": account, "amount": amount});
+    assert_eq!(
+        c.call("bank", "deposit", acct("alice", 7)).unwrap(),
+        json!(7)
+    );
+    c.reload().expect("reload");
+    let (worker, program) = kill_program(&sup, "bank");
+    wait_recovered(&sup, "bank", worker, program);
+    assert_eq!(
+        c.call("bank", "deposit", acct("alice", 1)).unwrap(),
+        json!(8)
+    );
+}
+
+#[test]
 fn a_program_dying_under_a_batch_larger_than_its_socket_is_blamed_for_its_own_call() {
     // The calls after `exit` (1.2 MB) cannot all be written before the program dies: the
     // worker's write fails, and the answers the program sent before must still be read.

@@ -14,7 +14,8 @@
 //! thread in between, and a report of any size streams through it.
 //!
 //! Size rule: ipc-channel fragments a message larger than one socket buffer (~207 KiB) and
-//! a sender can then hang forever if the receiver dies mid-message. Every call batch whose
+//! a sender can then hang forever if the receiver dies mid-message. Every call batch (and
+//! every `Init`) whose
 //! encoding exceeds [`SHM_THRESHOLD`] therefore travels as one shared-memory region (an fd),
 //! so no ipc message ever needs fragmenting.
 
@@ -128,6 +129,9 @@ pub struct Privileges {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     Init(Init),
+    /// A postcard-encoded `Init` too large for one ipc message (a long argv or
+    /// environment).
+    InitShm(IpcSharedMemory),
     Calls(Vec<Call>),
     /// A postcard-encoded `Vec<Call>` too large for one ipc message.
     CallsShm(IpcSharedMemory),
@@ -316,6 +320,22 @@ pub fn calls_message(calls: Vec<Call>) -> Result<ToWorker, postcard::Error> {
     }
 }
 
+/// Wraps a worker's `Init`, through shared memory when it is large: like a large batch,
+/// it must never need a fragmented ipc send.
+pub fn init_message(init: Init) -> Result<ToWorker, postcard::Error> {
+    let bytes = postcard::to_allocvec(&init)?;
+    if bytes.len() > SHM_THRESHOLD {
+        Ok(ToWorker::InitShm(IpcSharedMemory::from_bytes(&bytes)))
+    } else {
+        Ok(ToWorker::Init(init))
+    }
+}
+
+/// Decodes a shared-memory `Init`.
+pub fn decode_init(shm: &IpcSharedMemory) -> Result<Init, postcard::Error> {
+    postcard::from_bytes(shm)
+}
+
 /// Decodes a shared-memory batch of calls.
 pub fn decode_calls(shm: &IpcSharedMemory) -> Result<Vec<Call>, postcard::Error> {
     postcard::from_bytes(shm)
@@ -340,6 +360,30 @@ mod tests {
         let large = vec![call(1, SHM_THRESHOLD), call(2, 5)];
         match calls_message(large.clone()).unwrap() {
             ToWorker::CallsShm(shm) => assert_eq!(decode_calls(&shm).unwrap(), large),
+            other => panic!("expected shm, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_large_init_goes_through_shared_memory() {
+        let init = |env_len: usize| Init {
+            version: IPC_VERSION,
+            actor: "a".into(),
+            kind: "exec".into(),
+            mmap_path: b"/x".to_vec(),
+            disk_path: b"/y".to_vec(),
+            checkpoint_every: 1,
+            spin_micros: 0,
+            exec: Some(ExecInit {
+                argv: vec!["p".into()],
+                env: vec![("K".into(), "v".repeat(env_len))],
+                cwd: b"/".to_vec(),
+            }),
+            privileges: Privileges::default(),
+        };
+        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if i == init(10)));
+        match init_message(init(SHM_THRESHOLD)).unwrap() {
+            ToWorker::InitShm(shm) => assert_eq!(decode_init(&shm).unwrap(), init(SHM_THRESHOLD)),
             other => panic!("expected shm, got {other:?}"),
         }
     }

@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
 use resurgam_shared::config::{ActorConfig, Config, Environment};
-use resurgam_shared::ipc::{Init, Report, SHM_THRESHOLD, ToWorker, calls_message};
+use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message, init_message};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use resurgam_shared::config::Durability;
@@ -1195,33 +1195,20 @@ impl Shell {
     }
 }
 
-/// Sends a worker its `Init`. One too large for a single ipc message (a long argv or
-/// environment) is sent from a thread of its own: a fragmented ipc send to a worker that
-/// dies meanwhile can block forever, and must never block the loop.
+/// Sends a worker its `Init` (a large one through shared memory, so the send never
+/// blocks the loop on a worker that dies mid-message, and stays in order with what the
+/// loop sends next).
 fn send_init(name: &str, pid: Option<u32>, outbox: &IpcSender<ToWorker>, init: Init) {
-    let size = init.exec.as_ref().map_or(0, |e| {
-        e.argv.iter().map(String::len).sum::<usize>()
-            + e.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-            + e.cwd.len()
-    }) + init.mmap_path.len()
-        + init.disk_path.len();
-    if size < SHM_THRESHOLD {
-        if let Err(e) = outbox.send(ToWorker::Init(init)) {
-            tracing::warn!(actor = %name, ?pid, error = %e, "cannot send init to the worker");
-        }
-        return;
-    }
-    let (outbox, name2) = (outbox.clone(), name.to_string());
-    let sent = std::thread::Builder::new()
-        .name(format!("init-{name}"))
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            if let Err(e) = outbox.send(ToWorker::Init(init)) {
-                tracing::warn!(actor = %name2, ?pid, error = %e, "cannot send init to the worker");
-            }
-        });
-    if let Err(e) = sent {
-        tracing::error!(actor = %name, ?pid, error = %e, "cannot start a thread to send a large init; killing the worker");
+    // ipc-channel asserts (panics) when it cannot create shared memory: as for call
+    // batches, that must not take the loop down.
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        init_message(init)
+            .map_err(|e| e.to_string())
+            .and_then(|msg| outbox.send(msg).map_err(|e| e.to_string()))
+    }))
+    .unwrap_or_else(|_| Err("no shared memory for a large init (out of fds or memory?)".into()));
+    if let Err(error) = sent {
+        tracing::error!(actor = %name, ?pid, %error, "cannot send init to the worker; killing it");
         if let Some(pid) = pid {
             spawn::kill_group(pid);
         }

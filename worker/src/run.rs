@@ -11,7 +11,7 @@ use serde_json::Value;
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
-    MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls,
+    MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls, decode_init,
 };
 use resurgam_shared::protocol::ErrorKind;
 
@@ -131,6 +131,10 @@ impl Worker {
     fn serve(&mut self, registry: &Registry) -> i32 {
         let init = match self.inbox.recv() {
             Ok(ToWorker::Init(init)) => init,
+            Ok(ToWorker::InitShm(shm)) => match decode_init(&shm) {
+                Ok(init) => init,
+                Err(e) => return self.fatal(format!("undecodable Init: {e}")),
+            },
             Ok(other) => return self.fatal(format!("expected Init, got {other:?}")),
             Err(e) => {
                 eprintln!("resurgam worker: supervisor gone before init: {e}");
@@ -205,7 +209,9 @@ impl Worker {
                     .to_sup
                     .send(&Report::Pong)
                     .map_err(|e| Stop::Failed(format!("send pong: {e}")))?,
-                ToWorker::Init(_) => return Err(Stop::Failed("second Init".to_string())),
+                ToWorker::Init(_) | ToWorker::InitShm(_) => {
+                    return Err(Stop::Failed("second Init".to_string()));
+                }
             }
         }
     }
