@@ -200,6 +200,8 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
         poll_registry,
         worker_reads: VecDeque::new(),
         spin: Duration::ZERO,
+        read_scratch: vec![0; 64 * 1024],
+        report_scratch: Vec::new(),
         spawn_tx,
         disk_tx,
         logs,
@@ -307,6 +309,9 @@ struct Shell {
     worker_reads: VecDeque<ActorId>,
     /// How long to spin for a worker's answer before the loop sleeps next.
     spin: Duration,
+    /// Scratch space for reading report sockets, kept from turn to turn.
+    read_scratch: Vec<u8>,
+    report_scratch: Vec<Report>,
     spawn_tx: Sender<SpawnJob>,
     disk_tx: Sender<(ActorId, Files)>,
     logs: Vec<ActorLog>,
@@ -729,8 +734,8 @@ impl Shell {
         let Some(stream) = w.reports.as_mut() else {
             return false;
         };
-        let mut got = Vec::new();
-        let end = stream.read(budget, &mut got);
+        let mut got = std::mem::take(&mut self.report_scratch);
+        let end = stream.read(budget, &mut self.read_scratch, &mut got);
         let now = Instant::now();
         if self.refill_after_ready && got.iter().any(|r| matches!(r, Report::Ready(_))) {
             // Not at once: the calls waiting for this worker come first.
@@ -738,7 +743,7 @@ impl Shell {
             self.refill_at.get_or_insert(now + STANDBY_REFILL_DELAY);
         }
         let w = &mut self.workers.0[actor];
-        for report in got {
+        for report in got.drain(..) {
             if let Report::Replies(_) = report
                 && let Some(sent) = w.sent_at.take()
             {
@@ -750,6 +755,7 @@ impl Shell {
             let event = report_event(&self.files[actor].name, w.pid, actor, epoch, report);
             core.handle(event, now);
         }
+        self.report_scratch = got;
         match end {
             ReadEnd::Drained => false,
             ReadEnd::More => true,
@@ -1171,7 +1177,7 @@ impl Shell {
             }
             return;
         }
-        w.sent_at.get_or_insert(Instant::now());
+        w.sent_at.get_or_insert_with(Instant::now);
         // Wait on the CPU for the answer only for a worker that usually answers within the
         // spin: for a slow one it would be wasted. An answer time measured while asleep
         // includes the loop's own wake-up, so now and then try again awake.

@@ -143,6 +143,8 @@ pub struct Conns {
     timed: HashSet<ConnId>,
     /// When to try accepting again after running out of fds.
     accept_again: Option<Instant>,
+    /// Where input is read into (kept: not zeroed again every turn).
+    scratch: Vec<u8>,
 }
 
 impl Conns {
@@ -163,6 +165,7 @@ impl Conns {
             to_write: Vec::new(),
             timed: HashSet::new(),
             accept_again: None,
+            scratch: vec![0; 64 * 1024],
         })
     }
 
@@ -315,7 +318,7 @@ impl Conns {
     /// `deliver`, in order per connection.
     pub fn read(&mut self, now: Instant, mut deliver: impl FnMut(ConnId, Request)) {
         let max = self.access.max_request_bytes;
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.scratch);
         for _ in 0..self.to_read.len() {
             let Some(conn) = self.to_read.pop_front() else {
                 break;
@@ -372,6 +375,7 @@ impl Conns {
                 }
             }
         }
+        self.scratch = buf;
     }
 
     /// Queues one reply line for a connection.
@@ -460,7 +464,6 @@ impl Conns {
     pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = self.accept_again;
         let mut expired = Vec::new();
-        self.timed.retain(|c| self.live.contains_key(c));
         for (conn, c) in self
             .timed
             .iter()

@@ -43,15 +43,15 @@ impl ReportStream {
         self.decoder.pending()
     }
 
-    /// Reads up to `budget` bytes and appends every complete report to `out`.
-    pub fn read(&mut self, budget: usize, out: &mut Vec<Report>) -> ReadEnd {
-        let mut chunk = [0u8; 64 * 1024];
+    /// Reads up to `budget` bytes (through `chunk`, the caller's scratch buffer) and
+    /// appends every complete report to `out`.
+    pub fn read(&mut self, budget: usize, chunk: &mut [u8], out: &mut Vec<Report>) -> ReadEnd {
         let mut taken = 0;
         loop {
             if taken >= budget {
                 return ReadEnd::More;
             }
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(chunk) {
                 Ok(0) => return ReadEnd::Closed,
                 Ok(n) => {
                     taken += n;
