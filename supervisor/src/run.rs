@@ -18,9 +18,7 @@ use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
 use mio::{Events, Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
 
 use resurgam_shared::checkpoint;
 use resurgam_shared::config::{ActorConfig, Config, Environment};
@@ -505,14 +503,12 @@ impl Shell {
     }
 
     fn on_reaped(&mut self, pid: i32, exit: WorkerExit, core: &mut Core) {
+        spawn::kill_leftovers(pid);
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
                 match self.standby.reaped(p) {
                     standby::Reaped::Ours(server_name) => {
-                        if p > 1 {
-                            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                        }
                         if let Some(name) = server_name {
                             spawn::abandon(name);
                         }
@@ -525,12 +521,6 @@ impl Shell {
             }
             return;
         };
-        // Whatever the worker left in its process group (an exec actor's program, the
-        // program's children) dies with it. The group id stays reserved while any member
-        // lives, so this cannot reach another process.
-        if pid > 1 {
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-        }
         if self.workers.0[actor].pid == u32::try_from(pid).ok() {
             self.forget_pidfd(actor);
         }
@@ -769,11 +759,7 @@ impl Shell {
             }
             ReadEnd::Broken(e) => {
                 tracing::error!(actor = %self.files[actor].name, pid = ?w.pid, error = %e, "worker broke its report stream; killing it");
-                if let Some(pid) = w.pid
-                    && !w.reaped
-                {
-                    spawn::kill_group(pid);
-                }
+                self.kill(actor, epoch);
                 self.channel_closed(actor, epoch, core);
                 false
             }
@@ -1167,16 +1153,12 @@ impl Shell {
                 false
             }
         };
-        let w = &mut self.workers.0[actor];
         if !sent {
             // The batch counts as in flight: only a new worker can take it.
-            if !w.reaped
-                && let Some(pid) = w.pid
-            {
-                spawn::kill_group(pid);
-            }
+            self.kill(actor, epoch);
             return;
         }
+        let w = &mut self.workers.0[actor];
         w.sent_at.get_or_insert_with(Instant::now);
         // Wait on the CPU for the answer only for a worker that usually answers within the
         // spin: for a slow one it would be wasted. An answer time measured while asleep

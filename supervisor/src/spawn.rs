@@ -287,6 +287,17 @@ pub(crate) fn kill_group(pid: u32) {
     }
 }
 
+/// Kills what a reaped worker left in its process group (an exec actor's program, the
+/// program's children). The group id stays reserved while any member lives, so this
+/// cannot reach another process.
+pub(crate) fn kill_leftovers(pid: i32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if pid > 1 {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    }
+}
+
 /// A pipe for a worker's output: the read end, and two write ends (stdout, stderr).
 fn output_pipe() -> std::io::Result<(std::fs::File, OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
