@@ -60,7 +60,7 @@ pub const ACTOR_NAME_PATTERN: &str = "[A-Za-z0-9_-]{1,64}";
 /// The `kind` of actors whose worker runs an external program (`command`).
 pub const EXEC_KIND: &str = "exec";
 /// Environment variables resurgam sets for an exec worker itself; `env` may not set them.
-pub const RESERVED_ENV: [&str; 2] = ["RESURGAM_FD", "RESURGAM_ACTOR"];
+pub const RESERVED_ENV: [&str; 2] = [crate::ipc::ENV_PROGRAM_FD, crate::ipc::ENV_ACTOR];
 /// Smallest accepted `limit_memory` (16 MiB): below it a process cannot even start.
 pub const MIN_LIMIT_MEMORY: u64 = 16 << 20;
 /// Largest accepted `limit_open_files` (2^20, the usual kernel maximum `nr_open`).

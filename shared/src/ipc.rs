@@ -26,6 +26,10 @@ use crate::protocol::ErrorKind;
 
 /// Environment variable with the bootstrap server's name (worker mode when set).
 pub const ENV_BOOTSTRAP: &str = "RESURGAM_WORKER_BOOTSTRAP";
+/// Environment variable naming an exec actor's protocol fd, set by its worker.
+pub const ENV_PROGRAM_FD: &str = "RESURGAM_FD";
+/// Environment variable with an exec actor's name, set by its worker.
+pub const ENV_ACTOR: &str = "RESURGAM_ACTOR";
 /// Environment variable with the supervisor's pid (the worker exits if its parent changed).
 pub const ENV_PARENT_PID: &str = "RESURGAM_PARENT_PID";
 /// Batches whose encoding is larger than this go through shared memory.

@@ -46,10 +46,9 @@ use crate::sys;
 pub const PROTOCOL_VERSION: u64 = 1;
 /// The program's end of the protocol socket.
 pub const PROGRAM_FD: i32 = 3;
-/// Environment variable naming [`PROGRAM_FD`].
-pub const ENV_FD: &str = "RESURGAM_FD";
-/// Environment variable with the actor's name.
-pub const ENV_ACTOR: &str = "RESURGAM_ACTOR";
+/// Environment variable naming [`PROGRAM_FD`], and the one with the actor's name (the
+/// config refuses both in an actor's `env`).
+pub use resurgam_shared::ipc::{ENV_ACTOR, ENV_PROGRAM_FD as ENV_FD};
 /// Largest body of `H`, `E` and `R` frames, and of a `C` frame we send.
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Longest error message of an `E` frame that is passed on (the rest is cut).

@@ -84,21 +84,11 @@ struct Live {
 
 impl Worker {
     fn bootstrap(token: &OsStr) -> Result<Worker, String> {
-        let parent: Option<i32> = std::env::var(ENV_PARENT_PID)
-            .ok()
-            .and_then(|p| p.parse().ok());
         // Die with the supervisor, and take every process of this worker's process group
         // (an exec actor's program and whatever it started) along: the parent-death
-        // signal's handler kills the whole group. The flag is set after fork, so the
-        // parent may already be gone: compare with the pid it told us.
+        // signal's handler kills the whole group.
         install_group_killer();
-        nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
-            .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
-        if let Some(p) = parent
-            && nix::unistd::getppid().as_raw() != p
-        {
-            return Err(format!("supervisor (pid {p}) is already gone"));
-        }
+        arm_parent_death()?;
         let token = token
             .to_str()
             .ok_or("bootstrap token is not UTF-8")?
@@ -441,15 +431,22 @@ impl Worker {
 /// Sets the parent-death signal again (after a change of identity cleared it) and
 /// checks the supervisor did not die in between.
 fn rearm_parent_death() -> Result<(), Stop> {
+    arm_parent_death().map_err(Stop::Failed)
+}
+
+/// Sets the parent-death signal. It is set after the supervisor's fork (or after a
+/// change of identity cleared it), so the supervisor may already be gone: compare with
+/// the pid it told us.
+fn arm_parent_death() -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
-        .map_err(|e| Stop::Failed(format!("prctl(PR_SET_PDEATHSIG): {e}")))?;
+        .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     let parent: Option<i32> = std::env::var(ENV_PARENT_PID)
         .ok()
         .and_then(|p| p.parse().ok());
     match parent {
-        Some(p) if nix::unistd::getppid().as_raw() != p => Err(Stop::Failed(format!(
-            "supervisor (pid {p}) is already gone"
-        ))),
+        Some(p) if nix::unistd::getppid().as_raw() != p => {
+            Err(format!("supervisor (pid {p}) is already gone"))
+        }
         _ => Ok(()),
     }
 }
