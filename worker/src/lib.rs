@@ -22,4 +22,4 @@ mod sys;
 
 pub use actor::{Actor, ActorError};
 pub use registry::{Kind, Registry};
-pub use run::{EXIT_BAD_BOOTSTRAP, EXIT_FATAL, run_worker};
+pub use run::{EXIT_BAD_BOOTSTRAP, EXIT_FATAL, run_forked_worker, run_worker};

@@ -31,11 +31,29 @@ pub fn run_worker(registry: &Registry) -> bool {
     let Some(token) = std::env::var_os(ENV_BOOTSTRAP) else {
         return false;
     };
+    let parent = std::env::var(ENV_PARENT_PID)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    worker_main(registry, &token, parent)
+}
+
+/// Runs the worker side in a process a fork server has just forked, whose stdin is the
+/// report socket and whose parent is already the supervisor (pid `parent`). Never
+/// returns.
+pub fn run_forked_worker(registry: &Registry, token: &str, parent: u32) -> ! {
+    worker_main(registry, OsStr::new(token), Some(parent))
+}
+
+fn worker_main(registry: &Registry, token: &OsStr, parent: Option<u32>) -> ! {
     // Before anything else: close every fd inherited beyond stdin (the report socket),
     // stdout and stderr (fds the supervisor received over ipc-channel are not
-    // close-on-exec, so another actor's channel could be among them).
+    // close-on-exec, so another actor's channel could be among them; a forked worker
+    // holds the fork server's socket).
     close_inherited_fds();
-    let code = match Worker::bootstrap(&token) {
+    if let Some(p) = parent {
+        SUPERVISOR_PID.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
+    let code = match Worker::bootstrap(token) {
         Ok(mut w) => w.serve(registry),
         Err(message) => {
             eprintln!("resurgam worker: bootstrap failed: {message}");
@@ -440,16 +458,17 @@ fn rearm_parent_death() -> Result<(), Stop> {
 fn arm_parent_death() -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
         .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
-    let parent: Option<i32> = std::env::var(ENV_PARENT_PID)
-        .ok()
-        .and_then(|p| p.parse().ok());
-    match parent {
-        Some(p) if nix::unistd::getppid().as_raw() != p => {
+    match SUPERVISOR_PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Ok(()),
+        p if nix::unistd::getppid().as_raw() as u32 != p => {
             Err(format!("supervisor (pid {p}) is already gone"))
         }
         _ => Ok(()),
     }
 }
+
+/// The supervisor's pid, as it told us (0: unknown), for [`arm_parent_death`].
+static SUPERVISOR_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The signal the kernel sends a worker when the supervisor dies (`PR_SET_PDEATHSIG`).
 /// Its handler kills the worker's whole process group.
