@@ -70,6 +70,11 @@ fn a_failed_exec_leaves_the_other_workers_alone_and_restart_recovers() {
     let b_pid = sup.worker_pid("b").unwrap();
     // From now on every exec of the binary fails (EACCES).
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Workers are forked by the fork server, which execs nothing: kill it, so that every
+    // start needs an exec (its successor's too).
+    for server in sup.fork_servers() {
+        server.signal(nix::sys::signal::Signal::SIGKILL);
+    }
     for _ in 0..4 {
         let a_pid = sup.worker_pid("a").unwrap_or(0);
         if a_pid != 0 {

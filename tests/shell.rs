@@ -11,7 +11,7 @@ use serde_json::json;
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::util::{Proc, Supervisor, children_of};
+use crate::util::{FORK_SERVER_COMM, Proc, Supervisor, children_of, comm};
 
 const ACTORS: usize = 40;
 const CONNECTIONS: usize = 200;
@@ -67,13 +67,14 @@ fn thread_count_stays_constant_with_many_actors_and_connections() {
     }
 }
 
-/// Pids of the supervisor's children that are not any actor's worker (its standbys).
+/// Pids of the supervisor's children that are not any actor's worker nor a fork server
+/// (its standbys).
 fn standby_pids(sup: &Supervisor, actors: &[&str]) -> Vec<i32> {
     let workers: Vec<Option<i32>> = actors.iter().map(|a| sup.worker_pid(a)).collect();
     children_of(sup.pid())
         .into_iter()
         .map(|p| p.pid)
-        .filter(|p| !workers.contains(&Some(*p)))
+        .filter(|p| !workers.contains(&Some(*p)) && comm(*p) != FORK_SERVER_COMM)
         .collect()
 }
 

@@ -40,3 +40,5 @@ mod exec_isolation;
 mod python;
 // One event loop: the supervisor's thread count does not grow with actors or connections.
 mod shell;
+// The fork server: forked workers stay the supervisor's children; its crash; upgrades.
+mod forkserver;

@@ -112,11 +112,14 @@ pub fn main(registry: Registry) -> ExitCode {
     match cli.command {
         Command::Run { config, log_format } => {
             logging::init(log_format);
+            // Before anything else (no thread yet, no config in memory): workers are
+            // forked from it.
+            let forks = crate::shell::forkserver::ForkServer::start(&registry);
             let config = match load(config.as_deref(), &registry) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::run::run(config, &registry) {
+            match crate::run::run(config, &registry, forks) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {

@@ -55,7 +55,7 @@ pub use resurgam_worker::{Actor, ActorError, Registry};
 /// The entry point for a binary: runs the worker loop when this process was started as
 /// a worker, else the command line (`run`, `call`, `status`, …). Call it first in `main`.
 pub fn main_with(registry: Registry) -> std::process::ExitCode {
-    if resurgam_worker::run_worker(&registry) {
+    if shell::forkserver::run_if_asked(&registry) || resurgam_worker::run_worker(&registry) {
         // run_worker never returns true: in worker mode it exits the process.
         return std::process::ExitCode::SUCCESS;
     }

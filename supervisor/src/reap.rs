@@ -68,3 +68,30 @@ fn reap_all(events: &LoopTx) -> bool {
         }
     }
 }
+
+/// A pidfd for `pid` (`None`: no such process any more, or a kernel before 5.3).
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    let raw = i32::try_from(pid).ok()?;
+    // SAFETY: pidfd_open only creates a new descriptor (or fails); it reads no memory of
+    // ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` is the descriptor pidfd_open just returned; nothing else owns it.
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// SIGKILLs the process behind a pidfd (nothing, if it is already reaped: a pidfd
+/// never names a reused pid).
+pub fn pidfd_kill(pidfd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal reads no memory of ours (no siginfo is passed).
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+    }
+}

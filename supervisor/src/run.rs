@@ -36,6 +36,7 @@ use crate::exit::WorkerExit;
 use crate::launch::{self, EXEC_KIND, Launched};
 use crate::notify::Notifier;
 use crate::shell::conns::Conns;
+use crate::shell::forkserver::ForkServer;
 use crate::shell::output::OutputRelay;
 use crate::shell::reports::{self, ReadEnd, ReportStream};
 use crate::shell::standby::{self, Standby, StandbyPool};
@@ -89,7 +90,10 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs the supervisor until it is stopped. Returns the process exit code.
-pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
+/// Runs the supervisor until it stops. `forks` is the fork server, started before any
+/// thread (see [`ForkServer::start`]).
+pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32, RunError> {
+    let forks = Arc::new(forks);
     let signals = reap::register().map_err(RunError::setup("register signal handlers"))?;
     raise_fd_limit();
     let sup = &config.supervisor;
@@ -128,7 +132,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
     let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
     reap::start(signals, tx.clone()).map_err(RunError::setup("start signal thread"))?;
     let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
-    spawn::start_spawners(spawn_rx, tx.clone(), output.clone())
+    spawn::start_spawners(spawn_rx, tx.clone(), output.clone(), forks.clone())
         .map_err(RunError::setup("start spawner thread"))?;
     disk::start(disk_rx, tx.clone()).map_err(RunError::setup("start disk thread"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
@@ -201,6 +205,7 @@ pub fn run(config: Config, registry: &Registry) -> Result<i32, RunError> {
         read_scratch: vec![0; 64 * 1024],
         report_scratch: Vec::new(),
         spawn_tx,
+        forks,
         disk_tx,
         logs,
         fsync_tx,
@@ -289,6 +294,8 @@ struct Shell {
     /// Per actor id: how its worker is started (program, identity, limits).
     launches: Vec<Launched>,
     workers: KillOnDrop,
+    /// The fork server the spawners start workers through.
+    forks: Arc<ForkServer>,
     /// pid → (actor, epoch) of every worker not yet reaped.
     pids: HashMap<u32, (ActorId, u64)>,
     /// Exits reaped before their Spawned event arrived.
@@ -448,7 +455,11 @@ impl Shell {
                 init,
             } => self.on_connected(actor, epoch, outbox, reports, *init),
             ShellEvent::BootstrapFailed { actor, epoch } => self.channel_closed(actor, epoch, core),
-            ShellEvent::StandbySpawned { pid, server_name } => {
+            ShellEvent::StandbySpawned {
+                pid,
+                server_name,
+                epoch,
+            } => {
                 self.early_exits
                     .retain(|_, (_, t)| now.saturating_duration_since(*t) < EARLY_EXIT_MEMORY);
                 if self.early_exits.remove(&pid).is_some() {
@@ -457,7 +468,7 @@ impl Shell {
                     spawn::abandon(server_name);
                     self.standby.failed(None);
                 } else {
-                    self.standby.spawned(pid, server_name);
+                    self.standby.spawned(pid, server_name, epoch);
                 }
                 self.standby.fill(&self.spawn_tx);
             }
@@ -513,6 +524,9 @@ impl Shell {
                             spawn::abandon(name);
                         }
                         self.standby.fill(&self.spawn_tx);
+                    }
+                    standby::Reaped::NotOurs if self.forks.reaped(p) => {
+                        let _ = self.spawn_tx.send(SpawnJob::ForkServer);
                     }
                     standby::Reaped::NotOurs => {
                         self.early_exits.insert(p, (exit, Instant::now()));
@@ -596,20 +610,9 @@ impl Shell {
     /// Polls a pidfd of the actor's worker, so its exit wakes the loop directly. Without
     /// one (kernels before 5.3), the signal thread's SIGCHLD reaping still reports it.
     fn watch_death(&mut self, actor: ActorId, pid: u32) {
-        let Ok(raw) = i32::try_from(pid) else {
+        let Some(fd) = crate::reap::pidfd_open(pid) else {
             return;
         };
-        // SAFETY: pidfd_open only creates a new descriptor (or fails); it reads no memory
-        // of ours.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-        let Ok(fd) = i32::try_from(fd) else {
-            return;
-        };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: `fd` is the descriptor pidfd_open just returned; nothing else owns it.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let registered = self.poll_registry.register(
             &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&fd)),
             token::death(actor),
@@ -951,6 +954,15 @@ impl Shell {
         }
         self.standby
             .resize(new.supervisor.standby_workers, &self.spawn_tx);
+        // A new binary on disk: workers started from now on run it (standbys forked from
+        // the old one are replaced).
+        match self.forks.pick_up_upgrade() {
+            Ok(Some(_)) => self.standby.renew(&self.spawn_tx),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the binary changed on disk but cannot be used; workers keep starting from the running one")
+            }
+        }
         if new.supervisor.busy_poll != self.config.supervisor.busy_poll {
             let micros = worker_spin(new.supervisor.busy_poll);
             for w in &self.workers.0 {

@@ -1,15 +1,18 @@
 //! Starting workers and moving their messages.
 //!
-//! Workers are started by spawning this very binary (`/proc/self/exe`) through
-//! `std::process::Command` (posix_spawn: no code of ours runs in the child before exec,
-//! and its cost does not grow with the supervisor's memory), never by a bare `fork` of
-//! this multi-threaded process. The child finds the name of an `IpcOneShotServer` in its
-//! environment, closes every fd it inherited beyond stdio, and connects back. Its stdout
-//! and stderr go through a pipe into the supervisor's log, line by line, with its name.
+//! A worker is forked by the fork server ([`crate::shell::forkserver`]): a
+//! single-threaded process forked before the supervisor's first thread, so its child may
+//! run the worker's code at once, with no exec. When there is no fork server (it died
+//! and its successor is not up yet, or it cannot be used), this very binary
+//! (`/proc/self/exe`) is spawned through `std::process::Command` (posix_spawn: no code of
+//! ours runs in the child before exec), never by a bare `fork` of this multi-threaded
+//! process. Either way the worker gets the name of an `IpcOneShotServer`, closes every
+//! fd it inherited beyond stdio, and connects back. Its stdout and stderr go through a
+//! pipe into the supervisor's log, line by line, with its name.
 //!
 //! Spawning happens on a few long-lived threads: `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked a child exits, so a short-lived spawning thread would kill its
-//! workers.
+//! workers (and a fork server it started).
 //!
 //! The worker's stdin is one end of a socket pair, its report socket (the worker moves it
 //! off fd 0 at once). A short-lived thread accepts the worker's bootstrap connection (its
@@ -22,11 +25,12 @@
 //! `SHM_THRESHOLD` bytes inline, one checkpoint request, one ping), so even a stopped
 //! worker cannot make it block.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
@@ -36,6 +40,7 @@ use resurgam_shared::ipc::{
 };
 
 use crate::core::{ActorId, Event};
+use crate::shell::forkserver::{ForkError, ForkServer};
 use crate::shell::output::{OutputRelay, Pipe};
 use crate::shell::{LoopTx, ShellEvent};
 
@@ -60,7 +65,10 @@ pub enum SpawnJob {
         init: Box<Init>,
     },
     /// A standby worker: bootstrapped, then kept waiting until an actor takes it.
-    Standby,
+    /// `epoch`: the pool's, when it asked (see [`crate::shell::standby::StandbyPool::renew`]).
+    Standby { epoch: u64 },
+    /// Start a new fork server if there is none (the running one was lost).
+    ForkServer,
 }
 
 /// Name a standby worker goes by (its process title, its output) until an actor takes it.
@@ -77,33 +85,52 @@ pub fn start_spawners(
     jobs: Receiver<SpawnJob>,
     events: LoopTx,
     output: OutputRelay,
+    forks: Arc<ForkServer>,
 ) -> std::io::Result<()> {
     for i in 0..SPAWNERS {
         let (jobs, events, output) = (jobs.clone(), events.clone(), output.clone());
+        let forks = forks.clone();
         std::thread::Builder::new()
             .name(format!("spawner-{i}"))
             .spawn(move || {
                 for job in jobs {
-                    spawn_one(job, &events, &output);
+                    let (target, standby_epoch) = match job {
+                        SpawnJob::Actor { actor, epoch, init } => (Some((actor, epoch, init)), 0),
+                        SpawnJob::Standby { epoch } => (None, epoch),
+                        SpawnJob::ForkServer => {
+                            forks.ensure_running();
+                            continue;
+                        }
+                    };
+                    spawn_one(target, standby_epoch, &events, &output, &forks);
                 }
             })?;
     }
     Ok(())
 }
 
-fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
-    let name = match &job {
-        SpawnJob::Actor { init, .. } => init.actor.clone(),
-        SpawnJob::Standby => STANDBY_NAME.to_string(),
+/// What a worker is started for: an actor's epoch (with its `Init`), or the standby pool.
+type Target = Option<(ActorId, u64, Box<Init>)>;
+
+fn spawn_one(
+    target: Target,
+    standby_epoch: u64,
+    events: &LoopTx,
+    output: &OutputRelay,
+    forks: &ForkServer,
+) {
+    let name = match &target {
+        Some((_, _, init)) => init.actor.clone(),
+        None => STANDBY_NAME.to_string(),
     };
     let fail = |error: String| {
-        let ev = match &job {
-            SpawnJob::Actor { actor, epoch, .. } => ShellEvent::Core(Event::SpawnFailed {
+        let ev = match &target {
+            Some((actor, epoch, _)) => ShellEvent::Core(Event::SpawnFailed {
                 actor: *actor,
                 epoch: *epoch,
                 error,
             }),
-            SpawnJob::Standby => {
+            None => {
                 tracing::warn!(%error, "cannot start a standby worker");
                 ShellEvent::StandbyFailed { pid: None }
             }
@@ -127,54 +154,29 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
         Ok(p) => p,
         Err(e) => return fail(format!("create the report socket: {e}")),
     };
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0(format!("resurgam-worker[{name}]"))
-        .env(ENV_BOOTSTRAP, &server_name)
-        .env(ENV_PARENT_PID, std::process::id().to_string())
-        .stdin(Stdio::from(OwnedFd::from(worker_end)))
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
-        // then stops the workers in order.
-        .process_group(0);
-    for var in WORKER_SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
-    // When exec fails, std waits for the child itself and asserts that the wait worked;
-    // the reaper thread may have reaped it first. Keep this thread (its death would
-    // SIGKILL every worker through PR_SET_PDEATHSIG) and report the failure.
-    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
-    let child = match spawned {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return fail(format!("start worker process: {e}")),
-        Err(_) => return fail("start worker process: exec failed".to_string()),
+    let pid = match start_worker(forks, &name, &server_name, worker_end, out_w, err_w) {
+        Ok(pid) => pid,
+        Err(e) => return fail(e),
     };
-    let pid = child.id();
-    // The reaper thread collects the exit status with waitpid(-1); the Child handle is
-    // dropped without waiting (dropping neither kills nor waits). Dropping `cmd` closes
-    // our copies of the pipe's write end, so the relay sees the end when the worker exits.
-    drop(child);
-    drop(cmd);
     output.add(Pipe {
         file: out_r,
         actor: name.clone(),
         pid,
     });
-    let target = match job {
-        SpawnJob::Actor { actor, epoch, init } => {
-            let _ = events.send(ShellEvent::Spawned {
-                actor,
-                epoch,
-                pid,
-                server_name,
-            });
-            Some((actor, epoch, init))
-        }
-        SpawnJob::Standby => {
-            let _ = events.send(ShellEvent::StandbySpawned { pid, server_name });
-            None
-        }
+    let ev = match &target {
+        Some((actor, epoch, _)) => ShellEvent::Spawned {
+            actor: *actor,
+            epoch: *epoch,
+            pid,
+            server_name,
+        },
+        None => ShellEvent::StandbySpawned {
+            pid,
+            server_name,
+            epoch: standby_epoch,
+        },
     };
+    let _ = events.send(ev);
     // The accept waits for the worker's exec and start-up: on a thread of its own, so a
     // worker that never connects holds up no other spawn. (Only the spawning thread's
     // death matters to PR_SET_PDEATHSIG; this one may end whenever it likes.)
@@ -186,6 +188,60 @@ fn spawn_one(job: SpawnJob, events: &LoopTx, output: &OutputRelay) {
     if let Err(e) = started {
         tracing::error!(actor = %name, pid, error = %e, "cannot start the bootstrap thread; killing the worker");
         kill_group(pid);
+    }
+}
+
+/// Starts the worker process: forked by the fork server, or (when there is none, or it
+/// failed) spawned from this binary. Returns its pid. Our copies of its descriptors are
+/// closed when this returns, so the output relay sees the pipe's end when it exits.
+fn start_worker(
+    forks: &ForkServer,
+    name: &str,
+    server_name: &str,
+    report: UnixStream,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+) -> Result<u32, String> {
+    match forks.fork(
+        name,
+        server_name,
+        [report.as_fd(), out_w.as_fd(), err_w.as_fd()],
+    ) {
+        Ok(pid) => return Ok(pid),
+        Err(ForkError::Unavailable) => {}
+        Err(e) => {
+            tracing::warn!(actor = %name, error = %e, "starting the worker by posix_spawn instead")
+        }
+    }
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(format!("resurgam-worker[{name}]"))
+        .env(ENV_BOOTSTRAP, server_name)
+        .env(ENV_PARENT_PID, std::process::id().to_string())
+        .stdin(Stdio::from(OwnedFd::from(report)))
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        // Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+        // then stops the workers in order.
+        .process_group(0);
+    for var in WORKER_SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    spawn_detached(&mut cmd).map_err(|e| format!("start worker process: {e}"))
+}
+
+/// Spawns `cmd` and returns the child's pid without keeping a handle: the signal
+/// thread reaps it (`waitpid(-1)`), and dropping `cmd` afterwards closes our copies of
+/// the descriptors it passed.
+pub(crate) fn spawn_detached(cmd: &mut Command) -> Result<u32, String> {
+    // When exec fails, std waits for the child itself and asserts that the wait worked;
+    // the signal thread may have reaped it first. Keep this thread (a spawner's death
+    // would SIGKILL its workers through PR_SET_PDEATHSIG) and report the failure.
+    let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
+    match spawned {
+        // Dropping a Child neither kills nor waits for it.
+        Ok(Ok(child)) => Ok(child.id()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("exec failed".to_string()),
     }
 }
 
@@ -220,7 +276,7 @@ pub fn init_for(
 fn bootstrap(
     server: IpcOneShotServer<FromWorker>,
     pid: u32,
-    target: Option<(ActorId, u64, Box<Init>)>,
+    target: Target,
     reports: UnixStream,
     events: &LoopTx,
 ) {

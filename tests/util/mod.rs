@@ -102,6 +102,22 @@ pub fn children_of(ppid: i32) -> Vec<Proc> {
         .collect()
 }
 
+/// The process name (comm) of `pid` ("" if there is no such process).
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The process name of a fork server.
+pub const FORK_SERVER_COMM: &str = "resurgam-forks";
+
+/// The command line of `pid`, as /proc shows it.
+pub fn cmdline(pid: i32) -> Vec<u8> {
+    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
 /// Runs a command with a deadline; kills it and panics if it does not finish in time.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
@@ -399,6 +415,14 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
             .expect("a supervisor was started")
             .pid
+    }
+
+    /// The supervisor's fork servers now (its children named like one).
+    pub fn fork_servers(&self) -> Vec<Proc> {
+        children_of(self.pid())
+            .into_iter()
+            .filter(|p| comm(p.pid) == FORK_SERVER_COMM)
+            .collect()
     }
 
     /// Waits until the socket answers and every actor is ALIVE.

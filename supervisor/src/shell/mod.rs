@@ -5,6 +5,7 @@
 //! the loop.
 
 pub mod conns;
+pub mod forkserver;
 pub mod output;
 pub mod reports;
 pub mod standby;
@@ -51,6 +52,8 @@ pub enum ShellEvent {
     StandbySpawned {
         pid: u32,
         server_name: String,
+        /// The pool's epoch when it asked for this standby.
+        epoch: u64,
     },
     /// A standby worker said hello and waits for an actor.
     StandbyReady {

@@ -63,6 +63,8 @@ pub struct StandbyPool {
     retired: HashSet<u32>,
     failures: u32,
     closed: bool,
+    /// Bumped by [`StandbyPool::renew`]: a standby asked for before is not wanted.
+    epoch: u64,
 }
 
 impl StandbyPool {
@@ -78,7 +80,8 @@ impl StandbyPool {
             return;
         }
         while self.ready.len() + self.starting.len() + self.in_flight < self.wanted {
-            if spawn_tx.send(SpawnJob::Standby).is_err() {
+            let job = SpawnJob::Standby { epoch: self.epoch };
+            if spawn_tx.send(job).is_err() {
                 return;
             }
             self.in_flight += 1;
@@ -97,9 +100,16 @@ impl StandbyPool {
         taken
     }
 
-    /// A standby's process exists.
-    pub fn spawned(&mut self, pid: u32, server_name: String) {
+    /// A standby's process exists (asked for in pool epoch `epoch`). One asked for
+    /// before a renewal is killed at once (it may run the old binary).
+    pub fn spawned(&mut self, pid: u32, server_name: String, epoch: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if epoch != self.epoch {
+            spawn::kill_group(pid);
+            spawn::abandon(server_name);
+            self.retired.insert(pid);
+            return;
+        }
         self.starting.insert(pid, server_name);
     }
 
@@ -176,6 +186,28 @@ impl StandbyPool {
         self.fill(spawn_tx);
     }
 
+    /// Replaces every standby ready or starting (they run an old binary): they are
+    /// stopped and new ones started.
+    pub fn renew(&mut self, spawn_tx: &Sender<SpawnJob>) {
+        // Standbys asked for and not started yet may be forked by the old server: they
+        // are killed when they show up.
+        self.epoch += 1;
+        self.retire_all();
+        self.fill(spawn_tx);
+    }
+
+    /// Kills every standby ready or starting.
+    fn retire_all(&mut self) {
+        for s in self.ready.drain(..) {
+            spawn::kill_group(s.pid);
+            self.retired.insert(s.pid);
+        }
+        for (pid, _) in self.starting.drain() {
+            spawn::kill_group(pid);
+            self.retired.insert(pid);
+        }
+    }
+
     /// Standbys ready now.
     pub fn ready_count(&self) -> usize {
         self.ready.len()
@@ -187,14 +219,7 @@ impl StandbyPool {
             return;
         }
         self.closed = true;
-        for s in self.ready.drain(..) {
-            spawn::kill_group(s.pid);
-            self.retired.insert(s.pid);
-        }
-        for (pid, _) in self.starting.drain() {
-            spawn::kill_group(pid);
-            self.retired.insert(pid);
-        }
+        self.retire_all();
     }
 }
 

@@ -1,0 +1,846 @@
+//! The fork server: a single-threaded process that forks workers, so that starting one
+//! costs the `fork` of a small process instead of an `exec` of this binary (the kernel's
+//! exec, dynamic loading and the runtime's start: about a millisecond), and so that
+//! workers share the pages of their code and libraries with it (a worker's PSS).
+//!
+//! * **Started before any thread**: [`ForkServer::start`] is the first thing `resurgam
+//!   run` does, before the config is read, so a worker's memory holds nothing of the
+//!   supervisor's (no other actor's environment, no client's data). It is a plain
+//!   `fork`: a process with one thread may run any code after `fork`. The supervisor
+//!   itself never forks again without an `exec` (see [`crate::spawn`]).
+//! * **Workers stay the supervisor's children.** The server forks an intermediate
+//!   process that forks the worker and exits at once; the supervisor is a child
+//!   subreaper (`PR_SET_CHILD_SUBREAPER`), so the orphaned worker is re-parented to it.
+//!   The worker waits for that before it sets `PR_SET_PDEATHSIG` (a re-parenting fires
+//!   that signal) and checks that its parent is the supervisor. So the supervisor reaps
+//!   workers (SIGCHLD, pidfd) and a worker dies with it, exactly as when it is spawned.
+//! * **Its crash kills no worker** (none is its child) and costs only speed: a spawn
+//!   that finds it gone starts the worker by `posix_spawn` instead and a new server is
+//!   started by exec of the running binary (`/proc/self/exe`), at most once a second.
+//! * **An upgraded binary is picked up on reload**: when the file the supervisor was
+//!   started from has changed on disk, a new server is exec'd from it (the old one is
+//!   killed, ready standby workers forked from it are replaced). A server that answers
+//!   with another protocol version is refused and the old one kept.
+//! * **One address-space layout per server**: every worker forked from a server has the
+//!   server's layout (ASLR is chosen at exec, not at fork): the same addresses of code,
+//!   heap, stack and libraries, and the same stack-protector canary. A worker that
+//!   learns its own layout knows its siblings'. Workers started after an upgrade or a
+//!   server restart get a fresh one; `fork_server = false` in the config (exec of every
+//!   worker) is the choice for actors that must not share it.
+//!
+//! The protocol is one `SOCK_SEQPACKET` socket pair: the server says [`Reply::Hello`],
+//! then answers each [`Request::Fork`] (which carries the worker's three descriptors:
+//! its report socket and the write ends of its output pipe) with [`Reply::Forked`] or
+//! [`Reply::Failed`], one at a time. Messages are postcard.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use resurgam_shared::ipc::{ENV_BOOTSTRAP, ENV_PARENT_PID, IPC_VERSION};
+use resurgam_worker::Registry;
+
+use crate::spawn::WORKER_SCRUBBED_ENV;
+
+/// Set (to the supervisor's pid) in the environment of a fork server started by exec;
+/// its socket is then its stdin.
+pub const ENV_FORK_SERVER: &str = "RESURGAM_FORK_SERVER";
+
+/// Version of the request/reply vocabulary below.
+const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest request: an actor name and a bootstrap token are short.
+const MAX_MESSAGE: usize = 16 * 1024;
+
+/// How long the supervisor waits for a server's answer before it gives up on it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a new worker waits to be re-parented to the supervisor.
+const REPARENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After servers failed `n` times in a row, how long spawns go by `posix_spawn` before a
+/// new one is tried: at once after a first failure, then 1 s, 2 s, 4 s … up to 30 s.
+fn restart_delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 2).min(5)).min(Duration::from_secs(30)),
+    }
+}
+
+/// Exit status of a forked worker that could not become one (its parent never became
+/// the supervisor, its descriptors could not be set).
+const EXIT_NOT_A_WORKER: i32 = 70;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Fork a worker named `name` (for its process name and messages) that bootstraps
+    /// with `token`. Carries three descriptors: stdin (the report socket), stdout, stderr.
+    Fork { name: String, token: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Hello { version: u32, ipc_version: u32 },
+    Forked { pid: u32 },
+    Failed { error: String },
+}
+
+/// Why the fork server could not start a worker (the caller then spawns it itself).
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error("no fork server is running")]
+    Unavailable,
+    #[error("the fork server (pid {pid}) failed: {message}")]
+    Broken { pid: u32, message: String },
+    #[error("the fork server (pid {pid}) could not fork: {message}")]
+    Refused { pid: u32, message: String },
+    #[error("cannot start a fork server from {path}: {message}")]
+    Start { path: PathBuf, message: String },
+}
+
+/// The supervisor's side: the connection to the current server, restarted as needed.
+pub struct ForkServer {
+    state: Mutex<State>,
+    /// The binary the supervisor was started from, as a path on disk (for upgrades).
+    exe: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    /// When a new server may be tried after a failure.
+    retry_at: Option<Instant>,
+    /// Identity of the file at `exe` when the running server was started from it.
+    exe_id: Option<FileId>,
+    /// Pids of servers this supervisor started and has not seen reaped.
+    pids: Vec<u32>,
+    /// Servers lost (or not started) in a row since the last fork that worked.
+    failures: u32,
+    /// Set when no fork server may be used at all (no subreaper).
+    disabled: bool,
+}
+
+struct Conn {
+    sock: OwnedFd,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing the socket makes a healthy server exit; the kill also ends a stuck
+        // one. Through its pidfd: its pid may already be reaped and reused.
+        if let Some(fd) = &self.pidfd {
+            crate::reap::pidfd_kill(fd.as_fd());
+        }
+    }
+}
+
+/// What identifies a file's content well enough to see it was replaced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+}
+
+impl ForkServer {
+    /// Starts the fork server. Call it while this process has a single thread: the
+    /// server is then a `fork` of it. Otherwise (a program embedding the library may
+    /// have threads) it is started by exec of this binary. Never fails: without a
+    /// server, workers are spawned one by one.
+    pub fn start(registry: &Registry) -> ForkServer {
+        let exe = std::env::current_exe().ok();
+        let exe_id = exe.as_deref().and_then(FileId::of);
+        let server = ForkServer {
+            state: Mutex::new(State {
+                exe_id,
+                ..State::default()
+            }),
+            exe,
+        };
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            // Without it a worker forked by the server would be re-parented to init.
+            tracing::warn!(error = %e, "cannot become a child subreaper; workers are started without a fork server");
+            server.lock().disabled = true;
+            return server;
+        }
+        let started = if thread_count() == Some(1) {
+            fork_server(registry)
+        } else {
+            exec_server(Path::new("/proc/self/exe"))
+        };
+        match started {
+            Ok(conn) => {
+                let mut st = server.lock();
+                st.pids.push(conn.pid);
+                st.conn = Some(conn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no fork server; workers are started by posix_spawn");
+                let mut st = server.lock();
+                st.failures = 1;
+                st.retry_at = Some(Instant::now() + restart_delay(2));
+            }
+        }
+        server
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves nothing half-done that matters: the
+        // state is a connection and a few pids.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forks a worker through the server: returns its pid. The descriptors are the
+    /// worker's stdin (report socket), stdout and stderr; the caller keeps (and closes)
+    /// its copies. On an error the caller starts the worker another way.
+    pub fn fork(
+        &self,
+        name: &str,
+        token: &str,
+        fds: [BorrowedFd<'_>; 3],
+    ) -> Result<u32, ForkError> {
+        let mut st = self.lock();
+        if st.disabled {
+            return Err(ForkError::Unavailable);
+        }
+        if st.conn.is_none() {
+            restart(&mut st);
+        }
+        let Some(conn) = st.conn.as_ref() else {
+            return Err(ForkError::Unavailable);
+        };
+        let request = Request::Fork {
+            name: name.to_string(),
+            token: token.to_string(),
+        };
+        let pid = conn.pid;
+        match exchange(&conn.sock, &request, &fds) {
+            Ok(Reply::Forked { pid }) => {
+                st.failures = 0;
+                Ok(pid)
+            }
+            Ok(Reply::Failed { error }) => Err(ForkError::Refused {
+                pid,
+                message: error,
+            }),
+            Ok(other) => {
+                drop_conn(&mut st, format!("unexpected answer {other:?}"));
+                Err(ForkError::Broken {
+                    pid,
+                    message: "unexpected answer".into(),
+                })
+            }
+            Err(message) => {
+                drop_conn(&mut st, message.clone());
+                Err(ForkError::Broken { pid, message })
+            }
+        }
+    }
+
+    /// On reload: when the binary the supervisor was started from has changed on disk,
+    /// replaces the server by one exec'd from it. Returns the new server's pid then
+    /// (ready standby workers, forked from the old one, should be replaced).
+    pub fn pick_up_upgrade(&self) -> Result<Option<u32>, ForkError> {
+        let Some(exe) = self.exe.as_deref() else {
+            return Ok(None);
+        };
+        let mut st = self.lock();
+        if st.disabled {
+            return Ok(None);
+        }
+        let now_id = FileId::of(exe);
+        if now_id.is_none() || now_id == st.exe_id {
+            return Ok(None);
+        }
+        let conn = exec_server(exe)?;
+        let pid = conn.pid;
+        st.pids.push(pid);
+        st.conn = Some(conn);
+        st.exe_id = now_id;
+        st.retry_at = None;
+        tracing::info!(path = %exe.display(), pid, "the binary changed on disk: new workers start from it (new fork server)");
+        Ok(Some(pid))
+    }
+
+    /// Starts a new server now if there is none and a try is due (after the running one
+    /// was lost: so the next worker need not wait for it).
+    pub fn ensure_running(&self) {
+        let mut st = self.lock();
+        if !st.disabled && st.conn.is_none() {
+            restart(&mut st);
+        }
+    }
+
+    /// A child was reaped: whether it was one of the fork servers (not a worker).
+    pub fn reaped(&self, pid: u32) -> bool {
+        let mut st = self.lock();
+        let Some(i) = st.pids.iter().position(|&p| p == pid) else {
+            return false;
+        };
+        st.pids.swap_remove(i);
+        if st.conn.as_ref().is_some_and(|c| c.pid == pid) {
+            drop_conn(&mut st, "it exited".into());
+        }
+        true
+    }
+}
+
+/// Forgets a failed server (killing it) and schedules a new one.
+fn drop_conn(st: &mut State, why: String) {
+    if let Some(conn) = st.conn.take() {
+        tracing::error!(pid = conn.pid, reason = %why, "fork server lost; workers are started by posix_spawn until a new one runs");
+        st.failures += 1;
+        st.retry_at = Some(Instant::now() + restart_delay(st.failures));
+    }
+}
+
+/// Starts a new server from the running binary, if a retry is due.
+fn restart(st: &mut State) {
+    if st.retry_at.is_some_and(|t| Instant::now() < t) {
+        return;
+    }
+    match exec_server(Path::new("/proc/self/exe")) {
+        Ok(conn) => {
+            tracing::info!(pid = conn.pid, "fork server started again");
+            st.pids.push(conn.pid);
+            st.conn = Some(conn);
+            st.retry_at = None;
+        }
+        Err(e) => {
+            st.failures += 1;
+            let delay = restart_delay(st.failures);
+            tracing::warn!(error = %e, retry_in = ?delay, "cannot start a new fork server; workers are started by posix_spawn meanwhile");
+            st.retry_at = Some(Instant::now() + delay);
+        }
+    }
+}
+
+/// Threads of this process, from /proc.
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
+/// Forks the server from this single-threaded process.
+fn fork_server(registry: &Registry) -> Result<Conn, ForkError> {
+    let failed = |message: String| ForkError::Start {
+        path: PathBuf::from("(fork)"),
+        message,
+    };
+    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(format!("socketpair: {e}")))?;
+    let supervisor = std::process::id();
+    // SAFETY: the caller checked this process has a single thread, so the child may run
+    // any code; it never returns into the supervisor's code (`serve` exits).
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(ours);
+            serve(theirs, supervisor, registry)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(theirs);
+            let pid = child.as_raw() as u32;
+            hello(ours, pid).map_err(failed)
+        }
+        Err(e) => Err(failed(format!("fork: {e}"))),
+    }
+}
+
+/// Starts a server by exec of `path` (from any thread: nothing but exec runs in the child).
+fn exec_server(path: &Path) -> Result<Conn, ForkError> {
+    let failed = |message: String| ForkError::Start {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(format!("socketpair: {e}")))?;
+    let mut cmd = Command::new(path);
+    cmd.arg0("resurgam-fork-server")
+        .env(ENV_FORK_SERVER, std::process::id().to_string())
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    for var in WORKER_SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    let pid = crate::spawn::spawn_detached(&mut cmd).map_err(failed)?;
+    drop(cmd);
+    hello(ours, pid).map_err(failed)
+}
+
+/// Waits for a new server's hello and checks its versions.
+fn hello(sock: OwnedFd, pid: u32) -> Result<Conn, String> {
+    let pidfd = crate::reap::pidfd_open(pid);
+    let conn = Conn { sock, pid, pidfd };
+    match receive(&conn.sock)? {
+        Reply::Hello {
+            version,
+            ipc_version,
+        } if version == PROTOCOL_VERSION && ipc_version == IPC_VERSION => Ok(conn),
+        Reply::Hello {
+            version,
+            ipc_version,
+        } => Err(format!(
+            "it speaks fork-server protocol {version} and worker protocol {ipc_version}; \
+             this supervisor speaks {PROTOCOL_VERSION} and {IPC_VERSION} (restart the service to upgrade)"
+        )),
+        other => Err(format!("expected hello, got {other:?}")),
+    }
+}
+
+/// Sends a request with its descriptors and waits for the answer.
+fn exchange(sock: &OwnedFd, request: &Request, fds: &[BorrowedFd<'_>; 3]) -> Result<Reply, String> {
+    let bytes = postcard::to_allocvec(request).map_err(|e| format!("encode request: {e}"))?;
+    let raw: [RawFd; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("send request: {e}")),
+        }
+    }
+    receive(sock)
+}
+
+/// Receives one reply, waiting at most [`ANSWER_TIMEOUT`].
+fn receive(sock: &OwnedFd) -> Result<Reply, String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no answer in {ANSWER_TIMEOUT:?}"));
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => break,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let n = loop {
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => break n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+    };
+    if n == 0 {
+        return Err("it closed its socket".into());
+    }
+    postcard::from_bytes(&buf[..n]).map_err(|e| format!("undecodable answer: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The server's side.
+
+/// Runs the fork server if this process was exec'd as one (and never returns then).
+/// Returns `false` at once in any other process.
+pub fn run_if_asked(registry: &Registry) -> bool {
+    let Some(value) = std::env::var_os(ENV_FORK_SERVER) else {
+        return false;
+    };
+    let supervisor: Option<u32> = value.to_str().and_then(|v| v.parse().ok());
+    let Some(supervisor) = supervisor else {
+        eprintln!("resurgam fork server: {ENV_FORK_SERVER} is not a pid");
+        std::process::exit(EXIT_NOT_A_WORKER);
+    };
+    // The socket is our stdin: move it off fd 0 and put /dev/null there.
+    let sock = match nix::fcntl::fcntl(std::io::stdin(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)) {
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+        Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        Err(e) => {
+            eprintln!("resurgam fork server: no socket on stdin: {e}");
+            std::process::exit(EXIT_NOT_A_WORKER);
+        }
+    };
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(null);
+    }
+    let is_seqpacket = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == SockType::SeqPacket);
+    if !is_seqpacket {
+        eprintln!("resurgam fork server: stdin is not the supervisor's socket");
+        std::process::exit(EXIT_NOT_A_WORKER);
+    }
+    serve(sock, supervisor, registry)
+}
+
+/// The server's loop: answers fork requests until the supervisor closes the socket.
+fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry) -> ! {
+    if let Err(e) = prepare(&sock, supervisor) {
+        eprintln!("resurgam fork server: {e}");
+        std::process::exit(EXIT_NOT_A_WORKER);
+    }
+    let hello = Reply::Hello {
+        version: PROTOCOL_VERSION,
+        ipc_version: IPC_VERSION,
+    };
+    if send_reply(&sock, &hello).is_err() {
+        std::process::exit(0);
+    }
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (request, fds) = match next_request(&sock, &mut buf) {
+            Ok(Some(r)) => r,
+            // The supervisor closed its end (it stopped, or replaced this server).
+            Ok(None) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("resurgam fork server: {e}");
+                std::process::exit(1);
+            }
+        };
+        let reply = match (request, fds) {
+            (Ok(Request::Fork { name, token }), Ok(fds)) => {
+                match fork_worker(fds, &name, &token, supervisor, registry) {
+                    Ok(pid) => Reply::Forked { pid },
+                    Err(error) => Reply::Failed { error },
+                }
+            }
+            (Err(e), _) => Reply::Failed {
+                error: format!("undecodable request: {e}"),
+            },
+            (_, Err(e)) => Reply::Failed { error: e },
+        };
+        if send_reply(&sock, &reply).is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Makes this process a fork server: its own process group (a terminal's Ctrl-C is the
+/// supervisor's to handle), death with the supervisor, a name, no inherited descriptors
+/// but the socket and stdio, and an environment workers may see.
+fn prepare(sock: &OwnedFd, supervisor: u32) -> Result<(), String> {
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if let Ok(name) = std::ffi::CString::new("resurgam-forks") {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
+    if nix::unistd::getppid().as_raw() as u32 != supervisor {
+        return Err(format!("the supervisor (pid {supervisor}) is gone"));
+    }
+    close_fds_except(sock.as_raw_fd());
+    let own = [ENV_FORK_SERVER, ENV_BOOTSTRAP, ENV_PARENT_PID];
+    for var in WORKER_SCRUBBED_ENV.iter().chain(own.iter()) {
+        // SAFETY: this process has a single thread (a fork of one, or a fresh exec that
+        // started none), so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(var) };
+    }
+    Ok(())
+}
+
+/// Closes every descriptor above stderr except `keep`.
+fn close_fds_except(keep: RawFd) {
+    let close_range = |from: RawFd, to: RawFd| {
+        if from <= to {
+            // SAFETY: close_range only closes this process's descriptors in the range;
+            // none of them is in use by the server (it owns only `keep` and stdio).
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0u32) };
+        }
+    };
+    close_range(3, keep - 1);
+    close_range(keep + 1, RawFd::MAX);
+}
+
+/// Reads one request. `Ok(None)`: the supervisor closed the socket.
+#[allow(clippy::type_complexity)]
+fn next_request(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> Result<
+    Option<(
+        Result<Request, postcard::Error>,
+        Result<[OwnedFd; 3], String>,
+    )>,
+    String,
+> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let (n, received) = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds: Vec<OwnedFd> = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel just installed these descriptors in this
+                            // process for this message; nothing else owns them.
+                            fds.extend(
+                                raw.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                }
+                break (msg.bytes, fds);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("receive a request: {e}")),
+        }
+    };
+    if n == 0 && received.is_empty() {
+        return Ok(None);
+    }
+    let request = postcard::from_bytes(&buf[..n]);
+    let fds = <[OwnedFd; 3]>::try_from(received)
+        .map_err(|v| format!("a request carries {} descriptors, not 3", v.len()));
+    Ok(Some((request, fds)))
+}
+
+fn send_reply(sock: &OwnedFd, reply: &Reply) -> Result<(), ()> {
+    let bytes = postcard::to_allocvec(reply).map_err(|_| ())?;
+    loop {
+        match nix::sys::socket::send(sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// Forks a worker by a double fork and returns its pid. The intermediate process exits
+/// at once, so the worker is re-parented to the supervisor (a child subreaper).
+fn fork_worker(
+    fds: [OwnedFd; 3],
+    name: &str,
+    token: &str,
+    supervisor: u32,
+    registry: &Registry,
+) -> Result<u32, String> {
+    let (pid_r, pid_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the fork server has a single thread, so the child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(pid_r);
+            // SAFETY: still a single thread (a fork of the single-threaded server).
+            let said: i64 = match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => {
+                    drop(pid_w);
+                    become_worker(fds, name, token, supervisor, registry)
+                }
+                Ok(ForkResult::Parent { child }) => i64::from(child.as_raw()),
+                Err(e) => -(e as i64),
+            };
+            let _ = nix::unistd::write(&pid_w, &said.to_le_bytes());
+            // SAFETY: _exit ends this intermediate process at once; it runs none of the
+            // server's exit handlers or destructors (they are not its to run).
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(pid_w);
+            drop(fds);
+            let mut said = [0u8; 8];
+            let read = read_full(&pid_r, &mut said);
+            wait_for(child);
+            read.map_err(|e| format!("read the worker's pid: {e}"))?;
+            let said = i64::from_le_bytes(said);
+            if said <= 0 {
+                return Err(format!("fork: {}", Errno::from_raw((-said) as i32)));
+            }
+            u32::try_from(said).map_err(|_| format!("bad pid {said}"))
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> Result<(), Errno> {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => return Err(Errno::EPIPE),
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reaps the intermediate process.
+fn wait_for(child: Pid) {
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// In the forked worker: takes its descriptors, waits to be the supervisor's child, then
+/// runs the worker (never returns).
+fn become_worker(
+    fds: [OwnedFd; 3],
+    name: &str,
+    token: &str,
+    supervisor: u32,
+    registry: &Registry,
+) -> ! {
+    let fail = |what: String| -> ! {
+        eprintln!("resurgam worker {name}: {what}");
+        // SAFETY: ends this forked process at once (nothing of the server's to run).
+        unsafe { libc::_exit(EXIT_NOT_A_WORKER) }
+    };
+    // Its own process group, like a spawned worker: the group is what is killed when it
+    // dies (an exec actor's program and whatever it started are in it).
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // Named like a spawned worker (the worker renames itself after its actor's Init).
+    let comm: String = format!("w:{name}").chars().take(15).collect();
+    if let Ok(comm) = std::ffi::CString::new(comm) {
+        let _ = nix::sys::prctl::set_name(&comm);
+    }
+    let [report, out, err] = fds;
+    if let Err(e) = nix::unistd::dup2_stdin(&report)
+        .and_then(|()| nix::unistd::dup2_stdout(&out))
+        .and_then(|()| nix::unistd::dup2_stderr(&err))
+    {
+        fail(format!("cannot set its stdio: {e}"));
+    }
+    drop((report, out, err));
+    let deadline = Instant::now() + REPARENT_TIMEOUT;
+    while nix::unistd::getppid().as_raw() as u32 != supervisor {
+        if Instant::now() >= deadline {
+            fail(format!(
+                "not re-parented to the supervisor (pid {supervisor}) in {REPARENT_TIMEOUT:?}"
+            ));
+        }
+        std::thread::yield_now();
+    }
+    resurgam_worker::run_forked_worker(registry, token, supervisor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_raw(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_request_with_the_wrong_descriptors_or_bytes_is_refused_not_obeyed() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let good = postcard::to_allocvec(&Request::Fork {
+            name: "x".into(),
+            token: "t".into(),
+        })
+        .unwrap();
+        // One descriptor instead of three.
+        send_raw(&a, &good, &[a.as_raw_fd()]);
+        let (request, fds) = next_request(&b, &mut buf).unwrap().unwrap();
+        assert!(request.is_ok());
+        assert_eq!(fds.unwrap_err(), "a request carries 1 descriptors, not 3");
+        // Garbage with three descriptors: the descriptors are taken (and closed), the
+        // request is undecodable.
+        let fd = a.as_raw_fd();
+        send_raw(&a, &[0xff, 0xff, 0xff], &[fd, fd, fd]);
+        let (request, fds) = next_request(&b, &mut buf).unwrap().unwrap();
+        assert!(request.is_err());
+        assert_eq!(fds.unwrap().len(), 3);
+        // The supervisor's end closed: the server's loop ends.
+        drop(a);
+        assert!(next_request(&b, &mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_or_missing_answer_is_an_error_naming_it() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_raw(&b, &[0xff, 0xff], &[]);
+        let e = receive(&a).unwrap_err();
+        assert!(e.starts_with("undecodable answer"), "{e}");
+        drop(b);
+        assert_eq!(receive(&a).unwrap_err(), "it closed its socket");
+    }
+
+    #[test]
+    fn a_server_of_another_version_is_refused() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let hello = Reply::Hello {
+            version: PROTOCOL_VERSION + 1,
+            ipc_version: IPC_VERSION,
+        };
+        send_reply(&b, &hello).unwrap();
+        let Err(e) = hello_of(a) else {
+            panic!("a server of another version was taken");
+        };
+        assert!(e.contains("restart the service to upgrade"), "{e}");
+    }
+
+    /// `hello` for a server that is not a process of ours.
+    fn hello_of(sock: OwnedFd) -> Result<Conn, String> {
+        hello(sock, u32::MAX)
+    }
+
+    #[test]
+    fn restarts_back_off_after_the_first() {
+        let delays: Vec<u64> = (1..=9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}
