@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use resurgam_shared::ipc::WORKER_SCRUBBED_ENV;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -145,7 +146,7 @@ impl Sup {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        for var in SCRUBBED_ENV.iter().chain(crate::spawn::WORKER_SCRUBBED_ENV) {
+        for var in SCRUBBED_ENV.iter().chain(WORKER_SCRUBBED_ENV) {
             cmd.env_remove(var);
         }
         let spawned_wall = SystemTime::now();
