@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs `resurgam bench` and the same workloads on Ray (bench/ray/bench_ray.py) on this
-# machine, one after the other, and writes the side-by-side table with ratios.
+# Runs `resurgam-bench` (what `resurgam bench` runs) and the same workloads on Ray
+# (bench/ray/bench_ray.py) on this machine, one after the other, and writes the
+# side-by-side table with ratios.
 #
 #   bench/compare.sh [--quick] [--only w1,w2,w3,w7]
 #
@@ -13,7 +14,8 @@
 #   RAY_ACTORS=N   W4 actor counts for Ray (default 100)
 #   CARGO_TARGET_DIR=DIR  cargo's target directory (absolute; default target/ in the repo)
 #   PREVIOUS=BINARY  an earlier `resurgam` binary: it runs the same workloads right
-#                  before this one, and the table and charts show it side by side
+#                  before this one (`$PREVIOUS bench`: its own harness, built in, or
+#                  resurgam-bench next to it), and the table and charts show it side by side
 #
 # W7 (resurgam's Python exec actor) runs on the venv's interpreter, the one Ray's actors
 # run on; the SDK is the repository's python/ directory.
@@ -45,9 +47,9 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import ray' 2>/dev/
     "$venv/bin/pip" install --quiet ray
 fi
 
-echo "compare: building resurgam (release)" >&2
-(cd "$root" && cargo build --release --quiet --bin resurgam)
-resurgam=${CARGO_TARGET_DIR:-$root/target}/release/resurgam
+echo "compare: building resurgam and resurgam-bench (release)" >&2
+(cd "$root" && cargo build --release --quiet -p resurgam -p resurgam-bench)
+release=${CARGO_TARGET_DIR:-$root/target}/release
 
 {
     echo "nproc: $(nproc)"
@@ -68,7 +70,7 @@ if [[ -n "${PREVIOUS:-}" ]]; then
 fi
 
 echo "compare: resurgam bench ${quick[*]} ${only[*]}" >&2
-"$resurgam" bench --json "${quick[@]}" "${only[@]}" \
+"$release/resurgam-bench" --binary "$release/resurgam" --json "${quick[@]}" "${only[@]}" \
     --python "$venv/bin/python" --python-sdk "$root/python" \
     > "$out/resurgam.json" 2> "$out/resurgam.log" || status=$?
 

@@ -32,6 +32,18 @@ pub const ENV_PROGRAM_FD: &str = "RESURGAM_FD";
 pub const ENV_ACTOR: &str = "RESURGAM_ACTOR";
 /// Environment variable with the supervisor's pid (the worker exits if its parent changed).
 pub const ENV_PARENT_PID: &str = "RESURGAM_PARENT_PID";
+/// Environment variables a worker must never see: it must not speak for the service,
+/// nor find the control socket. (The benchmark harness keeps them from its supervisors
+/// too.)
+pub const WORKER_SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "RESURGAM_SOCKET",
+];
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.

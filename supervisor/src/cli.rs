@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 the supervisor answered with an error or could not be
 //! reached; 2 bad usage or a bad config file.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -92,8 +94,18 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
-    /// Run the end-to-end benchmarks (W1–W6) and print a table, or JSON with --json.
-    Bench(crate::bench::BenchArgs),
+    /// Run the end-to-end benchmarks (W1–W7) of this binary: runs the `resurgam-bench`
+    /// program next to it with these arguments (`resurgam bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Passed on to `resurgam-bench`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
 }
 
 /// Runs the command line; `registry` holds the actor kinds this binary knows.
@@ -179,8 +191,46 @@ pub fn main(registry: Registry) -> ExitCode {
         Command::Restart { actor, socket } => client_cmd(&socket, |c| c.restart(&actor)),
         Command::Reload { socket } => client_cmd(&socket, |c| c.reload()),
         Command::Stop { socket } => client_cmd(&socket, |c| c.stop()),
-        Command::Bench(args) => crate::bench::main(args),
+        Command::Bench { args } => bench(args),
     }
+}
+
+/// The program `resurgam bench` runs, in the directory of this binary.
+const BENCH_PROGRAM: &str = "resurgam-bench";
+
+/// `resurgam bench`: replaces this process with `resurgam-bench --binary <this binary>
+/// ARGS…` (the harness is a program of its own, so the library carries none of it).
+/// Returns only when that cannot be done.
+fn bench(args: Vec<OsString>) -> ExitCode {
+    let me = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("resurgam bench: cannot locate this program: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let harness = me.with_file_name(BENCH_PROGRAM);
+    if !harness.is_file() {
+        eprintln!(
+            "resurgam bench: {} is missing: the benchmark harness is a program of its own; \
+             build it next to this binary with `cargo build --release -p resurgam-bench` \
+             (or run it from where it was built, with --binary {})",
+            harness.display(),
+            me.display()
+        );
+        return ExitCode::from(1);
+    }
+    let mut cmd = std::process::Command::new(&harness);
+    let names_binary = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == "--binary" || a.starts_with("--binary="))
+    });
+    if !names_binary {
+        cmd.arg("--binary").arg(&me);
+    }
+    let e = cmd.args(&args).exec();
+    eprintln!("resurgam bench: cannot run {}: {e}", harness.display());
+    ExitCode::from(1)
 }
 
 fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, ExitCode> {
@@ -330,6 +380,16 @@ mod tests {
             config: Some(PathBuf::from("/nonexistent/c.toml")),
         };
         assert_eq!(socket_path(&args).unwrap(), PathBuf::from("/x/s.sock"));
+    }
+
+    #[test]
+    fn bench_passes_every_argument_on() {
+        let cli =
+            Cli::try_parse_from(["resurgam", "bench", "--only", "w1", "--help", "--json"]).unwrap();
+        let Command::Bench { args } = cli.command else {
+            panic!("not parsed as bench: {:?}", cli.command);
+        };
+        assert_eq!(args, ["--only", "w1", "--help", "--json"]);
     }
 
     #[test]

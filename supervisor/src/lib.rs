@@ -29,7 +29,6 @@
 //! vocabulary) and the helper threads (signals and reaping, spawners, disk copy, log
 //! fsync); [`client`] is the Rust client the CLI uses.
 
-pub mod bench;
 mod calllog;
 pub mod cli;
 pub mod client;

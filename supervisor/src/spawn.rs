@@ -37,24 +37,13 @@ use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use resurgam_shared::ipc::{
     ENV_BOOTSTRAP, ENV_PARENT_PID, ExecInit, FromWorker, IPC_VERSION, Init, Privileges,
+    WORKER_SCRUBBED_ENV,
 };
 
 use crate::core::{ActorId, Event};
 use crate::shell::forkserver::{ForkError, ForkServer};
 use crate::shell::output::{OutputRelay, Pipe};
 use crate::shell::{LoopTx, ShellEvent};
-
-/// Environment variables a worker must never see: it must not speak for the service,
-/// nor find the control socket.
-pub(crate) const WORKER_SCRUBBED_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "RESURGAM_SOCKET",
-];
 
 /// A request to start one worker.
 pub enum SpawnJob {

@@ -49,10 +49,8 @@ use nix::sys::socket::{
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-use resurgam_shared::ipc::{ENV_BOOTSTRAP, ENV_PARENT_PID, IPC_VERSION};
+use resurgam_shared::ipc::{ENV_BOOTSTRAP, ENV_PARENT_PID, IPC_VERSION, WORKER_SCRUBBED_ENV};
 use resurgam_worker::Registry;
-
-use crate::spawn::WORKER_SCRUBBED_ENV;
 
 /// Set (to the supervisor's pid) in the environment of a fork server started by exec;
 /// its socket is then its stdin.

@@ -1,12 +1,16 @@
-//! `resurgam bench`: end-to-end benchmarks of a real supervisor (ARCHITECTURE.md, Testing).
+//! `resurgam-bench` (also run as `resurgam bench`): end-to-end benchmarks of a real
+//! supervisor (ARCHITECTURE.md, Testing). A program of its own, so that none of it is in
+//! the `resurgam` library or binary it measures.
 //!
-//! By default every workload starts a supervisor of its own: this very binary
-//! (`std::env::current_exe()`) run as `run --config <tmp>/bench.toml` in a fresh
-//! temporary directory, with its JSON log captured there; it is killed and reaped (and its
-//! workers with it) when the workload ends. `--socket PATH` measures a running supervisor
-//! instead; then only W1 and W2 run, on its ALIVE `counter` actors (they are incremented).
+//! The binary measured is `--binary PATH`, else the `resurgam` next to this program (cargo
+//! builds both into the same target directory; `resurgam bench` passes itself). By
+//! default every workload starts a supervisor of its own: that binary run as
+//! `run --config <tmp>/bench.toml` in a fresh temporary directory, with its JSON log
+//! captured there; it is killed and reaped (and its workers with it) when the workload
+//! ends. `--socket PATH` measures a running supervisor instead; then only W1 and W2 run,
+//! on its ALIVE `counter` actors (they are incremented).
 //!
-//! * W1 sync call round trip through the control socket with [`crate::Client`], and the same
+//! * W1 sync call round trip through the control socket with [`resurgam::Client`], and the same
 //!   through one `resurgam call` process invocation (the CLI's own cost);
 //! * W2 pipelined throughput, 1 actor × 1 client and 8 actors × 8 clients;
 //! * W3 recovery after SIGKILL of a worker (kill → next reply) for kv states of 1 KiB,
@@ -32,19 +36,28 @@ mod stats;
 mod workloads;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use serde::Serialize;
 
-use crate::client::ClientError;
+use resurgam::ClientError;
 
 use stats::{Machine, Summary, fmt_num, loadavg};
 
-/// Options of `resurgam bench`.
-#[derive(clap::Args, Debug, Clone)]
+/// Options of `resurgam-bench` (and of `resurgam bench`, which passes them on).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "resurgam-bench",
+    version,
+    about = "End-to-end benchmarks (W1–W7) of a resurgam supervisor: a table, or JSON with --json."
+)]
 pub struct BenchArgs {
+    /// The `resurgam` binary to measure (default: `resurgam` in this program's directory).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
     /// Measure a running supervisor at this control socket instead of starting one
     /// (W1 and W2 only, on its ALIVE counter actors, which get incremented).
     #[arg(long)]
@@ -74,8 +87,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "python3", value_name = "PROGRAM")]
     pub python: String,
     /// W7: the directory holding the SDK package `resurgam/` (default
-    /// `$RESURGAM_PYTHON_SDK`, else the `python/` directory of the source tree this
-    /// binary sits in or was built from, else an installed `resurgam` package).
+    /// `$RESURGAM_PYTHON_SDK`, else the `python/` directory of the source tree the
+    /// measured binary sits in or this program was built from, else an installed
+    /// `resurgam` package).
     #[arg(long, value_name = "DIR")]
     pub python_sdk: Option<PathBuf>,
 }
@@ -99,17 +113,18 @@ impl BenchDurability {
     }
 }
 
-/// Runs the benchmarks and prints the report; the `resurgam bench` subcommand.
+/// Runs the benchmarks and prints the report.
 /// Exit status 0 when every selected workload ran, 1 otherwise (the report still lists
-/// what was measured, and why the rest failed).
-pub fn main(args: BenchArgs) -> ExitCode {
+/// what was measured, and why the rest failed); 2 on bad usage.
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
     match run(&args) {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
-                        eprintln!("resurgam bench: cannot encode the report: {e}");
+                        eprintln!("resurgam-bench: cannot encode the report: {e}");
                         return ExitCode::from(1);
                     }
                 }
@@ -123,7 +138,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("resurgam bench: {e}");
+            eprintln!("resurgam-bench: {e}");
             ExitCode::from(if e.usage { 2 } else { 1 })
         }
     }
@@ -242,6 +257,7 @@ pub(crate) struct Report {
 
 /// What the workloads share: options, and where results go.
 pub(crate) struct Ctx {
+    /// The `resurgam` binary measured (absolute).
     pub exe: PathBuf,
     pub repeats: usize,
     pub quick: bool,
@@ -318,7 +334,7 @@ fn run(args: &BenchArgs) -> Result<Report> {
     }
     let selected =
         |w: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(w));
-    let exe = std::env::current_exe().ctx(|| "locate this program's binary".to_string())?;
+    let exe = measured_binary(args.binary.as_deref())?;
     let mut ctx = Ctx {
         exe,
         repeats: args.repeats.unwrap_or(if args.quick { 3 } else { 5 }),
@@ -417,6 +433,33 @@ fn run(args: &BenchArgs) -> Result<Report> {
     })
 }
 
+/// The `resurgam` binary to measure, absolute (the SDK search looks above it, and the
+/// supervisors run in directories of their own): `--binary`, else the `resurgam` in the
+/// directory of this program.
+fn measured_binary(flag: Option<&Path>) -> Result<PathBuf> {
+    let (path, how) = match flag {
+        Some(p) => (p.to_path_buf(), "--binary"),
+        None => {
+            let me = std::env::current_exe().ctx(|| "locate this program".to_string())?;
+            (me.with_file_name("resurgam"), "next to this program")
+        }
+    };
+    let hint = "build it with `cargo build --release -p resurgam`, or pass --binary PATH";
+    let exe = path.canonicalize().map_err(|e| {
+        BenchError::new(format!(
+            "no resurgam binary at {} ({how}): {e}; {hint}",
+            path.display()
+        ))
+    })?;
+    if !exe.is_file() {
+        return Err(BenchError::new(format!(
+            "{} ({how}) is not a file; {hint}",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
 /// The human-readable report: a Markdown table, one line per figure.
 fn render_table(r: &Report) -> String {
     let mut out = String::new();
@@ -486,4 +529,19 @@ fn render_table(r: &Report) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_named() {
+        let e = measured_binary(Some(Path::new("/nonexistent/resurgam"))).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/resurgam (--binary)"),
+            "{e}"
+        );
+        assert!(!e.usage);
+    }
 }

@@ -1,5 +1,5 @@
 //! The benchmark's own supervisor: a temporary directory with a generated config, the
-//! `resurgam run` child (this very binary) with its JSON log lines captured to a file,
+//! `resurgam run` child (the binary measured) with its JSON log lines captured to a file,
 //! readiness by polling `status`, and a `Drop` that kills and reaps the supervisor and
 //! makes sure its workers are gone too.
 
@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use resurgam::shared::ipc::WORKER_SCRUBBED_ENV;
 use serde_json::Value;
 
-use crate::client::Client;
+use resurgam::Client;
 
 use super::stats::proc_stat;
 use super::{BenchError, Context, Result};
@@ -145,7 +146,7 @@ impl Sup {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        for var in SCRUBBED_ENV.iter().chain(crate::spawn::WORKER_SCRUBBED_ENV) {
+        for var in SCRUBBED_ENV.iter().chain(WORKER_SCRUBBED_ENV) {
             cmd.env_remove(var);
         }
         let spawned_wall = SystemTime::now();

@@ -1,4 +1,4 @@
-//! The workloads W1–W6 of `resurgam bench` (see the module doc of `bench`; W7 is in
+//! The workloads W1–W6 of `resurgam bench` (see the module doc of `main.rs`; W7 is in
 //! `python.rs`).
 
 use std::collections::HashSet;
@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use resurgam::Client;
 
 use super::harness::{ActorConf, LogTail, Sup, SupConf, connect, log_fields, state_counts};
 use super::load::{Outcome, Until, pipeline, sync_calls};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError};
+use resurgam::{Client, ClientError};
 
 use super::Result;
 use super::stats::micros;

@@ -15,7 +15,7 @@
 //!   script's first statement, imports, hello and the `L` frame, `load_state`, the rest
 //!   of the restore, replay.
 //!
-//! The actor is `bench/python/bench_actor.py`, embedded in this binary and written into a
+//! The actor is `bench/python/bench_actor.py`, embedded in this program and written into a
 //! temporary directory. The interpreter is `--python` (default `python3`), run as its
 //! own `sys.executable` (so a launcher such as a pyenv shim is not measured), with a
 //! bytecode cache of the benchmark's own (`PYTHONPYCACHEPREFIX`, filled once, as an
@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use resurgam::Client;
 
 use super::harness::{ActorConf, LogTail, Sup, toml_string};
 use super::load::{Until, pipeline, sync_calls};
@@ -42,7 +42,7 @@ use super::workloads::{MIB, WINDOW, check_no_errors, fill_kv, ms, put_n, start};
 use super::{BenchError, Better, Context, Ctx, Failure, Result};
 
 /// The actor program.
-const SCRIPT: &str = include_str!("../../../bench/python/bench_actor.py");
+const SCRIPT: &str = include_str!("../python/bench_actor.py");
 /// Prefix of the actor's timing lines on stderr (`TAG` in the script).
 const TAG: &str = "resurgam-bench ";
 /// Environment variable naming the SDK directory (after `--python-sdk`).
@@ -147,9 +147,9 @@ fn has_sdk(dir: &Path) -> bool {
 }
 
 /// The SDK directory and where it came from: `--python-sdk DIR`, else
-/// `$RESURGAM_PYTHON_SDK`, else `python/` in a directory above this binary (a binary in
-/// the repository's `target/`), else `python/` of the source tree this binary was built
-/// from, if it is still there; `Ok(None)` when none applies (an installed `resurgam`
+/// `$RESURGAM_PYTHON_SDK`, else `python/` in a directory above the measured binary (a
+/// binary in the repository's `target/`), else `python/` of the source tree this program
+/// was built from, if it is still there; `Ok(None)` when none applies (an installed `resurgam`
 /// package may still work). A directory named explicitly that has no SDK is an error.
 fn find_sdk(ctx: &Ctx) -> std::result::Result<Option<(PathBuf, String)>, String> {
     let named = ctx
@@ -181,14 +181,14 @@ fn find_sdk(ctx: &Ctx) -> std::result::Result<Option<(PathBuf, String)>, String>
         .map(|a| a.join("python"))
         .find(|d| has_sdk(d));
     if let Some(dir) = near_binary {
-        let origin = format!("{} (next to this binary)", dir.display());
+        let origin = format!("{} (next to the measured binary)", dir.display());
         return Ok(Some((dir, origin)));
     }
     let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
     if has_sdk(&built_from) {
         let dir = built_from.canonicalize().unwrap_or(built_from);
         let origin = format!(
-            "{} (the source tree this binary was built from)",
+            "{} (the source tree this program was built from)",
             dir.display()
         );
         return Ok(Some((dir, origin)));
@@ -221,7 +221,7 @@ fn find_python(ctx: &Ctx) -> std::result::Result<Python, String> {
     let where_ = sdk.as_ref().map_or_else(
         || {
             format!(
-                "no SDK directory found (--python-sdk, ${ENV_SDK}, python/ near this binary \
+                "no SDK directory found (--python-sdk, ${ENV_SDK}, python/ near the measured binary \
                  or in its source tree) and no installed resurgam package"
             )
         },
