@@ -105,6 +105,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         })?;
     }
     let _lock = lock_state_dir(&config)?;
+    spawn::bootstrap_on_tmpfs(&sup.runtime_dir);
     report_orphan_logs(&config);
 
     let mut specs = Vec::new();

@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
@@ -340,6 +341,36 @@ pub(crate) fn kill_leftovers(pid: i32) {
     use nix::unistd::Pid;
     if pid > 1 {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    }
+}
+
+/// Puts the workers' bootstrap rendezvous on a tmpfs when one is at hand. Each bootstrap
+/// is an `IpcOneShotServer`: a socket in a fresh private directory from the tempfile
+/// crate's temporary directory, created and removed per worker; on a disk file system
+/// (`/tmp` often is one) that is two journal transactions per worker start. Candidates,
+/// in order: the runtime directory (tmpfs under systemd), `$XDG_RUNTIME_DIR`,
+/// `/dev/shm`; the first that is a tmpfs directory we may write wins, else nothing
+/// changes. Call once, at start-up.
+pub fn bootstrap_on_tmpfs(runtime_dir: &Path) {
+    let candidates = [
+        Some(runtime_dir.to_path_buf()),
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        Some(PathBuf::from("/dev/shm")),
+    ];
+    let usable = |dir: &Path| {
+        dir.is_absolute()
+            && nix::sys::statfs::statfs(dir)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+            && nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok()
+    };
+    if let Some(dir) = candidates.into_iter().flatten().find(|d| usable(d))
+        && tempfile::env::override_temp_dir(&dir).is_ok()
+    {
+        tracing::debug!(dir = %dir.display(), "worker bootstrap sockets on tmpfs");
     }
 }
 

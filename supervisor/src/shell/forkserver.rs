@@ -570,6 +570,11 @@ fn prepare(sock: &OwnedFd, supervisor: u32) -> Result<(), String> {
         return Err(format!("the supervisor (pid {supervisor}) is gone"));
     }
     close_fds_except(sock.as_raw_fd());
+    // What every worker would otherwise find out for itself, once per process: the CPU's
+    // features (CRC32C picks its instructions by them; each CPUID traps to the
+    // hypervisor on a VM). Forked workers inherit the answer.
+    #[cfg(target_arch = "x86_64")]
+    let _ = std::arch::is_x86_feature_detected!("sse4.2");
     let own = [ENV_FORK_SERVER, ENV_BOOTSTRAP, ENV_PARENT_PID];
     for var in WORKER_SCRUBBED_ENV.iter().chain(own.iter()) {
         // SAFETY: this process has a single thread (a fork of one, or a fresh exec that
