@@ -16,6 +16,7 @@ use resurgam_worker::Registry;
 
 use crate::client::{Client, ClientError};
 use crate::logging::{self, LogFormat};
+use crate::shell::forkserver::ForkServer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,7 +110,8 @@ pub enum Command {
 }
 
 /// Runs the command line; `registry` holds the actor kinds this binary knows.
-pub fn main(registry: Registry) -> ExitCode {
+/// `forks`: the fork server, if `main_with` started one already (for `run`).
+pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -123,10 +125,11 @@ pub fn main(registry: Registry) -> ExitCode {
     };
     match cli.command {
         Command::Run { config, log_format } => {
+            // Before any thread and before the config is in memory: workers are forked
+            // from it.
+            let forks = forks.unwrap_or_else(|| ForkServer::start(&registry));
             logging::init(log_format);
-            // Before anything else (no thread yet, no config in memory): workers are
-            // forked from it.
-            let forks = crate::shell::forkserver::ForkServer::start(&registry);
+            forks.log_start();
             let config = match load(config.as_deref(), &registry) {
                 Ok(c) => c,
                 Err(code) => return code,

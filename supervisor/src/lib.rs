@@ -58,5 +58,11 @@ pub fn main_with(registry: Registry) -> std::process::ExitCode {
         // run_worker never returns true: in worker mode it exits the process.
         return std::process::ExitCode::SUCCESS;
     }
-    cli::main(registry)
+    // `resurgam run …`: the fork server first, before anything is parsed or allocated
+    // (see `ForkServer::start`); `run` after global options starts it later.
+    let forks = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "run")
+        .then(|| shell::forkserver::ForkServer::start(&registry));
+    cli::main(registry, forks)
 }

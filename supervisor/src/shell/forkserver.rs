@@ -128,6 +128,8 @@ struct State {
     failures: u32,
     /// Set when no fork server may be used at all (no subreaper).
     disabled: bool,
+    /// Why the first server could not be started, for [`ForkServer::log_start`].
+    start_error: Option<String>,
 }
 
 struct Conn {
@@ -174,7 +176,12 @@ impl ForkServer {
     /// Starts the fork server. Call it while this process has a single thread: the
     /// server is then a `fork` of it. Otherwise (a program embedding the library may
     /// have threads) it is started by exec of this binary. Never fails: without a
-    /// server, workers are spawned one by one.
+    /// server, workers are spawned one by one. Call it as early as possible: whatever
+    /// this process allocated before is in every worker's heap, and a worker's own
+    /// allocations land between it, each on a page the worker must then copy (30 KiB
+    /// of a worker's 100 KiB when it was forked after the command line and the logger
+    /// were set up). Nothing is logged here (the logger may not be set up yet): see
+    /// [`ForkServer::log_start`].
     pub fn start(registry: &Registry) -> ForkServer {
         let exe = std::env::current_exe().ok();
         let exe_id = exe.as_deref().and_then(FileId::of);
@@ -187,8 +194,10 @@ impl ForkServer {
         };
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             // Without it a worker forked by the server would be re-parented to init.
-            tracing::warn!(error = %e, "cannot become a child subreaper; workers are started without a fork server");
-            server.lock().disabled = true;
+            let mut st = server.lock();
+            st.disabled = true;
+            st.start_error = Some(format!("cannot become a child subreaper: {e}"));
+            drop(st);
             return server;
         }
         let started = if thread_count() == Some(1) {
@@ -203,13 +212,25 @@ impl ForkServer {
                 st.conn = Some(conn);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "no fork server; workers are started by posix_spawn");
                 let mut st = server.lock();
+                st.start_error = Some(e.to_string());
                 st.failures = 1;
                 st.retry_at = Some(Instant::now() + restart_delay(2));
             }
         }
         server
+    }
+
+    /// Logs how the start went (once the logger is set up).
+    pub fn log_start(&self) {
+        let st = self.lock();
+        match (&st.conn, &st.start_error) {
+            (Some(conn), _) => tracing::debug!(pid = conn.pid, "fork server running"),
+            (None, Some(e)) => {
+                tracing::warn!(error = %e, "no fork server; workers are started by posix_spawn")
+            }
+            (None, None) => {}
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
