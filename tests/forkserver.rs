@@ -151,15 +151,13 @@ fn reload_picks_up_an_upgraded_binary() {
 
     // …after which new workers (and standbys) run it; the state carries over.
     c.reload().expect("reload");
+    sup.wait_until("the new fork server", WAIT, || {
+        sup.log().contains("new workers start from it")
+    });
     assert_eq!(
         replacement_exe(&sup),
         bin,
         "the worker after the reload runs the old binary"
     );
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(6));
-    assert!(
-        sup.log().contains("new workers start from it"),
-        "{}",
-        sup.log_tail(30)
-    );
 }

@@ -504,6 +504,13 @@ impl Shell {
                 self.standby.fill(&self.spawn_tx);
             }
             ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
+            ShellEvent::ForkServerUpgraded { pid } => {
+                self.standby.renew(&self.spawn_tx);
+                tracing::info!(
+                    fork_server = pid,
+                    "the binary changed on disk: new workers start from it"
+                );
+            }
             ShellEvent::Hangup => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 let result = self.reload(core, now);
@@ -955,15 +962,9 @@ impl Shell {
         }
         self.standby
             .resize(new.supervisor.standby_workers, &self.spawn_tx);
-        // A new binary on disk: workers started from now on run it (standbys forked from
-        // the old one are replaced).
-        match self.forks.pick_up_upgrade() {
-            Ok(Some(_)) => self.standby.renew(&self.spawn_tx),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "the binary changed on disk but cannot be used; workers keep starting from the running one")
-            }
-        }
+        // A new binary on disk: workers started from then on run it (on a spawner: the
+        // exec of a new fork server is not the loop's to wait for).
+        let _ = self.spawn_tx.send(SpawnJob::Upgrade);
         if new.supervisor.busy_poll != self.config.supervisor.busy_poll {
             let micros = worker_spin(new.supervisor.busy_poll);
             for w in &self.workers.0 {

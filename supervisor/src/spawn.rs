@@ -59,6 +59,8 @@ pub enum SpawnJob {
     Standby { epoch: u64 },
     /// Start a new fork server if there is none (the running one was lost).
     ForkServer,
+    /// Start a new fork server from the binary on disk if it changed (reload).
+    Upgrade,
 }
 
 /// Name a standby worker goes by (its process title, its output) until an actor takes it.
@@ -91,12 +93,30 @@ pub fn start_spawners(
                             forks.ensure_running();
                             continue;
                         }
+                        SpawnJob::Upgrade => {
+                            upgrade(&forks, &events);
+                            continue;
+                        }
                     };
                     spawn_one(target, standby_epoch, &events, &output, &forks);
                 }
             })?;
     }
     Ok(())
+}
+
+/// Replaces the fork server if the binary on disk changed; the loop then replaces the
+/// standby workers forked from the old one.
+fn upgrade(forks: &ForkServer, events: &LoopTx) {
+    match forks.pick_up_upgrade() {
+        Ok(Some(pid)) => {
+            let _ = events.send(ShellEvent::ForkServerUpgraded { pid });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "the binary changed on disk but cannot be used; workers keep starting from the running one")
+        }
+    }
 }
 
 /// What a worker is started for: an actor's epoch (with its `Init`), or the standby pool.

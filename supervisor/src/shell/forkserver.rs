@@ -111,6 +111,9 @@ pub enum ForkError {
 /// The supervisor's side: the connection to the current server, restarted as needed.
 pub struct ForkServer {
     state: Mutex<State>,
+    /// Pids of the servers started and not reaped yet. Apart from `state`, which a fork
+    /// holds until its answer comes: the loop's reaping never waits for a fork.
+    servers: Mutex<Vec<u32>>,
     /// The binary the supervisor was started from, as a path on disk (for upgrades).
     exe: Option<PathBuf>,
 }
@@ -122,8 +125,6 @@ struct State {
     retry_at: Option<Instant>,
     /// Identity of the file at `exe` when the running server was started from it.
     exe_id: Option<FileId>,
-    /// Pids of servers this supervisor started and has not seen reaped.
-    pids: Vec<u32>,
     /// Servers lost (or not started) in a row since the last fork that worked.
     failures: u32,
     /// Set when no fork server may be used at all (no subreaper).
@@ -191,6 +192,7 @@ impl ForkServer {
                 ..State::default()
             }),
             exe,
+            servers: Mutex::new(Vec::new()),
         };
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             // Without it a worker forked by the server would be re-parented to init.
@@ -206,11 +208,7 @@ impl ForkServer {
             exec_server(Path::new("/proc/self/exe"))
         };
         match started {
-            Ok(conn) => {
-                let mut st = server.lock();
-                st.pids.push(conn.pid);
-                st.conn = Some(conn);
-            }
+            Ok(conn) => server.adopt(&mut server.lock(), conn),
             Err(e) => {
                 let mut st = server.lock();
                 st.start_error = Some(e.to_string());
@@ -239,6 +237,47 @@ impl ForkServer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn servers(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `conn` the running server.
+    fn adopt(&self, st: &mut State, conn: Conn) {
+        self.servers().push(conn.pid);
+        st.conn = Some(conn);
+        st.retry_at = None;
+    }
+
+    /// The state, with a connection to a server the loop has reaped dropped.
+    fn current(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut st = self.lock();
+        if let Some(pid) = st.conn.as_ref().map(|c| c.pid)
+            && !self.servers().contains(&pid)
+        {
+            drop_conn(&mut st, "it exited".into());
+        }
+        st
+    }
+
+    /// Starts a new server from the running binary, if a retry is due.
+    fn restart(&self, st: &mut State) {
+        if st.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match exec_server(Path::new("/proc/self/exe")) {
+            Ok(conn) => {
+                tracing::info!(pid = conn.pid, "fork server started again");
+                self.adopt(st, conn);
+            }
+            Err(e) => {
+                st.failures += 1;
+                let delay = restart_delay(st.failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot start a new fork server; workers are started by posix_spawn meanwhile");
+                st.retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
     /// Forks a worker through the server: returns its pid. The descriptors are the
     /// worker's stdin (report socket), stdout and stderr; the caller keeps (and closes)
     /// its copies. On an error the caller starts the worker another way.
@@ -248,12 +287,12 @@ impl ForkServer {
         token: &str,
         fds: [BorrowedFd<'_>; 3],
     ) -> Result<u32, ForkError> {
-        let mut st = self.lock();
+        let mut st = self.current();
         if st.disabled {
             return Err(ForkError::Unavailable);
         }
         if st.conn.is_none() {
-            restart(&mut st);
+            self.restart(&mut st);
         }
         let Some(conn) = st.conn.as_ref() else {
             return Err(ForkError::Unavailable);
@@ -293,7 +332,7 @@ impl ForkServer {
         let Some(exe) = self.exe.as_deref() else {
             return Ok(None);
         };
-        let mut st = self.lock();
+        let mut st = self.current();
         if st.disabled {
             return Ok(None);
         }
@@ -303,33 +342,28 @@ impl ForkServer {
         }
         let conn = exec_server(exe)?;
         let pid = conn.pid;
-        st.pids.push(pid);
-        st.conn = Some(conn);
+        self.adopt(&mut st, conn);
         st.exe_id = now_id;
-        st.retry_at = None;
-        tracing::info!(path = %exe.display(), pid, "the binary changed on disk: new workers start from it (new fork server)");
         Ok(Some(pid))
     }
 
     /// Starts a new server now if there is none and a try is due (after the running one
     /// was lost: so the next worker need not wait for it).
     pub fn ensure_running(&self) {
-        let mut st = self.lock();
+        let mut st = self.current();
         if !st.disabled && st.conn.is_none() {
-            restart(&mut st);
+            self.restart(&mut st);
         }
     }
 
-    /// A child was reaped: whether it was one of the fork servers (not a worker).
+    /// A child was reaped: whether it was one of the fork servers (not a worker). Never
+    /// waits for a fork in progress.
     pub fn reaped(&self, pid: u32) -> bool {
-        let mut st = self.lock();
-        let Some(i) = st.pids.iter().position(|&p| p == pid) else {
+        let mut servers = self.servers();
+        let Some(i) = servers.iter().position(|&p| p == pid) else {
             return false;
         };
-        st.pids.swap_remove(i);
-        if st.conn.as_ref().is_some_and(|c| c.pid == pid) {
-            drop_conn(&mut st, "it exited".into());
-        }
+        servers.swap_remove(i);
         true
     }
 }
@@ -340,27 +374,6 @@ fn drop_conn(st: &mut State, why: String) {
         tracing::error!(pid = conn.pid, reason = %why, "fork server lost; workers are started by posix_spawn until a new one runs");
         st.failures += 1;
         st.retry_at = Some(Instant::now() + restart_delay(st.failures));
-    }
-}
-
-/// Starts a new server from the running binary, if a retry is due.
-fn restart(st: &mut State) {
-    if st.retry_at.is_some_and(|t| Instant::now() < t) {
-        return;
-    }
-    match exec_server(Path::new("/proc/self/exe")) {
-        Ok(conn) => {
-            tracing::info!(pid = conn.pid, "fork server started again");
-            st.pids.push(conn.pid);
-            st.conn = Some(conn);
-            st.retry_at = None;
-        }
-        Err(e) => {
-            st.failures += 1;
-            let delay = restart_delay(st.failures);
-            tracing::warn!(error = %e, retry_in = ?delay, "cannot start a new fork server; workers are started by posix_spawn meanwhile");
-            st.retry_at = Some(Instant::now() + delay);
-        }
     }
 }
 

@@ -65,6 +65,10 @@ pub enum ShellEvent {
     StandbyFailed {
         pid: Option<u32>,
     },
+    /// A new fork server runs an upgraded binary: standbys of the old one are replaced.
+    ForkServerUpgraded {
+        pid: u32,
+    },
     Hangup,
 }
 
