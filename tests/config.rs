@@ -60,6 +60,35 @@ const CASES: &[Case] = &[
         marker: "no-such-kind",
         reasons: &["unknown kind", "no-such-kind"],
     },
+    // Values `check` once accepted and `run` then failed on or looped with. A tail
+    // without a table header lands in the [supervisor] table.
+    Case {
+        name: "shutdown_timeout of 0s (every stop exited 1)",
+        tail: "shutdown_timeout = \"0s\"\n",
+        marker: "shutdown_timeout",
+        reasons: &["shutdown_timeout", "\"0s\"", "allowed: at least \"100ms\""],
+    },
+    Case {
+        name: "heartbeat_timeout of 1ns (a kill loop)",
+        tail: "[defaults]\nheartbeat_timeout = \"1ns\"\n",
+        marker: "heartbeat_timeout",
+        reasons: &[
+            "heartbeat_timeout",
+            "allowed: \"0s\" (off) or at least \"100ms\"",
+        ],
+    },
+    Case {
+        name: "sub-nanosecond duration (was silently 0, i.e. off)",
+        tail: "[defaults]\ncheckpoint_interval = \"0.1ns\"\n",
+        marker: "checkpoint_interval",
+        reasons: &["checkpoint_interval", "whole number of nanoseconds"],
+    },
+    Case {
+        name: "socket_mode without owner read and write",
+        tail: "socket_mode = \"0000\"\n",
+        marker: "socket_mode",
+        reasons: &["socket_mode", "allowed: \"0600\" to \"0777\""],
+    },
 ];
 
 fn write_config(dir: &Path, tail: &str) -> (std::path::PathBuf, String) {

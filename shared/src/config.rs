@@ -47,6 +47,15 @@ pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// Default for `[supervisor].shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest accepted `[supervisor].shutdown_timeout`: below it even an idle actor's final
+/// checkpoint does not make it, and every stop exits 1.
+pub const MIN_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
+/// Smallest accepted `startup_timeout`: below it workers are killed before they are
+/// ready, again and again.
+pub const MIN_STARTUP_TIMEOUT: Duration = Duration::from_millis(100);
+/// Smallest accepted `heartbeat_timeout` other than `"0s"` (off): below it a worker
+/// that is merely busy is killed as hung.
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default for `[supervisor].socket_mode`.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// State directory used when neither the file nor `$STATE_DIRECTORY` names one
@@ -66,6 +75,8 @@ pub const MIN_LIMIT_MEMORY: u64 = 16 << 20;
 /// Largest accepted `limit_open_files` (2^20, the usual kernel maximum `nr_open`).
 pub const MAX_LIMIT_OPEN_FILES: u64 = 1 << 20;
 
+/// The bits of `socket_mode` that must be set: the owner's read and write.
+const OWNER_READ_WRITE: u32 = 0o600;
 /// Largest uid or gid accepted (`(uid_t)-1` is not a real id).
 const MAX_UID: i64 = u32::MAX as i64 - 1;
 /// The units a size may have, for messages and docs.
@@ -503,7 +514,8 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "shutdown_timeout",
             dur(DEFAULT_SHUTDOWN_TIMEOUT),
-            "Deadline for a graceful stop (drain, final checkpoints).",
+            "Deadline for a graceful stop (drain, final checkpoints); a stop that runs out of \
+             it kills the remaining workers and exits 1. Allowed: at least \"100ms\".",
         ),
         (
             "supervisor",
@@ -514,7 +526,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
              come back to back waits up to twice this long for the next one, yielding the CPU \
              to any other runnable process meanwhile: lower latency for sync calls at the \
              cost of otherwise idle CPU, none for actors that are slow or idle (\"0s\" = \
-             off; at most 10ms).",
+             off). Allowed: \"0s\" to \"10ms\".",
         ),
         (
             "supervisor",
@@ -534,7 +546,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "socket_mode",
             format!("\"{DEFAULT_SOCKET_MODE:04o}\""),
-            "Permission bits of the control socket, an octal string up to \"0777\".",
+            "Permission bits of the control socket, an octal string: \"0600\" to \"0777\" with \
+             the owner's read and write bits set (without them not even the supervisor's own \
+             user could connect).",
         ),
         (
             "defaults",
@@ -547,7 +561,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "restart_window",
             dur(p.restart_window),
-            "The restart intensity window.",
+            "The restart intensity window. Allowed: at least \"10ms\".",
         ),
         (
             "defaults",
@@ -565,38 +579,42 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "checkpoint_interval",
             dur(p.checkpoint_interval),
-            "Checkpoint after this much time; \"0s\" = never by time.",
+            "Checkpoint after this much time. Allowed: \"0s\" (off) or at least \"10ms\".",
         ),
         (
             "defaults",
             "backoff_initial",
             dur(p.backoff_initial),
-            "First delay after the second quick restart; doubles each time.",
+            "First delay after the second quick restart; doubles each time. Allowed: at least \
+             \"1ms\".",
         ),
         (
             "defaults",
             "backoff_max",
             dur(p.backoff_max),
-            "Cap of the exponential restart backoff (>= backoff_initial).",
+            "Cap of the exponential restart backoff. Allowed: at least \"1ms\", and >= \
+             backoff_initial.",
         ),
         (
             "defaults",
             "min_uptime",
             dur(p.min_uptime),
-            "A worker alive this long resets the backoff.",
+            "A worker alive this long resets the backoff. Allowed: any duration (\"0s\": every \
+             worker that got ready resets it).",
         ),
         (
             "defaults",
             "startup_timeout",
             dur(p.startup_timeout),
-            "A worker that is not ready within this is killed (must be > 0).",
+            "A worker that is not ready within this is killed. Allowed: at least \"100ms\".",
         ),
         (
             "defaults",
             "heartbeat_timeout",
             dur(p.heartbeat_timeout),
             "Hang detection: a worker that neither answers its calls nor a ping within this \
-             (stopped, stuck in a loop) is killed and recovered like a crashed one; \"0s\" = off.",
+             (stopped, stuck in a loop) is killed and recovered like a crashed one. Allowed: \
+             \"0s\" (off) or at least \"100ms\".",
         ),
         (
             "defaults",
@@ -657,7 +675,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "\"<inherited>\"".to_string(),
             "CPU time limit of the actor's code (RLIMIT_CPU), e.g. \"10m\": the total \
              over its life, not per call; the kernel kills it when it is used up and it is \
-             restarted. At least \"1s\"; rounded up to whole seconds.",
+             restarted. Allowed: at least \"1s\"; rounded up to whole seconds.",
         ),
         (
             "actor",
@@ -1141,6 +1159,90 @@ fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// The values a duration key accepts: `"0s"` where it turns the feature off, else
+/// `min` to `max`.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: Duration,
+    max: Option<Duration>,
+    /// `"0s"` is allowed (below `min`) and means off.
+    zero_is_off: bool,
+    /// Why, for the error message.
+    why: &'static str,
+}
+
+impl Bounds {
+    fn contains(&self, d: Duration) -> bool {
+        (self.zero_is_off && d.is_zero()) || (d >= self.min && self.max.is_none_or(|m| d <= m))
+    }
+
+    /// The allowed values in config spelling: `"0s" (off) or at least "100ms"`.
+    fn allowed(&self) -> String {
+        let min = format_duration(self.min);
+        let range = match self.max {
+            Some(max) => format!("{min:?} to {:?}", format_duration(max)),
+            None if self.min.is_zero() => "any duration".to_string(),
+            None => format!("at least {min:?}"),
+        };
+        if self.zero_is_off && !self.min.is_zero() {
+            format!("\"0s\" (off) or {range}")
+        } else {
+            range
+        }
+    }
+}
+
+/// The allowed range of each duration key: below it a value cannot work (a worker
+/// cannot start or answer a ping within a nanosecond, a stop cannot write the final
+/// checkpoints in none) or silently disables something that has no "off".
+fn duration_bounds(key: &str) -> Bounds {
+    let ms = Duration::from_millis;
+    let at_least = |min: Duration, why: &'static str| Bounds {
+        min,
+        max: None,
+        zero_is_off: false,
+        why,
+    };
+    let off_or = |min: Duration, why: &'static str| Bounds {
+        zero_is_off: true,
+        ..at_least(min, why)
+    };
+    match key {
+        "shutdown_timeout" => at_least(
+            MIN_SHUTDOWN_TIMEOUT,
+            "a graceful stop must answer the calls in flight and write every actor's final \
+             checkpoint within it",
+        ),
+        "busy_poll" => Bounds {
+            max: Some(MAX_BUSY_POLL),
+            zero_is_off: true,
+            ..at_least(Duration::ZERO, "it is time spent spinning; \"0s\" = off")
+        },
+        "restart_window" => at_least(
+            ms(10),
+            "max_restarts counts the restarts within it; \"0s\" would never count any",
+        ),
+        "checkpoint_interval" => off_or(ms(10), "each checkpoint saves the whole state"),
+        "backoff_initial" | "backoff_max" => at_least(
+            ms(1),
+            "\"0s\" would restart a crash-looping worker at full speed",
+        ),
+        "startup_timeout" => at_least(
+            MIN_STARTUP_TIMEOUT,
+            "a worker must start and restore its checkpoint within it",
+        ),
+        "heartbeat_timeout" => off_or(
+            MIN_HEARTBEAT_TIMEOUT,
+            "a busy worker must still answer a ping within it",
+        ),
+        "limit_cpu" => at_least(
+            Duration::from_secs(1),
+            "the CPU limit counts whole seconds; remove the key for no limit",
+        ),
+        _ => at_least(Duration::ZERO, ""),
+    }
+}
+
 /// Collects errors while turning the document into a [`Config`].
 struct Checker<'a> {
     text: &'a str,
@@ -1434,20 +1536,11 @@ impl Checker<'_> {
             .and_then(|v| self.duration("[supervisor]", "shutdown_timeout", v))
             .unwrap_or(defaults.shutdown_timeout);
 
-        let mut busy_poll = defaults.busy_poll;
-        if let Some(v) = &raw.busy_poll
-            && let Some(d) = self.duration("[supervisor]", "busy_poll", v)
-        {
-            if d > MAX_BUSY_POLL {
-                self.error_at(
-                    &v.span(),
-                    "[supervisor] busy_poll: at most \"10ms\" (it is time spent spinning)"
-                        .to_string(),
-                );
-            } else {
-                busy_poll = d;
-            }
-        }
+        let busy_poll = raw
+            .busy_poll
+            .as_ref()
+            .and_then(|v| self.duration("[supervisor]", "busy_poll", v))
+            .unwrap_or(defaults.busy_poll);
 
         let mut standby_workers = defaults.standby_workers;
         if let Some(v) = &raw.standby_workers {
@@ -1483,7 +1576,16 @@ impl Checker<'_> {
         if let Some(v) = &raw.socket_mode {
             let text = &v.get_ref().0;
             match parse_mode(text) {
-                Some(mode) => socket_mode = mode,
+                Some(mode) if mode & OWNER_READ_WRITE == OWNER_READ_WRITE => socket_mode = mode,
+                Some(_) => self.error_at(
+                    &v.span(),
+                    format!(
+                        "[supervisor] socket_mode: {text:?} leaves the socket's owner \
+                         without read and write permission, so not even the supervisor's own user \
+                         could connect; allowed: \"0600\" to \"0777\" with the owner's read and \
+                         write bits (6) set, e.g. \"0600\" or \"0660\""
+                    ),
+                ),
                 None => self.error_at(
                     &v.span(),
                     format!(
@@ -1529,16 +1631,25 @@ impl Checker<'_> {
         key: &str,
         value: &Spanned<DurationText>,
     ) -> Option<Duration> {
-        match parse_duration(&value.get_ref().0) {
-            Ok(d) => Some(d),
-            Err(message) => {
-                self.error_at(
-                    &value.span(),
-                    format!("{section} {key}: {message}; e.g. \"250ms\", \"10s\", \"2m\""),
-                );
-                None
+        let text = &value.get_ref().0;
+        let message = match parse_duration(text) {
+            Ok(d) => {
+                let bounds = duration_bounds(key);
+                if bounds.contains(d) {
+                    return Some(d);
+                }
+                format!(
+                    "{section} {key}: {text:?} is out of range; allowed: {} ({})",
+                    bounds.allowed(),
+                    bounds.why
+                )
             }
-        }
+            Err(message) => {
+                format!("{section} {key}: {message}; e.g. \"250ms\", \"10s\", \"2m\"")
+            }
+        };
+        self.error_at(&value.span(), message);
+        None
     }
 
     /// `base` overridden by the keys present in `raw`. Every bad value is reported (and
@@ -1626,20 +1737,6 @@ impl Checker<'_> {
             .and_then(|v| self.durability(section, v))
         {
             p.durability = d;
-        }
-
-        if let Some(v) = raw
-            .startup_timeout
-            .as_ref()
-            .filter(|_| p.startup_timeout.is_zero())
-        {
-            self.error_at(
-                &v.span(),
-                format!(
-                    "{section} startup_timeout: must be greater than 0s (a worker needs time to \
-                     start), e.g. \"10s\""
-                ),
-            );
         }
 
         if p.backoff_max < p.backoff_initial {
@@ -1867,20 +1964,9 @@ impl Checker<'_> {
         if let Some(v) = &raw.limit_cpu
             && let Some(d) = self.duration(section, "limit_cpu", v)
         {
-            if d < Duration::from_secs(1) {
-                self.error_at(
-                    &v.span(),
-                    format!(
-                        "{section} limit_cpu: {} is too small; the CPU limit counts whole seconds, \
-                         at least \"1s\" (remove the key for no limit)",
-                        format_duration(d)
-                    ),
-                );
-            } else {
-                // RLIMIT_CPU counts whole seconds: a remainder rounds up, never down.
-                let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-                limits.cpu_seconds = Some(seconds);
-            }
+            // RLIMIT_CPU counts whole seconds: a remainder rounds up, never down.
+            let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            limits.cpu_seconds = Some(seconds);
         }
         launch
     }
@@ -2454,10 +2540,10 @@ allowed_uids = [0, 65534, 4294967294]
             0o777
         );
         assert_eq!(
-            ok("[supervisor]\nsocket_mode = \"0\"")
+            ok("[supervisor]\nsocket_mode = \"600\"")
                 .supervisor
                 .socket_mode,
-            0
+            0o600
         );
         // Inline-table actors work like [[actor]] sections.
         let c = ok("actor = [{ name = \"x\", kind = \"k\" }, { name = \"y\", kind = \"k\" }]");
@@ -2644,7 +2730,7 @@ allowed_uids = [0, 65534, 4294967294]
         one_error(
             &defaults_with("startup_timeout = \"0s\""),
             2,
-            &["startup_timeout", "greater than 0"],
+            &["startup_timeout", "at least \"100ms\""],
         );
         one_error(
             "[[actor]]\nname = \"a\"\nkind = \"k\"\nstartup_timeout = \"0ms\"",
@@ -2933,6 +3019,182 @@ kind = "counter"
         assert_eq!(position("ab", 99), (1, 3));
         let e = one_error("[[actor]]\nkind = \"é\"\nname = \"é\"", 3, &["\"é\""]);
         assert_eq!(e.column, Some(8));
+    }
+
+    // ----- allowed ranges, paths as `run` uses them, warnings ---------------------------
+
+    /// Asserts that `text` has exactly one error and that, as `check` prints it, it
+    /// starts with `start` (FILE:LINE:COL, the key, the value) and contains `rest`.
+    fn refused(text: &str, start: &str, rest: &[&str]) {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{text:?}: {errs:#?}");
+        let line = errs[0].to_string();
+        assert!(
+            line.starts_with(start),
+            "{line}\n  should start with\n{start}"
+        );
+        for needle in rest {
+            assert!(line.contains(needle), "{line}\n  should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn durations_outside_their_range_are_refused_with_the_range() {
+        // (table lines before the key, key, refused values, accepted values, range)
+        let cases = [
+            (
+                "[supervisor]",
+                "shutdown_timeout",
+                "0s 1ns 99ms",
+                "100ms 10s 1h",
+                "at least \"100ms\"",
+            ),
+            (
+                "[supervisor]",
+                "busy_poll",
+                "11ms 1s",
+                "0s 1us 10ms",
+                "\"0s\" to \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "restart_window",
+                "0s 9ms",
+                "10ms 24h",
+                "at least \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "checkpoint_interval",
+                "1ns 9ms",
+                "0s 10ms 1h",
+                "\"0s\" (off) or at least \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "backoff_initial",
+                "0s 999us",
+                "1ms 10ms",
+                "at least \"1ms\"",
+            ),
+            (
+                "[defaults]\nbackoff_initial = \"1ms\"",
+                "backoff_max",
+                "0s 1ns",
+                "1ms 1h",
+                "at least \"1ms\"",
+            ),
+            (
+                "[defaults]",
+                "startup_timeout",
+                "0s 1ns 99ms",
+                "100ms 1m",
+                "at least \"100ms\"",
+            ),
+            (
+                "[defaults]",
+                "heartbeat_timeout",
+                "1ns 1ms 99ms",
+                "0s 100ms 30s",
+                "\"0s\" (off) or at least \"100ms\"",
+            ),
+            (
+                "[[actor]]\nname = \"a\"\nkind = \"k\"",
+                "heartbeat_timeout",
+                "1ns",
+                "0s 1s",
+                "\"0s\" (off) or at least \"100ms\"",
+            ),
+            (
+                "[defaults]",
+                "limit_cpu",
+                "0s 999ms",
+                "1s 10m",
+                "at least \"1s\"",
+            ),
+        ];
+        for (head, key, bad, good, range) in cases {
+            let section = if head.starts_with("[[actor]]") {
+                "actor \"a\""
+            } else {
+                head.lines().next().unwrap_or_default()
+            };
+            let line = head.lines().count() + 1;
+            let column = key.len() + 4; // `key = "`: the value's opening quote
+            for value in bad.split(' ') {
+                let text = format!("{head}\n{key} = \"{value}\"\n");
+                let start = format!(
+                    "{FILE}:{line}:{column}: {section} {key}: \"{value}\" is out of range; \
+                     allowed: {range} ("
+                );
+                refused(&text, &start, &[]);
+            }
+            for value in good.split(' ') {
+                ok(&format!("{head}\n{key} = \"{value}\"\n"));
+            }
+        }
+        // min_uptime has no bound: "0s" makes any worker that got ready reset the backoff.
+        let c = ok("[defaults]\nmin_uptime = \"0s\"\n");
+        assert_eq!(c.actors.len(), 0);
+    }
+
+    #[test]
+    fn sub_nanosecond_durations_are_refused_not_rounded_to_zero() {
+        for (key, value) in [
+            ("checkpoint_interval", "0.1ns"),
+            ("heartbeat_timeout", "0.5ns"),
+            ("restart_window", "1.0000000001s"),
+        ] {
+            let start = format!(
+                "{FILE}:2:{}: [defaults] {key}: duration \"{value}\" is not a whole number of \
+                 nanoseconds",
+                key.len() + 4
+            );
+            refused(&defaults_with(&format!("{key} = \"{value}\"")), &start, &[]);
+        }
+    }
+
+    #[test]
+    fn socket_modes_without_owner_read_and_write_are_refused() {
+        for bad in ["0000", "0", "0400", "0200", "0500", "0077", "0o177", "0466"] {
+            let text = format!("[supervisor]\nsocket_mode = \"{bad}\"\n");
+            let start = format!(
+                "{FILE}:2:15: [supervisor] socket_mode: \"{bad}\" leaves the socket's owner \
+                 without read and write permission"
+            );
+            refused(&text, &start, &["allowed: \"0600\" to \"0777\""]);
+        }
+        for good in ["0600", "0640", "0660", "0700", "0777", "0o760"] {
+            ok(&format!("[supervisor]\nsocket_mode = \"{good}\"\n"));
+        }
+    }
+
+    #[test]
+    fn the_reference_states_each_duration_range() {
+        let entries = reference();
+        for key in [
+            "shutdown_timeout",
+            "busy_poll",
+            "restart_window",
+            "checkpoint_interval",
+            "backoff_initial",
+            "backoff_max",
+            "min_uptime",
+            "startup_timeout",
+            "heartbeat_timeout",
+            "limit_cpu",
+        ] {
+            let (_, _, default, meaning) = entries.iter().find(|e| e.1 == key).unwrap();
+            let allowed = duration_bounds(key).allowed();
+            assert!(
+                meaning.contains(&allowed),
+                "{key}: {meaning:?} lacks {allowed:?}"
+            );
+            if !default.contains('<') {
+                let d = parse_duration(default.trim_matches('"')).unwrap();
+                assert!(duration_bounds(key).contains(d), "{key}: default {default}");
+            }
+        }
     }
 
     // ----- files -----------------------------------------------------------------------
