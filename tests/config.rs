@@ -204,3 +204,44 @@ fn a_good_config_passes_check() {
         "check must not start anything"
     );
 }
+
+/// Runs `resurgam SUBCOMMAND --config PATH` in `dir`; returns (exit code, stderr).
+fn run_in(dir: &Path, subcommand: &str, config: &Path) -> (Option<i32>, String) {
+    let config = config.to_str().expect("utf-8 path");
+    let mut cmd = resurgam_cmd(&[subcommand, "--config", config]);
+    cmd.current_dir(dir);
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    let stderr = crate::util::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), stderr)
+}
+
+/// Never checkpointing is legal: `check` prints a warning line with its place and still
+/// exits 0, and `run` logs the same warning.
+#[test]
+fn never_checkpointing_is_a_warning_from_check_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tail = "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\n\
+                [[actor]]\nname = \"c\"\nkind = \"counter\"\n";
+    let (path, text) = write_config(dir.path(), tail);
+    let (code, stderr) = run_in(dir.path(), "check", &path);
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let warning = format!(
+        "{}:{}:20: warning: [defaults] checkpoint_every: 0 with checkpoint_interval \"0s\" \
+         never checkpoints the state by itself",
+        path.display(),
+        line_of(&text, "checkpoint_every")
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&warning)),
+        "no line starting with {warning:?} in:\n{stderr}"
+    );
+
+    let sup = crate::util::Supervisor::start(tail);
+    let log = sup.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN")
+                && l.contains("checkpoint_every: 0 with checkpoint_interval")),
+        "no warning in the supervisor log:\n{log}"
+    );
+}

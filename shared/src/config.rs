@@ -288,6 +288,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// The actors, in file order.
     pub actors: Vec<ActorConfig>,
+    /// Legal but risky choices found in the file, in file order (`check` prints them,
+    /// `run` and a reload log them).
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// One problem found in a config file.
@@ -303,8 +306,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    /// `FILE:LINE:COL`, or as much of it as is known.
+    fn write_place(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
@@ -312,11 +316,31 @@ impl fmt::Display for ConfigError {
                 write!(f, ":{column}")?;
             }
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_place(f)?;
         write!(f, ": {}", self.message)
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A legal but risky choice (never checkpointing, calls kept in memory only): placed and
+/// worded like a [`ConfigError`], shown as `FILE:LINE:COL: warning: message`, and never
+/// a reason to refuse the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_place(f)?;
+        write!(f, ": warning: {}", self.0.message)
+    }
+}
 
 /// All problems found (validation collects every error, not only the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,13 +437,17 @@ impl Config {
             text,
             file: path,
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
-        let config = cx.check(env);
+        let mut config = cx.check(env);
+        let by_place = |e: &ConfigError| (e.line.unwrap_or(0), e.column.unwrap_or(0));
         if cx.errors.is_empty() {
+            cx.warnings.sort_by_key(|w| by_place(&w.0));
+            config.warnings = cx.warnings;
             Ok(config)
         } else {
             let mut errors = cx.errors;
-            errors.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
+            errors.sort_by_key(by_place);
             Err(ConfigErrors(errors))
         }
     }
@@ -450,6 +478,7 @@ impl Config {
                 socket_mode: DEFAULT_SOCKET_MODE,
             },
             actors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -502,7 +531,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             format!("{:?}", Durability::Log.as_str()),
             "\"memory\": the call log lives in RAM only; \"log\": in a file in the page cache \
              (survives process crashes); \"fsync\": fsync'd before replies are released \
-             (survives power loss). Actors may override it.",
+             (survives power loss). Actors may override it. \"memory\" is legal but gets a \
+             warning from check and run: calls since the last checkpoint die with the \
+             supervisor.",
         ),
         (
             "supervisor",
@@ -573,7 +604,10 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "checkpoint_every",
             p.checkpoint_every.to_string(),
-            "Checkpoint once this many calls have run since the last one (checked after each batch of calls); 0 = never by count.",
+            "Checkpoint once this many calls have run since the last one (checked after each \
+             batch of calls); 0 = never by count. With checkpoint_interval \"0s\" as well the \
+             state is never checkpointed by itself and its call log grows without bound: legal, \
+             but check and run print a warning.",
         ),
         (
             "defaults",
@@ -620,7 +654,8 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "durability",
             "\"<[supervisor].durability>\"".to_string(),
-            "Per-actor override of [supervisor].durability: \"memory\", \"log\" or \"fsync\".",
+            "Per-actor override of [supervisor].durability: \"memory\" (a warning, as there), \
+             \"log\" or \"fsync\".",
         ),
         (
             "defaults",
@@ -1243,22 +1278,34 @@ fn duration_bounds(key: &str) -> Bounds {
     }
 }
 
-/// Collects errors while turning the document into a [`Config`].
+/// Collects errors and warnings while turning the document into a [`Config`].
 struct Checker<'a> {
     text: &'a str,
     file: &'a Path,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
 }
 
 impl Checker<'_> {
-    fn error_at(&mut self, span: &Range<usize>, message: String) {
-        let (line, column) = position(self.text, span.start);
-        self.errors.push(ConfigError {
+    /// A problem at `span` (`None`: the file as a whole, e.g. a path from the environment).
+    fn placed(&self, span: Option<&Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = span.map(|s| position(self.text, s.start)).unzip();
+        ConfigError {
             file: self.file.to_path_buf(),
-            line: Some(line),
-            column: Some(column),
+            line,
+            column,
             message,
-        });
+        }
+    }
+
+    fn error_at(&mut self, span: &Range<usize>, message: String) {
+        let error = self.placed(Some(span), message);
+        self.errors.push(error);
+    }
+
+    fn warn_at(&mut self, span: &Range<usize>, message: String) {
+        let warning = ConfigWarning(self.placed(Some(span), message));
+        self.warnings.push(warning);
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
@@ -1610,21 +1657,65 @@ impl Checker<'_> {
         }
     }
 
+    /// A durability; `"memory"` is legal but warned about where it is written.
     fn durability(&mut self, section: &str, value: &Spanned<DurabilityText>) -> Option<Durability> {
         let text = &value.get_ref().0;
         let found = Durability::from_name(text);
-        if found.is_none() {
-            self.error_at(
+        match found {
+            None => self.error_at(
                 &value.span(),
                 format!(
                     "{section} durability: unknown value {text:?}; allowed: \"memory\", \"log\", \
                      \"fsync\""
                 ),
-            );
+            ),
+            Some(Durability::Memory) => self.warn_at(
+                &value.span(),
+                format!(
+                    "{section} durability: \"memory\" keeps the call log in the supervisor's \
+                     memory only: if the supervisor itself dies, the calls since each actor's last \
+                     checkpoint are lost, acknowledged ones included (\"log\", the default, keeps \
+                     them on disk)"
+                ),
+            ),
+            Some(_) => {}
         }
         found
     }
 
+    /// Warns when `p` never checkpoints by itself (legal: `resurgam checkpoint` and a
+    /// graceful stop still do), at the key of `raw` that made it so; a table that sets
+    /// neither key inherited the choice and was warned about where it was made.
+    fn never_checkpointing(&mut self, section: &str, p: &Policy, raw: &RawDefaults) {
+        if p.checkpoint_every != 0 || !p.checkpoint_interval.is_zero() {
+            return;
+        }
+        let place = match (&raw.checkpoint_every, &raw.checkpoint_interval) {
+            (Some(v), _) => Some((
+                v.span(),
+                "checkpoint_every: 0 with checkpoint_interval \"0s\"",
+            )),
+            (None, Some(v)) => Some((
+                v.span(),
+                "checkpoint_interval: \"0s\" with checkpoint_every 0",
+            )),
+            (None, None) => None,
+        };
+        if let Some((span, what)) = place {
+            self.warn_at(
+                &span,
+                format!(
+                    "{section} {what} never checkpoints the state by itself: the call log grows \
+                     without bound and a restart replays every call since the last checkpoint \
+                     (only `resurgam checkpoint` and a graceful stop make one); set \
+                     checkpoint_every (e.g. 1000) or checkpoint_interval (e.g. \"1s\")"
+                ),
+            );
+        }
+    }
+
+    /// A duration within the bounds of `key` ([`duration_bounds`]); anything else is
+    /// reported with the allowed range.
     fn duration(
         &mut self,
         section: &str,
@@ -1738,6 +1829,8 @@ impl Checker<'_> {
         {
             p.durability = d;
         }
+
+        self.never_checkpointing(section, &p, raw);
 
         if p.backoff_max < p.backoff_initial {
             // Point at the key this table sets (backoff_max first); when it sets
@@ -3167,6 +3260,87 @@ kind = "counter"
         for good in ["0600", "0640", "0660", "0700", "0777", "0o760"] {
             ok(&format!("[supervisor]\nsocket_mode = \"{good}\"\n"));
         }
+    }
+
+    #[test]
+    fn never_checkpointing_is_a_warning_at_the_key_that_chose_it() {
+        let c = ok("[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n");
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        let w = c.warnings[0].to_string();
+        assert!(
+            w.starts_with(&format!(
+                "{FILE}:2:20: warning: [defaults] checkpoint_every: 0 with checkpoint_interval \
+                 \"0s\" never checkpoints the state by itself: the call log grows without bound"
+            )),
+            "{w}"
+        );
+        // Inherited by actors: not repeated for each; an actor that chooses it itself (here
+        // by its interval, the count being inherited) is warned about at its own key.
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\n\n[[actor]]\nname = \"a\"\nkind = \"k\"\n\
+                    checkpoint_interval = \"0s\"\n\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        assert!(
+            c.warnings[0].to_string().starts_with(&format!(
+                "{FILE}:7:23: warning: actor \"a\" checkpoint_interval: \"0s\" with \
+                 checkpoint_every 0 never checkpoints"
+            )),
+            "{}",
+            c.warnings[0]
+        );
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\
+                    [[actor]]\nname = \"a\"\nkind = \"k\"\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        // Either key alone still checkpoints: no warning.
+        for text in [
+            "[defaults]\ncheckpoint_every = 0\n",
+            "[defaults]\ncheckpoint_interval = \"0s\"\n",
+            FULL_EXAMPLE,
+            "",
+        ] {
+            assert!(ok(text).warnings.is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn memory_durability_is_a_warning_where_it_is_written() {
+        let c = ok(
+            "[supervisor]\ndurability = \"memory\"\n\n[[actor]]\nname = \"a\"\n\
+                    kind = \"k\"\ndurability = \"memory\"\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        let lines: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "{FILE}:2:14: warning: [supervisor] durability: \"memory\" keeps the call log in \
+                 the supervisor's memory only"
+            )),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{FILE}:7:14: warning: actor \"a\" durability: \"memory\""
+            )),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(c.actor("b").unwrap().policy.durability, Durability::Memory);
+        // Warnings come in file order and never make a file invalid; errors drop them.
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\
+                    [supervisor]\ndurability = \"memory\"\n",
+        );
+        let places: Vec<_> = c.warnings.iter().map(|w| w.0.line).collect();
+        assert_eq!(places, [Some(2), Some(5)]);
+        one_error(
+            "[supervisor]\ndurability = \"memory\"\nshutdown_timeout = \"0s\"\n",
+            3,
+            &["shutdown_timeout"],
+        );
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn main(registry: Registry) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            logging::config_warnings(&config);
             match crate::run::run(config, &registry, forks) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -143,6 +144,9 @@ pub fn main(registry: Registry) -> ExitCode {
         }
         Command::Check { config } => match load(Some(&config), &registry) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{w}");
+                }
                 println!(
                     "{}: OK ({} actors; socket {})",
                     config.display(),
