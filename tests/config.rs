@@ -1,5 +1,7 @@
-//! Bad configs are refused by `check` and `run` with exit code 2 and `FILE:LINE...: reason`
-//! lines on stderr; a good config passes `check`.
+//! Bad configs are refused by `check` and `run` alike with exit code 2 and
+//! `FILE:LINE...: reason` lines on stderr (values out of range, paths `run` would fail on
+//! or destroy data with); a good config passes `check`, and a risky but legal one passes
+//! with a `FILE:LINE:COL: warning: reason` line that `run` logs too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -213,6 +215,79 @@ fn run_in(dir: &Path, subcommand: &str, config: &Path) -> (Option<i32>, String) 
     let out = run_with_timeout(cmd, Duration::from_secs(20));
     let stderr = crate::util::strip_ansi(&String::from_utf8_lossy(&out.stderr));
     (out.status.code(), stderr)
+}
+
+/// The socket path named an actor's checkpoint: `run` used to bind there (deleting the
+/// file) and remove the socket at exit. Now `check` and `run` refuse it at its line and
+/// column, relative paths resolved against the config file's directory, and the
+/// checkpoint is still there.
+#[test]
+fn a_socket_on_a_checkpoint_is_refused_and_the_checkpoint_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let checkpoint = state.join("a.checkpoint");
+    std::fs::write(&checkpoint, b"precious").expect("write checkpoint");
+    let path = dir.path().join("resurgam.toml");
+    std::fs::write(
+        &path,
+        "[supervisor]\nstate_dir = \"state\"\nsocket = \"state/a.checkpoint\"\n\n\
+         [[actor]]\nname = \"a\"\nkind = \"counter\"\n",
+    )
+    .expect("write config");
+    let prefix = format!("{}:3:10: [supervisor] socket: ", path.display());
+    for subcommand in ["check", "run"] {
+        // From another working directory: the paths are the config file's.
+        let (code, stderr) = run_in(&std::env::temp_dir(), subcommand, &path);
+        assert_eq!(code, Some(2), "`{subcommand}`: stderr:\n{stderr}");
+        let line = stderr.lines().find(|l| l.starts_with(&prefix));
+        let line = line.unwrap_or_else(|| panic!("`{subcommand}`: no {prefix:?} in:\n{stderr}"));
+        assert!(
+            line.contains("where `run` keeps an actor's checkpoint"),
+            "{line}"
+        );
+        assert_eq!(
+            std::fs::read(&checkpoint).expect("checkpoint still there"),
+            b"precious",
+            "`{subcommand}` touched the checkpoint"
+        );
+    }
+}
+
+/// A state directory that is an existing file, and a socket path that is a directory:
+/// `run` failed on both after `check` passed them.
+#[test]
+fn directories_and_sockets_in_the_way_are_refused_by_check_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("not-a-dir"), b"").expect("write");
+    std::fs::create_dir(dir.path().join("a-dir")).expect("mkdir");
+    for (supervisor, line, wrong) in [
+        (
+            "state_dir = \"not-a-dir\"\nruntime_dir = \"run\"\nsocket = \"ctl.sock\"",
+            2,
+            "[supervisor] state_dir: ",
+        ),
+        (
+            "state_dir = \"state\"\nsocket = \"a-dir\"",
+            3,
+            "[supervisor] socket: ",
+        ),
+    ] {
+        let path = dir.path().join("resurgam.toml");
+        std::fs::write(&path, format!("[supervisor]\n{supervisor}\n")).expect("write config");
+        for subcommand in ["check", "run"] {
+            let (code, stderr) = run_in(dir.path(), subcommand, &path);
+            assert_eq!(code, Some(2), "`{subcommand}`: stderr:\n{stderr}");
+            let prefix = format!("{}:{line}:", path.display());
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains(wrong)),
+                "`{subcommand}`: no {prefix:?}…{wrong:?} line in:\n{stderr}"
+            );
+        }
+        assert!(!dir.path().join("ctl.sock").exists());
+    }
 }
 
 /// Never checkpointing is legal: `check` prints a warning line with its place and still

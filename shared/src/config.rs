@@ -31,6 +31,9 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::duration::{format_duration, parse_duration};
 
+mod paths;
+pub use paths::{DISK_COPY_SUFFIX, LOCK_FILE, LOG_DIR_SUFFIX, MAX_SOCKET_PATH_BYTES, MMAP_SUFFIX};
+
 /// Default for `[supervisor].max_request_bytes` (1 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Smallest accepted `[supervisor].max_request_bytes`.
@@ -508,22 +511,27 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "state_dir",
             format!("{DEFAULT_STATE_DIR:?}"),
-            "Directory for checkpoints and call logs. Default: $STATE_DIRECTORY (first entry) \
-             if set, else ./resurgam-state in the working directory. A relative path in the \
-             file is relative to the config file's directory.",
+            "Directory for checkpoints and call logs; created by run, so it must be a directory \
+             or not exist yet. Default: $STATE_DIRECTORY (first entry) if set, else \
+             ./resurgam-state in the working directory. A relative path in the file is \
+             relative to the config file's directory.",
         ),
         (
             "supervisor",
             "runtime_dir",
             "\"<state_dir>/run\"".to_string(),
-            "Directory for runtime files. Default: $RUNTIME_DIRECTORY (first entry) if set, \
+            "Directory for runtime files (the memory-mapped checkpoints); like state_dir, a \
+             directory or not there yet. Default: $RUNTIME_DIRECTORY (first entry) if set, \
              else <state_dir>/run.",
         ),
         (
             "supervisor",
             "socket",
             "\"<runtime_dir>/control.sock\"".to_string(),
-            "Path of the control socket (newline-delimited JSON).",
+            "Path of the control socket (newline-delimited JSON): at most 107 bytes (the \
+             AF_UNIX limit), not a directory nor an existing file other than a socket, and not \
+             where run keeps something of its own (the config file, state_dir, runtime_dir, \
+             the lock, an actor's checkpoint or call log).",
         ),
         (
             "supervisor",
@@ -1536,22 +1544,52 @@ impl Checker<'_> {
     ) -> SupervisorConfig {
         let defaults = Config::embedded_defaults(env).supervisor;
 
-        let state_dir = raw
-            .state_dir
-            .as_ref()
-            .and_then(|v| self.path_value("state_dir", v, dir))
-            .unwrap_or(defaults.state_dir);
-        let runtime_dir = raw
-            .runtime_dir
-            .as_ref()
-            .and_then(|v| self.path_value("runtime_dir", v, dir))
-            .or_else(|| env.runtime_directory.clone())
-            .unwrap_or_else(|| state_dir.join("run"));
-        let socket = raw
-            .socket
-            .as_ref()
-            .and_then(|v| self.path_value("socket", v, dir))
-            .unwrap_or_else(|| runtime_dir.join("control.sock"));
+        // Each path with the span it comes from (its own value's, or that of the key it
+        // defaults from) and, when not set by its own key, how it was set.
+        let errors_before = self.errors.len();
+        let mut own = |key, value: &Option<Spanned<PathText>>| {
+            let value = value.as_ref()?;
+            let path = self.path_value(key, value, dir)?;
+            Some((path, Some(value.span()), None))
+        };
+        let (state_dir, state_span, state_origin) = own("state_dir", &raw.state_dir)
+            .unwrap_or_else(|| {
+                let origin = match env.state_directory {
+                    Some(_) => "from $STATE_DIRECTORY",
+                    None => "by default ./resurgam-state",
+                };
+                (defaults.state_dir, None, Some(origin))
+            });
+        let (runtime_dir, runtime_span, runtime_origin) = own("runtime_dir", &raw.runtime_dir)
+            .unwrap_or_else(|| match &env.runtime_directory {
+                Some(d) => (d.clone(), None, Some("from $RUNTIME_DIRECTORY")),
+                None => (
+                    state_dir.join("run"),
+                    state_span.clone(),
+                    Some("by default <state_dir>/run"),
+                ),
+            });
+        let (socket, socket_span, socket_origin) =
+            own("socket", &raw.socket).unwrap_or_else(|| {
+                (
+                    runtime_dir.join("control.sock"),
+                    runtime_span.clone(),
+                    Some("by default <runtime_dir>/control.sock"),
+                )
+            });
+        if self.errors.len() == errors_before {
+            let setting = |key, path, span, origin| paths::Setting {
+                key,
+                path,
+                span,
+                origin,
+            };
+            self.supervisor_paths(
+                &setting("state_dir", &state_dir, state_span, state_origin),
+                &setting("runtime_dir", &runtime_dir, runtime_span, runtime_origin),
+                &setting("socket", &socket, socket_span, socket_origin),
+            );
+        }
 
         let durability = raw
             .durability
@@ -3260,6 +3298,196 @@ kind = "counter"
         for good in ["0600", "0640", "0660", "0700", "0777", "0o760"] {
             ok(&format!("[supervisor]\nsocket_mode = \"{good}\"\n"));
         }
+    }
+
+    #[test]
+    fn socket_paths_longer_than_af_unix_allows_are_refused() {
+        // 107 bytes fit sun_path with its NUL; 108 do not.
+        let fits = format!("/{}", "s".repeat(MAX_SOCKET_PATH_BYTES - 1));
+        let c = ok(&format!("[supervisor]\nsocket = \"{fits}\"\n"));
+        assert_eq!(c.supervisor.socket.as_os_str().len(), 107);
+        let long = format!("/{}", "s".repeat(MAX_SOCKET_PATH_BYTES));
+        refused(
+            &format!("[supervisor]\nsocket = \"{long}\"\n"),
+            &format!(
+                "{FILE}:2:10: [supervisor] socket: {long} is 108 bytes long; allowed: at most \
+                 107 bytes"
+            ),
+            &[],
+        );
+        // The default socket of a long state_dir: reported at state_dir, saying why.
+        let dir = format!("/nx/{}", "d".repeat(90));
+        refused(
+            &format!("[supervisor]\nstate_dir = \"{dir}\"\n"),
+            &format!(
+                "{FILE}:2:13: [supervisor] socket (by default <runtime_dir>/control.sock): \
+                 {dir}/run/control.sock is 111 bytes long; allowed: at most 107 bytes"
+            ),
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_socket_where_run_keeps_its_own_files_is_refused() {
+        let head = "[supervisor]\nstate_dir = \"/nx/state\"\n";
+        let instead = "e.g. /nx/state/run/control.sock";
+        let replaces = "binding the socket there would replace it and delete it at exit";
+        for (socket, what) in [
+            ("/nx/state/a.checkpoint", "an actor's checkpoint"),
+            ("/nx/state/a.checkpoint.tmp", "an actor's checkpoint"),
+            ("/nx/state/./x/../a.checkpoint", "an actor's checkpoint"),
+            ("/nx/state/.resurgam.lock", "the lock"),
+            ("/nx/state/bank.log", "an actor's call log"),
+            (
+                "/nx/state/run/a.ckpt",
+                "an actor's memory-mapped checkpoint",
+            ),
+            (
+                "/nx/state/run/a.ckpt.new",
+                "an actor's memory-mapped checkpoint",
+            ),
+        ] {
+            let start =
+                format!("{FILE}:3:10: [supervisor] socket: {socket} is where `run` keeps {what}");
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                &start,
+                &[replaces, instead],
+            );
+        }
+        refused(
+            &format!("{head}socket = \"/nx/state/bank.log/s.sock\"\n"),
+            "/etc/resurgam/resurgam.toml:3:10: [supervisor] socket: /nx/state/bank.log/s.sock \
+             is inside /nx/state/bank.log, where `run` keeps an actor's call log",
+            &[instead],
+        );
+        for (socket, relation, key) in [
+            ("/nx/state", "is", "state_dir"),
+            ("/nx", "contains", "state_dir"),
+            ("/nx/state/run", "is", "runtime_dir"),
+        ] {
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                &format!(
+                    "{FILE}:3:10: [supervisor] socket: {socket} {relation} the directory `run` \
+                     creates for {key}"
+                ),
+                &[instead],
+            );
+        }
+        // The config file itself, however it is spelled.
+        for socket in ["resurgam.toml", "/etc/resurgam/../resurgam/resurgam.toml"] {
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                "/etc/resurgam/resurgam.toml:3:10: [supervisor] socket: ",
+                &["is this config file"],
+            );
+        }
+        // Names that only look alike are fine.
+        for socket in [
+            "/nx/state/control.sock",
+            "/nx/state/a.checkpointer",
+            "/nx/state/not an actor.checkpoint",
+            "/nx/state/run/x.sock",
+            "/nx/elsewhere/a.checkpoint",
+        ] {
+            ok(&format!("{head}socket = \"{socket}\"\n"));
+        }
+        // A runtime_dir where the state directory keeps a call log: reported once, at
+        // runtime_dir (the default socket inside it is not reported again).
+        refused(
+            &format!("{head}runtime_dir = \"/nx/state/a.log\"\n"),
+            "/etc/resurgam/resurgam.toml:3:15: [supervisor] runtime_dir: /nx/state/a.log is \
+             where `run` keeps an actor's call log; choose a directory of its own",
+            &[],
+        );
+        refused(
+            "[supervisor]\nruntime_dir = \"/nx/run\"\nstate_dir = \"/nx/run/a.ckpt\"\n",
+            "/etc/resurgam/resurgam.toml:3:13: [supervisor] state_dir: /nx/run/a.ckpt is where \
+             `run` keeps an actor's memory-mapped checkpoint",
+            &[],
+        );
+        // One directory for both is fine.
+        ok("[supervisor]\nstate_dir = \"/nx/s\"\nruntime_dir = \"/nx/s\"\n");
+    }
+
+    #[test]
+    fn paths_are_checked_against_the_file_system_as_run_will_use_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        let parse_here = |text: &str| Config::parse(text, &file, &Environment::default());
+        let one = |text: &str| -> String {
+            let errs = parse_here(text).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{text:?}: {errs:#?}");
+            errs[0].to_string()
+        };
+        let d = dir.path().display();
+        let f = file.display();
+        std::fs::write(dir.path().join("a-file"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("a-dir")).unwrap();
+
+        // Relative paths are resolved against the config file's directory, as `run` does.
+        assert_eq!(
+            one("[supervisor]\nstate_dir = \"a-file\"\n"),
+            format!("{f}:2:13: [supervisor] state_dir: {d}/a-file exists and is not a directory")
+        );
+        assert_eq!(
+            one("[supervisor]\nruntime_dir = \"a-file/run\"\n"),
+            format!(
+                "{f}:2:15: [supervisor] runtime_dir: {d}/a-file/run cannot be created: \
+                 {d}/a-file is not a directory"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-dir\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-dir is a directory; the socket needs a \
+                 path of its own, e.g. {d}/a-dir/control.sock"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-file\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-file exists and is not a socket; `run` \
+                 never replaces such a file (remove it or choose another path)"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-file/s.sock\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-file/s.sock cannot be created: \
+                 {d}/a-file is not a directory"
+            )
+        );
+        // A file in the way of state_dir blocks the default runtime_dir and socket too:
+        // one error, at state_dir.
+        let errs = parse_here("[supervisor]\nstate_dir = \"a-file/s\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].message.contains("state_dir"), "{}", errs[0]);
+        // A directory from the environment has no line: the file is named all the same.
+        let env = Environment {
+            state_directory: Some(dir.path().join("a-file")),
+            runtime_directory: None,
+        };
+        let errs = Config::parse("", &file, &env).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(
+            errs[0].to_string(),
+            format!(
+                "{f}: [supervisor] state_dir (from $STATE_DIRECTORY): {d}/a-file exists and is \
+                 not a directory"
+            )
+        );
+        // An existing socket (a stale one, or the live supervisor's at a reload) is fine,
+        // and so are directories that exist or do not exist yet.
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("ctl.sock")).unwrap();
+        parse_here(
+            "[supervisor]\nstate_dir = \"a-dir\"\nruntime_dir = \"new/run\"\nsocket = \"ctl.sock\"\n",
+        )
+        .unwrap();
     }
 
     #[test]
