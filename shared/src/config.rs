@@ -190,8 +190,8 @@ pub struct ActorConfig {
     pub kind_line: usize,
     /// 1-based line of the `command` value (kind [`EXEC_KIND`] only).
     pub command_line: Option<usize>,
-    /// 1-based line of the `cwd` value, when the actor sets one.
-    pub cwd_line: Option<usize>,
+    /// Where the `cwd` value is (1-based line and column), when the actor sets one.
+    pub cwd_at: Option<Located<()>>,
 }
 
 /// How an actor's worker process is started; a change of any of it needs a new worker
@@ -753,8 +753,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "actor",
             "cwd",
             "\"<the config file's directory>\"".to_string(),
-            "kind \"exec\" only: the program's working directory; a relative path is \
-             relative to the config file's directory.",
+            "kind \"exec\" only: the program's working directory, which must exist (check \
+             and run refuse one that does not); a relative path is relative to the config \
+             file's directory.",
         ),
     ]
 }
@@ -2007,7 +2008,7 @@ impl Checker<'_> {
             index: &index,
             dropped: &dropped,
         };
-        let (command_line, cwd_line) = self.exec(&exec, raw_exec, config_dir, &mut launch);
+        let (command_line, cwd_at) = self.exec(&exec, raw_exec, config_dir, &mut launch);
         ok.then_some(ActorConfig {
             name,
             kind,
@@ -2016,7 +2017,7 @@ impl Checker<'_> {
             line,
             kind_line,
             command_line,
-            cwd_line,
+            cwd_at,
         })
     }
 
@@ -2164,14 +2165,14 @@ impl Checker<'_> {
     }
 
     /// Checks `command`, `env` and `cwd` against the actor's kind and fills them into
-    /// `launch`. Returns the lines of `command` and `cwd`.
+    /// `launch`. Returns the line of `command` and the place of `cwd`.
     fn exec(
         &mut self,
         exec: &Exec<'_>,
         raw: RawExec,
         config_dir: &Path,
         launch: &mut Launch,
-    ) -> (Option<usize>, Option<usize>) {
+    ) -> (Option<usize>, Option<Located<()>>) {
         let label = exec.label;
         let is_exec = match exec.kind {
             Some(EXEC_KIND) => true,
@@ -2220,10 +2221,15 @@ impl Checker<'_> {
         if let Some(v) = raw.env {
             launch.env = self.env(label, v.into_inner());
         }
-        let mut cwd_line = None;
+        let mut cwd_at = None;
         if let Some(v) = raw.cwd {
             let span = v.span();
-            cwd_line = Some(self.line_of(&span));
+            let (line, column) = position(self.text, span.start);
+            cwd_at = Some(Located {
+                value: (),
+                line,
+                column,
+            });
             let text = &v.get_ref().0;
             if text.is_empty() {
                 self.error_at(
@@ -2242,7 +2248,7 @@ impl Checker<'_> {
                 launch.cwd = Some(resolve(config_dir, text));
             }
         }
-        (command_line, cwd_line)
+        (command_line, cwd_at)
     }
 
     /// The argv of `command`, or `None` when anything in it is wrong (each reported).
@@ -3694,7 +3700,11 @@ kind = "counter"
             },
         };
         assert_eq!(bank.launch, expected);
-        assert_eq!((bank.command_line, bank.cwd_line), (Some(9), Some(11)));
+        assert_eq!(bank.command_line, Some(9));
+        assert_eq!(
+            bank.cwd_at.as_ref().map(|l| (l.line, l.column)),
+            Some((11, 7))
+        );
         assert_eq!(bank.policy, Policy::default(), "launch keys are not policy");
 
         // A built-in kind inherits user and limits but runs no command.
@@ -3710,7 +3720,7 @@ kind = "counter"
                 ..Launch::default()
             }
         );
-        assert_eq!((counter.command_line, counter.cwd_line), (None, None));
+        assert_eq!((counter.command_line, &counter.cwd_at), (None, &None));
 
         // Without launch keys, nothing is set: everything is inherited from the supervisor.
         let plain = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\n");
