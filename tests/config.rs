@@ -320,3 +320,20 @@ fn never_checkpointing_is_a_warning_from_check_and_run() {
         "no warning in the supervisor log:\n{log}"
     );
 }
+
+/// `run` without `--config` used to serve zero actors (nothing to reload either); it is a
+/// usage error now.
+#[test]
+fn run_needs_a_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = resurgam_cmd(&["run"]);
+    cmd.current_dir(dir.path());
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("--config"), "stderr:\n{stderr}");
+    assert!(
+        !dir.path().join("resurgam-state").exists(),
+        "`run` without a config created a state directory"
+    );
+}
