@@ -1,5 +1,7 @@
-//! Bad configs are refused by `check` and `run` with exit code 2 and `FILE:LINE...: reason`
-//! lines on stderr; a good config passes `check`.
+//! Bad configs are refused by `check` and `run` alike with exit code 2 and
+//! `FILE:LINE...: reason` lines on stderr (values out of range, paths `run` would fail on
+//! or destroy data with); a good config passes `check`, and a risky but legal one passes
+//! with a `FILE:LINE:COL: warning: reason` line that `run` logs too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,6 +61,35 @@ const CASES: &[Case] = &[
         tail: "[[actor]]\nname = \"a\"\nkind = \"no-such-kind\"\n",
         marker: "no-such-kind",
         reasons: &["unknown kind", "no-such-kind"],
+    },
+    // Values `check` once accepted and `run` then failed on or looped with. A tail
+    // without a table header lands in the [supervisor] table.
+    Case {
+        name: "shutdown_timeout of 0s (every stop exited 1)",
+        tail: "shutdown_timeout = \"0s\"\n",
+        marker: "shutdown_timeout",
+        reasons: &["shutdown_timeout", "\"0s\"", "allowed: at least \"100ms\""],
+    },
+    Case {
+        name: "heartbeat_timeout of 1ns (a kill loop)",
+        tail: "[defaults]\nheartbeat_timeout = \"1ns\"\n",
+        marker: "heartbeat_timeout",
+        reasons: &[
+            "heartbeat_timeout",
+            "allowed: \"0s\" (off) or at least \"100ms\"",
+        ],
+    },
+    Case {
+        name: "sub-nanosecond duration (was silently 0, i.e. off)",
+        tail: "[defaults]\ncheckpoint_interval = \"0.1ns\"\n",
+        marker: "checkpoint_interval",
+        reasons: &["checkpoint_interval", "whole number of nanoseconds"],
+    },
+    Case {
+        name: "socket_mode without owner read and write",
+        tail: "socket_mode = \"0000\"\n",
+        marker: "socket_mode",
+        reasons: &["socket_mode", "allowed: \"0600\" to \"0777\""],
     },
 ];
 
@@ -173,5 +204,136 @@ fn a_good_config_passes_check() {
     assert!(
         !dir.path().join("ctl.sock").exists(),
         "check must not start anything"
+    );
+}
+
+/// Runs `resurgam SUBCOMMAND --config PATH` in `dir`; returns (exit code, stderr).
+fn run_in(dir: &Path, subcommand: &str, config: &Path) -> (Option<i32>, String) {
+    let config = config.to_str().expect("utf-8 path");
+    let mut cmd = resurgam_cmd(&[subcommand, "--config", config]);
+    cmd.current_dir(dir);
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    let stderr = crate::util::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), stderr)
+}
+
+/// The socket path named an actor's checkpoint: `run` used to bind there (deleting the
+/// file) and remove the socket at exit. Now `check` and `run` refuse it at its line and
+/// column, relative paths resolved against the config file's directory, and the
+/// checkpoint is still there.
+#[test]
+fn a_socket_on_a_checkpoint_is_refused_and_the_checkpoint_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let checkpoint = state.join("a.checkpoint");
+    std::fs::write(&checkpoint, b"precious").expect("write checkpoint");
+    let path = dir.path().join("resurgam.toml");
+    std::fs::write(
+        &path,
+        "[supervisor]\nstate_dir = \"state\"\nsocket = \"state/a.checkpoint\"\n\n\
+         [[actor]]\nname = \"a\"\nkind = \"counter\"\n",
+    )
+    .expect("write config");
+    let prefix = format!("{}:3:10: [supervisor] socket: ", path.display());
+    for subcommand in ["check", "run"] {
+        // From another working directory: the paths are the config file's.
+        let (code, stderr) = run_in(&std::env::temp_dir(), subcommand, &path);
+        assert_eq!(code, Some(2), "`{subcommand}`: stderr:\n{stderr}");
+        let line = stderr.lines().find(|l| l.starts_with(&prefix));
+        let line = line.unwrap_or_else(|| panic!("`{subcommand}`: no {prefix:?} in:\n{stderr}"));
+        assert!(
+            line.contains("where `run` keeps an actor's checkpoint"),
+            "{line}"
+        );
+        assert_eq!(
+            std::fs::read(&checkpoint).expect("checkpoint still there"),
+            b"precious",
+            "`{subcommand}` touched the checkpoint"
+        );
+    }
+}
+
+/// A state directory that is an existing file, and a socket path that is a directory:
+/// `run` failed on both after `check` passed them.
+#[test]
+fn directories_and_sockets_in_the_way_are_refused_by_check_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("not-a-dir"), b"").expect("write");
+    std::fs::create_dir(dir.path().join("a-dir")).expect("mkdir");
+    for (supervisor, line, wrong) in [
+        (
+            "state_dir = \"not-a-dir\"\nruntime_dir = \"run\"\nsocket = \"ctl.sock\"",
+            2,
+            "[supervisor] state_dir: ",
+        ),
+        (
+            "state_dir = \"state\"\nsocket = \"a-dir\"",
+            3,
+            "[supervisor] socket: ",
+        ),
+    ] {
+        let path = dir.path().join("resurgam.toml");
+        std::fs::write(&path, format!("[supervisor]\n{supervisor}\n")).expect("write config");
+        for subcommand in ["check", "run"] {
+            let (code, stderr) = run_in(dir.path(), subcommand, &path);
+            assert_eq!(code, Some(2), "`{subcommand}`: stderr:\n{stderr}");
+            let prefix = format!("{}:{line}:", path.display());
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains(wrong)),
+                "`{subcommand}`: no {prefix:?}…{wrong:?} line in:\n{stderr}"
+            );
+        }
+        assert!(!dir.path().join("ctl.sock").exists());
+    }
+}
+
+/// Never checkpointing is legal: `check` prints a warning line with its place and still
+/// exits 0, and `run` logs the same warning.
+#[test]
+fn never_checkpointing_is_a_warning_from_check_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tail = "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\n\
+                [[actor]]\nname = \"c\"\nkind = \"counter\"\n";
+    let (path, text) = write_config(dir.path(), tail);
+    let (code, stderr) = run_in(dir.path(), "check", &path);
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let warning = format!(
+        "{}:{}:20: warning: [defaults] checkpoint_every: 0 with checkpoint_interval \"0s\" \
+         never checkpoints the state by itself",
+        path.display(),
+        line_of(&text, "checkpoint_every")
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&warning)),
+        "no line starting with {warning:?} in:\n{stderr}"
+    );
+
+    let sup = crate::util::Supervisor::start(tail);
+    let log = sup.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN")
+                && l.contains("checkpoint_every: 0 with checkpoint_interval")),
+        "no warning in the supervisor log:\n{log}"
+    );
+}
+
+/// `run` without `--config` used to serve zero actors (nothing to reload either); it is a
+/// usage error now.
+#[test]
+fn run_needs_a_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = resurgam_cmd(&["run"]);
+    cmd.current_dir(dir.path());
+    let out = run_with_timeout(cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("--config"), "stderr:\n{stderr}");
+    assert!(
+        !dir.path().join("resurgam-state").exists(),
+        "`run` without a config created a state directory"
     );
 }

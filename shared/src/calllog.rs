@@ -161,7 +161,7 @@ fn decode_one(b: &[u8]) -> Result<(LogRecord, usize), String> {
 
 /// The directory of an actor's log.
 pub fn log_dir(state_dir: &Path, actor: &str) -> PathBuf {
-    state_dir.join(format!("{actor}.log"))
+    state_dir.join(format!("{actor}{}", crate::config::LOG_DIR_SUFFIX))
 }
 
 /// The file name of the segment whose first record has `first_seq`.

@@ -31,6 +31,9 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::duration::{format_duration, parse_duration};
 
+mod paths;
+pub use paths::{DISK_COPY_SUFFIX, LOCK_FILE, LOG_DIR_SUFFIX, MAX_SOCKET_PATH_BYTES, MMAP_SUFFIX};
+
 /// Default for `[supervisor].max_request_bytes` (1 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Smallest accepted `[supervisor].max_request_bytes`.
@@ -47,6 +50,15 @@ pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// Default for `[supervisor].shutdown_timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Smallest accepted `[supervisor].shutdown_timeout`: below it even an idle actor's final
+/// checkpoint does not make it, and every stop exits 1.
+pub const MIN_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
+/// Smallest accepted `startup_timeout`: below it workers are killed before they are
+/// ready, again and again.
+pub const MIN_STARTUP_TIMEOUT: Duration = Duration::from_millis(100);
+/// Smallest accepted `heartbeat_timeout` other than `"0s"` (off): below it a worker
+/// that is merely busy is killed as hung.
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default for `[supervisor].socket_mode`.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// State directory used when neither the file nor `$STATE_DIRECTORY` names one
@@ -66,6 +78,8 @@ pub const MIN_LIMIT_MEMORY: u64 = 16 << 20;
 /// Largest accepted `limit_open_files` (2^20, the usual kernel maximum `nr_open`).
 pub const MAX_LIMIT_OPEN_FILES: u64 = 1 << 20;
 
+/// The bits of `socket_mode` that must be set: the owner's read and write.
+const OWNER_READ_WRITE: u32 = 0o600;
 /// Largest uid or gid accepted (`(uid_t)-1` is not a real id).
 const MAX_UID: i64 = u32::MAX as i64 - 1;
 /// The units a size may have, for messages and docs.
@@ -176,8 +190,8 @@ pub struct ActorConfig {
     pub kind_line: usize,
     /// 1-based line of the `command` value (kind [`EXEC_KIND`] only).
     pub command_line: Option<usize>,
-    /// 1-based line of the `cwd` value, when the actor sets one.
-    pub cwd_line: Option<usize>,
+    /// Where the `cwd` value is (1-based line and column), when the actor sets one.
+    pub cwd_at: Option<Located<()>>,
 }
 
 /// How an actor's worker process is started; a change of any of it needs a new worker
@@ -277,6 +291,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// The actors, in file order.
     pub actors: Vec<ActorConfig>,
+    /// Legal but risky choices found in the file, in file order (`check` prints them,
+    /// `run` and a reload log them).
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// One problem found in a config file.
@@ -292,8 +309,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    /// `FILE:LINE:COL`, or as much of it as is known.
+    fn write_place(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
@@ -301,11 +319,31 @@ impl fmt::Display for ConfigError {
                 write!(f, ":{column}")?;
             }
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_place(f)?;
         write!(f, ": {}", self.message)
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A legal but risky choice (never checkpointing, calls kept in memory only): placed and
+/// worded like a [`ConfigError`], shown as `FILE:LINE:COL: warning: message`, and never
+/// a reason to refuse the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning(pub ConfigError);
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_place(f)?;
+        write!(f, ": warning: {}", self.0.message)
+    }
+}
 
 /// All problems found (validation collects every error, not only the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,13 +440,17 @@ impl Config {
             text,
             file: path,
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
-        let config = cx.check(env);
+        let mut config = cx.check(env);
+        let by_place = |e: &ConfigError| (e.line.unwrap_or(0), e.column.unwrap_or(0));
         if cx.errors.is_empty() {
+            cx.warnings.sort_by_key(|w| by_place(&w.0));
+            config.warnings = cx.warnings;
             Ok(config)
         } else {
             let mut errors = cx.errors;
-            errors.sort_by_key(|e| (e.line.unwrap_or(0), e.column.unwrap_or(0)));
+            errors.sort_by_key(by_place);
             Err(ConfigErrors(errors))
         }
     }
@@ -439,6 +481,7 @@ impl Config {
                 socket_mode: DEFAULT_SOCKET_MODE,
             },
             actors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -468,22 +511,27 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "state_dir",
             format!("{DEFAULT_STATE_DIR:?}"),
-            "Directory for checkpoints and call logs. Default: $STATE_DIRECTORY (first entry) \
-             if set, else ./resurgam-state in the working directory. A relative path in the \
-             file is relative to the config file's directory.",
+            "Directory for checkpoints and call logs; created by run, so it must be a directory \
+             or not exist yet. Default: $STATE_DIRECTORY (first entry) if set, else \
+             ./resurgam-state in the working directory. A relative path in the file is \
+             relative to the config file's directory.",
         ),
         (
             "supervisor",
             "runtime_dir",
             "\"<state_dir>/run\"".to_string(),
-            "Directory for runtime files. Default: $RUNTIME_DIRECTORY (first entry) if set, \
+            "Directory for runtime files (the memory-mapped checkpoints); like state_dir, a \
+             directory or not there yet. Default: $RUNTIME_DIRECTORY (first entry) if set, \
              else <state_dir>/run.",
         ),
         (
             "supervisor",
             "socket",
             "\"<runtime_dir>/control.sock\"".to_string(),
-            "Path of the control socket (newline-delimited JSON).",
+            "Path of the control socket (newline-delimited JSON): at most 107 bytes (the \
+             AF_UNIX limit), not a directory nor an existing file other than a socket, and not \
+             where run keeps something of its own (the config file, state_dir, runtime_dir, \
+             the lock, an actor's checkpoint or call log).",
         ),
         (
             "supervisor",
@@ -491,7 +539,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             format!("{:?}", Durability::Log.as_str()),
             "\"memory\": the call log lives in RAM only; \"log\": in a file in the page cache \
              (survives process crashes); \"fsync\": fsync'd before replies are released \
-             (survives power loss). Actors may override it.",
+             (survives power loss). Actors may override it. \"memory\" is legal but gets a \
+             warning from check and run: calls since the last checkpoint die with the \
+             supervisor.",
         ),
         (
             "supervisor",
@@ -503,7 +553,8 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "shutdown_timeout",
             dur(DEFAULT_SHUTDOWN_TIMEOUT),
-            "Deadline for a graceful stop (drain, final checkpoints).",
+            "Deadline for a graceful stop (drain, final checkpoints); a stop that runs out of \
+             it kills the remaining workers and exits 1. Allowed: at least \"100ms\".",
         ),
         (
             "supervisor",
@@ -514,7 +565,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
              come back to back waits up to twice this long for the next one, yielding the CPU \
              to any other runnable process meanwhile: lower latency for sync calls at the \
              cost of otherwise idle CPU, none for actors that are slow or idle (\"0s\" = \
-             off; at most 10ms).",
+             off). Allowed: \"0s\" to \"10ms\".",
         ),
         (
             "supervisor",
@@ -534,7 +585,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "socket_mode",
             format!("\"{DEFAULT_SOCKET_MODE:04o}\""),
-            "Permission bits of the control socket, an octal string up to \"0777\".",
+            "Permission bits of the control socket, an octal string: \"0600\" to \"0777\" with \
+             the owner's read and write bits set (without them not even the supervisor's own \
+             user could connect).",
         ),
         (
             "defaults",
@@ -547,7 +600,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "restart_window",
             dur(p.restart_window),
-            "The restart intensity window.",
+            "The restart intensity window. Allowed: at least \"10ms\".",
         ),
         (
             "defaults",
@@ -559,50 +612,58 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "defaults",
             "checkpoint_every",
             p.checkpoint_every.to_string(),
-            "Checkpoint once this many calls have run since the last one (checked after each batch of calls); 0 = never by count.",
+            "Checkpoint once this many calls have run since the last one (checked after each \
+             batch of calls); 0 = never by count. With checkpoint_interval \"0s\" as well the \
+             state is never checkpointed by itself and its call log grows without bound: legal, \
+             but check and run print a warning.",
         ),
         (
             "defaults",
             "checkpoint_interval",
             dur(p.checkpoint_interval),
-            "Checkpoint after this much time; \"0s\" = never by time.",
+            "Checkpoint after this much time. Allowed: \"0s\" (off) or at least \"10ms\".",
         ),
         (
             "defaults",
             "backoff_initial",
             dur(p.backoff_initial),
-            "First delay after the second quick restart; doubles each time.",
+            "First delay after the second quick restart; doubles each time. Allowed: at least \
+             \"1ms\".",
         ),
         (
             "defaults",
             "backoff_max",
             dur(p.backoff_max),
-            "Cap of the exponential restart backoff (>= backoff_initial).",
+            "Cap of the exponential restart backoff. Allowed: at least \"1ms\", and >= \
+             backoff_initial.",
         ),
         (
             "defaults",
             "min_uptime",
             dur(p.min_uptime),
-            "A worker alive this long resets the backoff.",
+            "A worker alive this long resets the backoff. Allowed: any duration (\"0s\": every \
+             worker that got ready resets it).",
         ),
         (
             "defaults",
             "startup_timeout",
             dur(p.startup_timeout),
-            "A worker that is not ready within this is killed (must be > 0).",
+            "A worker that is not ready within this is killed. Allowed: at least \"100ms\".",
         ),
         (
             "defaults",
             "heartbeat_timeout",
             dur(p.heartbeat_timeout),
             "Hang detection: a worker that neither answers its calls nor a ping within this \
-             (stopped, stuck in a loop) is killed and recovered like a crashed one; \"0s\" = off.",
+             (stopped, stuck in a loop) is killed and recovered like a crashed one. Allowed: \
+             \"0s\" (off) or at least \"100ms\".",
         ),
         (
             "defaults",
             "durability",
             "\"<[supervisor].durability>\"".to_string(),
-            "Per-actor override of [supervisor].durability: \"memory\", \"log\" or \"fsync\".",
+            "Per-actor override of [supervisor].durability: \"memory\" (a warning, as there), \
+             \"log\" or \"fsync\".",
         ),
         (
             "defaults",
@@ -657,7 +718,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "\"<inherited>\"".to_string(),
             "CPU time limit of the actor's code (RLIMIT_CPU), e.g. \"10m\": the total \
              over its life, not per call; the kernel kills it when it is used up and it is \
-             restarted. At least \"1s\"; rounded up to whole seconds.",
+             restarted. Allowed: at least \"1s\"; rounded up to whole seconds.",
         ),
         (
             "actor",
@@ -692,8 +753,9 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "actor",
             "cwd",
             "\"<the config file's directory>\"".to_string(),
-            "kind \"exec\" only: the program's working directory; a relative path is \
-             relative to the config file's directory.",
+            "kind \"exec\" only: the program's working directory, which must exist (check \
+             and run refuse one that does not); a relative path is relative to the config \
+             file's directory.",
         ),
     ]
 }
@@ -1141,22 +1203,118 @@ fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
-/// Collects errors while turning the document into a [`Config`].
+/// The values a duration key accepts: `"0s"` where it turns the feature off, else
+/// `min` to `max`.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: Duration,
+    max: Option<Duration>,
+    /// `"0s"` is allowed (below `min`) and means off.
+    zero_is_off: bool,
+    /// Why, for the error message.
+    why: &'static str,
+}
+
+impl Bounds {
+    fn contains(&self, d: Duration) -> bool {
+        (self.zero_is_off && d.is_zero()) || (d >= self.min && self.max.is_none_or(|m| d <= m))
+    }
+
+    /// The allowed values in config spelling: `"0s" (off) or at least "100ms"`.
+    fn allowed(&self) -> String {
+        let min = format_duration(self.min);
+        let range = match self.max {
+            Some(max) => format!("{min:?} to {:?}", format_duration(max)),
+            None if self.min.is_zero() => "any duration".to_string(),
+            None => format!("at least {min:?}"),
+        };
+        if self.zero_is_off && !self.min.is_zero() {
+            format!("\"0s\" (off) or {range}")
+        } else {
+            range
+        }
+    }
+}
+
+/// The allowed range of each duration key: below it a value cannot work (a worker
+/// cannot start or answer a ping within a nanosecond, a stop cannot write the final
+/// checkpoints in none) or silently disables something that has no "off".
+fn duration_bounds(key: &str) -> Bounds {
+    let ms = Duration::from_millis;
+    let at_least = |min: Duration, why: &'static str| Bounds {
+        min,
+        max: None,
+        zero_is_off: false,
+        why,
+    };
+    let off_or = |min: Duration, why: &'static str| Bounds {
+        zero_is_off: true,
+        ..at_least(min, why)
+    };
+    match key {
+        "shutdown_timeout" => at_least(
+            MIN_SHUTDOWN_TIMEOUT,
+            "a graceful stop must answer the calls in flight and write every actor's final \
+             checkpoint within it",
+        ),
+        "busy_poll" => Bounds {
+            max: Some(MAX_BUSY_POLL),
+            zero_is_off: true,
+            ..at_least(Duration::ZERO, "it is time spent spinning; \"0s\" = off")
+        },
+        "restart_window" => at_least(
+            ms(10),
+            "max_restarts counts the restarts within it; \"0s\" would never count any",
+        ),
+        "checkpoint_interval" => off_or(ms(10), "each checkpoint saves the whole state"),
+        "backoff_initial" | "backoff_max" => at_least(
+            ms(1),
+            "\"0s\" would restart a crash-looping worker at full speed",
+        ),
+        "startup_timeout" => at_least(
+            MIN_STARTUP_TIMEOUT,
+            "a worker must start and restore its checkpoint within it",
+        ),
+        "heartbeat_timeout" => off_or(
+            MIN_HEARTBEAT_TIMEOUT,
+            "a busy worker must still answer a ping within it",
+        ),
+        "limit_cpu" => at_least(
+            Duration::from_secs(1),
+            "the CPU limit counts whole seconds; remove the key for no limit",
+        ),
+        _ => at_least(Duration::ZERO, ""),
+    }
+}
+
+/// Collects errors and warnings while turning the document into a [`Config`].
 struct Checker<'a> {
     text: &'a str,
     file: &'a Path,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
 }
 
 impl Checker<'_> {
-    fn error_at(&mut self, span: &Range<usize>, message: String) {
-        let (line, column) = position(self.text, span.start);
-        self.errors.push(ConfigError {
+    /// A problem at `span` (`None`: the file as a whole, e.g. a path from the environment).
+    fn placed(&self, span: Option<&Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = span.map(|s| position(self.text, s.start)).unzip();
+        ConfigError {
             file: self.file.to_path_buf(),
-            line: Some(line),
-            column: Some(column),
+            line,
+            column,
             message,
-        });
+        }
+    }
+
+    fn error_at(&mut self, span: &Range<usize>, message: String) {
+        let error = self.placed(Some(span), message);
+        self.errors.push(error);
+    }
+
+    fn warn_at(&mut self, span: &Range<usize>, message: String) {
+        let warning = ConfigWarning(self.placed(Some(span), message));
+        self.warnings.push(warning);
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
@@ -1387,22 +1545,52 @@ impl Checker<'_> {
     ) -> SupervisorConfig {
         let defaults = Config::embedded_defaults(env).supervisor;
 
-        let state_dir = raw
-            .state_dir
-            .as_ref()
-            .and_then(|v| self.path_value("state_dir", v, dir))
-            .unwrap_or(defaults.state_dir);
-        let runtime_dir = raw
-            .runtime_dir
-            .as_ref()
-            .and_then(|v| self.path_value("runtime_dir", v, dir))
-            .or_else(|| env.runtime_directory.clone())
-            .unwrap_or_else(|| state_dir.join("run"));
-        let socket = raw
-            .socket
-            .as_ref()
-            .and_then(|v| self.path_value("socket", v, dir))
-            .unwrap_or_else(|| runtime_dir.join("control.sock"));
+        // Each path with the span it comes from (its own value's, or that of the key it
+        // defaults from) and, when not set by its own key, how it was set.
+        let errors_before = self.errors.len();
+        let mut own = |key, value: &Option<Spanned<PathText>>| {
+            let value = value.as_ref()?;
+            let path = self.path_value(key, value, dir)?;
+            Some((path, Some(value.span()), None))
+        };
+        let (state_dir, state_span, state_origin) = own("state_dir", &raw.state_dir)
+            .unwrap_or_else(|| {
+                let origin = match env.state_directory {
+                    Some(_) => "from $STATE_DIRECTORY",
+                    None => "by default ./resurgam-state",
+                };
+                (defaults.state_dir, None, Some(origin))
+            });
+        let (runtime_dir, runtime_span, runtime_origin) = own("runtime_dir", &raw.runtime_dir)
+            .unwrap_or_else(|| match &env.runtime_directory {
+                Some(d) => (d.clone(), None, Some("from $RUNTIME_DIRECTORY")),
+                None => (
+                    state_dir.join("run"),
+                    state_span.clone(),
+                    Some("by default <state_dir>/run"),
+                ),
+            });
+        let (socket, socket_span, socket_origin) =
+            own("socket", &raw.socket).unwrap_or_else(|| {
+                (
+                    runtime_dir.join("control.sock"),
+                    runtime_span.clone(),
+                    Some("by default <runtime_dir>/control.sock"),
+                )
+            });
+        if self.errors.len() == errors_before {
+            let setting = |key, path, span, origin| paths::Setting {
+                key,
+                path,
+                span,
+                origin,
+            };
+            self.supervisor_paths(
+                &setting("state_dir", &state_dir, state_span, state_origin),
+                &setting("runtime_dir", &runtime_dir, runtime_span, runtime_origin),
+                &setting("socket", &socket, socket_span, socket_origin),
+            );
+        }
 
         let durability = raw
             .durability
@@ -1434,20 +1622,11 @@ impl Checker<'_> {
             .and_then(|v| self.duration("[supervisor]", "shutdown_timeout", v))
             .unwrap_or(defaults.shutdown_timeout);
 
-        let mut busy_poll = defaults.busy_poll;
-        if let Some(v) = &raw.busy_poll
-            && let Some(d) = self.duration("[supervisor]", "busy_poll", v)
-        {
-            if d > MAX_BUSY_POLL {
-                self.error_at(
-                    &v.span(),
-                    "[supervisor] busy_poll: at most \"10ms\" (it is time spent spinning)"
-                        .to_string(),
-                );
-            } else {
-                busy_poll = d;
-            }
-        }
+        let busy_poll = raw
+            .busy_poll
+            .as_ref()
+            .and_then(|v| self.duration("[supervisor]", "busy_poll", v))
+            .unwrap_or(defaults.busy_poll);
 
         let mut standby_workers = defaults.standby_workers;
         if let Some(v) = &raw.standby_workers {
@@ -1483,7 +1662,16 @@ impl Checker<'_> {
         if let Some(v) = &raw.socket_mode {
             let text = &v.get_ref().0;
             match parse_mode(text) {
-                Some(mode) => socket_mode = mode,
+                Some(mode) if mode & OWNER_READ_WRITE == OWNER_READ_WRITE => socket_mode = mode,
+                Some(_) => self.error_at(
+                    &v.span(),
+                    format!(
+                        "[supervisor] socket_mode: {text:?} leaves the socket's owner \
+                         without read and write permission, so not even the supervisor's own user \
+                         could connect; allowed: \"0600\" to \"0777\" with the owner's read and \
+                         write bits (6) set, e.g. \"0600\" or \"0660\""
+                    ),
+                ),
                 None => self.error_at(
                     &v.span(),
                     format!(
@@ -1508,37 +1696,90 @@ impl Checker<'_> {
         }
     }
 
+    /// A durability; `"memory"` is legal but warned about where it is written.
     fn durability(&mut self, section: &str, value: &Spanned<DurabilityText>) -> Option<Durability> {
         let text = &value.get_ref().0;
         let found = Durability::from_name(text);
-        if found.is_none() {
-            self.error_at(
+        match found {
+            None => self.error_at(
                 &value.span(),
                 format!(
                     "{section} durability: unknown value {text:?}; allowed: \"memory\", \"log\", \
                      \"fsync\""
                 ),
-            );
+            ),
+            Some(Durability::Memory) => self.warn_at(
+                &value.span(),
+                format!(
+                    "{section} durability: \"memory\" keeps the call log in the supervisor's \
+                     memory only: if the supervisor itself dies, the calls since each actor's last \
+                     checkpoint are lost, acknowledged ones included (\"log\", the default, keeps \
+                     them on disk)"
+                ),
+            ),
+            Some(_) => {}
         }
         found
     }
 
+    /// Warns when `p` never checkpoints by itself (legal: `resurgam checkpoint` and a
+    /// graceful stop still do), at the key of `raw` that made it so; a table that sets
+    /// neither key inherited the choice and was warned about where it was made.
+    fn never_checkpointing(&mut self, section: &str, p: &Policy, raw: &RawDefaults) {
+        if p.checkpoint_every != 0 || !p.checkpoint_interval.is_zero() {
+            return;
+        }
+        let place = match (&raw.checkpoint_every, &raw.checkpoint_interval) {
+            (Some(v), _) => Some((
+                v.span(),
+                "checkpoint_every: 0 with checkpoint_interval \"0s\"",
+            )),
+            (None, Some(v)) => Some((
+                v.span(),
+                "checkpoint_interval: \"0s\" with checkpoint_every 0",
+            )),
+            (None, None) => None,
+        };
+        if let Some((span, what)) = place {
+            self.warn_at(
+                &span,
+                format!(
+                    "{section} {what} never checkpoints the state by itself: the call log grows \
+                     without bound and a restart replays every call since the last checkpoint \
+                     (only `resurgam checkpoint` and a graceful stop make one); set \
+                     checkpoint_every (e.g. 1000) or checkpoint_interval (e.g. \"1s\")"
+                ),
+            );
+        }
+    }
+
+    /// A duration within the bounds of `key` ([`duration_bounds`]); anything else is
+    /// reported with the allowed range.
     fn duration(
         &mut self,
         section: &str,
         key: &str,
         value: &Spanned<DurationText>,
     ) -> Option<Duration> {
-        match parse_duration(&value.get_ref().0) {
-            Ok(d) => Some(d),
-            Err(message) => {
-                self.error_at(
-                    &value.span(),
-                    format!("{section} {key}: {message}; e.g. \"250ms\", \"10s\", \"2m\""),
-                );
-                None
+        let text = &value.get_ref().0;
+        let message = match parse_duration(text) {
+            Ok(d) => {
+                let bounds = duration_bounds(key);
+                if bounds.contains(d) {
+                    return Some(d);
+                }
+                format!(
+                    "{section} {key}: {text:?} is out of range; allowed: {} ({})",
+                    bounds.allowed(),
+                    bounds.why
+                )
             }
-        }
+            Err(message) => {
+                format!("{section} {key}: {message}; e.g. \"250ms\", \"10s\", \"2m\"")
+            }
+        };
+        self.error_at(&value.span(), message);
+        None
     }
 
     /// `base` overridden by the keys present in `raw`. Every bad value is reported (and
@@ -1628,19 +1869,7 @@ impl Checker<'_> {
             p.durability = d;
         }
 
-        if let Some(v) = raw
-            .startup_timeout
-            .as_ref()
-            .filter(|_| p.startup_timeout.is_zero())
-        {
-            self.error_at(
-                &v.span(),
-                format!(
-                    "{section} startup_timeout: must be greater than 0s (a worker needs time to \
-                     start), e.g. \"10s\""
-                ),
-            );
-        }
+        self.never_checkpointing(section, &p, raw);
 
         if p.backoff_max < p.backoff_initial {
             // Point at the key this table sets (backoff_max first); when it sets
@@ -1779,7 +2008,7 @@ impl Checker<'_> {
             index: &index,
             dropped: &dropped,
         };
-        let (command_line, cwd_line) = self.exec(&exec, raw_exec, config_dir, &mut launch);
+        let (command_line, cwd_at) = self.exec(&exec, raw_exec, config_dir, &mut launch);
         ok.then_some(ActorConfig {
             name,
             kind,
@@ -1788,7 +2017,7 @@ impl Checker<'_> {
             line,
             kind_line,
             command_line,
-            cwd_line,
+            cwd_at,
         })
     }
 
@@ -1867,20 +2096,9 @@ impl Checker<'_> {
         if let Some(v) = &raw.limit_cpu
             && let Some(d) = self.duration(section, "limit_cpu", v)
         {
-            if d < Duration::from_secs(1) {
-                self.error_at(
-                    &v.span(),
-                    format!(
-                        "{section} limit_cpu: {} is too small; the CPU limit counts whole seconds, \
-                         at least \"1s\" (remove the key for no limit)",
-                        format_duration(d)
-                    ),
-                );
-            } else {
-                // RLIMIT_CPU counts whole seconds: a remainder rounds up, never down.
-                let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-                limits.cpu_seconds = Some(seconds);
-            }
+            // RLIMIT_CPU counts whole seconds: a remainder rounds up, never down.
+            let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            limits.cpu_seconds = Some(seconds);
         }
         launch
     }
@@ -1947,14 +2165,14 @@ impl Checker<'_> {
     }
 
     /// Checks `command`, `env` and `cwd` against the actor's kind and fills them into
-    /// `launch`. Returns the lines of `command` and `cwd`.
+    /// `launch`. Returns the line of `command` and the place of `cwd`.
     fn exec(
         &mut self,
         exec: &Exec<'_>,
         raw: RawExec,
         config_dir: &Path,
         launch: &mut Launch,
-    ) -> (Option<usize>, Option<usize>) {
+    ) -> (Option<usize>, Option<Located<()>>) {
         let label = exec.label;
         let is_exec = match exec.kind {
             Some(EXEC_KIND) => true,
@@ -2003,10 +2221,15 @@ impl Checker<'_> {
         if let Some(v) = raw.env {
             launch.env = self.env(label, v.into_inner());
         }
-        let mut cwd_line = None;
+        let mut cwd_at = None;
         if let Some(v) = raw.cwd {
             let span = v.span();
-            cwd_line = Some(self.line_of(&span));
+            let (line, column) = position(self.text, span.start);
+            cwd_at = Some(Located {
+                value: (),
+                line,
+                column,
+            });
             let text = &v.get_ref().0;
             if text.is_empty() {
                 self.error_at(
@@ -2025,7 +2248,7 @@ impl Checker<'_> {
                 launch.cwd = Some(resolve(config_dir, text));
             }
         }
-        (command_line, cwd_line)
+        (command_line, cwd_at)
     }
 
     /// The argv of `command`, or `None` when anything in it is wrong (each reported).
@@ -2454,10 +2677,10 @@ allowed_uids = [0, 65534, 4294967294]
             0o777
         );
         assert_eq!(
-            ok("[supervisor]\nsocket_mode = \"0\"")
+            ok("[supervisor]\nsocket_mode = \"600\"")
                 .supervisor
                 .socket_mode,
-            0
+            0o600
         );
         // Inline-table actors work like [[actor]] sections.
         let c = ok("actor = [{ name = \"x\", kind = \"k\" }, { name = \"y\", kind = \"k\" }]");
@@ -2644,7 +2867,7 @@ allowed_uids = [0, 65534, 4294967294]
         one_error(
             &defaults_with("startup_timeout = \"0s\""),
             2,
-            &["startup_timeout", "greater than 0"],
+            &["startup_timeout", "at least \"100ms\""],
         );
         one_error(
             "[[actor]]\nname = \"a\"\nkind = \"k\"\nstartup_timeout = \"0ms\"",
@@ -2935,6 +3158,453 @@ kind = "counter"
         assert_eq!(e.column, Some(8));
     }
 
+    // ----- allowed ranges, paths as `run` uses them, warnings ---------------------------
+
+    /// Asserts that `text` has exactly one error and that, as `check` prints it, it
+    /// starts with `start` (FILE:LINE:COL, the key, the value) and contains `rest`.
+    fn refused(text: &str, start: &str, rest: &[&str]) {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{text:?}: {errs:#?}");
+        let line = errs[0].to_string();
+        assert!(
+            line.starts_with(start),
+            "{line}\n  should start with\n{start}"
+        );
+        for needle in rest {
+            assert!(line.contains(needle), "{line}\n  should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn durations_outside_their_range_are_refused_with_the_range() {
+        // (table lines before the key, key, refused values, accepted values, range)
+        let cases = [
+            (
+                "[supervisor]",
+                "shutdown_timeout",
+                "0s 1ns 99ms",
+                "100ms 10s 1h",
+                "at least \"100ms\"",
+            ),
+            (
+                "[supervisor]",
+                "busy_poll",
+                "11ms 1s",
+                "0s 1us 10ms",
+                "\"0s\" to \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "restart_window",
+                "0s 9ms",
+                "10ms 24h",
+                "at least \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "checkpoint_interval",
+                "1ns 9ms",
+                "0s 10ms 1h",
+                "\"0s\" (off) or at least \"10ms\"",
+            ),
+            (
+                "[defaults]",
+                "backoff_initial",
+                "0s 999us",
+                "1ms 10ms",
+                "at least \"1ms\"",
+            ),
+            (
+                "[defaults]\nbackoff_initial = \"1ms\"",
+                "backoff_max",
+                "0s 1ns",
+                "1ms 1h",
+                "at least \"1ms\"",
+            ),
+            (
+                "[defaults]",
+                "startup_timeout",
+                "0s 1ns 99ms",
+                "100ms 1m",
+                "at least \"100ms\"",
+            ),
+            (
+                "[defaults]",
+                "heartbeat_timeout",
+                "1ns 1ms 99ms",
+                "0s 100ms 30s",
+                "\"0s\" (off) or at least \"100ms\"",
+            ),
+            (
+                "[[actor]]\nname = \"a\"\nkind = \"k\"",
+                "heartbeat_timeout",
+                "1ns",
+                "0s 1s",
+                "\"0s\" (off) or at least \"100ms\"",
+            ),
+            (
+                "[defaults]",
+                "limit_cpu",
+                "0s 999ms",
+                "1s 10m",
+                "at least \"1s\"",
+            ),
+        ];
+        for (head, key, bad, good, range) in cases {
+            let section = if head.starts_with("[[actor]]") {
+                "actor \"a\""
+            } else {
+                head.lines().next().unwrap_or_default()
+            };
+            let line = head.lines().count() + 1;
+            let column = key.len() + 4; // `key = "`: the value's opening quote
+            for value in bad.split(' ') {
+                let text = format!("{head}\n{key} = \"{value}\"\n");
+                let start = format!(
+                    "{FILE}:{line}:{column}: {section} {key}: \"{value}\" is out of range; \
+                     allowed: {range} ("
+                );
+                refused(&text, &start, &[]);
+            }
+            for value in good.split(' ') {
+                ok(&format!("{head}\n{key} = \"{value}\"\n"));
+            }
+        }
+        // min_uptime has no bound: "0s" makes any worker that got ready reset the backoff.
+        let c = ok("[defaults]\nmin_uptime = \"0s\"\n");
+        assert_eq!(c.actors.len(), 0);
+    }
+
+    #[test]
+    fn sub_nanosecond_durations_are_refused_not_rounded_to_zero() {
+        for (key, value) in [
+            ("checkpoint_interval", "0.1ns"),
+            ("heartbeat_timeout", "0.5ns"),
+            ("restart_window", "1.0000000001s"),
+        ] {
+            let start = format!(
+                "{FILE}:2:{}: [defaults] {key}: duration \"{value}\" is not a whole number of \
+                 nanoseconds",
+                key.len() + 4
+            );
+            refused(&defaults_with(&format!("{key} = \"{value}\"")), &start, &[]);
+        }
+    }
+
+    #[test]
+    fn socket_modes_without_owner_read_and_write_are_refused() {
+        for bad in ["0000", "0", "0400", "0200", "0500", "0077", "0o177", "0466"] {
+            let text = format!("[supervisor]\nsocket_mode = \"{bad}\"\n");
+            let start = format!(
+                "{FILE}:2:15: [supervisor] socket_mode: \"{bad}\" leaves the socket's owner \
+                 without read and write permission"
+            );
+            refused(&text, &start, &["allowed: \"0600\" to \"0777\""]);
+        }
+        for good in ["0600", "0640", "0660", "0700", "0777", "0o760"] {
+            ok(&format!("[supervisor]\nsocket_mode = \"{good}\"\n"));
+        }
+    }
+
+    #[test]
+    fn socket_paths_longer_than_af_unix_allows_are_refused() {
+        // 107 bytes fit sun_path with its NUL; 108 do not.
+        let fits = format!("/{}", "s".repeat(MAX_SOCKET_PATH_BYTES - 1));
+        let c = ok(&format!("[supervisor]\nsocket = \"{fits}\"\n"));
+        assert_eq!(c.supervisor.socket.as_os_str().len(), 107);
+        let long = format!("/{}", "s".repeat(MAX_SOCKET_PATH_BYTES));
+        refused(
+            &format!("[supervisor]\nsocket = \"{long}\"\n"),
+            &format!(
+                "{FILE}:2:10: [supervisor] socket: {long} is 108 bytes long; allowed: at most \
+                 107 bytes"
+            ),
+            &[],
+        );
+        // The default socket of a long state_dir: reported at state_dir, saying why.
+        let dir = format!("/nx/{}", "d".repeat(90));
+        refused(
+            &format!("[supervisor]\nstate_dir = \"{dir}\"\n"),
+            &format!(
+                "{FILE}:2:13: [supervisor] socket (by default <runtime_dir>/control.sock): \
+                 {dir}/run/control.sock is 111 bytes long; allowed: at most 107 bytes"
+            ),
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_socket_where_run_keeps_its_own_files_is_refused() {
+        let head = "[supervisor]\nstate_dir = \"/nx/state\"\n";
+        let instead = "e.g. /nx/state/run/control.sock";
+        let replaces = "binding the socket there would replace it and delete it at exit";
+        for (socket, what) in [
+            ("/nx/state/a.checkpoint", "an actor's checkpoint"),
+            ("/nx/state/a.checkpoint.tmp", "an actor's checkpoint"),
+            ("/nx/state/./x/../a.checkpoint", "an actor's checkpoint"),
+            ("/nx/state/.resurgam.lock", "the lock"),
+            ("/nx/state/bank.log", "an actor's call log"),
+            (
+                "/nx/state/run/a.ckpt",
+                "an actor's memory-mapped checkpoint",
+            ),
+            (
+                "/nx/state/run/a.ckpt.new",
+                "an actor's memory-mapped checkpoint",
+            ),
+        ] {
+            let start =
+                format!("{FILE}:3:10: [supervisor] socket: {socket} is where `run` keeps {what}");
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                &start,
+                &[replaces, instead],
+            );
+        }
+        refused(
+            &format!("{head}socket = \"/nx/state/bank.log/s.sock\"\n"),
+            "/etc/resurgam/resurgam.toml:3:10: [supervisor] socket: /nx/state/bank.log/s.sock \
+             is inside /nx/state/bank.log, where `run` keeps an actor's call log",
+            &[instead],
+        );
+        for (socket, relation, key) in [
+            ("/nx/state", "is", "state_dir"),
+            ("/nx", "contains", "state_dir"),
+            ("/nx/state/run", "is", "runtime_dir"),
+        ] {
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                &format!(
+                    "{FILE}:3:10: [supervisor] socket: {socket} {relation} the directory `run` \
+                     creates for {key}"
+                ),
+                &[instead],
+            );
+        }
+        // The config file itself, however it is spelled.
+        for socket in ["resurgam.toml", "/etc/resurgam/../resurgam/resurgam.toml"] {
+            refused(
+                &format!("{head}socket = \"{socket}\"\n"),
+                "/etc/resurgam/resurgam.toml:3:10: [supervisor] socket: ",
+                &["is this config file"],
+            );
+        }
+        // Names that only look alike are fine.
+        for socket in [
+            "/nx/state/control.sock",
+            "/nx/state/a.checkpointer",
+            "/nx/state/not an actor.checkpoint",
+            "/nx/state/run/x.sock",
+            "/nx/elsewhere/a.checkpoint",
+        ] {
+            ok(&format!("{head}socket = \"{socket}\"\n"));
+        }
+        // A runtime_dir where the state directory keeps a call log: reported once, at
+        // runtime_dir (the default socket inside it is not reported again).
+        refused(
+            &format!("{head}runtime_dir = \"/nx/state/a.log\"\n"),
+            "/etc/resurgam/resurgam.toml:3:15: [supervisor] runtime_dir: /nx/state/a.log is \
+             where `run` keeps an actor's call log; choose a directory of its own",
+            &[],
+        );
+        refused(
+            "[supervisor]\nruntime_dir = \"/nx/run\"\nstate_dir = \"/nx/run/a.ckpt\"\n",
+            "/etc/resurgam/resurgam.toml:3:13: [supervisor] state_dir: /nx/run/a.ckpt is where \
+             `run` keeps an actor's memory-mapped checkpoint",
+            &[],
+        );
+        // One directory for both is fine.
+        ok("[supervisor]\nstate_dir = \"/nx/s\"\nruntime_dir = \"/nx/s\"\n");
+    }
+
+    #[test]
+    fn paths_are_checked_against_the_file_system_as_run_will_use_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        let parse_here = |text: &str| Config::parse(text, &file, &Environment::default());
+        let one = |text: &str| -> String {
+            let errs = parse_here(text).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{text:?}: {errs:#?}");
+            errs[0].to_string()
+        };
+        let d = dir.path().display();
+        let f = file.display();
+        std::fs::write(dir.path().join("a-file"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("a-dir")).unwrap();
+
+        // Relative paths are resolved against the config file's directory, as `run` does.
+        assert_eq!(
+            one("[supervisor]\nstate_dir = \"a-file\"\n"),
+            format!("{f}:2:13: [supervisor] state_dir: {d}/a-file exists and is not a directory")
+        );
+        assert_eq!(
+            one("[supervisor]\nruntime_dir = \"a-file/run\"\n"),
+            format!(
+                "{f}:2:15: [supervisor] runtime_dir: {d}/a-file/run cannot be created: \
+                 {d}/a-file is not a directory"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-dir\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-dir is a directory; the socket needs a \
+                 path of its own, e.g. {d}/a-dir/control.sock"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-file\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-file exists and is not a socket; `run` \
+                 never replaces such a file (remove it or choose another path)"
+            )
+        );
+        assert_eq!(
+            one("[supervisor]\nsocket = \"a-file/s.sock\"\n"),
+            format!(
+                "{f}:2:10: [supervisor] socket: {d}/a-file/s.sock cannot be created: \
+                 {d}/a-file is not a directory"
+            )
+        );
+        // A file in the way of state_dir blocks the default runtime_dir and socket too:
+        // one error, at state_dir.
+        let errs = parse_here("[supervisor]\nstate_dir = \"a-file/s\"\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].message.contains("state_dir"), "{}", errs[0]);
+        // A directory from the environment has no line: the file is named all the same.
+        let env = Environment {
+            state_directory: Some(dir.path().join("a-file")),
+            runtime_directory: None,
+        };
+        let errs = Config::parse("", &file, &env).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(
+            errs[0].to_string(),
+            format!(
+                "{f}: [supervisor] state_dir (from $STATE_DIRECTORY): {d}/a-file exists and is \
+                 not a directory"
+            )
+        );
+        // An existing socket (a stale one, or the live supervisor's at a reload) is fine,
+        // and so are directories that exist or do not exist yet.
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("ctl.sock")).unwrap();
+        parse_here(
+            "[supervisor]\nstate_dir = \"a-dir\"\nruntime_dir = \"new/run\"\nsocket = \"ctl.sock\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn never_checkpointing_is_a_warning_at_the_key_that_chose_it() {
+        let c = ok("[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n");
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        let w = c.warnings[0].to_string();
+        assert!(
+            w.starts_with(&format!(
+                "{FILE}:2:20: warning: [defaults] checkpoint_every: 0 with checkpoint_interval \
+                 \"0s\" never checkpoints the state by itself: the call log grows without bound"
+            )),
+            "{w}"
+        );
+        // Inherited by actors: not repeated for each; an actor that chooses it itself (here
+        // by its interval, the count being inherited) is warned about at its own key.
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\n\n[[actor]]\nname = \"a\"\nkind = \"k\"\n\
+                    checkpoint_interval = \"0s\"\n\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        assert!(
+            c.warnings[0].to_string().starts_with(&format!(
+                "{FILE}:7:23: warning: actor \"a\" checkpoint_interval: \"0s\" with \
+                 checkpoint_every 0 never checkpoints"
+            )),
+            "{}",
+            c.warnings[0]
+        );
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\
+                    [[actor]]\nname = \"a\"\nkind = \"k\"\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        // Either key alone still checkpoints: no warning.
+        for text in [
+            "[defaults]\ncheckpoint_every = 0\n",
+            "[defaults]\ncheckpoint_interval = \"0s\"\n",
+            FULL_EXAMPLE,
+            "",
+        ] {
+            assert!(ok(text).warnings.is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn memory_durability_is_a_warning_where_it_is_written() {
+        let c = ok(
+            "[supervisor]\ndurability = \"memory\"\n\n[[actor]]\nname = \"a\"\n\
+                    kind = \"k\"\ndurability = \"memory\"\n[[actor]]\nname = \"b\"\nkind = \"k\"\n",
+        );
+        let lines: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "{FILE}:2:14: warning: [supervisor] durability: \"memory\" keeps the call log in \
+                 the supervisor's memory only"
+            )),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{FILE}:7:14: warning: actor \"a\" durability: \"memory\""
+            )),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(c.actor("b").unwrap().policy.durability, Durability::Memory);
+        // Warnings come in file order and never make a file invalid; errors drop them.
+        let c = ok(
+            "[defaults]\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"\n\
+                    [supervisor]\ndurability = \"memory\"\n",
+        );
+        let places: Vec<_> = c.warnings.iter().map(|w| w.0.line).collect();
+        assert_eq!(places, [Some(2), Some(5)]);
+        one_error(
+            "[supervisor]\ndurability = \"memory\"\nshutdown_timeout = \"0s\"\n",
+            3,
+            &["shutdown_timeout"],
+        );
+    }
+
+    #[test]
+    fn the_reference_states_each_duration_range() {
+        let entries = reference();
+        for key in [
+            "shutdown_timeout",
+            "busy_poll",
+            "restart_window",
+            "checkpoint_interval",
+            "backoff_initial",
+            "backoff_max",
+            "min_uptime",
+            "startup_timeout",
+            "heartbeat_timeout",
+            "limit_cpu",
+        ] {
+            let (_, _, default, meaning) = entries.iter().find(|e| e.1 == key).unwrap();
+            let allowed = duration_bounds(key).allowed();
+            assert!(
+                meaning.contains(&allowed),
+                "{key}: {meaning:?} lacks {allowed:?}"
+            );
+            if !default.contains('<') {
+                let d = parse_duration(default.trim_matches('"')).unwrap();
+                assert!(duration_bounds(key).contains(d), "{key}: default {default}");
+            }
+        }
+    }
+
     // ----- files -----------------------------------------------------------------------
 
     #[test]
@@ -3030,7 +3700,11 @@ kind = "counter"
             },
         };
         assert_eq!(bank.launch, expected);
-        assert_eq!((bank.command_line, bank.cwd_line), (Some(9), Some(11)));
+        assert_eq!(bank.command_line, Some(9));
+        assert_eq!(
+            bank.cwd_at.as_ref().map(|l| (l.line, l.column)),
+            Some((11, 7))
+        );
         assert_eq!(bank.policy, Policy::default(), "launch keys are not policy");
 
         // A built-in kind inherits user and limits but runs no command.
@@ -3046,7 +3720,7 @@ kind = "counter"
                 ..Launch::default()
             }
         );
-        assert_eq!((counter.command_line, counter.cwd_line), (None, None));
+        assert_eq!((counter.command_line, &counter.cwd_at), (None, &None));
 
         // Without launch keys, nothing is set: everything is inherited from the supervisor.
         let plain = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\n");

@@ -1,12 +1,15 @@
 //! Durations as written in the config: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"1500us"`.
 //!
 //! A number (integer or decimal) followed by one unit. No unit, an unknown unit, a negative
-//! or non-finite number, or a value that does not fit a `Duration` is an error naming the
-//! input.
+//! number, a value below one nanosecond's precision (`"0.1ns"`) or a value that does not
+//! fit a `Duration` is an error naming the input.
 
 use std::time::Duration;
 
-/// Parses `"250ms"` and friends. Units: `ns`, `us`, `ms`, `s`, `m`, `h`.
+/// Parses `"250ms"` and friends. Units: `ns`, `us`, `ms`, `s`, `m`, `h`. The number is
+/// read exactly (no floating point), so a value that is not a whole number of
+/// nanoseconds (`"0.1ns"`, `"1.0000000005s"`) is refused rather than rounded, and never
+/// silently becomes 0.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -16,27 +19,58 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if num.is_empty() {
         return Err(format!("duration {text:?} does not start with a number"));
     }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {text:?} has a malformed number {num:?}"))?;
-    let nanos_per_unit: f64 = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" | "min" => 60e9,
-        "h" => 3600e9,
+    let nanos_per_unit: u128 = match unit.trim() {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         other => {
             return Err(format!(
                 "duration {text:?} has unknown unit {other:?} (use ns, us, ms, s, m, h)"
             ));
         }
     };
-    let nanos = value * nanos_per_unit;
-    if !nanos.is_finite() || nanos > u64::MAX as f64 {
-        return Err(format!("duration {text:?} is too large"));
+    let malformed = || format!("duration {text:?} has a malformed number {num:?}");
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(malformed());
     }
-    Ok(Duration::from_nanos(nanos.round() as u64))
+    let too_large = || format!("duration {text:?} is too large");
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    // Trailing zeros of the fraction change nothing. A unit has at most 13 factors of 2
+    // or of 5, so a fraction of more digits than that (not ending in 0) can never be a
+    // whole number of nanoseconds; 18 digits keep the arithmetic below in u128.
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.len() > 18 {
+        return Err(sub_nanosecond(text));
+    }
+    let scale = 10u128.pow(fraction.len() as u32);
+    let fraction_nanos = if fraction.is_empty() {
+        0
+    } else {
+        let digits: u128 = fraction.parse().map_err(|_| malformed())?;
+        let scaled = digits * nanos_per_unit;
+        if !scaled.is_multiple_of(scale) {
+            return Err(sub_nanosecond(text));
+        }
+        scaled / scale
+    };
+    let nanos = whole
+        .checked_mul(nanos_per_unit)
+        .and_then(|n| n.checked_add(fraction_nanos))
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(too_large)?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+fn sub_nanosecond(text: &str) -> String {
+    format!("duration {text:?} is not a whole number of nanoseconds (the smallest step is \"1ns\")")
 }
 
 /// Formats a duration the way the config writes it (for status output and docs).
@@ -71,8 +105,67 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "5", "ms", "5 parsecs", "-1s", "1e400s", "1..2s", "s5"] {
+        for bad in [
+            "",
+            "5",
+            "ms",
+            "5 parsecs",
+            "-1s",
+            "1e400s",
+            "1..2s",
+            "s5",
+            ".s",
+            "1.2.3s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(parse_duration("0.5us"), Ok(Duration::from_nanos(500)));
+        assert_eq!(parse_duration(".25s"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0.3s"), Ok(Duration::from_millis(300)));
+        assert_eq!(
+            parse_duration("1.000000001s"),
+            Ok(Duration::from_nanos(1_000_000_001))
+        );
+        assert_eq!(parse_duration("0.5h"), Ok(Duration::from_secs(1800)));
+        assert_eq!(
+            parse_duration("2.50000000000000000000000000s"),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(parse_duration("0.0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_duration("18446744073709551615ns"),
+            Ok(Duration::from_nanos(u64::MAX))
+        );
+        assert!(
+            parse_duration("18446744073709551616ns")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_duration("99999999999999999999999999999999999999999h")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn sub_nanosecond_values_are_refused_not_rounded() {
+        for bad in [
+            "0.1ns",
+            "1.5ns",
+            "0.0001us",
+            "1.0000000005s",
+            "0.0000000000000000001h",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("whole number of nanoseconds"), "{bad}: {e}");
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
     }
 

@@ -44,9 +44,10 @@ pub struct SocketArgs {
 pub enum Command {
     /// Run the supervisor in the foreground.
     Run {
-        /// The config file (TOML); without it, embedded defaults and no actors.
+        /// The config file (TOML), e.g. examples/demo.toml: the actors to supervise, and
+        /// the file `reload` re-reads.
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: PathBuf,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -130,10 +131,11 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
             let forks = forks.unwrap_or_else(|| ForkServer::start(&registry));
             logging::init(log_format);
             forks.log_start();
-            let config = match load(config.as_deref(), &registry) {
+            let config = match load(&config, &registry) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            logging::config_warnings(&config);
             match crate::run::run(config, &registry, forks) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -144,8 +146,11 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load(Some(&config), &registry) {
+        Command::Check { config } => match load(&config, &registry) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{w}");
+                }
                 println!(
                     "{}: OK ({} actors; socket {})",
                     config.display(),
@@ -236,17 +241,16 @@ fn bench(args: Vec<OsString>) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, ExitCode> {
+/// Reads and checks a config file as `run` will use it; every problem is printed, one
+/// line each, and is exit code 2.
+fn load(path: &Path, registry: &Registry) -> Result<Config, ExitCode> {
     let env = Environment::from_process();
-    let config = match path {
-        Some(p) => Config::load(p, &env).map_err(|errors| {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            ExitCode::from(2)
-        })?,
-        None => Config::embedded_defaults(&env),
-    };
+    let config = Config::load(path, &env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        ExitCode::from(2)
+    })?;
     let problems = crate::run::check(&config, registry);
     if !problems.is_empty() {
         for p in problems {

@@ -6,7 +6,7 @@
 //! peer credentials (SO_PEERCRED) are checked: root, the supervisor's own uid and
 //! `allowed_uids` may talk; anyone else gets one `Unauthorized` reply and is closed.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -27,7 +27,9 @@ pub fn max_connections(actors: usize) -> usize {
         .clamp(1, MAX_CONNECTIONS)
 }
 
-/// Binds the socket, replacing a stale file but never a live supervisor's socket.
+/// Binds the socket, replacing a stale socket but never a live supervisor's, and never
+/// anything that is not a socket (a checkpoint, the config file: whatever a mistyped
+/// `socket` names).
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     let path_buf = || path.to_path_buf();
     if let Some(dir) = path.parent()
@@ -38,7 +40,10 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
             source,
         })?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(SocketError::NotASocket { path: path_buf() });
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(SocketError::InUse { path: path_buf() });
         }
@@ -76,12 +81,15 @@ impl Access {
     }
 }
 
-/// Removes the socket file when the supervisor exits.
+/// Removes the socket file when the supervisor exits (only if a socket is still there:
+/// whatever replaced it meanwhile is not ours to delete).
 pub struct SocketFile(pub PathBuf);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -110,6 +118,32 @@ mod tests {
         let err = bind(&sock, 0o600).unwrap_err();
         assert!(matches!(err, SocketError::InUse { .. }), "{err}");
         assert!(err.to_string().contains("stop it first"), "{err}");
+        // A stale socket is replaced.
+        drop(_live);
+        let _again = bind(&sock, 0o600).unwrap();
+    }
+
+    #[test]
+    fn bind_never_replaces_what_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("a.checkpoint");
+        std::fs::write(&checkpoint, b"state").unwrap();
+        let err = bind(&checkpoint, 0o600).unwrap_err();
+        assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&checkpoint).unwrap(), b"state");
+        // Nor a directory, nor a symbolic link (even to a socket).
+        let err = bind(dir.path(), 0o600).unwrap_err();
+        assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
+        let sock = dir.path().join("real.sock");
+        let _live = bind(&sock, 0o600).unwrap();
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        assert!(matches!(
+            bind(&link, 0o600).unwrap_err(),
+            SocketError::NotASocket { .. }
+        ));
+        assert!(link.symlink_metadata().is_ok());
     }
 
     #[test]

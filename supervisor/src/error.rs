@@ -53,6 +53,11 @@ pub enum SocketError {
     Dir { path: PathBuf, source: io::Error },
     #[error("another supervisor is listening on {}; stop it first", path.display())]
     InUse { path: PathBuf },
+    #[error(
+        "{} exists and is not a socket; not replaced (remove it or choose another socket path)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
     #[error("remove stale socket {}: {source}", path.display())]
     Stale { path: PathBuf, source: io::Error },
     #[error("bind {}: {source}", path.display())]

@@ -27,16 +27,21 @@ pub struct Launched {
 /// Resolves an actor's launch settings. Errors are `FILE:LINE:COL: message` lines.
 pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>> {
     let mut errors = Vec::new();
-    let at = |l: &Located<String>, message: String| {
-        format!(
-            "{}:{}:{}: actor {:?}: {message}",
-            config.path.display(),
-            l.line,
-            l.column,
-            a.name
-        )
-    };
+    let at = |l: &Located<String>, message: String| place(config, a, l.line, l.column, message);
     let launch = &a.launch;
+    // The program's working directory must be there when it starts (else every start
+    // fails and the actor ends DEAD); the default, the config file's own directory, is.
+    if let (Some(cwd), Some(l)) = (&launch.cwd, &a.cwd_at) {
+        let problem = match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_string()),
+            Err(e) => Some(format!("cannot be used: {e}")),
+        };
+        if let Some(problem) = problem {
+            let message = format!("cwd {} {problem}", cwd.display());
+            errors.push(place(config, a, l.line, l.column, message));
+        }
+    }
     let user = launch
         .user
         .as_ref()
@@ -138,6 +143,15 @@ pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>
     })
 }
 
+/// `FILE:LINE:COL: actor "name": message`.
+fn place(config: &Config, a: &ActorConfig, line: usize, column: usize, message: String) -> String {
+    format!(
+        "{}:{line}:{column}: actor {:?}: {message}",
+        config.path.display(),
+        a.name
+    )
+}
+
 /// The directory of the config file (where relative paths in it point).
 fn config_dir(path: &Path) -> std::path::PathBuf {
     match path.parent() {
@@ -192,6 +206,42 @@ mod tests {
     fn root_resolves_by_name_and_number() {
         assert_eq!(lookup_user("root").unwrap().0.as_raw(), 0);
         assert_eq!(lookup_user("0").unwrap().0.as_raw(), 0);
+    }
+
+    #[test]
+    fn an_exec_cwd_must_be_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a-file"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        let file = dir.path().join("r.toml");
+        let env = resurgam_shared::config::Environment::default();
+        let with_cwd = |cwd: &str| {
+            let text = format!(
+                "[supervisor]\nstate_dir = \"s\"\n[[actor]]\nname = \"p\"\nkind = \"exec\"\n\
+                 command = [\"x\"]\ncwd = \"{cwd}\"\n"
+            );
+            let config = Config::parse(&text, &file, &env).unwrap();
+            resolve(&config, &config.actors[0])
+        };
+        let d = dir.path().display();
+        let f = file.display();
+        // Relative to the config file's directory, as the program will be started.
+        assert_eq!(
+            with_cwd("missing").unwrap_err(),
+            [format!(
+                "{f}:7:7: actor \"p\": cwd {d}/missing cannot be used: No such file or \
+                 directory (os error 2)"
+            )]
+        );
+        assert_eq!(
+            with_cwd("a-file").unwrap_err(),
+            [format!(
+                "{f}:7:7: actor \"p\": cwd {d}/a-file is not a directory"
+            )]
+        );
+        let launched = with_cwd("app").unwrap();
+        let cwd = launched.exec.unwrap().cwd;
+        assert_eq!(cwd, dir.path().join("app").as_os_str().as_bytes());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stderr, one line per event with actor and pid fields
 //! (journald-friendly). `RESURGAM_LOG` sets the filter (default `info`).
 
+use resurgam_shared::config::Config;
 use tracing_subscriber::EnvFilter;
 
 /// Output format of the log lines.
@@ -27,4 +28,12 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Logs a config's warnings (legal but risky choices) at WARN, one line each with its
+/// `FILE:LINE:COL`, as `check` prints them.
+pub fn config_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!("{}", w.0);
+    }
 }

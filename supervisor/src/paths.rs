@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 
-use resurgam_shared::config::Config;
+use resurgam_shared::config::{Config, DISK_COPY_SUFFIX, LOCK_FILE, MMAP_SUFFIX};
 
 /// The memory-mapped checkpoint file (runtime directory).
 pub fn mmap_file(config: &Config, actor: &str) -> PathBuf {
-    config.supervisor.runtime_dir.join(format!("{actor}.ckpt"))
+    config
+        .supervisor
+        .runtime_dir
+        .join(format!("{actor}{MMAP_SUFFIX}"))
 }
 
 /// The synced disk copy of the checkpoint (state directory).
@@ -15,10 +18,10 @@ pub fn disk_copy(config: &Config, actor: &str) -> PathBuf {
     config
         .supervisor
         .state_dir
-        .join(format!("{actor}.checkpoint"))
+        .join(format!("{actor}{DISK_COPY_SUFFIX}"))
 }
 
 /// The lock that keeps two supervisors off one state directory.
 pub fn lock_file(config: &Config) -> PathBuf {
-    config.supervisor.state_dir.join(".resurgam.lock")
+    config.supervisor.state_dir.join(LOCK_FILE)
 }

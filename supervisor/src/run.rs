@@ -849,6 +849,7 @@ impl Shell {
                 problems.join("\n")
             )));
         }
+        crate::logging::config_warnings(&new);
         let mut ignored = Vec::new();
         let (old_s, new_s) = (&self.config.supervisor, &new.supervisor);
         for (key, changed) in [
