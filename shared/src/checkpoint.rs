@@ -346,40 +346,10 @@ fn read_vec_at(
     let mut buf = Vec::new();
     buf.try_reserve_exact(n)
         .map_err(|_| CheckpointError::TooLarge(len))?;
-    advise_huge_pages(&mut buf);
+    crate::hugepages::advise(buf.as_ptr(), buf.capacity());
     buf.resize(n, 0);
     read_exact_at(file, &mut buf, offset, path)?;
     Ok(buf)
-}
-
-/// Below this, a buffer is not worth huge pages.
-const HUGE_PAGE_MIN: usize = 4 << 20;
-
-/// Asks for transparent huge pages on a large buffer's (still untouched) capacity: a
-/// 64 MiB restore then takes 32 page faults instead of 16,384. Advice only: where THP
-/// is off, nothing changes.
-fn advise_huge_pages(buf: &mut Vec<u8>) {
-    const HUGE: usize = 2 << 20;
-    if buf.capacity() < HUGE_PAGE_MIN {
-        return;
-    }
-    let start = buf.as_mut_ptr() as usize;
-    let end = start + buf.capacity();
-    // Only whole huge pages inside the allocation.
-    let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-    if last <= first {
-        return;
-    }
-    // SAFETY: `first..last` lies within `buf`'s allocation, which this function borrows
-    // mutably; MADV_HUGEPAGE changes how its pages are backed, never their contents, and
-    // the range holds no initialised bytes yet. A failure is harmless (advice only).
-    unsafe {
-        libc::madvise(
-            first as *mut libc::c_void,
-            last - first,
-            libc::MADV_HUGEPAGE,
-        );
-    }
 }
 
 fn read_exact_at(
