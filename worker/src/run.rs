@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use serde_json::Value;
 
-use resurgam_shared::checkpoint::MmapCheckpoint;
+use resurgam_shared::checkpoint::{self, MmapCheckpoint};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
     MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls, decode_init,
@@ -119,6 +119,8 @@ impl Worker {
     }
 
     fn serve(&mut self, registry: &Registry) -> i32 {
+        // One-time set-up that a restore would otherwise pay, done while waiting.
+        checkpoint::warm_up();
         let init = match self.inbox.recv() {
             Ok(ToWorker::Init(init)) => init,
             Ok(ToWorker::InitShm(shm)) => match decode_init(&shm) {
