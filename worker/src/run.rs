@@ -20,6 +20,11 @@ use crate::registry::{DynActor, Registry};
 use crate::report::Reporter;
 use crate::sys::Prepared;
 
+/// How long a restored worker must have had nothing to do before it verifies the older
+/// checkpoint candidates (on a machine of few cores it would otherwise take the CPU the
+/// supervisor needs to send the replay).
+const VERIFY_WHEN_IDLE_FOR: Duration = Duration::from_millis(2);
+
 /// Exit status of a worker whose bootstrap failed (no supervisor to talk to).
 pub const EXIT_BAD_BOOTSTRAP: i32 = 70;
 /// Exit status of a worker that reported a fatal error to its supervisor.
@@ -331,9 +336,16 @@ impl Worker {
     }
 
     /// Waits for the next message while verifying the checkpoint candidates older than
-    /// the restored one, a step at a time; reports the outcome once done. `None` once
-    /// the supervisor is gone.
+    /// the restored one, a step at a time, once nothing came for [`VERIFY_WHEN_IDLE_FOR`]
+    /// (the replay and the calls after a restore come first; a checkpoint or a stop
+    /// finishes the verification anyway). Reports the outcome once done. `None` once the
+    /// supervisor is gone.
     fn verify_while_idle(&self, live: &mut Live) -> Result<Option<ToWorker>, Stop> {
+        match self.inbox.try_recv_timeout(VERIFY_WHEN_IDLE_FOR) {
+            Ok(m) => return Ok(Some(m)),
+            Err(ipc_channel::TryRecvError::Empty) => {}
+            Err(_) => return Ok(None),
+        }
         loop {
             match self.inbox.try_recv() {
                 Ok(m) => return Ok(Some(m)),
