@@ -181,12 +181,10 @@ impl Worker {
         loop {
             let spin = Duration::from_micros(live.spin_micros);
             let idle_since = Instant::now();
-            let msg = if live.mmap.verification_pending() {
-                self.verify_while_idle(live)?
-            } else if back_to_back {
-                self.next_message_spinning(spin)
+            let msg = if back_to_back {
+                self.next_message_spinning(spin, live)?
             } else {
-                self.inbox.recv().ok()
+                self.next_message(live)?
             };
             // The supervisor is gone (PDEATHSIG normally kills us first).
             let Some(msg) = msg else { return Ok(()) };
@@ -216,18 +214,32 @@ impl Worker {
     }
 
     /// The next message, waited for awake for up to `spin` (yielding the CPU to any
-    /// other runnable process between tries), then asleep. `None` once the supervisor
-    /// is gone.
-    fn next_message_spinning(&self, spin: Duration) -> Option<ToWorker> {
+    /// other runnable process between tries), then as [`next_message`](Self::next_message).
+    /// `None` once the supervisor is gone.
+    fn next_message_spinning(
+        &self,
+        spin: Duration,
+        live: &mut Live,
+    ) -> Result<Option<ToWorker>, Stop> {
         let start = Instant::now();
         while start.elapsed() < spin {
             match self.inbox.try_recv() {
-                Ok(m) => return Some(m),
+                Ok(m) => return Ok(Some(m)),
                 Err(ipc_channel::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(_) => return None,
+                Err(_) => return Ok(None),
             }
         }
-        self.inbox.recv().ok()
+        self.next_message(live)
+    }
+
+    /// The next message, waited for asleep; meanwhile, once idle, the verification of the
+    /// older checkpoint candidates if some wait for it. `None` once the supervisor is gone.
+    fn next_message(&self, live: &mut Live) -> Result<Option<ToWorker>, Stop> {
+        if live.mmap.verification_pending() {
+            self.verify_while_idle(live)
+        } else {
+            Ok(self.inbox.recv().ok())
+        }
     }
 
     /// Reports a crashed exec program and exits as crashed.
