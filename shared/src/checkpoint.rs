@@ -1465,7 +1465,7 @@ impl MmapCheckpoint {
         !self.pending.is_empty()
     }
 
-    /// Verifies the next [`VERIFY_STEP`] bytes of the pending candidates. Returns true
+    /// Verifies the next 256 KiB of the pending candidates. Returns true
     /// while some remain; then [`take_verified`](Self::take_verified) has the outcome.
     pub fn verify_step(&mut self) -> bool {
         let Some(mut p) = self.pending.pop_front() else {
