@@ -341,11 +341,16 @@ fn corrupt_newest(sup: &Supervisor, newest: (u64, u64)) -> (usize, (u64, u64)) {
     (older_i, older)
 }
 
+/// A supervisor running [`CONFIG`], a client, and an empty model of the kv's contents.
+fn start_kv() -> (Supervisor, Client, BTreeMap<String, Value>) {
+    let sup = Supervisor::start(CONFIG);
+    let c = sup.client();
+    (sup, c, BTreeMap::new())
+}
+
 #[test]
 fn corrupt_newest_slot_and_disk_copy_fall_back_to_the_older_slot_and_replay() {
-    let sup = Supervisor::start(CONFIG);
-    let mut c = sup.client();
-    let mut model = BTreeMap::new();
+    let (sup, mut c, mut model) = start_kv();
     let val = |tag: &str, i: usize| json!({"tag": tag, "i": i, "pad": "p".repeat(2000 + i)});
 
     let a: Vec<_> = (0..20).map(|i| (format!("a{i}"), val("a", i))).collect();
@@ -443,4 +448,91 @@ fn corrupt_newest_slot_and_disk_copy_fall_back_to_the_older_slot_and_replay() {
         sup.log_tail(20)
     );
     assert_state(&sup, &model, "after the second fallback");
+}
+
+#[test]
+fn a_damaged_older_slot_is_reported_after_ready_and_nothing_is_lost() {
+    let (sup, mut c, mut model) = start_kv();
+    let val = |tag: &str, i: usize| json!({"tag": tag, "i": i, "pad": "q".repeat(3000 + i)});
+    let puts = |tag: &str, n: usize| -> Vec<(String, Value)> {
+        (0..n).map(|i| (format!("{tag}{i}"), val(tag, i))).collect()
+    };
+    let checkpoint = |c: &mut Client| {
+        let ck = c.checkpoint("kv").expect("checkpoint");
+        (
+            ck["generation"].as_u64().unwrap(),
+            ck["last_seq"].as_u64().unwrap(),
+        )
+    };
+    put_all(&mut c, &mut model, &puts("a", 15));
+    checkpoint(&mut c);
+    put_all(&mut c, &mut model, &puts("b", 15));
+    let ck2 = checkpoint(&mut c);
+    put_all(&mut c, &mut model, &puts("c", 10));
+
+    // The files are quiet (nothing checkpoints on its own): damage the older slot.
+    let mmap = mmap_path(&sup);
+    let newest_i = slots(&mmap)
+        .iter()
+        .position(|x| *x == Some(ck2))
+        .expect("a slot holds checkpoint 2");
+    let older_i = 1 - newest_i;
+    let older_len = read_mmap_slots(&mmap)[older_i]
+        .1
+        .as_ref()
+        .map(|ck| ck.payload.len() as u64)
+        .expect("the older slot is valid");
+    flip_byte(&mmap, slot_offsets(&mmap)[older_i] + 64 + older_len / 2);
+
+    let log_before = sup.log().len();
+    let pid = sup.kill_worker("kv");
+    sup.wait_new_pid("kv", pid, WAIT);
+    let after_ready = "checkpoint candidate rejected after the worker was ready";
+    sup.wait_until("the damage to be reported", WAIT, || {
+        sup.log()[log_before..].contains(after_ready)
+    });
+    let log = sup.log()[log_before..].to_string();
+    // Ready at once from the newest checkpoint: the older slot was not read before.
+    let ready = log
+        .lines()
+        .position(|l| l.contains("worker ready"))
+        .unwrap_or_else(|| panic!("no \"worker ready\" line\n{log}"));
+    let ready_line = log.lines().nth(ready).unwrap_or_default();
+    assert!(
+        ready_line.contains(slot_name(newest_i))
+            && ready_line.contains(&format!("generation={}", ck2.0)),
+        "restored from the wrong checkpoint: {ready_line}"
+    );
+    assert!(
+        !log.contains("checkpoint candidate rejected\""),
+        "something rejected before ready\n{log}"
+    );
+    // Then the damage, named with the actor, the file and the reason.
+    let (at, line) = log
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(after_ready))
+        .unwrap_or_default();
+    assert!(at > ready, "reported before ready\n{log}");
+    for part in [
+        "kv",
+        slot_name(older_i),
+        &mmap.display().to_string(),
+        "checksum",
+    ] {
+        assert!(line.contains(part), "no {part:?} in: {line}");
+    }
+    assert_state(&sup, &model, "after a restore past a damaged older slot");
+
+    // Nothing broke: the next checkpoint goes into the damaged slot and keeps the newest,
+    // and a further restart finds every call.
+    put_all(&mut c, &mut model, &puts("d", 10));
+    let ck3 = checkpoint(&mut c);
+    let s = slots(&mmap);
+    assert_eq!((s[older_i], s[newest_i]), (Some(ck3), Some(ck2)), "{s:?}");
+    put_all(&mut c, &mut model, &puts("e", 5));
+    let pid = sup.kill_worker("kv");
+    sup.wait_new_pid("kv", pid, WAIT);
+    assert_state(&sup, &model, "after one more restart");
+    assert_eq!(sup.actor("kv")["nondeterministic_replies"], 0);
 }

@@ -65,21 +65,26 @@
 //!   target header zero or torn, a kill during (3) leaves a torn header; the header checksum
 //!   (or the payload checksum, for a header paired with a stale payload) rejects it, and
 //!   the newest checkpoint in the other slot is untouched.
-//! * Readers ([`scan`], [`read_mmap_slots`]) use `pread`, never a mapping, verify every
-//!   checksum, and bound every length by the slot capacity and the file size before
-//!   allocating. A read racing with a write can only produce a checksum failure, never a
-//!   wrong checkpoint; [`read_mmap_slots`] re-reads a few times if it finds no valid slot.
+//! * Readers in other processes ([`scan`], [`read_mmap_slots`]) use `pread`, never a
+//!   mapping, verify every checksum, and bound every length by the slot capacity and the
+//!   file size before allocating. A read racing with a write can only produce a checksum
+//!   failure, never a wrong checkpoint; [`read_mmap_slots`] re-reads a few times if it
+//!   finds no valid slot. The restoring worker, which is the file's only writer, reads
+//!   its slots through its own mapping ([`MmapCheckpoint::restore`]).
 //! * A payload larger than the slot capacity makes the worker build a complete new file
 //!   `<path>.grow` (the previous newest record in slot A, the new one in slot B), fsync it
 //!   and rename it over `<path>`: a kill leaves either the old file or the complete new one.
 //! * The mmap file survives worker crashes but not a power loss (it is normally on a
 //!   tmpfs); the durable copy is the disk copy, which the supervisor writes from the newest
 //!   valid slot. Restore takes the valid candidate with the highest generation (ties: higher
-//!   `last_seq`, then the mmap slot, slot A before slot B).
+//!   `last_seq`, then the mmap slot, slot A before slot B). The worker's restore verifies
+//!   the candidates newest first and the older ones only after it is ready; the section
+//!   "Restore" below states what keeps that safe.
 //! * A damaged mmap file header is never overwritten: [`MmapCheckpoint::open`] renames the
 //!   file aside to `<path>.corrupt-<unix nanos>` and creates a fresh file (itself built at
 //!   `<path>.new` and renamed into place, so a kill never leaves a half-created file).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -341,40 +346,10 @@ fn read_vec_at(
     let mut buf = Vec::new();
     buf.try_reserve_exact(n)
         .map_err(|_| CheckpointError::TooLarge(len))?;
-    advise_huge_pages(&mut buf);
+    crate::hugepages::advise(buf.as_ptr(), buf.capacity());
     buf.resize(n, 0);
     read_exact_at(file, &mut buf, offset, path)?;
     Ok(buf)
-}
-
-/// Below this, a buffer is not worth huge pages.
-const HUGE_PAGE_MIN: usize = 4 << 20;
-
-/// Asks for transparent huge pages on a large buffer's (still untouched) capacity: a
-/// 64 MiB restore then takes 32 page faults instead of 16,384. Advice only: where THP
-/// is off, nothing changes.
-fn advise_huge_pages(buf: &mut Vec<u8>) {
-    const HUGE: usize = 2 << 20;
-    if buf.capacity() < HUGE_PAGE_MIN {
-        return;
-    }
-    let start = buf.as_mut_ptr() as usize;
-    let end = start + buf.capacity();
-    // Only whole huge pages inside the allocation.
-    let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-    if last <= first {
-        return;
-    }
-    // SAFETY: `first..last` lies within `buf`'s allocation, which this function borrows
-    // mutably; MADV_HUGEPAGE changes how its pages are backed, never their contents, and
-    // the range holds no initialised bytes yet. A failure is harmless (advice only).
-    unsafe {
-        libc::madvise(
-            first as *mut libc::c_void,
-            last - first,
-            libc::MADV_HUGEPAGE,
-        );
-    }
 }
 
 fn read_exact_at(
@@ -789,6 +764,13 @@ fn scan_reading_all(mmap_path: &Path, disk_path: &Path) -> Scan {
     Scan { candidates, chosen }
 }
 
+/// Does the one-time set-up of the checksum code now: its first use detects the CPU's
+/// features, which costs 50-60 µs on a VM (every `cpuid` traps to the hypervisor). A
+/// worker calls this while it waits for its actor, so its restore does not pay it.
+pub fn warm_up() {
+    std::hint::black_box(crc32c::crc32c(std::hint::black_box(&[])));
+}
+
 /// Reads the `executing_seq` word of an mmap file; `None` if the file is missing, unreadable
 /// or its header invalid.
 pub fn read_executing(mmap_path: &Path) -> Option<u64> {
@@ -880,84 +862,69 @@ fn open_disk_copy(path: &Path) -> Result<(File, u64), CheckpointError> {
 // The worker's writable mapping.
 
 /// The worker's two-slot checkpoint file, mapped read-write and shared with readers in other
-/// processes. No reference is ever created over the mapping: bytes are copied in with
-/// `ptr::copy_nonoverlapping` and the executing word is an atomic store.
+/// processes. Bytes are copied in with `ptr::copy_nonoverlapping` and the executing word is
+/// an atomic store; the only reference ever created over the mapping is a shared one to a
+/// slot's payload ([`Restore::payload`] and the verification of older candidates), which
+/// borrows the writer, so no write can happen while it lives.
 #[derive(Debug)]
 pub struct MmapCheckpoint {
     path: PathBuf,
     file: File,
     map: MmapRaw,
     layout: Layout,
-    /// (generation, last_seq) of the valid checkpoint in each slot, as last written or read.
+    /// (generation, last_seq) of the checkpoint in each slot, as last written, verified or
+    /// (for a slot in `pending`) claimed by its intact header; `None`: nothing usable.
     slots: [Option<(u64, u64)>; 2],
+    /// Restore candidates older than the restored one, still to be verified (see
+    /// [`MmapCheckpoint::restore`]); every write verifies what is left first.
+    pending: VecDeque<Pending>,
+    /// What the verification of `pending` found so far.
+    verified: Verified,
+}
+
+/// What opening an existing mmap file found.
+enum Existing {
+    Valid(File, MmapRaw, Layout),
+    /// The file header (or length) is damaged; the file was renamed to `moved_to`.
+    Damaged {
+        error: CheckpointError,
+        moved_to: PathBuf,
+    },
+    Missing,
 }
 
 impl MmapCheckpoint {
     /// Opens the file at `path`, creating it (capacity `max(min_capacity, 64 KiB)`) if
     /// absent. An existing valid file keeps its capacity (it grows on demand in
-    /// [`write`](Self::write)). If the file exists but its header is invalid or the file is
-    /// too short, it is renamed aside to `<path>.corrupt-<unix nanos>` (returned, for the
-    /// caller to log) and a fresh file is created.
+    /// [`write`](Self::write)); both of its slots are verified. If the file exists but its
+    /// header is invalid or the file is too short, it is renamed aside to
+    /// `<path>.corrupt-<unix nanos>` (returned, for the caller to log) and a fresh file is
+    /// created.
     pub fn open(path: &Path, min_capacity: u64) -> io::Result<(Self, Option<PathBuf>)> {
-        Self::open_inner(path, min_capacity, None)
-    }
-
-    /// [`open`](Self::open) right after [`scan`] of the same file, by the only process
-    /// that writes it: the slots' contents are taken from the scan instead of being
-    /// verified a second time (a 64 MiB state is not read twice).
-    pub fn open_after_scan(
-        path: &Path,
-        min_capacity: u64,
-        scan: &Scan,
-    ) -> io::Result<(Self, Option<PathBuf>)> {
-        let slot = |src: Source| {
-            scan.candidates
-                .iter()
-                .find(|(s, _)| *s == src)
-                .and_then(|(_, r)| r.as_ref().ok().copied())
-        };
-        Self::open_inner(
-            path,
-            min_capacity,
-            Some([slot(Source::SlotA), slot(Source::SlotB)]),
-        )
-    }
-
-    fn open_inner(
-        path: &Path,
-        min_capacity: u64,
-        known: Option<[Option<(u64, u64)>; 2]>,
-    ) -> io::Result<(Self, Option<PathBuf>)> {
-        let mut moved_aside = None;
-        match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(file) => match read_file_layout(&file, path) {
-                Ok(layout) => {
-                    let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
-                    return Self::from_parts(path.to_path_buf(), file, map, layout, known)
-                        .map(|s| (s, None));
+        match open_existing(path)? {
+            Existing::Valid(file, map, layout) => {
+                let mut this = Self::from_parts(path.to_path_buf(), file, map, layout)?;
+                for i in 0..2 {
+                    this.slots[i] = verify_record_at(
+                        &this.file,
+                        layout.slot_offset(i),
+                        Limit::Capacity(layout.capacity),
+                        path,
+                    )
+                    .ok()
+                    .map(|(h, _)| (h.generation, h.last_seq));
                 }
-                Err(CheckpointError::Io(msg)) => {
-                    return Err(io::Error::other(msg));
-                }
-                Err(_) => {
-                    drop(file);
-                    let nanos = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0);
-                    let aside = with_suffix(path, &format!(".corrupt-{nanos}"));
-                    fs::rename(path, &aside).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("rename of {} to {}: {e}", path.display(), aside.display()),
-                        )
-                    })?;
-                    moved_aside = Some(aside);
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_ctx("open", path)(e)),
+                Ok((this, None))
+            }
+            Existing::Damaged { moved_to, .. } => {
+                Ok((Self::create(path, min_capacity)?, Some(moved_to)))
+            }
+            Existing::Missing => Ok((Self::create(path, min_capacity)?, None)),
         }
+    }
+
+    /// A fresh file of capacity `max(min_capacity, 64 KiB)` at `path`, holding nothing.
+    fn create(path: &Path, min_capacity: u64) -> io::Result<Self> {
         let capacity = min_capacity.max(MIN_CAPACITY);
         let layout = Layout::new(capacity).ok_or_else(|| {
             io::Error::new(
@@ -966,19 +933,11 @@ impl MmapCheckpoint {
             )
         })?;
         let (file, map) = build_file(path, ".new", layout, 0, &[])?;
-        // A new file holds nothing: there is nothing to verify.
-        let this = Self::from_parts(path.to_path_buf(), file, map, layout, Some([None, None]))?;
-        Ok((this, moved_aside))
+        Self::from_parts(path.to_path_buf(), file, map, layout)
     }
 
-    /// `known`: the slots' contents when the caller verified them already.
-    fn from_parts(
-        path: PathBuf,
-        file: File,
-        map: MmapRaw,
-        layout: Layout,
-        known: Option<[Option<(u64, u64)>; 2]>,
-    ) -> io::Result<Self> {
+    /// A writer over a mapped file whose header is valid; it believes both slots empty.
+    fn from_parts(path: PathBuf, file: File, map: MmapRaw, layout: Layout) -> io::Result<Self> {
         if (map.len() as u64) < layout.file_len {
             return Err(io::Error::other(format!(
                 "mapping of {} is {} bytes, expected at least {}",
@@ -993,40 +952,30 @@ impl MmapCheckpoint {
                 path.display()
             )));
         }
-        if let Some(slots) = known {
-            return Ok(MmapCheckpoint {
-                path,
-                file,
-                map,
-                layout,
-                slots,
-            });
-        }
-        let mut slots = [None, None];
-        for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = verify_record_at(
-                &file,
-                layout.slot_offset(i),
-                Limit::Capacity(layout.capacity),
-                &path,
-            )
-            .ok()
-            .map(|(h, _)| (h.generation, h.last_seq));
-        }
         Ok(MmapCheckpoint {
             path,
             file,
             map,
             layout,
-            slots,
+            slots: [None, None],
+            pending: VecDeque::new(),
+            verified: Verified::default(),
         })
     }
 
     /// What this writer believes each slot holds: `(generation, last_seq)` of a valid
     /// record, or `None`. After a [`MmapCheckpoint::write`], the slot not written holds
     /// the checkpoint before it (the fallback if the new one is ever found damaged).
+    /// After [`restore`](Self::restore), a slot still being verified counts as holding
+    /// what its header says, until found damaged (see the invariant there).
     pub fn slot_contents(&self) -> [Option<(u64, u64)>; 2] {
         self.slots
+    }
+
+    /// What the slot that does not hold the newest checkpoint holds: the fallback.
+    pub fn older(&self) -> Option<(u64, u64)> {
+        let newest = self.newest()?;
+        self.slots[1 - newest]
     }
 
     /// Index of the slot holding the newest valid checkpoint (same order as [`scan`]).
@@ -1069,7 +1018,12 @@ impl MmapCheckpoint {
     /// Writes a checkpoint into the slot that does not hold the newest valid checkpoint:
     /// zero its header, write the payload, then write the header. A payload larger than the
     /// capacity grows the file (see the module doc). Returns the slot written.
+    ///
+    /// Candidates left pending by [`restore`](Self::restore) are verified first (their
+    /// outcome stays for [`take_verified`](Self::take_verified)): a damaged one is known
+    /// before it is overwritten, and none is read while being rewritten.
     pub fn write(&mut self, generation: u64, last_seq: u64, payload: &[u8]) -> io::Result<Source> {
+        self.verify_all();
         if payload.len() as u64 > self.layout.capacity {
             return self.grow_and_write(generation, last_seq, payload);
         }
@@ -1172,6 +1126,419 @@ impl MmapCheckpoint {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Opens and maps an existing mmap file. A file whose header or length is damaged is
+/// renamed aside to `<path>.corrupt-<unix nanos>` (it is never overwritten). An I/O
+/// error is an error: nothing can be concluded about the file.
+fn open_existing(path: &Path) -> io::Result<Existing> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Missing),
+        Err(e) => return Err(io_ctx("open", path)(e)),
+    };
+    match read_file_layout(&file, path) {
+        Ok(layout) => {
+            let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
+            Ok(Existing::Valid(file, map, layout))
+        }
+        Err(CheckpointError::Io(msg)) => Err(io::Error::other(msg)),
+        Err(error) => {
+            drop(file);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let moved_to = with_suffix(path, &format!(".corrupt-{nanos}"));
+            fs::rename(path, &moved_to).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "rename of {} to {}: {e}",
+                        path.display(),
+                        moved_to.display()
+                    ),
+                )
+            })?;
+            Ok(Existing::Damaged { error, moved_to })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Restore: the newest candidate first, the older ones after the worker is ready.
+//
+// Invariant (what keeps a call from ever being lost to a damaged checkpoint):
+//
+// * Before the worker reports ready, the candidates are tried newest first (by the
+//   generation and last_seq of their intact headers); the first whose payload verifies
+//   is restored. Every newer one failed verification and is reported (`rejected`). Older
+//   ones are *pending*: their headers are intact, their payloads not read yet.
+// * A pending candidate counts, for the supervisor, as a checkpoint that may still serve
+//   a restore: its mmap slot is listed in the writer's `slot_contents` (and so in the
+//   worker's ready report) with the key its header claims. The supervisor keeps every
+//   logged call after the oldest checkpoint it counts, so the log covers a pending
+//   candidate exactly as it covers a verified one. A candidate stops counting only when
+//   it is known damaged ([`MmapCheckpoint::take_verified`], reported to the supervisor)
+//   or overwritten by a newer checkpoint (reported with that checkpoint).
+// * The writer never overwrites the restored checkpoint: every newer slot failed and is
+//   believed empty, every pending one is older, so the restored slot is the newest the
+//   writer knows, and [`MmapCheckpoint::write`] always writes the other slot.
+// * Before any slot is overwritten (or the file rebuilt larger), `write` finishes the
+//   verification of whatever is pending, so a damaged older slot is reported before it
+//   disappears, and no verification ever reads a slot being rewritten.
+// * A worker killed before the verification finished leaves the files as they were; the
+//   next restore starts over, newest first.
+
+/// Payload bytes checksummed per [`MmapCheckpoint::verify_step`]: short enough that a
+/// message arriving meanwhile waits only some tens of microseconds.
+const VERIFY_STEP: u64 = 256 << 10;
+
+/// A restore candidate that failed verification: which one, in which file, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub source: Source,
+    pub path: PathBuf,
+    pub error: CheckpointError,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {}: {}",
+            self.source,
+            self.path.display(),
+            self.error
+        )
+    }
+}
+
+/// What verifying the candidates older than the restored one found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Candidates whose payload checksum did not match (or could not be read).
+    pub rejected: Vec<Rejected>,
+    /// Candidates that verified: where, and their (generation, last_seq).
+    pub passed: Vec<(Source, u64, u64)>,
+}
+
+/// A restore candidate older than the restored one, whose payload is verified after the
+/// worker is ready, [`VERIFY_STEP`] bytes at a time.
+#[derive(Debug)]
+struct Pending {
+    source: Source,
+    header: RecordHeader,
+    /// Payload bytes checksummed so far, and their checksum.
+    done: u64,
+    crc: u32,
+    from: PendingFrom,
+}
+
+#[derive(Debug)]
+enum PendingFrom {
+    /// A slot of the writer's own file, read through its mapping.
+    Slot(usize),
+    /// The disk copy, opened at restore (a later replacement does not change what this
+    /// descriptor reads), read with `pread` into `buf`.
+    Disk {
+        file: File,
+        path: PathBuf,
+        buf: Vec<u8>,
+    },
+}
+
+/// The restored checkpoint's payload.
+#[derive(Debug)]
+enum RestoredPayload {
+    None,
+    /// In this slot of the writer's mapping (`len` bytes, verified there).
+    Mapped {
+        slot: usize,
+        len: u64,
+    },
+    /// Read from the disk copy (and verified as read).
+    Read(Vec<u8>),
+}
+
+/// What [`MmapCheckpoint::restore`] found and chose.
+#[derive(Debug)]
+pub struct Restore {
+    /// The writer of the mmap file. Its newest slot holds the restored checkpoint when it
+    /// came from that file; the older candidates wait in it to be verified.
+    pub writer: MmapCheckpoint,
+    /// The restored checkpoint: where it came from, its generation and last_seq. `None`:
+    /// no candidate verified (a fresh start).
+    pub chosen: Option<(Source, u64, u64)>,
+    /// Candidates found damaged before the chosen one: every newer one, and any whose
+    /// header is unreadable. Never empty slots or missing files.
+    pub rejected: Vec<Rejected>,
+    /// A damaged mmap file that was renamed aside (the writer made a fresh one).
+    pub moved_aside: Option<PathBuf>,
+    payload: RestoredPayload,
+}
+
+impl Restore {
+    /// The restored checkpoint's payload (empty for a fresh start). For a checkpoint from
+    /// the mmap file these are the mapped bytes themselves, verified where they lie: a
+    /// large state is neither copied nor read twice.
+    pub fn payload(&self) -> &[u8] {
+        match &self.payload {
+            RestoredPayload::None => &[],
+            RestoredPayload::Mapped { slot, len } => self.writer.slot_payload(*slot, *len),
+            RestoredPayload::Read(bytes) => bytes,
+        }
+    }
+}
+
+/// One restore candidate with an intact header.
+struct Candidate {
+    source: Source,
+    header: RecordHeader,
+    from: CandidateFrom,
+}
+
+enum CandidateFrom {
+    Slot(usize),
+    Disk(File),
+}
+
+impl Candidate {
+    /// Restore order: the highest key first.
+    fn key(&self) -> (u64, u64, u8) {
+        (
+            self.header.generation,
+            self.header.last_seq,
+            self.source.rank(),
+        )
+    }
+}
+
+impl MmapCheckpoint {
+    /// Restore, newest candidate first, by the process that is to write the mmap file
+    /// (no other process writes it meanwhile: the previous worker is gone).
+    ///
+    /// The candidates are both slots of the file at `mmap_path` and the disk copy at
+    /// `disk_path`. Only their 64-byte headers are read up front; the payloads are then
+    /// verified in the order of (generation, last_seq) down until one passes, and that
+    /// one is restored ([`Restore::payload`]). The older candidates are left to the
+    /// writer, to verify after the worker is ready ([`verify_step`](Self::verify_step));
+    /// see the invariant at the top of this section. If the file is missing or damaged
+    /// (then renamed aside), a fresh one is made, large enough for the disk copy twice.
+    pub fn restore(mmap_path: &Path, disk_path: &Path) -> io::Result<Restore> {
+        let mut rejected = Vec::new();
+        let mut reject = |source: Source, path: &Path, error: CheckpointError| {
+            if !matches!(error, CheckpointError::Missing | CheckpointError::Empty) {
+                rejected.push(Rejected {
+                    source,
+                    path: path.to_path_buf(),
+                    error,
+                });
+            }
+        };
+        let mut candidates = Vec::with_capacity(3);
+        let disk = open_disk_copy(disk_path).and_then(|(file, len)| {
+            read_header_at(&file, 0, Limit::FileLen(len), disk_path).map(|h| (file, h))
+        });
+        match disk {
+            Ok((file, header)) => candidates.push(Candidate {
+                source: Source::Disk,
+                header,
+                from: CandidateFrom::Disk(file),
+            }),
+            Err(e) => reject(Source::Disk, disk_path, e),
+        }
+        let mut moved_aside = None;
+        let mut writer = match open_existing(mmap_path)? {
+            Existing::Valid(file, map, layout) => {
+                for i in 0..2 {
+                    let offset = layout.slot_offset(i);
+                    match read_header_at(&file, offset, Limit::Capacity(layout.capacity), mmap_path)
+                    {
+                        Ok(header) => candidates.push(Candidate {
+                            source: Source::slot(i),
+                            header,
+                            from: CandidateFrom::Slot(i),
+                        }),
+                        Err(e) => reject(Source::slot(i), mmap_path, e),
+                    }
+                }
+                Self::from_parts(mmap_path.to_path_buf(), file, map, layout)?
+            }
+            existing => {
+                if let Existing::Damaged { error, moved_to } = existing {
+                    reject(Source::SlotA, mmap_path, error.clone());
+                    reject(Source::SlotB, mmap_path, error);
+                    moved_aside = Some(moved_to);
+                }
+                let disk_len = candidates.first().map_or(0, |c| c.header.payload_len);
+                Self::create(mmap_path, disk_len.saturating_mul(2))?
+            }
+        };
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.key()));
+        let mut chosen = None;
+        let mut payload = RestoredPayload::None;
+        let mut older = candidates.into_iter();
+        for c in older.by_ref() {
+            let h = c.header;
+            let verified = match c.from {
+                CandidateFrom::Slot(i) => check_payload(&h, writer.slot_payload(i, h.payload_len))
+                    .map(|()| RestoredPayload::Mapped {
+                        slot: i,
+                        len: h.payload_len,
+                    }),
+                CandidateFrom::Disk(file) => {
+                    read_vec_at(&file, RECORD_HEADER_LEN as u64, h.payload_len, disk_path).and_then(
+                        |bytes| check_payload(&h, &bytes).map(|()| RestoredPayload::Read(bytes)),
+                    )
+                }
+            };
+            match verified {
+                Ok(p) => {
+                    if let RestoredPayload::Mapped { slot, .. } = p {
+                        writer.slots[slot] = Some((h.generation, h.last_seq));
+                    }
+                    chosen = Some((c.source, h.generation, h.last_seq));
+                    payload = p;
+                    break;
+                }
+                Err(e) => {
+                    let path = if c.source == Source::Disk {
+                        disk_path
+                    } else {
+                        mmap_path
+                    };
+                    reject(c.source, path, e);
+                }
+            }
+        }
+        for c in older {
+            let from = match c.from {
+                CandidateFrom::Slot(i) => {
+                    // Counted until found damaged: see the invariant above.
+                    writer.slots[i] = Some((c.header.generation, c.header.last_seq));
+                    PendingFrom::Slot(i)
+                }
+                CandidateFrom::Disk(file) => PendingFrom::Disk {
+                    file,
+                    path: disk_path.to_path_buf(),
+                    buf: Vec::new(),
+                },
+            };
+            writer.pending.push_back(Pending {
+                source: c.source,
+                header: c.header,
+                done: 0,
+                crc: 0,
+                from,
+            });
+        }
+        Ok(Restore {
+            writer,
+            chosen,
+            rejected,
+            moved_aside,
+            payload,
+        })
+    }
+
+    /// The first `len` bytes (at most the capacity) of slot `index`'s payload area, in
+    /// the mapping.
+    fn slot_payload(&self, index: usize, len: u64) -> &[u8] {
+        let start = self.layout.slot_offset(index.min(1)) + RECORD_HEADER_LEN as u64;
+        let len = len.min(self.layout.capacity);
+        // SAFETY: `start..start + len` lies within the mapping: `len` is at most the slot
+        // capacity, so the range ends inside the slot, at or before `layout.file_len`,
+        // which `from_parts` checked is at most the mapping's length (all of which fits
+        // in usize: `Layout::new`). The mapping lives as long as `self`, and the slice
+        // borrows `self`: `write` and `grow_and_write`, the only code of this process
+        // that writes slot bytes, take `&mut self` and cannot run while it exists;
+        // `set_executing` only writes bytes 64..72, outside every slot. No other
+        // process writes the file (the supervisor reads it with pread; the previous
+        // worker is gone before a new one restores), and u8 has no invalid values.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start as usize), len as usize) }
+    }
+
+    /// True while candidates older than the restored one are still to be verified.
+    pub fn verification_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Verifies the next 256 KiB of the pending candidates. Returns true
+    /// while some remain; then [`take_verified`](Self::take_verified) has the outcome.
+    pub fn verify_step(&mut self) -> bool {
+        let Some(mut p) = self.pending.pop_front() else {
+            return false;
+        };
+        match self.advance(&mut p) {
+            Ok(false) => self.pending.push_front(p),
+            Ok(true) => {
+                let (g, l) = (p.header.generation, p.header.last_seq);
+                self.verified.passed.push((p.source, g, l));
+            }
+            Err(error) => {
+                let path = match p.from {
+                    PendingFrom::Slot(i) => {
+                        // Damaged: it can serve no restore, and the next write may use it.
+                        self.slots[i] = None;
+                        self.path.clone()
+                    }
+                    PendingFrom::Disk { path, .. } => path,
+                };
+                self.verified.rejected.push(Rejected {
+                    source: p.source,
+                    path,
+                    error,
+                });
+            }
+        }
+        !self.pending.is_empty()
+    }
+
+    /// Checksums the next step of `p`; true when all of it verified.
+    fn advance(&self, p: &mut Pending) -> Result<bool, CheckpointError> {
+        let len = p.header.payload_len;
+        let n = (len - p.done).min(VERIFY_STEP);
+        let bytes = match &mut p.from {
+            PendingFrom::Slot(i) => {
+                let all = self.slot_payload(*i, len);
+                // `done + n <= len <= capacity`, which fits in usize (see `Layout::new`).
+                &all[p.done as usize..(p.done + n) as usize]
+            }
+            PendingFrom::Disk { file, path, buf } => {
+                buf.resize(n as usize, 0);
+                let offset = RECORD_HEADER_LEN as u64 + p.done;
+                read_exact_at(file, buf, offset, path)?;
+                &buf[..]
+            }
+        };
+        p.crc = crc32c::crc32c_append(p.crc, bytes);
+        p.done += n;
+        if p.done < len {
+            return Ok(false);
+        }
+        if p.crc != p.header.payload_crc {
+            return Err(CheckpointError::PayloadChecksum {
+                expected: p.header.payload_crc,
+                found: p.crc,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Verifies every pending candidate now.
+    pub fn verify_all(&mut self) {
+        while self.verify_step() {}
+    }
+
+    /// Once nothing is pending: what the verification of the older candidates found,
+    /// if there was any to verify. Returned once.
+    pub fn take_verified(&mut self) -> Option<Verified> {
+        if self.verification_pending() || self.verified == Verified::default() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.verified))
     }
 }
 
@@ -1917,11 +2284,14 @@ mod tests {
             Err(CheckpointError::PayloadChecksum { .. })
         ));
         // The writer's own view agrees: slot B holds nothing valid, whether it verifies
-        // the slots itself or takes them from the scan.
+        // the slots itself or restores newest first.
         let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
         assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
         drop(m);
-        let (mut m, _) = MmapCheckpoint::open_after_scan(&mp, 0, &s).unwrap();
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        assert_eq!(r.chosen, Some((Source::SlotA, 1, 10)));
+        assert!(r.payload() == big);
+        let mut m = r.writer;
         assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
         // So the next write goes to the damaged slot, never over the only valid one.
         assert_eq!(m.write(3, 30, b"next").unwrap(), Source::SlotB);
@@ -1932,6 +2302,199 @@ mod tests {
                 .as_ref()
                 .is_ok_and(|c| c.payload == big)
         );
+    }
+
+    /// Two checkpoints in the mmap file (generation 1 in slot A with `a`, 2 in slot B
+    /// with `b`) and, if given, a disk copy of generation `disk`.
+    fn two_slots(d: &tempfile::TempDir, a: &[u8], b: &[u8], disk: Option<u64>) -> u64 {
+        let (mp, dp) = paths(d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 2 * a.len().max(b.len()) as u64).unwrap();
+        assert_eq!(m.write(1, 10, a).unwrap(), Source::SlotA);
+        assert_eq!(m.write(2, 20, b).unwrap(), Source::SlotB);
+        match disk {
+            Some(1) => write_disk_copy(&dp, 1, 10, a).unwrap(),
+            Some(_) => write_disk_copy(&dp, 2, 20, b).unwrap(),
+            None => {}
+        }
+        m.capacity()
+    }
+
+    fn sources(r: &[Rejected]) -> Vec<Source> {
+        r.iter().map(|x| x.source).collect()
+    }
+
+    #[test]
+    fn restore_falls_back_from_a_damaged_newest_and_says_so() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let cap = two_slots(&d, b"first", b"second", Some(2));
+        // The newest checkpoint is damaged in both places that hold it.
+        patch(&mp, slot_off(cap, 1) + 64 + 3, |b| b ^ 0x10);
+        patch(&dp, 64 + 1, |b| b ^ 0x10);
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        assert_eq!(r.chosen, Some((Source::SlotA, 1, 10)));
+        assert_eq!(r.payload(), b"first");
+        // Both newer candidates were tried (slot first on a tie) and are named with their
+        // file and reason.
+        assert_eq!(sources(&r.rejected), [Source::SlotB, Source::Disk]);
+        assert_eq!(r.rejected[0].path, mp);
+        assert_eq!(r.rejected[1].path, dp);
+        for rej in &r.rejected {
+            assert!(
+                matches!(rej.error, CheckpointError::PayloadChecksum { .. }),
+                "{rej}"
+            );
+            let text = rej.to_string();
+            assert!(text.contains(&rej.path.display().to_string()), "{text}");
+            assert!(text.contains("payload checksum mismatch"), "{text}");
+        }
+        let mut m = r.writer;
+        // Nothing older is left to verify; the damaged slot is the one written next.
+        assert!(!m.verification_pending());
+        assert_eq!(m.take_verified(), None);
+        assert_eq!(m.slot_contents(), [Some((1, 10)), None]);
+        assert_eq!(m.older(), None);
+        assert_eq!(m.write(3, 30, b"third").unwrap(), Source::SlotB);
+        assert_eq!(m.older(), Some((1, 10)));
+        let slots = read_mmap_slots(&mp);
+        assert_eq!(slots[0].1.as_ref().unwrap().payload, b"first");
+    }
+
+    #[test]
+    fn older_damage_is_found_after_ready_and_reported() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        // Slot A's payload spans several verification steps.
+        let big: Vec<u8> = (0..3 * VERIFY_STEP as usize + 9)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let cap = two_slots(&d, &big, b"second", Some(1));
+        patch(&mp, slot_off(cap, 0) + 64 + 2 * VERIFY_STEP + 5, |b| {
+            b ^ 0x02
+        });
+        patch(&dp, 64 + VERIFY_STEP + 1, |b| b ^ 0x02);
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        // Ready at once, from the newest: the older candidates are not read yet.
+        assert_eq!(r.chosen, Some((Source::SlotB, 2, 20)));
+        assert_eq!(r.payload(), b"second");
+        assert_eq!(r.rejected, []);
+        let mut m = r.writer;
+        // Until verified, the older slot counts as a possible fallback (so the log keeps
+        // the calls it would need).
+        assert_eq!(m.slot_contents(), [Some((1, 10)), Some((2, 20))]);
+        assert_eq!(m.older(), Some((1, 10)));
+        assert!(m.verification_pending());
+        let mut steps = 1;
+        while m.verify_step() {
+            assert_eq!(m.take_verified(), None, "outcome before the end");
+            steps += 1;
+        }
+        assert!(
+            steps >= 6,
+            "{steps} steps for two candidates of 3+ steps each"
+        );
+        let v = m.take_verified().expect("the outcome, once done");
+        assert_eq!(v.passed, []);
+        assert_eq!(sources(&v.rejected), [Source::SlotA, Source::Disk]);
+        assert_eq!((&v.rejected[0].path, &v.rejected[1].path), (&mp, &dp));
+        assert!(
+            v.rejected
+                .iter()
+                .all(|x| matches!(x.error, CheckpointError::PayloadChecksum { .. }))
+        );
+        assert_eq!(m.take_verified(), None, "reported once");
+        // Found damaged, the slot no longer counts, and nothing else broke: the newest is
+        // kept, the next checkpoint goes into the damaged slot.
+        assert_eq!(m.slot_contents(), [None, Some((2, 20))]);
+        assert_eq!(m.older(), None);
+        assert_eq!(m.write(3, 30, b"third").unwrap(), Source::SlotA);
+        let s = scan(&mp, &dp);
+        assert_eq!(s.chosen.clone().unwrap().1.payload, b"third");
+        assert_eq!(candidate(&s, Source::SlotB), Ok((2, 20)));
+    }
+
+    #[test]
+    fn a_write_verifies_the_older_candidates_before_overwriting_one() {
+        for damaged in [false, true] {
+            let d = dir();
+            let (mp, dp) = paths(&d);
+            let cap = two_slots(&d, b"first", b"second", Some(2));
+            if damaged {
+                patch(&mp, slot_off(cap, 0) + 64, |b| b ^ 0x80);
+            }
+            let mut m = MmapCheckpoint::restore(&mp, &dp).unwrap().writer;
+            assert!(m.verification_pending());
+            // No verification step ran: the write does them before touching slot A.
+            assert_eq!(m.write(3, 30, b"third").unwrap(), Source::SlotA);
+            assert!(!m.verification_pending());
+            let v = m.take_verified().expect("outcome kept for the caller");
+            if damaged {
+                assert_eq!(sources(&v.rejected), [Source::SlotA]);
+                assert_eq!(v.passed, [(Source::Disk, 2, 20)]);
+            } else {
+                assert_eq!(v.rejected, []);
+                assert_eq!(v.passed, [(Source::Disk, 2, 20), (Source::SlotA, 1, 10)]);
+            }
+            assert_eq!(m.slot_contents(), [Some((3, 30)), Some((2, 20))]);
+        }
+    }
+
+    #[test]
+    fn restore_from_the_disk_copy_makes_a_file_that_holds_it_twice() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let big: Vec<u8> = (0..300_000).map(|i| (i % 241) as u8).collect();
+        write_disk_copy(&dp, 7, 70, &big).unwrap();
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        assert_eq!(r.chosen, Some((Source::Disk, 7, 70)));
+        assert!(r.payload() == big);
+        assert_eq!((r.rejected.len(), &r.moved_aside), (0, &None));
+        let mut m = r.writer;
+        assert!(m.capacity() >= 2 * big.len() as u64);
+        assert!(!m.verification_pending());
+        assert_eq!(m.slot_contents(), [None, None]);
+        assert_eq!(m.write(8, 80, &big).unwrap(), Source::SlotA);
+    }
+
+    #[test]
+    fn restore_moves_a_damaged_file_aside_and_names_it() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        two_slots(&d, b"first", b"second", Some(1));
+        patch(&mp, 3, |b| b ^ 0x01);
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        assert_eq!(r.chosen, Some((Source::Disk, 1, 10)));
+        assert_eq!(r.payload(), b"first");
+        assert_eq!(sources(&r.rejected), [Source::SlotA, Source::SlotB]);
+        assert!(
+            r.rejected
+                .iter()
+                .all(|x| x.error == CheckpointError::BadMagic)
+        );
+        let aside = r.moved_aside.clone().expect("moved aside");
+        assert!(aside.exists());
+        assert!(
+            read_mmap_slots(&mp)
+                .iter()
+                .all(|(_, x)| *x == Err(CheckpointError::Empty))
+        );
+    }
+
+    #[test]
+    fn restore_with_every_candidate_damaged_starts_fresh_and_names_each() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let cap = two_slots(&d, b"first", b"second", Some(2));
+        patch(&mp, slot_off(cap, 0) + 64, |b| b ^ 0x01);
+        patch(&mp, slot_off(cap, 1) + 20, |b| b ^ 0x01); // slot B's header
+        patch(&dp, 64 + 2, |b| b ^ 0x01);
+        let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+        assert_eq!(r.chosen, None);
+        assert_eq!(r.payload(), b"");
+        let mut got = sources(&r.rejected);
+        got.sort_by_key(|s| s.rank());
+        assert_eq!(got, [Source::Disk, Source::SlotB, Source::SlotA]);
+        assert!(!r.writer.verification_pending());
     }
 
     /// Child half of `sigkill_mid_write_keeps_a_valid_checkpoint`: writes checkpoints
@@ -2061,6 +2624,67 @@ mod tests {
             }
             let short = &rec[..cut.index(rec.len())];
             prop_assert!(decode_record(short).is_err());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever is damaged, restore picks the newest intact candidate and reports every
+        /// damaged one: before ready if newer than it (or its header is torn), after
+        /// ready if older; the writer then counts exactly the intact slots.
+        #[test]
+        fn restore_picks_the_newest_intact_and_reports_all_damage(
+            gens in proptest::collection::vec(1u64..4, 3),
+            damage in proptest::collection::vec(0u8..3, 3),
+        ) {
+            let d = dir();
+            let (mp, dp) = paths(&d);
+            let payload = |g: u64| vec![g as u8; 100 + g as usize];
+            // Slot A, slot B, disk copy; damage 0 none, 1 payload, 2 header.
+            let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+            m.write(gens[0], gens[0] * 10, &payload(gens[0])).unwrap();
+            let cap = m.capacity();
+            // Makes the next write go to slot B whatever the generations.
+            m.slots = [Some((u64::MAX, 0)), None];
+            m.write(gens[1], gens[1] * 10, &payload(gens[1])).unwrap();
+            drop(m);
+            write_disk_copy(&dp, gens[2], gens[2] * 10, &payload(gens[2])).unwrap();
+            let srcs = [Source::SlotA, Source::SlotB, Source::Disk];
+            for (i, how) in damage.iter().enumerate() {
+                let (path, base) = if i < 2 { (&mp, slot_off(cap, i)) } else { (&dp, 0) };
+                match how {
+                    1 => patch(path, base + 64 + 7, |b| b ^ 0x01),
+                    2 => patch(path, base + 17, |b| b ^ 0x01),
+                    _ => {}
+                }
+            }
+            let key = |i: usize| (gens[i], gens[i] * 10, srcs[i].rank());
+            let best = (0..3).filter(|&i| damage[i] == 0).max_by_key(|&i| key(i));
+            let r = MmapCheckpoint::restore(&mp, &dp).unwrap();
+            prop_assert_eq!(r.chosen, best.map(|i| (srcs[i], gens[i], gens[i] * 10)));
+            if let Some(i) = best {
+                prop_assert_eq!(r.payload(), &payload(gens[i])[..]);
+            }
+            let before = sources(&r.rejected);
+            let mut m = r.writer;
+            m.verify_all();
+            let after = m.take_verified().map(|v| sources(&v.rejected)).unwrap_or_default();
+            for i in 0..3 {
+                let newer = best.is_none_or(|b| key(i) > key(b));
+                let seen = |list: &[Source]| list.iter().filter(|s| **s == srcs[i]).count();
+                let expected = match damage[i] {
+                    0 => (0, 0),
+                    2 => (1, 0),
+                    _ if newer => (1, 0),
+                    _ => (0, 1),
+                };
+                prop_assert_eq!((seen(&before), seen(&after)), expected, "candidate {}", i);
+            }
+            for i in 0..2 {
+                let intact = (damage[i] == 0).then_some((gens[i], gens[i] * 10));
+                prop_assert_eq!(m.slot_contents()[i], intact);
+            }
         }
     }
 }

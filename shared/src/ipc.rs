@@ -47,7 +47,7 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 3;
+pub const IPC_VERSION: u32 = 4;
 /// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
 pub const MAX_REPORT_BYTES: usize = 1 << 30;
 /// Largest reply a worker sends; a larger result is answered with an error instead (the
@@ -176,11 +176,16 @@ pub struct Restored {
     pub last_seq: u64,
     /// Where it came from ("mmap slot A", "disk copy"), or `None` for a fresh start.
     pub source: Option<String>,
-    /// Candidates that were rejected, each with its reason.
+    /// Candidates that were rejected before this one was chosen (every newer one), each
+    /// with its file and reason. Older candidates are verified after `Ready`: see
+    /// [`Report::Verified`].
     pub rejected: Vec<String>,
     /// A damaged checkpoint file that was moved aside (path), if any.
     pub moved_aside: Option<String>,
-    /// `(generation, last_seq)` of every valid record in the mmap file's slots.
+    /// `(generation, last_seq)` of every record in the mmap file's slots not known to be
+    /// damaged: the restored one, and an older one whose header is intact but whose
+    /// payload is only verified after `Ready` (until then it counts as a fallback, so the
+    /// supervisor keeps the calls it would need).
     pub mmap_slots: Vec<(u64, u64)>,
     /// For kind `exec`: the pid of the program (the worker's child).
     pub program_pid: Option<u32>,
@@ -229,6 +234,15 @@ pub enum Report {
     /// [`EXIT_PROGRAM_FAILED`] and is recovered like any crashed worker.
     Crashed {
         reason: String,
+    },
+    /// The checkpoint candidates older than the restored one are verified (sent once,
+    /// after `Ready`, and before any `Checkpointed` that overwrote one of them).
+    Verified {
+        /// Those found damaged, each with its file and reason.
+        rejected: Vec<String>,
+        /// `(generation, last_seq)` of every mmap slot record still usable: as in
+        /// [`Restored::mmap_slots`], less the damaged ones.
+        mmap_slots: Vec<(u64, u64)>,
     },
 }
 

@@ -9,5 +9,6 @@ pub mod calllog;
 pub mod checkpoint;
 pub mod config;
 pub mod duration;
+pub mod hugepages;
 pub mod ipc;
 pub mod protocol;

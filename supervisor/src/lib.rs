@@ -49,7 +49,7 @@ mod spawn;
 pub use client::{Client, ClientError};
 pub use resurgam_shared as shared;
 pub use resurgam_shared::config::Config;
-pub use resurgam_worker::{Actor, ActorError, Registry};
+pub use resurgam_worker::{Actor, ActorError, HugePageAlloc, Registry};
 
 /// The entry point for a binary: runs the worker loop when this process was started as
 /// a worker, else the command line (`run`, `call`, `status`, …). Call it first in `main`.

@@ -1268,6 +1268,15 @@ fn report_event(name: &str, pid: Option<u32>, actor: ActorId, epoch: u64, report
             reason,
         },
         Report::Pong => Event::Pong { actor, epoch },
+        Report::Verified {
+            rejected,
+            mmap_slots,
+        } => Event::Verified {
+            actor,
+            epoch,
+            rejected,
+            mmap_slots,
+        },
     }
 }
 

@@ -13,6 +13,7 @@
 //! after it, so actor code never needs to handle its own crashes.
 
 mod actor;
+mod alloc;
 pub mod builtin;
 pub mod exec;
 mod registry;
@@ -21,5 +22,6 @@ mod run;
 mod sys;
 
 pub use actor::{Actor, ActorError};
+pub use alloc::HugePageAlloc;
 pub use registry::{Kind, Registry};
 pub use run::{EXIT_BAD_BOOTSTRAP, EXIT_FATAL, run_forked_worker, run_worker};

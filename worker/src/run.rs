@@ -20,6 +20,11 @@ use crate::registry::{DynActor, Registry};
 use crate::report::Reporter;
 use crate::sys::Prepared;
 
+/// How long a restored worker must have had nothing to do before it verifies the older
+/// checkpoint candidates (on a machine of few cores it would otherwise take the CPU the
+/// supervisor needs to send the replay).
+const VERIFY_WHEN_IDLE_FOR: Duration = Duration::from_millis(2);
+
 /// Exit status of a worker whose bootstrap failed (no supervisor to talk to).
 pub const EXIT_BAD_BOOTSTRAP: i32 = 70;
 /// Exit status of a worker that reported a fatal error to its supervisor.
@@ -137,6 +142,8 @@ impl Worker {
     }
 
     fn serve(&mut self, registry: &Registry) -> i32 {
+        // One-time set-up that a restore would otherwise pay, done while waiting.
+        checkpoint::warm_up();
         let init = match self.inbox.recv() {
             Ok(ToWorker::Init(init)) => init,
             Ok(ToWorker::InitShm(shm)) => match decode_init(&shm) {
@@ -193,9 +200,9 @@ impl Worker {
             let spin = Duration::from_micros(live.spin_micros);
             let idle_since = Instant::now();
             let msg = if back_to_back {
-                self.next_message_spinning(spin)
+                self.next_message_spinning(spin, live)?
             } else {
-                self.inbox.recv().ok()
+                self.next_message(live)?
             };
             // The supervisor is gone (PDEATHSIG normally kills us first).
             let Some(msg) = msg else { return Ok(()) };
@@ -210,7 +217,7 @@ impl Worker {
                     Err(e) => return Err(Stop::Failed(format!("undecodable call batch: {e}"))),
                 },
                 ToWorker::Checkpoint => self.checkpoint(live)?,
-                ToWorker::Stop => return Ok(()),
+                ToWorker::Stop => return self.finish_verification(live),
                 ToWorker::Configure { checkpoint_every } => live.every = checkpoint_every,
                 ToWorker::Spin { micros } => live.spin_micros = micros,
                 ToWorker::Ping => self
@@ -225,18 +232,32 @@ impl Worker {
     }
 
     /// The next message, waited for awake for up to `spin` (yielding the CPU to any
-    /// other runnable process between tries), then asleep. `None` once the supervisor
-    /// is gone.
-    fn next_message_spinning(&self, spin: Duration) -> Option<ToWorker> {
+    /// other runnable process between tries), then as [`next_message`](Self::next_message).
+    /// `None` once the supervisor is gone.
+    fn next_message_spinning(
+        &self,
+        spin: Duration,
+        live: &mut Live,
+    ) -> Result<Option<ToWorker>, Stop> {
         let start = Instant::now();
         while start.elapsed() < spin {
             match self.inbox.try_recv() {
-                Ok(m) => return Some(m),
+                Ok(m) => return Ok(Some(m)),
                 Err(ipc_channel::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(_) => return None,
+                Err(_) => return Ok(None),
             }
         }
-        self.inbox.recv().ok()
+        self.next_message(live)
+    }
+
+    /// The next message, waited for asleep; meanwhile, once idle, the verification of the
+    /// older checkpoint candidates if some wait for it. `None` once the supervisor is gone.
+    fn next_message(&self, live: &mut Live) -> Result<Option<ToWorker>, Stop> {
+        if live.mmap.verification_pending() {
+            self.verify_while_idle(live)
+        } else {
+            Ok(self.inbox.recv().ok())
+        }
     }
 
     /// Reports a crashed exec program and exits as crashed.
@@ -258,45 +279,27 @@ impl Worker {
         };
         let mmap_path = PathBuf::from(OsStr::from_bytes(&init.mmap_path));
         let disk_path = PathBuf::from(OsStr::from_bytes(&init.disk_path));
-        let scan = checkpoint::scan(&mmap_path, &disk_path);
-        let mut rejected = Vec::new();
-        let mut mmap_slots = Vec::new();
-        for (source, outcome) in &scan.candidates {
-            if let (checkpoint::Source::SlotA | checkpoint::Source::SlotB, Ok(ck)) =
-                (source, outcome)
-            {
-                mmap_slots.push(*ck);
-            }
-            if let Err(e) = outcome
-                && !matches!(
-                    e,
-                    checkpoint::CheckpointError::Missing | checkpoint::CheckpointError::Empty
-                )
-            {
-                rejected.push(format!("{source}: {e}"));
-            }
-        }
-        let size = scan
-            .chosen
-            .as_ref()
-            .map_or(0, |(_, ck)| ck.payload.len() as u64);
-        // Opened before any privilege is dropped (the file is the supervisor's).
-        let (mmap, moved) =
-            MmapCheckpoint::open_after_scan(&mmap_path, size.saturating_mul(2), &scan)
-                .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
+        // Newest candidate first; the older ones are verified once ready (see
+        // `verify_while_idle`). Opened before any privilege is dropped (the file is the
+        // supervisor's).
+        let restore = MmapCheckpoint::restore(&mmap_path, &disk_path)
+            .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
         // The word may still name the call an earlier worker died in.
-        mmap.set_executing(0);
-        let cannot_load = |source: &checkpoint::Source, generation: u64, e: String| {
-            format!(
+        restore.writer.set_executing(0);
+        let cannot_load = |e: String| match restore.chosen {
+            Some((source, generation, _)) => format!(
                 "checkpoint generation {generation} from {source} verified but cannot be loaded: {e}"
-            )
+            ),
+            None => format!("the fresh state cannot be loaded: {e}"),
         };
+        // The state is loaded straight from where it was verified (for the mmap file, its
+        // mapping): no copy of it is made here.
         let (engine, program_pid) = match (kind, &init.exec) {
             (Some(kind), _) => {
-                let actor = match &scan.chosen {
-                    Some((source, ck)) => kind
-                        .restore(&ck.payload)
-                        .map_err(|e| fatal(cannot_load(source, ck.generation, e)))?,
+                let actor = match restore.chosen {
+                    Some(_) => kind
+                        .restore(restore.payload())
+                        .map_err(|e| fatal(cannot_load(e)))?,
                     None => kind.fresh(),
                 };
                 // The actor's code runs in this process: limits and identity apply here.
@@ -318,12 +321,12 @@ impl Worker {
                         exec::StartError::Fatal(m) => Stop::Failed(m),
                         exec::StartError::Crashed(m) => Stop::Crashed(m),
                     })?;
-                if let Some((source, ck)) = &scan.chosen {
-                    match program.load(&ck.payload) {
+                if restore.chosen.is_some() {
+                    match program.load(restore.payload()) {
                         Ok(()) => {}
                         Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
                         Err(exec::Failure::Refused { message, .. }) => {
-                            return Err(fatal(cannot_load(source, ck.generation, message)));
+                            return Err(fatal(cannot_load(message)));
                         }
                     }
                 }
@@ -332,35 +335,79 @@ impl Worker {
             }
             (None, None) => return Err(fatal(format!("unknown actor kind {:?}", init.kind))),
         };
-        let (generation, last_seq, source) = match &scan.chosen {
-            Some((source, ck)) => (ck.generation, ck.last_seq, Some(source.to_string())),
+        let (generation, last_seq, source) = match restore.chosen {
+            Some((source, generation, last_seq)) => {
+                (generation, last_seq, Some(source.to_string()))
+            }
             None => (0, 0, None),
         };
-        // The mmap slot that is not the newest holds the fallback checkpoint.
-        let mut slots = mmap_slots.clone();
-        slots.sort_unstable_by(|x, y| y.cmp(x));
-        let previous = slots.get(1).map(|s| s.1);
+        let mmap = restore.writer;
         self.to_sup
             .send(&Report::Ready(Restored {
                 generation,
                 last_seq,
                 source,
-                rejected,
-                moved_aside: moved.map(|p| p.display().to_string()),
-                mmap_slots,
+                rejected: restore.rejected.iter().map(ToString::to_string).collect(),
+                moved_aside: restore.moved_aside.map(|p| p.display().to_string()),
+                mmap_slots: mmap_slots(&mmap),
                 program_pid,
             }))
             .map_err(|e| fatal(format!("send ready: {e}")))?;
         Ok(Live {
             engine,
+            previous: mmap.older().map(|(_, seq)| seq),
             mmap,
             generation,
             last_seq,
             since_checkpoint: 0,
             every: init.checkpoint_every,
             spin_micros: init.spin_micros,
-            previous,
         })
+    }
+
+    /// Waits for the next message while verifying the checkpoint candidates older than
+    /// the restored one, a step at a time, once nothing came for [`VERIFY_WHEN_IDLE_FOR`]
+    /// (the replay and the calls after a restore come first; a checkpoint or a stop
+    /// finishes the verification anyway). Reports the outcome once done. `None` once the
+    /// supervisor is gone.
+    fn verify_while_idle(&self, live: &mut Live) -> Result<Option<ToWorker>, Stop> {
+        match self.inbox.try_recv_timeout(VERIFY_WHEN_IDLE_FOR) {
+            Ok(m) => return Ok(Some(m)),
+            Err(ipc_channel::TryRecvError::Empty) => {}
+            Err(_) => return Ok(None),
+        }
+        loop {
+            match self.inbox.try_recv() {
+                Ok(m) => return Ok(Some(m)),
+                Err(ipc_channel::TryRecvError::Empty) => {}
+                Err(_) => return Ok(None),
+            }
+            if !live.mmap.verify_step() {
+                self.report_verified(live)?;
+                return Ok(self.inbox.recv().ok());
+            }
+        }
+    }
+
+    /// Finishes the verification of the older checkpoint candidates (before a slot is
+    /// overwritten, or before exiting) and reports what it found, if not done yet.
+    fn finish_verification(&self, live: &mut Live) -> Result<(), Stop> {
+        live.mmap.verify_all();
+        self.report_verified(live)
+    }
+
+    /// Sends the outcome of the older candidates' verification, once.
+    fn report_verified(&self, live: &mut Live) -> Result<(), Stop> {
+        let Some(verified) = live.mmap.take_verified() else {
+            return Ok(());
+        };
+        live.previous = live.mmap.older().map(|(_, seq)| seq);
+        self.to_sup
+            .send(&Report::Verified {
+                rejected: verified.rejected.iter().map(ToString::to_string).collect(),
+                mmap_slots: mmap_slots(&live.mmap),
+            })
+            .map_err(|e| Stop::Failed(format!("send verification report: {e}")))
     }
 
     fn apply(&self, live: &mut Live, calls: Vec<Call>) -> Result<(), Stop> {
@@ -429,6 +476,8 @@ impl Worker {
     }
 
     fn checkpoint(&self, live: &mut Live) -> Result<(), Stop> {
+        // What the older candidates hold is reported before one of them is overwritten.
+        self.finish_verification(live)?;
         let msg = match write_checkpoint(live) {
             Ok(m) => m,
             Err(Stop::Failed(message)) => {
@@ -572,15 +621,10 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
         })?,
     };
     let generation = live.generation + 1;
-    let written = live
-        .mmap
+    live.mmap
         .write(generation, live.last_seq, &payload)
         .map_err(|e| Stop::Failed(format!("write {}: {e}", display(live.mmap.path()))))?;
-    let other = match written {
-        checkpoint::Source::SlotA => 1,
-        _ => 0,
-    };
-    live.previous = live.mmap.slot_contents()[other].map(|(_, seq)| seq);
+    live.previous = live.mmap.older().map(|(_, seq)| seq);
     live.generation = generation;
     live.since_checkpoint = 0;
     Ok(Report::Checkpointed {
@@ -631,6 +675,11 @@ fn reply_frames(replies: Vec<Reply>) -> Vec<Vec<Reply>> {
         }
     }
     frames
+}
+
+/// `(generation, last_seq)` of every slot record the writer counts as usable.
+fn mmap_slots(mmap: &MmapCheckpoint) -> Vec<(u64, u64)> {
+    mmap.slot_contents().into_iter().flatten().collect()
 }
 
 fn display(p: &Path) -> String {

@@ -478,6 +478,15 @@ impl ActorState {
         }
     }
 
+    /// Takes what the mmap slots hold (as the worker reports it: every record not known
+    /// to be damaged, verified or not) as the newest and the other checkpoint.
+    pub fn set_mmap_slots(&mut self, slots: &[(u64, u64)]) {
+        let mut slots = slots.to_vec();
+        slots.sort_unstable_by(|x, y| y.cmp(x));
+        self.mmap_newest = slots.first().map(|s| s.1);
+        self.mmap_other = slots.get(1).map(|s| s.1);
+    }
+
     /// Drops answered calls that every checkpoint still on file covers (both mmap slots
     /// and the disk copy), so that any of them can serve a restore.
     pub fn truncate_log(&mut self) {

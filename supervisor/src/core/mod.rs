@@ -12,7 +12,8 @@
 //!   new worker gets every logged call after its restored checkpoint;
 //! * the log keeps every call that some still-usable checkpoint does not cover (the
 //!   previous mmap slot and the disk copy included), so one damaged checkpoint never
-//!   loses a call.
+//!   loses a call. A candidate the worker has not verified yet (it verifies the older
+//!   ones only after it is ready) counts as usable until it reports it damaged.
 
 mod actor;
 pub mod restart;
@@ -103,6 +104,14 @@ pub enum Event {
         epoch: u64,
         message: String,
     },
+    /// The checkpoint candidates older than the restored one were verified after the
+    /// worker was ready (see [`resurgam_shared::ipc::Report::Verified`]).
+    Verified {
+        actor: ActorId,
+        epoch: u64,
+        rejected: Vec<String>,
+        mmap_slots: Vec<(u64, u64)>,
+    },
     /// The worker reported it cannot go on (it exits next).
     Fatal {
         actor: ActorId,
@@ -188,6 +197,7 @@ impl Event {
             | Event::MoreReplies { actor, epoch, .. }
             | Event::Checkpointed { actor, epoch, .. }
             | Event::CheckpointFailed { actor, epoch, .. }
+            | Event::Verified { actor, epoch, .. }
             | Event::Crashed { actor, epoch, .. }
             | Event::Pong { actor, epoch } => Some((actor, epoch)),
             _ => None,
@@ -386,6 +396,12 @@ impl Core {
                 epoch,
                 message,
             } => self.on_checkpoint_failed(actor, epoch, &message),
+            Event::Verified {
+                actor,
+                epoch,
+                rejected,
+                mmap_slots,
+            } => self.on_verified(actor, epoch, &rejected, &mmap_slots),
             Event::Fatal {
                 actor,
                 epoch,
@@ -978,12 +994,10 @@ impl Core {
         let a = &mut self.actors[id];
         a.restored = Some((restored.generation, k, restored.source.clone()));
         a.program_pid = restored.program_pid;
-        // What the mmap slots hold from now on: the restored checkpoint is the newest.
+        // What the mmap slots hold from now on: the restored checkpoint is the newest; an
+        // older slot not verified yet counts until found damaged (`on_verified`).
         a.checkpoint = (restored.generation, k);
-        let mut slots = restored.mmap_slots.clone();
-        slots.sort_unstable_by(|x, y| y.cmp(x));
-        a.mmap_newest = slots.first().map(|s| s.1);
-        a.mmap_other = slots.get(1).map(|s| s.1);
+        a.set_mmap_slots(&restored.mmap_slots);
         a.next_seq = a.next_seq.max(k + 1);
         a.sent_upto = k;
         a.inflight_batches = 0;
@@ -1058,6 +1072,29 @@ impl Core {
             }
         }
         self.mark_dirty(id);
+    }
+
+    /// The older checkpoint candidates of the current worker's restore are verified: say
+    /// which are damaged, and stop counting a damaged mmap slot as a fallback.
+    fn on_verified(
+        &mut self,
+        id: ActorId,
+        epoch: u64,
+        rejected: &[String],
+        mmap_slots: &[(u64, u64)],
+    ) {
+        let Some(a) = self.current(id, epoch) else {
+            return;
+        };
+        for r in rejected {
+            tracing::warn!(actor = %a.name, rejected = %r, "checkpoint candidate rejected after the worker was ready");
+        }
+        // The worker sends this before any checkpoint that overwrites a slot, so the slots
+        // are still those of its ready report; anything else is ignored (keeping more log).
+        let restored = a.restored.as_ref().map(|(g, k, _)| (*g, *k));
+        if restored == Some(a.checkpoint) {
+            a.set_mmap_slots(mmap_slots);
+        }
     }
 
     fn on_checkpointed(

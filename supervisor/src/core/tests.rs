@@ -73,7 +73,18 @@ struct SimWorker {
     inbox: VecDeque<ToW>,
     /// Messages sent but not yet read by the supervisor, then the channel's close.
     outbox: VecDeque<Event>,
+    /// The report on the restore candidates older than the restored one, which the
+    /// worker verifies once ready: sent while idle, or before it writes a checkpoint.
+    verified: Option<Event>,
     dead: bool,
+}
+
+impl SimWorker {
+    fn send_verified(&mut self) {
+        if let Some(ev) = self.verified.take() {
+            self.outbox.push_back(ev);
+        }
+    }
 }
 
 fn total(state: &[(u64, i64)]) -> i64 {
@@ -202,6 +213,7 @@ impl World {
                     previous: None,
                     inbox: VecDeque::new(),
                     outbox: VecDeque::new(),
+                    verified: None,
                     dead: false,
                 });
             }
@@ -349,7 +361,8 @@ impl World {
             .max_by_key(|(i, c)| (c.generation, c.last_seq, std::cmp::Reverse(*i)))
     }
 
-    /// The checkpoint a restore picks: the valid one with the highest generation.
+    /// The checkpoint the supervisor's start-up scan finds: the valid one with the
+    /// highest generation.
     fn restore_candidate(&self) -> Option<Ck> {
         self.slots
             .iter()
@@ -360,30 +373,53 @@ impl World {
             .cloned()
     }
 
-    /// The worker connects and restores (as worker::run does).
+    /// The worker connects and restores (as worker::run does): the candidates newest
+    /// first until one is valid; the older ones count as usable until the worker reports
+    /// on them, later (`SimWorker::verified`).
     fn start_worker(&mut self) {
         let Some(w) = self.worker.as_ref().filter(|w| !w.started && !w.dead) else {
             return;
         };
         let epoch = w.epoch;
-        let chosen = self.restore_candidate();
-        let rejected = self
+        // (index: slot A 0, slot B 1, disk copy 2; checkpoint), in restore order.
+        let mut candidates: Vec<(usize, Ck)> = self
             .slots
             .iter()
-            .flatten()
-            .chain(self.disk.iter())
-            .filter(|c| !c.valid)
-            .map(|c| format!("gen {}: checksum", c.generation))
+            .chain(std::iter::once(&self.disk))
+            .enumerate()
+            .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
             .collect();
-        let mmap_slots = self
-            .slots
-            .iter()
-            .flatten()
-            .filter(|c| c.valid)
-            .map(|c| (c.generation, c.last_seq))
-            .collect();
+        candidates.sort_by_key(|(i, c)| {
+            std::cmp::Reverse((c.generation, c.last_seq, std::cmp::Reverse(*i)))
+        });
+        let at = candidates.iter().position(|(_, c)| c.valid);
+        let tried = at.map_or(candidates.len(), |p| p + 1);
+        let (newer, older) = candidates.split_at(tried);
+        let chosen = at.map(|p| candidates[p].1.clone());
+        let reasons = |list: &[(usize, Ck)]| -> Vec<String> {
+            list.iter()
+                .filter(|(_, c)| !c.valid)
+                .map(|(i, c)| format!("candidate {i} gen {}: checksum", c.generation))
+                .collect()
+        };
+        let slots_of = |list: &[(usize, Ck)], all: bool| -> Vec<(u64, u64)> {
+            list.iter()
+                .filter(|(i, c)| *i < 2 && (all || c.valid))
+                .map(|(_, c)| (c.generation, c.last_seq))
+                .collect()
+        };
+        let chosen_slot = at.map_or(&[][..], |p| &candidates[p..=p]);
+        let rejected = reasons(newer);
+        let mmap_slots = [slots_of(chosen_slot, false), slots_of(older, true)].concat();
+        let verified = (!older.is_empty()).then(|| Event::Verified {
+            actor: 0,
+            epoch,
+            rejected: reasons(older),
+            mmap_slots: [slots_of(chosen_slot, false), slots_of(older, false)].concat(),
+        });
         let w = self.worker.as_mut().unwrap();
         w.started = true;
+        w.verified = verified;
         if let Some(c) = &chosen {
             w.state = c.state.clone();
             w.last_seq = c.last_seq;
@@ -411,6 +447,9 @@ impl World {
     }
 
     fn write_checkpoint(&mut self) {
+        if let Some(w) = self.worker.as_mut() {
+            w.send_verified();
+        }
         let newest = self.newest_valid();
         let target = match &newest {
             Some((i, _)) => 1 - i,
@@ -445,6 +484,8 @@ impl World {
             return;
         };
         let Some(msg) = w.inbox.pop_front() else {
+            // Idle: the verification of the older restore candidates ends.
+            w.send_verified();
             return;
         };
         match msg {
@@ -509,7 +550,10 @@ impl World {
                 }
             }
             ToW::Checkpoint => self.write_checkpoint(),
-            ToW::Stop => self.die(WorkerExit::Code(0), None),
+            ToW::Stop => {
+                w.send_verified();
+                self.die(WorkerExit::Code(0), None)
+            }
             ToW::Ping => {
                 let epoch = w.epoch;
                 w.outbox.push_back(Event::Pong { actor: 0, epoch });
@@ -638,7 +682,8 @@ impl World {
         for _ in 0..100_000 {
             let busy = !self.stale.is_empty()
                 || self.worker.as_ref().is_some_and(|w| {
-                    !w.outbox.is_empty() || (!w.dead && (!w.started || !w.inbox.is_empty()))
+                    !w.outbox.is_empty()
+                        || (!w.dead && (!w.started || !w.inbox.is_empty() || w.verified.is_some()))
                 });
             if busy {
                 self.start_worker();
@@ -872,6 +917,97 @@ fn log_is_truncated_once_checkpoints_cover_it() {
     w.check_model();
 }
 
+/// Calls `n` increments and waits until all are answered.
+fn incr_n(w: &mut World, n: usize) {
+    for _ in 0..n {
+        w.call("incr", 1);
+    }
+    w.settle();
+}
+
+/// A checkpoint op, answered once the disk copy holds it: its (generation, last_seq).
+fn checkpoint_now(w: &mut World) -> (u64, u64) {
+    let id = w.op(Op::Checkpoint { actor: "c".into() });
+    w.settle();
+    let ok = &w.replies[&id][0]["ok"];
+    (
+        ok["generation"].as_u64().unwrap(),
+        ok["last_seq"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    incr_n(&mut w, 10);
+    let ck1 = checkpoint_now(&mut w);
+    incr_n(&mut w, 10);
+    let ck2 = checkpoint_now(&mut w);
+    assert_eq!((ck1.1, ck2.1), (10, 20));
+    incr_n(&mut w, 5);
+    // The older slot's payload goes bad; the worker dies and restores newest first.
+    let (newest, _) = w.newest_valid().unwrap();
+    w.slots[1 - newest].as_mut().unwrap().valid = false;
+    w.die(
+        WorkerExit::Signal {
+            signal: 9,
+            core_dumped: false,
+        },
+        None,
+    );
+    // Up to the new worker's ready report; its verification report is still to come.
+    let old_epoch = w.worker.as_ref().unwrap().epoch;
+    for _ in 0..100 {
+        let new = w.worker.as_ref().unwrap();
+        if new.epoch != old_epoch && new.started && w.core.phase(0) == Phase::Alive {
+            break;
+        }
+        w.deliver_one();
+        if w.core.phase(0) == Phase::Restarting {
+            w.advance(Duration::from_millis(50));
+        }
+        w.start_worker();
+    }
+    assert_eq!(w.core.phase(0), Phase::Alive);
+    assert!(w.worker.as_ref().unwrap().verified.is_some());
+    let a = &w.core.actors[0];
+    assert_eq!(a.restored.as_ref().map(|r| (r.0, r.1)), Some(ck2));
+    // Not verified yet: counted as a fallback, so truncation keeps every call after it.
+    assert_eq!((a.mmap_newest, a.mmap_other), (Some(20), Some(10)));
+    // The disk copy holds checkpoint 2: truncation runs, as far as it may.
+    let synced = |w: &mut World| {
+        w.handle(Event::DiskSynced {
+            actor: 0,
+            generation: ck2.0,
+            last_seq: ck2.1,
+        });
+    };
+    synced(&mut w);
+    let a = &w.core.actors[0];
+    assert!(
+        a.log_floor <= 10,
+        "log floor {} past the unverified slot",
+        a.log_floor
+    );
+    assert!(a.log.iter().any(|e| e.seq == 11), "call 11 dropped");
+    // The worker, idle, finishes verifying and reports the damage: the slot stops
+    // counting, and the log may go up to what the verified checkpoints cover, no further.
+    w.worker_step(None);
+    w.settle();
+    let a = &w.core.actors[0];
+    assert_eq!((a.mmap_newest, a.mmap_other), (Some(20), None));
+    synced(&mut w);
+    let a = &w.core.actors[0];
+    assert_eq!(
+        a.log_floor, 20,
+        "floor is what the verified newest and disk copy cover"
+    );
+    assert!(a.log.iter().all(|e| e.seq > 20));
+    assert!(a.log.iter().any(|e| e.seq == 21), "call 21 dropped");
+    w.check_model();
+}
+
 #[test]
 fn checkpoint_request_is_answered_after_the_disk_copy() {
     let mut w = World::new(policy(-1, 3, 0));
@@ -959,6 +1095,7 @@ enum Step {
     CheckpointOp,
     Restart,
     CorruptNewest,
+    CorruptOlder,
     CorruptDisk,
     DiskFull(bool),
     CrashSupervisor,
@@ -981,6 +1118,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::CheckpointOp),
         1 => Just(Step::Restart),
         1 => Just(Step::CorruptNewest),
+        1 => Just(Step::CorruptOlder),
         1 => Just(Step::CorruptDisk),
         1 => proptest::bool::ANY.prop_map(Step::DiskFull),
         1 => Just(Step::CrashSupervisor),
@@ -1040,6 +1178,17 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
                     && w.disk.as_ref().is_none_or(|c| c.valid);
                 if all_valid && let Some((i, _)) = w.newest_valid() {
                     w.slots[i].as_mut().unwrap().valid = false;
+                }
+            }
+            Step::CorruptOlder => {
+                // The fallback slot, which a restore verifies only after ready.
+                let all_valid = w.slots.iter().flatten().all(|c| c.valid)
+                    && w.disk.as_ref().is_none_or(|c| c.valid);
+                if all_valid
+                    && let Some((i, _)) = w.newest_valid()
+                    && let Some(older) = w.slots[1 - i].as_mut()
+                {
+                    older.valid = false;
                 }
             }
             Step::CorruptDisk => {
