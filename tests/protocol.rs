@@ -153,10 +153,27 @@ fn bad_requests_get_error_replies_and_the_connection_keeps_working() {
             json!(12),
             "BadRequest",
         ),
+        // A field the op does not take: refused, and the supervisor is not stopped.
+        (
+            br#"{"id":13,"op":"stop","actor":"c"}"#.to_vec(),
+            json!(13),
+            "BadRequest",
+        ),
+        (
+            br#"{"id":14,"op":"call","actor":"c","method":"incr","args":1,"key":"k"}"#.to_vec(),
+            json!(14),
+            "BadRequest",
+        ),
     ];
     for (i, (line, id, kind)) in cases.iter().enumerate() {
         let reply = raw.roundtrip(line);
         assert_err(&reply, id, kind);
+        if *id == json!(13) {
+            assert_eq!(
+                reply["err"]["message"], "field `actor` is not taken by op `stop`",
+                "{reply}"
+            );
+        }
         // The same connection still works after every bad request.
         let ok = raw.roundtrip(
             format!(r#"{{"id":"ok{i}","op":"call","actor":"c","method":"incr","args":1}}"#)
