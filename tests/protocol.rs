@@ -153,10 +153,27 @@ fn bad_requests_get_error_replies_and_the_connection_keeps_working() {
             json!(12),
             "BadRequest",
         ),
+        // A field the op does not take: refused, and the supervisor is not stopped.
+        (
+            br#"{"id":13,"op":"stop","actor":"c"}"#.to_vec(),
+            json!(13),
+            "BadRequest",
+        ),
+        (
+            br#"{"id":14,"op":"call","actor":"c","method":"incr","args":1,"key":"k"}"#.to_vec(),
+            json!(14),
+            "BadRequest",
+        ),
     ];
     for (i, (line, id, kind)) in cases.iter().enumerate() {
         let reply = raw.roundtrip(line);
         assert_err(&reply, id, kind);
+        if *id == json!(13) {
+            assert_eq!(
+                reply["err"]["message"], "field `actor` is not taken by op `stop`",
+                "{reply}"
+            );
+        }
         // The same connection still works after every bad request.
         let ok = raw.roundtrip(
             format!(r#"{{"id":"ok{i}","op":"call","actor":"c","method":"incr","args":1}}"#)
@@ -357,8 +374,8 @@ fn cli_subcommands_and_socket_discovery() {
         assert!(table.contains(name), "status table lacks {name}: {table}");
     }
 
-    // checkpoint answers with the synced generation and seq.
-    let out = cli(&["checkpoint", "c", "--socket", &socket], &[]);
+    // checkpoint answers with the synced generation and seq (as JSON with --json).
+    let out = cli(&["checkpoint", "c", "--json", "--socket", &socket], &[]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let ck: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(ck["generation"].as_u64().unwrap() >= 1, "{ck}");
@@ -382,10 +399,10 @@ fn cli_subcommands_and_socket_discovery() {
     // Arguments that are not JSON are a usage error.
     let out = cli(&["call", "c", "incr", "{oops", "--socket", &socket], &[]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
-    // No supervisor at that socket: exit 1 with a message, no hang.
+    // No supervisor at that socket: exit 3 (unreachable) with a message, no hang.
     let missing = sup.dir().join("missing.sock");
     let out = cli(&["status", "--socket", missing.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).starts_with("resurgam:"),
         "stderr: {}",

@@ -8,6 +8,7 @@ mod util;
 mod chaos;
 // G2: kill -9 during a checkpoint of a large state; corrupt newest slot and disk copy.
 mod checkpoint;
+mod cli;
 // G6 for config files: `check` and `run` refuse bad configs with file, line and reason.
 mod config;
 // Logs: plain one-line events with actor and pid fields, no colour codes in files.

@@ -1,7 +1,9 @@
 //! The control protocol: newline-delimited JSON over the Unix control socket.
 //!
 //! Request: `{"id": <any JSON>, "op": "call", "actor": "counter", "method": "incr", "args": 5}`.
-//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `stop`.
+//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop`.
+//! Every op takes `id`; a field its op does not take (`{"op":"stop","actor":"c"}`) is a
+//! `BadRequest` naming the field, never silently ignored.
 //! Reply: `{"id": <same>, "ok": <JSON>}` or
 //! `{"id": <same>, "err": {"kind": "<Kind>", "message": "<text>"}}`.
 //!
@@ -102,18 +104,143 @@ pub struct Request {
     pub op: Op,
 }
 
-#[derive(Deserialize)]
+/// The fields of one request line, whatever its op. Which fields are present is kept,
+/// so that a field the op does not take is refused rather than silently ignored (a
+/// `{"op":"stop","actor":"c"}` must not stop the whole supervisor).
 struct WireRequest<'a> {
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(default)]
     op: Option<String>,
-    #[serde(default)]
     actor: Option<String>,
-    #[serde(default)]
     method: Option<String>,
-    #[serde(borrow, default)]
     args: Option<&'a RawValue>,
+    /// The [`Field`]s present (bits of [`Field::bit`]).
+    present: u8,
+    /// The first field that no op takes, by name.
+    unknown: Option<String>,
+}
+
+/// A request field name; `Other` is one no op takes.
+enum Field {
+    Id,
+    Op,
+    Actor,
+    Method,
+    Args,
+    Other(String),
+}
+
+impl Field {
+    /// The fields an op may take besides `id` and `op` (which every op takes), as bits.
+    const ACTOR: u8 = 1;
+    const METHOD: u8 = 2;
+    const ARGS: u8 = 4;
+    /// The optional fields, each with its bit, in the order they are reported.
+    const OPTIONAL: [(u8, &'static str); 3] = [
+        (Field::ACTOR, "actor"),
+        (Field::METHOD, "method"),
+        (Field::ARGS, "args"),
+    ];
+
+    /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
+    fn taken_by(op: &str) -> Option<u8> {
+        Some(match op {
+            "call" => Field::ACTOR | Field::METHOD | Field::ARGS,
+            "checkpoint" | "restart" => Field::ACTOR,
+            "status" | "reload" | "stop" => 0,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "id" => Field::Id,
+                    "op" => Field::Op,
+                    "actor" => Field::Actor,
+                    "method" => Field::Method,
+                    "args" => Field::Args,
+                    other => Field::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = WireRequest<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a request object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<WireRequest<'a>, M::Error> {
+                use serde::de::Error;
+                let mut present = 0u8;
+                let mut seen = |bit: u8, name: &'static str| {
+                    if present & bit != 0 {
+                        return Err(M::Error::duplicate_field(name));
+                    }
+                    present |= bit;
+                    Ok(())
+                };
+                // `id` and `op` get bits of their own above the optional fields'.
+                let (mut id, mut op, mut actor, mut method, mut args) =
+                    (None, None, None, None, None);
+                let mut unknown = None;
+                while let Some(key) = map.next_key::<Field>()? {
+                    match key {
+                        Field::Id => {
+                            seen(16, "id")?;
+                            id = map.next_value::<Option<&'a RawValue>>()?;
+                        }
+                        Field::Op => {
+                            seen(32, "op")?;
+                            op = map.next_value::<Option<String>>()?;
+                        }
+                        Field::Actor => {
+                            seen(Field::ACTOR, "actor")?;
+                            actor = map.next_value::<Option<String>>()?;
+                        }
+                        Field::Method => {
+                            seen(Field::METHOD, "method")?;
+                            method = map.next_value::<Option<String>>()?;
+                        }
+                        Field::Args => {
+                            seen(Field::ARGS, "args")?;
+                            args = map.next_value::<Option<&'a RawValue>>()?;
+                        }
+                        Field::Other(name) => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            unknown.get_or_insert(name);
+                        }
+                    }
+                }
+                Ok(WireRequest {
+                    id,
+                    op,
+                    actor,
+                    method,
+                    args,
+                    present,
+                    unknown,
+                })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// A request that could not be accepted: the id to answer (raw JSON) and why.
@@ -147,29 +274,45 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     let need_actor = |actor: Option<String>, op: &str| {
         actor.ok_or_else(|| bad(format!("op {op:?} needs an \"actor\" string")))
     };
-    let op = match wire.op.as_deref() {
-        Some("call") => Op::Call {
+    let Some(op_name) = wire.op.as_deref() else {
+        return Err(bad("request has no \"op\" string".to_string()));
+    };
+    let unknown_op = |op: &str| {
+        bad(format!(
+            "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop)"
+        ))
+    };
+    let Some(taken) = Field::taken_by(op_name) else {
+        return Err(unknown_op(op_name));
+    };
+    let not_taken = Field::OPTIONAL
+        .iter()
+        .find(|(bit, _)| wire.present & bit & !taken != 0)
+        .map(|(_, name)| *name)
+        .or(wire.unknown.as_deref());
+    if let Some(field) = not_taken {
+        return Err(bad(format!(
+            "field `{field}` is not taken by op `{op_name}`"
+        )));
+    }
+    let op = match op_name {
+        "call" => Op::Call {
             actor: need_actor(wire.actor, "call")?,
             method: wire
                 .method
                 .ok_or_else(|| bad("op \"call\" needs a \"method\" string".to_string()))?,
             args: wire.args.map(|a| a.get().to_string()),
         },
-        Some("status") => Op::Status,
-        Some("checkpoint") => Op::Checkpoint {
+        "checkpoint" => Op::Checkpoint {
             actor: need_actor(wire.actor, "checkpoint")?,
         },
-        Some("restart") => Op::Restart {
+        "restart" => Op::Restart {
             actor: need_actor(wire.actor, "restart")?,
         },
-        Some("stop") => Op::Stop,
-        Some("reload") => Op::Reload,
-        Some(other) => {
-            return Err(bad(format!(
-                "unknown op {other:?} (expected call, status, checkpoint, restart, reload, stop)"
-            )));
-        }
-        None => return Err(bad("request has no \"op\" string".to_string())),
+        "status" => Op::Status,
+        "stop" => Op::Stop,
+        "reload" => Op::Reload,
+        other => return Err(unknown_op(other)),
     };
     Ok(Request { id, op })
 }
@@ -277,6 +420,57 @@ mod tests {
         assert_eq!(e.error.kind, ErrorKind::BadRequest);
         let e = parse_request(&[0xff, 0xfe]).unwrap_err();
         assert!(e.error.message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_field_the_op_does_not_take_is_refused_by_name() {
+        let refused = |line: &str, field: &str, op: &str| {
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.error.kind, ErrorKind::BadRequest, "{line}");
+            assert_eq!(
+                e.error.message,
+                format!("field `{field}` is not taken by op `{op}`"),
+                "{line}"
+            );
+            assert_eq!(e.id, "7", "{line}");
+        };
+        refused(r#"{"id":7,"op":"stop","actor":"counter"}"#, "actor", "stop");
+        refused(r#"{"id":7,"op":"reload","actor":null}"#, "actor", "reload");
+        refused(r#"{"id":7,"op":"status","method":"m"}"#, "method", "status");
+        refused(
+            r#"{"id":7,"op":"checkpoint","actor":"c","args":1}"#,
+            "args",
+            "checkpoint",
+        );
+        refused(
+            r#"{"id":7,"op":"restart","actor":"c","method":"m"}"#,
+            "method",
+            "restart",
+        );
+        refused(
+            r#"{"id":7,"op":"call","actor":"c","method":"m","key":"k"}"#,
+            "key",
+            "call",
+        );
+        refused(
+            r#"{"id":7,"op":"stop","force":{"deep":[1]}}"#,
+            "force",
+            "stop",
+        );
+        // `id` is taken by every op, and each op takes its own fields.
+        for line in [
+            r#"{"id":7,"op":"call","actor":"c","method":"m","args":[1]}"#,
+            r#"{"id":7,"op":"status"}"#,
+            r#"{"id":7,"op":"checkpoint","actor":"c"}"#,
+            r#"{"id":7,"op":"restart","actor":"c"}"#,
+            r#"{"id":7,"op":"reload"}"#,
+            r#"{"id":7,"op":"stop"}"#,
+        ] {
+            assert!(parse_request(line.as_bytes()).is_ok(), "{line}");
+        }
+        // A repeated field is refused too (it was before: the derived parser did it).
+        let e = parse_request(br#"{"id":7,"op":"stop","op":"status"}"#).unwrap_err();
+        assert!(e.error.message.contains("duplicate field `op`"), "{e:?}");
     }
 
     #[test]

@@ -1,28 +1,52 @@
 //! The command line: `run`, `check`, and the client subcommands.
 //!
-//! Exit codes: 0 success; 1 the supervisor answered with an error or could not be
-//! reached; 2 bad usage or a bad config file.
+//! Exit codes ([`EXIT_CODES`], also in `--help` and the README): 0 success; 1 the
+//! supervisor answered with an error or the command failed; 2 bad usage or a bad config
+//! file; 3 the supervisor cannot be reached or did not answer in time.
 
 use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use serde_json::Value;
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::{Value, json};
 
 use resurgam_shared::config::{Config, Environment};
+use resurgam_shared::duration::{format_duration, parse_duration};
 use resurgam_worker::Registry;
 
 use crate::client::{Client, ClientError};
 use crate::logging::{self, LogFormat};
+use crate::render;
 use crate::shell::forkserver::ForkServer;
+
+/// Exit code: the supervisor answered with an error, or the command failed.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: bad usage (clap's), or an invalid config file.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the supervisor cannot be reached, or did not answer in time.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the supervisor answered with an error (unknown actor, the actor's error, a refused
+     request), or the command failed (`pid` of an actor without a process, a `stop`
+     that did not finish within --timeout)
+  2  usage error, or an invalid config file (`check`, `run`)
+  3  the supervisor cannot be reached (no socket, nobody listening, the connection
+     broke) or did not answer within `call --timeout`";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "resurgam",
     version,
-    about = "A multi-process actor supervisor: workers survive kill -9 with no lost and no doubled call."
+    about = "A multi-process actor supervisor: workers survive kill -9 with no lost and no doubled call.",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,11 +57,21 @@ pub struct Cli {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SocketArgs {
     /// The control socket (else $RESURGAM_SOCKET, else --config's, else the default).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// A config file to read the socket path from.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// The options of every client subcommand: the socket, and the output format.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientArgs {
+    /// Print the supervisor's JSON reply instead of a line for people.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,7 +80,7 @@ pub enum Command {
     Run {
         /// The config file (TOML), e.g. examples/demo.toml: the actors to supervise, and
         /// the file `reload` re-reads.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text")]
@@ -54,47 +88,93 @@ pub enum Command {
     },
     /// Validate a config file; prints every problem with file, line and reason.
     Check {
-        #[arg(long)]
-        config: PathBuf,
+        /// The config file (TOML) to check.
+        #[arg(
+            value_name = "FILE",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )]
+        file: Option<PathBuf>,
+        /// The config file (TOML) to check (the same as FILE).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Call a method of an actor and print the result as JSON.
     Call {
+        /// The actor to call (its `name` in the config).
         actor: String,
+        /// The method to call.
         method: String,
-        /// Arguments as JSON (e.g. 5, '{"key":"a","value":1}').
+        /// The argument: JSON (5, -5, '"two words"', '{"key":"a","value":1}'), or a bare
+        /// word, taken as a string (city is "city"). None: the call has no argument.
+        #[arg(allow_negative_numbers = true)]
         args: Option<String>,
+        /// Give up waiting for the reply after this long (e.g. 500ms, 5s) and exit 3; the
+        /// call may still be carried out. Default: wait for the supervisor's answer.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        timeout: Option<Duration>,
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
     },
-    /// Show every actor's state.
+    /// Show every actor's state, or every detail of one actor.
     Status {
-        /// Print the raw JSON reply.
-        #[arg(long)]
-        json: bool,
+        /// Show only this actor, with every detail the supervisor reports about it.
+        actor: Option<String>,
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
+    },
+    /// Print the pid of an actor's worker process (or of the supervisor).
+    Pid {
+        /// The actor (without it: the supervisor's own pid).
+        actor: Option<String>,
+        /// For an exec actor: the pid of its program rather than of its worker.
+        #[arg(long, requires = "actor")]
+        program: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Checkpoint an actor now (returns once the disk copy is synced).
     Checkpoint {
+        /// The actor to checkpoint.
         actor: String,
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
     },
     /// Restart an actor's worker (revives a DEAD actor).
     Restart {
+        /// The actor whose worker to restart.
         actor: String,
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
     },
     /// Re-read the supervisor's config file and apply it (like SIGHUP).
     Reload {
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
     },
-    /// Stop the supervisor gracefully.
+    /// Stop the supervisor gracefully and wait until it has exited.
     Stop {
+        /// Return once the supervisor has accepted the request, without waiting for it
+        /// to exit.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the supervisor to exit (e.g. 90s). Default: 60s, or
+        /// --config's `shutdown_timeout` + 30s when that is longer.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        timeout: Option<Duration>,
         #[command(flatten)]
-        socket: SocketArgs,
+        client: ClientArgs,
+    },
+    /// Print a shell completion script for this CLI (see the README to install it).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page resurgam(1), or write one page per subcommand to a directory.
+    Man {
+        /// Write resurgam.1 and resurgam-SUBCOMMAND.1 into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Run the end-to-end benchmarks (W1–W7) of this binary: runs the `resurgam-bench`
     /// program next to it with these arguments (`resurgam bench --help` lists them).
@@ -110,6 +190,51 @@ pub enum Command {
     },
 }
 
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+/// A command that did not succeed: its exit code, and what to print on stderr (after
+/// `resurgam: `) unless it was printed already.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: Option<String>,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: Some(message.into()),
+        }
+    }
+
+    /// A failure whose problems were printed already.
+    fn printed(code: u8) -> Failure {
+        Failure {
+            code,
+            message: None,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Connect { path, source } => Failure::new(
+                EXIT_UNREACHABLE,
+                format!(
+                    "cannot reach the supervisor at {path}: {source} (is it running? \
+                     `resurgam run --config FILE` starts it; --socket or --config says where it listens)"
+                ),
+            ),
+            e if e.is_unreachable() => Failure::new(EXIT_UNREACHABLE, e.to_string()),
+            e => Failure::new(EXIT_ERROR, e.to_string()),
+        }
+    }
+}
+
 /// Runs the command line; `registry` holds the actor kinds this binary knows.
 /// `forks`: the fork server, if `main_with` started one already (for `run`).
 pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
@@ -118,89 +243,184 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(2)
+                ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::SUCCESS
             };
         }
     };
-    match cli.command {
-        Command::Run { config, log_format } => {
-            // Before any thread and before the config is in memory: workers are forked
-            // from it.
-            let forks = forks.unwrap_or_else(|| ForkServer::start(&registry));
-            logging::init(log_format);
-            forks.log_start();
-            let config = match load(&config, &registry) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            logging::config_warnings(&config);
-            match crate::run::run(config, &registry, forks) {
-                Ok(0) => ExitCode::SUCCESS,
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    tracing::error!(error = %e, "supervisor failed");
-                    eprintln!("resurgam: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Check { config } => match load(&config, &registry) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    eprintln!("{w}");
-                }
-                println!(
-                    "{}: OK ({} actors; socket {})",
-                    config.display(),
-                    c.actors.len(),
-                    c.supervisor.socket.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
+    let result = match cli.command {
+        Command::Run { config, log_format } => return run(&config, log_format, &registry, forks),
+        Command::Check { file, config } => match file.or(config) {
+            Some(path) => check(&path, &registry),
+            None => Err(Failure::new(EXIT_USAGE, "check needs a config FILE")),
         },
         Command::Call {
             actor,
             method,
             args,
-            socket,
-        } => {
-            let args = match args.as_deref().map(serde_json::from_str::<Value>) {
-                None => Value::Null,
-                Some(Ok(v)) => v,
-                Some(Err(e)) => {
-                    eprintln!("resurgam: arguments are not JSON: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            client_cmd(&socket, |c| c.call(&actor, &method, args))
+            timeout,
+            client,
+        } => call(&actor, &method, args.as_deref(), timeout, &client),
+        Command::Status { actor, client } => status(actor.as_deref(), &client),
+        Command::Pid {
+            actor,
+            program,
+            client,
+        } => pid(actor.as_deref(), program, &client),
+        Command::Checkpoint { actor, client } => request(
+            &client,
+            |c| c.checkpoint(&actor),
+            |v| render::checkpoint_line(&actor, v),
+        ),
+        Command::Restart { actor, client } => request(
+            &client,
+            |c| c.restart(&actor),
+            |_| format!("restarting {actor}"),
+        ),
+        Command::Reload { client } => request(&client, |c| c.reload(), render::reload_line),
+        Command::Stop {
+            no_wait,
+            timeout,
+            client,
+        } => stop(no_wait, timeout, &client),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "resurgam",
+                &mut std::io::stdout(),
+            );
+            Ok(String::new())
         }
-        Command::Status { json, socket } => {
-            let socket_path = match socket_path(&socket) {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            let status = Client::connect(&socket_path).and_then(|mut c| c.status());
-            match status {
-                Ok(v) if json => {
-                    println!("{v}");
-                    ExitCode::SUCCESS
-                }
-                Ok(v) => {
-                    print!("{}", render_status(&v));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => report(e),
+        Command::Man { dir } => man(dir.as_deref()),
+        Command::Bench { args } => return bench(args),
+    };
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{}", out.trim_end_matches('\n'));
             }
+            ExitCode::SUCCESS
         }
-        Command::Checkpoint { actor, socket } => client_cmd(&socket, |c| c.checkpoint(&actor)),
-        Command::Restart { actor, socket } => client_cmd(&socket, |c| c.restart(&actor)),
-        Command::Reload { socket } => client_cmd(&socket, |c| c.reload()),
-        Command::Stop { socket } => client_cmd(&socket, |c| c.stop()),
-        Command::Bench { args } => bench(args),
+        Err(f) => {
+            if let Some(m) = f.message {
+                eprintln!("resurgam: {m}");
+            }
+            ExitCode::from(f.code)
+        }
     }
+}
+
+/// `resurgam run`: the supervisor in the foreground.
+fn run(
+    config: &Path,
+    log_format: LogFormat,
+    registry: &Registry,
+    forks: Option<ForkServer>,
+) -> ExitCode {
+    // Before any thread and before the config is in memory: workers are forked from it.
+    let forks = forks.unwrap_or_else(|| ForkServer::start(registry));
+    logging::init(log_format);
+    forks.log_start();
+    let config = match load(config, registry) {
+        Ok(c) => c,
+        Err(f) => return ExitCode::from(f.code),
+    };
+    logging::config_warnings(&config);
+    match crate::run::run(config, registry, forks) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
+        Err(e) => {
+            tracing::error!(error = %e, "supervisor failed");
+            eprintln!("resurgam: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// `resurgam check FILE`: the config as `run` would use it; warnings on stderr.
+fn check(path: &Path, registry: &Registry) -> Result<String, Failure> {
+    let c = load(path, registry)?;
+    for w in &c.warnings {
+        eprintln!("{w}");
+    }
+    Ok(format!(
+        "{}: OK ({} actors; socket {})",
+        path.display(),
+        c.actors.len(),
+        c.supervisor.socket.display()
+    ))
+}
+
+/// `call`'s argument: JSON, or else a bare word (text that does not start like JSON
+/// would: a quote, a bracket, a brace, a sign or a digit) as a JSON string.
+pub fn call_args(text: Option<&str>) -> Result<Value, Failure> {
+    let Some(text) = text else {
+        return Ok(Value::Null);
+    };
+    serde_json::from_str(text).or_else(|e| {
+        let looks_like_json = text
+            .trim_start()
+            .starts_with(|c: char| "{[\"-+.".contains(c) || c.is_ascii_digit());
+        if looks_like_json {
+            Err(Failure::new(
+                EXIT_USAGE,
+                format!(
+                    "the argument {text:?} is not JSON: {e} (a bare word is taken as a string; \
+                     quote anything else as JSON, e.g. '\"two words\"')"
+                ),
+            ))
+        } else {
+            Ok(Value::String(text.to_string()))
+        }
+    })
+}
+
+fn call(
+    actor: &str,
+    method: &str,
+    args: Option<&str>,
+    timeout: Option<Duration>,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let args = call_args(args)?;
+    let mut c = connect(&client.socket)?;
+    if timeout.is_some() {
+        c.set_timeout(timeout)?;
+    }
+    let reply = c.call(actor, method, args).map_err(|e| match timeout {
+        Some(t) if e.is_timeout() => Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "no reply from the supervisor within {} (call --timeout); the call may \
+                 still be carried out",
+                format_duration(t)
+            ),
+        ),
+        _ => Failure::from(e),
+    })?;
+    Ok(reply.to_string())
+}
+
+/// Connects to the socket the options name.
+fn connect(socket: &SocketArgs) -> Result<Client, Failure> {
+    let path = socket_path(socket)?;
+    Ok(Client::connect(&path)?)
+}
+
+/// One request; its reply as JSON with `--json`, else as `human` renders it.
+fn request(
+    client: &ClientArgs,
+    f: impl FnOnce(&mut Client) -> Result<Value, ClientError>,
+    human: impl FnOnce(&Value) -> String,
+) -> Result<String, Failure> {
+    let v = f(&mut connect(&client.socket)?)?;
+    Ok(if client.json {
+        v.to_string()
+    } else {
+        human(&v)
+    })
 }
 
 /// The program `resurgam bench` runs, in the directory of this binary.
@@ -243,26 +463,26 @@ fn bench(args: Vec<OsString>) -> ExitCode {
 
 /// Reads and checks a config file as `run` will use it; every problem is printed, one
 /// line each, and is exit code 2.
-fn load(path: &Path, registry: &Registry) -> Result<Config, ExitCode> {
+fn load(path: &Path, registry: &Registry) -> Result<Config, Failure> {
     let env = Environment::from_process();
     let config = Config::load(path, &env).map_err(|errors| {
         for e in &errors.0 {
             eprintln!("{e}");
         }
-        ExitCode::from(2)
+        Failure::printed(EXIT_USAGE)
     })?;
     let problems = crate::run::check(&config, registry);
     if !problems.is_empty() {
         for p in problems {
             eprintln!("{p}");
         }
-        return Err(ExitCode::from(2));
+        return Err(Failure::printed(EXIT_USAGE));
     }
     Ok(config)
 }
 
 /// `--socket`, else `$RESURGAM_SOCKET`, else the socket of `--config`, else the default.
-pub fn socket_path(args: &SocketArgs) -> Result<PathBuf, ExitCode> {
+pub fn socket_path(args: &SocketArgs) -> Result<PathBuf, Failure> {
     if let Some(s) = &args.socket {
         return Ok(s.clone());
     }
@@ -277,80 +497,167 @@ pub fn socket_path(args: &SocketArgs) -> Result<PathBuf, ExitCode> {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
-                Err(ExitCode::from(2))
+                Err(Failure::printed(EXIT_USAGE))
             }
         },
         None => Ok(Config::embedded_defaults(&env).supervisor.socket),
     }
 }
 
-fn client_cmd(
-    socket: &SocketArgs,
-    f: impl FnOnce(&mut Client) -> Result<Value, ClientError>,
-) -> ExitCode {
-    let path = match socket_path(socket) {
-        Ok(p) => p,
-        Err(code) => return code,
+/// The status of the actor named `name`, from a `status` reply.
+fn actor_status<'v>(status: &'v Value, name: &str) -> Result<&'v Value, Failure> {
+    let actors = status["actors"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    actors.iter().find(|a| a["name"] == name).ok_or_else(|| {
+        let names: Vec<&str> = actors.iter().filter_map(|a| a["name"].as_str()).collect();
+        Failure::new(
+            EXIT_ERROR,
+            format!("no actor named {name:?} (actors: {})", names.join(", ")),
+        )
+    })
+}
+
+/// `status [ACTOR]`.
+fn status(actor: Option<&str>, client: &ClientArgs) -> Result<String, Failure> {
+    let v = connect(&client.socket)?.status()?;
+    let Some(name) = actor else {
+        return Ok(if client.json {
+            v.to_string()
+        } else {
+            render::status_table(&v)
+        });
     };
-    match Client::connect(&path).and_then(|mut c| f(&mut c)) {
-        Ok(v) => {
-            println!("{v}");
-            ExitCode::SUCCESS
+    match actor_status(&v, name)? {
+        a if client.json => Ok(a.to_string()),
+        Value::Object(a) => Ok(render::actor_details(a)),
+        other => Err(Failure::new(
+            EXIT_ERROR,
+            format!("malformed status of actor {name:?}: {other}"),
+        )),
+    }
+}
+
+/// `pid [ACTOR] [--program]`.
+fn pid(actor: Option<&str>, program: bool, client: &ClientArgs) -> Result<String, Failure> {
+    let v = connect(&client.socket)?.status()?;
+    let (pid, what) = match actor {
+        None => (&v["supervisor"]["pid"], "the supervisor".to_string()),
+        Some(name) => {
+            let a = actor_status(&v, name)?;
+            if program {
+                (&a["program_pid"], format!("actor {name:?}'s program"))
+            } else {
+                (&a["pid"], format!("actor {name:?}'s worker"))
+            }
         }
-        Err(e) => report(e),
+    };
+    match pid.as_u64() {
+        Some(p) if client.json => Ok(json!({ "pid": p }).to_string()),
+        Some(p) => Ok(p.to_string()),
+        None => {
+            let a = actor.and_then(|n| actor_status(&v, n).ok());
+            let kind = a.and_then(|a| a["kind"].as_str()).unwrap_or("?");
+            let state = a.and_then(|a| a["state"].as_str()).unwrap_or("?");
+            let why = if program && kind != "exec" {
+                format!("only exec actors run a program of their own (this one is a {kind})")
+            } else {
+                format!("state {state}")
+            };
+            Err(Failure::new(
+                EXIT_ERROR,
+                format!("{what} has no process now ({why})"),
+            ))
+        }
     }
 }
 
-fn report(e: ClientError) -> ExitCode {
-    eprintln!("resurgam: {e}");
-    ExitCode::from(1)
+/// How long `stop` waits by default: 60 s, or --config's `shutdown_timeout` + 30 s when
+/// that is longer.
+fn default_stop_timeout(socket: &SocketArgs) -> Duration {
+    let base = Duration::from_secs(60);
+    let config = socket
+        .config
+        .as_ref()
+        .and_then(|path| Config::load(path, &Environment::from_process()).ok());
+    config.map_or(base, |c| {
+        base.max(c.supervisor.shutdown_timeout + Duration::from_secs(30))
+    })
 }
 
-/// The human-readable `status` table.
-pub fn render_status(v: &Value) -> String {
-    let mut out = String::new();
-    let sup = &v["supervisor"];
-    out.push_str(&format!(
-        "supervisor pid {} {} (up {} ms)\n",
-        sup["pid"],
-        sup["state"].as_str().unwrap_or("?"),
-        sup["uptime_ms"]
-    ));
-    out.push_str(&format!(
-        "{:<20} {:<10} {:<10} {:>8} {:>8} {:>8} {:>10} {:>7} {:>10}  {}\n",
-        "ACTOR",
-        "KIND",
-        "STATE",
-        "PID",
-        "RESTARTS",
-        "GEN",
-        "LAST_SEQ",
-        "QUEUE",
-        "SERVED",
-        "LAST_EXIT"
-    ));
-    let empty = Vec::new();
-    for a in v["actors"].as_array().unwrap_or(&empty) {
-        let s = |k: &str| match &a[k] {
-            Value::String(s) => s.clone(),
-            Value::Null => "-".to_string(),
-            other => other.to_string(),
-        };
-        out.push_str(&format!(
-            "{:<20} {:<10} {:<10} {:>8} {:>8} {:>8} {:>10} {:>7} {:>10}  {}\n",
-            s("name"),
-            s("kind"),
-            s("state"),
-            s("pid"),
-            s("restarts"),
-            a["checkpoint"]["generation"].to_string(),
-            a["checkpoint"]["last_seq"].to_string(),
-            s("queue"),
-            s("served"),
-            s("last_exit"),
-        ));
+/// The start time (field 22 of /proc/PID/stat) of process `pid` while it runs and is
+/// not a zombie: with the pid, it names that process and no later one that reuses it.
+fn process_start(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
     }
-    out
+    fields.nth(18)?.parse().ok()
+}
+
+/// `stop`: asks the supervisor to stop and, unless `no_wait`, waits until its process
+/// has exited and its socket refuses connections.
+fn stop(no_wait: bool, timeout: Option<Duration>, client: &ClientArgs) -> Result<String, Failure> {
+    let path = socket_path(&client.socket)?;
+    let mut c = Client::connect(&path)?;
+    let pid = c.peer_pid();
+    let start = pid.and_then(process_start);
+    let mut reply = c.stop()?;
+    drop(c);
+    let who = pid.map_or_else(
+        || "the supervisor".to_string(),
+        |p| format!("the supervisor (pid {p})"),
+    );
+    if !no_wait {
+        let timeout = timeout.unwrap_or_else(|| default_stop_timeout(&client.socket));
+        let deadline = Instant::now() + timeout;
+        let running = || start.is_some() && pid.and_then(process_start) == start;
+        while running() || UnixStream::connect(&path).is_ok() {
+            if Instant::now() >= deadline {
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!(
+                        "{who} accepted `stop` but is still running after {} (stop --timeout)",
+                        format_duration(timeout)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if client.json {
+        if let Value::Object(m) = &mut reply {
+            m.insert("pid".into(), json!(pid));
+            m.insert("stopped".into(), json!(!no_wait));
+        }
+        return Ok(reply.to_string());
+    }
+    Ok(if no_wait {
+        format!("{who} is stopping")
+    } else {
+        format!("{who} has stopped")
+    })
+}
+
+/// `man [--dir DIR]`.
+fn man(dir: Option<&Path>) -> Result<String, Failure> {
+    let cmd = Cli::command();
+    let written = match dir {
+        Some(dir) => clap_mangen::generate_to(cmd, dir),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    };
+    written.map_err(|e| {
+        let to = dir.map_or_else(|| "stdout".to_string(), |d| d.display().to_string());
+        Failure::new(
+            EXIT_ERROR,
+            format!("cannot write the man page to {to}: {e}"),
+        )
+    })?;
+    Ok(String::new())
 }
 
 /// The config reference table of the README, generated from the config module so the
@@ -400,20 +707,79 @@ mod tests {
     }
 
     #[test]
-    fn status_table_lists_every_actor() {
-        let v = serde_json::json!({
-            "supervisor": {"pid": 1, "state": "running", "uptime_ms": 5},
-            "actors": [
-                {"name": "a", "kind": "counter", "state": "ALIVE", "pid": 7, "restarts": 2,
-                 "checkpoint": {"generation": 3, "last_seq": 9}, "queue": 0, "served": 4,
-                 "last_exit": "killed by SIGKILL"},
-                {"name": "b", "kind": "kv", "state": "DEAD", "pid": null, "restarts": 5,
-                 "checkpoint": {"generation": 0, "last_seq": 0}, "queue": 0, "served": 0,
-                 "last_exit": null}
-            ]
-        });
-        let t = render_status(&v);
-        assert!(t.contains("killed by SIGKILL"));
-        assert!(t.lines().any(|l| l.starts_with("b ") && l.contains("DEAD")));
+    fn call_takes_negative_numbers_and_bare_words() {
+        let parse = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Call { args, timeout, .. }) => (args, timeout),
+            other => panic!("{argv:?} not parsed as call: {other:?}"),
+        };
+        let (args, _) = parse(&["resurgam", "call", "alice", "withdraw", "-5"]);
+        assert_eq!(call_args(args.as_deref()).unwrap(), json!(-5));
+        let (args, _) = parse(&["resurgam", "call", "a", "m", "-1.5", "--socket", "s"]);
+        assert_eq!(call_args(args.as_deref()).unwrap(), json!(-1.5));
+        let (args, timeout) = parse(&[
+            "resurgam",
+            "call",
+            "--timeout",
+            "2s",
+            "store",
+            "get",
+            "city",
+        ]);
+        assert_eq!(call_args(args.as_deref()).unwrap(), json!("city"));
+        assert_eq!(timeout, Some(Duration::from_secs(2)));
+        assert_eq!(call_args(None).unwrap(), Value::Null);
+        assert_eq!(call_args(Some("true")).unwrap(), json!(true));
+        assert_eq!(call_args(Some(r#"{"a":1}"#)).unwrap(), json!({"a": 1}));
+        for not_json in ["{oops", "[1,", "\"open", "12abc", "-x"] {
+            let e = call_args(Some(not_json)).unwrap_err();
+            assert_eq!(e.code, EXIT_USAGE, "{not_json}");
+        }
+        assert!(Cli::try_parse_from(["resurgam", "call", "a", "m", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_the_file_as_an_argument_or_with_config() {
+        for argv in [
+            &["resurgam", "check", "x.toml"][..],
+            &["resurgam", "check", "--config", "x.toml"],
+        ] {
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Check { file, config }) => {
+                    assert_eq!(file.or(config), Some(PathBuf::from("x.toml")), "{argv:?}")
+                }
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["resurgam", "check"]).is_err());
+        assert!(
+            Cli::try_parse_from(["resurgam", "check", "a.toml", "--config", "b.toml"]).is_err()
+        );
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin
+                    && arg
+                        .get_help()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        Cli::command().debug_assert();
     }
 }

@@ -28,6 +28,26 @@ pub enum ClientError {
     Remote(ErrorBody),
 }
 
+impl ClientError {
+    /// True when the supervisor could not be reached or did not answer (an I/O error,
+    /// a timeout set by [`Client::set_timeout`] included), as opposed to an answer that
+    /// is an error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Closed
+        )
+    }
+
+    /// True when no reply came within the timeout set by [`Client::set_timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ClientError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ))
+    }
+}
+
 /// One connection to a supervisor's control socket.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -54,6 +74,17 @@ impl Client {
     pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
         self.reader.get_ref().set_read_timeout(t)?;
         Ok(())
+    }
+
+    /// The pid of the supervisor process behind the socket, as this process's pid
+    /// namespace numbers it (None when that namespace cannot see it).
+    pub fn peer_pid(&self) -> Option<u32> {
+        let cred = nix::sys::socket::getsockopt(
+            self.reader.get_ref(),
+            nix::sys::socket::sockopt::PeerCredentials,
+        )
+        .ok()?;
+        u32::try_from(cred.pid()).ok().filter(|&p| p != 0)
     }
 
     fn fresh_id(&mut self) -> u64 {

@@ -42,6 +42,7 @@ mod logging;
 pub mod notify;
 mod paths;
 mod reap;
+mod render;
 mod run;
 mod shell;
 mod spawn;

@@ -1,0 +1,273 @@
+//! The human-readable output of the client subcommands (`--json` prints the replies
+//! themselves instead).
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// An uptime the way an operator reads it: `850ms`, `42s`, `4m12s`, `2h03m`, `3d07h`.
+pub fn format_uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// A JSON value as a table cell or a detail: strings bare, null as `-`, objects as
+/// `key value, …` (their null members left out), arrays comma-separated.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "-".to_string(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+        Value::Object(m) => {
+            let parts: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{} {}", k.replace('_', " "), cell(v)))
+                .collect();
+            if parts.is_empty() {
+                "-".to_string()
+            } else {
+                parts.join(", ")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, each as wide as its widest cell, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            let w = c.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(c);
+            } else {
+                let _ = write!(line, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The first line of `status`: the supervisor's pid, state, uptime and version.
+fn supervisor_line(sup: &Value) -> String {
+    let uptime = sup["uptime_ms"]
+        .as_u64()
+        .map_or_else(|| "?".to_string(), format_uptime);
+    let mut line = format!(
+        "supervisor pid {} {}, up {uptime}",
+        cell(&sup["pid"]),
+        sup["state"].as_str().unwrap_or("?"),
+    );
+    if let Some(v) = sup["version"].as_str() {
+        let _ = write!(line, " (version {v})");
+    }
+    line.push('\n');
+    line
+}
+
+/// The `status` table: one row per actor; a DEAD actor's reason on a line below it.
+pub fn status_table(v: &Value) -> String {
+    let mut out = supervisor_line(&v["supervisor"]);
+    let header = [
+        "ACTOR",
+        "KIND",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "GEN",
+        "LAST_SEQ",
+        "QUEUE",
+        "SERVED",
+        "LAST_EXIT",
+    ];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    let mut notes: Vec<(usize, String)> = Vec::new();
+    let no_actors = Vec::new();
+    for a in v["actors"].as_array().unwrap_or(&no_actors) {
+        rows.push(vec![
+            cell(&a["name"]),
+            cell(&a["kind"]),
+            cell(&a["state"]),
+            cell(&a["pid"]),
+            cell(&a["restarts"]),
+            cell(&a["checkpoint"]["generation"]),
+            cell(&a["checkpoint"]["last_seq"]),
+            cell(&a["queue"]),
+            cell(&a["served"]),
+            cell(&a["last_exit"]),
+        ]);
+        if let Some(reason) = a["dead_reason"].as_str() {
+            notes.push((rows.len() - 1, format!("  DEAD: {reason}")));
+        }
+    }
+    let lines = table(&rows);
+    for (i, line) in lines.lines().enumerate() {
+        out.push_str(line);
+        out.push('\n');
+        for (_, note) in notes.iter().filter(|(row, _)| *row == i) {
+            out.push_str(note);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The members of an actor's status shown first by `status ACTOR`, in this order; the
+/// others follow alphabetically.
+const ACTOR_DETAILS_FIRST: [&str; 12] = [
+    "kind",
+    "state",
+    "dead_reason",
+    "pid",
+    "program_pid",
+    "restarts",
+    "last_exit",
+    "queue",
+    "served",
+    "checkpoint",
+    "disk_copy",
+    "durability",
+];
+
+/// `status ACTOR`: every member of the actor's status, one per line.
+pub fn actor_details(a: &Map<String, Value>) -> String {
+    let name = a.get("name").map_or_else(|| "?".to_string(), cell);
+    let mut rows = Vec::new();
+    let first = ACTOR_DETAILS_FIRST
+        .iter()
+        .filter_map(|&k| a.get_key_value(k));
+    let rest = a
+        .iter()
+        .filter(|(k, _)| k.as_str() != "name" && !ACTOR_DETAILS_FIRST.contains(&k.as_str()));
+    for (k, v) in first.chain(rest) {
+        rows.push(vec![format!("  {}", k.replace('_', " ")), cell(v)]);
+    }
+    format!("{name}\n{}", table(&rows))
+}
+
+/// The human line of a `checkpoint` reply.
+pub fn checkpoint_line(actor: &str, reply: &Value) -> String {
+    format!(
+        "checkpointed {actor}: generation {}, last_seq {} (synced to disk)",
+        cell(&reply["generation"]),
+        cell(&reply["last_seq"])
+    )
+}
+
+/// The human line of a `reload` reply: what changed, or that nothing did.
+pub fn reload_line(reply: &Value) -> String {
+    let parts: Vec<String> = [
+        ("added", "added"),
+        ("removed", "removed"),
+        ("changed", "changed"),
+        ("restarted", "restarted"),
+        ("needs_restart", "needs a supervisor restart to apply"),
+    ]
+    .iter()
+    .filter(|(k, _)| reply[*k].as_array().is_some_and(|a| !a.is_empty()))
+    .map(|(k, label)| format!("{label}: {}", cell(&reply[*k])))
+    .collect();
+    if parts.is_empty() {
+        "reloaded: nothing changed".to_string()
+    } else {
+        format!("reloaded: {}", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn uptimes_read_like_an_operator_writes_them() {
+        assert_eq!(format_uptime(850), "850ms");
+        assert_eq!(format_uptime(42_000), "42s");
+        assert_eq!(format_uptime(252_000), "4m12s");
+        assert_eq!(format_uptime(7_380_000), "2h03m");
+        assert_eq!(format_uptime(61_316), "1m01s");
+        assert_eq!(format_uptime(3 * 86_400_000 + 7 * 3_600_000), "3d07h");
+    }
+
+    fn sample() -> Value {
+        json!({
+            "supervisor": {"pid": 1, "state": "running", "uptime_ms": 7_380_000, "version": "0.1.0"},
+            "actors": [
+                {"name": "a", "kind": "counter", "state": "ALIVE", "pid": 7, "restarts": 2,
+                 "checkpoint": {"generation": 3, "last_seq": 9}, "queue": 0, "served": 4,
+                 "last_exit": "killed by SIGKILL", "dead_reason": null},
+                {"name": "b", "kind": "kv", "state": "DEAD", "pid": null, "restarts": 5,
+                 "checkpoint": {"generation": 0, "last_seq": 0}, "queue": 0, "served": 0,
+                 "last_exit": "exit status 1", "dead_reason": "5 restarts within 60s"}
+            ]
+        })
+    }
+
+    #[test]
+    fn status_table_lists_every_actor_and_why_one_is_dead() {
+        let t = status_table(&sample());
+        assert!(
+            t.starts_with("supervisor pid 1 running, up 2h03m (version 0.1.0)\n"),
+            "{t}"
+        );
+        assert!(t.contains("killed by SIGKILL"), "{t}");
+        let lines: Vec<&str> = t.lines().collect();
+        let b = lines.iter().position(|l| l.starts_with("b ")).unwrap();
+        assert!(
+            lines[b].contains("DEAD") && lines[b].contains("exit status 1"),
+            "{t}"
+        );
+        assert_eq!(lines[b + 1], "  DEAD: 5 restarts within 60s", "{t}");
+        // The columns line up: every row's STATE starts where the header's does.
+        let col = lines[1].find("STATE").unwrap();
+        assert_eq!(lines[2].find("ALIVE"), Some(col), "{t}");
+        assert_eq!(lines[b].find("DEAD"), Some(col), "{t}");
+    }
+
+    #[test]
+    fn actor_details_show_every_member() {
+        let v = sample();
+        let Value::Object(b) = &v["actors"][1] else {
+            panic!("not an object")
+        };
+        let d = actor_details(b);
+        assert!(d.starts_with("b\n"), "{d}");
+        assert!(d.contains("dead reason  5 restarts within 60s"), "{d}");
+        assert!(d.contains("checkpoint   generation 0, last seq 0"), "{d}");
+        assert!(d.contains("pid          -"), "{d}");
+    }
+
+    #[test]
+    fn reload_lines_say_what_changed() {
+        let nothing = json!({"added": [], "removed": [], "changed": [], "restarted": [],
+                             "needs_restart": []});
+        assert_eq!(reload_line(&nothing), "reloaded: nothing changed");
+        let some = json!({"added": ["x", "y"], "removed": [], "changed": ["c"], "restarted": [],
+                          "needs_restart": ["[supervisor].socket"]});
+        assert_eq!(
+            reload_line(&some),
+            "reloaded: added: x, y; changed: c; needs a supervisor restart to apply: [supervisor].socket"
+        );
+    }
+}
