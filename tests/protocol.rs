@@ -160,7 +160,7 @@ fn bad_requests_get_error_replies_and_the_connection_keeps_working() {
             "BadRequest",
         ),
         (
-            br#"{"id":14,"op":"call","actor":"c","method":"incr","args":1,"key":"k"}"#.to_vec(),
+            br#"{"id":14,"op":"call","actor":"c","method":"incr","args":1,"retries":3}"#.to_vec(),
             json!(14),
             "BadRequest",
         ),

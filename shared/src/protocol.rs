@@ -113,6 +113,8 @@ struct WireRequest<'a> {
     actor: Option<String>,
     method: Option<String>,
     args: Option<&'a RawValue>,
+    /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
+    key: Option<String>,
     /// The [`Field`]s present (bits of [`Field::bit`]).
     present: u8,
     /// The first field that no op takes, by name.
@@ -126,6 +128,7 @@ enum Field {
     Actor,
     Method,
     Args,
+    Key,
     Other(String),
 }
 
@@ -134,17 +137,19 @@ impl Field {
     const ACTOR: u8 = 1;
     const METHOD: u8 = 2;
     const ARGS: u8 = 4;
+    const KEY: u8 = 8;
     /// The optional fields, each with its bit, in the order they are reported.
-    const OPTIONAL: [(u8, &'static str); 3] = [
+    const OPTIONAL: [(u8, &'static str); 4] = [
         (Field::ACTOR, "actor"),
         (Field::METHOD, "method"),
         (Field::ARGS, "args"),
+        (Field::KEY, "key"),
     ];
 
     /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
-            "call" => Field::ACTOR | Field::METHOD | Field::ARGS,
+            "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
             "checkpoint" | "restart" => Field::ACTOR,
             "status" | "reload" | "stop" => 0,
             _ => return None,
@@ -167,6 +172,7 @@ impl<'de> Deserialize<'de> for Field {
                     "actor" => Field::Actor,
                     "method" => Field::Method,
                     "args" => Field::Args,
+                    "key" => Field::Key,
                     other => Field::Other(other.to_string()),
                 })
             }
@@ -197,8 +203,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     Ok(())
                 };
                 // `id` and `op` get bits of their own above the optional fields'.
-                let (mut id, mut op, mut actor, mut method, mut args) =
-                    (None, None, None, None, None);
+                let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
+                    (None, None, None, None, None, None);
                 let mut unknown = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
@@ -222,6 +228,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                             seen(Field::ARGS, "args")?;
                             args = map.next_value::<Option<&'a RawValue>>()?;
                         }
+                        Field::Key => {
+                            seen(Field::KEY, "key")?;
+                            idem_key = map.next_value::<Option<String>>()?;
+                        }
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -234,6 +244,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     actor,
                     method,
                     args,
+                    key: idem_key,
                     present,
                     unknown,
                 })
@@ -249,6 +260,9 @@ pub struct Rejected {
     pub id: String,
     pub error: ErrorBody,
 }
+
+/// The longest idempotency key a call may carry (G10).
+pub const MAX_KEY_LEN: usize = 128;
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
@@ -293,6 +307,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     if let Some(field) = not_taken {
         return Err(bad(format!(
             "field `{field}` is not taken by op `{op_name}`"
+        )));
+    }
+    if let Some(key) = &wire.key
+        && (!(1..=MAX_KEY_LEN).contains(&key.len())
+            || key.bytes().any(|b| !(b' '..=b'~').contains(&b)))
+    {
+        return Err(bad(format!(
+            "\"key\" must be 1-{MAX_KEY_LEN} printable ASCII characters"
         )));
     }
     let op = match op_name {
@@ -423,6 +445,35 @@ mod tests {
     }
 
     #[test]
+    fn a_call_may_carry_an_idempotency_key_of_printable_ascii() {
+        let ok = parse_request(br#"{"id":1,"op":"call","actor":"c","method":"m","key":"k-1 x"}"#);
+        assert!(ok.is_ok(), "{ok:?}");
+        let long = "k".repeat(MAX_KEY_LEN);
+        let line = format!(r#"{{"id":1,"op":"call","actor":"c","method":"m","key":"{long}"}}"#);
+        assert!(parse_request(line.as_bytes()).is_ok());
+        for bad in [
+            String::new(),
+            "k".repeat(MAX_KEY_LEN + 1),
+            "tab\there".into(),
+            "é".into(),
+        ] {
+            let line = format!(
+                r#"{{"id":1,"op":"call","actor":"c","method":"m","key":{}}}"#,
+                serde_json::to_string(&bad).unwrap()
+            );
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.error.kind, ErrorKind::BadRequest, "{bad:?}");
+            assert!(
+                e.error.message.contains("printable ASCII"),
+                "{}",
+                e.error.message
+            );
+        }
+        let e = parse_request(br#"{"id":1,"op":"status","key":"k"}"#).unwrap_err();
+        assert_eq!(e.error.message, "field `key` is not taken by op `status`");
+    }
+
+    #[test]
     fn a_field_the_op_does_not_take_is_refused_by_name() {
         let refused = |line: &str, field: &str, op: &str| {
             let e = parse_request(line.as_bytes()).unwrap_err();
@@ -448,8 +499,8 @@ mod tests {
             "restart",
         );
         refused(
-            r#"{"id":7,"op":"call","actor":"c","method":"m","key":"k"}"#,
-            "key",
+            r#"{"id":7,"op":"call","actor":"c","method":"m","timeout":5}"#,
+            "timeout",
             "call",
         );
         refused(
@@ -460,6 +511,7 @@ mod tests {
         // `id` is taken by every op, and each op takes its own fields.
         for line in [
             r#"{"id":7,"op":"call","actor":"c","method":"m","args":[1]}"#,
+            r#"{"id":7,"op":"call","actor":"c","method":"m","key":"k"}"#,
             r#"{"id":7,"op":"status"}"#,
             r#"{"id":7,"op":"checkpoint","actor":"c"}"#,
             r#"{"id":7,"op":"restart","actor":"c"}"#,
