@@ -88,6 +88,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
@@ -1542,6 +1543,26 @@ impl MmapCheckpoint {
     }
 }
 
+/// Allocates the blocks of `file` up to `len` bytes with fallocate(2). `Ok(false)`: the
+/// file system does not support it (the caller writes zeros instead).
+fn allocate(file: &File, len: u64) -> io::Result<bool> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+    loop {
+        // SAFETY: fallocate only acts on the descriptor, which `file` keeps open; it reads
+        // and writes no memory of ours.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Builds a complete mmap file at `<path><suffix>` (header, zero-filled slots, the given
 /// records), fsyncs and maps it, then renames it over `path`. Returns the open file and its
 /// mapping. The file is fully written (not sparse), so later stores through the mapping
@@ -1569,12 +1590,17 @@ fn build_file(
     let built = (|| {
         let write =
             |buf: &[u8], off: u64| file.write_all_at(buf, off).map_err(io_ctx("write", &tmp));
-        let zeros = vec![0u8; 1 << 20];
-        let mut off = MMAP_HEADER_LEN;
-        while off < layout.file_len {
-            let n = (layout.file_len - off).min(zeros.len() as u64) as usize;
-            write(&zeros[..n], off)?;
-            off += n as u64;
+        // Every block of the file, reserved without writing it (unwritten extents read as
+        // zeros): a start of many actors wrote their empty slots' zeros, the largest part
+        // of a fresh worker's CPU. Where the file system cannot, the zeros are written.
+        if !allocate(&file, layout.file_len).map_err(io_ctx("fallocate", &tmp))? {
+            let zeros = vec![0u8; 1 << 20];
+            let mut off = MMAP_HEADER_LEN;
+            while off < layout.file_len {
+                let n = (layout.file_len - off).min(zeros.len() as u64) as usize;
+                write(&zeros[..n], off)?;
+                off += n as u64;
+            }
         }
         write(&encode_file_header(layout.capacity, executing), 0)?;
         for &(slot, record) in records {
