@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Supervisor, cli, cmdline, proc_stat};
+use crate::util::{Proc, Supervisor, cli, forked_worker, proc_stat};
 
 /// The repository's root.
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -420,10 +420,10 @@ fn the_program_gets_a_scrubbed_environment_fd_3_only_and_the_configured_cwd() {
             "{key} is not in the supervisor's environment: {supervisor_env:?}"
         );
     }
-    // A spawned worker finds its bootstrap in its environment; a forked one (it carries
-    // the supervisor's command line) gets it in memory.
+    // A spawned worker finds its bootstrap in its environment; a forked one gets it in
+    // memory.
     let worker = sup.actor_pid("probe").unwrap();
-    let forked = cmdline(worker) == cmdline(sup.pid());
+    let forked = forked_worker(worker);
     if forked {
         assert!(
             !worker_env.contains("RESURGAM_WORKER_BOOTSTRAP"),

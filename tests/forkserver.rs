@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::util::{BIN, FORK_SERVER_COMM, Supervisor, children_of, cmdline, comm};
+use crate::util::{BIN, FORK_SERVER_COMM, Supervisor, children_of, cmdline, comm, forked_worker};
 
 const CONFIG: &str = r#"
 [supervisor]
@@ -52,13 +52,17 @@ fn workers_are_forked_by_it_and_outlive_its_death() {
     );
     let server = servers[0];
     let worker = sup.worker_pid("c").expect("c has a worker");
-    // Forked, not exec'd: the worker carries the supervisor's command line (a spawned one
-    // is called resurgam-worker[c]), yet it is the supervisor's child, in its own group.
-    assert_eq!(
-        cmdline(worker),
-        cmdline(sup.pid()),
-        "worker {worker} was not forked"
-    );
+    // Forked, not exec'd, yet the supervisor's child, in its own group, and named like
+    // a spawned worker: only the supervisor carries the supervisor's command line (what
+    // `pgrep -f 'resurgam run'` finds).
+    assert!(forked_worker(worker), "worker {worker} was not forked");
+    assert_eq!(cmdline(worker), "resurgam-worker[c]");
+    assert_eq!(cmdline(server.pid), "resurgam-fork-server");
+    let sup_cmdline = cmdline(sup.pid());
+    assert!(sup_cmdline.contains(" run --config "), "{sup_cmdline}");
+    for child in children_of(sup.pid()) {
+        assert_ne!(cmdline(child.pid), sup_cmdline, "child {child:?}");
+    }
     assert!(
         children_of(sup.pid()).iter().any(|p| p.pid == worker),
         "worker {worker} is not a child of the supervisor {}",

@@ -113,9 +113,23 @@ pub fn comm(pid: i32) -> String {
 /// The process name of a fork server.
 pub const FORK_SERVER_COMM: &str = "resurgam-forks";
 
-/// The command line of `pid`, as /proc shows it.
-pub fn cmdline(pid: i32) -> Vec<u8> {
-    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+/// The command line of `pid` as /proc shows it, NULs (argument ends and padding) as
+/// spaces, trimmed.
+pub fn cmdline(pid: i32) -> String {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .replace('\0', " ")
+        .trim()
+        .to_string()
+}
+
+/// Whether worker `pid` was forked by the fork server rather than spawned: a spawned
+/// worker finds its bootstrap in its (initial) environment, a forked one in memory.
+pub fn forked_worker(pid: i32) -> bool {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    !environ
+        .split(|&b| b == 0)
+        .any(|kv| kv.starts_with(b"RESURGAM_WORKER_BOOTSTRAP="))
 }
 
 /// Runs a command with a deadline; kills it and panics if it does not finish in time.

@@ -598,6 +598,7 @@ fn prepare(sock: &OwnedFd, supervisor: u32) -> Result<(), String> {
     if let Ok(name) = std::ffi::CString::new("resurgam-forks") {
         let _ = nix::sys::prctl::set_name(&name);
     }
+    set_command_line("resurgam-fork-server");
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     if nix::unistd::getppid().as_raw() as u32 != supervisor {
@@ -761,6 +762,39 @@ fn wait_for(child: Pid) {
     }
 }
 
+/// Overwrites this process's argument block, what /proc/PID/cmdline and `ps` show, with
+/// `title` (cut to the block's length, the rest NUL): the classic setproctitle. A
+/// fork of the server would otherwise carry the supervisor's command line.
+fn set_command_line(title: &str) {
+    let Some((start, end)) = argument_block() else {
+        return;
+    };
+    let Some(len) = end.checked_sub(start).filter(|&l| l > 0) else {
+        return;
+    };
+    let mut block = vec![0u8; len];
+    let n = title.len().min(len - 1);
+    block[..n].copy_from_slice(&title.as_bytes()[..n]);
+    // SAFETY: [start, end) is this process's argument block as the kernel reports it: the
+    // argv strings on the initial stack, mapped writable for the process's lifetime. No
+    // Rust object lives there (std keeps only pointers to it, read by `std::env::args`,
+    // which a worker does not call), and this process has a single thread.
+    unsafe {
+        std::ptr::copy_nonoverlapping(block.as_ptr(), start as *mut u8, len);
+    }
+}
+
+/// `(arg_start, arg_end)` of this process, from /proc/self/stat (fields 48 and 49).
+fn argument_block() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): field 3 is the first.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(48 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    Some((start, end))
+}
+
 /// In the forked worker: takes its descriptors, waits to be the supervisor's child, then
 /// runs the worker (never returns).
 fn become_worker(
@@ -778,11 +812,14 @@ fn become_worker(
     // Its own process group, like a spawned worker: the group is what is killed when it
     // dies (an exec actor's program and whatever it started are in it).
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    // Named like a spawned worker (the worker renames itself after its actor's Init).
+    // Named like a spawned worker (the worker renames itself after its actor's Init),
+    // and not with the supervisor's command line: `pgrep -f 'resurgam run'` must not
+    // find workers.
     let comm: String = format!("w:{name}").chars().take(15).collect();
     if let Ok(comm) = std::ffi::CString::new(comm) {
         let _ = nix::sys::prctl::set_name(&comm);
     }
+    set_command_line(&format!("resurgam-worker[{name}]"));
     let [report, out, err] = fds;
     if let Err(e) = nix::unistd::dup2_stdin(&report)
         .and_then(|()| nix::unistd::dup2_stdout(&out))
