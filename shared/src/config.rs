@@ -416,6 +416,17 @@ impl Config {
                 message: format!("cannot read config file: {e}"),
             }])
         })?;
+        Config::parse_bytes(bytes, path, env)
+    }
+
+    /// Parses the bytes of a config file as if read from `path`, as [`Config::load`] does
+    /// after reading it: bytes that are not UTF-8 are one [`ConfigError`] at the position
+    /// of the first bad byte. (The entry point of the config fuzz target, `fuzz/`.)
+    pub fn parse_bytes(
+        bytes: Vec<u8>,
+        path: &Path,
+        env: &Environment,
+    ) -> Result<Config, ConfigErrors> {
         match String::from_utf8(bytes) {
             Ok(text) => Config::parse(&text, path, env),
             Err(e) => {
@@ -3639,6 +3650,20 @@ kind = "counter"
         assert_eq!(errs.len(), 1);
         assert_eq!((errs[0].line, errs[0].column), (Some(2), Some(14)));
         assert!(errs[0].message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn parse_bytes_is_load_without_the_file() {
+        let env = Environment::default();
+        let path = Path::new(FILE);
+        let c = Config::parse_bytes(FULL_EXAMPLE.as_bytes().to_vec(), path, &env).unwrap();
+        assert_eq!(c, ok(FULL_EXAMPLE));
+        let errs = Config::parse_bytes(b"# \xc3\xa9\n\nx = \"\xc3\"".to_vec(), path, &env)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!((errs[0].line, errs[0].column), (Some(3), Some(6)));
+        assert_eq!(errs[0].file, path);
     }
 
     // ----- launch: exec, user, group, limits -------------------------------------------

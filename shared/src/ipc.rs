@@ -363,12 +363,23 @@ pub fn init_message(init: Init) -> Result<ToWorker, postcard::Error> {
 
 /// Decodes a shared-memory `Init`.
 pub fn decode_init(shm: &IpcSharedMemory) -> Result<Init, postcard::Error> {
-    postcard::from_bytes(shm)
+    decode_init_bytes(shm)
 }
 
 /// Decodes a shared-memory batch of calls.
 pub fn decode_calls(shm: &IpcSharedMemory) -> Result<Vec<Call>, postcard::Error> {
-    postcard::from_bytes(shm)
+    decode_calls_bytes(shm)
+}
+
+/// [`decode_init`] on the region's bytes (the entry point of the IPC fuzz target, `fuzz/`,
+/// which need not create a shared-memory region per input).
+pub fn decode_init_bytes(bytes: &[u8]) -> Result<Init, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// [`decode_calls`] on the region's bytes (see [`decode_init_bytes`]).
+pub fn decode_calls_bytes(bytes: &[u8]) -> Result<Vec<Call>, postcard::Error> {
+    postcard::from_bytes(bytes)
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ pub struct Program {
     rpos: usize,
     rend: usize,
     /// The current request (for messages) and the frame types it may be answered with.
-    accept: (&'static str, &'static [u8]),
+    accept: Accept,
     /// Who handles the program's end, shared with the watcher thread ([`Use`]).
     state: Arc<AtomicU8>,
     /// The watcher's account of the program's end.
@@ -219,7 +219,7 @@ impl Program {
             rbuf: vec![0; READ_CHUNK],
             rpos: 0,
             rend: 0,
-            accept: ("the hello (H)", b"H"),
+            accept: ACCEPT_HELLO,
             state,
             ended,
             pidfd,
@@ -241,20 +241,9 @@ impl Program {
         let mut out = Vec::new();
         frame(&mut out, b'H', body.as_bytes());
         let mut hello = None;
-        self.accept = ("the hello (H)", b"H");
+        self.accept = ACCEPT_HELLO;
         self.exchange(&out, 1, |_, kind, body| {
-            if kind != b'H' {
-                return Err(Failure::Crashed(format!(
-                    "the program's first frame is {} instead of its hello (H)",
-                    describe(kind)
-                )));
-            }
-            let h: Hello = serde_json::from_slice(body).map_err(|e| {
-                Failure::Crashed(format!(
-                    "the program's hello is not {{\"protocol\": 1}}: {e}"
-                ))
-            })?;
-            hello = Some(h);
+            hello = Some(hello_answer(kind, body)?);
             Ok(())
         })
         .map_err(|f| match f {
@@ -293,12 +282,8 @@ impl Program {
         self.ensure_idle()?;
         let mut out = Vec::with_capacity(state.len() + 5);
         frame(&mut out, b'L', state);
-        self.accept = ("load_state (L)", b"KE");
-        self.exchange(&out, 1, |_, kind, body| match kind {
-            b'K' => Ok(()),
-            b'E' => Err(refusal(body)?),
-            other => Err(unexpected(other, "load_state (L)", "K or E")),
-        })
+        self.accept = ACCEPT_LOAD;
+        self.exchange(&out, 1, |_, kind, body| load_answer(kind, body))
     }
 
     /// Asks for the whole state (`S` → `T`).
@@ -307,14 +292,10 @@ impl Program {
         let mut out = Vec::new();
         frame(&mut out, b'S', b"");
         let mut state = None;
-        self.accept = ("get_state (S)", b"TE");
-        self.exchange(&out, 1, |_, kind, body| match kind {
-            b'T' => {
-                state = Some(body.to_vec());
-                Ok(())
-            }
-            b'E' => Err(refusal(body)?),
-            other => Err(unexpected(other, "get_state (S)", "T or E")),
+        self.accept = ACCEPT_SAVE;
+        self.exchange(&out, 1, |_, kind, body| {
+            state = Some(save_answer(kind, body)?);
+            Ok(())
         })?;
         state.ok_or_else(|| Failure::Crashed("no state from the program".to_string()))
     }
@@ -340,24 +321,9 @@ impl Program {
         if let Some(first) = calls.first() {
             executing(first.seq);
         }
-        self.accept = ("a call (C)", b"RE");
+        self.accept = ACCEPT_CALL;
         self.exchange(&out, calls.len(), |index, kind, body| {
-            let outcome = match kind {
-                b'R' => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                    Ok(_) => Outcome::Ok(body.to_vec()),
-                    Err(e) => {
-                        return Err(Failure::Crashed(format!(
-                            "the program's reply (R) is not JSON: {e}"
-                        )));
-                    }
-                },
-                b'E' => match refusal(body)? {
-                    Failure::Refused { kind, message } => Outcome::Err { kind, message },
-                    crashed => return Err(crashed),
-                },
-                other => return Err(unexpected(other, "a call (C)", "R or E")),
-            };
-            outcomes.push(outcome);
+            outcomes.push(call_answer(kind, body)?);
             executing(calls.get(index + 1).map_or(0, |c| c.seq));
             Ok(())
         })?;
@@ -378,10 +344,7 @@ impl Program {
     /// twice, say): it would otherwise be taken for the answer to the next request.
     fn ensure_idle(&mut self) -> Result<(), Failure> {
         if self.rpos < self.rend || self.fill()? {
-            return Err(Failure::Crashed(format!(
-                "the program sent {} bytes that answer no request",
-                self.rend - self.rpos
-            )));
+            return Err(unasked(self.rend - self.rpos));
         }
         Ok(())
     }
@@ -493,40 +456,10 @@ impl Program {
     /// The next whole frame in the buffer: `(type, body start, body end)`, without
     /// consuming it. Checks the type and the length before any body byte is awaited.
     fn next_frame(&mut self) -> Result<Option<(u8, usize, usize)>, Failure> {
-        let avail = self.rend - self.rpos;
-        if avail < 5 {
+        let Some((kind, len)) = frame_at(&self.rbuf[self.rpos..self.rend], self.accept)? else {
             return Ok(None);
-        }
-        let h = &self.rbuf[self.rpos..self.rpos + 5];
-        let kind = h[0];
-        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-        let limit = match kind {
-            b'T' => MAX_STATE,
-            b'K' => 0,
-            b'H' | b'R' | b'E' => MAX_MESSAGE,
-            other => {
-                return Err(Failure::Crashed(format!(
-                    "the program sent a frame of unknown type {} (header bytes {:02x?})",
-                    describe(other),
-                    h
-                )));
-            }
         };
-        let (request, allowed) = self.accept;
-        if !allowed.contains(&kind) {
-            let allowed: Vec<String> = allowed.iter().map(|&k| describe(k)).collect();
-            return Err(unexpected(kind, request, &allowed.join(" or ")));
-        }
-        if len > limit {
-            return Err(Failure::Crashed(format!(
-                "the program sent a {} frame of {len} bytes (limit {limit})",
-                describe(kind)
-            )));
-        }
-        if avail - 5 < len {
-            return Ok(None);
-        }
-        let start = self.rpos + 5;
+        let start = self.rpos + FRAME_HEADER;
         Ok(Some((kind, start, start + len)))
     }
 
@@ -619,6 +552,166 @@ fn pidfd_kill(fd: &OwnedFd) {
             0,
         );
     }
+}
+
+/// Bytes before a frame's body: its type and its length.
+const FRAME_HEADER: usize = 5;
+
+/// A request (named for messages) and the frame types that may answer it.
+type Accept = (&'static str, &'static [u8]);
+const ACCEPT_HELLO: Accept = ("the hello (H)", b"H");
+const ACCEPT_LOAD: Accept = ("load_state (L)", b"KE");
+const ACCEPT_SAVE: Accept = ("get_state (S)", b"TE");
+const ACCEPT_CALL: Accept = ("a call (C)", b"RE");
+
+/// The frame at the start of `buf`: `(type, body length)` once the whole frame is there,
+/// `None` while it is not. The type and the length are checked (against `accept` and the
+/// type's limit) as soon as the header is there, before any body byte is awaited.
+fn frame_at(buf: &[u8], accept: Accept) -> Result<Option<(u8, usize)>, Failure> {
+    let Some(h) = buf.first_chunk::<FRAME_HEADER>() else {
+        return Ok(None);
+    };
+    let kind = h[0];
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    let limit = match kind {
+        b'T' => MAX_STATE,
+        b'K' => 0,
+        b'H' | b'R' | b'E' => MAX_MESSAGE,
+        other => {
+            return Err(Failure::Crashed(format!(
+                "the program sent a frame of unknown type {} (header bytes {:02x?})",
+                describe(other),
+                h
+            )));
+        }
+    };
+    let (request, allowed) = accept;
+    if !allowed.contains(&kind) {
+        let allowed: Vec<String> = allowed.iter().map(|&k| describe(k)).collect();
+        return Err(unexpected(kind, request, &allowed.join(" or ")));
+    }
+    if len > limit {
+        return Err(Failure::Crashed(format!(
+            "the program sent a {} frame of {len} bytes (limit {limit})",
+            describe(kind)
+        )));
+    }
+    if buf.len() - FRAME_HEADER < len {
+        return Ok(None);
+    }
+    Ok(Some((kind, len)))
+}
+
+/// The answer to the hello (`H`).
+fn hello_answer(kind: u8, body: &[u8]) -> Result<Hello, Failure> {
+    if kind != b'H' {
+        return Err(Failure::Crashed(format!(
+            "the program's first frame is {} instead of its hello (H)",
+            describe(kind)
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::Crashed(format!(
+            "the program's hello is not {{\"protocol\": 1}}: {e}"
+        ))
+    })
+}
+
+/// The answer to load_state (`L`): `K`, or a refusal.
+fn load_answer(kind: u8, body: &[u8]) -> Result<(), Failure> {
+    match kind {
+        b'K' => Ok(()),
+        b'E' => Err(refusal(body)?),
+        other => Err(unexpected(other, "load_state (L)", "K or E")),
+    }
+}
+
+/// The answer to get_state (`S`): the state (`T`), or a refusal.
+fn save_answer(kind: u8, body: &[u8]) -> Result<Vec<u8>, Failure> {
+    match kind {
+        b'T' => Ok(body.to_vec()),
+        b'E' => Err(refusal(body)?),
+        other => Err(unexpected(other, "get_state (S)", "T or E")),
+    }
+}
+
+/// The answer to a call (`C`): a reply (`R`, checked to be JSON) or a refusal (`E`),
+/// both outcomes of the call; anything else is a crash.
+fn call_answer(kind: u8, body: &[u8]) -> Result<Outcome, Failure> {
+    match kind {
+        b'R' => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Ok(Outcome::Ok(body.to_vec())),
+            Err(e) => Err(Failure::Crashed(format!(
+                "the program's reply (R) is not JSON: {e}"
+            ))),
+        },
+        b'E' => match refusal(body)? {
+            Failure::Refused { kind, message } => Ok(Outcome::Err { kind, message }),
+            crashed => Err(crashed),
+        },
+        other => Err(unexpected(other, "a call (C)", "R or E")),
+    }
+}
+
+/// Bytes that came while no request was out.
+fn unasked(len: usize) -> Failure {
+    Failure::Crashed(format!(
+        "the program sent {len} bytes that answer no request"
+    ))
+}
+
+/// A request of the protocol, for [`read_answers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// `H`, answered by the program's hello.
+    Hello,
+    /// `L`, answered by `K` or `E`.
+    Load,
+    /// `S`, answered by `T` or `E`.
+    Save,
+    /// This many pipelined `C`, each answered by `R` or `E`.
+    Calls(usize),
+}
+
+/// What a worker makes of `bytes` received from its program in answer to `request`, with
+/// no program and no socket: the frames are split, checked and decoded by the code
+/// [`Program`] uses (its socket reads only decide where the bytes are cut). Returns how
+/// many answers were whole (fewer than expected when `bytes` ends mid-frame), or the
+/// failure the worker would end with, bytes after the last answer included. The entry
+/// point of the exec fuzz target (`fuzz/`).
+pub fn read_answers(request: Request, bytes: &[u8]) -> Result<usize, Failure> {
+    let (accept, expect) = match request {
+        Request::Hello => (ACCEPT_HELLO, 1),
+        Request::Load => (ACCEPT_LOAD, 1),
+        Request::Save => (ACCEPT_SAVE, 1),
+        Request::Calls(n) => (ACCEPT_CALL, n),
+    };
+    let mut at = 0;
+    let mut received = 0;
+    while received < expect {
+        let Some((kind, len)) = frame_at(&bytes[at..], accept)? else {
+            return Ok(received);
+        };
+        let body = &bytes[at + FRAME_HEADER..at + FRAME_HEADER + len];
+        at += FRAME_HEADER + len;
+        match request {
+            Request::Hello => {
+                hello_answer(kind, body)?;
+            }
+            Request::Load => load_answer(kind, body)?,
+            Request::Save => {
+                save_answer(kind, body)?;
+            }
+            Request::Calls(_) => {
+                call_answer(kind, body)?;
+            }
+        }
+        received += 1;
+    }
+    if at < bytes.len() {
+        return Err(unasked(bytes.len() - at));
+    }
+    Ok(received)
 }
 
 /// Appends one frame.
@@ -759,4 +852,67 @@ fn watch(
         })
         .map(|_| ())
         .map_err(|e| format!("start the program's watcher thread: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(frames: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (kind, body) in frames {
+            frame(&mut out, *kind, body);
+        }
+        out
+    }
+
+    #[test]
+    fn answers_are_read_as_the_worker_reads_them() {
+        let hello = framed(&[(b'H', br#"{"protocol":1,"program":"p"}"#)]);
+        assert_eq!(read_answers(Request::Hello, &hello), Ok(1));
+        assert_eq!(read_answers(Request::Load, &framed(&[(b'K', b"")])), Ok(1));
+        assert_eq!(
+            read_answers(Request::Save, &framed(&[(b'T', b"\xff")])),
+            Ok(1)
+        );
+        let calls = framed(&[
+            (b'R', b"1"),
+            (b'E', br#"{"kind":"BadRequest","message":"no"}"#),
+        ]);
+        assert_eq!(read_answers(Request::Calls(2), &calls), Ok(2));
+        // Cut anywhere, the whole answers before the cut count.
+        assert_eq!(
+            read_answers(Request::Calls(2), &calls[..calls.len() - 1]),
+            Ok(1)
+        );
+        assert_eq!(read_answers(Request::Calls(2), &calls[..4]), Ok(0));
+        let refused = framed(&[(b'E', br#"{"kind":"X","message":"m"}"#)]);
+        assert_eq!(
+            read_answers(Request::Save, &refused),
+            Err(Failure::Refused {
+                kind: ErrorKind::ActorError,
+                message: "m".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_answer_is_a_crash_before_its_body_arrives() {
+        let crashed = |request, bytes: &[u8], needle: &str| match read_answers(request, bytes) {
+            Err(Failure::Crashed(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("expected a crash with {needle:?}, got {other:?}"),
+        };
+        crashed(Request::Hello, b"Z\0\0\0\0", "unknown type");
+        crashed(Request::Hello, b"R\0\0\0\x01", "expected 'H'");
+        crashed(Request::Load, b"K\0\0\0\x01", "limit 0");
+        // A 4 GiB length is refused from the header alone, nothing allocated.
+        crashed(Request::Calls(1), b"R\xff\xff\xff\xff", "limit");
+        crashed(Request::Hello, &framed(&[(b'H', b"{}")]), "hello");
+        crashed(Request::Calls(1), &framed(&[(b'R', b"{")]), "not JSON");
+        crashed(
+            Request::Calls(1),
+            &framed(&[(b'R', b"1"), (b'R', b"2")]),
+            "answer no request",
+        );
+    }
 }
