@@ -165,3 +165,23 @@ fn reload_picks_up_an_upgraded_binary() {
     );
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(6));
 }
+
+#[test]
+fn a_fork_server_entry_with_a_bad_pid_or_no_socket_refuses_to_serve() {
+    // run_with_timeout gives the command /dev/null as stdin.
+    let run = |value: &str| {
+        let mut cmd = crate::util::resurgam_cmd(&["status"]);
+        cmd.env("RESURGAM_FORK_SERVER", value);
+        crate::util::run_with_timeout(cmd, WAIT)
+    };
+    let bad_pid = run("not-a-pid");
+    assert_eq!(bad_pid.status.code(), Some(70), "{bad_pid:?}");
+    assert!(String::from_utf8_lossy(&bad_pid.stderr).contains("is not a pid"));
+    // A pid, but stdin is /dev/null, not the supervisor's socket: nothing is forked.
+    let no_socket = run(&std::process::id().to_string());
+    assert_eq!(no_socket.status.code(), Some(70), "{no_socket:?}");
+    assert!(
+        String::from_utf8_lossy(&no_socket.stderr).contains("not the supervisor's socket"),
+        "{no_socket:?}"
+    );
+}
