@@ -1116,22 +1116,9 @@ impl Shell {
 
     /// Numbers, keeps and sends one event to every subscriber.
     fn publish(&mut self, fields: serde_json::Map<String, serde_json::Value>) {
-        let missed = self.events.next_seq();
+        let seq = self.events.next_seq();
         let line = self.events.record(fields);
-        self.conns.publish(line, Instant::now(), |unread| {
-            let mut dropped = serde_json::json!({
-                "time": event_stream::rfc3339(std::time::SystemTime::now()),
-                "event": "dropped",
-                "reason": format!(
-                    "this subscriber did not read its events: {unread} bytes unread (limit {})",
-                    crate::shell::conns::SUBSCRIBER_BUFFER
-                ),
-                "missed_from_seq": missed,
-            })
-            .to_string();
-            dropped.push('\n');
-            dropped
-        });
+        self.conns.publish(seq, line, Instant::now());
     }
 
     /// Every metric, the core's and the shell's, in the Prometheus text format.

@@ -13,9 +13,10 @@
 //! every reply it is owed, for up to [`HALF_CLOSED_GRACE`].
 //!
 //! Event subscribers (`subscribe` op) get every event line appended to their output; one
-//! whose unread output would pass [`SUBSCRIBER_BUFFER`] is dropped: it gets a final
-//! `dropped` line, is read no more, and is closed once that is written (or after
-//! [`DROPPED_GRACE`]). Publishing never waits for a subscriber.
+//! whose unread output would pass [`SUBSCRIBER_BUFFER`], or that accepts no output for
+//! [`WRITE_TIMEOUT`], is dropped: it gets a final `dropped` line, is read no more, and
+//! is closed once that is written (or after [`DROPPED_GRACE`]). Publishing never waits
+//! for a subscriber.
 //!
 //! Access: every connection's peer credentials (SO_PEERCRED) are checked: root, the
 //! supervisor's own uid and `allowed_uids` may talk; anyone else gets one `Unauthorized`
@@ -171,6 +172,8 @@ pub struct Conns {
     pub accepted: u64,
     /// Subscribers dropped for not keeping up (for the metrics).
     pub dropped_subscribers: u64,
+    /// The `seq` of the newest event published.
+    published: u64,
 }
 
 impl Conns {
@@ -195,6 +198,7 @@ impl Conns {
             subscribers: Vec::new(),
             accepted: 0,
             dropped_subscribers: 0,
+            published: 0,
         })
     }
 
@@ -522,7 +526,12 @@ impl Conns {
         expired.sort_unstable();
         expired.dedup();
         for conn in expired {
-            self.close(conn);
+            // A subscriber that takes no events gets its notice (and a grace to read it).
+            if self.subscribers.contains(&conn) {
+                self.drop_subscriber(conn, self.published + 1, now);
+            } else {
+                self.close(conn);
+            }
         }
         let gone: Vec<ConnId> = self
             .refused
@@ -582,10 +591,10 @@ impl Conns {
         }
     }
 
-    /// Appends an event line (with its newline) to every subscriber's output; drops a
-    /// subscriber whose unread output would pass [`SUBSCRIBER_BUFFER`], with `dropped`
-    /// (a line that makes it the subscriber's last).
-    pub fn publish(&mut self, line: &str, now: Instant, dropped: impl Fn(usize) -> String) {
+    /// Appends event `seq`'s line (with its newline) to every subscriber's output; drops
+    /// a subscriber whose unread output would pass [`SUBSCRIBER_BUFFER`].
+    pub fn publish(&mut self, seq: u64, line: &str, now: Instant) {
+        self.published = seq;
         let mut gone = Vec::new();
         for &conn in &self.subscribers {
             let Some(c) = self.live.get_mut(&conn) else {
@@ -593,26 +602,41 @@ impl Conns {
                 continue;
             };
             if c.pending() + line.len() > SUBSCRIBER_BUFFER {
-                tracing::warn!(
-                    conn,
-                    unread = c.pending(),
-                    "event subscriber does not keep up; dropping it"
-                );
-                c.push_out(dropped(c.pending()).as_bytes());
-                c.dropped_at = Some(now);
-                self.timed.insert(conn);
-                self.dropped_subscribers += 1;
                 gone.push(conn);
-            } else {
-                c.push_out(line.as_bytes());
+                continue;
             }
+            c.push_out(line.as_bytes());
             if !c.to_write {
                 c.to_write = true;
                 self.to_write.push(conn);
             }
         }
-        if !gone.is_empty() {
-            self.subscribers.retain(|c| !gone.contains(c));
+        for conn in gone {
+            self.drop_subscriber(conn, seq, now);
+        }
+    }
+
+    /// Stops sending events to a subscriber that does not read them: its last line says
+    /// so (`missed`: the first event it does not get); it is closed once that is written.
+    fn drop_subscriber(&mut self, conn: ConnId, missed: u64, now: Instant) {
+        self.subscribers.retain(|&c| c != conn);
+        let Some(c) = self.live.get_mut(&conn) else {
+            return;
+        };
+        let unread = c.pending();
+        tracing::warn!(
+            conn,
+            unread,
+            "event subscriber does not read its events; dropping it"
+        );
+        c.push_out(crate::shell::events::dropped_line(unread, missed).as_bytes());
+        c.dropped_at = Some(now);
+        c.stalled_since = None;
+        self.timed.insert(conn);
+        self.dropped_subscribers += 1;
+        if !c.to_write {
+            c.to_write = true;
+            self.to_write.push(conn);
         }
     }
 

@@ -109,6 +109,24 @@ pub fn notice_fields(core: &Core, notice: &Notice) -> Map<String, Value> {
     }
 }
 
+/// The last line a subscriber gets when it is dropped for not reading its events:
+/// `unread` bytes of events wait for it; `missed` is the first event it does not get.
+/// It has no `seq`: it is no event of the stream.
+pub fn dropped_line(unread: usize, missed: u64) -> String {
+    let mut line = json!({
+        "time": rfc3339(SystemTime::now()),
+        "event": "dropped",
+        "reason": format!(
+            "this subscriber did not read its events: {unread} bytes unread (limit {})",
+            crate::shell::conns::SUBSCRIBER_BUFFER
+        ),
+        "missed_from_seq": missed,
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
 /// An event line for people: `TIME #SEQ ACTOR EVENT: what happened`.
 pub fn human_line(v: &Value) -> String {
     let text = |k: &str| match &v[k] {
