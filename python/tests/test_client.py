@@ -422,15 +422,14 @@ class ErrorsTest(unittest.TestCase):
             "ActorDead", "CallFailed", "Busy", "Timeout", "ActorStopped", "Unreachable",
         ]  # fmt: skip
         # Every kind the supervisor can send (its ErrorKind enum) has a class here; the
-        # SDK's own extras are the client-side Unreachable and the protocol's
-        # ActorStopped, which this supervisor does not send yet.
+        # SDK's own extra is the client-side Unreachable.
         with open(os.path.join(REPO, "shared", "src", "protocol.rs"), encoding="utf-8") as f:
             source = f.read()
         enum = re.search(r"pub enum ErrorKind \{([^}]*)\}", source)
         assert enum is not None, "ErrorKind not found in shared/src/protocol.rs"
         rust = set(re.findall(r"^\s*([A-Z][A-Za-z]*),", enum.group(1), re.MULTILINE))
         self.assertGreater(len(rust), 5)
-        self.assertEqual(set(kinds) - rust, {"Unreachable", "ActorStopped"})
+        self.assertEqual(set(kinds) - rust, {"Unreachable"})
         self.assertEqual(rust - set(kinds), set())
         for kind in kinds:
             error = resurgam.error_from(kind, "why")

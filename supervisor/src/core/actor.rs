@@ -25,7 +25,8 @@ pub enum Phase {
     Alive,
     Restarting,
     Dead,
-    /// Stopped by a graceful shutdown.
+    /// Stopped by a graceful shutdown, by a reload that removed the actor, or by an
+    /// operator (`stop_actor`, until `start_actor`).
     Stopped,
 }
 
@@ -103,6 +104,11 @@ pub(super) struct ActorState {
     pub operator_restart: bool,
     /// Removed from the config by a reload: winds down like at shutdown.
     pub retiring: bool,
+    /// Stopped by an operator (`stop_actor`): winds down like at shutdown, then stays
+    /// STOPPED (calls refused with `ActorStopped`) until `start_actor`.
+    pub stopped_by_operator: bool,
+    /// Who waits for the operator's stop to finish (answered once STOPPED, or DEAD).
+    pub stop_waiters: Vec<Origin>,
     pub final_checkpoint_requested: bool,
     pub stop_sent: bool,
     pub dead_reason: Option<String>,
@@ -210,6 +216,8 @@ impl ActorState {
             alive_since: None,
             operator_restart: false,
             retiring: false,
+            stopped_by_operator: false,
+            stop_waiters: Vec::new(),
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,
@@ -369,6 +377,48 @@ impl ActorState {
         self.last_heard = now;
         self.ping_outstanding = false;
         self.hung = false;
+    }
+
+    /// True when this actor alone winds down (final checkpoint, then its worker stops):
+    /// removed by a reload, or stopped by an operator.
+    pub fn winding_down(&self) -> bool {
+        self.retiring || self.stopped_by_operator
+    }
+
+    /// The refusal of a call (or checkpoint) to an actor an operator stopped.
+    pub fn stopped_error(&self) -> ErrorBody {
+        let how = if self.phase == Phase::Stopped {
+            "is stopped"
+        } else {
+            "is being stopped"
+        };
+        ErrorBody::new(
+            ErrorKind::ActorStopped,
+            format!(
+                "actor {:?} {how} by an operator; `resurgam start {}` starts it again",
+                self.name, self.name
+            ),
+        )
+    }
+
+    /// The worker's pid while it runs (STARTING or ALIVE).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.pid
+            .filter(|_| matches!(self.phase, Phase::Alive | Phase::Starting))
+    }
+
+    /// The exec program's pid while the worker serves.
+    pub fn live_program_pid(&self) -> Option<u32> {
+        self.program_pid.filter(|_| self.phase == Phase::Alive)
+    }
+
+    /// The `state` of `status`: the phase, or `STOPPING` while an operator's stop runs.
+    pub fn state_name(&self) -> &'static str {
+        if self.stopped_by_operator && self.phase != Phase::Stopped {
+            "STOPPING"
+        } else {
+            self.phase.as_str()
+        }
     }
 
     pub fn dead_error(&self) -> ErrorBody {

@@ -15,9 +15,9 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
             json!({
                 "name": a.name,
                 "kind": a.kind,
-                "state": a.phase.as_str(),
-                "pid": a.pid.filter(|_| matches!(a.phase, super::Phase::Alive | super::Phase::Starting)),
-                "program_pid": a.program_pid.filter(|_| a.phase == super::Phase::Alive),
+                "state": a.state_name(),
+                "pid": a.worker_pid(),
+                "program_pid": a.live_program_pid(),
                 "restarts": a.restarts,
                 "last_exit": a.last_exit,
                 "checkpoint": {"generation": a.checkpoint.0, "last_seq": a.checkpoint.1},
