@@ -295,3 +295,67 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         assert!(text.contains(".TH"), "{page}: {text}");
     }
 }
+
+#[test]
+fn stop_actor_stops_only_that_actor_until_start_and_a_reload_keeps_it_stopped() {
+    let sup = Supervisor::start(CONFIG);
+    let sup_pid = sup.pid();
+    assert_eq!(expect(&sup, &["call", "c", "incr", "5"], 0), "5");
+    let worker = sup.worker_pid("c").expect("c has a worker");
+
+    // Returns once the worker has stopped after its final checkpoint.
+    let line = expect(&sup, &["stop", "c"], 0);
+    assert!(
+        line.starts_with("stopped c (final checkpoint: generation ") && line.contains("last_seq 1"),
+        "{line}"
+    );
+    assert!(Proc::of(worker).is_none(), "worker {worker} still runs");
+    assert_eq!(sup.actor("c")["state"], "STOPPED");
+    assert_eq!(sup.actor("c")["pid"], Value::Null);
+    // Calls (and checkpoints) get ActorStopped, exit 1; `pid` has none; the rest runs on.
+    let socket = sup.socket.to_str().unwrap();
+    for args in [&["call", "c", "get"][..], &["checkpoint", "c"]] {
+        let out = cli(&[args, &["--socket", socket]].concat(), &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("ActorStopped") && stderr(&out).contains("resurgam start c"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let msg = stderr(&cli(&["pid", "c", "--socket", socket], &[]));
+    assert!(msg.contains("state STOPPED"), "{msg}");
+    let reply = sup.client().pid(Some("c")).unwrap();
+    assert_eq!(reply["state"], "STOPPED", "{reply}");
+    assert_eq!(reply["pid"], Value::Null, "{reply}");
+    assert_eq!(expect(&sup, &["call", "kv", "len"], 0), "0");
+    assert_eq!(sup.pid(), sup_pid);
+
+    // A reload keeps it stopped; a second stop is answered at once.
+    assert_eq!(expect(&sup, &["reload"], 0), "reloaded: nothing changed");
+    assert_eq!(sup.actor("c")["state"], "STOPPED");
+    let v: Value = serde_json::from_str(&expect(&sup, &["stop", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["state"], "STOPPED", "{v}");
+    assert_eq!(v["checkpoint"]["last_seq"], 1, "{v}");
+    // `stop --no-wait` is for the supervisor only.
+    expect(&sup, &["stop", "c", "--no-wait"], 2);
+
+    // Started again from its final checkpoint; waits until ALIVE.
+    let line = expect(&sup, &["start", "c"], 0);
+    let pid = sup.worker_pid("c").expect("c ALIVE");
+    assert_eq!(line, format!("started c (ALIVE, pid {pid})"));
+    assert_eq!(expect(&sup, &["call", "c", "get"], 0), "5");
+    let line = expect(&sup, &["start", "c"], 0);
+    assert_eq!(line, format!("c was already running (ALIVE, pid {pid})"));
+    let v: Value = serde_json::from_str(&expect(&sup, &["start", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["pid"], pid, "{v}");
+    expect(&sup, &["start", "ghost"], 1);
+    expect(&sup, &["stop", "ghost"], 1);
+
+    // Not kept across a supervisor restart: the config says which actors run (as a
+    // unit stopped with `systemctl stop` starts again at boot).
+    expect(&sup, &["stop", "c"], 0);
+    sup.restart_same_dirs();
+    assert_eq!(sup.actor("c")["state"], "ALIVE");
+    assert_eq!(expect(&sup, &["call", "c", "get"], 0), "5");
+}

@@ -34,9 +34,10 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the supervisor answered with an error (unknown actor, the actor's error, a refused
-     request), or the command failed (`pid` of an actor without a process, a `stop`
-     that did not finish within --timeout)
+  1  the supervisor answered with an error (unknown actor, the actor's error, a stopped
+     actor, a refused request), or the command failed (`pid` of an actor without a
+     process, a `stop` that did not finish within --timeout, a `start` that did not
+     reach ALIVE)
   2  usage error, or an invalid config file (`check`, `run`)
   3  the supervisor cannot be reached (no socket, nobody listening, the connection
      broke) or did not answer within `call --timeout`";
@@ -152,16 +153,35 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Stop the supervisor gracefully and wait until it has exited.
+    /// Stop the supervisor gracefully and wait until it has exited; or, with ACTOR, stop
+    /// only that actor (its calls fail with ActorStopped until `start ACTOR`).
     Stop {
+        /// Stop only this actor: its accepted calls are answered, a final checkpoint is
+        /// taken and its worker exits; the supervisor and the other actors run on.
+        actor: Option<String>,
         /// Return once the supervisor has accepted the request, without waiting for it
-        /// to exit.
-        #[arg(long)]
+        /// to exit (not with ACTOR).
+        #[arg(long, conflicts_with = "actor")]
         no_wait: bool,
-        /// How long to wait for the supervisor to exit (e.g. 90s). Default: 60s, or
-        /// --config's `shutdown_timeout` + 30s when that is longer.
+        /// How long to wait for the supervisor (or ACTOR) to stop (e.g. 90s). Default:
+        /// 60s, or --config's `shutdown_timeout` + 30s when that is longer.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
         timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start an actor `stop ACTOR` stopped (or revive a DEAD one) and wait until it is
+    /// ALIVE.
+    Start {
+        /// The actor to start.
+        actor: String,
+        /// Return once the supervisor has accepted the request, without waiting for the
+        /// actor to be ALIVE.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the actor to be ALIVE (e.g. 5m for a long replay).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, default_value = "60s")]
+        timeout: Duration,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -280,10 +300,23 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
         ),
         Command::Reload { client } => request(&client, |c| c.reload(), render::reload_line),
         Command::Stop {
+            actor: Some(actor),
+            timeout,
+            client,
+            ..
+        } => stop_actor(&actor, timeout, &client),
+        Command::Stop {
+            actor: None,
             no_wait,
             timeout,
             client,
         } => stop(no_wait, timeout, &client),
+        Command::Start {
+            actor,
+            no_wait,
+            timeout,
+            client,
+        } => start_actor(&actor, no_wait, timeout, &client),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -541,29 +574,29 @@ fn status(actor: Option<&str>, client: &ClientArgs) -> Result<String, Failure> {
 
 /// `pid [ACTOR] [--program]`.
 fn pid(actor: Option<&str>, program: bool, client: &ClientArgs) -> Result<String, Failure> {
-    let v = connect(&client.socket)?.status()?;
+    let v = connect(&client.socket)?.pid(actor)?;
     let (pid, what) = match actor {
-        None => (&v["supervisor"]["pid"], "the supervisor".to_string()),
-        Some(name) => {
-            let a = actor_status(&v, name)?;
-            if program {
-                (&a["program_pid"], format!("actor {name:?}'s program"))
-            } else {
-                (&a["pid"], format!("actor {name:?}'s worker"))
-            }
-        }
+        None => (&v["pid"], "the supervisor".to_string()),
+        Some(name) if program => (&v["program_pid"], format!("actor {name:?}'s program")),
+        Some(name) => (&v["pid"], format!("actor {name:?}'s worker")),
     };
     match pid.as_u64() {
         Some(p) if client.json => Ok(json!({ "pid": p }).to_string()),
         Some(p) => Ok(p.to_string()),
         None => {
-            let a = actor.and_then(|n| actor_status(&v, n).ok());
-            let kind = a.and_then(|a| a["kind"].as_str()).unwrap_or("?");
-            let state = a.and_then(|a| a["state"].as_str()).unwrap_or("?");
-            let why = if program && kind != "exec" {
-                format!("only exec actors run a program of their own (this one is a {kind})")
-            } else {
-                format!("state {state}")
+            let state = v["state"].as_str().unwrap_or("?");
+            let why = match (program, actor) {
+                (true, Some(name)) => {
+                    let status = connect(&client.socket)?.status()?;
+                    let kind = actor_status(&status, name)?["kind"].clone();
+                    match kind.as_str() {
+                        Some(kind) if kind != "exec" => format!(
+                            "only exec actors run a program of their own (this one is a {kind})"
+                        ),
+                        _ => format!("state {state}"),
+                    }
+                }
+                _ => format!("state {state}"),
             };
             Err(Failure::new(
                 EXIT_ERROR,
@@ -641,6 +674,110 @@ fn stop(no_wait: bool, timeout: Option<Duration>, client: &ClientArgs) -> Result
     } else {
         format!("{who} has stopped")
     })
+}
+
+/// `stop ACTOR`: returns once the actor's worker has stopped after its final checkpoint.
+fn stop_actor(
+    actor: &str,
+    timeout: Option<Duration>,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let timeout = timeout.unwrap_or_else(|| default_stop_timeout(&client.socket));
+    let mut c = connect(&client.socket)?;
+    c.set_timeout(Some(timeout))?;
+    let v = c.stop_actor(actor).map_err(|e| {
+        if e.is_timeout() {
+            Failure::new(
+                EXIT_ERROR,
+                format!(
+                    "actor {actor:?} is still stopping after {} (stop --timeout); it stops \
+                     once its accepted calls are answered and its final checkpoint is written",
+                    format_duration(timeout)
+                ),
+            )
+        } else {
+            Failure::from(e)
+        }
+    })?;
+    Ok(if client.json {
+        v.to_string()
+    } else {
+        format!(
+            "stopped {actor} (final checkpoint: generation {}, last_seq {}); \
+             `resurgam start {actor}` starts it again",
+            render::cell(&v["checkpoint"]["generation"]),
+            render::cell(&v["checkpoint"]["last_seq"])
+        )
+    })
+}
+
+/// `start ACTOR`: starts it and, unless `no_wait`, waits until it is ALIVE (a DEAD or
+/// stopped actor on the way is a failure).
+fn start_actor(
+    actor: &str,
+    no_wait: bool,
+    timeout: Duration,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let mut c = connect(&client.socket)?;
+    let first = c.start_actor(actor)?;
+    let was = first["state"].as_str().unwrap_or("?").to_string();
+    if no_wait {
+        return Ok(if client.json {
+            first.to_string()
+        } else {
+            format!("starting {actor} ({was})")
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.pid(Some(actor))?;
+        let state = v["state"].as_str().unwrap_or("?");
+        match state {
+            "ALIVE" if client.json => return Ok(v.to_string()),
+            "ALIVE" if was == "ALIVE" => {
+                return Ok(format!(
+                    "{actor} was already running (ALIVE, pid {})",
+                    render::cell(&v["pid"])
+                ));
+            }
+            "ALIVE" => {
+                return Ok(format!(
+                    "started {actor} (ALIVE, pid {})",
+                    render::cell(&v["pid"])
+                ));
+            }
+            "DEAD" => {
+                let status = c.status()?;
+                let reason = actor_status(&status, actor)?["dead_reason"].clone();
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!(
+                        "actor {actor:?} did not start: it is DEAD: {}",
+                        render::cell(&reason)
+                    ),
+                ));
+            }
+            "STOPPED" | "STOPPING" => {
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!("actor {actor:?} was stopped again while starting"),
+                ));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                EXIT_ERROR,
+                format!(
+                    "actor {actor:?} is still {state} after {} (start --timeout); it keeps \
+                     starting (`resurgam status {actor}` shows how far)",
+                    format_duration(timeout)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `man [--dir DIR]`.

@@ -19,7 +19,7 @@ pub fn format_uptime(ms: u64) -> String {
 
 /// A JSON value as a table cell or a detail: strings bare, null as `-`, objects as
 /// `key value, …` (their null members left out), arrays comma-separated.
-fn cell(v: &Value) -> String {
+pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
