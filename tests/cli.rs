@@ -359,3 +359,114 @@ fn stop_actor_stops_only_that_actor_until_start_and_a_reload_keeps_it_stopped() 
     assert_eq!(sup.actor("c")["state"], "ALIVE");
     assert_eq!(expect(&sup, &["call", "c", "get"], 0), "5");
 }
+
+/// A `resurgam run --config FILE` started in `cwd` (no paths in the file: its state
+/// goes where `run` puts it by default); killed with its workers when dropped.
+struct RunIn {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl RunIn {
+    fn start(cwd: &std::path::Path, config: &std::path::Path) -> RunIn {
+        let log = cwd.join("run.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = crate::util::resurgam_cmd(&["run", "--config", config.to_str().unwrap()]);
+        let child = cmd
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn resurgam run");
+        RunIn { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunIn {
+    fn drop(&mut self) {
+        // Its workers die with it (PR_SET_PDEATHSIG).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `resurgam ARGS` run in `cwd` with a clean environment.
+fn cli_in(cwd: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = crate::util::resurgam_cmd(args);
+    cmd.current_dir(cwd);
+    crate::util::run_with_timeout(cmd, WAIT)
+}
+
+#[test]
+fn the_cli_finds_the_socket_of_a_config_from_another_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let (conf_dir, elsewhere) = (root.path().join("conf"), root.path().join("elsewhere"));
+    std::fs::create_dir(&conf_dir).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    let config = conf_dir.join("demo.toml");
+    std::fs::write(
+        &config,
+        "[supervisor]\ndurability = \"memory\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    // `check` names the socket `run` started here would use, absolute, and the service's.
+    let out = cli_in(&conf_dir, &["check", config_arg]);
+    let socket = conf_dir.join("resurgam-state/run/control.sock");
+    assert!(
+        stdout(&out).contains(&format!("socket {})", socket.display())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("/run/resurgam/control.sock"),
+        "{}",
+        stdout(&out)
+    );
+
+    // `run` started in the file's directory keeps its state there by default.
+    let run = RunIn::start(&conf_dir, &config);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cli_in(&conf_dir, &["call", "c", "incr", "2"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving: {}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // From another directory, --config finds it beside the file; without it, nothing
+    // is found, and the error says where it looked.
+    let out = cli_in(&elsewhere, &["call", "c", "get", "--config", config_arg]);
+    assert_eq!(stdout(&out), "2", "{}", stderr(&out));
+    let out = cli_in(&elsewhere, &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("resurgam-state/run/control.sock")
+            && stderr(&out).contains("also tried /run/resurgam/control.sock"),
+        "{}",
+        stderr(&out)
+    );
+    // A path the file sets is relative to the file, wherever the client runs.
+    let moved = conf_dir.join("moved.toml");
+    std::fs::write(
+        &moved,
+        "[supervisor]\nstate_dir = \"resurgam-state\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    )
+    .unwrap();
+    let out = cli_in(
+        &elsewhere,
+        &["call", "c", "get", "--config", moved.to_str().unwrap()],
+    );
+    assert_eq!(stdout(&out), "2", "{}", stderr(&out));
+}

@@ -405,6 +405,18 @@ class SocketPathTest(unittest.TestCase):
         env = {"RUNTIME_DIRECTORY": "", "STATE_DIRECTORY": "/var/lib/r:/other"}
         self.assertEqual(resurgam.socket_path(None, env), "/var/lib/r/run/control.sock")
 
+    def test_else_the_packaged_services_socket_when_the_default_is_none(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            service = os.path.join(tmp, "control.sock")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(listener.close)
+            listener.bind(service)
+            with mock.patch("resurgam.client.SERVICE_SOCKET", service):
+                self.assertEqual(resurgam.socket_path(None, {}), service)
+                # Never instead of a directory the environment names.
+                env = {"RUNTIME_DIRECTORY": "/run/a"}
+                self.assertEqual(resurgam.socket_path(None, env), "/run/a/control.sock")
+
     def test_else_the_local_default(self) -> None:
         self.assertEqual(resurgam.socket_path(None, {}), "resurgam-state/run/control.sock")
         self.assertEqual(

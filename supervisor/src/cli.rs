@@ -57,7 +57,8 @@ pub struct Cli {
 /// Where a client subcommand finds the control socket.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SocketArgs {
-    /// The control socket (else $RESURGAM_SOCKET, else --config's, else the default).
+    /// The control socket (else $RESURGAM_SOCKET, else --config's, else the default, else
+    /// the packaged service's /run/resurgam/control.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// A config file to read the socket path from.
@@ -378,12 +379,25 @@ fn check(path: &Path, registry: &Registry) -> Result<String, Failure> {
     for w in &c.warnings {
         eprintln!("{w}");
     }
-    Ok(format!(
+    let socket = &c.supervisor.socket;
+    let absolute = std::path::absolute(socket).unwrap_or_else(|_| socket.clone());
+    let mut out = format!(
         "{}: OK ({} actors; socket {})",
         path.display(),
         c.actors.len(),
-        c.supervisor.socket.display()
-    ))
+        absolute.display()
+    );
+    let defaulted = *socket
+        == Config::embedded_defaults(&Environment::from_process())
+            .supervisor
+            .socket;
+    if defaulted && socket.is_relative() {
+        out.push_str(&format!(
+            "\n  the file names no socket: `run` started in this directory listens there; \
+             run by systemd/resurgam.service (RuntimeDirectory=resurgam) it listens on {SERVICE_SOCKET}"
+        ));
+    }
+    Ok(out)
 }
 
 /// `call`'s argument: JSON, or else a bare word (text that does not start like JSON
@@ -436,10 +450,9 @@ fn call(
     Ok(reply.to_string())
 }
 
-/// Connects to the socket the options name.
+/// Connects to the socket the options name (the first candidate that accepts).
 fn connect(socket: &SocketArgs) -> Result<Client, Failure> {
-    let path = socket_path(socket)?;
-    Ok(Client::connect(&path)?)
+    Ok(connect_found(socket)?.1)
 }
 
 /// One request; its reply as JSON with `--json`, else as `human` renders it.
@@ -514,27 +527,95 @@ fn load(path: &Path, registry: &Registry) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// `--socket`, else `$RESURGAM_SOCKET`, else the socket of `--config`, else the default.
-pub fn socket_path(args: &SocketArgs) -> Result<PathBuf, Failure> {
+/// The socket of the packaged service, `systemd/resurgam.service`: its
+/// `RuntimeDirectory=resurgam` is `/run/resurgam`, and its config names no socket.
+pub const SERVICE_SOCKET: &str = "/run/resurgam/control.sock";
+
+/// Where the client subcommands look for the control socket, in order; the first that
+/// accepts a connection is used (the README's "The command line" says the same):
+/// 1. `--socket PATH`; 2. `$RESURGAM_SOCKET`;
+/// 3. with `--config FILE`: the socket that file gives `run`: a path the file sets (a
+///    relative one is relative to the file's directory, as for `run`), else the default
+///    `<runtime_dir>/control.sock`; when that default is relative (no `state_dir`, no
+///    `$STATE_DIRECTORY` or `$RUNTIME_DIRECTORY`), it is relative to where `run` was
+///    started: the current directory, then the file's directory, then the packaged
+///    service's socket are tried;
+/// 4. without `--config`: the default (`$RUNTIME_DIRECTORY`, `$STATE_DIRECTORY`, else
+///    `./resurgam-state/run/control.sock`), then the packaged service's socket.
+pub fn socket_candidates(args: &SocketArgs) -> Result<Vec<PathBuf>, Failure> {
+    let from_env = std::env::var_os("RESURGAM_SOCKET").filter(|s| !s.is_empty());
+    socket_candidates_in(args, from_env, &Environment::from_process())
+}
+
+/// [`socket_candidates`] with `$RESURGAM_SOCKET` and the systemd directories given.
+fn socket_candidates_in(
+    args: &SocketArgs,
+    from_env: Option<OsString>,
+    env: &Environment,
+) -> Result<Vec<PathBuf>, Failure> {
     if let Some(s) = &args.socket {
-        return Ok(s.clone());
+        return Ok(vec![s.clone()]);
     }
-    if let Some(s) = std::env::var_os("RESURGAM_SOCKET").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(s));
+    if let Some(s) = from_env {
+        return Ok(vec![PathBuf::from(s)]);
     }
-    let env = Environment::from_process();
-    match &args.config {
-        Some(path) => match Config::load(path, &env) {
-            Ok(c) => Ok(c.supervisor.socket),
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                Err(Failure::printed(EXIT_USAGE))
+    let default = Config::embedded_defaults(env).supervisor.socket;
+    let mut candidates = match &args.config {
+        Some(path) => {
+            let socket = load_quietly(path, env)?.supervisor.socket;
+            if socket != default || socket.is_absolute() {
+                return Ok(vec![socket]);
             }
-        },
-        None => Ok(Config::embedded_defaults(&env).supervisor.socket),
+            let beside = path.parent().map(|dir| dir.join(&socket));
+            std::iter::once(socket).chain(beside).collect()
+        }
+        None => vec![default.clone()],
+    };
+    // Only `./resurgam-state` is left: the packaged service may be the one running.
+    if default.is_relative() {
+        candidates.push(PathBuf::from(SERVICE_SOCKET));
     }
+    candidates.dedup();
+    Ok(candidates)
+}
+
+/// Reads `--config`'s file for its socket; its problems are printed (exit 2).
+fn load_quietly(path: &Path, env: &Environment) -> Result<Config, Failure> {
+    Config::load(path, env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        Failure::printed(EXIT_USAGE)
+    })
+}
+
+/// Connects to the first of [`socket_candidates`] that accepts; returns its path too.
+/// When none does, the error names the first, and the others tried.
+fn connect_found(args: &SocketArgs) -> Result<(PathBuf, Client), Failure> {
+    let candidates = socket_candidates(args)?;
+    let mut first_error = None;
+    for path in &candidates {
+        match Client::connect(path) {
+            Ok(c) => return Ok((path.clone(), c)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut failure = first_error.map_or_else(
+        || Failure::new(EXIT_UNREACHABLE, "no control socket to try"),
+        Failure::from,
+    );
+    if candidates.len() > 1
+        && let Some(m) = &mut failure.message
+    {
+        let others: Vec<String> = candidates[1..]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        m.push_str(&format!("; also tried {}", others.join(", ")));
+    }
+    Err(failure)
 }
 
 /// The status of the actor named `name`, from a `status` reply.
@@ -635,8 +716,7 @@ fn process_start(pid: u32) -> Option<u64> {
 /// `stop`: asks the supervisor to stop and, unless `no_wait`, waits until its process
 /// has exited and its socket refuses connections.
 fn stop(no_wait: bool, timeout: Option<Duration>, client: &ClientArgs) -> Result<String, Failure> {
-    let path = socket_path(&client.socket)?;
-    let mut c = Client::connect(&path)?;
+    let (path, mut c) = connect_found(&client.socket)?;
     let pid = c.peer_pid();
     let start = pid.and_then(process_start);
     let mut reply = c.stop()?;
@@ -830,7 +910,55 @@ mod tests {
             socket: Some(PathBuf::from("/x/s.sock")),
             config: Some(PathBuf::from("/nonexistent/c.toml")),
         };
-        assert_eq!(socket_path(&args).unwrap(), PathBuf::from("/x/s.sock"));
+        assert_eq!(
+            socket_candidates(&args).unwrap(),
+            [PathBuf::from("/x/s.sock")]
+        );
+    }
+
+    #[test]
+    fn socket_discovery_falls_back_to_the_config_directory_and_the_service() {
+        let none = SocketArgs::default();
+        let bare = Environment::default();
+        let default = PathBuf::from("resurgam-state/run/control.sock");
+        let service = PathBuf::from(SERVICE_SOCKET);
+        assert_eq!(
+            socket_candidates_in(&none, None, &bare).unwrap(),
+            [default.clone(), service.clone()]
+        );
+        assert_eq!(
+            socket_candidates_in(&none, Some("/e.sock".into()), &bare).unwrap(),
+            [PathBuf::from("/e.sock")]
+        );
+        // Under systemd ($RUNTIME_DIRECTORY) the default is where the service listens.
+        let systemd = Environment {
+            state_directory: None,
+            runtime_directory: Some(PathBuf::from("/run/x")),
+        };
+        assert_eq!(
+            socket_candidates_in(&none, None, &systemd).unwrap(),
+            [PathBuf::from("/run/x/control.sock")]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        std::fs::write(&file, "[[actor]]\nname = \"c\"\nkind = \"counter\"\n").unwrap();
+        let with = SocketArgs {
+            socket: None,
+            config: Some(file.clone()),
+        };
+        assert_eq!(
+            socket_candidates_in(&with, None, &bare).unwrap(),
+            [default.clone(), dir.path().join(&default), service]
+        );
+        // A path the file sets is the only candidate (relative to the file's directory).
+        std::fs::write(&file, "[supervisor]\nstate_dir = \"st\"\n").unwrap();
+        assert_eq!(
+            socket_candidates_in(&with, None, &bare).unwrap(),
+            [dir.path().join("st/run/control.sock")]
+        );
+        std::fs::write(&file, "[supervisor]\nsocket = 5\n").unwrap();
+        let e = socket_candidates_in(&with, None, &bare).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
     }
 
     #[test]

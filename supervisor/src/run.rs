@@ -165,7 +165,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     .map_err(RunError::setup("serve the control socket"))?;
 
     tracing::info!(
-        socket = %sup.socket.display(),
+        socket = %std::path::absolute(&sup.socket).unwrap_or_else(|_| sup.socket.clone()).display(),
         state_dir = %sup.state_dir.display(),
         actors = config.actors.len(),
         pid = std::process::id(),
