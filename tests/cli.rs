@@ -470,3 +470,62 @@ fn the_cli_finds_the_socket_of_a_config_from_another_directory() {
     );
     assert_eq!(stdout(&out), "2", "{}", stderr(&out));
 }
+
+#[test]
+fn a_long_replay_shows_its_progress_in_status_and_the_log() {
+    // `hang` with a marker hangs only when the marker file is missing: present for the
+    // first run, removed before the replay, which then stops at that call.
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("marker");
+    std::fs::write(&marker, b"").unwrap();
+    let sup = crate::exec::start(&crate::exec::python_actor(
+        "m",
+        "misbehave.py",
+        "heartbeat_timeout = \"0s\"\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"",
+    ));
+    let mut c = sup.client();
+    for _ in 0..10 {
+        c.call("m", "add", json!(1)).unwrap();
+    }
+    assert_eq!(
+        c.call("m", "hang", json!({"marker": marker})).unwrap(),
+        json!(10)
+    );
+    for _ in 0..5 {
+        c.call("m", "add", json!(1)).unwrap();
+    }
+    std::fs::remove_file(&marker).unwrap();
+    sup.kill_worker("m");
+
+    // No checkpoint: all 16 calls are replayed, and the replay stops at `hang`.
+    sup.wait_until("the replay to start", WAIT, || {
+        sup.actor("m")["replay"]["total"] == 16
+    });
+    let replay = sup.actor("m")["replay"].clone();
+    let done = replay["done"].as_u64().expect("done");
+    assert!(done < 16, "{replay}");
+    let table = expect(&sup, &["status"], 0);
+    assert!(
+        table.contains(&format!("\n  replaying {done}/16")),
+        "{table}"
+    );
+    let details = expect(&sup, &["status", "m"], 0);
+    assert!(
+        details.contains(&format!("replaying {done}/16")),
+        "{details}"
+    );
+    // A line in the log every few seconds while it runs.
+    sup.wait_until("a replay progress line", WAIT, || {
+        sup.log()
+            .lines()
+            .any(|l| l.contains("replaying calls") && l.contains("total=16"))
+    });
+
+    // The marker exists now: the next worker's replay gets through.
+    sup.kill_worker("m");
+    sup.wait_until("the replay to finish", WAIT, || {
+        let m = sup.actor("m");
+        m["state"] == "ALIVE" && m["replay"].is_null() && m["replayed"] == 16
+    });
+    assert_eq!(c.call("m", "get", Value::Null).unwrap(), json!(15));
+}

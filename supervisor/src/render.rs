@@ -120,6 +120,9 @@ pub fn status_table(v: &Value) -> String {
         if let Some(reason) = a["dead_reason"].as_str() {
             notes.push((rows.len() - 1, format!("  DEAD: {reason}")));
         }
+        if let Some(progress) = replay_progress(&a["replay"]) {
+            notes.push((rows.len() - 1, format!("  {progress}")));
+        }
     }
     let lines = table(&rows);
     for (i, line) in lines.lines().enumerate() {
@@ -133,11 +136,19 @@ pub fn status_table(v: &Value) -> String {
     out
 }
 
+/// `replaying DONE/TOTAL` for a replay in progress (the `replay` member of an actor's
+/// status), else None.
+fn replay_progress(replay: &Value) -> Option<String> {
+    let (done, total) = (replay["done"].as_u64()?, replay["total"].as_u64()?);
+    Some(format!("replaying {done}/{total}"))
+}
+
 /// The members of an actor's status shown first by `status ACTOR`, in this order; the
 /// others follow alphabetically.
-const ACTOR_DETAILS_FIRST: [&str; 12] = [
+const ACTOR_DETAILS_FIRST: [&str; 13] = [
     "kind",
     "state",
+    "replay",
     "dead_reason",
     "pid",
     "program_pid",
@@ -161,7 +172,11 @@ pub fn actor_details(a: &Map<String, Value>) -> String {
         .iter()
         .filter(|(k, _)| k.as_str() != "name" && !ACTOR_DETAILS_FIRST.contains(&k.as_str()));
     for (k, v) in first.chain(rest) {
-        rows.push(vec![format!("  {}", k.replace('_', " ")), cell(v)]);
+        let shown = match k.as_str() {
+            "replay" => replay_progress(v).unwrap_or_else(|| cell(v)),
+            _ => cell(v),
+        };
+        rows.push(vec![format!("  {}", k.replace('_', " ")), shown]);
     }
     format!("{name}\n{}", table(&rows))
 }
@@ -216,7 +231,8 @@ mod tests {
             "actors": [
                 {"name": "a", "kind": "counter", "state": "ALIVE", "pid": 7, "restarts": 2,
                  "checkpoint": {"generation": 3, "last_seq": 9}, "queue": 0, "served": 4,
-                 "last_exit": "killed by SIGKILL", "dead_reason": null},
+                 "last_exit": "killed by SIGKILL", "dead_reason": null,
+                 "replay": {"done": 120000, "total": 300001}},
                 {"name": "b", "kind": "kv", "state": "DEAD", "pid": null, "restarts": 5,
                  "checkpoint": {"generation": 0, "last_seq": 0}, "queue": 0, "served": 0,
                  "last_exit": "exit status 1", "dead_reason": "5 restarts within 60s"}
@@ -239,6 +255,8 @@ mod tests {
             "{t}"
         );
         assert_eq!(lines[b + 1], "  DEAD: 5 restarts within 60s", "{t}");
+        let a = lines.iter().position(|l| l.starts_with("a ")).unwrap();
+        assert_eq!(lines[a + 1], "  replaying 120000/300001", "{t}");
         // The columns line up: every row's STATE starts where the header's does.
         let col = lines[1].find("STATE").unwrap();
         assert_eq!(lines[2].find("ALIVE"), Some(col), "{t}");
@@ -251,6 +269,11 @@ mod tests {
         let Value::Object(b) = &v["actors"][1] else {
             panic!("not an object")
         };
+        let Value::Object(a) = &v["actors"][0] else {
+            panic!("not an object")
+        };
+        let d = actor_details(a);
+        assert!(d.contains("replay       replaying 120000/300001"), "{d}");
         let d = actor_details(b);
         assert!(d.starts_with("b\n"), "{d}");
         assert!(d.contains("dead reason  5 restarts within 60s"), "{d}");

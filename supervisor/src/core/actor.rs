@@ -15,6 +15,24 @@ use super::{
 };
 use crate::exit::WorkerExit;
 
+/// How often a long replay reports its progress in the log.
+pub(super) const REPLAY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A replay in progress: the logged calls after the restored checkpoint that the
+/// current worker is applying again (`status` shows `replaying done/total`).
+#[derive(Debug, Clone)]
+pub(super) struct Replay {
+    /// The restored checkpoint's last_seq: replayed calls come after it…
+    pub after: u64,
+    /// …up to this seq.
+    pub upto: u64,
+    pub total: u64,
+    pub done: u64,
+    pub started: Instant,
+    /// When the next progress line is due.
+    pub next_report: Instant,
+}
+
 /// How long a spawn request may wait for its turn before `startup_timeout` counts.
 const SPAWN_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -125,6 +143,8 @@ pub(super) struct ActorState {
     pub ping_outstanding: bool,
     /// The current worker was killed because it hung.
     pub hung: bool,
+    /// The current worker's replay, while it runs.
+    pub replay: Option<Replay>,
 
     // The call log.
     pub next_seq: u64,
@@ -226,6 +246,7 @@ impl ActorState {
             last_heard: now,
             ping_outstanding: false,
             hung: false,
+            replay: None,
             applied_floor: 0,
             lost_reply_deadline: None,
             next_seq: spec.start_seq + 1,
@@ -377,6 +398,66 @@ impl ActorState {
         self.last_heard = now;
         self.ping_outstanding = false;
         self.hung = false;
+        self.replay = None;
+    }
+
+    /// Starts counting the replay of the logged calls after `after` (the restored
+    /// checkpoint's last_seq): those answered before, and those recovered from the log.
+    pub fn begin_replay(&mut self, after: u64, now: Instant) {
+        let mut replayed = self
+            .log
+            .iter()
+            .filter(|e| e.seq > after && (e.answered.is_some() || e.recovered));
+        let total = replayed.clone().count() as u64;
+        self.replay = replayed.next_back().map(|last| Replay {
+            after,
+            upto: last.seq,
+            total,
+            done: 0,
+            started: now,
+            next_report: now + REPLAY_PROGRESS_EVERY,
+        });
+    }
+
+    /// Counts the current worker's replies to replayed calls; logs the end of a replay
+    /// that took long enough to report progress.
+    pub fn note_replayed(&mut self, replies: &[Reply], now: Instant) {
+        let Some(r) = self.replay.as_mut() else {
+            return;
+        };
+        r.done += replies
+            .iter()
+            .filter(|x| x.seq > r.after && x.seq <= r.upto)
+            .count() as u64;
+        if r.done >= r.total {
+            let took = now.saturating_duration_since(r.started);
+            if took >= REPLAY_PROGRESS_EVERY {
+                tracing::info!(actor = %self.name, replayed = r.total, took_ms = took.as_millis() as u64, "replay finished");
+            }
+            self.replay = None;
+        }
+    }
+
+    /// The replay's progress (`done`, `total`) while the worker serves.
+    pub fn replay_progress(&self) -> Option<(u64, u64)> {
+        self.replay
+            .as_ref()
+            .filter(|_| self.phase == Phase::Alive)
+            .map(|r| (r.done, r.total))
+    }
+
+    /// Logs the replay's progress when a line is due.
+    pub fn report_replay(&mut self, now: Instant) {
+        if self.phase != Phase::Alive {
+            self.replay = None;
+            return;
+        }
+        if let Some(r) = self.replay.as_mut()
+            && r.next_report <= now
+        {
+            r.next_report = now + REPLAY_PROGRESS_EVERY;
+            tracing::info!(actor = %self.name, done = r.done, total = r.total, "replaying calls: {}/{}", r.done, r.total);
+        }
     }
 
     /// True when this actor alone winds down (final checkpoint, then its worker stops):
@@ -614,6 +695,10 @@ impl ActorState {
             self.checkpoint_due(),
             self.heartbeat_deadline(),
             self.lost_reply_deadline,
+            self.replay
+                .as_ref()
+                .filter(|_| self.phase == Phase::Alive)
+                .map(|r| r.next_report),
         ]
         .into_iter()
         .flatten()

@@ -1137,6 +1137,7 @@ impl Core {
         a.last_checkpoint_request = now;
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
+        a.begin_replay(k, now);
         // Unanswered calls the restored checkpoint already covers: their effect is in
         // the state. Recovered ones have no client; for the others the old worker sent
         // the reply before it wrote that checkpoint, so it is still on its way from the
@@ -1183,6 +1184,9 @@ impl Core {
         let current = a.epoch == epoch;
         if current && batch_done {
             a.inflight_batches = a.inflight_batches.saturating_sub(1);
+        }
+        if current {
+            a.note_replayed(&replies, self.now);
         }
         let mut answers = Vec::new();
         for r in replies {
@@ -1641,6 +1645,7 @@ impl Core {
     fn on_tick(&mut self, now: Instant) {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
+            a.report_replay(now);
             if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
                 a.restart_at = None;
                 self.spawn(id, now);

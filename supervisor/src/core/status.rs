@@ -27,6 +27,7 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
                 "log_len": a.log.len(),
                 "next_seq": a.next_seq,
                 "replayed": a.replayed,
+                "replay": a.replay_progress().map(|(done, total)| json!({"done": done, "total": total})),
                 "recovered_from_log": a.recovered,
                 "durability": a.policy.durability.as_str(),
                 "log_floor": a.log_floor,

@@ -587,6 +587,17 @@ impl World {
         });
     }
 
+    /// `kill -9` of the worker while it runs no call.
+    fn kill9(&mut self) {
+        self.die(
+            WorkerExit::Signal {
+                signal: 9,
+                core_dumped: false,
+            },
+            None,
+        );
+    }
+
     fn deliver_one(&mut self) {
         if let Some(ev) = self.stale.pop_front() {
             self.handle(ev);
@@ -923,13 +934,7 @@ fn corrupt_newest_slot_and_disk_copy_fall_back_to_the_older_slot() {
     w.slots[newest].as_mut().unwrap().valid = false;
     w.disk.as_mut().unwrap().valid = false;
     w.worker_step(None);
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
+    w.kill9();
     w.settle();
     assert_eq!(w.core.phase(0), Phase::Alive);
     w.check_model();
@@ -980,13 +985,7 @@ fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
     // The older slot's payload goes bad; the worker dies and restores newest first.
     let (newest, _) = w.newest_valid().unwrap();
     w.slots[1 - newest].as_mut().unwrap().valid = false;
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
+    w.kill9();
     // Up to the new worker's ready report; its verification report is still to come.
     let old_epoch = w.worker.as_ref().unwrap().epoch;
     for _ in 0..100 {
@@ -1166,13 +1165,7 @@ fn restarting_with(incrs: &[i64]) -> World {
     for (i, &n) in incrs.iter().enumerate() {
         w.call("incr", n);
         w.settle();
-        w.die(
-            WorkerExit::Signal {
-                signal: 9,
-                core_dumped: false,
-            },
-            None,
-        );
+        w.kill9();
         if i + 1 < incrs.len() {
             w.settle();
         }
@@ -1209,6 +1202,38 @@ fn a_stop_during_shutdown_is_refused_and_a_pending_one_is_answered() {
     assert_eq!(w.replies[&pid][0]["ok"]["pid"], 4242);
     w.settle();
     assert_eq!(w.exited, Some(0));
+}
+
+#[test]
+fn a_replay_after_a_crash_reports_its_progress_until_done() {
+    let mut p = policy(-1, 3, 0);
+    p.checkpoint_interval = Duration::ZERO;
+    let mut w = World::new(p);
+    w.settle();
+    for n in 1..=3 {
+        w.call("incr", n);
+    }
+    w.settle();
+    w.kill9();
+    w.deliver_one();
+    w.start_worker();
+    let replay = |w: &mut World| {
+        let id = w.op(Op::Status);
+        w.replies[&id][0]["ok"]["actors"][0]["replay"].clone()
+    };
+    assert_eq!(replay(&mut w), serde_json::json!({"done": 0, "total": 3}));
+    // A progress line is due every few seconds while it runs: the core asks for a tick.
+    let due = w.core.next_deadline().expect("a progress deadline");
+    assert!(due <= w.now + actor::REPLAY_PROGRESS_EVERY);
+    w.advance(actor::REPLAY_PROGRESS_EVERY);
+    assert!(w.core.next_deadline().is_some_and(|d| d > w.now));
+    w.settle();
+    assert_eq!(replay(&mut w), Value::Null);
+    assert!(
+        w.core.actors[0].replay.is_none(),
+        "no timer outlives the replay"
+    );
+    w.check_model();
 }
 
 #[test]
