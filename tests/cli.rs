@@ -529,3 +529,47 @@ fn a_long_replay_shows_its_progress_in_status_and_the_log() {
     });
     assert_eq!(c.call("m", "get", Value::Null).unwrap(), json!(15));
 }
+
+#[test]
+fn status_actor_shows_methods_exits_rate_and_file_sizes() {
+    let sup = Supervisor::start(
+        "[supervisor]\ndurability = \"log\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    );
+    let mut c = sup.client();
+    for _ in 0..200 {
+        c.call("c", "incr", json!(1)).unwrap();
+    }
+    expect(&sup, &["checkpoint", "c"], 0);
+    let old = sup.kill_worker("c");
+    sup.wait_new_pid("c", old, WAIT);
+    sup.wait_state("c", "ALIVE", WAIT);
+
+    let v: Value = serde_json::from_str(&expect(&sup, &["status", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["methods"], json!(["incr", "get", "crash"]), "{v}");
+    let exit = v["last_exits"][0]["exit"].as_str().unwrap_or_default();
+    assert!(exit.contains("SIGKILL"), "{v}");
+    assert!(v["last_exits"][0]["ago_ms"].is_u64(), "{v}");
+    assert!(v["files"]["log_bytes"].as_u64() > Some(0), "{v}");
+    assert!(v["files"]["disk_copy_bytes"].as_u64() > Some(0), "{v}");
+    assert!(v["calls_per_s"].as_f64() > Some(0.0), "{v}");
+
+    let details = expect(&sup, &["status", "c"], 0);
+    let line = |label: &str| {
+        details
+            .lines()
+            .find(|l| l.starts_with(&format!("  {label}  ")))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{details}"))
+            .to_string()
+    };
+    assert!(line("methods").ends_with(" incr, get, crash"), "{details}");
+    assert!(
+        line("last exits").contains("killed by SIGKILL ("),
+        "{details}"
+    );
+    assert!(line("last exits").ends_with(" ago)"), "{details}");
+    assert!(line("files").contains(" on disk (mmap file "), "{details}");
+    assert!(line("files").contains(", call log "), "{details}");
+    line("calls per s");
+    let table = expect(&sup, &["status"], 0);
+    assert!(table.contains("  CALLS/S  "), "{table}");
+}

@@ -272,6 +272,18 @@ impl ActorLog {
         Ok(())
     }
 
+    /// The bytes of the log's segments on disk (for `status`): the current one's length
+    /// as written, the closed ones' as the file system reports them.
+    pub fn bytes(&self) -> u64 {
+        let closed: u64 = self
+            .closed
+            .iter()
+            .filter_map(|(_, path)| std::fs::symlink_metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        closed + self.current.as_ref().map_or(0, |s| s.len)
+    }
+
     /// The current segment, for the fsync thread.
     pub fn sync_handle(&self) -> Option<Arc<File>> {
         self.current.as_ref().map(|s| s.file.clone())

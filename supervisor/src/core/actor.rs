@@ -33,6 +33,22 @@ pub(super) struct Replay {
     pub next_report: Instant,
 }
 
+/// How many of an actor's latest worker exits `status` lists.
+pub(super) const EXITS_KEPT: usize = 5;
+/// `calls_per_s` in `status` is measured over at least this long (at most twice it).
+pub(super) const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sizes of an actor's files, as the shell last measured them (for `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileSizes {
+    /// The memory-mapped checkpoint file (both slots).
+    pub mmap_bytes: Option<u64>,
+    /// The synced disk copy: the newest checkpoint's size on disk.
+    pub disk_copy_bytes: Option<u64>,
+    /// The call log's segments.
+    pub log_bytes: u64,
+}
+
 /// How long a spawn request may wait for its turn before `startup_timeout` counts.
 const SPAWN_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -145,6 +161,12 @@ pub(super) struct ActorState {
     pub hung: bool,
     /// The current worker's replay, while it runs.
     pub replay: Option<Replay>,
+    /// The latest worker exits, newest last: when, and how.
+    pub exits: VecDeque<(Instant, String)>,
+    /// `served` at two moments at least [`RATE_WINDOW`] apart (older first), for
+    /// `calls_per_s`.
+    pub rate_marks: [(Instant, u64); 2],
+    pub files: Option<FileSizes>,
 
     // The call log.
     pub next_seq: u64,
@@ -247,6 +269,9 @@ impl ActorState {
             ping_outstanding: false,
             hung: false,
             replay: None,
+            exits: VecDeque::new(),
+            rate_marks: [(now, 0); 2],
+            files: None,
             applied_floor: 0,
             lost_reply_deadline: None,
             next_seq: spec.start_seq + 1,
@@ -436,6 +461,33 @@ impl ActorState {
             }
             self.replay = None;
         }
+    }
+
+    /// Remembers a worker's exit for `status` (the latest [`EXITS_KEPT`]).
+    pub fn note_exit(&mut self, now: Instant, how: String) {
+        if self.exits.len() == EXITS_KEPT {
+            self.exits.pop_front();
+        }
+        self.exits.push_back((now, how));
+    }
+
+    /// Moves the `calls_per_s` window on once its newer mark is old enough.
+    pub fn note_served(&mut self, now: Instant) {
+        let [_, newer] = self.rate_marks;
+        if now.saturating_duration_since(newer.0) >= RATE_WINDOW {
+            self.rate_marks = [newer, (now, self.served)];
+        }
+    }
+
+    /// Calls answered per second over the last 5 to 10 s of activity (longer when idle).
+    pub fn calls_per_s(&self, now: Instant) -> f64 {
+        let (since, served) = self.rate_marks[0];
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        let rate = self.served.saturating_sub(served) as f64 / secs;
+        (rate * 10.0).round() / 10.0
     }
 
     /// The replay's progress (`done`, `total`) while the worker serves.

@@ -27,8 +27,8 @@ use resurgam_shared::ipc::{Call, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
-pub use actor::Phase;
 use actor::{ActorState, Entry, Heartbeat};
+pub use actor::{FileSizes, Phase};
 
 /// Index of an actor in the core's table (stable for the life of the process).
 pub type ActorId = usize;
@@ -747,6 +747,18 @@ impl Core {
         self.actors[id].phase
     }
 
+    /// The sizes of the actor's files, measured by the shell (shown by `status`).
+    pub fn note_files(&mut self, id: ActorId, sizes: FileSizes) {
+        if let Some(a) = self.actors.get_mut(id) {
+            a.files = Some(sizes);
+        }
+    }
+
+    /// Number of actors, retired ones included (ids are `0..actor_count()`).
+    pub fn actor_count(&self) -> usize {
+        self.actors.len()
+    }
+
     /// Number of logged calls kept for replay (for tests and status).
     pub fn log_len(&self, id: ActorId) -> usize {
         self.actors[id].log.len()
@@ -1188,6 +1200,7 @@ impl Core {
         if current {
             a.note_replayed(&replies, self.now);
         }
+        a.note_served(self.now);
         let mut answers = Vec::new();
         for r in replies {
             // A late reply from an earlier worker still answers a call nobody answered
@@ -1432,6 +1445,7 @@ impl Core {
         a.died_at = Some(now);
         a.previous_pid = a.pid;
         let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
+        a.note_exit(now, reason.clone());
         let winding_down = stopping || a.winding_down();
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");

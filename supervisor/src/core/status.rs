@@ -35,6 +35,17 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
                 "dead_reason": a.dead_reason,
                 "nondeterministic_replies": a.nondeterministic,
                 "epoch": a.epoch,
+                "methods": a.methods,
+                "calls_per_s": a.calls_per_s(now),
+                "last_exits": a.exits.iter().rev().map(|(at, how)| json!({
+                    "exit": how,
+                    "ago_ms": now.saturating_duration_since(*at).as_millis() as u64,
+                })).collect::<Vec<_>>(),
+                "files": a.files.map(|f| json!({
+                    "mmap_bytes": f.mmap_bytes,
+                    "disk_copy_bytes": f.disk_copy_bytes,
+                    "log_bytes": f.log_bytes,
+                })),
             })
         })
         .collect();
