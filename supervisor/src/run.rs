@@ -23,13 +23,13 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use resurgam_shared::checkpoint;
 use resurgam_shared::config::{ActorConfig, Config, Environment};
 use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message, init_message};
-use resurgam_shared::protocol::{ErrorBody, ErrorKind};
+use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op};
 
 use resurgam_shared::config::Durability;
 
 use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
 use crate::control::{self, Access, SocketFile};
-use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
+use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event, FileSizes};
 use crate::disk::{self, Files};
 use crate::error::{RunError, SocketError};
 use crate::exit::WorkerExit;
@@ -183,7 +183,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     };
 
     tracing::info!(
-        socket = %sup.socket.display(),
+        socket = %std::path::absolute(&sup.socket).unwrap_or_else(|_| sup.socket.clone()).display(),
         state_dir = %sup.state_dir.display(),
         actors = config.actors.len(),
         pid = std::process::id(),
@@ -427,7 +427,11 @@ impl Shell {
             }
         }
         self.read_workers(core);
+        let (logs, files) = (&self.logs, &self.files);
         self.conns.read(now, |conn, request| {
+            if request.op == Op::Status {
+                measure_files(core, logs, files);
+            }
             core.handle(Event::Request { conn, request }, now);
         });
         if self.conns.accept_due(now) {
@@ -1131,7 +1135,7 @@ impl Shell {
             events: self.events.next_seq() - 1,
         };
         observe::render(core, &self.stats, &gauges, |id| {
-            self.logs.get(id).map_or(0, ActorLog::disk_bytes)
+            self.logs.get(id).map_or(0, ActorLog::bytes)
         })
     }
 
@@ -1365,6 +1369,19 @@ fn event_fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Val
 }
 
 /// The core's event for one report of a worker.
+/// Tells the core the sizes of every actor's files, for a `status` reply.
+fn measure_files(core: &mut Core, logs: &[ActorLog], files: &[Files]) {
+    let len = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.len());
+    for (id, (log, f)) in logs.iter().zip(files).enumerate().take(core.actor_count()) {
+        let sizes = FileSizes {
+            mmap_bytes: len(&f.mmap),
+            disk_copy_bytes: len(&f.disk),
+            log_bytes: log.bytes(),
+        };
+        core.note_files(id, sizes);
+    }
+}
+
 fn report_event(name: &str, pid: Option<u32>, actor: ActorId, epoch: u64, report: Report) -> Event {
     match report {
         Report::Ready(restored) => Event::Ready {
