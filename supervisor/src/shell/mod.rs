@@ -9,6 +9,7 @@ pub mod forkserver;
 pub mod output;
 pub mod reports;
 pub mod standby;
+pub mod sweep;
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
