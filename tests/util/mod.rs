@@ -89,6 +89,27 @@ impl Proc {
     }
 }
 
+/// The supervisor's helper threads: signals, four spawners, disk copy, log fsync, worker
+/// output, plus the loop itself, with a little room.
+pub const MAX_THREADS: usize = 12;
+
+/// How many threads process `pid` runs.
+pub fn threads(pid: i32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+/// How many descriptors process `pid` holds.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .expect("read the fd directory")
+}
+
 /// Every live process whose parent is `ppid` (a scan of /proc).
 pub fn children_of(ppid: i32) -> Vec<Proc> {
     let Ok(dir) = fs::read_dir("/proc") else {

@@ -145,7 +145,14 @@ pub struct Conns {
     accept_again: Option<Instant>,
     /// Where input is read into (kept: not zeroed again every turn).
     scratch: Vec<u8>,
+    /// When a refusal was last logged, and how many were not logged since.
+    refusals_logged: Option<Instant>,
+    refusals_unlogged: u64,
 }
+
+/// A refused connection is logged at most this often (a flood is not a log flood); the
+/// next line counts those left out.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Conns {
     pub fn new(
@@ -166,6 +173,8 @@ impl Conns {
             timed: HashSet::new(),
             accept_again: None,
             scratch: vec![0; 64 * 1024],
+            refusals_logged: None,
+            refusals_unlogged: 0,
         })
     }
 
@@ -195,11 +204,21 @@ impl Conns {
         let refusal = match getsockopt(&stream, PeerCredentials) {
             Ok(cred) if self.access.allows(cred.uid()) => None,
             Ok(cred) => {
-                tracing::warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    "control connection refused: uid not allowed"
-                );
+                if self
+                    .refusals_logged
+                    .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_EVERY)
+                {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = cred.pid(),
+                        not_logged = self.refusals_unlogged,
+                        "control connection refused: uid not allowed (not_logged: refusals since the last such line)"
+                    );
+                    self.refusals_logged = Some(now);
+                    self.refusals_unlogged = 0;
+                } else {
+                    self.refusals_unlogged += 1;
+                }
                 Some((
                     ErrorKind::Unauthorized,
                     format!("uid {} may not use this supervisor", cred.uid()),
