@@ -593,7 +593,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "allowed_uids",
             "[]".to_string(),
-            "Uids allowed on the control socket besides root and the supervisor's own uid.",
+            "Uids allowed on the control socket besides root and the supervisor's own uid. Anyone else who connects gets one `Unauthorized` line and is closed; refusals cost no thread, and are logged at most once a second.",
         ),
         (
             "supervisor",

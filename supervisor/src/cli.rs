@@ -5,6 +5,7 @@
 //! file; 3 the supervisor cannot be reached or did not answer in time.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -351,13 +352,15 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
     match result {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{}", out.trim_end_matches('\n'));
+                let mut stdout = std::io::stdout().lock();
+                // A closed stdout (`resurgam status | head -0`) is not worth a panic.
+                let _ = writeln!(stdout, "{}", out.trim_end_matches('\n'));
             }
             ExitCode::SUCCESS
         }
         Err(f) => {
             if let Some(m) = f.message {
-                eprintln!("resurgam: {m}");
+                say_error(&format!("resurgam: {m}"));
             }
             ExitCode::from(f.code)
         }
@@ -385,10 +388,16 @@ fn run(
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
         Err(e) => {
             tracing::error!(error = %e, "supervisor failed");
-            eprintln!("resurgam: {e}");
+            say_error(&format!("resurgam: {e}"));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Writes one line to stderr; a closed stderr (`resurgam run … 2>&1 | head -1`) only
+/// loses it (`eprintln!` would panic, and exit 101 instead of the failure's code).
+fn say_error(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// `resurgam check FILE`: the config as `run` would use it; warnings on stderr.

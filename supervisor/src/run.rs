@@ -43,6 +43,7 @@ use crate::shell::observe::{self, ShellStats};
 use crate::shell::output::OutputRelay;
 use crate::shell::reports::{self, ReadEnd, ReportStream};
 use crate::shell::standby::{self, Standby, StandbyPool};
+use crate::shell::sweep;
 use crate::shell::{LoopTx, ShellEvent, token};
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
@@ -82,13 +83,21 @@ struct WorkerSlot {
 /// also have PR_SET_PDEATHSIG for when the supervisor itself is killed).
 struct KillOnDrop(Vec<WorkerSlot>);
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for w in &self.0 {
+impl KillOnDrop {
+    fn kill_all(&mut self) {
+        for w in &mut self.0 {
             if let (Some(pid), false) = (w.pid, w.reaped) {
                 spawn::kill_group(pid);
+                // Not to be killed again: once reaped, its pid may be another's.
+                w.reaped = true;
             }
         }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 
@@ -245,6 +254,10 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     }
     let code = shell.exit_code.unwrap_or(1);
     shell.flush_before_exit(&mut poll, &mut ready);
+    // Every worker is gone; so must be whatever the actors left behind (G9).
+    shell.workers.kill_all();
+    let forks = shell.forks.clone();
+    sweep::kill_all_children(|p| forks.is_server(p), Duration::from_secs(2));
     Ok(code)
 }
 
@@ -574,6 +587,9 @@ impl Shell {
 
     fn on_reaped(&mut self, pid: i32, exit: WorkerExit, core: &mut Core) {
         spawn::kill_leftovers(pid);
+        // What the dead process started and that left its group is re-parented to us
+        // now (its own children, or a worker's whole remaining tree).
+        sweep::kill_escaped(|p| self.pids.contains_key(&p));
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
