@@ -191,6 +191,21 @@ pub struct Restored {
     pub program_pid: Option<u32>,
 }
 
+impl Restored {
+    /// A fresh start: no checkpoint was restored.
+    pub fn fresh() -> Restored {
+        Restored {
+            generation: 0,
+            last_seq: 0,
+            source: None,
+            rejected: Vec::new(),
+            moved_aside: None,
+            mmap_slots: Vec::new(),
+            program_pid: None,
+        }
+    }
+}
+
 /// Worker → supervisor, over the bootstrap ipc channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {

@@ -342,10 +342,30 @@ impl ActorState {
         Some(calls)
     }
 
+    /// Moves the actor to `phase`: the one place phases change. Every timer belongs to a
+    /// phase (`start_deadline` to STARTING, `restart_at` to RESTARTING, the drain of a
+    /// dying worker and the late replies to a live one) and is cleared here when its
+    /// phase is left, so no deadline outlives its phase: one would be due forever and
+    /// keep the event loop awake. (Hang detection and time-based checkpoints are
+    /// derived from the phase in [`ActorState::next_deadline`].)
+    pub fn set_phase(&mut self, phase: Phase) {
+        if phase != Phase::Starting {
+            self.start_deadline = None;
+        }
+        if phase != Phase::Restarting {
+            self.restart_at = None;
+        }
+        if matches!(phase, Phase::Dead | Phase::Stopped) {
+            self.drain_deadline = None;
+            self.lost_reply_deadline = None;
+        }
+        self.phase = phase;
+    }
+
     /// Resets the per-worker fields for a new worker process.
     pub fn begin_epoch(&mut self, now: Instant) {
         self.epoch += 1;
-        self.phase = Phase::Starting;
+        self.set_phase(Phase::Starting);
         self.pid = None;
         self.exited = false;
         self.closed = false;
@@ -360,7 +380,6 @@ impl ActorState {
         // others (1,000 actors start one after another), so allow a wide margin.
         self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);
         self.drain_deadline = None;
-        self.restart_at = None;
         self.alive_since = None;
         self.inflight_batches = 0;
         self.checkpoint_outstanding = false;
@@ -511,10 +530,16 @@ impl ActorState {
         self.inflight_batches > 0 || self.checkpoint_outstanding || self.ping_outstanding
     }
 
+    /// True while the current worker serves: ALIVE, and neither dying nor being killed
+    /// as hung. Hang detection and time-based checkpoints run only then.
+    fn serving(&self) -> bool {
+        self.phase == Phase::Alive && !self.hung && !self.exited && !self.closed
+    }
+
     /// Hang detection (`heartbeat_timeout`; zero turns it off).
     pub fn heartbeat(&self, now: Instant) -> Heartbeat {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return Heartbeat::Fine;
         }
         let quiet = now.saturating_duration_since(self.last_heard);
@@ -531,9 +556,20 @@ impl ActorState {
         }
     }
 
+    /// A ping goes out now: the worker gets half the timeout from now to answer it,
+    /// even when the ping is late (the loop was busy), so it is never found hung by a
+    /// deadline that had passed before it was asked.
+    pub fn ping_sent(&mut self, now: Instant) {
+        self.ping_outstanding = true;
+        let half = (self.policy.heartbeat_timeout / 2).max(std::time::Duration::from_nanos(1));
+        if let Some(t) = now.checked_sub(self.policy.heartbeat_timeout - half) {
+            self.last_heard = self.last_heard.max(t);
+        }
+    }
+
     fn heartbeat_deadline(&self) -> Option<Instant> {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return None;
         }
         Some(if self.awaiting() {
@@ -546,7 +582,7 @@ impl ActorState {
     /// When the next time-based checkpoint is due, if one is.
     pub fn checkpoint_due(&self) -> Option<Instant> {
         let interval = self.policy.checkpoint_interval;
-        if self.phase != Phase::Alive
+        if !self.serving()
             || interval.is_zero()
             || self.checkpoint_outstanding
             || self.replied_upto <= self.checkpoint.1

@@ -696,8 +696,7 @@ impl Core {
                         epoch: a.epoch,
                     });
                 }
-                a.phase = Phase::Stopped;
-                a.restart_at = None;
+                a.set_phase(Phase::Stopped);
             }
             _ => self.mark_dirty(id),
         }
@@ -1001,9 +1000,8 @@ impl Core {
         a.next_seq = a.next_seq.max(k + 1);
         a.sent_upto = k;
         a.inflight_batches = 0;
-        a.phase = Phase::Alive;
+        a.set_phase(Phase::Alive);
         a.alive_since = Some(now);
-        a.start_deadline = None;
         a.last_checkpoint_request = now;
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
@@ -1301,7 +1299,7 @@ impl Core {
         let winding_down = stopping || a.retiring;
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
-            a.phase = Phase::Stopped;
+            a.set_phase(Phase::Stopped);
             self.fail_unanswered(
                 id,
                 ErrorKind::Busy,
@@ -1378,7 +1376,7 @@ impl Core {
                 if delay.is_zero() || stopping {
                     self.spawn(id, now);
                 } else {
-                    a.phase = Phase::Restarting;
+                    a.set_phase(Phase::Restarting);
                     a.restart_at = Some(now + delay);
                     a.alive_since = None;
                 }
@@ -1398,12 +1396,9 @@ impl Core {
     fn make_dead(&mut self, id: ActorId, reason: String) {
         let a = &mut self.actors[id];
         tracing::error!(actor = %a.name, %reason, "actor is DEAD; `resurgam restart` revives it");
-        a.phase = Phase::Dead;
+        a.set_phase(Phase::Dead);
         a.dead_reason = Some(reason);
         a.alive_since = None;
-        a.restart_at = None;
-        a.start_deadline = None;
-        a.drain_deadline = None;
         let err = a.dead_error();
         let waiters: Vec<Origin> = std::mem::take(&mut a.checkpoint_waiters)
             .into_iter()
@@ -1499,13 +1494,13 @@ impl Core {
         }
     }
 
+    /// Handles every timer that is due. Each is checked in turn against the state the
+    /// previous ones left (no early exit), so none that is due survives the tick.
     fn on_tick(&mut self, now: Instant) {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
             if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
-                a.restart_at = None;
                 self.spawn(id, now);
-                continue;
             }
             let a = &mut self.actors[id];
             if a.start_deadline.is_some_and(|t| t <= now) && a.phase == Phase::Starting {
@@ -1516,8 +1511,8 @@ impl Core {
                     actor: id,
                     epoch: a.epoch,
                 });
-                continue;
             }
+            let a = &mut self.actors[id];
             if a.drain_deadline.is_some_and(|t| t <= now) {
                 a.drain_deadline = None;
                 if a.exited {
@@ -1531,7 +1526,6 @@ impl Core {
                         epoch: a.epoch,
                     });
                 }
-                continue;
             }
             let a = &mut self.actors[id];
             if a.lost_reply_deadline.is_some_and(|t| t <= now) {
@@ -1554,10 +1548,9 @@ impl Core {
                         actor: id,
                         epoch: a.epoch,
                     });
-                    continue;
                 }
                 Heartbeat::Ping => {
-                    a.ping_outstanding = true;
+                    a.ping_sent(now);
                     self.out.push(Action::Ping {
                         actor: id,
                         epoch: a.epoch,
@@ -1588,7 +1581,7 @@ impl Core {
                         actor: id,
                         epoch: a.epoch,
                     });
-                    a.phase = Phase::Stopped;
+                    a.set_phase(Phase::Stopped);
                     // The worker may have applied (and even checkpointed) these calls
                     // just now: say so, and write no tombstone, so a durable log replays
                     // them rather than dropping calls that ran.

@@ -17,6 +17,8 @@ use resurgam_shared::protocol::{Op, Request};
 use super::*;
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
+mod timers;
+
 const CONN: ConnId = 1;
 
 fn policy(max_restarts: i64, max_call_retries: i64, checkpoint_every: u64) -> Policy {
@@ -174,11 +176,21 @@ impl World {
         self.pump();
     }
 
-    /// Executes the core's actions against the simulated world.
+    fn pump(&mut self) {
+        Sim::pump(self);
+    }
+}
+
+/// A simulated world around a core: it carries out the core's actions.
+trait Sim {
+    fn core(&mut self) -> &mut Core;
+    fn act(&mut self, a: Action);
+
+    /// Executes the core's actions against the simulated world, until there are none.
     fn pump(&mut self) {
         loop {
-            self.core.flush();
-            let actions = self.core.take_actions();
+            self.core().flush();
+            let actions = self.core().take_actions();
             if actions.is_empty() {
                 return;
             }
@@ -186,6 +198,12 @@ impl World {
                 self.act(a);
             }
         }
+    }
+}
+
+impl Sim for World {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
     }
 
     fn act(&mut self, a: Action) {
@@ -314,7 +332,9 @@ impl World {
             ),
         }
     }
+}
 
+impl World {
     fn live_worker(&mut self, epoch: u64) -> Option<&mut SimWorker> {
         self.worker.as_mut().filter(|w| w.epoch == epoch && !w.dead)
     }
