@@ -1,10 +1,12 @@
 //! Issue 10's bounds, from outside: the main loop sleeps while an actor waits out a long
-//! restart backoff (no timer outlives its phase); …
+//! restart backoff (no timer outlives its phase); hang detection measures progress, so a
+//! long batch of quick calls is never taken for a hang while one stuck call still is.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::exec::{python_actor, start};
 use crate::util::Supervisor;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,4 +70,53 @@ fn an_idle_supervisor_with_an_actor_in_a_long_backoff_uses_no_cpu() {
     );
     // And it still serves.
     assert_eq!(c.call("c", "incr", json!(2)).unwrap(), json!(2));
+}
+
+/// A batch of calls that takes several heartbeat timeouts in all (400 calls of 7 ms, with
+/// a 1 s timeout) runs to the end: the worker reports the calls it completed as it goes,
+/// and the supervisor measures that progress. Before, silence was measured per batch and
+/// such a worker was killed as hung, again and again, and the calls failed as poison.
+#[test]
+fn a_worker_busy_with_a_long_batch_of_quick_calls_is_not_killed_as_hung() {
+    let sup = start(&python_actor(
+        "slow",
+        "slow.py",
+        "heartbeat_timeout = \"1s\"",
+    ));
+    let mut c = sup.client();
+    let n = 400;
+    let calls: Vec<(&str, &str, Value)> =
+        (0..n).map(|_| ("slow", "work", json!({"ms": 7}))).collect();
+    let started = std::time::Instant::now();
+    let results = c.call_pipelined(&calls).expect("every call answered");
+    eprintln!("{n} calls of 7 ms took {:?}", started.elapsed());
+    let counts: Vec<Value> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("a call failed: {e:?}\n{}", sup.log_tail(30))))
+        .collect();
+    let expected: Vec<Value> = (1..=n).map(|i| json!(i)).collect();
+    assert_eq!(counts, expected, "each call ran once, in order");
+    let a = sup.actor("slow");
+    assert_eq!(a["restarts"], 0, "{a}\n{}", sup.log_tail(30));
+    assert!(!sup.log().contains("worker hung"), "{}", sup.log_tail(30));
+}
+
+/// A call that is stuck (it sleeps forever) is still found hung; as it hangs its worker
+/// every time it runs, it is dropped after `max_call_retries` such kills, with an error
+/// that says so, and the actor lives on.
+#[test]
+fn a_call_that_hangs_every_time_is_killed_then_dropped_and_the_actor_lives_on() {
+    let sup = start(&python_actor(
+        "m",
+        "misbehave.py",
+        "heartbeat_timeout = \"1s\"\nmax_call_retries = 2\nbackoff_initial = \"5ms\"\nbackoff_max = \"20ms\"",
+    ));
+    let mut c = sup.client();
+    assert_eq!(c.call("m", "add", json!(3)).unwrap(), json!(3));
+    let err = crate::util::remote_err(c.call("m", "hang", Value::Null));
+    assert_eq!(err.kind.as_str(), "CallFailed", "{err:?}");
+    assert!(err.message.contains("hung its worker 2 times"), "{err:?}");
+    assert_eq!(c.call("m", "add", json!(1)).unwrap(), json!(4));
+    let a = sup.actor("m");
+    assert_eq!(a["restarts"], 2, "{a}");
 }

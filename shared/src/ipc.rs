@@ -47,12 +47,18 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 4;
+pub const IPC_VERSION: u32 = 5;
 /// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
 pub const MAX_REPORT_BYTES: usize = 1 << 30;
 /// Largest reply a worker sends; a larger result is answered with an error instead (the
-/// call did run), so it can never make its worker fail again on every replay.
+/// call did run), so it can never make its worker fail again on every replay. Each
+/// actor's own limit ([`Init::max_reply_bytes`], config `max_reply_bytes`) is at most this.
 pub const MAX_REPLY_BYTES: usize = 512 << 20;
+/// While a batch of calls runs, the worker sends the replies of the calls it completed at
+/// least this often ([`Report::MoreReplies`]): hang detection measures progress, so a
+/// worker busy with a long batch of legitimate calls is never taken for a hung one. (The
+/// smallest `heartbeat_timeout` allowed is well above it.)
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -100,6 +106,9 @@ pub struct Init {
     /// worker's previous answer), wait for the next one on the CPU this long before
     /// sleeping (0 = never).
     pub spin_micros: u64,
+    /// A call's result larger than this many bytes is answered with an error instead
+    /// (the call ran; the actor lives on).
+    pub max_reply_bytes: u64,
     /// For kind `exec`: the program to run and talk to.
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
@@ -144,7 +153,8 @@ pub struct Privileges {
 /// Supervisor → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    Init(Init),
+    /// (Boxed: the other messages are small; the encoding is the same as `Init`'s.)
+    Init(Box<Init>),
     /// A postcard-encoded `Init` too large for one ipc message (a long argv or
     /// environment).
     InitShm(IpcSharedMemory),
@@ -160,6 +170,7 @@ pub enum ToWorker {
     /// New settings after a reload.
     Configure {
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// A new [`Init::spin_micros`] after a reload.
     Spin {
@@ -225,8 +236,9 @@ pub enum Report {
     Ready(Restored),
     /// The replies to a batch of calls (its last part, when it is sent in parts).
     Replies(Vec<Reply>),
-    /// Some replies to a batch of calls, with more to come (a large batch is sent in
-    /// parts, so no frame is much larger than one reply).
+    /// Some replies to a batch of calls, with more to come: a batch is answered in parts
+    /// as its calls complete, so no frame is much larger than one reply and a long batch
+    /// shows progress at least every [`PROGRESS_INTERVAL`].
     MoreReplies(Vec<Reply>),
     Checkpointed {
         generation: u64,
@@ -372,7 +384,7 @@ pub fn init_message(init: Init) -> Result<ToWorker, postcard::Error> {
     if bytes.len() > SHM_THRESHOLD {
         Ok(ToWorker::InitShm(IpcSharedMemory::from_bytes(&bytes)))
     } else {
-        Ok(ToWorker::Init(init))
+        Ok(ToWorker::Init(Box::new(init)))
     }
 }
 
@@ -430,6 +442,7 @@ mod tests {
             disk_path: b"/y".to_vec(),
             checkpoint_every: 1,
             spin_micros: 0,
+            max_reply_bytes: 1 << 20,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],
                 env: vec![("K".into(), "v".repeat(env_len))],
@@ -437,7 +450,7 @@ mod tests {
             }),
             privileges: Privileges::default(),
         };
-        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if i == init(10)));
+        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if *i == init(10)));
         match init_message(init(SHM_THRESHOLD)).unwrap() {
             ToWorker::InitShm(shm) => assert_eq!(decode_init(&shm).unwrap(), init(SHM_THRESHOLD)),
             other => panic!("expected shm, got {other:?}"),

@@ -672,7 +672,7 @@ impl Shell {
             &a.kind,
             &f.mmap,
             &f.disk,
-            a.policy.checkpoint_every,
+            &a.policy,
             worker_spin(self.config.supervisor.busy_poll),
             launched.exec.clone(),
             launched.privileges.clone(),
@@ -1042,7 +1042,15 @@ impl Shell {
                     actor,
                     epoch,
                     checkpoint_every,
-                } => self.tell(actor, epoch, ToWorker::Configure { checkpoint_every }),
+                    max_reply_bytes,
+                } => self.tell(
+                    actor,
+                    epoch,
+                    ToWorker::Configure {
+                        checkpoint_every,
+                        max_reply_bytes,
+                    },
+                ),
                 Action::Reload { origin } => {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);

@@ -52,8 +52,10 @@ pub(super) struct Entry {
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
     /// the first reply is unknown, e.g. for calls recovered from the durable log).
     pub answered: Option<u64>,
-    /// Deaths of a worker while it executed this call.
+    /// Deaths of a worker while it executed this call (kills for a hang excluded)…
     pub attempts: u32,
+    /// …and kills of a worker found hung while it executed this call.
+    pub hangs: u32,
     /// Recovered from the durable log at start: its client may have had its reply, so
     /// it is never failed (only dropped as a poison call, which cannot have succeeded).
     pub recovered: bool,
@@ -277,6 +279,7 @@ impl ActorState {
                 origin: None,
                 answered: None,
                 attempts: 0,
+                hangs: 0,
                 recovered: true,
             });
             self.recovered += 1;

@@ -227,11 +227,12 @@ pub enum Action {
         actor: ActorId,
         epoch: u64,
     },
-    /// Tell a running worker its new `checkpoint_every` (reload).
+    /// Tell a running worker its new `checkpoint_every` and `max_reply_bytes` (reload).
     Configure {
         actor: ActorId,
         epoch: u64,
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// Re-read the config file and apply it (`reload` op; the shell answers `origin`).
     Reload {
@@ -709,19 +710,21 @@ impl Core {
             .any(|a| a.retiring && a.name == name && a.phase != Phase::Stopped)
     }
 
-    /// Applies a changed policy (reload). `checkpoint_every` reaches a running worker
-    /// through `Configure`.
+    /// Applies a changed policy (reload). `checkpoint_every` and `max_reply_bytes` reach
+    /// a running worker through `Configure`.
     pub fn update_policy(&mut self, id: ActorId, policy: Policy) {
         let Some(a) = self.actors.get_mut(id) else {
             return;
         };
-        let every_changed = a.policy.checkpoint_every != policy.checkpoint_every;
+        let worker_changed = a.policy.checkpoint_every != policy.checkpoint_every
+            || a.policy.max_reply_bytes != policy.max_reply_bytes;
         a.policy = policy;
-        if every_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
+        if worker_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
             self.out.push(Action::Configure {
                 actor: id,
                 epoch: a.epoch,
                 checkpoint_every: a.policy.checkpoint_every,
+                max_reply_bytes: a.policy.max_reply_bytes,
             });
         }
     }
@@ -883,6 +886,7 @@ impl Core {
             origin: Some(origin),
             answered: None,
             attempts: 0,
+            hangs: 0,
             recovered: false,
         });
         self.mark_dirty(id);
@@ -1318,16 +1322,26 @@ impl Core {
             self.spawn(id, now);
             return;
         }
-        // Poison-call accounting: only the call the worker was executing is blamed.
+        // Poison-call accounting: only the call the worker was executing is blamed. A
+        // kill for a hang counts apart from crashes: the call is dropped only when it
+        // hangs its worker every time (a worker stopped or starved from outside hangs
+        // in whatever call it was running, and that call is not to blame).
         let mut poisoned = None;
         let limit = a.policy.max_call_retries;
+        let hung = a.hung;
         if let Some(seq) = a.executing_at_death.take()
             && let Some(e) = a.entry_mut(seq)
             && e.answered.is_none()
         {
-            e.attempts += 1;
-            if limit >= 0 && i64::from(e.attempts) >= limit {
-                poisoned = Some((seq, e.attempts));
+            let count = if hung {
+                e.hangs += 1;
+                e.hangs
+            } else {
+                e.attempts += 1;
+                e.attempts
+            };
+            if limit >= 0 && i64::from(count) >= limit {
+                poisoned = Some((seq, count));
             }
         }
         if let Some((seq, attempts)) = poisoned {
@@ -1352,8 +1366,9 @@ impl Core {
                 let err = ErrorBody::new(
                     ErrorKind::CallFailed,
                     format!(
-                        "call {method:?} to {:?} killed its worker {attempts} times ({reason}); it was dropped",
-                        a.name
+                        "call {method:?} to {:?} {} its worker {attempts} times ({reason}); it was dropped",
+                        a.name,
+                        if hung { "hung" } else { "killed" }
                     ),
                 );
                 self.reply_after(id, tombstone, o, err);

@@ -36,6 +36,7 @@ fn timer_policy(max_restarts: i64) -> Policy {
         startup_timeout: Duration::from_secs(1),
         heartbeat_timeout: Duration::from_secs(3),
         durability: Durability::Memory,
+        ..Policy::default()
     }
 }
 
