@@ -42,8 +42,8 @@ pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
 pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
 /// Default for `[supervisor].max_queued_reply_bytes` (8 MiB).
 pub const DEFAULT_MAX_QUEUED_REPLY_BYTES: u64 = 8 << 20;
-/// Default for `[supervisor].max_total_reply_bytes` (256 MiB).
-pub const DEFAULT_MAX_TOTAL_REPLY_BYTES: u64 = 256 << 20;
+/// Default for `[supervisor].max_total_reply_bytes` (64 MiB).
+pub const DEFAULT_MAX_TOTAL_REPLY_BYTES: u64 = 64 << 20;
 /// Smallest accepted `[supervisor].max_queued_reply_bytes` and `max_total_reply_bytes`.
 pub const MIN_REPLY_BUFFER_BYTES: u64 = 64 << 10;
 /// Largest accepted `[supervisor].max_queued_reply_bytes` and `max_total_reply_bytes`.

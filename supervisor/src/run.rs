@@ -158,6 +158,9 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
             max_request_bytes: sup.max_request_bytes,
+            max_queued_reply_bytes: usize::try_from(sup.max_queued_reply_bytes)
+                .unwrap_or(usize::MAX),
+            max_total_reply_bytes: usize::try_from(sup.max_total_reply_bytes).unwrap_or(usize::MAX),
             // Reloads may add actors: keep room for twice today's.
             max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
