@@ -424,7 +424,7 @@ impl Worker {
         // Never apply a call twice; the supervisor only replays seq > last_seq.
         let (stale, fresh): (Vec<Call>, Vec<Call>) =
             calls.into_iter().partition(|c| c.seq <= live.last_seq);
-        let mut out = ReplyStream::new(&self.to_sup, live.max_reply_bytes);
+        let mut out = ReplyStream::new(&self.to_sup, live.max_reply_bytes, PROGRESS_INTERVAL);
         for call in stale {
             out.push(Reply {
                 outcome: Outcome::Err {
@@ -687,16 +687,19 @@ const FRAME_REPLY_BYTES: usize = 16 << 20;
 struct ReplyStream<'a> {
     to_sup: &'a Reporter,
     max_reply_bytes: usize,
+    /// [`PROGRESS_INTERVAL`] (tests choose their own).
+    interval: Duration,
     part: Vec<Reply>,
     size: usize,
     last_sent: Instant,
 }
 
 impl<'a> ReplyStream<'a> {
-    fn new(to_sup: &'a Reporter, max_reply_bytes: usize) -> ReplyStream<'a> {
+    fn new(to_sup: &'a Reporter, max_reply_bytes: usize, interval: Duration) -> ReplyStream<'a> {
         ReplyStream {
             to_sup,
             max_reply_bytes,
+            interval,
             part: Vec::new(),
             size: 0,
             last_sent: Instant::now(),
@@ -714,7 +717,7 @@ impl<'a> ReplyStream<'a> {
         }
         self.size += n;
         self.part.push(reply);
-        if self.last_sent.elapsed() >= PROGRESS_INTERVAL {
+        if self.last_sent.elapsed() >= self.interval {
             self.send_part()?;
         }
         Ok(())
@@ -757,8 +760,8 @@ mod tests {
         }
     }
 
-    /// Streams `replies` through a `ReplyStream` (with its last part sent `ago` back)
-    /// and returns the reports the supervisor reads.
+    /// Streams `replies` through a `ReplyStream` and returns the reports the supervisor
+    /// reads. With `progress_due`, every call takes the whole progress interval.
     fn streamed(replies: Vec<Reply>, progress_due: bool) -> Vec<Report> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let reader = std::thread::spawn(move || {
@@ -769,11 +772,13 @@ mod tests {
             std::iter::from_fn(|| d.next_report().unwrap()).collect::<Vec<_>>()
         });
         let reporter = Reporter::over(ours);
-        let mut out = ReplyStream::new(&reporter, MAX_REPLY_BYTES);
+        let interval = if progress_due {
+            Duration::ZERO
+        } else {
+            Duration::MAX
+        };
+        let mut out = ReplyStream::new(&reporter, MAX_REPLY_BYTES, interval);
         for r in replies {
-            if progress_due {
-                out.last_sent = Instant::now() - PROGRESS_INTERVAL;
-            }
             assert!(out.push(r).is_ok());
         }
         assert!(out.finish().is_ok());
