@@ -301,6 +301,8 @@ pub struct SupervisorConfig {
     pub allowed_uids: Vec<u32>,
     /// Permission bits of the control socket (<= 0o777).
     pub socket_mode: u32,
+    /// Where to serve `GET /metrics` over HTTP (None: no HTTP listener).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A validated config.
@@ -513,6 +515,7 @@ impl Config {
                 standby_workers: DEFAULT_STANDBY_WORKERS,
                 allowed_uids: Vec::new(),
                 socket_mode: DEFAULT_SOCKET_MODE,
+                metrics_listen: None,
             },
             actors: Vec::new(),
             warnings: Vec::new(),
@@ -640,6 +643,15 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "Permission bits of the control socket, an octal string: \"0600\" to \"0777\" with \
              the owner's read and write bits set (without them not even the supervisor's own \
              user could connect).",
+        ),
+        (
+            "supervisor",
+            "metrics_listen",
+            "<none>".to_string(),
+            "An IP address and port, e.g. \"127.0.0.1:9464\", where an HTTP listener serves \
+             GET /metrics (the Prometheus text format, as the metrics op and `resurgam \
+             metrics`); none by default. A non-loopback address is warned about: the \
+             endpoint has no authentication. Port 0 takes any free port (logged at start).",
         ),
         (
             "defaults",
@@ -860,6 +872,7 @@ text_value!(
 );
 text_value!(ModeText, "a quoted octal string such as \"0600\"");
 text_value!(PathText, "a path string");
+text_value!(AddrText, "a quoted address such as \"127.0.0.1:9464\"");
 text_value!(NameText, "a string");
 
 /// An integer whose type errors say "an integer" rather than "i64".
@@ -902,6 +915,7 @@ struct RawSupervisor {
     standby_workers: Option<Spanned<Int>>,
     allowed_uids: Option<Vec<Spanned<Int>>>,
     socket_mode: Option<Spanned<ModeText>>,
+    metrics_listen: Option<Spanned<AddrText>>,
 }
 
 /// A string or an integer (`user`, `group`, sizes), with a type error that says so.
@@ -1803,6 +1817,11 @@ impl Checker<'_> {
             }
         }
 
+        let metrics_listen = raw
+            .metrics_listen
+            .as_ref()
+            .and_then(|v| self.metrics_listen(v));
+
         SupervisorConfig {
             state_dir,
             runtime_dir,
@@ -1816,6 +1835,39 @@ impl Checker<'_> {
             standby_workers,
             allowed_uids,
             socket_mode,
+            metrics_listen,
+        }
+    }
+
+    /// `[supervisor].metrics_listen`: an IP address and port; one that is not loopback
+    /// is legal but warned about (the endpoint has no authentication).
+    fn metrics_listen(&mut self, value: &Spanned<AddrText>) -> Option<std::net::SocketAddr> {
+        let text = &value.get_ref().0;
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn_at(
+                        &value.span(),
+                        format!(
+                            "[supervisor] metrics_listen: {text:?} is not a loopback address: \
+                             anyone who can reach it reads the metrics (actor names, call \
+                             counts); there is no authentication"
+                        ),
+                    );
+                }
+                Some(addr)
+            }
+            Err(e) => {
+                self.error_at(
+                    &value.span(),
+                    format!(
+                        "[supervisor] metrics_listen: {text:?} is not an IP address with a port \
+                         ({e}); allowed: e.g. \"127.0.0.1:9464\" or \"[::1]:9464\" (port 0: any \
+                         free port, logged at start)"
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -4461,6 +4513,32 @@ group = -1
     }
 
     #[test]
+    fn metrics_listen_is_an_address_and_off_by_default() {
+        assert_eq!(ok("").supervisor.metrics_listen, None);
+        let c = ok("[supervisor]\nmetrics_listen = \"127.0.0.1:9464\"\n");
+        assert_eq!(
+            c.supervisor.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = ok("[supervisor]\nmetrics_listen = \"[::1]:0\"\n");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = ok("[supervisor]\nmetrics_listen = \"0.0.0.0:9464\"\n");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].to_string().contains("no authentication"));
+        one_error(
+            "[supervisor]\nmetrics_listen = \"localhost:9464\"\n",
+            2,
+            &["metrics_listen", "127.0.0.1:9464"],
+        );
+        one_error(
+            "[supervisor]\nmetrics_listen = 9464\n",
+            2,
+            &["metrics_listen"],
+        );
+    }
+
+    #[test]
     fn reference_matches_the_parser() {
         let entries = reference();
         let mut seen = std::collections::HashSet::new();
@@ -4505,7 +4583,7 @@ group = -1
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 19);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 12);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 13);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

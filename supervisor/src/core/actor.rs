@@ -167,6 +167,7 @@ pub(super) struct ActorState {
     pub served: u64,
     pub nondeterministic: u64,
     pub tracker: RestartTracker,
+    pub metrics: super::ActorMetrics,
 }
 
 fn outcome_hash(o: &Outcome) -> u64 {
@@ -251,6 +252,7 @@ impl ActorState {
             served: 0,
             nondeterministic: 0,
             tracker: RestartTracker::default(),
+            metrics: super::ActorMetrics::default(),
         }
     }
 
@@ -350,8 +352,8 @@ impl ActorState {
     /// dying worker and the late replies to a live one) and is cleared here when its
     /// phase is left, so no deadline outlives its phase: one would be due forever and
     /// keep the event loop awake. (Hang detection and time-based checkpoints are
-    /// derived from the phase in [`ActorState::next_deadline`].)
-    pub fn set_phase(&mut self, phase: Phase) {
+    /// derived from the phase in [`ActorState::next_deadline`].) Returns the phase left.
+    pub fn set_phase(&mut self, phase: Phase) -> Phase {
         if phase != Phase::Starting {
             self.start_deadline = None;
         }
@@ -362,7 +364,7 @@ impl ActorState {
             self.drain_deadline = None;
             self.lost_reply_deadline = None;
         }
-        self.phase = phase;
+        std::mem::replace(&mut self.phase, phase)
     }
 
     /// Resets the per-worker fields for a new worker process.

@@ -174,6 +174,8 @@ impl Sim for Timers {
             | Action::Cancel { .. }
             | Action::TruncateLog { .. }
             | Action::Configure { .. }
+            | Action::Metrics { .. }
+            | Action::Subscribe { .. }
             | Action::Exit { .. } => {}
         }
     }
