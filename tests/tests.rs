@@ -45,3 +45,5 @@ mod python;
 mod shell;
 // The fork server: forked workers stay the supervisor's children; its crash; upgrades.
 mod forkserver;
+// Issue 10: bounded memory per connection, an idle loop that sleeps, progress-based hang detection.
+mod bounds;

@@ -47,10 +47,11 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 4;
+pub const IPC_VERSION: u32 = 5;
 /// Largest reply a worker sends (as an exec program's `R` body); a larger result is
 /// answered with an error instead (the call did run), so it can never make its worker
-/// fail again on every replay.
+/// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
+/// `max_reply_bytes`) is at most this.
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
 /// What a report frame holds beyond its replies' bytes: the enum tags, lengths and
 /// sequence numbers, an error reply's (capped) message.
@@ -60,6 +61,11 @@ pub const REPORT_ENVELOPE_BYTES: usize = 1 << 20;
 /// beyond what arrived. A worker cuts its replies into frames of at most 16 MiB, or
 /// one larger reply alone, and no other report comes near this.
 pub const MAX_REPORT_BYTES: usize = MAX_REPLY_BYTES + REPORT_ENVELOPE_BYTES;
+/// While a batch of calls runs, the worker sends the replies of the calls it completed at
+/// least this often ([`Report::MoreReplies`]): hang detection measures progress, so a
+/// worker busy with a long batch of legitimate calls is never taken for a hung one. (The
+/// smallest `heartbeat_timeout` allowed is well above it.)
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -107,6 +113,9 @@ pub struct Init {
     /// worker's previous answer), wait for the next one on the CPU this long before
     /// sleeping (0 = never).
     pub spin_micros: u64,
+    /// A call's result larger than this many bytes is answered with an error instead
+    /// (the call ran; the actor lives on).
+    pub max_reply_bytes: u64,
     /// For kind `exec`: the program to run and talk to.
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
@@ -151,7 +160,8 @@ pub struct Privileges {
 /// Supervisor → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    Init(Init),
+    /// (Boxed: the other messages are small; the encoding is the same as `Init`'s.)
+    Init(Box<Init>),
     /// A postcard-encoded `Init` too large for one ipc message (a long argv or
     /// environment).
     InitShm(IpcSharedMemory),
@@ -167,6 +177,7 @@ pub enum ToWorker {
     /// New settings after a reload.
     Configure {
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// A new [`Init::spin_micros`] after a reload.
     Spin {
@@ -198,6 +209,21 @@ pub struct Restored {
     pub program_pid: Option<u32>,
 }
 
+impl Restored {
+    /// A fresh start: no checkpoint was restored.
+    pub fn fresh() -> Restored {
+        Restored {
+            generation: 0,
+            last_seq: 0,
+            source: None,
+            rejected: Vec::new(),
+            moved_aside: None,
+            mmap_slots: Vec::new(),
+            program_pid: None,
+        }
+    }
+}
+
 /// Worker → supervisor, over the bootstrap ipc channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -217,8 +243,9 @@ pub enum Report {
     Ready(Restored),
     /// The replies to a batch of calls (its last part, when it is sent in parts).
     Replies(Vec<Reply>),
-    /// Some replies to a batch of calls, with more to come (a large batch is sent in
-    /// parts, so no frame is much larger than one reply).
+    /// Some replies to a batch of calls, with more to come: a batch is answered in parts
+    /// as its calls complete, so no frame is much larger than one reply and a long batch
+    /// shows progress at least every [`PROGRESS_INTERVAL`].
     MoreReplies(Vec<Reply>),
     Checkpointed {
         generation: u64,
@@ -385,7 +412,7 @@ pub fn init_message(init: Init) -> Result<ToWorker, postcard::Error> {
     if bytes.len() > SHM_THRESHOLD {
         Ok(ToWorker::InitShm(IpcSharedMemory::from_bytes(&bytes)))
     } else {
-        Ok(ToWorker::Init(init))
+        Ok(ToWorker::Init(Box::new(init)))
     }
 }
 
@@ -443,6 +470,7 @@ mod tests {
             disk_path: b"/y".to_vec(),
             checkpoint_every: 1,
             spin_micros: 0,
+            max_reply_bytes: 1 << 20,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],
                 env: vec![("K".into(), "v".repeat(env_len))],
@@ -450,7 +478,7 @@ mod tests {
             }),
             privileges: Privileges::default(),
         };
-        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if i == init(10)));
+        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if *i == init(10)));
         match init_message(init(SHM_THRESHOLD)).unwrap() {
             ToWorker::InitShm(shm) => assert_eq!(decode_init(&shm).unwrap(), init(SHM_THRESHOLD)),
             other => panic!("expected shm, got {other:?}"),

@@ -171,6 +171,9 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
             max_request_bytes: sup.max_request_bytes,
+            max_queued_reply_bytes: usize::try_from(sup.max_queued_reply_bytes)
+                .unwrap_or(usize::MAX),
+            max_total_reply_bytes: usize::try_from(sup.max_total_reply_bytes).unwrap_or(usize::MAX),
             // Reloads may add actors: keep room for twice today's.
             max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
@@ -739,7 +742,7 @@ impl Shell {
             &a.kind,
             &f.mmap,
             &f.disk,
-            a.policy.checkpoint_every,
+            &a.policy,
             worker_spin(self.config.supervisor.busy_poll),
             launched.exec.clone(),
             launched.privileges.clone(),
@@ -1185,7 +1188,15 @@ impl Shell {
                     actor,
                     epoch,
                     checkpoint_every,
-                } => self.tell(actor, epoch, ToWorker::Configure { checkpoint_every }),
+                    max_reply_bytes,
+                } => self.tell(
+                    actor,
+                    epoch,
+                    ToWorker::Configure {
+                        checkpoint_every,
+                        max_reply_bytes,
+                    },
+                ),
                 Action::Reload { origin } => {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);

@@ -87,8 +87,10 @@ pub(super) struct Entry {
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
     /// the first reply is unknown, e.g. for calls recovered from the durable log).
     pub answered: Option<u64>,
-    /// Deaths of a worker while it executed this call.
+    /// Deaths of a worker while it executed this call (kills for a hang excluded)…
     pub attempts: u32,
+    /// …and kills of a worker found hung while it executed this call.
+    pub hangs: u32,
     /// Recovered from the durable log at start: its client may have had its reply, so
     /// it is never failed (only dropped as a poison call, which cannot have succeeded).
     pub recovered: bool,
@@ -333,6 +335,7 @@ impl ActorState {
                 origin: None,
                 answered: None,
                 attempts: 0,
+                hangs: 0,
                 recovered: true,
             });
             self.recovered += 1;
@@ -398,10 +401,30 @@ impl ActorState {
         Some(calls)
     }
 
+    /// Moves the actor to `phase`: the one place phases change. Every timer belongs to a
+    /// phase (`start_deadline` to STARTING, `restart_at` to RESTARTING, the drain of a
+    /// dying worker and the late replies to a live one) and is cleared here when its
+    /// phase is left, so no deadline outlives its phase: one would be due forever and
+    /// keep the event loop awake. (Hang detection and time-based checkpoints are
+    /// derived from the phase in [`ActorState::next_deadline`].) Returns the phase left.
+    pub fn set_phase(&mut self, phase: Phase) -> Phase {
+        if phase != Phase::Starting {
+            self.start_deadline = None;
+        }
+        if phase != Phase::Restarting {
+            self.restart_at = None;
+        }
+        if matches!(phase, Phase::Dead | Phase::Stopped) {
+            self.drain_deadline = None;
+            self.lost_reply_deadline = None;
+        }
+        std::mem::replace(&mut self.phase, phase)
+    }
+
     /// Resets the per-worker fields for a new worker process.
     pub fn begin_epoch(&mut self, now: Instant) {
         self.epoch += 1;
-        self.phase = Phase::Starting;
+        self.set_phase(Phase::Starting);
         self.pid = None;
         self.exited = false;
         self.closed = false;
@@ -416,7 +439,6 @@ impl ActorState {
         // others (1,000 actors start one after another), so allow a wide margin.
         self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);
         self.drain_deadline = None;
-        self.restart_at = None;
         self.alive_since = None;
         self.inflight_batches = 0;
         self.checkpoint_outstanding = false;
@@ -696,10 +718,16 @@ impl ActorState {
         self.inflight_batches > 0 || self.checkpoint_outstanding || self.ping_outstanding
     }
 
+    /// True while the current worker serves: ALIVE, and neither dying nor being killed
+    /// as hung. Hang detection and time-based checkpoints run only then.
+    fn serving(&self) -> bool {
+        self.phase == Phase::Alive && !self.hung && !self.exited && !self.closed
+    }
+
     /// Hang detection (`heartbeat_timeout`; zero turns it off).
     pub fn heartbeat(&self, now: Instant) -> Heartbeat {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return Heartbeat::Fine;
         }
         let quiet = now.saturating_duration_since(self.last_heard);
@@ -716,9 +744,20 @@ impl ActorState {
         }
     }
 
+    /// A ping goes out now: the worker gets half the timeout from now to answer it,
+    /// even when the ping is late (the loop was busy), so it is never found hung by a
+    /// deadline that had passed before it was asked.
+    pub fn ping_sent(&mut self, now: Instant) {
+        self.ping_outstanding = true;
+        let half = (self.policy.heartbeat_timeout / 2).max(std::time::Duration::from_nanos(1));
+        if let Some(t) = now.checked_sub(self.policy.heartbeat_timeout - half) {
+            self.last_heard = self.last_heard.max(t);
+        }
+    }
+
     fn heartbeat_deadline(&self) -> Option<Instant> {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return None;
         }
         Some(if self.awaiting() {
@@ -731,7 +770,7 @@ impl ActorState {
     /// When the next time-based checkpoint is due, if one is.
     pub fn checkpoint_due(&self) -> Option<Instant> {
         let interval = self.policy.checkpoint_interval;
-        if self.phase != Phase::Alive
+        if !self.serving()
             || interval.is_zero()
             || self.checkpoint_outstanding
             || self.replied_upto <= self.checkpoint.1

@@ -231,11 +231,12 @@ pub enum Action {
         actor: ActorId,
         epoch: u64,
     },
-    /// Tell a running worker its new `checkpoint_every` (reload).
+    /// Tell a running worker its new `checkpoint_every` and `max_reply_bytes` (reload).
     Configure {
         actor: ActorId,
         epoch: u64,
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// Re-read the config file and apply it (`reload` op; the shell answers `origin`).
     Reload {
@@ -712,7 +713,6 @@ impl Core {
                     });
                 }
                 observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
-                a.restart_at = None;
             }
             _ => self.mark_dirty(id),
         }
@@ -725,19 +725,21 @@ impl Core {
             .any(|a| a.retiring && a.name == name && a.phase != Phase::Stopped)
     }
 
-    /// Applies a changed policy (reload). `checkpoint_every` reaches a running worker
-    /// through `Configure`.
+    /// Applies a changed policy (reload). `checkpoint_every` and `max_reply_bytes` reach
+    /// a running worker through `Configure`.
     pub fn update_policy(&mut self, id: ActorId, policy: Policy) {
         let Some(a) = self.actors.get_mut(id) else {
             return;
         };
-        let every_changed = a.policy.checkpoint_every != policy.checkpoint_every;
+        let worker_changed = a.policy.checkpoint_every != policy.checkpoint_every
+            || a.policy.max_reply_bytes != policy.max_reply_bytes;
         a.policy = policy;
-        if every_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
+        if worker_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
             self.out.push(Action::Configure {
                 actor: id,
                 epoch: a.epoch,
                 checkpoint_every: a.policy.checkpoint_every,
+                max_reply_bytes: a.policy.max_reply_bytes,
             });
         }
     }
@@ -1042,6 +1044,7 @@ impl Core {
             origin: Some(origin),
             answered: None,
             attempts: 0,
+            hangs: 0,
             recovered: false,
         });
         self.mark_dirty(id);
@@ -1179,7 +1182,6 @@ impl Core {
         a.inflight_batches = 0;
         observe::set_phase(&mut self.notices, id, a, Phase::Alive);
         a.alive_since = Some(now);
-        a.start_deadline = None;
         a.last_checkpoint_request = now;
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
@@ -1532,16 +1534,26 @@ impl Core {
             self.spawn(id, now);
             return;
         }
-        // Poison-call accounting: only the call the worker was executing is blamed.
+        // Poison-call accounting: only the call the worker was executing is blamed. A
+        // kill for a hang counts apart from crashes: the call is dropped only when it
+        // hangs its worker every time (a worker stopped or starved from outside hangs
+        // in whatever call it was running, and that call is not to blame).
         let mut poisoned = None;
         let limit = a.policy.max_call_retries;
+        let hung = a.hung;
         if let Some(seq) = a.executing_at_death.take()
             && let Some(e) = a.entry_mut(seq)
             && e.answered.is_none()
         {
-            e.attempts += 1;
-            if limit >= 0 && i64::from(e.attempts) >= limit {
-                poisoned = Some((seq, e.attempts));
+            let count = if hung {
+                e.hangs += 1;
+                e.hangs
+            } else {
+                e.attempts += 1;
+                e.attempts
+            };
+            if limit >= 0 && i64::from(count) >= limit {
+                poisoned = Some((seq, count));
             }
         }
         if let Some((seq, attempts)) = poisoned {
@@ -1577,8 +1589,9 @@ impl Core {
                 let err = ErrorBody::new(
                     ErrorKind::CallFailed,
                     format!(
-                        "call {method:?} to {:?} killed its worker {attempts} times ({reason}); it was dropped",
-                        a.name
+                        "call {method:?} to {:?} {} its worker {attempts} times ({reason}); it was dropped",
+                        a.name,
+                        if hung { "hung" } else { "killed" }
                     ),
                 );
                 self.reply_after(id, tombstone, o, err);
@@ -1636,9 +1649,6 @@ impl Core {
         // An operator's stop ends here: no worker runs, and `start` or `restart` revives it.
         a.stopped_by_operator = false;
         a.alive_since = None;
-        a.restart_at = None;
-        a.start_deadline = None;
-        a.drain_deadline = None;
         let err = a.dead_error();
         let waiters: Vec<Origin> = std::mem::take(&mut a.checkpoint_waiters)
             .into_iter()
@@ -1735,14 +1745,14 @@ impl Core {
         }
     }
 
+    /// Handles every timer that is due. Each is checked in turn against the state the
+    /// previous ones left (no early exit), so none that is due survives the tick.
     fn on_tick(&mut self, now: Instant) {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
             a.report_replay(now);
             if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
-                a.restart_at = None;
                 self.spawn(id, now);
-                continue;
             }
             let a = &mut self.actors[id];
             if a.start_deadline.is_some_and(|t| t <= now) && a.phase == Phase::Starting {
@@ -1753,8 +1763,8 @@ impl Core {
                     actor: id,
                     epoch: a.epoch,
                 });
-                continue;
             }
+            let a = &mut self.actors[id];
             if a.drain_deadline.is_some_and(|t| t <= now) {
                 a.drain_deadline = None;
                 if a.exited {
@@ -1768,7 +1778,6 @@ impl Core {
                         epoch: a.epoch,
                     });
                 }
-                continue;
             }
             let a = &mut self.actors[id];
             if a.lost_reply_deadline.is_some_and(|t| t <= now) {
@@ -1791,10 +1800,9 @@ impl Core {
                         actor: id,
                         epoch: a.epoch,
                     });
-                    continue;
                 }
                 Heartbeat::Ping => {
-                    a.ping_outstanding = true;
+                    a.ping_sent(now);
                     self.out.push(Action::Ping {
                         actor: id,
                         epoch: a.epoch,

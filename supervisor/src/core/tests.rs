@@ -17,6 +17,8 @@ use resurgam_shared::protocol::{Op, Request};
 use super::*;
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
+mod timers;
+
 const CONN: ConnId = 1;
 
 fn policy(max_restarts: i64, max_call_retries: i64, checkpoint_every: u64) -> Policy {
@@ -118,6 +120,9 @@ struct World {
     exited: Option<i32>,
     /// Ids of `stop_actor` requests.
     stops: Vec<u64>,
+    /// The call a killed worker was running, as its executing word says (none unless a
+    /// test sets it).
+    executing_when_killed: Option<u64>,
 }
 
 impl World {
@@ -144,6 +149,7 @@ impl World {
             next_id: 1,
             exited: None,
             stops: Vec::new(),
+            executing_when_killed: None,
         };
         w.pump();
         w
@@ -177,11 +183,21 @@ impl World {
         self.pump();
     }
 
-    /// Executes the core's actions against the simulated world.
+    fn pump(&mut self) {
+        Sim::pump(self);
+    }
+}
+
+/// A simulated world around a core: it carries out the core's actions.
+trait Sim {
+    fn core(&mut self) -> &mut Core;
+    fn act(&mut self, a: Action);
+
+    /// Executes the core's actions against the simulated world, until there are none.
     fn pump(&mut self) {
         loop {
-            self.core.flush();
-            let actions = self.core.take_actions();
+            self.core().flush();
+            let actions = self.core().take_actions();
             if actions.is_empty() {
                 return;
             }
@@ -189,6 +205,12 @@ impl World {
                 self.act(a);
             }
         }
+    }
+}
+
+impl Sim for World {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
     }
 
     fn act(&mut self, a: Action) {
@@ -242,12 +264,13 @@ impl World {
             }
             Action::Kill { epoch, .. } => {
                 if self.live_worker(epoch).is_some() {
+                    let executing = self.executing_when_killed.take();
                     self.die(
                         WorkerExit::Signal {
                             signal: 9,
                             core_dumped: false,
                         },
-                        None,
+                        executing,
                     );
                 }
             }
@@ -320,7 +343,9 @@ impl World {
             Action::Subscribe { origin } => self.core.answer(&origin, Ok("{}".into())),
         }
     }
+}
 
+impl World {
     fn live_worker(&mut self, epoch: u64) -> Option<&mut SimWorker> {
         self.worker.as_mut().filter(|w| w.epoch == epoch && !w.dead)
     }
@@ -693,6 +718,18 @@ impl World {
         self.core = World::boot(&self.policy, start_seq, recovered, range, self.now);
         self.exited = None;
         self.pump();
+    }
+
+    /// Starts the worker if it is not serving yet (restores, gets the replay), without
+    /// letting it run calls.
+    fn settle_starting(&mut self) {
+        while self.core.phase(0) != Phase::Alive {
+            if self.core.phase(0) == Phase::Restarting {
+                self.advance(Duration::from_millis(50));
+            }
+            self.deliver_one();
+            self.start_worker();
+        }
     }
 
     fn advance(&mut self, d: Duration) {
@@ -1546,6 +1583,51 @@ fn a_hung_worker_is_pinged_then_killed_and_its_call_replayed() {
         "{:?}",
         w.core.actors[0].last_exit
     );
+    w.check_model();
+}
+
+/// A kill for a hang and a crash in the same call count apart: the call is dropped only
+/// when it hangs (or crashes) its worker `max_call_retries` times, not for one of each.
+#[test]
+fn a_hung_kill_is_not_a_poison_attempt_unless_the_call_hangs_every_time() {
+    let mut p = policy(-1, 2, 0);
+    p.heartbeat_timeout = Duration::from_secs(2);
+    let mut w = World::new(p);
+    w.settle();
+    let id = w.call("incr", 5);
+    let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
+    // The worker hangs in the call: killed as hung while executing it.
+    w.executing_when_killed = Some(seq);
+    w.advance(Duration::from_millis(2100));
+    assert!(w.worker.as_ref().unwrap().dead, "killed as hung");
+    w.deliver_one();
+    w.start_worker();
+    // The next worker crashes in the same call (a second death while running it).
+    w.die(
+        WorkerExit::Signal {
+            signal: 11,
+            core_dumped: false,
+        },
+        Some(seq),
+    );
+    w.settle();
+    assert_eq!(ok_value(&w, id), Some(5), "{:?}", w.replies.get(&id));
+    // A call that hangs its worker every time is dropped after max_call_retries.
+    let id = w.call("incr", 1);
+    let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
+    for _ in 0..2 {
+        w.settle_starting();
+        w.executing_when_killed = Some(seq);
+        w.advance(Duration::from_millis(2100));
+        w.deliver_one();
+    }
+    w.settle();
+    assert_eq!(err_kind(&w, id).as_deref(), Some("CallFailed"));
+    let message = w.replies[&id][0]["err"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(message.contains("hung its worker 2 times"), "{message}");
     w.check_model();
 }
 
