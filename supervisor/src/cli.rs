@@ -82,9 +82,10 @@ pub enum Command {
         /// the file `reload` re-reads.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Log line format.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
+        /// Log format; by default `journal` when stderr is systemd's journal stream
+        /// (JOURNAL_STREAM), `text` otherwise.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a config file; prints every problem with file, line and reason.
     Check {
@@ -333,7 +334,7 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
 /// `resurgam run`: the supervisor in the foreground.
 fn run(
     config: &Path,
-    log_format: LogFormat,
+    log_format: Option<LogFormat>,
     registry: &Registry,
     forks: Option<ForkServer>,
 ) -> ExitCode {
