@@ -1,6 +1,6 @@
 //! The command line: `run`, `check`, and the client subcommands.
 //!
-//! Exit codes ([`EXIT_CODES`], also in `--help` and the README): 0 success; 1 the
+//! Exit codes ([`EXIT_CODES`], also in `--help` and docs/cli.md): 0 success; 1 the
 //! supervisor answered with an error or the command failed; 2 bad usage or a bad config
 //! file; 3 the supervisor cannot be reached or did not answer in time.
 
@@ -182,7 +182,7 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print a shell completion script for this CLI (see the README to install it).
+    /// Print a shell completion script for this CLI (docs/cli.md says how to install it).
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
@@ -719,7 +719,7 @@ fn man(dir: Option<&Path>) -> Result<String, Failure> {
     Ok(String::new())
 }
 
-/// The config reference table of the README, generated from the config module so the
+/// The config reference table of docs/configuration.md, generated from the config module so the
 /// two cannot drift (a test compares them).
 pub fn config_reference_markdown() -> String {
     let mut out = String::from("| table | key | default | meaning |\n|---|---|---|---|\n");
@@ -738,11 +738,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readme_config_reference_matches_the_code() {
-        let readme = include_str!("../../README.md");
+    fn docs_config_reference_matches_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
         let table = config_reference_markdown();
-        if !readme.contains(&table) {
-            panic!("README.md's config reference is stale; replace the table with:\n{table}");
+        if !doc.contains(&table) {
+            panic!("docs/configuration.md's config reference is stale; replace the table with:\n{table}");
         }
     }
 
