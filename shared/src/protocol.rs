@@ -2,6 +2,8 @@
 //!
 //! Request: `{"id": <any JSON>, "op": "call", "actor": "counter", "method": "incr", "args": 5}`.
 //! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop`,
+//! `export` (`actor`; the actor's state as an export file, see [`crate::export`]),
+//! `import` (`actor`, `file`: an export file in base64),
 //! `metrics` (the Prometheus text format, as a JSON string) and `subscribe` (an
 //! acknowledgement, then a stream of event lines on the same connection; see
 //! `docs/observability.md`).
@@ -101,6 +103,15 @@ pub enum Op {
     Metrics,
     /// Stream events (NDJSON lines, each with a `seq`) on this connection from now on.
     Subscribe,
+    /// The actor's state as an export file, taken in its call order.
+    Export {
+        actor: String,
+    },
+    /// Install a (verified) export file's state, in the actor's call order.
+    Import {
+        actor: String,
+        file: crate::export::StateFile,
+    },
 }
 
 /// One parsed request line.
@@ -122,6 +133,8 @@ struct WireRequest<'a> {
     args: Option<&'a RawValue>,
     /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
     key: Option<String>,
+    /// An import's export file, in base64.
+    file: Option<String>,
     /// The [`Field`]s present (bits of [`Field::bit`]).
     present: u8,
     /// The first field that no op takes, by name.
@@ -136,6 +149,7 @@ enum Field {
     Method,
     Args,
     Key,
+    File,
     Other(String),
 }
 
@@ -145,19 +159,23 @@ impl Field {
     const METHOD: u8 = 2;
     const ARGS: u8 = 4;
     const KEY: u8 = 8;
+    /// Above `id`'s and `op`'s bits (16, 32).
+    const FILE: u8 = 64;
     /// The optional fields, each with its bit, in the order they are reported.
-    const OPTIONAL: [(u8, &'static str); 4] = [
+    const OPTIONAL: [(u8, &'static str); 5] = [
         (Field::ACTOR, "actor"),
         (Field::METHOD, "method"),
         (Field::ARGS, "args"),
         (Field::KEY, "key"),
+        (Field::FILE, "file"),
     ];
 
     /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
-            "checkpoint" | "restart" => Field::ACTOR,
+            "checkpoint" | "restart" | "export" => Field::ACTOR,
+            "import" => Field::ACTOR | Field::FILE,
             "status" | "reload" | "stop" | "metrics" | "subscribe" => 0,
             _ => return None,
         })
@@ -180,6 +198,7 @@ impl<'de> Deserialize<'de> for Field {
                     "method" => Field::Method,
                     "args" => Field::Args,
                     "key" => Field::Key,
+                    "file" => Field::File,
                     other => Field::Other(other.to_string()),
                 })
             }
@@ -212,6 +231,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                 // `id` and `op` get bits of their own above the optional fields'.
                 let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
                     (None, None, None, None, None, None);
+                let mut file = None;
                 let mut unknown = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
@@ -239,6 +259,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                             seen(Field::KEY, "key")?;
                             idem_key = map.next_value::<Option<String>>()?;
                         }
+                        Field::File => {
+                            seen(Field::FILE, "file")?;
+                            file = map.next_value::<Option<String>>()?;
+                        }
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -252,6 +276,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     method,
                     args,
                     key: idem_key,
+                    file,
                     present,
                     unknown,
                 })
@@ -301,7 +326,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     let unknown_op = |op: &str| {
         bad(format!(
             "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop, \
-             metrics, subscribe)"
+             metrics, subscribe, export, import)"
         ))
     };
     let Some(taken) = Field::taken_by(op_name) else {
@@ -344,6 +369,19 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         "reload" => Op::Reload,
         "metrics" => Op::Metrics,
         "subscribe" => Op::Subscribe,
+        "export" => Op::Export {
+            actor: need_actor(wire.actor, "export")?,
+        },
+        "import" => {
+            let actor = need_actor(wire.actor, "import")?;
+            let text = wire.file.ok_or_else(|| {
+                bad("op \"import\" needs a \"file\" string (an export file in base64)".to_string())
+            })?;
+            let bytes = crate::export::base64_decode(&text)
+                .map_err(|e| bad(format!("\"file\" is not base64: {e}")))?;
+            let file = crate::export::decode(&bytes).map_err(|e| bad(format!("import: {e}")))?;
+            Op::Import { actor, file }
+        }
         other => return Err(unknown_op(other)),
     };
     Ok(Request { id, op })

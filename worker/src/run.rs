@@ -9,6 +9,7 @@ use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use serde_json::Value;
 
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
+use resurgam_shared::export::{self, EXPORT_METHOD, IMPORT_METHOD};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
     MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls, decode_init,
@@ -16,7 +17,7 @@ use resurgam_shared::ipc::{
 use resurgam_shared::protocol::ErrorKind;
 
 use crate::exec::{self, Program};
-use crate::registry::{DynActor, Registry};
+use crate::registry::{DynActor, Kind, Registry};
 use crate::report::Reporter;
 use crate::sys::Prepared;
 
@@ -76,8 +77,8 @@ struct Worker {
 
 /// What runs the actor's calls.
 enum Engine {
-    /// A kind compiled into this binary.
-    Native(Box<dyn DynActor>),
+    /// A kind compiled into this binary (the kind loads an imported state).
+    Native(Box<dyn DynActor>, Kind),
     /// An exec actor's program.
     Exec(Program),
 }
@@ -94,6 +95,9 @@ enum Stop {
 /// The actor with its checkpoint bookkeeping.
 struct Live {
     engine: Engine,
+    /// The actor's name and kind, as an export file states them.
+    actor: String,
+    kind: String,
     mmap: MmapCheckpoint,
     generation: u64,
     last_seq: u64,
@@ -313,7 +317,7 @@ impl Worker {
                     // A change of identity clears the parent-death signal: set it again.
                     rearm_parent_death()?;
                 }
-                (Engine::Native(actor), None)
+                (Engine::Native(actor, kind), None)
             }
             (None, Some(spec)) => {
                 let mut program = Program::start(&init.actor, spec, &init.privileges, &self.to_sup)
@@ -355,6 +359,8 @@ impl Worker {
             .map_err(|e| fatal(format!("send ready: {e}")))?;
         Ok(Live {
             engine,
+            actor: init.actor.clone(),
+            kind: init.kind.clone(),
             previous: mmap.older().map(|(_, seq)| seq),
             mmap,
             generation,
@@ -427,25 +433,28 @@ impl Worker {
                 seq: call.seq,
             })
             .collect();
-        let outcomes = match &mut live.engine {
-            Engine::Native(actor) => fresh
+        // Exports and imports take their place in the call order: the calls before one
+        // run first, then it, then the calls after it.
+        let mut outcomes = Vec::with_capacity(fresh.len());
+        let mut imported = false;
+        let mut rest = &fresh[..];
+        while !rest.is_empty() {
+            let plain = rest
                 .iter()
-                .map(|call| {
-                    live.mmap.set_executing(call.seq);
-                    apply_one(actor.as_mut(), call)
-                })
-                .collect(),
-            Engine::Exec(program) => {
-                let mmap = &live.mmap;
-                program
-                    .calls(&fresh, &|seq| mmap.set_executing(seq))
-                    .map_err(|f| match f {
-                        exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
-                            Stop::Crashed(m)
-                        }
-                    })?
+                .position(|c| c.method == EXPORT_METHOD || c.method == IMPORT_METHOD)
+                .unwrap_or(rest.len());
+            let (run, after) = rest.split_at(plain);
+            if !run.is_empty() {
+                outcomes.extend(apply_plain(live, run)?);
             }
-        };
+            rest = after;
+            if let Some((call, after)) = rest.split_first() {
+                live.mmap.set_executing(call.seq);
+                imported |= call.method == IMPORT_METHOD;
+                outcomes.push(state_op(live, call)?);
+                rest = after;
+            }
+        }
         live.mmap.set_executing(0);
         if let Some(last) = fresh.last() {
             live.last_seq = last.seq;
@@ -469,7 +478,9 @@ impl Worker {
         }
         // Replies go out before the checkpoint that covers them is written, so a call
         // whose effect a checkpoint holds has always had its reply sent.
-        if live.every > 0 && live.since_checkpoint >= live.every {
+        // An imported state is checkpointed at once, so the log entry carrying it (and
+        // its replay after a crash) does not outlive the import.
+        if imported || (live.every > 0 && live.since_checkpoint >= live.every) {
             self.checkpoint(live)?;
         }
         Ok(())
@@ -570,6 +581,86 @@ fn close_inherited_fds() {
     }
 }
 
+/// Applies a run of ordinary calls.
+fn apply_plain(live: &mut Live, calls: &[Call]) -> Result<Vec<Outcome>, Stop> {
+    match &mut live.engine {
+        Engine::Native(actor, _) => Ok(calls
+            .iter()
+            .map(|call| {
+                live.mmap.set_executing(call.seq);
+                apply_one(actor.as_mut(), call)
+            })
+            .collect()),
+        Engine::Exec(program) => {
+            let mmap = &live.mmap;
+            program
+                .calls(calls, &|seq| mmap.set_executing(seq))
+                .map_err(|f| match f {
+                    exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
+                        Stop::Crashed(m)
+                    }
+                })
+        }
+    }
+}
+
+/// Applies an export (the state as an export file; the state is left as it is) or an
+/// import (the call's args become the state). A state the actor refuses is an error
+/// reply (a native kind keeps its state then; a program decides for itself).
+fn state_op(live: &mut Live, call: &Call) -> Result<Outcome, Stop> {
+    let refused = |message: String| Outcome::Err {
+        kind: ErrorKind::ActorError,
+        message,
+    };
+    if call.method == IMPORT_METHOD {
+        let loaded = match &mut live.engine {
+            Engine::Native(actor, kind) => kind.restore(&call.args).map(|a| *actor = a),
+            Engine::Exec(program) => match program.load(&call.args) {
+                Ok(()) => Ok(()),
+                Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
+                Err(exec::Failure::Refused { message, .. }) => Err(message),
+            },
+        };
+        return Ok(match loaded {
+            Ok(()) => Outcome::Ok(
+                serde_json::json!({
+                    "imported": live.actor,
+                    "seq": call.seq,
+                    "bytes": call.args.len(),
+                })
+                .to_string()
+                .into_bytes(),
+            ),
+            Err(e) => refused(format!("import: the actor cannot load this state: {e}")),
+        });
+    }
+    let saved = match &mut live.engine {
+        Engine::Native(actor, _) => actor.save(),
+        Engine::Exec(program) => match program.save() {
+            Ok(state) => Ok(state),
+            Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
+            Err(exec::Failure::Refused { message, .. }) => Err(message),
+        },
+    };
+    let state = match saved {
+        Ok(state) => state,
+        Err(e) => return Ok(refused(format!("export: the actor's save failed: {e}"))),
+    };
+    let header = export::Header {
+        actor: live.actor.clone(),
+        kind: live.kind.clone(),
+        generation: live.generation,
+        // Every call accepted before this export is reflected, none after it.
+        last_seq: call.seq.saturating_sub(1),
+        bytes: state.len() as u64,
+    };
+    let file = export::encode(&header, &state);
+    drop(state);
+    let mut reply = serde_json::to_value(&header).unwrap_or_default();
+    reply["file"] = Value::String(export::base64_encode(&file));
+    Ok(Outcome::Ok(reply.to_string().into_bytes()))
+}
+
 fn apply_one(actor: &mut dyn DynActor, call: &Call) -> Outcome {
     let args = if call.args.is_empty() {
         Value::Null
@@ -612,7 +703,7 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
         });
     }
     let payload = match &mut live.engine {
-        Engine::Native(actor) => actor.save().map_err(Stop::Failed)?,
+        Engine::Native(actor, _) => actor.save().map_err(Stop::Failed)?,
         Engine::Exec(program) => program.save().map_err(|f| match f {
             exec::Failure::Crashed(m) => Stop::Crashed(m),
             exec::Failure::Refused { message, .. } => {
