@@ -256,3 +256,31 @@ fn an_import_counts_once_across_a_worker_and_a_supervisor_kill() {
     sup.restart_same_dirs();
     assert_eq!(call(&sup, "c", "get", Value::Null), json!(503));
 }
+
+#[test]
+fn an_import_larger_than_a_request_may_be_names_the_setting_to_raise() {
+    let sup = Supervisor::start(
+        r#"
+actor = [{ name = "store", kind = "kv" }]
+
+[supervisor]
+max_request_bytes = 2048
+"#,
+    );
+    for i in 0..4 {
+        let value = "v".repeat(600);
+        call(
+            &sup,
+            "store",
+            "put",
+            json!({"key": format!("k{i}"), "value": value}),
+        );
+    }
+    let file = export_to_file(&sup, "store");
+    let err = stderr(&run(&sup, &["import", "store", path_str(&file)], 1));
+    assert!(
+        err.contains("[supervisor].max_request_bytes"),
+        "oversized import: {err:?}"
+    );
+    assert_eq!(call(&sup, "store", "len", Value::Null), json!(4));
+}

@@ -351,13 +351,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         )));
     }
     let op = match op_name {
-        "call" => Op::Call {
-            actor: need_actor(wire.actor, "call")?,
-            method: wire
+        "call" => {
+            let method = wire
                 .method
-                .ok_or_else(|| bad("op \"call\" needs a \"method\" string".to_string()))?,
-            args: wire.args.map(|a| a.get().to_string()),
-        },
+                .ok_or_else(|| bad("op \"call\" needs a \"method\" string".to_string()))?;
+            // Reserved for the log's own entries (tombstones, exports, imports).
+            if method.starts_with('\0') {
+                return Err(bad(
+                    "a method name cannot start with NUL (reserved)".to_string()
+                ));
+            }
+            Op::Call {
+                actor: need_actor(wire.actor, "call")?,
+                method,
+                args: wire.args.map(|a| a.get().to_string()),
+            }
+        }
         "checkpoint" => Op::Checkpoint {
             actor: need_actor(wire.actor, "checkpoint")?,
         },
@@ -436,6 +445,37 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reserved_methods_cannot_be_called_and_an_import_is_verified_at_parse() {
+        let r = parse_request(br#"{"id":1,"op":"call","actor":"a","method":"\u0000import"}"#);
+        assert!(r.unwrap_err().error.message.contains("NUL"));
+        let file = crate::export::encode(
+            &crate::export::Header {
+                actor: "a".into(),
+                kind: "counter".into(),
+                generation: 1,
+                last_seq: 2,
+                bytes: 0,
+            },
+            b"7",
+        );
+        let line = format!(
+            r#"{{"id":2,"op":"import","actor":"b","file":"{}"}}"#,
+            crate::export::base64_encode(&file)
+        );
+        match parse_request(line.as_bytes()).map(|r| r.op) {
+            Ok(Op::Import { actor, file }) => {
+                assert_eq!(actor, "b");
+                assert_eq!(file.state, b"7");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse_request(br#"{"op":"import","actor":"b"}"#);
+        assert!(r.unwrap_err().error.message.contains("\"file\""));
+        let r = parse_request(br#"{"op":"export","actor":"b","file":"x"}"#);
+        assert!(r.unwrap_err().error.message.contains("`file`"));
+    }
+
     use super::*;
 
     #[test]

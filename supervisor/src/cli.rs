@@ -570,7 +570,7 @@ fn import(actor: &str, file: &Path, client: &ClientArgs) -> Result<String, Failu
                 Failure::new(
                     EXIT_ERROR,
                     format!(
-                        "{body} (the file is {size} bytes, {} in base64: raise                          [supervisor].max_request_bytes to import it)",
+                        "{body} (the file is {size} bytes, {} in base64: raise [supervisor].max_request_bytes (at most 64 MiB) to import it)",
                         text.len()
                     ),
                 )
