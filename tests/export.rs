@@ -284,3 +284,35 @@ max_request_bytes = 2048
     );
     assert_eq!(call(&sup, "store", "len", Value::Null), json!(4));
 }
+
+#[test]
+fn an_exec_actors_state_moves_through_its_programs_get_state_and_load_state() {
+    let bank = crate::exec::python_actor("bank", "bank.py", "");
+    let a = crate::exec::start(&bank);
+    let deposit = |sup: &Supervisor, account: &str, amount: i64| {
+        call(
+            sup,
+            "bank",
+            "deposit",
+            json!({"account": account, "amount": amount}),
+        )
+    };
+    deposit(&a, "alice", 100);
+    deposit(&a, "bob", 5);
+    let file = export_to_file(&a, "bank");
+    let header = export::decode(&std::fs::read(&file).expect("read"))
+        .expect("valid export")
+        .header;
+    assert_eq!(header.kind, "exec");
+
+    let b = crate::exec::start(&bank);
+    deposit(&b, "carol", 1);
+    run(&b, &["import", "bank", path_str(&file)], 0);
+    // The worker (and its program) killed right after the import: nothing doubles.
+    let old = b.kill_worker("bank");
+    b.wait_new_pid("bank", old, WAIT);
+    b.wait_state("bank", "ALIVE", WAIT);
+    assert_eq!(deposit(&b, "alice", 1), json!(101));
+    assert_eq!(call(&b, "bank", "balance", json!("bob")), json!(5));
+    assert_eq!(call(&b, "bank", "balance", json!("carol")), json!(0));
+}
