@@ -593,7 +593,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "allowed_uids",
             "[]".to_string(),
-            "Uids allowed on the control socket besides root and the supervisor's own uid.",
+            "Uids allowed on the control socket besides root and the supervisor's own uid. Anyone else who connects gets one `Unauthorized` line and is closed; refusals cost no thread, and are logged at most once a second.",
         ),
         (
             "supervisor",
@@ -4420,7 +4420,7 @@ group = -1
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 18);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 10);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 11);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

@@ -48,11 +48,18 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
 pub const IPC_VERSION: u32 = 4;
-/// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
-pub const MAX_REPORT_BYTES: usize = 1 << 30;
-/// Largest reply a worker sends; a larger result is answered with an error instead (the
-/// call did run), so it can never make its worker fail again on every replay.
-pub const MAX_REPLY_BYTES: usize = 512 << 20;
+/// Largest reply a worker sends (as an exec program's `R` body); a larger result is
+/// answered with an error instead (the call did run), so it can never make its worker
+/// fail again on every replay.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+/// What a report frame holds beyond its replies' bytes: the enum tags, lengths and
+/// sequence numbers, an error reply's (capped) message.
+pub const REPORT_ENVELOPE_BYTES: usize = 1 << 20;
+/// Largest report frame a supervisor accepts by default; a worker sending a larger one
+/// (or claiming to, in a frame's length) is killed before a byte of it is buffered
+/// beyond what arrived. A worker cuts its replies into frames of at most 16 MiB, or
+/// one larger reply alone, and no other report comes near this.
+pub const MAX_REPORT_BYTES: usize = MAX_REPLY_BYTES + REPORT_ENVELOPE_BYTES;
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -257,22 +264,40 @@ pub fn encode_report(report: &Report) -> Result<Vec<u8>, postcard::Error> {
 /// Why a report stream cannot be read on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
-    #[error("report frame of {0} bytes is larger than the limit ({MAX_REPORT_BYTES})")]
-    TooLarge(usize),
+    #[error("report frame of {len} bytes is larger than the limit ({limit})")]
+    TooLarge { len: usize, limit: usize },
     #[error("undecodable report frame of {len} bytes: {error}")]
     Undecodable { len: usize, error: String },
 }
 
 /// Splits a worker's report stream into reports. Bytes go in as they arrive; the buffer
-/// grows with the bytes received, never with a length the worker claims.
-#[derive(Debug, Default)]
+/// grows with the bytes received, never with a length the worker claims, and never
+/// beyond one frame of at most `limit` bytes (plus what one read adds).
+#[derive(Debug)]
 pub struct ReportDecoder {
     buf: Vec<u8>,
     /// Where the undecoded part of `buf` starts.
     pos: usize,
+    /// Largest frame accepted.
+    limit: usize,
+}
+
+impl Default for ReportDecoder {
+    fn default() -> Self {
+        ReportDecoder::with_limit(MAX_REPORT_BYTES)
+    }
 }
 
 impl ReportDecoder {
+    /// A decoder that refuses frames larger than `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        ReportDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            limit,
+        }
+    }
+
     /// Adds bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.pos > 0 && self.pos == self.buf.len() {
@@ -291,8 +316,11 @@ impl ReportDecoder {
         let mut len = [0u8; 4];
         len.copy_from_slice(head);
         let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_REPORT_BYTES {
-            return Err(ReportError::TooLarge(len));
+        if len > self.limit {
+            return Err(ReportError::TooLarge {
+                len,
+                limit: self.limit,
+            });
         }
         let Some(body) = rest.get(4..4 + len) else {
             return Ok(None);
@@ -465,7 +493,20 @@ mod tests {
         d.push(&u32::MAX.to_le_bytes());
         assert_eq!(
             d.next_report(),
-            Err(ReportError::TooLarge(u32::MAX as usize))
+            Err(ReportError::TooLarge {
+                len: u32::MAX as usize,
+                limit: MAX_REPORT_BYTES
+            })
+        );
+        // The limit is the decoder's: one byte over is refused from the header alone.
+        let mut d = ReportDecoder::with_limit(100);
+        d.push(&101u32.to_le_bytes());
+        assert_eq!(
+            d.next_report(),
+            Err(ReportError::TooLarge {
+                len: 101,
+                limit: 100
+            })
         );
         let mut d = ReportDecoder::default();
         d.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);

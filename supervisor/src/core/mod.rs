@@ -29,8 +29,8 @@ use resurgam_shared::ipc::{Call, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
-pub use actor::Phase;
 use actor::{ActorState, Entry, Heartbeat};
+pub use actor::{FileSizes, Phase};
 pub use observe::{ActorMetrics, Notice};
 
 /// Index of an actor in the core's table (stable for the life of the process).
@@ -501,7 +501,7 @@ impl Core {
         for w in waiters {
             self.reply_err(&w, &err);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].winding_down() {
             self.stop_worker_if_done(actor);
         }
         self.relaunch_if_pending(actor);
@@ -570,7 +570,7 @@ impl Core {
         for (w, _) in waiters {
             self.reply_err(&w, &err);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].winding_down() {
             // Stop anyway: the mmap checkpoint and (in memory mode) nothing else remains;
             // the error is logged above.
             self.stop_worker_if_done(actor);
@@ -611,7 +611,7 @@ impl Core {
             }
             let a = &mut self.actors[id];
             a.dispatch(id, &mut self.out, self.now);
-            if matches!(self.mode, Mode::Stopping { .. }) || a.retiring {
+            if matches!(self.mode, Mode::Stopping { .. }) || a.winding_down() {
                 self.maybe_final_checkpoint(id);
             }
         }
@@ -638,10 +638,10 @@ impl Core {
 
     /// True when every actor serves (ALIVE) or is DEAD by policy: time for READY=1.
     pub fn all_serving(&self) -> bool {
-        self.actors
-            .iter()
-            .filter(|a| !a.retiring)
-            .all(|a| matches!(a.phase, Phase::Alive | Phase::Dead))
+        self.actors.iter().filter(|a| !a.retiring).all(|a| {
+            matches!(a.phase, Phase::Alive | Phase::Dead)
+                || (a.stopped_by_operator && a.phase == Phase::Stopped)
+        })
     }
 
     /// True once a graceful shutdown has begun.
@@ -763,6 +763,18 @@ impl Core {
         self.actors[id].phase
     }
 
+    /// The sizes of the actor's files, measured by the shell (shown by `status`).
+    pub fn note_files(&mut self, id: ActorId, sizes: FileSizes) {
+        if let Some(a) = self.actors.get_mut(id) {
+            a.files = Some(sizes);
+        }
+    }
+
+    /// Number of actors, retired ones included (ids are `0..actor_count()`).
+    pub fn actor_count(&self) -> usize {
+        self.actors.len()
+    }
+
     /// Number of logged calls kept for replay (for tests and status).
     pub fn log_len(&self, id: ActorId) -> usize {
         self.actors[id].log.len()
@@ -846,6 +858,117 @@ impl Core {
                 }
             }
             Op::Import { actor, file } => self.on_import(origin, &actor, file),
+            Op::StopActor { actor } => self.on_stop_actor(origin, &actor, now),
+            Op::StartActor { actor } => self.on_start_actor(origin, &actor, now),
+            Op::Pid { actor } => self.on_pid(origin, actor.as_deref()),
+        }
+    }
+
+    /// `pid`: the supervisor's pid, or an actor's worker's and program's (null when it
+    /// has no process now).
+    fn on_pid(&mut self, origin: Origin, actor: Option<&str>) {
+        let Some(name) = actor else {
+            let ok = format!("{{\"pid\":{}}}", self.pid);
+            self.reply_ok(&origin, &ok);
+            return;
+        };
+        let Some(id) = self.lookup(&origin, name) else {
+            return;
+        };
+        let a = &self.actors[id];
+        let ok = serde_json::json!({
+            "actor": a.name,
+            "state": a.state_name(),
+            "pid": a.worker_pid(),
+            "program_pid": a.live_program_pid(),
+        })
+        .to_string();
+        self.reply_ok(&origin, &ok);
+    }
+
+    /// `stop_actor`: the actor's accepted calls are answered, a final checkpoint is
+    /// taken, its worker stops; the reply comes once it is STOPPED. New calls get
+    /// `ActorStopped` from now until `start_actor`.
+    fn on_stop_actor(&mut self, origin: Origin, actor: &str, now: Instant) {
+        let Some(id) = self.lookup_running(&origin, actor) else {
+            return;
+        };
+        let a = &mut self.actors[id];
+        a.stop_waiters.push(origin);
+        if a.stopped_by_operator {
+            // Already stopped (answered at once) or stopping (answered with the others).
+            if a.phase == Phase::Stopped {
+                self.answer_stop_waiters(id);
+            }
+            return;
+        }
+        tracing::info!(actor = %a.name, phase = a.phase.as_str(), "stop requested by operator: final checkpoint, then stop");
+        a.stopped_by_operator = true;
+        a.relaunch_pending = false;
+        match a.phase {
+            // No worker: nothing to checkpoint (the log keeps every call).
+            Phase::Dead | Phase::Stopped => {
+                observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
+                a.dead_reason = None;
+                self.answer_stop_waiters(id);
+            }
+            // Waiting out a backoff: start it now, so that its final checkpoint holds
+            // every call the log has.
+            Phase::Restarting => self.spawn(id, now),
+            Phase::Alive | Phase::Starting => self.mark_dirty(id),
+        }
+    }
+
+    /// `start_actor`: starts an actor an operator stopped (or revives a DEAD one); a
+    /// running actor is left as it is.
+    fn on_start_actor(&mut self, origin: Origin, actor: &str, now: Instant) {
+        let Some(id) = self.lookup_running(&origin, actor) else {
+            return;
+        };
+        let a = &mut self.actors[id];
+        if a.stopped_by_operator && a.phase != Phase::Stopped {
+            let err = ErrorBody::new(
+                ErrorKind::Busy,
+                format!(
+                    "actor {:?} is still stopping; start it once it is STOPPED",
+                    a.name
+                ),
+            );
+            self.reply_err(&origin, &err);
+            return;
+        }
+        if matches!(a.phase, Phase::Stopped | Phase::Dead) {
+            tracing::info!(actor = %a.name, phase = a.phase.as_str(), "start requested by operator");
+            a.stopped_by_operator = false;
+            a.tracker.reset();
+            a.dead_reason = None;
+            self.spawn(id, now);
+        }
+        let a = &self.actors[id];
+        let ok = serde_json::json!({"actor": a.name, "state": a.state_name()}).to_string();
+        self.reply_ok(&origin, &ok);
+    }
+
+    /// Answers whoever waits for an operator's stop of the actor: done once it is
+    /// STOPPED (with its final checkpoint); an actor that went DEAD on the way is not.
+    fn answer_stop_waiters(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if a.stop_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut a.stop_waiters);
+        let result = if a.phase == Phase::Dead {
+            Err(a.dead_error())
+        } else {
+            Ok(serde_json::json!({
+                "actor": a.name,
+                "state": a.state_name(),
+                "checkpoint": {"generation": a.checkpoint.0, "last_seq": a.checkpoint.1},
+            })
+            .to_string())
+        };
+        for w in waiters {
+            self.answer(&w, result.clone());
         }
     }
 
@@ -880,6 +1003,18 @@ impl Core {
                 None
             }
         }
+    }
+
+    /// Like [`Core::lookup`], for an op that changes an actor's lifecycle: refused with
+    /// `Busy` while the supervisor shuts down.
+    fn lookup_running(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
+        let id = self.lookup(origin, actor)?;
+        if self.is_stopping() {
+            let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
+            self.reply_err(origin, &err);
+            return None;
+        }
+        Some(id)
     }
 
     fn on_call(&mut self, mut origin: Origin, actor: &str, method: String, args: Option<String>) {
@@ -922,6 +1057,8 @@ impl Core {
                 ErrorKind::Busy,
                 "the supervisor is shutting down; no new calls are accepted",
             ))
+        } else if a.stopped_by_operator {
+            Some(a.stopped_error())
         } else if a.phase == Phase::Dead {
             Some(a.dead_error())
         } else if a.unanswered >= MAX_QUEUE {
@@ -959,6 +1096,11 @@ impl Core {
             return;
         };
         let a = &mut self.actors[id];
+        if a.stopped_by_operator {
+            let err = a.stopped_error();
+            self.reply_err(&origin, &err);
+            return;
+        }
         match a.phase {
             Phase::Alive => {
                 a.checkpoint_waiters.push(origin);
@@ -989,15 +1131,15 @@ impl Core {
     }
 
     fn on_restart_request(&mut self, origin: Origin, actor: &str, now: Instant) {
-        let Some(id) = self.lookup(&origin, actor) else {
+        let Some(id) = self.lookup_running(&origin, actor) else {
             return;
         };
-        if !matches!(self.mode, Mode::Running) {
-            let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
-            self.reply_err(&origin, &err);
+        let a = &mut self.actors[id];
+        if a.stopped_by_operator {
+            // Like `systemctl restart`: a stopped actor is started.
+            self.on_start_actor(origin, actor, now);
             return;
         }
-        let a = &mut self.actors[id];
         tracing::info!(actor = %a.name, phase = a.phase.as_str(), "restart requested by operator");
         let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
         match a.phase {
@@ -1085,6 +1227,7 @@ impl Core {
         a.last_checkpoint_request = now;
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
+        a.begin_replay(k, now);
         // Unanswered calls the restored checkpoint already covers: their effect is in
         // the state. Recovered ones have no client; for the others the old worker sent
         // the reply before it wrote that checkpoint, so it is still on its way from the
@@ -1145,6 +1288,10 @@ impl Core {
         if current && batch_done {
             a.inflight_batches = a.inflight_batches.saturating_sub(1);
         }
+        if current {
+            a.note_replayed(&replies, self.now);
+        }
+        a.note_served(self.now);
         let mut answers = Vec::new();
         for r in replies {
             // A late reply from an earlier worker still answers a call nobody answered
@@ -1254,7 +1401,7 @@ impl Core {
     fn relaunch_if_pending(&mut self, id: ActorId) {
         let winding_down = matches!(self.mode, Mode::Stopping { .. });
         let a = &mut self.actors[id];
-        if winding_down || a.retiring {
+        if winding_down || a.winding_down() {
             // It stops anyway; the next start (if any) uses the new settings.
             a.relaunch_pending = false;
             return;
@@ -1362,7 +1509,7 @@ impl Core {
         for (w, _) in done {
             self.reply_ok(&w, &ok);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[id].retiring {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[id].winding_down() {
             self.stop_worker_if_done(id);
         }
     }
@@ -1389,15 +1536,22 @@ impl Core {
         a.died_at = Some(now);
         a.previous_pid = a.pid;
         let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
-        let winding_down = stopping || a.retiring;
+        a.note_exit(now, reason.clone());
+        let winding_down = stopping || a.winding_down();
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
             observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
-            self.fail_unanswered(
-                id,
-                ErrorKind::Busy,
-                "the supervisor stopped before the call ran",
-            );
+            if a.stopped_by_operator && !stopping {
+                let err = a.stopped_error();
+                self.fail_unanswered_with(id, &err);
+            } else {
+                self.fail_unanswered(
+                    id,
+                    ErrorKind::Busy,
+                    "the supervisor stopped before the call ran",
+                );
+            }
+            self.answer_stop_waiters(id);
             self.maybe_exit();
             return;
         }
@@ -1523,6 +1677,8 @@ impl Core {
             },
         );
         a.dead_reason = Some(reason);
+        // An operator's stop ends here: no worker runs, and `start` or `restart` revives it.
+        a.stopped_by_operator = false;
         a.alive_since = None;
         a.restart_at = None;
         a.start_deadline = None;
@@ -1540,6 +1696,7 @@ impl Core {
             self.reply_err(&w, &err);
         }
         self.fail_unanswered_with(id, &err);
+        self.answer_stop_waiters(id);
         self.maybe_exit();
     }
 
@@ -1625,6 +1782,7 @@ impl Core {
     fn on_tick(&mut self, now: Instant) {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
+            a.report_replay(now);
             if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
                 a.restart_at = None;
                 self.spawn(id, now);
@@ -1747,6 +1905,17 @@ impl Core {
             deadline: now + self.shutdown_timeout,
         };
         for id in 0..self.actors.len() {
+            let a = &mut self.actors[id];
+            let err = ErrorBody::new(
+                ErrorKind::Busy,
+                format!(
+                    "the supervisor is shutting down; actor {:?} stops with it",
+                    a.name
+                ),
+            );
+            for w in std::mem::take(&mut a.stop_waiters) {
+                self.reply_err(&w, &err);
+            }
             let a = &mut self.actors[id];
             match a.phase {
                 // Waiting out a backoff: start it now, so its final checkpoint holds

@@ -174,7 +174,14 @@ pub struct Conns {
     pub dropped_subscribers: u64,
     /// The `seq` of the newest event published.
     published: u64,
+    /// When a refusal was last logged, and how many were not logged since.
+    refusals_logged: Option<Instant>,
+    refusals_unlogged: u64,
 }
+
+/// A refused connection is logged at most this often (a flood is not a log flood); the
+/// next line counts those left out.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Conns {
     pub fn new(
@@ -199,6 +206,8 @@ impl Conns {
             accepted: 0,
             dropped_subscribers: 0,
             published: 0,
+            refusals_logged: None,
+            refusals_unlogged: 0,
         })
     }
 
@@ -228,11 +237,21 @@ impl Conns {
         let refusal = match getsockopt(&stream, PeerCredentials) {
             Ok(cred) if self.access.allows(cred.uid()) => None,
             Ok(cred) => {
-                tracing::warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    "control connection refused: uid not allowed"
-                );
+                if self
+                    .refusals_logged
+                    .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_EVERY)
+                {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = cred.pid(),
+                        not_logged = self.refusals_unlogged,
+                        "control connection refused: uid not allowed (not_logged: refusals since the last such line)"
+                    );
+                    self.refusals_logged = Some(now);
+                    self.refusals_unlogged = 0;
+                } else {
+                    self.refusals_unlogged += 1;
+                }
                 Some((
                     ErrorKind::Unauthorized,
                     format!("uid {} may not use this supervisor", cred.uid()),
