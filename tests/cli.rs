@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Supervisor, cli};
+use crate::util::{Proc, Supervisor, cli, cli_expect};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -39,22 +39,12 @@ fn stderr(o: &Output) -> String {
 /// `resurgam ARGS --socket SOCKET`, which must exit `code`; returns its stdout.
 #[track_caller]
 fn expect(sup: &Supervisor, args: &[&str], code: i32) -> String {
-    let socket = sup.socket.to_str().expect("utf-8 socket path");
-    let mut argv = args.to_vec();
-    argv.extend(["--socket", socket]);
-    let out = cli(&argv, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "resurgam {argv:?}: stdout {:?}, stderr {:?}",
-        stdout(&out),
-        stderr(&out)
-    );
+    let out = cli_expect(sup, args, code);
     // Usage errors are clap's (`error: …`); the others are ours.
     if code == 1 || code == 3 {
         assert!(
             stderr(&out).starts_with("resurgam: "),
-            "resurgam {argv:?}: no message on stderr: {:?}",
+            "resurgam {args:?}: no message on stderr: {:?}",
             stderr(&out)
         );
     }

@@ -37,6 +37,8 @@ mod access;
 mod exec;
 // G1 for exec actors: pipelined appends while programs and workers are SIGKILLed at random.
 mod exec_chaos;
+// State export/import: a round trip across supervisors, call order, refusals, exactly-once.
+mod export;
 // G7/G9 for exec actors: no descendant outlives them, scrubbed env and fds, user/group/limits.
 mod exec_isolation;
 // The Python SDK's unit tests (python/tests), run against the binary under test.

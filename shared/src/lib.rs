@@ -9,6 +9,7 @@ pub mod calllog;
 pub mod checkpoint;
 pub mod config;
 pub mod duration;
+pub mod export;
 pub mod hugepages;
 pub mod ipc;
 pub mod protocol;

@@ -4,9 +4,10 @@
 //! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop` (the
 //! whole supervisor), `stop_actor` / `start_actor` (`actor`: one actor; named apart from
 //! `stop` so that a request naming an actor can never stop the supervisor), `pid`
-//! (optional `actor`), `metrics` (the Prometheus text format, as a JSON string) and
-//! `subscribe` (an acknowledgement, then a stream of event lines on the same connection;
-//! see `docs/observability.md`).
+//! (optional `actor`), `export` (`actor`; the actor's state as an export file, see
+//! [`crate::export`]), `import` (`actor`, `file`: an export file in base64), `metrics` (the
+//! Prometheus text format, as a JSON string) and `subscribe` (an acknowledgement, then a
+//! stream of event lines on the same connection; see `docs/observability.md`).
 //! Every op takes `id`; a field its op does not take (`{"op":"stop","actor":"c"}`) is a
 //! `BadRequest` naming the field, never silently ignored.
 //! Reply: `{"id": <same>, "ok": <JSON>}` or
@@ -120,6 +121,15 @@ pub enum Op {
     Metrics,
     /// Stream events (NDJSON lines, each with a `seq`) on this connection from now on.
     Subscribe,
+    /// The actor's state as an export file, taken in its call order.
+    Export {
+        actor: String,
+    },
+    /// Install a (verified) export file's state, in the actor's call order.
+    Import {
+        actor: String,
+        file: crate::export::StateFile,
+    },
 }
 
 /// One parsed request line.
@@ -141,6 +151,8 @@ struct WireRequest<'a> {
     args: Option<&'a RawValue>,
     /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
     key: Option<String>,
+    /// An import's export file, in base64.
+    file: Option<String>,
     /// The [`Field`]s present (bits of [`Field::bit`]).
     present: u8,
     /// The first field that no op takes, by name.
@@ -155,6 +167,7 @@ enum Field {
     Method,
     Args,
     Key,
+    File,
     Other(String),
 }
 
@@ -164,19 +177,25 @@ impl Field {
     const METHOD: u8 = 2;
     const ARGS: u8 = 4;
     const KEY: u8 = 8;
+    /// Above `id`'s and `op`'s bits (16, 32).
+    const FILE: u8 = 64;
     /// The optional fields, each with its bit, in the order they are reported.
-    const OPTIONAL: [(u8, &'static str); 4] = [
+    const OPTIONAL: [(u8, &'static str); 5] = [
         (Field::ACTOR, "actor"),
         (Field::METHOD, "method"),
         (Field::ARGS, "args"),
         (Field::KEY, "key"),
+        (Field::FILE, "file"),
     ];
 
     /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
-            "checkpoint" | "restart" | "stop_actor" | "start_actor" | "pid" => Field::ACTOR,
+            "checkpoint" | "restart" | "stop_actor" | "start_actor" | "pid" | "export" => {
+                Field::ACTOR
+            }
+            "import" => Field::ACTOR | Field::FILE,
             "status" | "reload" | "stop" | "metrics" | "subscribe" => 0,
             _ => return None,
         })
@@ -199,6 +218,7 @@ impl<'de> Deserialize<'de> for Field {
                     "method" => Field::Method,
                     "args" => Field::Args,
                     "key" => Field::Key,
+                    "file" => Field::File,
                     other => Field::Other(other.to_string()),
                 })
             }
@@ -231,6 +251,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                 // `id` and `op` get bits of their own above the optional fields'.
                 let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
                     (None, None, None, None, None, None);
+                let mut file = None;
                 let mut unknown = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
@@ -258,6 +279,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                             seen(Field::KEY, "key")?;
                             idem_key = map.next_value::<Option<String>>()?;
                         }
+                        Field::File => {
+                            seen(Field::FILE, "file")?;
+                            file = map.next_value::<Option<String>>()?;
+                        }
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -271,6 +296,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     method,
                     args,
                     key: idem_key,
+                    file,
                     present,
                     unknown,
                 })
@@ -320,7 +346,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     let unknown_op = |op: &str| {
         bad(format!(
             "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop, \
-             stop_actor, start_actor, pid, metrics, subscribe)"
+             stop_actor, start_actor, pid, metrics, subscribe, export, import)"
         ))
     };
     let Some(taken) = Field::taken_by(op_name) else {
@@ -345,13 +371,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         )));
     }
     let op = match op_name {
-        "call" => Op::Call {
-            actor: need_actor(wire.actor, "call")?,
-            method: wire
+        "call" => {
+            let method = wire
                 .method
-                .ok_or_else(|| bad("op \"call\" needs a \"method\" string".to_string()))?,
-            args: wire.args.map(|a| a.get().to_string()),
-        },
+                .ok_or_else(|| bad("op \"call\" needs a \"method\" string".to_string()))?;
+            // Reserved for the log's own entries (tombstones, exports, imports).
+            if method.starts_with('\0') {
+                return Err(bad(
+                    "a method name cannot start with NUL (reserved)".to_string()
+                ));
+            }
+            Op::Call {
+                actor: need_actor(wire.actor, "call")?,
+                method,
+                args: wire.args.map(|a| a.get().to_string()),
+            }
+        }
         "checkpoint" => Op::Checkpoint {
             actor: need_actor(wire.actor, "checkpoint")?,
         },
@@ -370,6 +405,19 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         "reload" => Op::Reload,
         "metrics" => Op::Metrics,
         "subscribe" => Op::Subscribe,
+        "export" => Op::Export {
+            actor: need_actor(wire.actor, "export")?,
+        },
+        "import" => {
+            let actor = need_actor(wire.actor, "import")?;
+            let text = wire.file.ok_or_else(|| {
+                bad("op \"import\" needs a \"file\" string (an export file in base64)".to_string())
+            })?;
+            let bytes = crate::export::base64_decode(&text)
+                .map_err(|e| bad(format!("\"file\" is not base64: {e}")))?;
+            let file = crate::export::decode(&bytes).map_err(|e| bad(format!("import: {e}")))?;
+            Op::Import { actor, file }
+        }
         other => return Err(unknown_op(other)),
     };
     Ok(Request { id, op })
@@ -424,6 +472,37 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reserved_methods_cannot_be_called_and_an_import_is_verified_at_parse() {
+        let r = parse_request(br#"{"id":1,"op":"call","actor":"a","method":"\u0000import"}"#);
+        assert!(r.unwrap_err().error.message.contains("NUL"));
+        let file = crate::export::encode(
+            &crate::export::Header {
+                actor: "a".into(),
+                kind: "counter".into(),
+                generation: 1,
+                last_seq: 2,
+                bytes: 0,
+            },
+            b"7",
+        );
+        let line = format!(
+            r#"{{"id":2,"op":"import","actor":"b","file":"{}"}}"#,
+            crate::export::base64_encode(&file)
+        );
+        match parse_request(line.as_bytes()).map(|r| r.op) {
+            Ok(Op::Import { actor, file }) => {
+                assert_eq!(actor, "b");
+                assert_eq!(file.state, b"7");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse_request(br#"{"op":"import","actor":"b"}"#);
+        assert!(r.unwrap_err().error.message.contains("\"file\""));
+        let r = parse_request(br#"{"op":"export","actor":"b","file":"x"}"#);
+        assert!(r.unwrap_err().error.message.contains("`file`"));
+    }
+
     use super::*;
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use resurgam_shared::config::{Config, Environment};
 use resurgam_shared::duration::{format_duration, parse_duration};
+use resurgam_shared::export;
 use resurgam_worker::Registry;
 
 use crate::client::{Client, ClientError};
@@ -134,6 +135,26 @@ pub enum Command {
         /// For an exec actor: the pid of its program rather than of its worker.
         #[arg(long, requires = "actor")]
         program: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write an actor's state to a self-describing, checksummed file (see docs/export-import.md).
+    Export {
+        /// The actor whose state to export.
+        actor: String,
+        /// Where to write the file (replaced atomically, mode 0600); `-` or none: stdout.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Install an exported state as an actor's state, in its call order.
+    Import {
+        /// The actor to give the state to (of the kind the file names).
+        actor: String,
+        /// A file `resurgam export` wrote; `-`: stdin.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -317,6 +338,16 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
             |c| c.restart(&actor),
             |_| format!("restarting {actor}"),
         ),
+        Command::Export {
+            actor,
+            file,
+            client,
+        } => export(&actor, file.as_deref(), &client),
+        Command::Import {
+            actor,
+            file,
+            client,
+        } => import(&actor, &file, &client),
         Command::Reload { client } => request(&client, |c| c.reload(), render::reload_line),
         Command::Metrics { client } => metrics(&client),
         Command::Events { follow, client } => events(follow, &client),
@@ -494,6 +525,118 @@ fn request(
         v.to_string()
     } else {
         human(&v)
+    })
+}
+
+/// True when FILE means stdin/stdout.
+fn is_stdio(file: Option<&Path>) -> bool {
+    file.is_none_or(|f| f.as_os_str() == "-")
+}
+
+/// `export ACTOR [FILE]`: the supervisor takes the state in the actor's call order and
+/// sends the file back; it is verified here, then written (or printed to stdout).
+fn export(actor: &str, file: Option<&Path>, client: &ClientArgs) -> Result<String, Failure> {
+    let mut reply = connect(&client.socket)?.export(actor)?;
+    let text = reply
+        .as_object_mut()
+        .and_then(|m| m.remove("file"))
+        .and_then(|v| v.as_str().map(str::to_string))
+        .ok_or_else(|| Failure::new(EXIT_ERROR, "the export reply has no \"file\" string"))?;
+    let bytes = export::base64_decode(&text)
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("the export reply's file: {e}")))?;
+    export::decode(&bytes)
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("the exported file: {e}")))?;
+    let path = match file {
+        Some(path) if !is_stdio(file) => path,
+        _ => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| Failure::new(EXIT_ERROR, format!("write to stdout: {e}")))?;
+            return Ok(String::new());
+        }
+    };
+    write_atomically(path, &bytes)
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("write {}: {e}", path.display())))?;
+    reply["path"] = json!(path.display().to_string());
+    Ok(if client.json {
+        reply.to_string()
+    } else {
+        render::export_line(actor, &reply)
+    })
+}
+
+/// Writes `bytes` to `path` durably, mode 0600 whatever the umask, never through a
+/// symlink: a new temporary file beside it, fsync, rename over `path`, fsync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `import ACTOR FILE`: verifies the file here (a damaged one never leaves this
+/// process), then the supervisor checks its kind and puts it in the actor's call order.
+fn import(actor: &str, file: &Path, client: &ClientArgs) -> Result<String, Failure> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = if is_stdio(Some(file)) {
+        std::io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|e| Failure::new(EXIT_ERROR, format!("read {}: {e}", file.display())))?;
+    let decoded = export::decode(&bytes)
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("{}: {e}", file.display())))?;
+    let size = bytes.len();
+    let text = export::base64_encode(&bytes);
+    drop(bytes);
+    let reply = connect(&client.socket)?
+        .import(actor, &text)
+        .map_err(|e| match e {
+            ClientError::Remote(body) if body.message.contains("max_request_bytes") => {
+                Failure::new(
+                    EXIT_ERROR,
+                    format!(
+                        "{body} (the file is {size} bytes, {} in base64: raise [supervisor].max_request_bytes (at most 64 MiB) to import it)",
+                        text.len()
+                    ),
+                )
+            }
+            e => Failure::from(e),
+        })?;
+    Ok(if client.json {
+        reply.to_string()
+    } else {
+        render::import_line(actor, &decoded.header, &reply)
     })
 }
 

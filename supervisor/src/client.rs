@@ -180,6 +180,17 @@ impl Client {
         self.request(json!({"op": "checkpoint", "actor": actor}))
     }
 
+    /// The actor's state as an export file (its base64 in `"file"`), taken in its call
+    /// order, with the file's header fields.
+    pub fn export(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "export", "actor": actor}))
+    }
+
+    /// Installs an export file (`file_base64`) as the actor's state, in its call order.
+    pub fn import(&mut self, actor: &str, file_base64: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "import", "actor": actor, "file": file_base64}))
+    }
+
     /// Restarts `actor` (revives it when DEAD).
     pub fn restart(&mut self, actor: &str) -> Result<Value, ClientError> {
         self.request(json!({"op": "restart", "actor": actor}))

@@ -239,6 +239,29 @@ pub fn checkpoint_line(actor: &str, reply: &Value) -> String {
     )
 }
 
+/// The human line of an `export` to a file.
+pub fn export_line(actor: &str, reply: &Value) -> String {
+    format!(
+        "exported {actor} (kind {}, {} state bytes, every call up to seq {}, checkpoint generation {}) to {}",
+        cell(&reply["kind"]),
+        cell(&reply["bytes"]),
+        cell(&reply["last_seq"]),
+        cell(&reply["generation"]),
+        cell(&reply["path"]),
+    )
+}
+
+/// The human line of an `import` reply.
+pub fn import_line(actor: &str, header: &resurgam_shared::export::Header, reply: &Value) -> String {
+    format!(
+        "imported into {actor} at seq {}: the state of {:?} ({} bytes, exported after seq {})",
+        cell(&reply["seq"]),
+        header.actor,
+        header.bytes,
+        header.last_seq,
+    )
+}
+
 /// The human line of a `reload` reply: what changed, or that nothing did.
 pub fn reload_line(reply: &Value) -> String {
     let parts: Vec<String> = [

@@ -218,6 +218,23 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     run_with_timeout(cmd, Duration::from_secs(30))
 }
 
+/// `resurgam ARGS --socket <sup's socket>`, which must exit `code`; its output.
+#[track_caller]
+pub fn cli_expect(sup: &Supervisor, args: &[&str], code: i32) -> Output {
+    let socket = sup.socket.to_str().expect("utf-8 socket path");
+    let mut argv = args.to_vec();
+    argv.extend(["--socket", socket]);
+    let out = cli(&argv, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "resurgam {argv:?}: stdout {:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Removes ANSI escape sequences (colour codes) from log text.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

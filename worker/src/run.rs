@@ -9,6 +9,7 @@ use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use serde_json::Value;
 
 use resurgam_shared::checkpoint::{self, MmapCheckpoint};
+use resurgam_shared::export::{self, EXPORT_METHOD, IMPORT_METHOD};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
     MAX_REPLY_BYTES, Outcome, PROGRESS_INTERVAL, Reply, Report, Restored, ToWorker, decode_calls,
@@ -17,7 +18,7 @@ use resurgam_shared::ipc::{
 use resurgam_shared::protocol::ErrorKind;
 
 use crate::exec::{self, Program};
-use crate::registry::{DynActor, Registry};
+use crate::registry::{DynActor, Kind, Registry};
 use crate::report::Reporter;
 use crate::sys::Prepared;
 
@@ -77,8 +78,8 @@ struct Worker {
 
 /// What runs the actor's calls.
 enum Engine {
-    /// A kind compiled into this binary.
-    Native(Box<dyn DynActor>),
+    /// A kind compiled into this binary (the kind loads an imported state).
+    Native(Box<dyn DynActor>, Kind),
     /// An exec actor's program.
     Exec(Program),
 }
@@ -95,6 +96,9 @@ enum Stop {
 /// The actor with its checkpoint bookkeeping.
 struct Live {
     engine: Engine,
+    /// The actor's name and kind, as an export file states them.
+    actor: String,
+    kind: String,
     mmap: MmapCheckpoint,
     generation: u64,
     last_seq: u64,
@@ -322,7 +326,7 @@ impl Worker {
                     // A change of identity clears the parent-death signal: set it again.
                     rearm_parent_death()?;
                 }
-                (Engine::Native(actor), None)
+                (Engine::Native(actor, kind), None)
             }
             (None, Some(spec)) => {
                 let mut program = Program::start(&init.actor, spec, &init.privileges, &self.to_sup)
@@ -364,6 +368,8 @@ impl Worker {
             .map_err(|e| fatal(format!("send ready: {e}")))?;
         Ok(Live {
             engine,
+            actor: init.actor.clone(),
+            kind: init.kind.clone(),
             previous: mmap.older().map(|(_, seq)| seq),
             mmap,
             generation,
@@ -437,40 +443,36 @@ impl Worker {
                 seq: call.seq,
             })?;
         }
-        // Each reply goes out as its call completes (in parts, see `ReplyStream`), so the
-        // supervisor sees progress however long the batch.
-        match &mut live.engine {
-            Engine::Native(actor) => {
-                for call in &fresh {
-                    live.mmap.set_executing(call.seq);
-                    let outcome = apply_one(actor.as_mut(), call);
-                    out.push(Reply {
+        // Exports and imports take their place in the call order: the calls before one
+        // run first, then it, then the calls after it. Each reply goes out as its call
+        // completes (in parts, see `ReplyStream`), so the supervisor sees progress
+        // however long the batch.
+        let mut imported = false;
+        let mut rest = &fresh[..];
+        while !rest.is_empty() {
+            let plain = rest
+                .iter()
+                .position(|c| c.method == EXPORT_METHOD || c.method == IMPORT_METHOD)
+                .unwrap_or(rest.len());
+            let (run, after) = rest.split_at(plain);
+            if !run.is_empty() {
+                apply_plain(live, run, &mut out)?;
+            }
+            rest = after;
+            if let Some((call, after)) = rest.split_first() {
+                live.mmap.set_executing(call.seq);
+                imported |= call.method == IMPORT_METHOD;
+                let outcome = state_op(live, call)?;
+                // An export is the actor's whole state: the actor's reply limit (sized
+                // for its methods' results) does not apply, the frame limit does.
+                out.push_bounded(
+                    Reply {
                         seq: call.seq,
                         outcome,
-                    })?;
-                }
-            }
-            Engine::Exec(program) => {
-                let mmap = &live.mmap;
-                let mut unsent = None;
-                let ran = program.calls(
-                    &fresh,
-                    &|seq| mmap.set_executing(seq),
-                    &mut |seq, outcome| {
-                        out.push(Reply { seq, outcome }).map_err(|stop| {
-                            unsent = Some(stop);
-                            exec::Failure::Crashed("the supervisor cannot be reached".to_string())
-                        })
                     },
-                );
-                if let Some(stop) = unsent {
-                    return Err(stop);
-                }
-                ran.map_err(|f| match f {
-                    exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
-                        Stop::Crashed(m)
-                    }
-                })?;
+                    MAX_REPLY_BYTES,
+                )?;
+                rest = after;
             }
         }
         live.mmap.set_executing(0);
@@ -481,7 +483,9 @@ impl Worker {
         out.finish()?;
         // Replies go out before the checkpoint that covers them is written, so a call
         // whose effect a checkpoint holds has always had its reply sent.
-        if live.every > 0 && live.since_checkpoint >= live.every {
+        // An imported state is checkpointed at once, so the log entry carrying it (and
+        // its replay after a crash) does not outlive the import.
+        if imported || (live.every > 0 && live.since_checkpoint >= live.every) {
             self.checkpoint(live)?;
         }
         Ok(())
@@ -582,6 +586,102 @@ fn close_inherited_fds() {
     }
 }
 
+/// Applies a run of ordinary calls, each reply pushed to `out` as its call completes.
+fn apply_plain(live: &mut Live, calls: &[Call], out: &mut ReplyStream<'_>) -> Result<(), Stop> {
+    match &mut live.engine {
+        Engine::Native(actor, _) => {
+            for call in calls {
+                live.mmap.set_executing(call.seq);
+                let outcome = apply_one(actor.as_mut(), call);
+                out.push(Reply {
+                    seq: call.seq,
+                    outcome,
+                })?;
+            }
+            Ok(())
+        }
+        Engine::Exec(program) => {
+            let mmap = &live.mmap;
+            let mut unsent = None;
+            let ran = program.calls(
+                calls,
+                &|seq| mmap.set_executing(seq),
+                &mut |seq, outcome| {
+                    out.push(Reply { seq, outcome }).map_err(|stop| {
+                        unsent = Some(stop);
+                        exec::Failure::Crashed("the supervisor cannot be reached".to_string())
+                    })
+                },
+            );
+            if let Some(stop) = unsent {
+                return Err(stop);
+            }
+            ran.map_err(|f| match f {
+                exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
+                    Stop::Crashed(m)
+                }
+            })
+        }
+    }
+}
+
+/// Applies an export (the state as an export file; the state is left as it is) or an
+/// import (the call's args become the state). A state the actor refuses is an error
+/// reply (a native kind keeps its state then; a program decides for itself).
+fn state_op(live: &mut Live, call: &Call) -> Result<Outcome, Stop> {
+    let refused = |message: String| Outcome::Err {
+        kind: ErrorKind::ActorError,
+        message,
+    };
+    if call.method == IMPORT_METHOD {
+        let loaded = match &mut live.engine {
+            Engine::Native(actor, kind) => kind.restore(&call.args).map(|a| *actor = a),
+            Engine::Exec(program) => match program.load(&call.args) {
+                Ok(()) => Ok(()),
+                Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
+                Err(exec::Failure::Refused { message, .. }) => Err(message),
+            },
+        };
+        return Ok(match loaded {
+            Ok(()) => Outcome::Ok(
+                serde_json::json!({
+                    "imported": live.actor,
+                    "seq": call.seq,
+                    "bytes": call.args.len(),
+                })
+                .to_string()
+                .into_bytes(),
+            ),
+            Err(e) => refused(format!("import: the actor cannot load this state: {e}")),
+        });
+    }
+    let saved = match &mut live.engine {
+        Engine::Native(actor, _) => actor.save(),
+        Engine::Exec(program) => match program.save() {
+            Ok(state) => Ok(state),
+            Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
+            Err(exec::Failure::Refused { message, .. }) => Err(message),
+        },
+    };
+    let state = match saved {
+        Ok(state) => state,
+        Err(e) => return Ok(refused(format!("export: the actor's save failed: {e}"))),
+    };
+    let header = export::Header {
+        actor: live.actor.clone(),
+        kind: live.kind.clone(),
+        generation: live.generation,
+        // Every call accepted before this export is reflected, none after it.
+        last_seq: call.seq.saturating_sub(1),
+        bytes: state.len() as u64,
+    };
+    let file = export::encode(&header, &state);
+    drop(state);
+    let mut reply = serde_json::to_value(&header).unwrap_or_default();
+    reply["file"] = Value::String(export::base64_encode(&file));
+    Ok(Outcome::Ok(reply.to_string().into_bytes()))
+}
+
 fn apply_one(actor: &mut dyn DynActor, call: &Call) -> Outcome {
     let args = if call.args.is_empty() {
         Value::Null
@@ -624,7 +724,7 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
         });
     }
     let payload = match &mut live.engine {
-        Engine::Native(actor) => actor.save().map_err(Stop::Failed)?,
+        Engine::Native(actor, _) => actor.save().map_err(Stop::Failed)?,
         Engine::Exec(program) => program.save().map_err(|f| match f {
             exec::Failure::Crashed(m) => Stop::Crashed(m),
             exec::Failure::Refused { message, .. } => {
@@ -707,9 +807,14 @@ impl<'a> ReplyStream<'a> {
     }
 
     fn push(&mut self, reply: Reply) -> Result<(), Stop> {
+        self.push_bounded(reply, self.max_reply_bytes)
+    }
+
+    /// Like [`push`](Self::push), with a reply limit of the caller's.
+    fn push_bounded(&mut self, reply: Reply, max_reply_bytes: usize) -> Result<(), Stop> {
         let reply = Reply {
             seq: reply.seq,
-            outcome: bounded(reply.outcome, self.max_reply_bytes),
+            outcome: bounded(reply.outcome, max_reply_bytes),
         };
         let n = resurgam_shared::ipc::replies_size(std::slice::from_ref(&reply));
         if self.size + n > FRAME_REPLY_BYTES && !self.part.is_empty() {

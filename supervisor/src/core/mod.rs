@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use resurgam_shared::config::{Config, Policy};
+use resurgam_shared::export;
 use resurgam_shared::ipc::{Call, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
@@ -853,6 +854,12 @@ impl Core {
             }
             Op::Metrics => self.out.push(Action::Metrics { origin }),
             Op::Subscribe => self.out.push(Action::Subscribe { origin }),
+            Op::Export { actor } => {
+                if let Some(id) = self.lookup(&origin, &actor) {
+                    self.enqueue(origin, id, export::EXPORT_METHOD.to_string(), Vec::new());
+                }
+            }
+            Op::Import { actor, file } => self.on_import(origin, &actor, file),
             Op::StopActor { actor } => self.on_stop_actor(origin, &actor, now),
             Op::StartActor { actor } => self.on_start_actor(origin, &actor, now),
             Op::Pid { actor } => self.on_pid(origin, actor.as_deref()),
@@ -967,6 +974,27 @@ impl Core {
         }
     }
 
+    /// An import is a logged entry carrying the state: applied in call order, replayed
+    /// after a crash like any call, dropped from the log once a checkpoint covers it.
+    fn on_import(&mut self, origin: Origin, actor: &str, file: export::StateFile) {
+        let Some(id) = self.lookup(&origin, actor) else {
+            return;
+        };
+        let a = &self.actors[id];
+        if file.header.kind != a.kind {
+            let err = ErrorBody::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "import: the file holds the state of a {:?} actor ({:?}), but actor {:?} is of kind {:?}",
+                    file.header.kind, file.header.actor, a.name, a.kind
+                ),
+            );
+            self.reply_err(&origin, &err);
+            return;
+        }
+        self.enqueue(origin, id, export::IMPORT_METHOD.to_string(), file.state);
+    }
+
     fn lookup(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
         match self.by_name.get(actor) {
             Some(&id) => Some(id),
@@ -995,13 +1023,11 @@ impl Core {
         let Some(id) = self.lookup(&origin, actor) else {
             return;
         };
-        origin.call = Some((id, self.now));
-        let stopping = !matches!(self.mode, Mode::Running);
-        let a = &mut self.actors[id];
-        let refusal = if let Some(methods) = a.methods
+        let a = &self.actors[id];
+        if let Some(methods) = a.methods
             && !methods.contains(&method.as_str())
         {
-            Some(ErrorBody::new(
+            let err = ErrorBody::new(
                 ErrorKind::UnknownMethod,
                 format!(
                     "actor {:?} (kind {}) has no method {method:?}; it has: {}",
@@ -1009,8 +1035,26 @@ impl Core {
                     a.kind,
                     methods.join(", ")
                 ),
-            ))
-        } else if stopping {
+            );
+            origin.call = Some((id, self.now));
+            self.reply_err(&origin, &err);
+            return;
+        }
+        self.enqueue(
+            origin,
+            id,
+            method,
+            args.map(String::into_bytes).unwrap_or_default(),
+        );
+    }
+
+    /// Accepts an entry into the actor's call order (a call, an export or an import),
+    /// or refuses it when the actor cannot take it now.
+    fn enqueue(&mut self, mut origin: Origin, id: ActorId, method: String, args: Vec<u8>) {
+        origin.call = Some((id, self.now));
+        let stopping = !matches!(self.mode, Mode::Running);
+        let a = &mut self.actors[id];
+        let refusal = if stopping {
             Some(ErrorBody::new(
                 ErrorKind::Busy,
                 "the supervisor is shutting down; no new calls are accepted",
@@ -1040,7 +1084,7 @@ impl Core {
         a.log.push_back(Entry {
             seq,
             method,
-            args: args.map(String::into_bytes).unwrap_or_default(),
+            args,
             origin: Some(origin),
             answered: None,
             attempts: 0,
