@@ -86,15 +86,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::MmapRaw;
+
+use crate::safefs;
 
 /// Format version of the slot record and of the mmap file written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -576,7 +578,7 @@ fn read_slots_once(file: &File, path: &Path) -> (Vec<SlotRead>, bool) {
 /// invalid, both entries carry that error. If no slot verifies (possibly a read that raced
 /// with two consecutive writes), the file is re-read a few times.
 pub fn read_mmap_slots(mmap_path: &Path) -> Vec<(Source, Result<Checkpoint, CheckpointError>)> {
-    let file = match File::open(mmap_path) {
+    let file = match safefs::open_read(mmap_path) {
         Ok(f) => f,
         Err(e) => {
             let err = if e.kind() == io::ErrorKind::NotFound {
@@ -691,7 +693,7 @@ fn verify_candidates(
     };
     let mut all = Vec::with_capacity(3);
     let mut header_ok = false;
-    match File::open(mmap_path) {
+    match safefs::open_read(mmap_path) {
         Ok(file) => match read_file_layout(&file, mmap_path) {
             Ok(layout) => {
                 header_ok = true;
@@ -728,7 +730,7 @@ fn verify_candidates(
 
 /// Reads one slot of the mmap file in full.
 fn read_mmap_slot(mmap_path: &Path, slot: Source) -> Result<Checkpoint, CheckpointError> {
-    let file = File::open(mmap_path).map_err(|e| ck_io("open", mmap_path, e))?;
+    let file = safefs::open_read(mmap_path).map_err(|e| ck_io("open", mmap_path, e))?;
     let layout = read_file_layout(&file, mmap_path)?;
     let i = if slot == Source::SlotB { 1 } else { 0 };
     read_record_at(
@@ -775,7 +777,7 @@ pub fn warm_up() {
 /// Reads the `executing_seq` word of an mmap file; `None` if the file is missing, unreadable
 /// or its header invalid.
 pub fn read_executing(mmap_path: &Path) -> Option<u64> {
-    let file = File::open(mmap_path).ok()?;
+    let file = safefs::open_read(mmap_path).ok()?;
     read_file_layout(&file, mmap_path).ok()?;
     // pread does not promise an atomic 8-byte copy: read until two reads agree.
     let mut prev: Option<u64> = None;
@@ -806,13 +808,9 @@ pub fn write_disk_copy(
     let tmp = with_suffix(path, ".tmp");
     let record = encode_record(generation, last_seq, payload);
     let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_ctx("create", &tmp))?;
+        // A leftover (or a link planted there) is unlinked, never written through.
+        safefs::remove_if_present(&tmp).map_err(io_ctx("remove", &tmp))?;
+        let mut f = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
         f.write_all(&record).map_err(io_ctx("write", &tmp))?;
         f.sync_all().map_err(io_ctx("fsync", &tmp))?;
         drop(f);
@@ -841,7 +839,7 @@ pub fn read_disk_copy(path: &Path) -> Result<Checkpoint, CheckpointError> {
 
 /// Opens the disk copy and checks it can hold a record header; returns it with its length.
 fn open_disk_copy(path: &Path) -> Result<(File, u64), CheckpointError> {
-    let file = match File::open(path) {
+    let file = match safefs::open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CheckpointError::Missing),
         Err(e) => return Err(ck_io("open", path, e)),
@@ -1134,7 +1132,7 @@ impl MmapCheckpoint {
 /// renamed aside to `<path>.corrupt-<unix nanos>` (it is never overwritten). An I/O
 /// error is an error: nothing can be concluded about the file.
 fn open_existing(path: &Path) -> io::Result<Existing> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
+    let file = match safefs::open_rw(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Missing),
         Err(e) => return Err(io_ctx("open", path)(e)),
@@ -1580,13 +1578,7 @@ fn build_file(
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_ctx("remove", &tmp)(e)),
         _ => {}
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_ctx("create", &tmp))?;
+    let file = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
     let built = (|| {
         let write =
             |buf: &[u8], off: u64| file.write_all_at(buf, off).map_err(io_ctx("write", &tmp));
@@ -1637,6 +1629,7 @@ fn build_file(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs::OpenOptions;
 
     fn dir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap()
@@ -2176,6 +2169,31 @@ mod tests {
             (2, 3, &b"payload 2"[..])
         );
         assert_eq!(fs::read(&dp).unwrap(), encode_record(2, 3, b"payload 2"));
+    }
+
+    #[test]
+    fn links_in_place_of_checkpoint_files_are_never_followed() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        // A link at the temp file: removed, the copy written, the target untouched.
+        std::os::unix::fs::symlink(&victim, with_suffix(&dp, ".tmp")).unwrap();
+        write_disk_copy(&dp, 1, 2, b"payload").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(read_disk_copy(&dp).unwrap().payload, b"payload");
+        // A link as the disk copy or the mmap file (even to a valid one) is not read.
+        let other = d.path().join("other.checkpoint");
+        write_disk_copy(&other, 5, 5, b"other's").unwrap();
+        fs::remove_file(&dp).unwrap();
+        std::os::unix::fs::symlink(&other, &dp).unwrap();
+        let e = read_disk_copy(&dp).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(&victim, &mp).unwrap();
+        let s = scan(&mp, &dp);
+        assert!(s.chosen.is_none(), "{s:?}");
+        assert!(MmapCheckpoint::open(&mp, 0).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

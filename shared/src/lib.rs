@@ -12,3 +12,4 @@ pub mod duration;
 pub mod hugepages;
 pub mod ipc;
 pub mod protocol;
+pub mod safefs;

@@ -90,6 +90,9 @@ pub enum Op {
     },
     Restart {
         actor: String,
+        /// Revive an actor held DEAD because its state files are damaged or gone,
+        /// accepting the loss (`"fresh": true`).
+        fresh: bool,
     },
     /// Re-read the config file and apply the changes (like SIGHUP).
     Reload,
@@ -115,6 +118,8 @@ struct WireRequest<'a> {
     args: Option<&'a RawValue>,
     /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
     key: Option<String>,
+    /// A restart's `fresh` flag.
+    fresh: Option<bool>,
     /// The [`Field`]s present (bits of [`Field::bit`]).
     present: u8,
     /// The first field that no op takes, by name.
@@ -129,6 +134,7 @@ enum Field {
     Method,
     Args,
     Key,
+    Fresh,
     Other(String),
 }
 
@@ -138,19 +144,22 @@ impl Field {
     const METHOD: u8 = 2;
     const ARGS: u8 = 4;
     const KEY: u8 = 8;
+    const FRESH: u8 = 64;
     /// The optional fields, each with its bit, in the order they are reported.
-    const OPTIONAL: [(u8, &'static str); 4] = [
+    const OPTIONAL: [(u8, &'static str); 5] = [
         (Field::ACTOR, "actor"),
         (Field::METHOD, "method"),
         (Field::ARGS, "args"),
         (Field::KEY, "key"),
+        (Field::FRESH, "fresh"),
     ];
 
     /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
-            "checkpoint" | "restart" => Field::ACTOR,
+            "checkpoint" => Field::ACTOR,
+            "restart" => Field::ACTOR | Field::FRESH,
             "status" | "reload" | "stop" => 0,
             _ => return None,
         })
@@ -173,6 +182,7 @@ impl<'de> Deserialize<'de> for Field {
                     "method" => Field::Method,
                     "args" => Field::Args,
                     "key" => Field::Key,
+                    "fresh" => Field::Fresh,
                     other => Field::Other(other.to_string()),
                 })
             }
@@ -205,6 +215,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                 // `id` and `op` get bits of their own above the optional fields'.
                 let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
                     (None, None, None, None, None, None);
+                let mut fresh = None;
                 let mut unknown = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
@@ -232,6 +243,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                             seen(Field::KEY, "key")?;
                             idem_key = map.next_value::<Option<String>>()?;
                         }
+                        Field::Fresh => {
+                            seen(Field::FRESH, "fresh")?;
+                            fresh = map.next_value::<Option<bool>>()?;
+                        }
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -245,6 +260,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     method,
                     args,
                     key: idem_key,
+                    fresh,
                     present,
                     unknown,
                 })
@@ -330,6 +346,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         },
         "restart" => Op::Restart {
             actor: need_actor(wire.actor, "restart")?,
+            fresh: wire.fresh.unwrap_or(false),
         },
         "status" => Op::Status,
         "stop" => Op::Stop,
@@ -424,7 +441,10 @@ mod tests {
             parse_request(br#"{"id":"a","op":"restart","actor":"kv"}"#)
                 .unwrap()
                 .op,
-            Op::Restart { actor: "kv".into() }
+            Op::Restart {
+                actor: "kv".into(),
+                fresh: false
+            }
         );
     }
 

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Receiver;
 
 use resurgam_shared::checkpoint::{self, CheckpointError};
 
 use crate::core::{ActorId, Event};
+use crate::manifest::Manifest;
 use crate::shell::{LoopTx, ShellEvent};
 
 /// The files of one actor.
@@ -23,6 +25,7 @@ pub struct Files {
 pub fn start(
     requests: Receiver<(ActorId, Files)>,
     events: LoopTx,
+    manifest: Arc<Mutex<Manifest>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("disk-sync".into())
@@ -39,8 +42,9 @@ pub fn start(
                         last_seq,
                         ..
                     } = event
+                        && synced.insert(actor, (generation, last_seq)).is_none()
                     {
-                        synced.insert(actor, (generation, last_seq));
+                        record_checkpointed(&manifest, &f.name);
                     }
                     if events.send(ShellEvent::Core(event)).is_err() {
                         return;
@@ -48,6 +52,15 @@ pub fn start(
                 }
             }
         })
+}
+
+/// Records in the manifest that the actor has a disk copy (once per actor and run; the
+/// manifest writes only what changed).
+fn record_checkpointed(manifest: &Mutex<Manifest>, actor: &str) {
+    let mut m = manifest.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = m.update(actor, |e| e.checkpointed = true) {
+        tracing::error!(actor, path = %m.path().display(), error = %e, "cannot record the disk copy in the state directory's manifest");
+    }
 }
 
 fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {

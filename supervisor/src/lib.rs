@@ -39,6 +39,7 @@ pub mod error;
 pub mod exit;
 mod launch;
 mod logging;
+mod manifest;
 pub mod notify;
 mod paths;
 mod reap;

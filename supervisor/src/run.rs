@@ -11,7 +11,8 @@
 //! worker has been asked to start.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -20,10 +21,10 @@ use mio::{Events, Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
-use resurgam_shared::checkpoint;
-use resurgam_shared::config::{ActorConfig, Config, Environment};
+use resurgam_shared::config::{ActorConfig, Config, Environment, LOCK_FILE};
 use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message, init_message};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
+use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
@@ -34,6 +35,7 @@ use crate::disk::{self, Files};
 use crate::error::{RunError, SocketError};
 use crate::exit::WorkerExit;
 use crate::launch::{self, EXEC_KIND, Launched};
+use crate::manifest::Manifest;
 use crate::notify::Notifier;
 use crate::shell::conns::Conns;
 use crate::shell::forkserver::ForkServer;
@@ -98,13 +100,30 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     raise_fd_limit();
     let sup = &config.supervisor;
     for (what, dir) in [("state", &sup.state_dir), ("runtime", &sup.runtime_dir)] {
-        std::fs::create_dir_all(dir).map_err(|source| RunError::CreateDir {
+        safefs::create_dir_all_private(dir).map_err(|source| RunError::CreateDir {
             what,
             path: dir.clone(),
             source,
         })?;
+        match safefs::check_private_dir(dir) {
+            Ok(()) => {}
+            Err(problem) if sup.allow_shared_dirs => {
+                tracing::warn!(%problem, "{what} directory accepted (allow_shared_dirs = true)");
+            }
+            Err(problem) => return Err(RunError::UnsafeDir { what, problem }),
+        }
     }
-    let _lock = lock_state_dir(&config)?;
+    let _lock = lock_dir("state", &sup.state_dir)?;
+    // The runtime directory too: two supervisors on one runtime_dir would share the
+    // actors' memory-mapped checkpoints and the socket.
+    let _runtime_lock = if sup.runtime_dir == sup.state_dir {
+        None
+    } else {
+        Some(lock_dir("runtime", &sup.runtime_dir)?)
+    };
+    let manifest = Arc::new(Mutex::new(
+        Manifest::open(&sup.state_dir).map_err(RunError::Manifest)?,
+    ));
     spawn::bootstrap_on_tmpfs(&sup.runtime_dir);
     report_orphan_logs(&config);
 
@@ -113,7 +132,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     let mut logs = Vec::new();
     let mut launches = Vec::new();
     for a in &config.actors {
-        let (spec, f, log, launched) = prepare_actor(&config, a, registry)?;
+        let (spec, f, log, launched) = prepare_actor(&config, a, registry, &manifest)?;
         specs.push(spec);
         files.push(f);
         logs.push(log);
@@ -135,7 +154,8 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
     spawn::start_spawners(spawn_rx, tx.clone(), output.clone(), forks.clone())
         .map_err(RunError::setup("start spawner thread"))?;
-    disk::start(disk_rx, tx.clone()).map_err(RunError::setup("start disk thread"))?;
+    disk::start(disk_rx, tx.clone(), manifest.clone())
+        .map_err(RunError::setup("start disk thread"))?;
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
     calllog::start_fsync_thread(fsync_rx, tx.clone())
         .map_err(RunError::setup("start fsync thread"))?;
@@ -164,9 +184,15 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     )
     .map_err(RunError::setup("serve the control socket"))?;
 
+    let shell_manifest_id = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .id()
+        .to_string();
     tracing::info!(
         socket = %sup.socket.display(),
         state_dir = %sup.state_dir.display(),
+        state_dir_id = %shell_manifest_id,
         actors = config.actors.len(),
         pid = std::process::id(),
         "resurgam supervisor starting"
@@ -208,6 +234,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         spawn_tx,
         forks,
         disk_tx,
+        manifest,
         logs,
         fsync_tx,
         exit_code: None,
@@ -320,6 +347,8 @@ struct Shell {
     report_scratch: Vec<Report>,
     spawn_tx: Sender<SpawnJob>,
     disk_tx: Sender<(ActorId, Files)>,
+    /// The state directory's record of its actors (shared with the disk thread).
+    manifest: Arc<Mutex<Manifest>>,
     logs: Vec<ActorLog>,
     fsync_tx: Sender<SyncRequest>,
     exit_code: Option<i32>,
@@ -917,7 +946,8 @@ impl Shell {
         {
             prepared.push((
                 a.clone(),
-                prepare_actor(&new, a, &self.registry).map_err(|e| bad(e.to_string()))?,
+                prepare_actor(&new, a, &self.registry, &self.manifest)
+                    .map_err(|e| bad(e.to_string()))?,
             ));
         }
         let mut removed = Vec::new();
@@ -1047,6 +1077,18 @@ impl Shell {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);
                 }
+                Action::Release { actor } => {
+                    let name = &self.files[actor].name;
+                    let mut m = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
+                    // What it has is recorded again as it writes it (a disk copy, a log).
+                    let release = |e: &mut crate::manifest::ActorEntry| {
+                        *e = crate::manifest::ActorEntry::default();
+                    };
+                    self.logs[actor].recorded = false;
+                    if let Err(e) = m.update(name, release) {
+                        tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the release in the state directory's manifest: the next start holds the actor again");
+                    }
+                }
                 Action::Exit { code } => self.exit_code = Some(code),
             }
         }
@@ -1069,6 +1111,14 @@ impl Shell {
         let log = &mut self.logs[actor];
         let event = match log.append(calls) {
             Ok(()) => {
+                if !log.recorded {
+                    log.recorded = true;
+                    let name = &self.files[actor].name;
+                    let mut m = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = m.update(name, |e| e.logged = true) {
+                        tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the call log in the state directory's manifest");
+                    }
+                }
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
                     && let Some(file) = log.sync_handle()
                 {
@@ -1306,6 +1356,7 @@ fn prepare_actor(
     config: &Config,
     a: &ActorConfig,
     registry: &Registry,
+    manifest: &Mutex<Manifest>,
 ) -> Result<(ActorSpec, Files, ActorLog, Launched), RunError> {
     let fail = |reason: String| RunError::Actor {
         actor: a.name.clone(),
@@ -1334,8 +1385,12 @@ fn prepare_actor(
         &a.name,
         fsync,
         Box::new(RealSink),
+        start_seq,
     )
     .map_err(|e| fail(format!("call log: {e}")))?;
+    let mut opened = opened;
+    let held = hold_reason(config, a, &scan, &opened, manifest)?;
+    opened.log.recorded = opened.range.is_some();
     for p in &opened.problems {
         tracing::error!(actor = %a.name, problem = %p, "call log recovery");
     }
@@ -1351,6 +1406,7 @@ fn prepare_actor(
         start_seq,
         recovered: opened.records,
         log_range: opened.range,
+        held,
     };
     let files = Files {
         name: a.name.clone(),
@@ -1360,31 +1416,103 @@ fn prepare_actor(
     Ok((spec, files, opened.log, launched))
 }
 
-fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, RunError> {
-    let path = paths::lock_file(config);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| RunError::LockFile {
-            path: path.clone(),
-            source,
-        })?;
+/// Why the actor must be held DEAD, if it must: a hold recorded earlier, acknowledged
+/// calls its log lost, or state files the manifest recorded and that are gone. A new
+/// hold is recorded in the manifest (so it survives restarts until `restart --fresh`).
+fn hold_reason(
+    config: &Config,
+    a: &ActorConfig,
+    scan: &checkpoint::Scan,
+    opened: &calllog::Opened,
+    manifest: &Mutex<Manifest>,
+) -> Result<Option<String>, RunError> {
+    let mut m = manifest.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = m.entry(&a.name);
+    let vanished =
+        (entry.checkpointed || entry.logged) && scan.chosen.is_none() && opened.range.is_none();
+    let reason = entry
+        .held
+        .clone()
+        .or_else(|| opened.lost.clone())
+        .or_else(|| {
+            vanished.then(|| {
+                let mut had = Vec::new();
+                if entry.checkpointed {
+                    had.push(format!(
+                        "a checkpoint ({})",
+                        paths::disk_copy(config, &a.name).display()
+                    ));
+                }
+                if entry.logged {
+                    had.push(format!(
+                        "a call log ({})",
+                        resurgam_shared::calllog::log_dir(&config.supervisor.state_dir, &a.name)
+                            .display()
+                    ));
+                }
+                format!(
+                    "its state files are gone: {} recorded {} for it, and no checkpoint and no \
+                 logged call of it is left",
+                    m.path().display(),
+                    had.join(" and ")
+                )
+            })
+        });
+    let recorded = m.update(&a.name, |e| {
+        e.held.clone_from(&reason);
+        e.checkpointed |= scan
+            .candidates
+            .iter()
+            .any(|(s, r)| *s == checkpoint::Source::Disk && r.is_ok());
+        e.logged |= opened.range.is_some();
+    });
+    if let Err(e) = recorded {
+        return Err(RunError::Manifest(format!(
+            "cannot update {}: {e}",
+            m.path().display()
+        )));
+    }
+    if let Some(r) = &reason {
+        tracing::error!(actor = %a.name, reason = %r, "actor held DEAD: acknowledged calls may be lost; `resurgam restart {} --fresh` starts it from what is left", a.name);
+    }
+    Ok(reason)
+}
+
+/// Locks `dir` (the state or the runtime directory) with its lock file and writes this
+/// process's pid into it, so that a second supervisor refuses to start and names the
+/// first.
+fn lock_dir(what: &'static str, dir: &Path) -> Result<Flock<std::fs::File>, RunError> {
+    let path = dir.join(LOCK_FILE);
+    let file = safefs::open_or_create(&path).map_err(|source| RunError::LockFile {
+        path: path.clone(),
+        source,
+    })?;
     // A worker of a supervisor that was just killed may hold a copy of the lock for a
     // moment (between fork and exec): retry briefly before giving up.
     let give_up = Instant::now() + std::time::Duration::from_secs(2);
     let mut file = file;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
+            Ok(lock) => {
+                use std::io::Write;
+                // Who holds it, for the message of the next one (best effort).
+                let _ = lock.set_len(0);
+                let _ = (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+                return Ok(lock);
+            }
             Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < give_up => {
                 file = f;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err((_, source)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .map_or_else(String::new, |pid| format!(" (pid {pid})"));
                 return Err(RunError::Locked {
-                    state_dir: config.supervisor.state_dir.clone(),
+                    what,
+                    dir: dir.to_path_buf(),
+                    holder,
                     lock: path,
                     source,
                 });

@@ -161,6 +161,7 @@ impl World {
             start_seq,
             recovered,
             log_range,
+            held: None,
         };
         Core::new(&config(), vec![spec], 4242, now)
     }
@@ -249,6 +250,7 @@ impl World {
                 }
             }
             Action::SyncDisk { .. } => self.disk_pending = true,
+            Action::Release { .. } => {}
             Action::Append { actor, calls } => {
                 let from = calls.first().map_or(0, |c| c.seq);
                 let upto = calls.last().map_or(0, |c| c.seq);
@@ -720,7 +722,10 @@ impl World {
             if self.core.phase(0) != Phase::Dead {
                 break;
             }
-            self.op(Op::Restart { actor: "c".into() });
+            self.op(Op::Restart {
+                actor: "c".into(),
+                fresh: false,
+            });
             self.settle();
         }
         assert_eq!(
@@ -870,7 +875,10 @@ fn crash_loop_makes_the_actor_dead_and_restart_revives_it() {
     let late = w.call("incr", 1);
     assert_eq!(err_kind(&w, late).as_deref(), Some("ActorDead"));
     assert_eq!(ok_value(&w, a), Some(7));
-    w.op(Op::Restart { actor: "c".into() });
+    w.op(Op::Restart {
+        actor: "c".into(),
+        fresh: false,
+    });
     w.settle();
     assert_eq!(w.core.phase(0), Phase::Alive);
     let g = w.call("get", 0);
@@ -1169,7 +1177,10 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
                 w.op(Op::Checkpoint { actor: "c".into() });
             }
             Step::Restart => {
-                w.op(Op::Restart { actor: "c".into() });
+                w.op(Op::Restart {
+                    actor: "c".into(),
+                    fresh: false,
+                });
             }
             Step::CorruptNewest => {
                 // Damage one candidate while all are intact (two with the disk copy
@@ -1315,6 +1326,7 @@ fn an_added_actor_gets_the_next_id_and_starts() {
         start_seq: 0,
         recovered: Vec::new(),
         log_range: None,
+        held: None,
     };
     let id = w.core.add_actor(spec, w.now);
     assert_eq!(id, 1);
