@@ -641,13 +641,22 @@ fn a_corrupt_log_record_holds_the_actor_dead_and_is_quarantined() {
 
     // The operator accepts the loss: the actor runs on from the last good record.
     let out = crate::util::cli(
-        &["restart", "kv", "--fresh", "--socket", sup.socket.to_str().unwrap()],
+        &[
+            "restart",
+            "kv",
+            "--fresh",
+            "--socket",
+            sup.socket.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(out.status.success(), "{out:?}");
     let a = sup.wait_state("kv", "ALIVE", Duration::from_secs(20));
     assert_eq!(a["recovered_from_log"], 20, "{a}");
-    assert!(sup.log().contains("restart --fresh: the operator accepted the loss"));
+    assert!(
+        sup.log()
+            .contains("restart --fresh: the operator accepted the loss")
+    );
     let mut c = sup.client();
     check_keys(&mut c, "k", 0..20, 20..40);
     assert_eq!(c.call("kv", "len", Value::Null).unwrap(), json!(20));

@@ -268,3 +268,246 @@ fn a_second_supervisor_on_the_same_runtime_dir_refuses_naming_the_first() {
     assert_eq!(get(&sup, "a"), json!("1"));
     assert!(sup.socket.exists());
 }
+
+// ------------------------------------------------------------------------------------
+// Damage to the call log and to the checkpoints: never silent, never mislabelled.
+
+use resurgam::shared::calllog::{decode_segment, encode_into, list_segments, log_dir};
+
+/// A supervisor with `n` puts `k0..k{n}` logged (no checkpoint unless `checkpoint_at`
+/// names how many puts come before one), killed, its only segment returned with the
+/// offset where each record starts (and the end).
+fn logged(durability: &str, n: usize, checkpoint_at: Option<usize>) -> (Supervisor, Segment) {
+    let sup = Supervisor::start(&kv(durability));
+    for i in 0..n {
+        if checkpoint_at == Some(i) {
+            sup.client().checkpoint("kv").unwrap();
+        }
+        put(&sup, &format!("k{i}"), &format!("v{i}"));
+    }
+    sup.kill_supervisor();
+    sup.wait_state_dir_unlocked();
+    let segs = list_segments(&log_dir(&sup.state_dir, "kv")).unwrap();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let path = segs[0].1.clone();
+    let bytes = fs::read(&path).unwrap();
+    let (records, _, stop) = decode_segment(&bytes);
+    assert!(stop.is_none());
+    let mut offsets = vec![0usize];
+    for r in &records {
+        let mut b = Vec::new();
+        encode_into(&mut b, r.seq, &r.method, &r.args);
+        offsets.push(offsets.last().unwrap() + b.len());
+    }
+    (
+        sup,
+        Segment {
+            path,
+            bytes,
+            offsets,
+        },
+    )
+}
+
+struct Segment {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    /// Where each record starts, then the end.
+    offsets: Vec<usize>,
+}
+
+/// Restarts the supervisor and returns the actor's status once it is DEAD, asserting
+/// that its reason holds every one of `words` and tells how to accept the loss.
+fn held_dead(sup: &Supervisor, words: &[&str]) -> Value {
+    sup.restart_until_serving();
+    let a = sup.wait_state("kv", "DEAD", Duration::from_secs(20));
+    let reason = a["dead_reason"].as_str().unwrap_or_default();
+    for w in words.iter().chain(&["restart kv --fresh"]) {
+        assert!(reason.contains(w), "{w:?} not in {reason:?}");
+    }
+    a
+}
+
+/// Revives a held actor with `restart --fresh` and waits until it is ALIVE.
+fn accept_loss(sup: &Supervisor) {
+    sup.client().restart_fresh("kv").unwrap();
+    sup.wait_state("kv", "ALIVE", Duration::from_secs(20));
+}
+
+#[test]
+fn zeroed_log_bytes_are_damage_in_the_middle_and_at_the_end() {
+    for durability in ["log", "fsync"] {
+        for at_end in [false, true] {
+            let (sup, seg) = logged(durability, 10, None);
+            let mut bytes = seg.bytes.clone();
+            let from = seg.offsets[4];
+            let to = if at_end { bytes.len() } else { seg.offsets[6] };
+            bytes[from..to].fill(0);
+            fs::write(&seg.path, &bytes).unwrap();
+            let a = held_dead(&sup, &["zeroed", "calls from seq 5 on"]);
+            assert_eq!(a["recovered_from_log"], 4, "{durability} {at_end}: {a}");
+            accept_loss(&sup);
+            assert_eq!(get(&sup, "k3"), json!("v3"));
+            assert_eq!(get(&sup, "k4"), Value::Null);
+        }
+    }
+}
+
+#[test]
+fn a_log_cut_at_a_record_boundary_before_the_checkpoint_is_damage() {
+    for durability in ["log", "fsync"] {
+        // The checkpoint covers 8 calls; the log is cut after 5.
+        let (sup, seg) = logged(durability, 10, Some(8));
+        fs::write(&seg.path, &seg.bytes[..seg.offsets[5]]).unwrap();
+        held_dead(
+            &sup,
+            &["ends at seq 5", "before the newest checkpoint's seq 8"],
+        );
+        accept_loss(&sup);
+        assert_eq!(get(&sup, "k7"), json!("v7"), "{durability}");
+    }
+}
+
+#[test]
+fn a_log_cut_mid_record_is_a_torn_tail_only_at_the_very_end() {
+    for durability in ["log", "fsync"] {
+        let (sup, seg) = logged(durability, 10, None);
+        // Mid-record in the last record: what a crash mid-append leaves. Cut off,
+        // reported as torn, the actor serves the calls before it.
+        fs::write(&seg.path, &seg.bytes[..seg.offsets[9] + 11]).unwrap();
+        sup.restart_same_dirs();
+        assert!(
+            sup.run_log(sup.run_count()).contains("torn record"),
+            "{durability}"
+        );
+        assert_eq!(get(&sup, "k8"), json!("v8"));
+        assert_eq!(get(&sup, "k9"), Value::Null);
+        // A record cut short with records after it is damage, not a torn tail.
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        let segs = list_segments(&log_dir(&sup.state_dir, "kv")).unwrap();
+        let mut bytes = fs::read(&segs[0].1).unwrap();
+        let (_, _, offsets) = {
+            let (records, l, s) = decode_segment(&bytes);
+            let mut o = vec![0usize];
+            for r in &records {
+                let mut b = Vec::new();
+                encode_into(&mut b, r.seq, &r.method, &r.args);
+                o.push(o.last().unwrap() + b.len());
+            }
+            (l, s, o)
+        };
+        // Declare record 3 one byte longer: the checksum fails there.
+        let n = u32::from_le_bytes(bytes[offsets[3]..offsets[3] + 4].try_into().unwrap());
+        bytes[offsets[3]..offsets[3] + 4].copy_from_slice(&(n + 1).to_le_bytes());
+        fs::write(&segs[0].1, &bytes).unwrap();
+        held_dead(&sup, &["corrupt record", "calls 4..=9"]);
+    }
+}
+
+#[test]
+fn a_missing_or_linked_segment_holds_the_actor() {
+    for durability in ["log", "fsync"] {
+        let (sup, seg) = logged(durability, 6, None);
+        // Split the segment in three, as rotation would have, and drop the middle one.
+        let dir = log_dir(&sup.state_dir, "kv");
+        let names: Vec<_> = [0, 2, 4]
+            .iter()
+            .map(|&i| dir.join(resurgam::shared::calllog::segment_name(i as u64 + 1)))
+            .collect();
+        for (k, &i) in [0, 2, 4].iter().enumerate() {
+            fs::write(&names[k], &seg.bytes[seg.offsets[i]..seg.offsets[i + 2]]).unwrap();
+        }
+        sup.restart_same_dirs();
+        assert_eq!(get(&sup, "k5"), json!("v5"), "{durability}: split log");
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        let middle = fs::read(&names[1]).unwrap();
+        fs::remove_file(&names[1]).unwrap();
+        held_dead(&sup, &["jumps from seq 2 to seq 5", "segments are missing"]);
+        accept_loss(&sup);
+
+        // A link in place of a segment (to a copy of it outside the state dir).
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        let q = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir())
+            .unwrap();
+        // Put the log back as it was, then plant the link.
+        for e in fs::read_dir(&q).unwrap() {
+            let e = e.unwrap();
+            fs::rename(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        fs::write(&names[1], &middle).unwrap();
+        let victim = sup.dir().join("victim.seg");
+        fs::write(&victim, fs::read(&names[2]).unwrap()).unwrap();
+        fs::remove_file(&names[2]).unwrap();
+        std::os::unix::fs::symlink(&victim, &names[2]).unwrap();
+        let before = fs::read(&victim).unwrap();
+        held_dead(&sup, &["symbolic link"]);
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            before,
+            "the link's target changed"
+        );
+    }
+}
+
+#[test]
+fn vanished_state_files_hold_the_actor_in_every_mode() {
+    for durability in ["memory", "log", "fsync"] {
+        let sup = Supervisor::start(&kv(durability));
+        put(&sup, "a", "1");
+        sup.client().checkpoint("kv").unwrap();
+        put(&sup, "b", "2");
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        // Every checkpoint and the whole log gone.
+        let _ = fs::remove_file(sup.state_dir.join("kv.checkpoint"));
+        let _ = fs::remove_file(sup.runtime_dir.join("kv.ckpt"));
+        let _ = fs::remove_dir_all(log_dir(&sup.state_dir, "kv"));
+        held_dead(&sup, &["state files are gone", "resurgam-state.json"]);
+        // Held across restarts until the operator says otherwise.
+        held_dead(&sup, &["state files are gone"]);
+        accept_loss(&sup);
+        assert_eq!(get(&sup, "a"), Value::Null, "{durability}");
+        assert!(
+            sup.log()
+                .contains("restart --fresh: the operator accepted the loss")
+        );
+        // Started fresh, it runs and restarts normally.
+        put(&sup, "c", "3");
+        sup.client().checkpoint("kv").unwrap();
+        sup.restart_same_dirs();
+        assert_eq!(get(&sup, "c"), json!("3"), "{durability}");
+    }
+}
+
+#[test]
+fn a_huge_sparse_segment_is_not_read_into_memory() {
+    let (sup, seg) = logged("log", 5, None);
+    // 3 GiB of hole after the records.
+    let f = fs::OpenOptions::new().write(true).open(&seg.path).unwrap();
+    f.set_len(3 << 30).unwrap();
+    drop(f);
+    held_dead(&sup, &["zeroed"]);
+    let status = fs::read_to_string(format!("/proc/{}/status", sup.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 256 << 10, "peak RSS {peak_kib} KiB");
+    // The damaged segment is in the quarantine, still 3 GiB (linked, not copied).
+    let dir = log_dir(&sup.state_dir, "kv");
+    let q = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let moved = q.join(seg.path.file_name().unwrap());
+    assert_eq!(fs::metadata(&moved).unwrap().len(), 3 << 30);
+    assert_eq!(fs::read(&seg.path).unwrap(), seg.bytes);
+}

@@ -1430,34 +1430,38 @@ fn hold_reason(
     let entry = m.entry(&a.name);
     let vanished =
         (entry.checkpointed || entry.logged) && scan.chosen.is_none() && opened.range.is_none();
-    let reason = entry
-        .held
-        .clone()
-        .or_else(|| opened.lost.clone())
-        .or_else(|| {
-            vanished.then(|| {
-                let mut had = Vec::new();
-                if entry.checkpointed {
-                    had.push(format!(
-                        "a checkpoint ({})",
-                        paths::disk_copy(config, &a.name).display()
-                    ));
-                }
-                if entry.logged {
-                    had.push(format!(
-                        "a call log ({})",
-                        resurgam_shared::calllog::log_dir(&config.supervisor.state_dir, &a.name)
-                            .display()
-                    ));
-                }
-                format!(
-                    "its state files are gone: {} recorded {} for it, and no checkpoint and no \
+    let found = opened.lost.clone().or_else(|| {
+        vanished.then(|| {
+            let mut had = Vec::new();
+            if entry.checkpointed {
+                had.push(format!(
+                    "a checkpoint ({})",
+                    paths::disk_copy(config, &a.name).display()
+                ));
+            }
+            if entry.logged {
+                had.push(format!(
+                    "a call log ({})",
+                    resurgam_shared::calllog::log_dir(&config.supervisor.state_dir, &a.name)
+                        .display()
+                ));
+            }
+            format!(
+                "its state files are gone: {} recorded {} for it, and no checkpoint and no \
                  logged call of it is left",
-                    m.path().display(),
-                    had.join(" and ")
-                )
-            })
-        });
+                m.path().display(),
+                had.join(" and ")
+            )
+        })
+    });
+    // A hold recorded earlier stays; what this start found is added to it.
+    let reason = match (entry.held.clone(), found) {
+        (Some(held), Some(new)) if !held.contains(&new) => {
+            Some(format!("{held}; and since: {new}"))
+        }
+        (Some(held), _) => Some(held),
+        (None, new) => new,
+    };
     let recorded = m.update(&a.name, |e| {
         e.held.clone_from(&reason);
         e.checkpointed |= scan
