@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use resurgam::shared::calllog::{decode_segment, encode_into, list_segments, log_dir};
+use resurgam::shared::calllog::{
+    OWNER_METHOD, decode_segment, encode_into, list_segments, log_dir,
+};
 use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
@@ -513,6 +515,10 @@ fn only_segment(sup: &Supervisor) -> (PathBuf, Vec<u8>, Vec<usize>) {
         offsets.push(offsets.last().unwrap() + b.len());
     }
     assert_eq!(*offsets.last().unwrap(), bytes.len());
+    // The owner record the segment begins with is not a call.
+    if records.first().is_some_and(|r| r.method == OWNER_METHOD) {
+        offsets.remove(0);
+    }
     (path, bytes, offsets)
 }
 

@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use resurgam::shared::protocol::ErrorKind;
 use serde_json::{Value, json};
 
 use crate::util::{Supervisor, resurgam_cmd, run_with_timeout, skip};
@@ -232,21 +233,21 @@ fn a_socket_path_another_user_holds_is_refused_naming_the_owner() {
     sup.restart_same_dirs();
 }
 
-#[test]
-fn a_second_supervisor_on_the_same_runtime_dir_refuses_naming_the_first() {
-    let sup = Supervisor::start(&kv("log"));
-    put(&sup, "a", "1");
-    // Another state dir and socket, the same runtime dir.
+/// Runs a second supervisor whose config shares `runtime` or `socket` with `sup`'s (and
+/// nothing else); it must refuse to start, and its stderr is returned.
+fn second_supervisor(runtime: Option<&Path>, socket: Option<&Path>) -> String {
     let other = tempfile::tempdir().unwrap();
     let config = other.path().join("other.toml");
+    let own_runtime = other.path().join("run");
+    let own_socket = other.path().join("ctl.sock");
     fs::write(
         &config,
         format!(
             "[supervisor]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nsocket = \"{}\"\n\
              durability = \"log\"\n\n[[actor]]\nname = \"kv\"\nkind = \"kv\"\n",
             other.path().join("state").display(),
-            sup.runtime_dir.display(),
-            other.path().join("ctl.sock").display()
+            runtime.unwrap_or(&own_runtime).display(),
+            socket.unwrap_or(&own_socket).display()
         ),
     )
     .unwrap();
@@ -254,12 +255,31 @@ fn a_second_supervisor_on_the_same_runtime_dir_refuses_naming_the_first() {
         resurgam_cmd(&["run", "--config", config.to_str().unwrap()]),
         Duration::from_secs(30),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{stderr}");
+    // Refused before anything started.
+    assert!(!stderr.contains("worker ready"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_second_supervisor_on_the_same_runtime_dir_or_socket_refuses_naming_the_first() {
+    let sup = Supervisor::start(&kv("log"));
+    put(&sup, "a", "1");
+    let stderr = second_supervisor(Some(&sup.runtime_dir), None);
     assert!(
         stderr.contains(&format!(
             "runtime directory {} is in use by another supervisor (pid {})",
             sup.runtime_dir.display(),
+            sup.pid()
+        )),
+        "{stderr}"
+    );
+    let stderr = second_supervisor(None, Some(&sup.socket));
+    assert!(
+        stderr.contains(&format!(
+            "control socket {} is in use by another supervisor (pid {})",
+            sup.socket.display(),
             sup.pid()
         )),
         "{stderr}"
@@ -272,7 +292,9 @@ fn a_second_supervisor_on_the_same_runtime_dir_refuses_naming_the_first() {
 // ------------------------------------------------------------------------------------
 // Damage to the call log and to the checkpoints: never silent, never mislabelled.
 
-use resurgam::shared::calllog::{decode_segment, encode_into, list_segments, log_dir};
+use resurgam::shared::calllog::{
+    OWNER_METHOD, decode_segment, encode_into, list_segments, log_dir,
+};
 
 /// A supervisor with `n` puts `k0..k{n}` logged (no checkpoint unless `checkpoint_at`
 /// names how many puts come before one), killed, its only segment returned with the
@@ -291,14 +313,7 @@ fn logged(durability: &str, n: usize, checkpoint_at: Option<usize>) -> (Supervis
     assert_eq!(segs.len(), 1, "{segs:?}");
     let path = segs[0].1.clone();
     let bytes = fs::read(&path).unwrap();
-    let (records, _, stop) = decode_segment(&bytes);
-    assert!(stop.is_none());
-    let mut offsets = vec![0usize];
-    for r in &records {
-        let mut b = Vec::new();
-        encode_into(&mut b, r.seq, &r.method, &r.args);
-        offsets.push(offsets.last().unwrap() + b.len());
-    }
+    let offsets = call_offsets(&bytes);
     (
         sup,
         Segment {
@@ -307,6 +322,23 @@ fn logged(durability: &str, n: usize, checkpoint_at: Option<usize>) -> (Supervis
             offsets,
         },
     )
+}
+
+/// Where each call record of a segment starts, then the end (the owner record the
+/// segment begins with is not a call).
+fn call_offsets(bytes: &[u8]) -> Vec<usize> {
+    let (records, _, stop) = decode_segment(bytes);
+    assert!(stop.is_none(), "{stop:?}");
+    let mut offsets = vec![0usize];
+    for r in &records {
+        let mut b = Vec::new();
+        encode_into(&mut b, r.seq, &r.method, &r.args);
+        offsets.push(offsets.last().unwrap() + b.len());
+    }
+    if records.first().is_some_and(|r| r.method == OWNER_METHOD) {
+        offsets.remove(0);
+    }
+    offsets
 }
 
 struct Segment {
@@ -387,16 +419,7 @@ fn a_log_cut_mid_record_is_a_torn_tail_only_at_the_very_end() {
         sup.wait_state_dir_unlocked();
         let segs = list_segments(&log_dir(&sup.state_dir, "kv")).unwrap();
         let mut bytes = fs::read(&segs[0].1).unwrap();
-        let (_, _, offsets) = {
-            let (records, l, s) = decode_segment(&bytes);
-            let mut o = vec![0usize];
-            for r in &records {
-                let mut b = Vec::new();
-                encode_into(&mut b, r.seq, &r.method, &r.args);
-                o.push(o.last().unwrap() + b.len());
-            }
-            (l, s, o)
-        };
+        let offsets = call_offsets(&bytes);
         // Declare record 3 one byte longer: the checksum fails there.
         let n = u32::from_le_bytes(bytes[offsets[3]..offsets[3] + 4].try_into().unwrap());
         bytes[offsets[3]..offsets[3] + 4].copy_from_slice(&(n + 1).to_le_bytes());
@@ -510,4 +533,119 @@ fn a_huge_sparse_segment_is_not_read_into_memory() {
     let moved = q.join(seg.path.file_name().unwrap());
     assert_eq!(fs::metadata(&moved).unwrap().len(), 3 << 30);
     assert_eq!(fs::read(&seg.path).unwrap(), seg.bytes);
+}
+
+// ------------------------------------------------------------------------------------
+// Files that know whose they are.
+
+fn two_kv(durability: &str) -> String {
+    format!(
+        r#"
+[supervisor]
+durability = "{durability}"
+
+[defaults]
+checkpoint_every = 0
+checkpoint_interval = "0s"
+
+[[actor]]
+name = "a"
+kind = "kv"
+
+[[actor]]
+name = "b"
+kind = "kv"
+"#
+    )
+}
+
+fn swap(x: &Path, y: &Path) {
+    let tmp = x.with_extension("swap");
+    fs::rename(x, &tmp).unwrap();
+    fs::rename(y, x).unwrap();
+    fs::rename(&tmp, y).unwrap();
+}
+
+/// Restarts and waits until both actors are DEAD; returns their reasons.
+fn both_dead(sup: &Supervisor) -> [String; 2] {
+    sup.restart_until_serving();
+    ["a", "b"].map(|name| {
+        let a = sup.wait_state(name, "DEAD", Duration::from_secs(20));
+        a["dead_reason"].as_str().unwrap_or_default().to_string()
+    })
+}
+
+#[test]
+fn checkpoints_and_logs_swapped_between_actors_are_refused_naming_both() {
+    for durability in ["memory", "log", "fsync"] {
+        let sup = Supervisor::start(&two_kv(durability));
+        let mut c = sup.client();
+        for name in ["a", "b"] {
+            c.call(name, "put", json!({"key": "who", "value": name}))
+                .unwrap();
+            c.checkpoint(name).unwrap();
+            c.call(name, "put", json!({"key": "after", "value": name}))
+                .unwrap();
+        }
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        swap(
+            &sup.state_dir.join("a.checkpoint"),
+            &sup.state_dir.join("b.checkpoint"),
+        );
+        swap(
+            &sup.runtime_dir.join("a.ckpt"),
+            &sup.runtime_dir.join("b.ckpt"),
+        );
+        if durability != "memory" {
+            swap(&log_dir(&sup.state_dir, "a"), &log_dir(&sup.state_dir, "b"));
+        }
+        let [ra, rb] = both_dead(&sup);
+        for (reason, other) in [(&ra, "b"), (&rb, "a")] {
+            assert!(
+                reason.contains(&format!("belongs to actor {other:?}"))
+                    && reason.contains("restart"),
+                "{durability}: {reason}"
+            );
+        }
+        if durability != "memory" {
+            // The log's refusal names both owners in full.
+            assert!(
+                ra.contains("not to actor \"a\" of state dir"),
+                "{durability}: {ra}"
+            );
+        }
+        // Nothing of the other is served: both are DEAD until the operator decides.
+        crate::util::expect_kind(c_call(&sup, "a"), ErrorKind::ActorDead);
+    }
+}
+
+fn c_call(sup: &Supervisor, actor: &str) -> Result<Value, resurgam::ClientError> {
+    sup.client().call(actor, "get", json!({"key": "who"}))
+}
+
+#[test]
+fn a_checkpoint_from_another_state_dir_is_refused() {
+    let one = Supervisor::start(&kv("log"));
+    put(&one, "who", "one");
+    one.client().checkpoint("kv").unwrap();
+    let two = Supervisor::start(&kv("memory"));
+    put(&two, "who", "two");
+    two.client().checkpoint("kv").unwrap();
+    two.kill_supervisor();
+    two.wait_state_dir_unlocked();
+    // The same actor name, another state directory's checkpoint files.
+    fs::copy(
+        one.state_dir.join("kv.checkpoint"),
+        two.state_dir.join("kv.checkpoint"),
+    )
+    .unwrap();
+    let _ = fs::remove_file(two.runtime_dir.join("kv.ckpt"));
+    two.restart_until_serving();
+    let a = two.wait_state("kv", "DEAD", Duration::from_secs(20));
+    let reason = a["dead_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("of another state directory") && reason.contains("actor \"kv\""),
+        "{reason}"
+    );
 }

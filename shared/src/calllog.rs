@@ -11,6 +11,11 @@
 //!               args (N - 10 - M bytes, raw JSON text)
 //! ```
 //!
+//! Since format 2 every segment begins with an *owner record* (method [`OWNER_METHOD`],
+//! the segment's first seq, args `<state dir id>/<actor>`): recovery given the expected
+//! owner refuses a segment of another actor or state directory as damage, naming both.
+//! Segments written before (no owner record) are still read.
+//!
 //! Recovery ([`recover`]) streams segments in order and records in order, one record in
 //! memory at a time (a segment of any size costs a buffer, never its size), and is
 //! linear in the log (tombstones are applied with a set at the end).
@@ -41,6 +46,40 @@ use crate::safefs::Dir;
 /// were logged: their actor went DEAD, or they were poison calls). No actor method can
 /// start with a NUL byte.
 pub const CANCEL_METHOD: &str = "\u{0}cancel";
+
+/// The method of an owner record: the first record of a segment, naming the actor and
+/// state directory the segment belongs to (args `<state dir id>/<actor>`), with the
+/// segment's first seq. Not a call: never replayed.
+pub const OWNER_METHOD: &str = "\u{0}owner";
+
+/// Whose a log is: the actor's name and the id of its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOwner {
+    pub actor: String,
+    pub dir: String,
+}
+
+impl LogOwner {
+    /// The args of its owner record.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}/{}", self.dir, self.actor).into_bytes()
+    }
+
+    /// Parses the args of an owner record.
+    pub fn parse(args: &[u8]) -> Option<LogOwner> {
+        let (dir, actor) = std::str::from_utf8(args).ok()?.split_once('/')?;
+        Some(LogOwner {
+            actor: actor.to_string(),
+            dir: dir.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for LogOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "actor {:?} of state dir {}", self.actor, self.dir)
+    }
+}
 
 /// The args of a tombstone cancelling `seqs`.
 pub fn encode_cancel_args(seqs: &[u64]) -> Vec<u8> {
@@ -336,12 +375,13 @@ struct Gap {
 
 /// [`recover_covered`] with no checkpoint.
 pub fn recover(dir: &Path) -> Recovered {
-    recover_covered(dir, 0)
+    recover_covered(dir, 0, None)
 }
 
 /// Reads every segment of the log in `dir` in order (see the module doc). `covered` is
-/// the `last_seq` of the newest checkpoint on file: calls up to it are not needed.
-pub fn recover_covered(dir: &Path, covered: u64) -> Recovered {
+/// the `last_seq` of the newest checkpoint on file: calls up to it are not needed. A
+/// segment whose owner record names another owner than `owner` is damage.
+pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Recovered {
     let mut r = Recovered::default();
     let listed = Dir::open(dir).and_then(|d| match d {
         None => Ok(None),
@@ -434,6 +474,29 @@ pub fn recover_covered(dir: &Path, covered: u64) -> Recovered {
             match reader.read_next() {
                 Next::End => break None,
                 Next::Stop(s) => break Some(s),
+                Next::Record(rec) if rec.method == OWNER_METHOD => {
+                    let at = reader.offset();
+                    let start = at == record_len(&rec);
+                    let found = LogOwner::parse(&rec.args);
+                    let problem = match (&found, owner) {
+                        _ if !start || rec.seq != *first_seq => Some(format!(
+                            "an owner record (seq {}) that does not begin the segment",
+                            rec.seq
+                        )),
+                        (None, _) => Some("an owner record with malformed args".to_string()),
+                        (Some(f), Some(want)) if f != want => Some(format!(
+                            "the segment belongs to {f}, not to {want} (swapped, linked or \
+                             copied from another log?)"
+                        )),
+                        _ => None,
+                    };
+                    if let Some(reason) = problem {
+                        break Some(Stop::Corrupt {
+                            offset: at - record_len(&rec),
+                            reason,
+                        });
+                    }
+                }
                 Next::Record(rec) => {
                     let out_of_order = if info.last_seq.is_none() {
                         (rec.seq != *first_seq).then(|| {
@@ -451,8 +514,9 @@ pub fn recover_covered(dir: &Path, covered: u64) -> Recovered {
                             .map(|p| format!("record seq {} does not follow seq {p}", rec.seq))
                     });
                     if let Some(reason) = out_of_order {
+                        // The record read whole is not good: damage starts where it does.
                         break Some(Stop::Corrupt {
-                            offset: reader.offset(),
+                            offset: reader.offset() - record_len(&rec),
                             reason,
                         });
                     }
@@ -519,6 +583,11 @@ pub fn recover_covered(dir: &Path, covered: u64) -> Recovered {
     }
     r.records.retain(|x| !cancelled.contains(&x.seq));
     r
+}
+
+/// The encoded length of a record.
+fn record_len(rec: &LogRecord) -> u64 {
+    (RECORD_HEADER + 10 + rec.method.len() + rec.args.len()) as u64
 }
 
 /// Records that the calls of `gap` (up to `upto`, or all after it) cannot be recovered.
@@ -653,7 +722,7 @@ mod tests {
         b[l - 1] ^= 1;
         std::fs::write(&paths[0], &b).unwrap();
         // Seq 2 is lost; a checkpoint at 2 covers it: 3 and 4 are read on.
-        let r = recover_covered(t.path(), 2);
+        let r = recover_covered(t.path(), 2, None);
         assert!(r.lost.is_none(), "{:?}", r.lost);
         assert_eq!(
             r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
@@ -661,7 +730,7 @@ mod tests {
         );
         assert!(r.segments[0].damaged() && !r.stopped_early);
         // Without it, seq 2 is named lost and the next segment is not used.
-        let r = recover_covered(t.path(), 1);
+        let r = recover_covered(t.path(), 1, None);
         let lost = r.lost.unwrap();
         assert!(lost.contains("calls 2..=2"), "{lost}");
         assert_eq!(r.records.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![1]);
@@ -677,7 +746,7 @@ mod tests {
         );
         assert!(recover(t.path()).lost.is_none());
         // The log ends before the checkpoint's coverage.
-        let lost = recover_covered(t.path(), 5).lost.unwrap();
+        let lost = recover_covered(t.path(), 5, None).lost.unwrap();
         assert!(
             lost.contains("before the newest checkpoint's seq 5"),
             "{lost}"
@@ -687,7 +756,7 @@ mod tests {
         std::fs::remove_file(&paths[1]).unwrap();
         let lost = recover(t.path()).lost.unwrap();
         assert!(lost.contains("jumps from seq 1 to seq 3"), "{lost}");
-        assert!(recover_covered(t.path(), 2).lost.is_none());
+        assert!(recover_covered(t.path(), 2, None).lost.is_none());
         // A segment under another's name.
         std::fs::write(&paths[1], std::fs::read(&paths[2]).unwrap()).unwrap();
         std::fs::write(&paths[2], &middle).unwrap();
@@ -698,6 +767,49 @@ mod tests {
         std::os::unix::fs::symlink(&paths[2], &paths[1]).unwrap();
         let lost = recover(t.path()).lost.unwrap();
         assert!(lost.contains("symbolic link"), "{lost}");
+    }
+
+    #[test]
+    fn a_segment_of_another_owner_is_damage_and_one_without_an_owner_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let ours = LogOwner {
+            actor: "a".into(),
+            dir: "d1".into(),
+        };
+        let theirs = LogOwner {
+            actor: "b".into(),
+            dir: "d1".into(),
+        };
+        // Written before owners existed: read by a recovery that expects one.
+        write_log(t.path(), &[&[(1, "a", "1"), (2, "a", "2")]]);
+        assert!(recover_covered(t.path(), 0, Some(&ours)).lost.is_none());
+        let mut b = Vec::new();
+        encode_into(&mut b, 3, OWNER_METHOD, &theirs.encode());
+        encode_into(&mut b, 3, "a", b"3");
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let r = recover_covered(t.path(), 0, Some(&ours));
+        let lost = r.lost.unwrap();
+        assert!(
+            lost.contains("belongs to actor \"b\" of state dir d1, not to actor \"a\""),
+            "{lost}"
+        );
+        assert_eq!(r.records.len(), 2);
+        // Its own owner record is not a call and is not replayed.
+        let mut b = Vec::new();
+        encode_into(&mut b, 3, OWNER_METHOD, &ours.encode());
+        encode_into(&mut b, 3, "a", b"3");
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let r = recover_covered(t.path(), 0, Some(&ours));
+        assert!(r.lost.is_none(), "{:?}", r.lost);
+        assert_eq!(
+            r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        // An owner record anywhere else is damage.
+        encode_into(&mut b, 4, OWNER_METHOD, &ours.encode());
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let lost = recover_covered(t.path(), 0, Some(&ours)).lost.unwrap();
+        assert!(lost.contains("does not begin the segment"), "{lost}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use nix::fcntl::OFlag;
 
 use crossbeam_channel::Receiver;
 
-use resurgam_shared::calllog::{self, LogRecord, Recovered, Stop};
+use resurgam_shared::calllog::{self, LogOwner, LogRecord, Recovered, Stop};
 use resurgam_shared::ipc::Call;
 use resurgam_shared::safefs::Dir;
 
@@ -66,6 +66,8 @@ pub struct ActorLog {
     buf: Vec<u8>,
     /// The state directory's manifest records that this actor has a log.
     pub recorded: bool,
+    /// Named by the owner record each new segment begins with.
+    owner: Option<LogOwner>,
 }
 
 /// Why a call log operation failed, with the file it concerns.
@@ -180,9 +182,14 @@ impl ActorLog {
         fsync: bool,
         sink: Box<dyn Sink>,
         covered: u64,
+        state_dir_id: Option<&str>,
     ) -> Result<Opened, LogError> {
         let path = calllog::log_dir(state_dir, name);
-        let found = calllog::recover_covered(&path, covered);
+        let owner = state_dir_id.map(|dir| LogOwner {
+            actor: name.to_string(),
+            dir: dir.to_string(),
+        });
+        let found = calllog::recover_covered(&path, covered, owner.as_ref());
         // A link in place of the directory was refused by the recovery (and is `lost`).
         let dir = match Dir::open(&path) {
             Ok(d) => d,
@@ -242,6 +249,7 @@ impl ActorLog {
             sink,
             buf: Vec::new(),
             recorded: false,
+            owner,
         };
         Ok(Opened {
             log,
@@ -317,7 +325,24 @@ impl ActorLog {
                 .create_file(&name, flags)
                 .map_err(ctx("create", &path))?,
         };
-        let len = file.metadata().map_err(ctx("stat", &path))?.len();
+        let mut len = file.metadata().map_err(ctx("stat", &path))?.len();
+        if len == 0
+            && let Some(owner) = &self.owner
+        {
+            // Every segment begins by naming whose it is (a failed write leaves a torn
+            // record only, which the next start cuts off).
+            self.buf.clear();
+            calllog::encode_into(
+                &mut self.buf,
+                first_seq,
+                calllog::OWNER_METHOD,
+                &owner.encode(),
+            );
+            self.sink
+                .write_all(&file, &self.buf)
+                .map_err(ctx("append to", &path))?;
+            len = self.buf.len() as u64;
+        }
         if self.fsync {
             if let Some(old) = &self.current {
                 old.file.sync_data().map_err(ctx("fsync", &old.path))?;
@@ -474,13 +499,13 @@ mod tests {
     #[test]
     fn append_recover_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert!(recs.is_empty() && problems.is_empty());
         log.append(&[call(1), call(2)]).unwrap();
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -492,9 +517,16 @@ mod tests {
     #[test]
     fn a_failed_append_leaves_no_partial_record_and_later_appends_work() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(FullDisk { budget: 40 }), 0)
-            .unwrap()
-            .log;
+        let mut log = ActorLog::open(
+            dir.path(),
+            "a",
+            false,
+            Box::new(FullDisk { budget: 40 }),
+            0,
+            None,
+        )
+        .unwrap()
+        .log;
         log.append(&[call(1)]).unwrap();
         let err = log.append(&[call(2), call(3)]).unwrap_err();
         // Typed: the operation, the segment and the OS error.
@@ -510,7 +542,7 @@ mod tests {
         log.sink = Box::new(RealSink);
         log.append(&[call(4)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
         assert!(problems.is_empty(), "{problems:?}");
@@ -519,7 +551,7 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_appends_continue_after_good_data() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();
@@ -527,13 +559,13 @@ mod tests {
         drop(log);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.len(), 2);
         assert_eq!(problems.len(), 1, "{problems:?}");
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -545,7 +577,7 @@ mod tests {
     #[test]
     fn corruption_is_quarantined_and_the_good_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2), call(3)]).unwrap();
@@ -559,7 +591,7 @@ mod tests {
         };
         bytes[one + 12] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
         assert!(o.lost.is_some_and(|l| l.contains("calls from seq 2 on")));
@@ -586,7 +618,7 @@ mod tests {
         // Once the operator accepted the loss, calls go on from seq 2.
         log.append(&[call(2)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         assert_eq!(
             o.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![1, 2]
@@ -601,7 +633,7 @@ mod tests {
     #[test]
     fn a_quarantine_rewrite_keeps_tombstones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();
@@ -614,7 +646,7 @@ mod tests {
         bytes[l - 1] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
         for _ in 0..2 {
-            let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+            let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
             // The refused call stays refused, also on the second start.
             assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
             assert_eq!(o.range, Some((1, 3)));
@@ -624,28 +656,28 @@ mod tests {
     #[test]
     fn an_empty_segment_from_a_crash_is_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();
         drop(log);
         let empty = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(3));
         std::fs::write(&empty, b"").unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         assert!(!empty.exists());
         log.append(&[call(3)]).unwrap();
         log.truncate(2);
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]
     fn truncation_deletes_only_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0)
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();

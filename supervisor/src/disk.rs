@@ -17,6 +17,8 @@ use crate::shell::{LoopTx, ShellEvent};
 /// The files of one actor.
 #[derive(Clone)]
 pub struct Files {
+    /// Whose the checkpoints are: copies name it, slots of another owner are refused.
+    pub owner: checkpoint::OwnerTag,
     pub name: String,
     pub mmap: PathBuf,
     pub disk: PathBuf,
@@ -64,7 +66,7 @@ fn record_checkpointed(manifest: &Mutex<Manifest>, actor: &str) {
 }
 
 fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
-    let slots = checkpoint::read_mmap_slots(&f.mmap);
+    let slots = checkpoint::read_mmap_slots_owned(&f.mmap, Some(&f.owner));
     let newest = slots
         .into_iter()
         .filter_map(|(_, r)| r.ok())
@@ -83,7 +85,7 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
     // have been damaged): report what the copy holds instead.
     let on_disk = match already {
         Some(x) => Some(x),
-        None => checkpoint::read_disk_copy(&f.disk)
+        None => checkpoint::read_disk_copy_owned(&f.disk, Some(&f.owner))
             .ok()
             .map(|c| (c.generation, c.last_seq)),
     };
@@ -104,7 +106,13 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
             last_seq: ck.last_seq,
         };
     }
-    match checkpoint::write_disk_copy(&f.disk, ck.generation, ck.last_seq, &ck.payload) {
+    match checkpoint::write_disk_copy_owned(
+        &f.disk,
+        ck.generation,
+        ck.last_seq,
+        &ck.payload,
+        Some(&f.owner),
+    ) {
         Ok(()) => {
             tracing::debug!(actor = %f.name, generation = ck.generation, last_seq = ck.last_seq, bytes = ck.payload.len(), "disk copy synced");
             Event::DiskSynced {

@@ -27,13 +27,12 @@ pub enum RunError {
     #[error("open lock file {}: {source}", path.display())]
     LockFile { path: PathBuf, source: io::Error },
     #[error(
-        "{what} directory {} is in use by another supervisor{holder} (lock {}: {source})",
-        dir.display(),
+        "{what} is in use by another supervisor{holder} (lock {}: {source})",
         lock.display()
     )]
     Locked {
-        what: &'static str,
-        dir: PathBuf,
+        /// What is locked, with its path: "state directory /x", "control socket /y".
+        what: String,
         /// " (pid N)" when the lock file names its holder, else empty.
         holder: String,
         lock: PathBuf,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
+use resurgam_shared::checkpoint::OwnerTag;
 use resurgam_shared::safefs::Dir;
 
 /// The manifest's file name in the state directory.
@@ -142,6 +143,25 @@ impl Manifest {
     /// The state directory's id.
     pub fn id(&self) -> &str {
         &self.content.id
+    }
+
+    /// The id as bytes (checked to be 32 hex digits when read or made).
+    pub fn id_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self
+                .content
+                .id
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+        }
+        out
+    }
+
+    /// Whose `actor`'s checkpoints are in this state directory.
+    pub fn owner(&self, actor: &str) -> OwnerTag {
+        OwnerTag::new(actor, self.id_bytes())
     }
 
     pub fn path(&self) -> &Path {

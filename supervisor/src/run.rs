@@ -113,14 +113,20 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
             Err(problem) => return Err(RunError::UnsafeDir { what, problem }),
         }
     }
-    let _lock = lock_dir("state", &sup.state_dir)?;
-    // The runtime directory too: two supervisors on one runtime_dir would share the
-    // actors' memory-mapped checkpoints and the socket.
+    let lock_in =
+        |what: &str, dir: &Path| lock(format!("{what} {}", dir.display()), &dir.join(LOCK_FILE));
+    let _lock = lock_in("state directory", &sup.state_dir)?;
+    // The runtime directory and the socket too: two supervisors on one runtime_dir
+    // would share the actors' memory-mapped checkpoints, on one socket its clients.
     let _runtime_lock = if sup.runtime_dir == sup.state_dir {
         None
     } else {
-        Some(lock_dir("runtime", &sup.runtime_dir)?)
+        Some(lock_in("runtime directory", &sup.runtime_dir)?)
     };
+    let _socket_lock = lock(
+        format!("control socket {}", sup.socket.display()),
+        &control::lock_path(&sup.socket).map_err(RunError::Socket)?,
+    )?;
     let manifest = Arc::new(Mutex::new(
         Manifest::open(&sup.state_dir).map_err(RunError::Manifest)?,
     ));
@@ -696,7 +702,7 @@ impl Shell {
         let a = &self.actor_configs[actor];
         let f = &self.files[actor];
         let launched = &self.launches[actor];
-        spawn::init_for(
+        let mut init = spawn::init_for(
             &a.name,
             &a.kind,
             &f.mmap,
@@ -705,7 +711,9 @@ impl Shell {
             worker_spin(self.config.supervisor.busy_poll),
             launched.exec.clone(),
             launched.privileges.clone(),
-        )
+        );
+        init.state_dir_id = f.owner.dir;
+        init
     }
 
     /// Gives a standby worker to this actor's `epoch`: to the core it is spawned at once,
@@ -1374,7 +1382,20 @@ fn prepare_actor(
     let launched = launch::resolve(config, a).map_err(|e| fail(e.join("\n")))?;
     let mmap = paths::mmap_file(config, &a.name);
     let disk = paths::disk_copy(config, &a.name);
-    let scan = checkpoint::scan(&mmap, &disk);
+    let owner = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .owner(&a.name);
+    let state_dir_id = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .id()
+        .to_string();
+    let scan = checkpoint::scan_owned(&mmap, &disk, Some(&owner));
+    let foreign = foreign_checkpoints(config, &scan);
+    for f in &foreign {
+        tracing::error!(actor = %a.name, "{f}: refused");
+    }
     let start_seq = scan.chosen.as_ref().map_or(0, |(_, c)| c.last_seq);
     if let Some((source, c)) = &scan.chosen {
         tracing::info!(actor = %a.name, %source, generation = c.generation, last_seq = c.last_seq, "found checkpoint");
@@ -1386,10 +1407,11 @@ fn prepare_actor(
         fsync,
         Box::new(RealSink),
         start_seq,
+        Some(&state_dir_id),
     )
     .map_err(|e| fail(format!("call log: {e}")))?;
     let mut opened = opened;
-    let held = hold_reason(config, a, &scan, &opened, manifest)?;
+    let held = hold_reason(config, a, &scan, &foreign, &opened, manifest)?;
     opened.log.recorded = opened.range.is_some();
     for p in &opened.problems {
         tracing::error!(actor = %a.name, problem = %p, "call log recovery");
@@ -1409,11 +1431,41 @@ fn prepare_actor(
         held,
     };
     let files = Files {
+        owner,
         name: a.name.clone(),
         mmap,
         disk,
     };
     Ok((spec, files, opened.log, launched))
+}
+
+/// The candidates of `scan` refused as another owner's, each described with the actor
+/// and state directory they belong to (named when it is an actor of this config).
+fn foreign_checkpoints(config: &Config, scan: &checkpoint::Scan) -> Vec<String> {
+    scan.candidates
+        .iter()
+        .filter_map(|(source, outcome)| match outcome {
+            Err(checkpoint::CheckpointError::Foreign { found, expected }) => {
+                let whose = config
+                    .actors
+                    .iter()
+                    .find(|o| found.is_actor(&o.name))
+                    .map_or_else(
+                        || "another actor".to_string(),
+                        |o| format!("actor {:?}", o.name),
+                    );
+                let dir = if found.dir == expected.dir {
+                    "of this state directory".to_string()
+                } else {
+                    format!("of another state directory ({found})")
+                };
+                Some(format!(
+                    "the {source} belongs to {whose} {dir} (swapped or copied?)"
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Why the actor must be held DEAD, if it must: a hold recorded earlier, acknowledged
@@ -1423,6 +1475,7 @@ fn hold_reason(
     config: &Config,
     a: &ActorConfig,
     scan: &checkpoint::Scan,
+    foreign: &[String],
     opened: &calllog::Opened,
     manifest: &Mutex<Manifest>,
 ) -> Result<Option<String>, RunError> {
@@ -1430,7 +1483,15 @@ fn hold_reason(
     let entry = m.entry(&a.name);
     let vanished =
         (entry.checkpointed || entry.logged) && scan.chosen.is_none() && opened.range.is_none();
-    let found = opened.lost.clone().or_else(|| {
+    // Another's checkpoint in its place and none of its own: starting from nothing
+    // would silently reset it.
+    let replaced = (scan.chosen.is_none() && !foreign.is_empty()).then(|| {
+        format!(
+            "its checkpoint was replaced: {}; no checkpoint of its own is left",
+            foreign.join("; ")
+        )
+    });
+    let found = opened.lost.clone().or(replaced).or_else(|| {
         vanished.then(|| {
             let mut had = Vec::new();
             if entry.checkpointed {
@@ -1482,11 +1543,11 @@ fn hold_reason(
     Ok(reason)
 }
 
-/// Locks `dir` (the state or the runtime directory) with its lock file and writes this
-/// process's pid into it, so that a second supervisor refuses to start and names the
-/// first.
-fn lock_dir(what: &'static str, dir: &Path) -> Result<Flock<std::fs::File>, RunError> {
-    let path = dir.join(LOCK_FILE);
+/// Locks `what` (the state or the runtime directory, the socket) with the lock file at
+/// `path` and writes this process's pid into it, so that a second supervisor refuses to
+/// start and names the first.
+fn lock(what: String, path: &Path) -> Result<Flock<std::fs::File>, RunError> {
+    let path = path.to_path_buf();
     let file = safefs::open_or_create(&path).map_err(|source| RunError::LockFile {
         path: path.clone(),
         source,
@@ -1515,7 +1576,6 @@ fn lock_dir(what: &'static str, dir: &Path) -> Result<Flock<std::fs::File>, RunE
                     .map_or_else(String::new, |pid| format!(" (pid {pid})"));
                 return Err(RunError::Locked {
                     what,
-                    dir: dir.to_path_buf(),
                     holder,
                     lock: path,
                     source,

@@ -277,6 +277,7 @@ pub fn init_for(
         spin_micros,
         exec,
         privileges,
+        state_dir_id: [0; 16],
     }
 }
 
