@@ -17,6 +17,8 @@ mod logs;
 mod lifecycle;
 // G9: no worker outlives the supervisor; graceful stop and restart on the same dirs.
 mod orphans;
+// Metrics (Prometheus text, checked by the official client's parser) and the event stream.
+mod observe;
 // G6/G8 for the control protocol: bad requests, oversized lines, pipelining, the CLI.
 mod protocol;
 // G5, G9: the shipped systemd unit under a real systemd booted in a namespace.

@@ -63,8 +63,14 @@ pub(crate) struct SupConf {
     pub max_request_bytes: Option<u64>,
     /// `[supervisor] busy_poll` (a duration text); `None` keeps the product's default.
     pub busy_poll: Option<String>,
+    /// Put the runtime dir (checkpoint mappings, socket) on a tmpfs, as the packaged unit
+    /// does (`RuntimeDirectory=` is under `/run`); otherwise beside the state dir.
+    pub runtime_on_tmpfs: bool,
     pub actors: Vec<ActorConf>,
 }
+
+/// Where a tmpfs-backed runtime dir is made (`/dev/shm`, on every Linux with glibc).
+const TMPFS_DIR: &str = "/dev/shm";
 
 /// A TOML basic string.
 pub(crate) fn toml_string(s: &str) -> String {
@@ -85,13 +91,14 @@ pub(crate) fn toml_string(s: &str) -> String {
 }
 
 impl SupConf {
-    fn render(&self, dir: &Path) -> String {
+    fn render(&self, dir: &Path, runtime: &Path) -> String {
         let p = |rel: &str| toml_string(&dir.join(rel).display().to_string());
+        let r = |rel: &str| toml_string(&runtime.join(rel).display().to_string());
         let mut t = String::new();
         let _ = writeln!(t, "[supervisor]");
         let _ = writeln!(t, "state_dir = {}", p("state"));
-        let _ = writeln!(t, "runtime_dir = {}", p("run"));
-        let _ = writeln!(t, "socket = {}", p("run/control.sock"));
+        let _ = writeln!(t, "runtime_dir = {}", r("run"));
+        let _ = writeln!(t, "socket = {}", r("run/control.sock"));
         let _ = writeln!(t, "durability = {}", toml_string(self.durability));
         if let Some(n) = self.max_request_bytes {
             let _ = writeln!(t, "max_request_bytes = {n}");
@@ -117,6 +124,8 @@ pub(crate) struct Sup {
     pid: i32,
     /// Kept for its `Drop` (removes the directory after the processes are gone).
     dir: Option<tempfile::TempDir>,
+    /// The runtime dir, when it is on a tmpfs (removed like `dir`).
+    runtime: Option<tempfile::TempDir>,
     socket: PathBuf,
     log_path: PathBuf,
     actors: usize,
@@ -132,8 +141,20 @@ impl Sup {
             .prefix("resurgam-bench-")
             .tempdir()
             .ctx(|| "create a temporary directory".to_string())?;
+        let runtime = if conf.runtime_on_tmpfs {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("resurgam-bench-run-")
+                    .tempdir_in(TMPFS_DIR)
+                    .ctx(|| format!("create a temporary directory in {TMPFS_DIR}"))?,
+            )
+        } else {
+            None
+        };
+        let runtime_base = runtime.as_ref().map_or(dir.path(), |r| r.path());
+        let socket = runtime_base.join("run/control.sock");
         let config = dir.path().join("bench.toml");
-        fs::write(&config, conf.render(dir.path()))
+        fs::write(&config, conf.render(dir.path(), runtime_base))
             .ctx(|| format!("write {}", config.display()))?;
         let log_path = dir.path().join("supervisor.log");
         let log = File::create(&log_path).ctx(|| format!("create {}", log_path.display()))?;
@@ -158,9 +179,10 @@ impl Sup {
         Ok(Sup {
             child,
             pid,
-            socket: dir.path().join("run/control.sock"),
+            socket,
             log_path,
             dir: Some(dir),
+            runtime,
             actors: conf.actors.len(),
             spawned_wall,
             spawned_at,
@@ -328,6 +350,9 @@ impl Drop for Sup {
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
+        if let Some(dir) = self.runtime.take() {
+            let _ = dir.close();
+        }
     }
 }
 
@@ -450,13 +475,14 @@ mod tests {
             durability: "memory",
             max_request_bytes: Some(1 << 20),
             busy_poll: Some("0s".to_string()),
+            runtime_on_tmpfs: false,
             actors: vec![
                 ActorConf::new("c\"0", "counter")
                     .set("checkpoint_every", "0")
                     .set_str("checkpoint_interval", "0s"),
             ],
         };
-        let t = conf.render(Path::new("/tmp/x\\y"));
+        let t = conf.render(Path::new("/tmp/x\\y"), Path::new("/tmp/x\\y"));
         assert!(t.contains("state_dir = \"/tmp/x\\\\y/state\""), "{t}");
         assert!(t.contains("name = \"c\\\"0\""), "{t}");
         assert!(t.contains("checkpoint_interval = \"0s\""), "{t}");

@@ -283,6 +283,8 @@ pub struct SupervisorConfig {
     /// Start even if `state_dir` or `runtime_dir` is owned by another user or writable
     /// by group or others (refused by default).
     pub allow_shared_dirs: bool,
+    /// Where to serve `GET /metrics` over HTTP (None: no HTTP listener).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A validated config.
@@ -494,6 +496,7 @@ impl Config {
                 allowed_uids: Vec::new(),
                 socket_mode: DEFAULT_SOCKET_MODE,
                 allow_shared_dirs: false,
+                metrics_listen: None,
             },
             actors: Vec::new(),
             warnings: Vec::new(),
@@ -613,6 +616,15 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
              delete the actors' state. true accepts such a directory (e.g. one group of \
              trusted operators); files and directories run creates are private (0600/0700) \
              either way.",
+        ),
+        (
+            "supervisor",
+            "metrics_listen",
+            "<none>".to_string(),
+            "An IP address and port, e.g. \"127.0.0.1:9464\", where an HTTP listener serves \
+             GET /metrics (the Prometheus text format, as the metrics op and `resurgam \
+             metrics`); none by default. A non-loopback address is warned about: the \
+             endpoint has no authentication. Port 0 takes any free port (logged at start).",
         ),
         (
             "defaults",
@@ -822,6 +834,7 @@ text_value!(
 );
 text_value!(ModeText, "a quoted octal string such as \"0600\"");
 text_value!(PathText, "a path string");
+text_value!(AddrText, "a quoted address such as \"127.0.0.1:9464\"");
 text_value!(NameText, "a string");
 
 /// An integer whose type errors say "an integer" rather than "i64".
@@ -863,6 +876,7 @@ struct RawSupervisor {
     allowed_uids: Option<Vec<Spanned<Int>>>,
     socket_mode: Option<Spanned<ModeText>>,
     allow_shared_dirs: Option<bool>,
+    metrics_listen: Option<Spanned<AddrText>>,
 }
 
 /// A string or an integer (`user`, `group`, sizes), with a type error that says so.
@@ -1708,6 +1722,11 @@ impl Checker<'_> {
             }
         }
 
+        let metrics_listen = raw
+            .metrics_listen
+            .as_ref()
+            .and_then(|v| self.metrics_listen(v));
+
         SupervisorConfig {
             state_dir,
             runtime_dir,
@@ -1720,6 +1739,39 @@ impl Checker<'_> {
             allowed_uids,
             socket_mode,
             allow_shared_dirs: raw.allow_shared_dirs.unwrap_or(defaults.allow_shared_dirs),
+            metrics_listen,
+        }
+    }
+
+    /// `[supervisor].metrics_listen`: an IP address and port; one that is not loopback
+    /// is legal but warned about (the endpoint has no authentication).
+    fn metrics_listen(&mut self, value: &Spanned<AddrText>) -> Option<std::net::SocketAddr> {
+        let text = &value.get_ref().0;
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn_at(
+                        &value.span(),
+                        format!(
+                            "[supervisor] metrics_listen: {text:?} is not a loopback address: \
+                             anyone who can reach it reads the metrics (actor names, call \
+                             counts); there is no authentication"
+                        ),
+                    );
+                }
+                Some(addr)
+            }
+            Err(e) => {
+                self.error_at(
+                    &value.span(),
+                    format!(
+                        "[supervisor] metrics_listen: {text:?} is not an IP address with a port \
+                         ({e}); allowed: e.g. \"127.0.0.1:9464\" or \"[::1]:9464\" (port 0: any \
+                         free port, logged at start)"
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -4314,6 +4366,32 @@ group = -1
     }
 
     #[test]
+    fn metrics_listen_is_an_address_and_off_by_default() {
+        assert_eq!(ok("").supervisor.metrics_listen, None);
+        let c = ok("[supervisor]\nmetrics_listen = \"127.0.0.1:9464\"\n");
+        assert_eq!(
+            c.supervisor.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = ok("[supervisor]\nmetrics_listen = \"[::1]:0\"\n");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = ok("[supervisor]\nmetrics_listen = \"0.0.0.0:9464\"\n");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].to_string().contains("no authentication"));
+        one_error(
+            "[supervisor]\nmetrics_listen = \"localhost:9464\"\n",
+            2,
+            &["metrics_listen", "127.0.0.1:9464"],
+        );
+        one_error(
+            "[supervisor]\nmetrics_listen = 9464\n",
+            2,
+            &["metrics_listen"],
+        );
+    }
+
+    #[test]
     fn reference_matches_the_parser() {
         let entries = reference();
         let mut seen = std::collections::HashSet::new();
@@ -4358,7 +4436,7 @@ group = -1
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 18);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 11);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 12);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

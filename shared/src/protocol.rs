@@ -1,7 +1,10 @@
 //! The control protocol: newline-delimited JSON over the Unix control socket.
 //!
 //! Request: `{"id": <any JSON>, "op": "call", "actor": "counter", "method": "incr", "args": 5}`.
-//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop`.
+//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop`,
+//! `metrics` (the Prometheus text format, as a JSON string) and `subscribe` (an
+//! acknowledgement, then a stream of event lines on the same connection; see
+//! `docs/observability.md`).
 //! Every op takes `id`; a field its op does not take (`{"op":"stop","actor":"c"}`) is a
 //! `BadRequest` naming the field, never silently ignored.
 //! Reply: `{"id": <same>, "ok": <JSON>}` or
@@ -97,6 +100,10 @@ pub enum Op {
     /// Re-read the config file and apply the changes (like SIGHUP).
     Reload,
     Stop,
+    /// The metrics in the Prometheus text exposition format.
+    Metrics,
+    /// Stream events (NDJSON lines, each with a `seq`) on this connection from now on.
+    Subscribe,
 }
 
 /// One parsed request line.
@@ -160,7 +167,7 @@ impl Field {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
             "checkpoint" => Field::ACTOR,
             "restart" => Field::ACTOR | Field::FRESH,
-            "status" | "reload" | "stop" => 0,
+            "status" | "reload" | "stop" | "metrics" | "subscribe" => 0,
             _ => return None,
         })
     }
@@ -309,7 +316,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     };
     let unknown_op = |op: &str| {
         bad(format!(
-            "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop)"
+            "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop, \
+             metrics, subscribe)"
         ))
     };
     let Some(taken) = Field::taken_by(op_name) else {
@@ -351,6 +359,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         "status" => Op::Status,
         "stop" => Op::Stop,
         "reload" => Op::Reload,
+        "metrics" => Op::Metrics,
+        "subscribe" => Op::Subscribe,
         other => return Err(unknown_op(other)),
     };
     Ok(Request { id, op })
@@ -507,6 +517,12 @@ mod tests {
         };
         refused(r#"{"id":7,"op":"stop","actor":"counter"}"#, "actor", "stop");
         refused(r#"{"id":7,"op":"reload","actor":null}"#, "actor", "reload");
+        refused(r#"{"id":7,"op":"metrics","actor":"c"}"#, "actor", "metrics");
+        refused(
+            r#"{"id":7,"op":"subscribe","follow":true}"#,
+            "follow",
+            "subscribe",
+        );
         refused(r#"{"id":7,"op":"status","method":"m"}"#, "method", "status");
         refused(
             r#"{"id":7,"op":"checkpoint","actor":"c","args":1}"#,
@@ -537,6 +553,8 @@ mod tests {
             r#"{"id":7,"op":"restart","actor":"c"}"#,
             r#"{"id":7,"op":"reload"}"#,
             r#"{"id":7,"op":"stop"}"#,
+            r#"{"id":7,"op":"metrics"}"#,
+            r#"{"id":7,"op":"subscribe"}"#,
         ] {
             assert!(parse_request(line.as_bytes()).is_ok(), "{line}");
         }

@@ -361,6 +361,19 @@ impl ActorLog {
         Ok(())
     }
 
+    /// Bytes of the log's segments on disk (a stat per segment: for the metrics, not
+    /// for the call path).
+    pub fn disk_bytes(&self) -> u64 {
+        let current = self.current.as_ref().map_or(0, |s| s.len);
+        let closed: u64 = self
+            .closed
+            .iter()
+            .filter_map(|(_, p)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        current + closed
+    }
+
     /// The current segment, for the fsync thread.
     pub fn sync_handle(&self) -> Option<Arc<File>> {
         self.current.as_ref().map(|s| s.file.clone())
@@ -426,6 +439,7 @@ pub struct SyncRequest {
 pub fn start_fsync_thread(
     requests: Receiver<SyncRequest>,
     events: LoopTx,
+    latency: Arc<crate::metrics::AtomicHistogram>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("log-fsync".into())
@@ -440,7 +454,9 @@ pub fn start_fsync_thread(
                     let result = match synced.iter().find(|(k, _)| *k == key) {
                         Some((_, res)) => res.clone(),
                         None => {
+                            let start = std::time::Instant::now();
                             let res = r.file.sync_data().map_err(|e| e.to_string());
+                            latency.observe(start.elapsed());
                             synced.push((key, res.clone()));
                             res
                         }

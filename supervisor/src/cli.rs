@@ -151,6 +151,22 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the metrics in the Prometheus text format (as `GET /metrics` serves them
+    /// when `metrics_listen` is set).
+    Metrics {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the supervisor's recent events (state changes, deaths, recoveries,
+    /// checkpoints, poison calls, reloads), one line each; --follow keeps printing new ones.
+    Events {
+        /// Keep the stream open and print each new event as it happens (until the
+        /// supervisor stops, or drops this client for not keeping up).
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Re-read the supervisor's config file and apply it (like SIGHUP).
     Reload {
         #[command(flatten)]
@@ -293,6 +309,8 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
             |_| format!("restarting {actor}"),
         ),
         Command::Reload { client } => request(&client, |c| c.reload(), render::reload_line),
+        Command::Metrics { client } => metrics(&client),
+        Command::Events { follow, client } => events(follow, &client),
         Command::Stop {
             no_wait,
             timeout,
@@ -435,6 +453,46 @@ fn request(
     } else {
         human(&v)
     })
+}
+
+/// `metrics`: the text as it is (`--json`: as the JSON string of the reply).
+fn metrics(client: &ClientArgs) -> Result<String, Failure> {
+    let text = connect(&client.socket)?.metrics()?;
+    Ok(if client.json {
+        Value::String(text).to_string()
+    } else {
+        text
+    })
+}
+
+/// `events [--follow]`: the kept events, then (with `--follow`) every new one, each
+/// printed as it comes; a line for people, or the event's JSON with `--json`.
+fn events(follow: bool, client: &ClientArgs) -> Result<String, Failure> {
+    use std::io::Write;
+    let mut c = connect(&client.socket)?;
+    let ack = c.subscribe()?;
+    let mut left = ack["history"].as_u64().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    while follow || left > 0 {
+        let event = c.next_event()?;
+        left = left.saturating_sub(1);
+        let line = if client.json {
+            event.to_string()
+        } else {
+            crate::shell::events::human_line(&event)
+        };
+        // A closed stdout (`| head`) ends the command quietly.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(String::new());
+        }
+        if event["event"] == "dropped" {
+            return Err(Failure::new(
+                EXIT_ERROR,
+                "the supervisor dropped this subscriber: it did not read its events in time",
+            ));
+        }
+    }
+    Ok(String::new())
 }
 
 /// The program `resurgam bench` runs, in the directory of this binary.

@@ -1,4 +1,5 @@
-//! A Rust client for the control socket: connect, call, pipelined calls, status.
+//! A Rust client for the control socket: connect, call, pipelined calls, status,
+//! metrics, the event stream.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::net::UnixStream;
@@ -193,6 +194,40 @@ impl Client {
     /// Asks the supervisor to re-read its config file; returns what changed.
     pub fn reload(&mut self) -> Result<Value, ClientError> {
         self.request(json!({"op": "reload"}))
+    }
+
+    /// The metrics, in the Prometheus text format.
+    pub fn metrics(&mut self) -> Result<String, ClientError> {
+        match self.request(json!({"op": "metrics"}))? {
+            Value::String(text) => Ok(text),
+            other => Err(ClientError::Protocol(format!(
+                "the metrics are not a string: {other}"
+            ))),
+        }
+    }
+
+    /// Subscribes this connection to the event stream; returns the acknowledgement
+    /// `{"subscribed": true, "next_seq", "history"}`: `history` event lines (the
+    /// newest events kept, oldest first) follow, then every new event. Read them with
+    /// [`Client::next_event`].
+    pub fn subscribe(&mut self) -> Result<Value, ClientError> {
+        self.request(json!({"op": "subscribe"}))
+    }
+
+    /// The next event line of a subscribed connection (replies to other requests sent
+    /// on it are skipped).
+    pub fn next_event(&mut self) -> Result<Value, ClientError> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(ClientError::Closed);
+            }
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))?;
+            if v.get("event").is_some() {
+                return Ok(v);
+            }
+        }
     }
 
     /// Asks the supervisor to shut down gracefully.

@@ -50,6 +50,11 @@ pub enum RunError {
     },
     #[error("every helper thread is gone")]
     HelpersGone,
+    #[error("cannot serve metrics on {addr} ([supervisor].metrics_listen): {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl RunError {

@@ -38,7 +38,10 @@ use crate::launch::{self, EXEC_KIND, Launched};
 use crate::manifest::Manifest;
 use crate::notify::Notifier;
 use crate::shell::conns::Conns;
+use crate::shell::events::{self as event_stream, EventLog};
 use crate::shell::forkserver::ForkServer;
+use crate::shell::http::MetricsHttp;
+use crate::shell::observe::{self, ShellStats};
 use crate::shell::output::OutputRelay;
 use crate::shell::reports::{self, ReadEnd, ReportStream};
 use crate::shell::standby::{self, Standby, StandbyPool};
@@ -162,8 +165,9 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         .map_err(RunError::setup("start spawner thread"))?;
     disk::start(disk_rx, tx.clone(), manifest.clone())
         .map_err(RunError::setup("start disk thread"))?;
+    let stats = ShellStats::new();
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
-    calllog::start_fsync_thread(fsync_rx, tx.clone())
+    calllog::start_fsync_thread(fsync_rx, tx.clone(), stats.fsync.clone())
         .map_err(RunError::setup("start fsync thread"))?;
     drop(tx);
 
@@ -189,6 +193,20 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         },
     )
     .map_err(RunError::setup("serve the control socket"))?;
+
+    let http = match sup.metrics_listen {
+        Some(addr) => {
+            let registry = poll_registry
+                .try_clone()
+                .map_err(RunError::setup("create the event loop"))?;
+            let http = MetricsHttp::bind(addr, registry)
+                .map_err(|source| RunError::MetricsListen { addr, source })?;
+            let at = http.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %at, "metrics endpoint listening: GET http://{at}/metrics");
+            Some(http)
+        }
+        None => None,
+    };
 
     let shell_manifest_id = manifest
         .lock()
@@ -244,6 +262,10 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         logs,
         fsync_tx,
         exit_code: None,
+        stats,
+        events: EventLog::default(),
+        http,
+        notices: Vec::new(),
     };
     let mut actions = Vec::new();
     shell.run_actions(&mut core, &mut actions);
@@ -312,6 +334,14 @@ fn wait(
 }
 
 struct Shell {
+    /// Metrics kept by the shell (the core keeps its own).
+    stats: ShellStats,
+    /// The event stream's numbering and history.
+    events: EventLog,
+    /// The metrics endpoint, when `metrics_listen` is set.
+    http: Option<MetricsHttp>,
+    /// Notices taken from the core, to publish (kept: not allocated every turn).
+    notices: Vec<crate::core::Notice>,
     config: Config,
     /// Per actor id (stable across reloads; removed actors keep their entry).
     actor_configs: Vec<ActorConfig>,
@@ -383,6 +413,7 @@ impl Shell {
             self.next_watchdog,
             self.conns.sweep(now),
             self.refill_at,
+            self.http.as_mut().and_then(|h| h.sweep(now)),
         ]
         .into_iter()
         .flatten()
@@ -408,6 +439,16 @@ impl Shell {
                 ),
                 token::Of::Worker(actor) => self.queue_read(actor),
                 token::Of::Death(actor) => self.on_pidfd(actor, core),
+                token::Of::HttpListener => {
+                    if let Some(h) = self.http.as_mut() {
+                        h.accept(now);
+                    }
+                }
+                token::Of::Http(id) => {
+                    if let Some(h) = self.http.as_mut() {
+                        h.ready(id);
+                    }
+                }
             }
         }
         // What the helper threads sent (bounded per turn, so sockets get their turn).
@@ -433,6 +474,12 @@ impl Shell {
             core.handle(Event::Tick, now);
         }
         self.run_actions(core, actions);
+        if self.http.as_ref().is_some_and(MetricsHttp::waiting) {
+            let body = self.render_metrics(core);
+            if let Some(h) = self.http.as_mut() {
+                h.answer(&body);
+            }
+        }
         if core.is_stopping() {
             self.standby.close();
         }
@@ -781,7 +828,22 @@ impl Shell {
             self.refill_at.get_or_insert(now + STANDBY_REFILL_DELAY);
         }
         let w = &mut self.workers.0[actor];
+        let mut checkpoints = Vec::new();
         for report in got.drain(..) {
+            match &report {
+                Report::Checkpointed {
+                    generation,
+                    last_seq,
+                    bytes,
+                    micros,
+                    ..
+                } => {
+                    self.stats.checkpointed(actor, *bytes, *micros);
+                    checkpoints.push((*generation, *last_seq, *bytes, *micros));
+                }
+                Report::CheckpointFailed { .. } => self.stats.checkpoint_failed(actor),
+                _ => {}
+            }
             if let Report::Replies(_) = report
                 && let Some(sent) = w.sent_at.take()
             {
@@ -794,6 +856,20 @@ impl Shell {
             core.handle(event, now);
         }
         self.report_scratch = got;
+        if !checkpoints.is_empty() {
+            self.publish_notices(core);
+            for (generation, last_seq, bytes, micros) in checkpoints {
+                self.publish(event_fields(serde_json::json!({
+                    "event": "checkpoint",
+                    "actor": core.actor_name(actor),
+                    "generation": generation,
+                    "last_seq": last_seq,
+                    "bytes": bytes,
+                    "duration_ms": micros as f64 / 1e3,
+                })));
+            }
+        }
+        let w = &mut self.workers.0[actor];
         match end {
             ReadEnd::Drained => false,
             ReadEnd::More => true,
@@ -858,6 +934,16 @@ impl Shell {
         let bad = |m: String| ErrorBody::new(ErrorKind::BadRequest, m);
         self.notifier.reloading();
         let result = self.reload_inner(core, now, &bad);
+        self.publish_notices(core);
+        let event = match &result {
+            Ok(changes) => serde_json::json!({
+                "event": "reload",
+                "ok": true,
+                "changes": serde_json::from_str::<serde_json::Value>(changes).unwrap_or_default(),
+            }),
+            Err(e) => serde_json::json!({"event": "reload", "ok": false, "error": e.message}),
+        };
+        self.publish(event_fields(event));
         // READY=1 again: systemd leaves the reloading state whether or not it worked.
         self.notifier.ready();
         result
@@ -899,6 +985,10 @@ impl Shell {
                 old_s.max_request_bytes != new_s.max_request_bytes,
             ),
             ("allowed_uids", old_s.allowed_uids != new_s.allowed_uids),
+            (
+                "metrics_listen",
+                old_s.metrics_listen != new_s.metrics_listen,
+            ),
             (
                 "shutdown_timeout",
                 old_s.shutdown_timeout != new_s.shutdown_timeout,
@@ -1047,7 +1137,40 @@ impl Shell {
             }
             self.execute(actions, core);
         }
+        self.publish_notices(core);
         self.conns.flush(Instant::now());
+    }
+
+    /// Publishes what the core noticed since the last time, then `extra` (the shell's
+    /// own events), on the event stream.
+    fn publish_notices(&mut self, core: &mut Core) {
+        core.drain_notices(&mut self.notices);
+        let mut notices = std::mem::take(&mut self.notices);
+        for n in notices.drain(..) {
+            self.publish(event_stream::notice_fields(core, &n));
+        }
+        self.notices = notices;
+    }
+
+    /// Numbers, keeps and sends one event to every subscriber.
+    fn publish(&mut self, fields: serde_json::Map<String, serde_json::Value>) {
+        let seq = self.events.next_seq();
+        let line = self.events.record(fields);
+        self.conns.publish(seq, line, Instant::now());
+    }
+
+    /// Every metric, the core's and the shell's, in the Prometheus text format.
+    fn render_metrics(&self, core: &Core) -> String {
+        let gauges = observe::Gauges {
+            connections: self.conns.open(),
+            connections_accepted: self.conns.accepted,
+            subscribers: self.conns.subscribed(),
+            subscribers_dropped: self.conns.dropped_subscribers,
+            events: self.events.next_seq() - 1,
+        };
+        observe::render(core, &self.stats, &gauges, |id| {
+            self.logs.get(id).map_or(0, ActorLog::disk_bytes)
+        })
     }
 
     fn execute(&mut self, actions: &mut Vec<Action>, core: &mut Core) {
@@ -1098,6 +1221,21 @@ impl Shell {
                     }
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
+                Action::Metrics { origin } => {
+                    let text = self.render_metrics(core);
+                    core.answer(&origin, Ok(crate::core::json_string(&text)));
+                }
+                Action::Subscribe { origin } => {
+                    self.publish_notices(core);
+                    let history = self.events.history();
+                    let ack = serde_json::json!({
+                        "subscribed": true,
+                        "next_seq": self.events.next_seq(),
+                        "history": history.len(),
+                    });
+                    let ack = resurgam_shared::protocol::encode_ok(&origin.id, &ack.to_string());
+                    self.conns.subscribe(origin.conn, &ack, history);
+                }
             }
         }
     }
@@ -1273,6 +1411,14 @@ fn send_init(name: &str, pid: Option<u32>, outbox: &IpcSender<ToWorker>, init: I
         if let Some(pid) = pid {
             spawn::kill_group(pid);
         }
+    }
+}
+
+/// The fields of an event built as a JSON object.
+fn event_fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
     }
 }
 

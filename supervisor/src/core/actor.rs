@@ -168,6 +168,7 @@ pub(super) struct ActorState {
     pub served: u64,
     pub nondeterministic: u64,
     pub tracker: RestartTracker,
+    pub metrics: super::ActorMetrics,
 }
 
 fn outcome_hash(o: &Outcome) -> u64 {
@@ -253,6 +254,7 @@ impl ActorState {
             served: 0,
             nondeterministic: 0,
             tracker: RestartTracker::default(),
+            metrics: super::ActorMetrics::default(),
         }
     }
 

@@ -16,6 +16,7 @@
 //!   ones only after it is ready) counts as usable until it reports it damaged.
 
 mod actor;
+mod observe;
 pub mod restart;
 mod status;
 
@@ -29,6 +30,7 @@ use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, e
 use crate::exit::WorkerExit;
 pub use actor::Phase;
 use actor::{ActorState, Entry, Heartbeat};
+pub use observe::{ActorMetrics, Notice};
 
 /// Index of an actor in the core's table (stable for the life of the process).
 pub type ActorId = usize;
@@ -52,6 +54,8 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub struct Origin {
     pub conn: ConnId,
     pub id: String,
+    /// For a call: its actor and when it arrived (its answer is counted in the metrics).
+    pub call: Option<(ActorId, Instant)>,
 }
 
 /// Something that happened, as the shell reports it.
@@ -285,6 +289,14 @@ pub enum Action {
     Exit {
         code: i32,
     },
+    /// Answer `origin` with the metrics (the shell holds half of them).
+    Metrics {
+        origin: Origin,
+    },
+    /// Make `origin`'s connection an event subscriber (the shell keeps the stream).
+    Subscribe {
+        origin: Origin,
+    },
 }
 
 /// Static facts the shell gives the core at start.
@@ -326,6 +338,8 @@ pub struct Core {
     now: Instant,
     /// Actors with queued calls or other work for [`Core::flush`].
     dirty: Vec<ActorId>,
+    /// What happened since the shell last asked ([`Core::drain_notices`]).
+    notices: Vec<Notice>,
 }
 
 impl Core {
@@ -354,6 +368,7 @@ impl Core {
             out: Vec::new(),
             now,
             dirty: Vec::new(),
+            notices: Vec::new(),
         };
         for id in 0..core.actors.len() {
             core.start(id, now);
@@ -704,7 +719,7 @@ impl Core {
                         epoch: a.epoch,
                     });
                 }
-                a.phase = Phase::Stopped;
+                observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
                 a.restart_at = None;
             }
             _ => self.mark_dirty(id),
@@ -785,6 +800,7 @@ impl Core {
     }
 
     fn reply_ok(&mut self, to: &Origin, ok: &str) {
+        self.count_answer(to.call, "ok");
         self.out.push(Action::Reply {
             conn: to.conn,
             line: encode_ok(&to.id, ok),
@@ -792,6 +808,7 @@ impl Core {
     }
 
     fn reply_err(&mut self, to: &Origin, err: &ErrorBody) {
+        self.count_answer(to.call, err.kind.as_str());
         self.out.push(Action::Reply {
             conn: to.conn,
             line: encode_err(&to.id, err),
@@ -802,6 +819,7 @@ impl Core {
         let origin = Origin {
             conn,
             id: request.id,
+            call: None,
         };
         match request.op {
             Op::Call {
@@ -827,6 +845,8 @@ impl Core {
                 self.reply_ok(&origin, "{\"stopping\":true}");
                 self.begin_shutdown("stop requested over the control socket", now);
             }
+            Op::Metrics => self.out.push(Action::Metrics { origin }),
+            Op::Subscribe => self.out.push(Action::Subscribe { origin }),
         }
     }
 
@@ -842,10 +862,11 @@ impl Core {
         }
     }
 
-    fn on_call(&mut self, origin: Origin, actor: &str, method: String, args: Option<String>) {
+    fn on_call(&mut self, mut origin: Origin, actor: &str, method: String, args: Option<String>) {
         let Some(id) = self.lookup(&origin, actor) else {
             return;
         };
+        origin.call = Some((id, self.now));
         let stopping = !matches!(self.mode, Mode::Running);
         let a = &mut self.actors[id];
         let refusal = if let Some(methods) = a.methods
@@ -979,6 +1000,7 @@ impl Core {
         let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
         match a.phase {
             Phase::Dead | Phase::Restarting => {
+                a.metrics.restarts.add("operator", 1);
                 a.tracker.reset();
                 a.dead_reason = None;
                 self.spawn(id, now);
@@ -997,7 +1019,19 @@ impl Core {
 
     fn spawn(&mut self, id: ActorId, now: Instant) {
         let a = &mut self.actors[id];
+        let from = a.phase;
         a.begin_epoch(now);
+        if from != Phase::Starting {
+            let to = Phase::Starting;
+            observe::push(
+                &mut self.notices,
+                Notice::State {
+                    actor: id,
+                    from,
+                    to,
+                },
+            );
+        }
         self.out.push(Action::Spawn {
             actor: id,
             epoch: a.epoch,
@@ -1043,7 +1077,7 @@ impl Core {
         a.next_seq = a.next_seq.max(k + 1);
         a.sent_upto = k;
         a.inflight_batches = 0;
-        a.phase = Phase::Alive;
+        observe::set_phase(&mut self.notices, id, a, Phase::Alive);
         a.alive_since = Some(now);
         a.start_deadline = None;
         a.last_checkpoint_request = now;
@@ -1069,10 +1103,23 @@ impl Core {
         if covered > 0 {
             a.lost_reply_deadline = Some(now + DRAIN_GRACE);
         }
-        let recovery_ms = a
-            .died_at
-            .take()
-            .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3);
+        let recovery = a.died_at.take().map(|t| now.saturating_duration_since(t));
+        let recovery_ms = recovery.map(|d| d.as_secs_f64() * 1e3);
+        a.metrics.replayed += replay as u64;
+        if let Some(took) = recovery {
+            a.metrics.recovery.observe(took);
+            observe::push(
+                &mut self.notices,
+                Notice::Recovered {
+                    actor: id,
+                    pid: a.pid,
+                    took,
+                    replayed: replay as u64,
+                    generation: restored.generation,
+                    last_seq: k,
+                },
+            );
+        }
         tracing::info!(
             actor = %a.name,
             pid = a.pid.unwrap_or(0),
@@ -1343,7 +1390,7 @@ impl Core {
         let winding_down = stopping || a.retiring;
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
-            a.phase = Phase::Stopped;
+            observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
             self.fail_unanswered(
                 id,
                 ErrorKind::Busy,
@@ -1352,13 +1399,24 @@ impl Core {
             self.maybe_exit();
             return;
         }
+        let (cause, pid) = (observe::death_cause(a), a.pid);
+        let died = |cause, restart_in| Notice::Died {
+            actor: id,
+            pid,
+            reason: reason.clone(),
+            cause,
+            restart_in,
+        };
         if let Some(msg) = a.fatal.take() {
+            self.notify(died("fatal", None));
             let reason = format!("worker reported a fatal error: {msg}");
             self.make_dead(id, reason);
             return;
         }
         if std::mem::take(&mut a.operator_restart) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker killed for an operator restart");
+            a.metrics.restarts.add("operator", 1);
+            self.notify(died("operator", Some(Duration::ZERO)));
             self.spawn(id, now);
             return;
         }
@@ -1387,6 +1445,17 @@ impl Core {
             };
             let a = &mut self.actors[id];
             tracing::error!(actor = %a.name, seq, attempts, method = e.as_ref().map_or("?", |e| e.method.as_str()), "poison call dropped");
+            a.metrics.poisoned += 1;
+            let method = e.as_ref().map_or_else(String::new, |e| e.method.clone());
+            observe::push(
+                &mut self.notices,
+                Notice::Poison {
+                    actor: id,
+                    seq,
+                    method,
+                    attempts,
+                },
+            );
             if let Some(Entry {
                 origin: Some(o),
                 method,
@@ -1415,17 +1484,20 @@ impl Core {
                     "worker died; restarting"
                 );
                 a.restarts += 1;
+                a.metrics.restarts.add(cause, 1);
+                observe::push(&mut self.notices, died(cause, Some(delay)));
                 // While stopping, restart at once: the final checkpoint must hold
                 // every call the log has (in memory mode nothing else does).
                 if delay.is_zero() || stopping {
                     self.spawn(id, now);
                 } else {
-                    a.phase = Phase::Restarting;
+                    observe::set_phase(&mut self.notices, id, a, Phase::Restarting);
                     a.restart_at = Some(now + delay);
                     a.alive_since = None;
                 }
             }
             Err(give_up) => {
+                observe::push(&mut self.notices, died(cause, None));
                 let reason = format!(
                     "worker died {} times within {} (max_restarts = {}); last: {reason}",
                     give_up.restarts + 1,
@@ -1440,7 +1512,14 @@ impl Core {
     fn make_dead(&mut self, id: ActorId, reason: String) {
         let a = &mut self.actors[id];
         tracing::error!(actor = %a.name, %reason, "actor is DEAD; `resurgam restart` revives it");
-        a.phase = Phase::Dead;
+        observe::set_phase(&mut self.notices, id, a, Phase::Dead);
+        observe::push(
+            &mut self.notices,
+            Notice::Dead {
+                actor: id,
+                reason: reason.clone(),
+            },
+        );
         a.dead_reason = Some(reason);
         a.alive_since = None;
         a.restart_at = None;
@@ -1630,7 +1709,7 @@ impl Core {
                         actor: id,
                         epoch: a.epoch,
                     });
-                    a.phase = Phase::Stopped;
+                    observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
                     // The worker may have applied (and even checkpointed) these calls
                     // just now: say so, and write no tombstone, so a durable log replays
                     // them rather than dropping calls that ran.

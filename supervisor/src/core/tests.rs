@@ -314,6 +314,9 @@ impl World {
                     "no file in the model",
                 )),
             ),
+            // The shell's to answer; the model has no metrics text and no stream.
+            Action::Metrics { origin } => self.core.answer(&origin, Ok("\"\"".into())),
+            Action::Subscribe { origin } => self.core.answer(&origin, Ok("{}".into())),
         }
     }
 
@@ -858,6 +861,91 @@ fn poison_call_fails_after_max_call_retries_and_the_actor_lives_on() {
     assert_eq!(ok_value(&w, b), Some(6));
     assert_eq!(w.core.actors[0].restarts, 3);
     w.check_model();
+}
+
+#[test]
+fn deaths_recoveries_and_poison_calls_are_counted_and_noticed() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let mut notices = Vec::new();
+    w.core.drain_notices(&mut notices);
+    assert_eq!(
+        notices,
+        vec![Notice::State {
+            actor: 0,
+            from: Phase::Starting,
+            to: Phase::Alive
+        }]
+    );
+    w.call("incr", 5);
+    w.call("crash", 0);
+    w.call("incr", 1);
+    w.settle();
+    let m = w.core.actor_metrics(0);
+    let outcomes: Vec<_> = m.outcomes.iter().collect();
+    assert_eq!(outcomes, vec![("ok", 2), ("CallFailed", 1)]);
+    assert_eq!(m.latency.count(), 3, "one latency per answered call");
+    assert_eq!(m.restarts.iter().collect::<Vec<_>>(), vec![("signal", 3)]);
+    assert_eq!(m.recovery.count(), 3);
+    assert_eq!(m.poisoned, 1);
+    notices.clear();
+    w.core.drain_notices(&mut notices);
+    let died = notices
+        .iter()
+        .filter(|n| {
+            matches!(
+                n,
+                Notice::Died {
+                    cause: "signal",
+                    restart_in: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    let recovered = notices
+        .iter()
+        .filter(|n| matches!(n, Notice::Recovered { .. }))
+        .count();
+    assert_eq!((died, recovered), (3, 3), "{notices:#?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| matches!(n, Notice::Poison { method, attempts: 3, .. } if method == "crash")),
+        "{notices:#?}"
+    );
+    assert_eq!(w.core.phase(0), Phase::Alive);
+    w.check_model();
+}
+
+#[test]
+fn an_actor_that_gives_up_is_noticed_dead_with_its_reason() {
+    let mut w = World::new(policy(1, 10, 0));
+    w.settle();
+    w.call("crash", 0);
+    w.settle();
+    assert_eq!(w.core.phase(0), Phase::Dead);
+    let mut notices = Vec::new();
+    w.core.drain_notices(&mut notices);
+    let dead: Vec<_> = notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Dead { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{notices:#?}");
+    assert!(dead[0].contains("max_restarts = 1"), "{}", dead[0]);
+    assert!(
+        notices.iter().any(|n| matches!(
+            n,
+            Notice::State {
+                to: Phase::Dead,
+                ..
+            }
+        )),
+        "{notices:#?}"
+    );
 }
 
 #[test]

@@ -12,6 +12,12 @@
 //! that stops sending (a half-closed socket, as `socat` and `nc -N` leave it) still gets
 //! every reply it is owed, for up to [`HALF_CLOSED_GRACE`].
 //!
+//! Event subscribers (`subscribe` op) get every event line appended to their output; one
+//! whose unread output would pass [`SUBSCRIBER_BUFFER`], or that accepts no output for
+//! [`WRITE_TIMEOUT`], is dropped: it gets a final `dropped` line, is read no more, and
+//! is closed once that is written (or after [`DROPPED_GRACE`]). Publishing never waits
+//! for a subscriber.
+//!
 //! Access: every connection's peer credentials (SO_PEERCRED) are checked: root, the
 //! supervisor's own uid and `allowed_uids` may talk; anyone else gets one `Unauthorized`
 //! reply and is closed, as is a connection past the connection limit (`Busy`). Their
@@ -45,6 +51,10 @@ pub const MAX_OWED_REPLIES: usize = 16 * 1024;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long replies are still delivered to a client that stopped sending.
 pub const HALF_CLOSED_GRACE: Duration = Duration::from_secs(60);
+/// Unread output a subscriber may have before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 1 << 20;
+/// How long a dropped subscriber has to read its final line.
+pub const DROPPED_GRACE: Duration = Duration::from_secs(5);
 /// Bytes read from one connection per turn of the loop.
 const READ_BUDGET: usize = 256 * 1024;
 /// How long a refused connection's input is drained, and how much of it at most.
@@ -75,6 +85,11 @@ struct Conn {
     to_write: bool,
     /// Registered for writability (only while output waits for room in the socket).
     watching_writes: bool,
+    /// A subscriber dropped for not keeping up, at this time: read no more, closed once
+    /// its output is written.
+    dropped_at: Option<Instant>,
+    /// Receives events: the stream goes on after the client stops sending.
+    subscribed: bool,
 }
 
 impl Conn {
@@ -117,7 +132,13 @@ impl Conn {
 
     /// Has everything it is owed, and will ask for nothing more.
     fn finished(&self) -> bool {
-        self.eof_at.is_some() && self.owed == 0 && self.pending() == 0
+        (self.eof_at.is_some() && self.owed == 0 && !self.subscribed || self.dropped_at.is_some())
+            && self.pending() == 0
+    }
+
+    /// Takes no more input (it stopped sending, or was dropped).
+    fn done_reading(&self) -> bool {
+        self.eof_at.is_some() || self.dropped_at.is_some()
     }
 }
 
@@ -145,6 +166,14 @@ pub struct Conns {
     accept_again: Option<Instant>,
     /// Where input is read into (kept: not zeroed again every turn).
     scratch: Vec<u8>,
+    /// Connections that receive events.
+    subscribers: Vec<ConnId>,
+    /// Connections accepted and served since the start (for the metrics).
+    pub accepted: u64,
+    /// Subscribers dropped for not keeping up (for the metrics).
+    pub dropped_subscribers: u64,
+    /// The `seq` of the newest event published.
+    published: u64,
 }
 
 impl Conns {
@@ -166,6 +195,10 @@ impl Conns {
             timed: HashSet::new(),
             accept_again: None,
             scratch: vec![0; 64 * 1024],
+            subscribers: Vec::new(),
+            accepted: 0,
+            dropped_subscribers: 0,
+            published: 0,
         })
     }
 
@@ -245,8 +278,11 @@ impl Conns {
                 stalled_since: None,
                 to_write: false,
                 watching_writes: false,
+                dropped_at: None,
+                subscribed: false,
             },
         );
+        self.accepted += 1;
         // Input may have arrived with the connection.
         self.to_read.push_back(conn);
     }
@@ -299,7 +335,7 @@ impl Conns {
         let Some(c) = self.live.get_mut(&conn) else {
             return;
         };
-        if readable && !c.queued && !c.paused && c.eof_at.is_none() {
+        if readable && !c.queued && !c.paused && !c.done_reading() {
             c.queued = true;
             self.to_read.push_back(conn);
         }
@@ -328,6 +364,9 @@ impl Conns {
             };
             let mut taken = 0;
             let more = loop {
+                if c.dropped_at.is_some() {
+                    break false;
+                }
                 if c.over_limits() {
                     // Backpressure: read again once the client takes its replies.
                     c.paused = true;
@@ -433,12 +472,12 @@ impl Conns {
             }
             if c.paused && !c.over_limits() {
                 c.paused = false;
-                if c.eof_at.is_none() && !c.queued {
+                if !c.done_reading() && !c.queued {
                     c.queued = true;
                     self.to_read.push_back(conn);
                 }
             }
-            if c.stalled_since.is_some() || c.eof_at.is_some() {
+            if c.stalled_since.is_some() || c.done_reading() {
                 self.timed.insert(conn);
             } else {
                 self.timed.remove(&conn);
@@ -471,7 +510,10 @@ impl Conns {
         {
             let deadlines = [
                 c.stalled_since.map(|t| t + WRITE_TIMEOUT),
-                c.eof_at.map(|t| t + HALF_CLOSED_GRACE),
+                c.eof_at
+                    .filter(|_| !c.subscribed)
+                    .map(|t| t + HALF_CLOSED_GRACE),
+                c.dropped_at.map(|t| t + DROPPED_GRACE),
             ];
             for d in deadlines.into_iter().flatten() {
                 if d <= now {
@@ -484,7 +526,12 @@ impl Conns {
         expired.sort_unstable();
         expired.dedup();
         for conn in expired {
-            self.close(conn);
+            // A subscriber that takes no events gets its notice (and a grace to read it).
+            if self.subscribers.contains(&conn) {
+                self.drop_subscriber(conn, self.published + 1, now);
+            } else {
+                self.close(conn);
+            }
         }
         let gone: Vec<ConnId> = self
             .refused
@@ -513,7 +560,90 @@ impl Conns {
         self.live.values().any(|c| c.pending() > 0)
     }
 
+    /// Connections served now.
+    pub fn open(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Subscribers now.
+    pub fn subscribed(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    /// Answers a `subscribe` request with `ack`, then sends the `history` lines; from now
+    /// on the connection gets every event [`Conns::publish`]es.
+    pub fn subscribe<'a>(
+        &mut self,
+        conn: ConnId,
+        ack: &str,
+        history: impl Iterator<Item = &'a str>,
+    ) {
+        self.reply(conn, ack);
+        let Some(c) = self.live.get_mut(&conn) else {
+            return;
+        };
+        for line in history {
+            c.push_out(line.as_bytes());
+        }
+        c.subscribed = true;
+        if !self.subscribers.contains(&conn) {
+            self.subscribers.push(conn);
+        }
+    }
+
+    /// Appends event `seq`'s line (with its newline) to every subscriber's output; drops
+    /// a subscriber whose unread output would pass [`SUBSCRIBER_BUFFER`].
+    pub fn publish(&mut self, seq: u64, line: &str, now: Instant) {
+        self.published = seq;
+        let mut gone = Vec::new();
+        for &conn in &self.subscribers {
+            let Some(c) = self.live.get_mut(&conn) else {
+                gone.push(conn);
+                continue;
+            };
+            if c.pending() + line.len() > SUBSCRIBER_BUFFER {
+                gone.push(conn);
+                continue;
+            }
+            c.push_out(line.as_bytes());
+            if !c.to_write {
+                c.to_write = true;
+                self.to_write.push(conn);
+            }
+        }
+        for conn in gone {
+            self.drop_subscriber(conn, seq, now);
+        }
+    }
+
+    /// Stops sending events to a subscriber that does not read them: its last line says
+    /// so (`missed`: the first event it does not get); it is closed once that is written.
+    fn drop_subscriber(&mut self, conn: ConnId, missed: u64, now: Instant) {
+        self.subscribers.retain(|&c| c != conn);
+        let Some(c) = self.live.get_mut(&conn) else {
+            return;
+        };
+        let unread = c.pending();
+        tracing::warn!(
+            conn,
+            unread,
+            "event subscriber does not read its events; dropping it"
+        );
+        c.push_out(crate::shell::events::dropped_line(unread, missed).as_bytes());
+        c.dropped_at = Some(now);
+        c.stalled_since = None;
+        self.timed.insert(conn);
+        self.dropped_subscribers += 1;
+        if !c.to_write {
+            c.to_write = true;
+            self.to_write.push(conn);
+        }
+    }
+
     fn close(&mut self, conn: ConnId) {
+        if let Some(i) = self.subscribers.iter().position(|&c| c == conn) {
+            self.subscribers.swap_remove(i);
+        }
         self.timed.remove(&conn);
         if let Some(mut c) = self.live.remove(&conn) {
             let _ = self.registry.deregister(&mut c.stream);

@@ -5,7 +5,10 @@
 //! the loop.
 
 pub mod conns;
+pub mod events;
 pub mod forkserver;
+pub mod http;
+pub mod observe;
 pub mod output;
 pub mod reports;
 pub mod standby;
@@ -102,8 +105,13 @@ pub mod token {
 
     pub const LISTENER: Token = Token(0);
     pub const WAKER: Token = Token(1);
+    /// The metrics endpoint's listener (`metrics_listen`).
+    pub const HTTP_LISTENER: Token = Token(2);
     const DEATH_BASE: usize = 1 << 50;
     const WORKER_BASE: usize = 1 << 48;
+    const HTTP_BASE: usize = 1 << 46;
+    /// Metrics endpoint connections are numbered modulo this.
+    pub const HTTP_CONNS: usize = 1 << 20;
     const CONN_BASE: usize = 16;
 
     pub fn conn(conn: ConnId) -> Token {
@@ -112,6 +120,11 @@ pub mod token {
 
     pub fn worker(actor: ActorId) -> Token {
         Token(WORKER_BASE + actor)
+    }
+
+    /// A connection to the metrics endpoint.
+    pub fn http(id: usize) -> Token {
+        Token(HTTP_BASE + id % HTTP_CONNS)
     }
 
     /// The pidfd of an actor's worker (readable once the process has exited).
@@ -123,6 +136,8 @@ pub mod token {
     pub enum Of {
         Listener,
         Waker,
+        HttpListener,
+        Http(usize),
         Conn(ConnId),
         Worker(ActorId),
         Death(ActorId),
@@ -131,8 +146,10 @@ pub mod token {
     pub fn of(t: Token) -> Of {
         match t.0 {
             0 => Of::Listener,
+            2 => Of::HttpListener,
             n if n >= DEATH_BASE => Of::Death(n - DEATH_BASE),
             n if n >= WORKER_BASE => Of::Worker(n - WORKER_BASE),
+            n if n >= HTTP_BASE => Of::Http(n - HTTP_BASE),
             n if n >= CONN_BASE => Of::Conn((n - CONN_BASE) as ConnId),
             _ => Of::Waker,
         }
