@@ -245,6 +245,20 @@ impl Dir {
         }
     }
 
+    /// Opens a directory named by the configuration (the state or runtime directory),
+    /// following a link at `path`: the operator chose it (systemd's `DynamicUser=`
+    /// makes the state directory a link), and [`check_private_dir`] vetted its target.
+    pub fn open_configured(path: &Path) -> io::Result<Dir> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+        match nix::fcntl::open(path, flags, Mode::empty()) {
+            Ok(fd) => Ok(Dir {
+                fd,
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(errno(path, "open directory", e)),
+        }
+    }
+
     /// Opens `path` as a directory, creating it private (0700) if absent.
     pub fn create(path: &Path) -> io::Result<Dir> {
         if let Some(d) = Dir::open(path)? {

@@ -84,9 +84,7 @@ impl Manifest {
     /// directory has none yet. A damaged manifest is an error naming the file: the
     /// operator decides (it is never silently replaced).
     pub fn open(state_dir: &Path) -> Result<Manifest, String> {
-        let dir = Dir::open(state_dir)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{} is gone", state_dir.display()))?;
+        let dir = Dir::open_configured(state_dir).map_err(|e| e.to_string())?;
         let path = state_dir.join(MANIFEST_FILE);
         let name = OsStr::new(MANIFEST_FILE);
         let file = dir
@@ -236,6 +234,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(MANIFEST_FILE)]);
+    }
+
+    #[test]
+    fn a_state_dir_reached_through_a_link_is_used() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("private")).unwrap();
+        std::os::unix::fs::symlink("private", t.path().join("state")).unwrap();
+        let id = Manifest::open(&t.path().join("state"))
+            .unwrap()
+            .id()
+            .to_string();
+        assert!(t.path().join("private").join(MANIFEST_FILE).exists());
+        assert_eq!(Manifest::open(&t.path().join("state")).unwrap().id(), id);
     }
 
     #[test]
