@@ -170,7 +170,18 @@ fn links_planted_in_the_state_dir_are_never_followed() {
             "{durability}:\n{log}"
         );
         fs::remove_file(&lock).unwrap();
+        // The worker's mmap file: a link is moved aside, never written through.
+        let ckpt = sup.runtime_dir.join("kv.ckpt");
+        fs::remove_file(&ckpt).unwrap();
+        std::os::unix::fs::symlink(&victim, &ckpt).unwrap();
         sup.restart_same_dirs();
+        assert!(
+            !fs::symlink_metadata(&ckpt)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{durability}: the link is still in place"
+        );
         // (`memory` keeps only what the checkpoint holds.)
         let (key, value) = if durability == "memory" {
             ("a", "1")

@@ -1277,36 +1277,40 @@ impl MmapCheckpoint {
 /// error is an error: nothing can be concluded about the file.
 fn open_existing(path: &Path) -> io::Result<Existing> {
     let file = match safefs::open_rw(path) {
-        Ok(file) => file,
+        Ok(file) => Some(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Missing),
+        // A link in its place is never followed, nor left in the way: moved aside (the
+        // link, not its target) like a damaged file.
+        Err(e) if safefs::is_symlink_error(&e) => None,
         Err(e) => return Err(io_ctx("open", path)(e)),
     };
-    match read_file_layout(&file, path) {
-        Ok(layout) => {
-            let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
-            Ok(Existing::Valid(file, map, layout))
-        }
-        Err(CheckpointError::Io(msg)) => Err(io::Error::other(msg)),
-        Err(error) => {
-            drop(file);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let moved_to = with_suffix(path, &format!(".corrupt-{nanos}"));
-            fs::rename(path, &moved_to).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "rename of {} to {}: {e}",
-                        path.display(),
-                        moved_to.display()
-                    ),
-                )
-            })?;
-            Ok(Existing::Damaged { error, moved_to })
-        }
-    }
+    let error = match file {
+        Some(file) => match read_file_layout(&file, path) {
+            Ok(layout) => {
+                let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
+                return Ok(Existing::Valid(file, map, layout));
+            }
+            Err(CheckpointError::Io(msg)) => return Err(io::Error::other(msg)),
+            Err(error) => error,
+        },
+        None => CheckpointError::Io("a symbolic link (never followed)".to_string()),
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let moved_to = with_suffix(path, &format!(".corrupt-{nanos}"));
+    fs::rename(path, &moved_to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "rename of {} to {}: {e}",
+                path.display(),
+                moved_to.display()
+            ),
+        )
+    })?;
+    Ok(Existing::Damaged { error, moved_to })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2410,7 +2414,16 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &mp).unwrap();
         let s = scan(&mp, &dp);
         assert!(s.chosen.is_none(), "{s:?}");
-        assert!(MmapCheckpoint::open(&mp, 0).is_err());
+        // The worker moves the link aside (not its target) and makes a file of its own.
+        let (_, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        let moved = moved.unwrap();
+        assert!(
+            fs::symlink_metadata(&moved)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!fs::symlink_metadata(&mp).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
