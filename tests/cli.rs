@@ -295,3 +295,281 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         assert!(text.contains(".TH"), "{page}: {text}");
     }
 }
+
+#[test]
+fn stop_actor_stops_only_that_actor_until_start_and_a_reload_keeps_it_stopped() {
+    let sup = Supervisor::start(CONFIG);
+    let sup_pid = sup.pid();
+    assert_eq!(expect(&sup, &["call", "c", "incr", "5"], 0), "5");
+    let worker = sup.worker_pid("c").expect("c has a worker");
+
+    // Returns once the worker has stopped after its final checkpoint.
+    let line = expect(&sup, &["stop", "c"], 0);
+    assert!(
+        line.starts_with("stopped c (final checkpoint: generation ") && line.contains("last_seq 1"),
+        "{line}"
+    );
+    assert!(Proc::of(worker).is_none(), "worker {worker} still runs");
+    assert_eq!(sup.actor("c")["state"], "STOPPED");
+    assert_eq!(sup.actor("c")["pid"], Value::Null);
+    // Calls (and checkpoints) get ActorStopped, exit 1; `pid` has none; the rest runs on.
+    let socket = sup.socket.to_str().unwrap();
+    for args in [&["call", "c", "get"][..], &["checkpoint", "c"]] {
+        let out = cli(&[args, &["--socket", socket]].concat(), &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("ActorStopped") && stderr(&out).contains("resurgam start c"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let msg = stderr(&cli(&["pid", "c", "--socket", socket], &[]));
+    assert!(msg.contains("state STOPPED"), "{msg}");
+    let reply = sup.client().pid(Some("c")).unwrap();
+    assert_eq!(reply["state"], "STOPPED", "{reply}");
+    assert_eq!(reply["pid"], Value::Null, "{reply}");
+    assert_eq!(expect(&sup, &["call", "kv", "len"], 0), "0");
+    assert_eq!(sup.pid(), sup_pid);
+
+    // A reload keeps it stopped; a second stop is answered at once.
+    assert_eq!(expect(&sup, &["reload"], 0), "reloaded: nothing changed");
+    assert_eq!(sup.actor("c")["state"], "STOPPED");
+    let v: Value = serde_json::from_str(&expect(&sup, &["stop", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["state"], "STOPPED", "{v}");
+    assert_eq!(v["checkpoint"]["last_seq"], 1, "{v}");
+    // `stop --no-wait` is for the supervisor only.
+    expect(&sup, &["stop", "c", "--no-wait"], 2);
+
+    // Started again from its final checkpoint; waits until ALIVE.
+    let line = expect(&sup, &["start", "c"], 0);
+    let pid = sup.worker_pid("c").expect("c ALIVE");
+    assert_eq!(line, format!("started c (ALIVE, pid {pid})"));
+    assert_eq!(expect(&sup, &["call", "c", "get"], 0), "5");
+    let line = expect(&sup, &["start", "c"], 0);
+    assert_eq!(line, format!("c was already running (ALIVE, pid {pid})"));
+    let v: Value = serde_json::from_str(&expect(&sup, &["start", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["pid"], pid, "{v}");
+    expect(&sup, &["start", "ghost"], 1);
+    expect(&sup, &["stop", "ghost"], 1);
+
+    // Not kept across a supervisor restart: the config says which actors run (as a
+    // unit stopped with `systemctl stop` starts again at boot).
+    expect(&sup, &["stop", "c"], 0);
+    sup.restart_same_dirs();
+    assert_eq!(sup.actor("c")["state"], "ALIVE");
+    assert_eq!(expect(&sup, &["call", "c", "get"], 0), "5");
+}
+
+/// A `resurgam run --config FILE` started in `cwd` (no paths in the file: its state
+/// goes where `run` puts it by default); killed with its workers when dropped.
+struct RunIn {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl RunIn {
+    fn start(cwd: &std::path::Path, config: &std::path::Path) -> RunIn {
+        let log = cwd.join("run.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = crate::util::resurgam_cmd(&["run", "--config", config.to_str().unwrap()]);
+        let child = cmd
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn resurgam run");
+        RunIn { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunIn {
+    fn drop(&mut self) {
+        // Its workers die with it (PR_SET_PDEATHSIG).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `resurgam ARGS` run in `cwd` with a clean environment.
+fn cli_in(cwd: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = crate::util::resurgam_cmd(args);
+    cmd.current_dir(cwd);
+    crate::util::run_with_timeout(cmd, WAIT)
+}
+
+#[test]
+fn the_cli_finds_the_socket_of_a_config_from_another_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let (conf_dir, elsewhere) = (root.path().join("conf"), root.path().join("elsewhere"));
+    std::fs::create_dir(&conf_dir).unwrap();
+    std::fs::create_dir(&elsewhere).unwrap();
+    let config = conf_dir.join("demo.toml");
+    std::fs::write(
+        &config,
+        "[supervisor]\ndurability = \"memory\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+
+    // `check` names the socket `run` started here would use, absolute, and the service's.
+    let out = cli_in(&conf_dir, &["check", config_arg]);
+    let socket = conf_dir.join("resurgam-state/run/control.sock");
+    assert!(
+        stdout(&out).contains(&format!("socket {})", socket.display())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("/run/resurgam/control.sock"),
+        "{}",
+        stdout(&out)
+    );
+
+    // `run` started in the file's directory keeps its state there by default.
+    let run = RunIn::start(&conf_dir, &config);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cli_in(&conf_dir, &["call", "c", "incr", "2"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving: {}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // From another directory, --config finds it beside the file; without it, nothing
+    // is found, and the error says where it looked.
+    let out = cli_in(&elsewhere, &["call", "c", "get", "--config", config_arg]);
+    assert_eq!(stdout(&out), "2", "{}", stderr(&out));
+    let out = cli_in(&elsewhere, &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("resurgam-state/run/control.sock")
+            && stderr(&out).contains("also tried /run/resurgam/control.sock"),
+        "{}",
+        stderr(&out)
+    );
+    // A path the file sets is relative to the file, wherever the client runs.
+    let moved = conf_dir.join("moved.toml");
+    std::fs::write(
+        &moved,
+        "[supervisor]\nstate_dir = \"resurgam-state\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    )
+    .unwrap();
+    let out = cli_in(
+        &elsewhere,
+        &["call", "c", "get", "--config", moved.to_str().unwrap()],
+    );
+    assert_eq!(stdout(&out), "2", "{}", stderr(&out));
+}
+
+#[test]
+fn a_long_replay_shows_its_progress_in_status_and_the_log() {
+    // `hang` with a marker hangs only when the marker file is missing: present for the
+    // first run, removed before the replay, which then stops at that call.
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("marker");
+    std::fs::write(&marker, b"").unwrap();
+    let sup = crate::exec::start(&crate::exec::python_actor(
+        "m",
+        "misbehave.py",
+        "heartbeat_timeout = \"0s\"\ncheckpoint_every = 0\ncheckpoint_interval = \"0s\"",
+    ));
+    let mut c = sup.client();
+    for _ in 0..10 {
+        c.call("m", "add", json!(1)).unwrap();
+    }
+    assert_eq!(
+        c.call("m", "hang", json!({"marker": marker})).unwrap(),
+        json!(10)
+    );
+    for _ in 0..5 {
+        c.call("m", "add", json!(1)).unwrap();
+    }
+    std::fs::remove_file(&marker).unwrap();
+    sup.kill_worker("m");
+
+    // No checkpoint: all 16 calls are replayed, and the replay stops at `hang`.
+    sup.wait_until("the replay to start", WAIT, || {
+        sup.actor("m")["replay"]["total"] == 16
+    });
+    let replay = sup.actor("m")["replay"].clone();
+    let done = replay["done"].as_u64().expect("done");
+    assert!(done < 16, "{replay}");
+    let table = expect(&sup, &["status"], 0);
+    assert!(
+        table.contains(&format!("\n  replaying {done}/16")),
+        "{table}"
+    );
+    let details = expect(&sup, &["status", "m"], 0);
+    assert!(
+        details.contains(&format!("replaying {done}/16")),
+        "{details}"
+    );
+    // A line in the log every few seconds while it runs.
+    sup.wait_until("a replay progress line", WAIT, || {
+        sup.log()
+            .lines()
+            .any(|l| l.contains("replaying calls") && l.contains("total=16"))
+    });
+
+    // The marker exists now: the next worker's replay gets through.
+    sup.kill_worker("m");
+    sup.wait_until("the replay to finish", WAIT, || {
+        let m = sup.actor("m");
+        m["state"] == "ALIVE" && m["replay"].is_null() && m["replayed"] == 16
+    });
+    assert_eq!(c.call("m", "get", Value::Null).unwrap(), json!(15));
+}
+
+#[test]
+fn status_actor_shows_methods_exits_rate_and_file_sizes() {
+    let sup = Supervisor::start(
+        "[supervisor]\ndurability = \"log\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+    );
+    let mut c = sup.client();
+    for _ in 0..200 {
+        c.call("c", "incr", json!(1)).unwrap();
+    }
+    expect(&sup, &["checkpoint", "c"], 0);
+    let old = sup.kill_worker("c");
+    sup.wait_new_pid("c", old, WAIT);
+    sup.wait_state("c", "ALIVE", WAIT);
+
+    let v: Value = serde_json::from_str(&expect(&sup, &["status", "c", "--json"], 0)).unwrap();
+    assert_eq!(v["methods"], json!(["incr", "get", "crash"]), "{v}");
+    let exit = v["last_exits"][0]["exit"].as_str().unwrap_or_default();
+    assert!(exit.contains("SIGKILL"), "{v}");
+    assert!(v["last_exits"][0]["ago_ms"].is_u64(), "{v}");
+    assert!(v["files"]["log_bytes"].as_u64() > Some(0), "{v}");
+    assert!(v["files"]["disk_copy_bytes"].as_u64() > Some(0), "{v}");
+    assert!(v["calls_per_s"].as_f64() > Some(0.0), "{v}");
+
+    let details = expect(&sup, &["status", "c"], 0);
+    let line = |label: &str| {
+        details
+            .lines()
+            .find(|l| l.starts_with(&format!("  {label}  ")))
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{details}"))
+            .to_string()
+    };
+    assert!(line("methods").ends_with(" incr, get, crash"), "{details}");
+    assert!(
+        line("last exits").contains("killed by SIGKILL ("),
+        "{details}"
+    );
+    assert!(line("last exits").ends_with(" ago)"), "{details}");
+    assert!(line("files").contains(" on disk (mmap file "), "{details}");
+    assert!(line("files").contains(", call log "), "{details}");
+    line("calls per s");
+    let table = expect(&sup, &["status"], 0);
+    assert!(table.contains("  CALLS/S  "), "{table}");
+}

@@ -800,7 +800,7 @@ fn mount_ns(pid: i32) -> Option<PathBuf> {
 }
 
 /// Writes zeros into `path` until the file system is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
+pub(crate) fn fill(path: &Path) -> u64 {
     use std::io::Write;
     let mut f = fs::File::create(path).unwrap();
     let chunk = vec![0u8; 4096];
@@ -817,21 +817,29 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
-#[test]
-fn a_full_disk_refuses_calls_and_service_resumes_when_space_returns() {
+/// Starts a supervisor on `body` in a mount namespace of its own, with a tmpfs of
+/// `size` (as `mount -o size=` takes it) on the directory `dir` picks. Returns it and
+/// that directory as the supervisor sees it (through `/proc/PID/root`), or `None`
+/// (after reporting a skip) when this process cannot mount.
+pub(crate) fn start_with_tmpfs(
+    body: &str,
+    size: &str,
+    dir: fn(&Supervisor) -> &Path,
+) -> Option<(Supervisor, PathBuf)> {
     if let Err(reason) = can_mount_tmpfs() {
         crate::util::skip(&reason);
-        return;
+        return None;
     }
-    let sup = Supervisor::start_wrapped(FULL_DISK, |sup| {
-        fs::create_dir_all(&sup.state_dir).unwrap();
+    let sup = Supervisor::start_wrapped(body, |sup| {
+        fs::create_dir_all(dir(sup)).unwrap();
         let mut cmd = std::process::Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount -t tmpfs -o size=2m,mode=0700 tmpfs "$1" && exec "$2" run --config "$3""#)
+            .arg(r#"mount -t tmpfs -o size="$4",mode=0700 tmpfs "$1" && exec "$2" run --config "$3""#)
             .arg("sh")
-            .arg(&sup.state_dir)
+            .arg(dir(sup))
             .arg(BIN)
-            .arg(&sup.config_path);
+            .arg(&sup.config_path)
+            .arg(size);
         cmd
     });
     let pid = sup.pid();
@@ -845,18 +853,28 @@ fn a_full_disk_refuses_calls_and_service_resumes_when_space_returns() {
         proc_stat(pid).is_some(),
         "the unshare process should have become the supervisor"
     );
-    // The state directory as the supervisor sees it: the tmpfs.
-    let state = PathBuf::from(format!("/proc/{pid}/root"))
-        .join(sup.state_dir.strip_prefix("/").expect("absolute state dir"));
+    // The directory as the supervisor sees it: the tmpfs.
+    let seen = PathBuf::from(format!("/proc/{pid}/root"))
+        .join(dir(&sup).strip_prefix("/").expect("absolute directory"));
     assert!(
-        state.join("kv.log").is_dir() || fs::read_dir(&state).is_ok(),
+        fs::read_dir(&seen).is_ok(),
         "cannot reach {}",
-        state.display()
+        seen.display()
     );
     assert!(
-        fs::read_dir(&sup.state_dir).unwrap().next().is_none(),
-        "the state directory outside the namespace should stay empty (the tmpfs hides it)"
+        fs::read_dir(dir(&sup)).unwrap().next().is_none(),
+        "the directory outside the namespace should stay empty (the tmpfs hides it)"
     );
+    Some((sup, seen))
+}
+
+#[test]
+fn a_full_disk_refuses_calls_and_service_resumes_when_space_returns() {
+    let Some((sup, state)) = start_with_tmpfs(FULL_DISK, "2m", |sup| &sup.state_dir) else {
+        return;
+    };
+    let pid = sup.pid();
+    let ns = mount_ns(pid).expect("the supervisor's mount namespace");
 
     let mut c = sup.client();
     put_keys(&mut c, "k", 0..10);

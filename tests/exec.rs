@@ -453,6 +453,34 @@ fn printing_to_stdout_and_raising_break_nothing_and_the_output_is_logged_with_th
 }
 
 #[test]
+fn megabytes_of_output_without_a_newline_make_one_capped_log_line() {
+    // Output lines are capped (16 KiB); the rest is dropped and counted, never held.
+    const CAP: usize = 16 * 1024;
+    let sup = start(&misbehave_config(""));
+    let mut c = sup.client();
+    let (worker, program) = processes(&sup, "m");
+    let begin = format!("BEGIN-{}-", std::process::id());
+    let bytes = 8 << 20;
+    let args = json!({"text": begin, "bytes": bytes});
+    assert_eq!(c.call("m", "blurt", args).unwrap(), json!(0));
+    assert_eq!(c.call("m", "add", json!(1)).unwrap(), json!(1));
+    // The newline that ends the line.
+    assert_eq!(c.call("m", "chatty", json!("END")).unwrap(), json!(1));
+    let dropped = begin.len() + bytes + "END".len() - CAP;
+    let note = format!("({dropped} more bytes of this line dropped)");
+    sup.wait_until("the capped line in the supervisor log", WAIT, || {
+        sup.log()
+            .lines()
+            .any(|l| l.contains(&begin) && l.contains(&note) && l.contains("actor=m"))
+    });
+    let longest = sup.log().lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < CAP + 1024, "a log line of {longest} bytes");
+    // Nothing was restarted.
+    assert_eq!(sup.actor("m")["restarts"], 0);
+    assert_eq!(processes(&sup, "m"), (worker, program));
+}
+
+#[test]
 fn a_hung_program_is_killed_after_heartbeat_timeout_and_its_call_answered_after_recovery() {
     let sup = start(&misbehave_config("heartbeat_timeout = \"1s\""));
     let mut c = sup.client();

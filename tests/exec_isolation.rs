@@ -316,8 +316,17 @@ fn kill_9_of_the_worker_kills_the_program_and_its_descendants() {
     let mut sweep = Sweep::default();
     let sup = Supervisor::start(&forker_config());
     let f = family(&sup, &mut sweep);
+    // Also a child that left the session, and its grandchild (docs/exec-protocol.md,
+    // "Processes": re-parented to the supervisor once the group is dead, and killed).
+    let mut all = f.all();
+    all.extend(escapees(&sup, &mut sweep, f.worker, "setsid"));
     assert!(f.worker.signal(Signal::SIGKILL));
-    wait_gone(&sup, &f.all(), "kill -9 of the worker");
+    wait_gone(&sup, &all, "kill -9 of the worker");
+    assert!(
+        sup.log().contains("left its worker's session"),
+        "{}",
+        sup.log_tail(20)
+    );
     assert_recovered(&sup, &f, &mut sweep);
 }
 
@@ -327,10 +336,15 @@ fn a_graceful_stop_leaves_no_process_of_the_actor() {
     let mut sweep = Sweep::default();
     let sup = Supervisor::start(&forker_config());
     let f = family(&sup, &mut sweep);
+    // Also those that left the group or the session (docs/exec-protocol.md,
+    // "Processes").
+    let mut all = f.all();
+    all.extend(escapees(&sup, &mut sweep, f.worker, "setsid"));
+    all.extend(escapees(&sup, &mut sweep, f.worker, "setpgid"));
     assert_eq!(sup.client().stop().unwrap(), json!({"stopping": true}));
     let status = sup.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "exit after `stop`");
-    wait_gone(&sup, &f.all(), "a graceful stop");
+    wait_gone(&sup, &all, "a graceful stop");
 }
 
 #[test]
@@ -342,6 +356,51 @@ fn kill_9_of_the_supervisor_leaves_no_process_of_the_actor() {
     let status = sup.kill_supervisor();
     assert_eq!(status.signal(), Some(9));
     wait_gone(&sup, &f.all(), "kill -9 of the supervisor");
+}
+
+/// A child of the program that left the actor's group (`how`: `setsid` or `setpgid`)
+/// and its grandchild, born in the child's new group; (what, process) of both.
+fn escapees(
+    sup: &Supervisor,
+    sweep: &mut Sweep,
+    worker: Proc,
+    how: &str,
+) -> Vec<(&'static str, Proc)> {
+    let tree = sup
+        .client()
+        .call("forker", "spawn", json!({ how: true }))
+        .unwrap();
+    let child = sweep.add(live(pid_field(&tree, "child"), "the escaped child"));
+    let grandchild = sweep.add(live(pid_field(&tree, "grandchild"), "its grandchild"));
+    assert_eq!(
+        pgid(child),
+        child.pid,
+        "{how}: the child leads a group of its own"
+    );
+    assert_eq!(
+        pgid(grandchild),
+        child.pid,
+        "{how}: the grandchild is in it"
+    );
+    let sid = |p: Proc| {
+        nix::unistd::getsid(Some(Pid::from_raw(p.pid)))
+            .unwrap()
+            .as_raw()
+    };
+    if how == "setsid" {
+        assert_eq!(
+            sid(child),
+            child.pid,
+            "the child leads a session of its own"
+        );
+    } else {
+        assert_eq!(
+            sid(child),
+            sid(worker),
+            "the child stays in the worker's session"
+        );
+    }
+    vec![("escaped child", child), ("escaped grandchild", grandchild)]
 }
 
 // ------------------------------------------------------------------------------------

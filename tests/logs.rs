@@ -84,13 +84,25 @@ fn a_closed_stderr_does_not_take_the_supervisor_down() {
     // `resurgam run … 2>&1 | head -1`: once the reader is gone every log line fails
     // with EPIPE. The supervisor must keep serving (and its workers keep running)
     // and still stop cleanly.
+    survives_a_stderr_that_fails("2> >(exit 0)");
+}
+
+#[test]
+fn a_full_log_disk_does_not_take_the_supervisor_down() {
+    // Every write to /dev/full fails with ENOSPC, as the log file's on a full disk.
+    survives_a_stderr_that_fails("2>/dev/full");
+}
+
+/// Runs a supervisor with its stderr redirected by `redirect` (a bash redirection
+/// after which every write fails), kills a worker, and stops it cleanly.
+fn survives_a_stderr_that_fails(redirect: &str) {
     let body = "[[actor]]\nname = \"c\"\nkind = \"counter\"\n";
+    let script = format!("exec \"$0\" run --config \"$1\" {redirect}");
     let sup = Supervisor::start_wrapped(body, |s| {
         let mut cmd = std::process::Command::new("bash");
-        // exec keeps the pid: the harness's process is the supervisor itself, with its
-        // stderr a pipe whose reader has already exited.
+        // exec keeps the pid: the harness's process is the supervisor itself.
         cmd.arg("-c")
-            .arg("exec \"$0\" run --config \"$1\" 2> >(exit 0)")
+            .arg(&script)
             .arg(crate::util::BIN)
             .arg(&s.config_path);
         cmd
@@ -109,4 +121,40 @@ fn a_closed_stderr_does_not_take_the_supervisor_down() {
         Some(0),
         "the supervisor did not exit cleanly"
     );
+}
+
+#[test]
+fn a_failing_command_with_closed_output_exits_with_its_code_not_a_panic() {
+    // `resurgam run … 2>&1 | head -1` once the reader is gone: the message that says
+    // why `run` fails cannot be written, and the exit code must still be the failure's
+    // (1), not a panic's (101). Here `run` fails because a supervisor holds the
+    // state directory; `status` of an unknown actor fails as a client.
+    let sup = Supervisor::start("[[actor]]\nname = \"c\"\nkind = \"counter\"\n");
+    let config = sup.config_path.to_str().unwrap();
+    for args in [
+        vec!["run", "--config", config],
+        vec!["status", "--config", config, "nope"],
+        vec!["status", "--config", config],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let write2 = write.try_clone().unwrap();
+        let mut cmd = crate::util::resurgam_cmd(&args);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::from(write2));
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        let status = crate::util::wait_with_timeout(
+            &mut child,
+            &format!("resurgam {args:?}"),
+            std::time::Duration::from_secs(30),
+        );
+        let expected = if args.len() == 3 && args[0] == "status" {
+            0
+        } else {
+            1
+        };
+        assert_eq!(status.code(), Some(expected), "{args:?}: {status:?}");
+    }
 }

@@ -1,7 +1,10 @@
 //! No orphans (G9): workers die with their supervisor; a graceful stop exits 0 with every
-//! worker gone, and a new supervisor on the same directories restores the state.
+//! worker gone, and a new supervisor on the same directories restores the state. What a
+//! built-in worker's code starts shares its process group and dies with it (here: a
+//! process the test puts into the group, as a fork by actor code would).
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -32,6 +35,49 @@ fn assert_all_gone(sup: &Supervisor, workers: &[Proc], what: &str) {
         WAIT,
         || workers.iter().all(|w| !w.is_running()),
     );
+}
+
+/// A process in a worker's process group, as one its actor code started would be;
+/// killed and reaped on drop.
+struct GroupMember(Child);
+
+impl GroupMember {
+    fn join(worker: &Proc) -> GroupMember {
+        let group = worker.pid;
+        let mut cmd = Command::new("sleep");
+        cmd.arg("3600").stdin(Stdio::null());
+        // SAFETY: setpgid is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setpgid(
+                    nix::unistd::Pid::from_raw(0),
+                    nix::unistd::Pid::from_raw(group),
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("start a process in the worker's group");
+        GroupMember(child)
+    }
+
+    fn proc(&self) -> Proc {
+        Proc::of(self.0.id() as i32).expect("the group member runs")
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A member in each worker's group; returns them and every process to watch.
+fn join_groups(workers: &[Proc]) -> (Vec<GroupMember>, Vec<Proc>) {
+    let members: Vec<GroupMember> = workers.iter().map(GroupMember::join).collect();
+    let mut all = workers.to_vec();
+    all.extend(members.iter().map(GroupMember::proc));
+    (members, all)
 }
 
 /// The workers of the actors as status reports them now (all must be ALIVE).
@@ -65,9 +111,21 @@ fn sigkill_of_the_supervisor_leaves_no_worker_alive() {
             sup.pid()
         );
     }
+    let (_members, all) = join_groups(&workers);
     let status = sup.kill_supervisor();
     assert_eq!(status.signal(), Some(9));
-    assert_all_gone(&sup, &workers, "SIGKILL of the supervisor");
+    assert_all_gone(&sup, &all, "SIGKILL of the supervisor");
+}
+
+#[test]
+fn sigkill_of_a_worker_kills_its_process_group() {
+    let sup = Supervisor::start(CONFIG);
+    let workers = current_workers(&sup);
+    let (_members, all) = join_groups(&workers[..1]);
+    assert!(workers[0].signal(Signal::SIGKILL));
+    assert_all_gone(&sup, &all, "SIGKILL of a worker");
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(1));
 }
 
 #[test]
@@ -89,11 +147,12 @@ fn graceful_stop_exits_zero_and_a_restart_restores_the_state() {
         .unwrap();
     c.call("kv", "delete", json!({"key": "gone"})).unwrap();
     let workers = current_workers(&sup);
+    let (_members, all) = join_groups(&workers);
 
     assert_eq!(c.stop().unwrap(), json!({"stopping": true}));
     let status = sup.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "exit after `stop`");
-    assert_all_gone(&sup, &workers, "a graceful stop");
+    assert_all_gone(&sup, &all, "a graceful stop");
     assert!(
         !sup.socket.exists(),
         "the control socket file was left behind"

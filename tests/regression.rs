@@ -153,3 +153,110 @@ fn a_client_that_never_reads_its_replies_costs_bounded_memory() {
     assert_eq!(c.call("c", "incr", json!(2)).unwrap(), json!(2));
     drop(flood);
 }
+
+/// The worker's end of its report socket, duplicated into this process with
+/// `pidfd_getfd`: what the test writes on it is what a malicious worker (user code)
+/// could send. The report socket is the worker's only Unix stream socket (ipc-channel's
+/// are seqpacket ones). `None` (after reporting a skip) when this process may not take
+/// another's descriptors.
+fn report_socket_of(pid: i32) -> Option<UnixStream> {
+    use std::os::fd::FromRawFd;
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    // "Num RefCount Protocol Flags Type St Inode Path": Type 0001 is SOCK_STREAM.
+    let stream_inodes: Vec<&str> = unix
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(4) == Some(&"0001"))
+                .then(|| f.get(6).copied())
+                .flatten()
+        })
+        .collect();
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            && stream_inodes.contains(&inode)
+        {
+            fds.push(entry.file_name().to_string_lossy().parse::<i32>().unwrap());
+        }
+    }
+    assert_eq!(fds.len(), 1, "worker {pid}: stream sockets on fds {fds:?}");
+    // SAFETY: pidfd_open and pidfd_getfd only create descriptors; they read no memory.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: as above.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fds[0], 0) } as i32;
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `pidfd` is ours, opened above.
+    unsafe { libc::close(pidfd) };
+    if fd < 0 && error.raw_os_error() == Some(libc::EPERM) && !nix::unistd::geteuid().is_root() {
+        crate::util::skip(&format!("cannot take the worker's descriptor: {error}"));
+        return None;
+    }
+    assert!(fd >= 0, "pidfd_getfd: {error}");
+    // SAFETY: `fd` is the new descriptor pidfd_getfd returned; nothing else owns it.
+    Some(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+/// Workers run user code: bytes on the report socket that are not a valid frame — a
+/// length prefix of 4 GiB, a frame just over the limit, garbage — get the worker killed
+/// with a log line saying why, never a panic or a buffer of the claimed size; the actor
+/// recovers with its state.
+#[test]
+fn a_worker_sending_garbage_or_huge_frames_on_its_report_socket_is_killed() {
+    use resurgam::shared::ipc::MAX_REPORT_BYTES;
+    let sup = Supervisor::start("[[actor]]\nname = \"c\"\nkind = \"counter\"\n");
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(5)).unwrap(), json!(5));
+    let over = u32::try_from(MAX_REPORT_BYTES + 1).unwrap().to_le_bytes();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "a 4 GiB length",
+            u32::MAX.to_le_bytes().to_vec(),
+            "larger than the limit",
+        ),
+        (
+            "one byte over the limit",
+            over.to_vec(),
+            "larger than the limit",
+        ),
+        (
+            "garbage",
+            [8, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0xf8].to_vec(),
+            "undecodable",
+        ),
+    ];
+    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+        let pid = sup.actor_pid("c").expect("c ALIVE");
+        let Some(mut socket) = report_socket_of(pid) else {
+            return;
+        };
+        socket.write_all(bytes).unwrap();
+        drop(socket);
+        sup.wait_new_pid("c", pid, Duration::from_secs(20));
+        let log = sup.log();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("worker broke its report stream") && l.contains(reason))
+            .nth(if i < 2 { i } else { 0 });
+        assert!(line.is_some(), "{what}: no log line\n{}", sup.log_tail(20));
+        assert_eq!(c.call("c", "get", Value::Null).unwrap(), json!(5), "{what}");
+    }
+    assert_eq!(sup.actor("c")["restarts"], 3);
+    assert!(sup.try_wait_exit().is_none(), "the supervisor died");
+    assert!(!sup.log().contains("panicked"), "{}", sup.log_tail(20));
+}

@@ -11,22 +11,10 @@ use serde_json::json;
 
 use std::os::unix::process::ExitStatusExt;
 
-use crate::util::{FORK_SERVER_COMM, Proc, Supervisor, children_of, comm};
+use crate::util::{FORK_SERVER_COMM, MAX_THREADS, Proc, Supervisor, children_of, comm, threads};
 
 const ACTORS: usize = 40;
 const CONNECTIONS: usize = 200;
-/// The helper threads: signals, four spawners, disk copy, log fsync, worker output,
-/// plus the loop itself, with a little room.
-const MAX_THREADS: usize = 12;
-
-fn threads(pid: i32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("a Threads: line")
-}
 
 #[test]
 fn thread_count_stays_constant_with_many_actors_and_connections() {

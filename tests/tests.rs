@@ -6,7 +6,7 @@ mod util;
 
 // G1 under load: concurrent pipelined clients while workers are SIGKILLed at random.
 mod chaos;
-// G2: kill -9 during a checkpoint of a large state; corrupt newest slot and disk copy.
+// G2: kill -9 during a checkpoint of a large state (and a death mid-write); corrupt newest slot and disk copy.
 mod checkpoint;
 mod cli;
 // G6 for config files: `check` and `run` refuse bad configs with file, line and reason.
@@ -47,3 +47,5 @@ mod python;
 mod shell;
 // The fork server: forked workers stay the supervisor's children; its crash; upgrades.
 mod forkserver;
+// Issue 10: bounded memory per connection, an idle loop that sleeps, progress-based hang detection.
+mod bounds;

@@ -10,7 +10,8 @@ Socket discovery, as the ``resurgam`` CLI does it: the ``socket`` argument, else
 ``$RESURGAM_SOCKET``, else ``<runtime_dir>/control.sock`` where ``runtime_dir`` is the
 first entry of ``$RUNTIME_DIRECTORY`` (a ``:``-separated list), else ``<state_dir>/run``
 with ``state_dir`` the first entry of ``$STATE_DIRECTORY``, else ``resurgam-state``
-(relative to the working directory). See :func:`socket_path`.
+(relative to the working directory), and when that last one is no socket but the
+packaged service's ``/run/resurgam/control.sock`` is, that one. See :func:`socket_path`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import socket as _socket
+import stat
 import threading
 from concurrent.futures import Future
 from typing import (
@@ -42,6 +44,8 @@ __all__ = ["Client", "ActorHandle", "ActorMethod", "socket_path", "ENV_SOCKET"]
 ENV_SOCKET = "RESURGAM_SOCKET"
 #: State directory used when neither ``$STATE_DIRECTORY`` nor anything else names one.
 DEFAULT_STATE_DIR = "resurgam-state"
+#: The packaged service's socket (``systemd/resurgam.service``: ``RuntimeDirectory=resurgam``).
+SERVICE_SOCKET = "/run/resurgam/control.sock"
 
 #: A path to the control socket.
 PathArg = Union[str, "os.PathLike[str]"]
@@ -68,8 +72,9 @@ def socket_path(
 
     ``socket`` if given, else ``$RESURGAM_SOCKET`` (when not empty), else
     ``$RUNTIME_DIRECTORY``'s first entry + ``/control.sock``, else
-    ``$STATE_DIRECTORY``'s first entry (or ``resurgam-state``) + ``/run/control.sock``.
-    ``environ`` defaults to ``os.environ``.
+    ``$STATE_DIRECTORY``'s first entry (or ``resurgam-state``) + ``/run/control.sock``;
+    when that is the relative default and no socket, but the packaged service's
+    :data:`SERVICE_SOCKET` is one, the latter. ``environ`` defaults to ``os.environ``.
     """
     if socket is not None:
         return os.fspath(socket)
@@ -81,7 +86,18 @@ def socket_path(
     if runtime_dir is None:
         state_dir = _first_entry(env.get("STATE_DIRECTORY")) or DEFAULT_STATE_DIR
         runtime_dir = os.path.join(state_dir, "run")
-    return os.path.join(runtime_dir, "control.sock")
+    default = os.path.join(runtime_dir, "control.sock")
+    if not os.path.isabs(default) and not _is_socket(default) and _is_socket(SERVICE_SOCKET):
+        return SERVICE_SOCKET
+    return default
+
+
+def _is_socket(path: str) -> bool:
+    """Whether ``path`` is a Unix socket (symbolic links are not followed)."""
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _new_future() -> "Future[Any]":

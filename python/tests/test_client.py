@@ -405,6 +405,18 @@ class SocketPathTest(unittest.TestCase):
         env = {"RUNTIME_DIRECTORY": "", "STATE_DIRECTORY": "/var/lib/r:/other"}
         self.assertEqual(resurgam.socket_path(None, env), "/var/lib/r/run/control.sock")
 
+    def test_else_the_packaged_services_socket_when_the_default_is_none(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            service = os.path.join(tmp, "control.sock")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(listener.close)
+            listener.bind(service)
+            with mock.patch("resurgam.client.SERVICE_SOCKET", service):
+                self.assertEqual(resurgam.socket_path(None, {}), service)
+                # Never instead of a directory the environment names.
+                env = {"RUNTIME_DIRECTORY": "/run/a"}
+                self.assertEqual(resurgam.socket_path(None, env), "/run/a/control.sock")
+
     def test_else_the_local_default(self) -> None:
         self.assertEqual(resurgam.socket_path(None, {}), "resurgam-state/run/control.sock")
         self.assertEqual(
@@ -422,15 +434,14 @@ class ErrorsTest(unittest.TestCase):
             "ActorDead", "CallFailed", "Busy", "Timeout", "ActorStopped", "Unreachable",
         ]  # fmt: skip
         # Every kind the supervisor can send (its ErrorKind enum) has a class here; the
-        # SDK's own extras are the client-side Unreachable and the protocol's
-        # ActorStopped, which this supervisor does not send yet.
+        # SDK's own extra is the client-side Unreachable.
         with open(os.path.join(REPO, "shared", "src", "protocol.rs"), encoding="utf-8") as f:
             source = f.read()
         enum = re.search(r"pub enum ErrorKind \{([^}]*)\}", source)
         assert enum is not None, "ErrorKind not found in shared/src/protocol.rs"
         rust = set(re.findall(r"^\s*([A-Z][A-Za-z]*),", enum.group(1), re.MULTILINE))
         self.assertGreater(len(rust), 5)
-        self.assertEqual(set(kinds) - rust, {"Unreachable", "ActorStopped"})
+        self.assertEqual(set(kinds) - rust, {"Unreachable"})
         self.assertEqual(rust - set(kinds), set())
         for kind in kinds:
             error = resurgam.error_from(kind, "why")

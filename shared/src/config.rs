@@ -40,6 +40,18 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 20;
 pub const MIN_MAX_REQUEST_BYTES: usize = 1024;
 /// Largest accepted `[supervisor].max_request_bytes` (64 MiB).
 pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Default for `[supervisor].max_queued_reply_bytes` (8 MiB).
+pub const DEFAULT_MAX_QUEUED_REPLY_BYTES: u64 = 8 << 20;
+/// Default for `[supervisor].max_total_reply_bytes` (64 MiB).
+pub const DEFAULT_MAX_TOTAL_REPLY_BYTES: u64 = 64 << 20;
+/// Smallest accepted `[supervisor].max_queued_reply_bytes` and `max_total_reply_bytes`.
+pub const MIN_REPLY_BUFFER_BYTES: u64 = 64 << 10;
+/// Largest accepted `[supervisor].max_queued_reply_bytes` and `max_total_reply_bytes`.
+pub const MAX_REPLY_BUFFER_BYTES: u64 = 64 << 30;
+/// Smallest accepted `max_reply_bytes`.
+pub const MIN_MAX_REPLY_BYTES: u64 = 1024;
+/// Largest accepted `max_reply_bytes` (64 MiB, what a worker can send at all).
+pub const MAX_MAX_REPLY_BYTES: u64 = crate::ipc::MAX_REPLY_BYTES as u64;
 /// Default for `[supervisor].standby_workers`.
 pub const DEFAULT_STANDBY_WORKERS: usize = 2;
 /// Largest accepted `[supervisor].standby_workers`.
@@ -150,6 +162,8 @@ pub struct Policy {
     pub startup_timeout: Duration,
     /// Hang detection; zero = off.
     pub heartbeat_timeout: Duration,
+    /// A call's result larger than this is answered with an error (the call ran).
+    pub max_reply_bytes: u64,
     /// How this actor's calls are logged.
     pub durability: Durability,
 }
@@ -167,6 +181,7 @@ impl Default for Policy {
             min_uptime: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
+            max_reply_bytes: DEFAULT_MAX_REQUEST_BYTES as u64,
             durability: Durability::Log,
         }
     }
@@ -270,6 +285,12 @@ pub struct SupervisorConfig {
     pub durability: Durability,
     /// Maximum size of one control-socket request line.
     pub max_request_bytes: usize,
+    /// Replies waiting for one client that does not read them: past this, its requests
+    /// are no longer read.
+    pub max_queued_reply_bytes: u64,
+    /// Replies waiting for all clients together: past this, no client with replies
+    /// waiting is read from.
+    pub max_total_reply_bytes: u64,
     /// Graceful stop deadline.
     pub shutdown_timeout: Duration,
     /// How long the main loop spins for a worker's answer before it sleeps.
@@ -490,6 +511,8 @@ impl Config {
                 socket,
                 durability: Durability::Log,
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+                max_queued_reply_bytes: DEFAULT_MAX_QUEUED_REPLY_BYTES,
+                max_total_reply_bytes: DEFAULT_MAX_TOTAL_REPLY_BYTES,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 busy_poll: DEFAULT_BUSY_POLL,
                 standby_workers: DEFAULT_STANDBY_WORKERS,
@@ -569,6 +592,24 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
         ),
         (
             "supervisor",
+            "max_queued_reply_bytes",
+            format!("\"{}\"", format_size(DEFAULT_MAX_QUEUED_REPLY_BYTES)),
+            "Replies one client has not read yet, at most (bytes or a size such as \"8MiB\"; \
+             64KiB to 64GiB): past it the client's further requests are not read until it \
+             reads its replies, so a client that does not read stalls only itself. A new \
+             connection starts with a few requests in flight and gets more as its replies are \
+             delivered, so at most a few replies of up to max_reply_bytes each come on top.",
+        ),
+        (
+            "supervisor",
+            "max_total_reply_bytes",
+            format!("\"{}\"", format_size(DEFAULT_MAX_TOTAL_REPLY_BYTES)),
+            "Replies all clients together have not read yet, at most (64KiB to 64GiB, and at \
+             least max_queued_reply_bytes): past it no client with replies waiting is read \
+             from; clients that read their replies are still served.",
+        ),
+        (
+            "supervisor",
             "shutdown_timeout",
             dur(DEFAULT_SHUTDOWN_TIMEOUT),
             "Deadline for a graceful stop (drain, final checkpoints); a stop that runs out of \
@@ -597,7 +638,7 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "supervisor",
             "allowed_uids",
             "[]".to_string(),
-            "Uids allowed on the control socket besides root and the supervisor's own uid.",
+            "Uids allowed on the control socket besides root and the supervisor's own uid. Anyone else who connects gets one `Unauthorized` line and is closed; refusals cost no thread, and are logged at most once a second.",
         ),
         (
             "supervisor",
@@ -693,7 +734,18 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             dur(p.heartbeat_timeout),
             "Hang detection: a worker that neither answers its calls nor a ping within this \
              (stopped, stuck in a loop) is killed and recovered like a crashed one. Allowed: \
-             \"0s\" (off) or at least \"100ms\".",
+             \"0s\" (off) or at least \"100ms\". A worker busy with calls reports the ones \
+             it completed at least every 50 ms, so only a single call running this long \
+             counts as a hang; a call killed as hung is dropped (CallFailed) only when it \
+             hangs its worker max_call_retries times.",
+        ),
+        (
+            "defaults",
+            "max_reply_bytes",
+            "\"<[supervisor].max_request_bytes>\"".to_string(),
+            "A call whose result is larger than this (bytes or a size such as \"4MiB\"; 1KiB \
+             to 512MiB) is answered with an ActorError saying so; the call did run and the \
+             actor lives on. Default: the request limit, [supervisor].max_request_bytes.",
         ),
         (
             "defaults",
@@ -870,6 +922,8 @@ struct RawSupervisor {
     socket: Option<Spanned<PathText>>,
     durability: Option<Spanned<DurabilityText>>,
     max_request_bytes: Option<Spanned<Int>>,
+    max_queued_reply_bytes: Option<Spanned<SizeValue>>,
+    max_total_reply_bytes: Option<Spanned<SizeValue>>,
     shutdown_timeout: Option<Spanned<DurationText>>,
     busy_poll: Option<Spanned<DurationText>>,
     standby_workers: Option<Spanned<Int>>,
@@ -1082,6 +1136,7 @@ defaults_tables! {
     min_uptime: DurationText,
     startup_timeout: DurationText,
     heartbeat_timeout: DurationText,
+    max_reply_bytes: SizeValue,
     durability: DurabilityText,
     user: UserValue,
     group: GroupValue,
@@ -1541,6 +1596,8 @@ impl Checker<'_> {
 
         let base = Policy {
             durability: config.supervisor.durability,
+            // Sized to the request limit unless set.
+            max_reply_bytes: config.supervisor.max_request_bytes as u64,
             ..Policy::default()
         };
         let defaults = self.policy("[defaults]", &base, &raw_defaults);
@@ -1656,6 +1713,59 @@ impl Checker<'_> {
             }
         }
 
+        let mut reply_buffer = |key: &str, value: &Option<Spanned<SizeValue>>, default: u64| {
+            let Some(v) = value else {
+                return default;
+            };
+            match self.size("[supervisor]", key, v) {
+                Some(n) if (MIN_REPLY_BUFFER_BYTES..=MAX_REPLY_BUFFER_BYTES).contains(&n) => n,
+                Some(n) => {
+                    self.error_at(
+                        &v.span(),
+                        format!(
+                            "[supervisor] {key}: {} is out of range; allowed: {} to {} \
+                             (default {})",
+                            format_size(n),
+                            format_size(MIN_REPLY_BUFFER_BYTES),
+                            format_size(MAX_REPLY_BUFFER_BYTES),
+                            format_size(default)
+                        ),
+                    );
+                    default
+                }
+                None => default,
+            }
+        };
+        let max_queued_reply_bytes = reply_buffer(
+            "max_queued_reply_bytes",
+            &raw.max_queued_reply_bytes,
+            defaults.max_queued_reply_bytes,
+        );
+        let mut max_total_reply_bytes = reply_buffer(
+            "max_total_reply_bytes",
+            &raw.max_total_reply_bytes,
+            defaults.max_total_reply_bytes,
+        );
+        if max_total_reply_bytes < max_queued_reply_bytes {
+            let span = raw
+                .max_total_reply_bytes
+                .as_ref()
+                .or(raw.max_queued_reply_bytes.as_ref())
+                .map(|v| v.span());
+            if let Some(span) = span {
+                self.error_at(
+                    &span,
+                    format!(
+                        "[supervisor] max_total_reply_bytes ({}) is smaller than \
+                         max_queued_reply_bytes ({}); it must be at least as large",
+                        format_size(max_total_reply_bytes),
+                        format_size(max_queued_reply_bytes)
+                    ),
+                );
+            }
+            max_total_reply_bytes = max_queued_reply_bytes;
+        }
+
         let shutdown_timeout = raw
             .shutdown_timeout
             .as_ref()
@@ -1733,6 +1843,8 @@ impl Checker<'_> {
             socket,
             durability,
             max_request_bytes,
+            max_queued_reply_bytes,
+            max_total_reply_bytes,
             shutdown_timeout,
             busy_poll,
             standby_workers,
@@ -1906,6 +2018,24 @@ impl Checker<'_> {
                          or a number of calls >= 1"
                     ),
                 ),
+            }
+        }
+
+        if let Some(v) = &raw.max_reply_bytes
+            && let Some(n) = self.size(section, "max_reply_bytes", v)
+        {
+            if (MIN_MAX_REPLY_BYTES..=MAX_MAX_REPLY_BYTES).contains(&n) {
+                p.max_reply_bytes = n;
+            } else {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} max_reply_bytes: {} is out of range; allowed: {} to {}",
+                        format_size(n),
+                        format_size(MIN_MAX_REPLY_BYTES),
+                        format_size(MAX_MAX_REPLY_BYTES)
+                    ),
+                );
             }
         }
 
@@ -3005,6 +3135,39 @@ allowed_uids = [0, 65534, 4294967294]
                 &["max_request_bytes", "1024", "67108864"],
             );
         }
+    }
+
+    #[test]
+    fn reply_limits_default_to_the_request_limit_and_are_range_checked() {
+        let c =
+            ok("[supervisor]\nmax_request_bytes = 4096\n\n[[actor]]\nname = \"a\"\nkind = \"k\"\n");
+        assert_eq!(c.actors[0].policy.max_reply_bytes, 4096);
+        let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\nmax_reply_bytes = \"4MiB\"\n");
+        assert_eq!(c.actors[0].policy.max_reply_bytes, 4 << 20);
+        assert_eq!(
+            c.supervisor.max_queued_reply_bytes,
+            DEFAULT_MAX_QUEUED_REPLY_BYTES
+        );
+        let c = ok(
+            "[supervisor]\nmax_queued_reply_bytes = \"1MiB\"\nmax_total_reply_bytes = 2097152\n",
+        );
+        assert_eq!(c.supervisor.max_queued_reply_bytes, 1 << 20);
+        assert_eq!(c.supervisor.max_total_reply_bytes, 2 << 20);
+        one_error(
+            "[defaults]\nmax_reply_bytes = 10",
+            2,
+            &["max_reply_bytes", "1KiB", "64MiB"],
+        );
+        one_error(
+            "[supervisor]\nmax_queued_reply_bytes = \"1KiB\"",
+            2,
+            &["max_queued_reply_bytes", "64KiB", "64GiB"],
+        );
+        one_error(
+            "[supervisor]\nmax_queued_reply_bytes = \"16MiB\"\nmax_total_reply_bytes = \"8MiB\"",
+            3,
+            &["max_total_reply_bytes", "smaller", "max_queued_reply_bytes"],
+        );
     }
 
     #[test]
@@ -4435,8 +4598,8 @@ group = -1
         ] {
             assert!(keys.contains(&k.to_string()), "{k}");
         }
-        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 18);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 12);
+        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 19);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 14);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

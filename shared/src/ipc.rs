@@ -47,12 +47,25 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 5;
-/// Largest report frame a supervisor accepts; a worker sending a larger one is killed.
-pub const MAX_REPORT_BYTES: usize = 1 << 30;
-/// Largest reply a worker sends; a larger result is answered with an error instead (the
-/// call did run), so it can never make its worker fail again on every replay.
-pub const MAX_REPLY_BYTES: usize = 512 << 20;
+pub const IPC_VERSION: u32 = 6;
+/// Largest reply a worker sends (as an exec program's `R` body); a larger result is
+/// answered with an error instead (the call did run), so it can never make its worker
+/// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
+/// `max_reply_bytes`) is at most this.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
+/// What a report frame holds beyond its replies' bytes: the enum tags, lengths and
+/// sequence numbers, an error reply's (capped) message.
+pub const REPORT_ENVELOPE_BYTES: usize = 1 << 20;
+/// Largest report frame a supervisor accepts by default; a worker sending a larger one
+/// (or claiming to, in a frame's length) is killed before a byte of it is buffered
+/// beyond what arrived. A worker cuts its replies into frames of at most 16 MiB, or
+/// one larger reply alone, and no other report comes near this.
+pub const MAX_REPORT_BYTES: usize = MAX_REPLY_BYTES + REPORT_ENVELOPE_BYTES;
+/// While a batch of calls runs, the worker sends the replies of the calls it completed at
+/// least this often ([`Report::MoreReplies`]): hang detection measures progress, so a
+/// worker busy with a long batch of legitimate calls is never taken for a hung one. (The
+/// smallest `heartbeat_timeout` allowed is well above it.)
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Exit status of a worker whose exec program crashed, misbehaved or ended (the reason
 /// was sent as [`FromWorker::Crashed`] first).
 pub const EXIT_PROGRAM_FAILED: i32 = 75;
@@ -100,6 +113,9 @@ pub struct Init {
     /// worker's previous answer), wait for the next one on the CPU this long before
     /// sleeping (0 = never).
     pub spin_micros: u64,
+    /// A call's result larger than this many bytes is answered with an error instead
+    /// (the call ran; the actor lives on).
+    pub max_reply_bytes: u64,
     /// For kind `exec`: the program to run and talk to.
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
@@ -149,7 +165,8 @@ pub struct Privileges {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    Init(Init),
+    /// (Boxed: the other messages are small; the encoding is the same as `Init`'s.)
+    Init(Box<Init>),
     /// A postcard-encoded `Init` too large for one ipc message (a long argv or
     /// environment).
     InitShm(IpcSharedMemory),
@@ -165,6 +182,7 @@ pub enum ToWorker {
     /// New settings after a reload.
     Configure {
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// A new [`Init::spin_micros`] after a reload.
     Spin {
@@ -196,6 +214,21 @@ pub struct Restored {
     pub program_pid: Option<u32>,
 }
 
+impl Restored {
+    /// A fresh start: no checkpoint was restored.
+    pub fn fresh() -> Restored {
+        Restored {
+            generation: 0,
+            last_seq: 0,
+            source: None,
+            rejected: Vec::new(),
+            moved_aside: None,
+            mmap_slots: Vec::new(),
+            program_pid: None,
+        }
+    }
+}
+
 /// Worker → supervisor, over the bootstrap ipc channel.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -215,8 +248,9 @@ pub enum Report {
     Ready(Restored),
     /// The replies to a batch of calls (its last part, when it is sent in parts).
     Replies(Vec<Reply>),
-    /// Some replies to a batch of calls, with more to come (a large batch is sent in
-    /// parts, so no frame is much larger than one reply).
+    /// Some replies to a batch of calls, with more to come: a batch is answered in parts
+    /// as its calls complete, so no frame is much larger than one reply and a long batch
+    /// shows progress at least every [`PROGRESS_INTERVAL`].
     MoreReplies(Vec<Reply>),
     Checkpointed {
         generation: u64,
@@ -262,22 +296,40 @@ pub fn encode_report(report: &Report) -> Result<Vec<u8>, postcard::Error> {
 /// Why a report stream cannot be read on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
-    #[error("report frame of {0} bytes is larger than the limit ({MAX_REPORT_BYTES})")]
-    TooLarge(usize),
+    #[error("report frame of {len} bytes is larger than the limit ({limit})")]
+    TooLarge { len: usize, limit: usize },
     #[error("undecodable report frame of {len} bytes: {error}")]
     Undecodable { len: usize, error: String },
 }
 
 /// Splits a worker's report stream into reports. Bytes go in as they arrive; the buffer
-/// grows with the bytes received, never with a length the worker claims.
-#[derive(Debug, Default)]
+/// grows with the bytes received, never with a length the worker claims, and never
+/// beyond one frame of at most `limit` bytes (plus what one read adds).
+#[derive(Debug)]
 pub struct ReportDecoder {
     buf: Vec<u8>,
     /// Where the undecoded part of `buf` starts.
     pos: usize,
+    /// Largest frame accepted.
+    limit: usize,
+}
+
+impl Default for ReportDecoder {
+    fn default() -> Self {
+        ReportDecoder::with_limit(MAX_REPORT_BYTES)
+    }
 }
 
 impl ReportDecoder {
+    /// A decoder that refuses frames larger than `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        ReportDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            limit,
+        }
+    }
+
     /// Adds bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.pos > 0 && self.pos == self.buf.len() {
@@ -296,8 +348,11 @@ impl ReportDecoder {
         let mut len = [0u8; 4];
         len.copy_from_slice(head);
         let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_REPORT_BYTES {
-            return Err(ReportError::TooLarge(len));
+        if len > self.limit {
+            return Err(ReportError::TooLarge {
+                len,
+                limit: self.limit,
+            });
         }
         let Some(body) = rest.get(4..4 + len) else {
             return Ok(None);
@@ -362,7 +417,7 @@ pub fn init_message(init: Init) -> Result<ToWorker, postcard::Error> {
     if bytes.len() > SHM_THRESHOLD {
         Ok(ToWorker::InitShm(IpcSharedMemory::from_bytes(&bytes)))
     } else {
-        Ok(ToWorker::Init(init))
+        Ok(ToWorker::Init(Box::new(init)))
     }
 }
 
@@ -420,6 +475,7 @@ mod tests {
             disk_path: b"/y".to_vec(),
             checkpoint_every: 1,
             spin_micros: 0,
+            max_reply_bytes: 1 << 20,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],
                 env: vec![("K".into(), "v".repeat(env_len))],
@@ -428,7 +484,7 @@ mod tests {
             privileges: Privileges::default(),
             state_dir_id: [7; 16],
         };
-        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if i == init(10)));
+        assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if *i == init(10)));
         match init_message(init(SHM_THRESHOLD)).unwrap() {
             ToWorker::InitShm(shm) => assert_eq!(decode_init(&shm).unwrap(), init(SHM_THRESHOLD)),
             other => panic!("expected shm, got {other:?}"),
@@ -471,7 +527,20 @@ mod tests {
         d.push(&u32::MAX.to_le_bytes());
         assert_eq!(
             d.next_report(),
-            Err(ReportError::TooLarge(u32::MAX as usize))
+            Err(ReportError::TooLarge {
+                len: u32::MAX as usize,
+                limit: MAX_REPORT_BYTES
+            })
+        );
+        // The limit is the decoder's: one byte over is refused from the header alone.
+        let mut d = ReportDecoder::with_limit(100);
+        d.push(&101u32.to_le_bytes());
+        assert_eq!(
+            d.next_report(),
+            Err(ReportError::TooLarge {
+                len: 101,
+                limit: 100
+            })
         );
         let mut d = ReportDecoder::default();
         d.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);

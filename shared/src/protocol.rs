@@ -1,10 +1,12 @@
 //! The control protocol: newline-delimited JSON over the Unix control socket.
 //!
 //! Request: `{"id": <any JSON>, "op": "call", "actor": "counter", "method": "incr", "args": 5}`.
-//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop`,
-//! `metrics` (the Prometheus text format, as a JSON string) and `subscribe` (an
-//! acknowledgement, then a stream of event lines on the same connection; see
-//! `docs/observability.md`).
+//! Other ops: `status`, `checkpoint` (`actor`), `restart` (`actor`), `reload`, `stop` (the
+//! whole supervisor), `stop_actor` / `start_actor` (`actor`: one actor; named apart from
+//! `stop` so that a request naming an actor can never stop the supervisor), `pid`
+//! (optional `actor`), `metrics` (the Prometheus text format, as a JSON string) and
+//! `subscribe` (an acknowledgement, then a stream of event lines on the same connection;
+//! see `docs/observability.md`).
 //! Every op takes `id`; a field its op does not take (`{"op":"stop","actor":"c"}`) is a
 //! `BadRequest` naming the field, never silently ignored.
 //! Reply: `{"id": <same>, "ok": <JSON>}` or
@@ -26,6 +28,8 @@ pub enum ErrorKind {
     UnknownMethod,
     ActorError,
     ActorDead,
+    /// The actor was stopped by an operator (`stop_actor`) and not started again.
+    ActorStopped,
     CallFailed,
     Busy,
     Timeout,
@@ -40,6 +44,7 @@ impl ErrorKind {
             ErrorKind::UnknownMethod => "UnknownMethod",
             ErrorKind::ActorError => "ActorError",
             ErrorKind::ActorDead => "ActorDead",
+            ErrorKind::ActorStopped => "ActorStopped",
             ErrorKind::CallFailed => "CallFailed",
             ErrorKind::Busy => "Busy",
             ErrorKind::Timeout => "Timeout",
@@ -99,7 +104,21 @@ pub enum Op {
     },
     /// Re-read the config file and apply the changes (like SIGHUP).
     Reload,
+    /// Stop the whole supervisor.
     Stop,
+    /// Stop one actor: its accepted calls are answered, a final checkpoint is taken, its
+    /// worker exits; new calls get `ActorStopped` until `StartActor`.
+    StopActor {
+        actor: String,
+    },
+    /// Start an actor stopped by `StopActor` (or revive a DEAD one).
+    StartActor {
+        actor: String,
+    },
+    /// The pid of an actor's worker (and program), or of the supervisor without `actor`.
+    Pid {
+        actor: Option<String>,
+    },
     /// The metrics in the Prometheus text exposition format.
     Metrics,
     /// Stream events (NDJSON lines, each with a `seq`) on this connection from now on.
@@ -165,7 +184,7 @@ impl Field {
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
-            "checkpoint" => Field::ACTOR,
+            "checkpoint" | "stop_actor" | "start_actor" | "pid" => Field::ACTOR,
             "restart" => Field::ACTOR | Field::FRESH,
             "status" | "reload" | "stop" | "metrics" | "subscribe" => 0,
             _ => return None,
@@ -317,7 +336,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
     let unknown_op = |op: &str| {
         bad(format!(
             "unknown op {op:?} (expected call, status, checkpoint, restart, reload, stop, \
-             metrics, subscribe)"
+             stop_actor, start_actor, pid, metrics, subscribe)"
         ))
     };
     let Some(taken) = Field::taken_by(op_name) else {
@@ -356,6 +375,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
             actor: need_actor(wire.actor, "restart")?,
             fresh: wire.fresh.unwrap_or(false),
         },
+        "stop_actor" => Op::StopActor {
+            actor: need_actor(wire.actor, "stop_actor")?,
+        },
+        "start_actor" => Op::StartActor {
+            actor: need_actor(wire.actor, "start_actor")?,
+        },
+        "pid" => Op::Pid { actor: wire.actor },
         "status" => Op::Status,
         "stop" => Op::Stop,
         "reload" => Op::Reload,
@@ -456,6 +482,34 @@ mod tests {
                 fresh: false
             }
         );
+    }
+
+    #[test]
+    fn per_actor_stop_and_start_and_pid_have_ops_of_their_own() {
+        let op = |line: &str| parse_request(line.as_bytes()).map(|r| r.op);
+        assert_eq!(
+            op(r#"{"op":"stop_actor","actor":"c"}"#),
+            Ok(Op::StopActor { actor: "c".into() })
+        );
+        assert_eq!(
+            op(r#"{"op":"start_actor","actor":"c"}"#),
+            Ok(Op::StartActor { actor: "c".into() })
+        );
+        assert_eq!(
+            op(r#"{"op":"pid","actor":"c"}"#),
+            Ok(Op::Pid {
+                actor: Some("c".into())
+            })
+        );
+        assert_eq!(op(r#"{"op":"pid"}"#), Ok(Op::Pid { actor: None }));
+        for needs_actor in ["stop_actor", "start_actor"] {
+            let e = op(&format!(r#"{{"op":"{needs_actor}"}}"#)).unwrap_err();
+            assert_eq!(e.error.kind, ErrorKind::BadRequest);
+            assert!(e.error.message.contains("\"actor\""), "{}", e.error);
+        }
+        let e = op(r#"{"op":"stop_actor","actor":"c","method":"m"}"#).unwrap_err();
+        assert!(e.error.message.contains("`method`"), "{}", e.error);
+        assert_eq!(ErrorKind::ActorStopped.as_str(), "ActorStopped");
     }
 
     #[test]

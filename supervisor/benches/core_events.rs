@@ -119,15 +119,7 @@ impl Sim {
                 self.pending.push(Event::Ready {
                     actor,
                     epoch,
-                    restored: Restored {
-                        generation: 0,
-                        last_seq: 0,
-                        source: None,
-                        rejected: Vec::new(),
-                        moved_aside: None,
-                        mmap_slots: Vec::new(),
-                        program_pid: None,
-                    },
+                    restored: Restored::fresh(),
                 });
             }
             Action::SendCalls {

@@ -361,17 +361,16 @@ impl ActorLog {
         Ok(())
     }
 
-    /// Bytes of the log's segments on disk (a stat per segment: for the metrics, not
-    /// for the call path).
-    pub fn disk_bytes(&self) -> u64 {
-        let current = self.current.as_ref().map_or(0, |s| s.len);
+    /// The bytes of the log's segments on disk (for `status`): the current one's length
+    /// as written, the closed ones' as the file system reports them.
+    pub fn bytes(&self) -> u64 {
         let closed: u64 = self
             .closed
             .iter()
-            .filter_map(|(_, p)| std::fs::metadata(p).ok())
+            .filter_map(|(_, path)| std::fs::symlink_metadata(path).ok())
             .map(|m| m.len())
             .sum();
-        current + closed
+        closed + self.current.as_ref().map_or(0, |s| s.len)
     }
 
     /// The current segment, for the fsync thread.

@@ -5,6 +5,7 @@
 //! file; 3 the supervisor cannot be reached or did not answer in time.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -34,9 +35,10 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the supervisor answered with an error (unknown actor, the actor's error, a refused
-     request), or the command failed (`pid` of an actor without a process, a `stop`
-     that did not finish within --timeout)
+  1  the supervisor answered with an error (unknown actor, the actor's error, a stopped
+     actor, a refused request), or the command failed (`pid` of an actor without a
+     process, a `stop` that did not finish within --timeout, a `start` that did not
+     reach ALIVE)
   2  usage error, or an invalid config file (`check`, `run`)
   3  the supervisor cannot be reached (no socket, nobody listening, the connection
      broke) or did not answer within `call --timeout`";
@@ -56,7 +58,8 @@ pub struct Cli {
 /// Where a client subcommand finds the control socket.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SocketArgs {
-    /// The control socket (else $RESURGAM_SOCKET, else --config's, else the default).
+    /// The control socket (else $RESURGAM_SOCKET, else --config's, else the default, else
+    /// the packaged service's /run/resurgam/control.sock).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// A config file to read the socket path from.
@@ -172,16 +175,35 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Stop the supervisor gracefully and wait until it has exited.
+    /// Stop the supervisor gracefully and wait until it has exited; or, with ACTOR, stop
+    /// only that actor (its calls fail with ActorStopped until `start ACTOR`).
     Stop {
+        /// Stop only this actor: its accepted calls are answered, a final checkpoint is
+        /// taken and its worker exits; the supervisor and the other actors run on.
+        actor: Option<String>,
         /// Return once the supervisor has accepted the request, without waiting for it
-        /// to exit.
-        #[arg(long)]
+        /// to exit (not with ACTOR).
+        #[arg(long, conflicts_with = "actor")]
         no_wait: bool,
-        /// How long to wait for the supervisor to exit (e.g. 90s). Default: 60s, or
-        /// --config's `shutdown_timeout` + 30s when that is longer.
+        /// How long to wait for the supervisor (or ACTOR) to stop (e.g. 90s). Default:
+        /// 60s, or --config's `shutdown_timeout` + 30s when that is longer.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
         timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start an actor `stop ACTOR` stopped (or revive a DEAD one) and wait until it is
+    /// ALIVE.
+    Start {
+        /// The actor to start.
+        actor: String,
+        /// Return once the supervisor has accepted the request, without waiting for the
+        /// actor to be ALIVE.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the actor to be ALIVE (e.g. 5m for a long replay).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, default_value = "60s")]
+        timeout: Duration,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -312,10 +334,23 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
         Command::Metrics { client } => metrics(&client),
         Command::Events { follow, client } => events(follow, &client),
         Command::Stop {
+            actor: Some(actor),
+            timeout,
+            client,
+            ..
+        } => stop_actor(&actor, timeout, &client),
+        Command::Stop {
+            actor: None,
             no_wait,
             timeout,
             client,
         } => stop(no_wait, timeout, &client),
+        Command::Start {
+            actor,
+            no_wait,
+            timeout,
+            client,
+        } => start_actor(&actor, no_wait, timeout, &client),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -331,13 +366,15 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
     match result {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{}", out.trim_end_matches('\n'));
+                let mut stdout = std::io::stdout().lock();
+                // A closed stdout (`resurgam status | head -0`) is not worth a panic.
+                let _ = writeln!(stdout, "{}", out.trim_end_matches('\n'));
             }
             ExitCode::SUCCESS
         }
         Err(f) => {
             if let Some(m) = f.message {
-                eprintln!("resurgam: {m}");
+                say_error(&format!("resurgam: {m}"));
             }
             ExitCode::from(f.code)
         }
@@ -365,10 +402,16 @@ fn run(
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
         Err(e) => {
             tracing::error!(error = %e, "supervisor failed");
-            eprintln!("resurgam: {e}");
+            say_error(&format!("resurgam: {e}"));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Writes one line to stderr; a closed stderr (`resurgam run … 2>&1 | head -1`) only
+/// loses it (`eprintln!` would panic, and exit 101 instead of the failure's code).
+fn say_error(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// `resurgam check FILE`: the config as `run` would use it; warnings on stderr.
@@ -377,12 +420,25 @@ fn check(path: &Path, registry: &Registry) -> Result<String, Failure> {
     for w in &c.warnings {
         eprintln!("{w}");
     }
-    Ok(format!(
+    let socket = &c.supervisor.socket;
+    let absolute = std::path::absolute(socket).unwrap_or_else(|_| socket.clone());
+    let mut out = format!(
         "{}: OK ({} actors; socket {})",
         path.display(),
         c.actors.len(),
-        c.supervisor.socket.display()
-    ))
+        absolute.display()
+    );
+    let defaulted = *socket
+        == Config::embedded_defaults(&Environment::from_process())
+            .supervisor
+            .socket;
+    if defaulted && socket.is_relative() {
+        out.push_str(&format!(
+            "\n  the file names no socket: `run` started in this directory listens there; \
+             run by systemd/resurgam.service (RuntimeDirectory=resurgam) it listens on {SERVICE_SOCKET}"
+        ));
+    }
+    Ok(out)
 }
 
 /// `call`'s argument: JSON, or else a bare word (text that does not start like JSON
@@ -435,10 +491,9 @@ fn call(
     Ok(reply.to_string())
 }
 
-/// Connects to the socket the options name.
+/// Connects to the socket the options name (the first candidate that accepts).
 fn connect(socket: &SocketArgs) -> Result<Client, Failure> {
-    let path = socket_path(socket)?;
-    Ok(Client::connect(&path)?)
+    Ok(connect_found(socket)?.1)
 }
 
 /// One request; its reply as JSON with `--json`, else as `human` renders it.
@@ -553,27 +608,95 @@ fn load(path: &Path, registry: &Registry) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// `--socket`, else `$RESURGAM_SOCKET`, else the socket of `--config`, else the default.
-pub fn socket_path(args: &SocketArgs) -> Result<PathBuf, Failure> {
+/// The socket of the packaged service, `systemd/resurgam.service`: its
+/// `RuntimeDirectory=resurgam` is `/run/resurgam`, and its config names no socket.
+pub const SERVICE_SOCKET: &str = "/run/resurgam/control.sock";
+
+/// Where the client subcommands look for the control socket, in order; the first that
+/// accepts a connection is used (the README's "The command line" says the same):
+/// 1. `--socket PATH`; 2. `$RESURGAM_SOCKET`;
+/// 3. with `--config FILE`: the socket that file gives `run`: a path the file sets (a
+///    relative one is relative to the file's directory, as for `run`), else the default
+///    `<runtime_dir>/control.sock`; when that default is relative (no `state_dir`, no
+///    `$STATE_DIRECTORY` or `$RUNTIME_DIRECTORY`), it is relative to where `run` was
+///    started: the current directory, then the file's directory, then the packaged
+///    service's socket are tried;
+/// 4. without `--config`: the default (`$RUNTIME_DIRECTORY`, `$STATE_DIRECTORY`, else
+///    `./resurgam-state/run/control.sock`), then the packaged service's socket.
+pub fn socket_candidates(args: &SocketArgs) -> Result<Vec<PathBuf>, Failure> {
+    let from_env = std::env::var_os("RESURGAM_SOCKET").filter(|s| !s.is_empty());
+    socket_candidates_in(args, from_env, &Environment::from_process())
+}
+
+/// [`socket_candidates`] with `$RESURGAM_SOCKET` and the systemd directories given.
+fn socket_candidates_in(
+    args: &SocketArgs,
+    from_env: Option<OsString>,
+    env: &Environment,
+) -> Result<Vec<PathBuf>, Failure> {
     if let Some(s) = &args.socket {
-        return Ok(s.clone());
+        return Ok(vec![s.clone()]);
     }
-    if let Some(s) = std::env::var_os("RESURGAM_SOCKET").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(s));
+    if let Some(s) = from_env {
+        return Ok(vec![PathBuf::from(s)]);
     }
-    let env = Environment::from_process();
-    match &args.config {
-        Some(path) => match Config::load(path, &env) {
-            Ok(c) => Ok(c.supervisor.socket),
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                Err(Failure::printed(EXIT_USAGE))
+    let default = Config::embedded_defaults(env).supervisor.socket;
+    let mut candidates = match &args.config {
+        Some(path) => {
+            let socket = load_quietly(path, env)?.supervisor.socket;
+            if socket != default || socket.is_absolute() {
+                return Ok(vec![socket]);
             }
-        },
-        None => Ok(Config::embedded_defaults(&env).supervisor.socket),
+            let beside = path.parent().map(|dir| dir.join(&socket));
+            std::iter::once(socket).chain(beside).collect()
+        }
+        None => vec![default.clone()],
+    };
+    // Only `./resurgam-state` is left: the packaged service may be the one running.
+    if default.is_relative() {
+        candidates.push(PathBuf::from(SERVICE_SOCKET));
     }
+    candidates.dedup();
+    Ok(candidates)
+}
+
+/// Reads `--config`'s file for its socket; its problems are printed (exit 2).
+fn load_quietly(path: &Path, env: &Environment) -> Result<Config, Failure> {
+    Config::load(path, env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        Failure::printed(EXIT_USAGE)
+    })
+}
+
+/// Connects to the first of [`socket_candidates`] that accepts; returns its path too.
+/// When none does, the error names the first, and the others tried.
+fn connect_found(args: &SocketArgs) -> Result<(PathBuf, Client), Failure> {
+    let candidates = socket_candidates(args)?;
+    let mut first_error = None;
+    for path in &candidates {
+        match Client::connect(path) {
+            Ok(c) => return Ok((path.clone(), c)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut failure = first_error.map_or_else(
+        || Failure::new(EXIT_UNREACHABLE, "no control socket to try"),
+        Failure::from,
+    );
+    if candidates.len() > 1
+        && let Some(m) = &mut failure.message
+    {
+        let others: Vec<String> = candidates[1..]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        m.push_str(&format!("; also tried {}", others.join(", ")));
+    }
+    Err(failure)
 }
 
 /// The status of the actor named `name`, from a `status` reply.
@@ -613,29 +736,29 @@ fn status(actor: Option<&str>, client: &ClientArgs) -> Result<String, Failure> {
 
 /// `pid [ACTOR] [--program]`.
 fn pid(actor: Option<&str>, program: bool, client: &ClientArgs) -> Result<String, Failure> {
-    let v = connect(&client.socket)?.status()?;
+    let v = connect(&client.socket)?.pid(actor)?;
     let (pid, what) = match actor {
-        None => (&v["supervisor"]["pid"], "the supervisor".to_string()),
-        Some(name) => {
-            let a = actor_status(&v, name)?;
-            if program {
-                (&a["program_pid"], format!("actor {name:?}'s program"))
-            } else {
-                (&a["pid"], format!("actor {name:?}'s worker"))
-            }
-        }
+        None => (&v["pid"], "the supervisor".to_string()),
+        Some(name) if program => (&v["program_pid"], format!("actor {name:?}'s program")),
+        Some(name) => (&v["pid"], format!("actor {name:?}'s worker")),
     };
     match pid.as_u64() {
         Some(p) if client.json => Ok(json!({ "pid": p }).to_string()),
         Some(p) => Ok(p.to_string()),
         None => {
-            let a = actor.and_then(|n| actor_status(&v, n).ok());
-            let kind = a.and_then(|a| a["kind"].as_str()).unwrap_or("?");
-            let state = a.and_then(|a| a["state"].as_str()).unwrap_or("?");
-            let why = if program && kind != "exec" {
-                format!("only exec actors run a program of their own (this one is a {kind})")
-            } else {
-                format!("state {state}")
+            let state = v["state"].as_str().unwrap_or("?");
+            let why = match (program, actor) {
+                (true, Some(name)) => {
+                    let status = connect(&client.socket)?.status()?;
+                    let kind = actor_status(&status, name)?["kind"].clone();
+                    match kind.as_str() {
+                        Some(kind) if kind != "exec" => format!(
+                            "only exec actors run a program of their own (this one is a {kind})"
+                        ),
+                        _ => format!("state {state}"),
+                    }
+                }
+                _ => format!("state {state}"),
             };
             Err(Failure::new(
                 EXIT_ERROR,
@@ -674,8 +797,7 @@ fn process_start(pid: u32) -> Option<u64> {
 /// `stop`: asks the supervisor to stop and, unless `no_wait`, waits until its process
 /// has exited and its socket refuses connections.
 fn stop(no_wait: bool, timeout: Option<Duration>, client: &ClientArgs) -> Result<String, Failure> {
-    let path = socket_path(&client.socket)?;
-    let mut c = Client::connect(&path)?;
+    let (path, mut c) = connect_found(&client.socket)?;
     let pid = c.peer_pid();
     let start = pid.and_then(process_start);
     let mut reply = c.stop()?;
@@ -713,6 +835,110 @@ fn stop(no_wait: bool, timeout: Option<Duration>, client: &ClientArgs) -> Result
     } else {
         format!("{who} has stopped")
     })
+}
+
+/// `stop ACTOR`: returns once the actor's worker has stopped after its final checkpoint.
+fn stop_actor(
+    actor: &str,
+    timeout: Option<Duration>,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let timeout = timeout.unwrap_or_else(|| default_stop_timeout(&client.socket));
+    let mut c = connect(&client.socket)?;
+    c.set_timeout(Some(timeout))?;
+    let v = c.stop_actor(actor).map_err(|e| {
+        if e.is_timeout() {
+            Failure::new(
+                EXIT_ERROR,
+                format!(
+                    "actor {actor:?} is still stopping after {} (stop --timeout); it stops \
+                     once its accepted calls are answered and its final checkpoint is written",
+                    format_duration(timeout)
+                ),
+            )
+        } else {
+            Failure::from(e)
+        }
+    })?;
+    Ok(if client.json {
+        v.to_string()
+    } else {
+        format!(
+            "stopped {actor} (final checkpoint: generation {}, last_seq {}); \
+             `resurgam start {actor}` starts it again",
+            render::cell(&v["checkpoint"]["generation"]),
+            render::cell(&v["checkpoint"]["last_seq"])
+        )
+    })
+}
+
+/// `start ACTOR`: starts it and, unless `no_wait`, waits until it is ALIVE (a DEAD or
+/// stopped actor on the way is a failure).
+fn start_actor(
+    actor: &str,
+    no_wait: bool,
+    timeout: Duration,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let mut c = connect(&client.socket)?;
+    let first = c.start_actor(actor)?;
+    let was = first["state"].as_str().unwrap_or("?").to_string();
+    if no_wait {
+        return Ok(if client.json {
+            first.to_string()
+        } else {
+            format!("starting {actor} ({was})")
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.pid(Some(actor))?;
+        let state = v["state"].as_str().unwrap_or("?");
+        match state {
+            "ALIVE" if client.json => return Ok(v.to_string()),
+            "ALIVE" if was == "ALIVE" => {
+                return Ok(format!(
+                    "{actor} was already running (ALIVE, pid {})",
+                    render::cell(&v["pid"])
+                ));
+            }
+            "ALIVE" => {
+                return Ok(format!(
+                    "started {actor} (ALIVE, pid {})",
+                    render::cell(&v["pid"])
+                ));
+            }
+            "DEAD" => {
+                let status = c.status()?;
+                let reason = actor_status(&status, actor)?["dead_reason"].clone();
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!(
+                        "actor {actor:?} did not start: it is DEAD: {}",
+                        render::cell(&reason)
+                    ),
+                ));
+            }
+            "STOPPED" | "STOPPING" => {
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!("actor {actor:?} was stopped again while starting"),
+                ));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                EXIT_ERROR,
+                format!(
+                    "actor {actor:?} is still {state} after {} (start --timeout); it keeps \
+                     starting (`resurgam status {actor}` shows how far)",
+                    format_duration(timeout)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `man [--dir DIR]`.
@@ -765,7 +991,55 @@ mod tests {
             socket: Some(PathBuf::from("/x/s.sock")),
             config: Some(PathBuf::from("/nonexistent/c.toml")),
         };
-        assert_eq!(socket_path(&args).unwrap(), PathBuf::from("/x/s.sock"));
+        assert_eq!(
+            socket_candidates(&args).unwrap(),
+            [PathBuf::from("/x/s.sock")]
+        );
+    }
+
+    #[test]
+    fn socket_discovery_falls_back_to_the_config_directory_and_the_service() {
+        let none = SocketArgs::default();
+        let bare = Environment::default();
+        let default = PathBuf::from("resurgam-state/run/control.sock");
+        let service = PathBuf::from(SERVICE_SOCKET);
+        assert_eq!(
+            socket_candidates_in(&none, None, &bare).unwrap(),
+            [default.clone(), service.clone()]
+        );
+        assert_eq!(
+            socket_candidates_in(&none, Some("/e.sock".into()), &bare).unwrap(),
+            [PathBuf::from("/e.sock")]
+        );
+        // Under systemd ($RUNTIME_DIRECTORY) the default is where the service listens.
+        let systemd = Environment {
+            state_directory: None,
+            runtime_directory: Some(PathBuf::from("/run/x")),
+        };
+        assert_eq!(
+            socket_candidates_in(&none, None, &systemd).unwrap(),
+            [PathBuf::from("/run/x/control.sock")]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        std::fs::write(&file, "[[actor]]\nname = \"c\"\nkind = \"counter\"\n").unwrap();
+        let with = SocketArgs {
+            socket: None,
+            config: Some(file.clone()),
+        };
+        assert_eq!(
+            socket_candidates_in(&with, None, &bare).unwrap(),
+            [default.clone(), dir.path().join(&default), service]
+        );
+        // A path the file sets is the only candidate (relative to the file's directory).
+        std::fs::write(&file, "[supervisor]\nstate_dir = \"st\"\n").unwrap();
+        assert_eq!(
+            socket_candidates_in(&with, None, &bare).unwrap(),
+            [dir.path().join("st/run/control.sock")]
+        );
+        std::fs::write(&file, "[supervisor]\nsocket = 5\n").unwrap();
+        let e = socket_candidates_in(&with, None, &bare).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
     }
 
     #[test]

@@ -234,6 +234,27 @@ impl Client {
     pub fn stop(&mut self) -> Result<Value, ClientError> {
         self.request(json!({"op": "stop"}))
     }
+
+    /// Stops one actor; returns `{"actor", "state": "STOPPED", "checkpoint"}` once its
+    /// worker has stopped after its final checkpoint.
+    pub fn stop_actor(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "stop_actor", "actor": actor}))
+    }
+
+    /// Starts an actor `stop_actor` stopped (or a DEAD one); returns `{"actor", "state"}`
+    /// at once, without waiting for it to be ALIVE.
+    pub fn start_actor(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "start_actor", "actor": actor}))
+    }
+
+    /// The supervisor's pid (`{"pid"}`), or with `actor` its worker's and program's
+    /// (`{"actor", "state", "pid", "program_pid"}`, null without a process).
+    pub fn pid(&mut self, actor: Option<&str>) -> Result<Value, ClientError> {
+        self.request(match actor {
+            Some(actor) => json!({"op": "pid", "actor": actor}),
+            None => json!({"op": "pid"}),
+        })
+    }
 }
 
 fn call_request(actor: &str, method: &str, args: Value) -> Value {

@@ -127,6 +127,11 @@ pub struct Access {
     pub allowed_uids: Vec<u32>,
     pub max_request_bytes: usize,
     pub max_connections: usize,
+    /// Replies one client may leave unread before its requests stop being read.
+    pub max_queued_reply_bytes: usize,
+    /// Replies all clients together may leave unread before those with replies waiting
+    /// stop being read.
+    pub max_total_reply_bytes: usize,
 }
 
 impl Access {
@@ -207,6 +212,8 @@ mod tests {
             allowed_uids: vec![7],
             max_request_bytes: 10,
             max_connections: 1,
+            max_queued_reply_bytes: 1 << 20,
+            max_total_reply_bytes: 1 << 20,
         };
         assert!(a.allows(0) && a.allows(1000) && a.allows(7));
         assert!(!a.allows(8));

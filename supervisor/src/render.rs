@@ -19,7 +19,7 @@ pub fn format_uptime(ms: u64) -> String {
 
 /// A JSON value as a table cell or a detail: strings bare, null as `-`, objects as
 /// `key value, …` (their null members left out), arrays comma-separated.
-fn cell(v: &Value) -> String {
+pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -99,6 +99,7 @@ pub fn status_table(v: &Value) -> String {
         "LAST_SEQ",
         "QUEUE",
         "SERVED",
+        "CALLS/S",
         "LAST_EXIT",
     ];
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
@@ -115,10 +116,14 @@ pub fn status_table(v: &Value) -> String {
             cell(&a["checkpoint"]["last_seq"]),
             cell(&a["queue"]),
             cell(&a["served"]),
+            cell(&a["calls_per_s"]),
             cell(&a["last_exit"]),
         ]);
         if let Some(reason) = a["dead_reason"].as_str() {
             notes.push((rows.len() - 1, format!("  DEAD: {reason}")));
+        }
+        if let Some(progress) = replay_progress(&a["replay"]) {
+            notes.push((rows.len() - 1, format!("  {progress}")));
         }
     }
     let lines = table(&rows);
@@ -133,21 +138,80 @@ pub fn status_table(v: &Value) -> String {
     out
 }
 
+/// A size in bytes the way `ls -h` shows it: `812 B`, `4.0 KiB`, `1.5 MiB`, `2.0 GiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// `status ACTOR`'s line for the members that read better formatted: exits with how
+/// long ago, file sizes, the replay's progress, an exec actor's methods.
+fn detail(key: &str, v: &Value) -> String {
+    let ago = |e: &Value| e["ago_ms"].as_u64().map(format_uptime);
+    let bytes = |v: &Value| v.as_u64().map_or_else(|| "-".to_string(), format_bytes);
+    match key {
+        "replay" => replay_progress(v).unwrap_or_else(|| cell(v)),
+        "last_exits" => match v.as_array() {
+            Some(exits) if !exits.is_empty() => exits
+                .iter()
+                .map(|e| match ago(e) {
+                    Some(ago) => format!("{} ({ago} ago)", cell(&e["exit"])),
+                    None => cell(&e["exit"]),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => "-".to_string(),
+        },
+        "files" if v.is_object() => format!(
+            "checkpoint {} on disk (mmap file {}), call log {}",
+            bytes(&v["disk_copy_bytes"]),
+            bytes(&v["mmap_bytes"]),
+            bytes(&v["log_bytes"])
+        ),
+        "methods" if v.is_null() => "decided by its program".to_string(),
+        _ => cell(v),
+    }
+}
+
+/// `replaying DONE/TOTAL` for a replay in progress (the `replay` member of an actor's
+/// status), else None.
+fn replay_progress(replay: &Value) -> Option<String> {
+    let (done, total) = (replay["done"].as_u64()?, replay["total"].as_u64()?);
+    Some(format!("replaying {done}/{total}"))
+}
+
 /// The members of an actor's status shown first by `status ACTOR`, in this order; the
 /// others follow alphabetically.
-const ACTOR_DETAILS_FIRST: [&str; 12] = [
+const ACTOR_DETAILS_FIRST: [&str; 17] = [
     "kind",
     "state",
+    "replay",
     "dead_reason",
     "pid",
     "program_pid",
     "restarts",
-    "last_exit",
+    "last_exits",
     "queue",
     "served",
+    "calls_per_s",
     "checkpoint",
     "disk_copy",
+    "files",
     "durability",
+    "methods",
+    "last_exit",
 ];
 
 /// `status ACTOR`: every member of the actor's status, one per line.
@@ -161,7 +225,7 @@ pub fn actor_details(a: &Map<String, Value>) -> String {
         .iter()
         .filter(|(k, _)| k.as_str() != "name" && !ACTOR_DETAILS_FIRST.contains(&k.as_str()));
     for (k, v) in first.chain(rest) {
-        rows.push(vec![format!("  {}", k.replace('_', " ")), cell(v)]);
+        rows.push(vec![format!("  {}", k.replace('_', " ")), detail(k, v)]);
     }
     format!("{name}\n{}", table(&rows))
 }
@@ -210,13 +274,27 @@ mod tests {
         assert_eq!(format_uptime(3 * 86_400_000 + 7 * 3_600_000), "3d07h");
     }
 
+    #[test]
+    fn sizes_read_like_ls_h() {
+        assert_eq!(format_bytes(812), "812 B");
+        assert_eq!(format_bytes(1024), "1.0 KiB");
+        assert_eq!(format_bytes(1536 * 1024), "1.5 MiB");
+        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(format_bytes(u64::MAX), "16777216.0 TiB");
+    }
+
     fn sample() -> Value {
         json!({
             "supervisor": {"pid": 1, "state": "running", "uptime_ms": 7_380_000, "version": "0.1.0"},
             "actors": [
                 {"name": "a", "kind": "counter", "state": "ALIVE", "pid": 7, "restarts": 2,
                  "checkpoint": {"generation": 3, "last_seq": 9}, "queue": 0, "served": 4,
-                 "last_exit": "killed by SIGKILL", "dead_reason": null},
+                 "last_exit": "killed by SIGKILL", "dead_reason": null,
+                 "replay": {"done": 120000, "total": 300001}, "calls_per_s": 12.5,
+                 "last_exits": [{"exit": "killed by SIGKILL", "ago_ms": 252_000},
+                                {"exit": "exit status 1", "ago_ms": 7_380_000}],
+                 "files": {"mmap_bytes": 2_097_152, "disk_copy_bytes": 812, "log_bytes": 5120},
+                 "methods": ["incr", "get"]},
                 {"name": "b", "kind": "kv", "state": "DEAD", "pid": null, "restarts": 5,
                  "checkpoint": {"generation": 0, "last_seq": 0}, "queue": 0, "served": 0,
                  "last_exit": "exit status 1", "dead_reason": "5 restarts within 60s"}
@@ -239,6 +317,8 @@ mod tests {
             "{t}"
         );
         assert_eq!(lines[b + 1], "  DEAD: 5 restarts within 60s", "{t}");
+        let a = lines.iter().position(|l| l.starts_with("a ")).unwrap();
+        assert_eq!(lines[a + 1], "  replaying 120000/300001", "{t}");
         // The columns line up: every row's STATE starts where the header's does.
         let col = lines[1].find("STATE").unwrap();
         assert_eq!(lines[2].find("ALIVE"), Some(col), "{t}");
@@ -251,6 +331,23 @@ mod tests {
         let Value::Object(b) = &v["actors"][1] else {
             panic!("not an object")
         };
+        let Value::Object(a) = &v["actors"][0] else {
+            panic!("not an object")
+        };
+        let d = actor_details(a);
+        assert!(d.contains("replay       replaying 120000/300001"), "{d}");
+        assert!(
+            d.contains("last exits   killed by SIGKILL (4m12s ago); exit status 1 (2h03m ago)"),
+            "{d}"
+        );
+        assert!(
+            d.contains(
+                "files        checkpoint 812 B on disk (mmap file 2.0 MiB), call log 5.0 KiB"
+            ),
+            "{d}"
+        );
+        assert!(d.contains("methods      incr, get"), "{d}");
+        assert!(d.contains("calls per s  12.5"), "{d}");
         let d = actor_details(b);
         assert!(d.starts_with("b\n"), "{d}");
         assert!(d.contains("dead reason  5 restarts within 60s"), "{d}");

@@ -23,14 +23,14 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
 use resurgam_shared::config::{ActorConfig, Config, Environment, LOCK_FILE};
 use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message, init_message};
-use resurgam_shared::protocol::{ErrorBody, ErrorKind};
+use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op};
 use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
 use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
 use crate::control::{self, Access, SocketFile};
-use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event};
+use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event, FileSizes};
 use crate::disk::{self, Files};
 use crate::error::{RunError, SocketError};
 use crate::exit::WorkerExit;
@@ -45,6 +45,7 @@ use crate::shell::observe::{self, ShellStats};
 use crate::shell::output::OutputRelay;
 use crate::shell::reports::{self, ReadEnd, ReportStream};
 use crate::shell::standby::{self, Standby, StandbyPool};
+use crate::shell::sweep;
 use crate::shell::{LoopTx, ShellEvent, token};
 use crate::spawn::{self, SpawnJob};
 use crate::{paths, reap};
@@ -84,13 +85,21 @@ struct WorkerSlot {
 /// also have PR_SET_PDEATHSIG for when the supervisor itself is killed).
 struct KillOnDrop(Vec<WorkerSlot>);
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for w in &self.0 {
+impl KillOnDrop {
+    fn kill_all(&mut self) {
+        for w in &mut self.0 {
             if let (Some(pid), false) = (w.pid, w.reaped) {
                 spawn::kill_group(pid);
+                // Not to be killed again: once reaped, its pid may be another's.
+                w.reaped = true;
             }
         }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 
@@ -188,6 +197,9 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
             own_uid: nix::unistd::getuid().as_raw(),
             allowed_uids: sup.allowed_uids.clone(),
             max_request_bytes: sup.max_request_bytes,
+            max_queued_reply_bytes: usize::try_from(sup.max_queued_reply_bytes)
+                .unwrap_or(usize::MAX),
+            max_total_reply_bytes: usize::try_from(sup.max_total_reply_bytes).unwrap_or(usize::MAX),
             // Reloads may add actors: keep room for twice today's.
             max_connections: control::max_connections(2 * config.actors.len() + 16),
         },
@@ -214,7 +226,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         .id()
         .to_string();
     tracing::info!(
-        socket = %sup.socket.display(),
+        socket = %std::path::absolute(&sup.socket).unwrap_or_else(|_| sup.socket.clone()).display(),
         state_dir = %sup.state_dir.display(),
         state_dir_id = %shell_manifest_id,
         actors = config.actors.len(),
@@ -278,6 +290,10 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     }
     let code = shell.exit_code.unwrap_or(1);
     shell.flush_before_exit(&mut poll, &mut ready);
+    // Every worker is gone; so must be whatever the actors left behind (G9).
+    shell.workers.kill_all();
+    let forks = shell.forks.clone();
+    sweep::kill_all_children(|p| forks.is_server(p), Duration::from_secs(2));
     Ok(code)
 }
 
@@ -462,7 +478,11 @@ impl Shell {
             }
         }
         self.read_workers(core);
+        let (logs, files) = (&self.logs, &self.files);
         self.conns.read(now, |conn, request| {
+            if request.op == Op::Status {
+                measure_files(core, logs, files);
+            }
             core.handle(Event::Request { conn, request }, now);
         });
         if self.conns.accept_due(now) {
@@ -605,6 +625,9 @@ impl Shell {
 
     fn on_reaped(&mut self, pid: i32, exit: WorkerExit, core: &mut Core) {
         spawn::kill_leftovers(pid);
+        // What the dead process started and that left its group is re-parented to us
+        // now (its own children, or a worker's whole remaining tree).
+        sweep::kill_escaped(|p| self.pids.contains_key(&p));
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
@@ -754,7 +777,7 @@ impl Shell {
             &a.kind,
             &f.mmap,
             &f.disk,
-            a.policy.checkpoint_every,
+            &a.policy,
             worker_spin(self.config.supervisor.busy_poll),
             launched.exec.clone(),
             launched.privileges.clone(),
@@ -1169,7 +1192,7 @@ impl Shell {
             events: self.events.next_seq() - 1,
         };
         observe::render(core, &self.stats, &gauges, |id| {
-            self.logs.get(id).map_or(0, ActorLog::disk_bytes)
+            self.logs.get(id).map_or(0, ActorLog::bytes)
         })
     }
 
@@ -1203,7 +1226,15 @@ impl Shell {
                     actor,
                     epoch,
                     checkpoint_every,
-                } => self.tell(actor, epoch, ToWorker::Configure { checkpoint_every }),
+                    max_reply_bytes,
+                } => self.tell(
+                    actor,
+                    epoch,
+                    ToWorker::Configure {
+                        checkpoint_every,
+                        max_reply_bytes,
+                    },
+                ),
                 Action::Reload { origin } => {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);
@@ -1423,6 +1454,19 @@ fn event_fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Val
 }
 
 /// The core's event for one report of a worker.
+/// Tells the core the sizes of every actor's files, for a `status` reply.
+fn measure_files(core: &mut Core, logs: &[ActorLog], files: &[Files]) {
+    let len = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.len());
+    for (id, (log, f)) in logs.iter().zip(files).enumerate().take(core.actor_count()) {
+        let sizes = FileSizes {
+            mmap_bytes: len(&f.mmap),
+            disk_copy_bytes: len(&f.disk),
+            log_bytes: log.bytes(),
+        };
+        core.note_files(id, sizes);
+    }
+}
+
 fn report_event(name: &str, pid: Option<u32>, actor: ActorId, epoch: u64, report: Report) -> Event {
     match report {
         Report::Ready(restored) => Event::Ready {

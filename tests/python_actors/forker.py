@@ -3,8 +3,11 @@
 ``spawn`` forks a child that forks a grandchild; both sleep (nearly) forever and
 never leave the actor's process group. With ``{"double": true}`` the child exits as
 soon as the grandchild exists (a classic double fork): the grandchild is reparented
-away from the program but stays in the group. The reply names every pid, so the test
-can watch them die with the actor.
+away from the program but stays in the group. With ``{"setsid": true}`` the child
+first leaves the actor's session and process group (``os.setsid``), as a daemon does,
+and the grandchild is born in the child's new group; with ``{"setpgid": true}`` it
+only leaves the process group (``os.setpgid(0, 0)``), staying in the session. The reply names every pid, so the
+test can watch them die with the actor.
 
 ``add``/``get`` keep a total, the actor's state (checkpointed by the SDK's default
 ``__dict__`` state), to show that the actor recovers.
@@ -42,11 +45,16 @@ def _sleep_forever() -> None:
         os._exit(0)
 
 
-def _child(write_fd: int, double: bool) -> None:
-    """The child: forks the grandchild, reports its pid on ``write_fd``, then sleeps
-    (or, for a double fork, exits at once)."""
+def _child(write_fd: int, double: bool, setsid: bool, setpgid: bool) -> None:
+    """The child: leaves the session or the group if asked, forks the grandchild,
+    reports its pid on ``write_fd``, then sleeps (or, for a double fork, exits at
+    once)."""
     try:
         _detach_stdio(write_fd)
+        if setsid:
+            os.setsid()
+        elif setpgid:
+            os.setpgid(0, 0)
         grandchild = os.fork()
         if grandchild == 0:
             os.close(write_fd)
@@ -87,18 +95,23 @@ class Forker:
         return self.total
 
     def spawn(self, args: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """Forks a child that forks a grandchild; returns every pid and the group."""
+        """Forks a child that forks a grandchild; returns every pid and the groups."""
         double = bool(args and args.get("double"))
+        setsid = bool(args and args.get("setsid"))
+        setpgid = bool(args and args.get("setpgid"))
         read_fd, write_fd = os.pipe()
         child = os.fork()
         if child == 0:
             os.close(read_fd)
-            _child(write_fd, double)
+            _child(write_fd, double, setsid, setpgid)
         os.close(write_fd)
         try:
             grandchild = int(_read_line(read_fd))
         finally:
             os.close(read_fd)
+        # The grandchild's group is known once the child has reported it (a setsid
+        # child leaves before it forks).
+        grandchild_pgid = os.getpgid(grandchild)
         if double:
             # Reap the child so the grandchild is truly parentless (reparented).
             os.waitpid(child, 0)
@@ -107,8 +120,10 @@ class Forker:
             "child": child,
             "grandchild": grandchild,
             "double": double,
+            "setsid": setsid,
+            "setpgid": setpgid,
             "pgid": os.getpgid(0),
-            "grandchild_pgid": os.getpgid(grandchild),
+            "grandchild_pgid": grandchild_pgid,
         }
 
 

@@ -11,7 +11,9 @@ takes ``{"marker": <file name>}`` or nothing:
 Misbehaviours: ``garbage`` writes a bad frame straight onto the protocol socket
 (``"frame"`` picks which, see :data:`GARBAGE`), ``close_channel`` closes the socket and
 sleeps, ``exit`` ends the process with ``os._exit(3)``, ``hang`` sleeps forever.
-``chatty(text)`` prints ``text`` to stdout (allowed: stdout is never the protocol) and
+``chatty(text)`` prints ``text`` to stdout (allowed: stdout is never the protocol),
+``blurt({"text": t, "bytes": n})`` writes ``t`` and ``n`` more bytes to stdout with no
+newline (the line goes on until the next one), and
 ``fail(text)`` raises ``RuntimeError(text)`` (an ``ActorError``; the actor lives on).
 """
 
@@ -84,6 +86,18 @@ class Misbehave:
     def chatty(self, text: str) -> int:
         """Prints ``text`` on stdout (flushed); returns the total."""
         print(text, flush=True)
+        return self.total
+
+    def blurt(self, args: Dict[str, Any]) -> int:
+        """Writes ``args["text"]`` and ``args["bytes"]`` x's to stdout, no newline."""
+        out = os.fdopen(os.dup(1), "wb")
+        out.write(str(args["text"]).encode())
+        chunk = b"x" * 65536
+        left = int(args["bytes"])
+        while left > 0:
+            out.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        out.close()
         return self.total
 
     def fail(self, text: str) -> NoReturn:

@@ -89,6 +89,27 @@ impl Proc {
     }
 }
 
+/// The supervisor's helper threads: signals, four spawners, disk copy, log fsync, worker
+/// output, plus the loop itself, with a little room.
+pub const MAX_THREADS: usize = 12;
+
+/// How many threads process `pid` runs.
+pub fn threads(pid: i32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+/// How many descriptors process `pid` holds.
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .expect("read the fd directory")
+}
+
 /// Every live process whose parent is `ppid` (a scan of /proc).
 pub fn children_of(ppid: i32) -> Vec<Proc> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -152,22 +173,28 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
         let _ = err.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_with_timeout(&mut child, &format!("{cmd:?}"), timeout);
     Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Waits for `child` with a deadline; kills and reaps it and panics naming `what` if it
+/// does not finish in time.
+pub fn wait_with_timeout(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -300,14 +300,16 @@ impl Program {
         state.ok_or_else(|| Failure::Crashed("no state from the program".to_string()))
     }
 
-    /// Runs a batch of calls, pipelined. `executing(seq)` is told the oldest unanswered
-    /// call at each step (0 once all are answered). Only a crash is an error: a refused
-    /// call is an [`Outcome::Err`].
+    /// Runs a batch of calls, pipelined, handing each call's outcome to `answered` (with
+    /// its seq) as it arrives. `executing(seq)` is told the oldest unanswered call at
+    /// each step (0 once all are answered). Only a crash (or an error from `answered`) is
+    /// an error: a refused call is an [`Outcome::Err`].
     pub fn calls(
         &mut self,
         calls: &[Call],
         executing: &dyn Fn(u64),
-    ) -> Result<Vec<Outcome>, Failure> {
+        answered: &mut dyn FnMut(u64, Outcome) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
         self.ensure_idle()?;
         let size: usize = calls
             .iter()
@@ -317,17 +319,16 @@ impl Program {
         for c in calls {
             encode_call(&mut out, c)?;
         }
-        let mut outcomes = Vec::with_capacity(calls.len());
         if let Some(first) = calls.first() {
             executing(first.seq);
         }
         self.accept = ACCEPT_CALL;
         self.exchange(&out, calls.len(), |index, kind, body| {
-            outcomes.push(call_answer(kind, body)?);
+            let seq = calls.get(index).map_or(0, |c| c.seq);
+            answered(seq, call_answer(kind, body)?)?;
             executing(calls.get(index + 1).map_or(0, |c| c.seq));
             Ok(())
-        })?;
-        Ok(outcomes)
+        })
     }
 
     /// Ends the program on purpose: closes the channel (the program should exit 0) and

@@ -56,6 +56,14 @@ impl Reporter {
         })
     }
 
+    /// A reporter writing to `stream` (unit tests read the other end).
+    #[cfg(test)]
+    pub(crate) fn over(stream: UnixStream) -> Reporter {
+        Reporter {
+            stream: Arc::new(Mutex::new(stream)),
+        }
+    }
+
     /// Sends one report; blocks while the supervisor's side is full.
     pub fn send(&self, report: &Report) -> Result<(), String> {
         let frame = encode_report(report).map_err(|e| format!("encode report: {e}"))?;

@@ -11,7 +11,8 @@ use serde_json::Value;
 use resurgam_shared::checkpoint::{self, MmapCheckpoint, OwnerTag};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
-    MAX_REPLY_BYTES, Outcome, Reply, Report, Restored, ToWorker, decode_calls, decode_init,
+    MAX_REPLY_BYTES, Outcome, PROGRESS_INTERVAL, Reply, Report, Restored, ToWorker, decode_calls,
+    decode_init,
 };
 use resurgam_shared::protocol::ErrorKind;
 
@@ -103,6 +104,8 @@ struct Live {
     previous: Option<u64>,
     /// See [`Init::spin_micros`].
     spin_micros: u64,
+    /// See [`Init::max_reply_bytes`].
+    max_reply_bytes: usize,
 }
 
 impl Worker {
@@ -145,7 +148,7 @@ impl Worker {
         // One-time set-up that a restore would otherwise pay, done while waiting.
         checkpoint::warm_up();
         let init = match self.inbox.recv() {
-            Ok(ToWorker::Init(init)) => init,
+            Ok(ToWorker::Init(init)) => *init,
             Ok(ToWorker::InitShm(shm)) => match decode_init(&shm) {
                 Ok(init) => init,
                 Err(e) => return self.fatal(format!("undecodable Init: {e}")),
@@ -218,7 +221,13 @@ impl Worker {
                 },
                 ToWorker::Checkpoint => self.checkpoint(live)?,
                 ToWorker::Stop => return self.finish_verification(live),
-                ToWorker::Configure { checkpoint_every } => live.every = checkpoint_every,
+                ToWorker::Configure {
+                    checkpoint_every,
+                    max_reply_bytes,
+                } => {
+                    live.every = checkpoint_every;
+                    live.max_reply_bytes = reply_limit(max_reply_bytes);
+                }
                 ToWorker::Spin { micros } => live.spin_micros = micros,
                 ToWorker::Ping => self
                     .to_sup
@@ -364,6 +373,7 @@ impl Worker {
             since_checkpoint: 0,
             every: init.checkpoint_every,
             spin_micros: init.spin_micros,
+            max_reply_bytes: reply_limit(init.max_reply_bytes),
         })
     }
 
@@ -416,9 +426,9 @@ impl Worker {
         // Never apply a call twice; the supervisor only replays seq > last_seq.
         let (stale, fresh): (Vec<Call>, Vec<Call>) =
             calls.into_iter().partition(|c| c.seq <= live.last_seq);
-        let mut replies: Vec<Reply> = stale
-            .into_iter()
-            .map(|call| Reply {
+        let mut out = ReplyStream::new(&self.to_sup, live.max_reply_bytes, PROGRESS_INTERVAL);
+        for call in stale {
+            out.push(Reply {
                 outcome: Outcome::Err {
                     kind: ErrorKind::CallFailed,
                     message: format!(
@@ -427,48 +437,50 @@ impl Worker {
                     ),
                 },
                 seq: call.seq,
-            })
-            .collect();
-        let outcomes = match &mut live.engine {
-            Engine::Native(actor) => fresh
-                .iter()
-                .map(|call| {
+            })?;
+        }
+        // Each reply goes out as its call completes (in parts, see `ReplyStream`), so the
+        // supervisor sees progress however long the batch.
+        match &mut live.engine {
+            Engine::Native(actor) => {
+                for call in &fresh {
                     live.mmap.set_executing(call.seq);
-                    apply_one(actor.as_mut(), call)
-                })
-                .collect(),
+                    let outcome = apply_one(actor.as_mut(), call);
+                    out.push(Reply {
+                        seq: call.seq,
+                        outcome,
+                    })?;
+                }
+            }
             Engine::Exec(program) => {
                 let mmap = &live.mmap;
-                program
-                    .calls(&fresh, &|seq| mmap.set_executing(seq))
-                    .map_err(|f| match f {
-                        exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
-                            Stop::Crashed(m)
-                        }
-                    })?
+                let mut unsent = None;
+                let ran = program.calls(
+                    &fresh,
+                    &|seq| mmap.set_executing(seq),
+                    &mut |seq, outcome| {
+                        out.push(Reply { seq, outcome }).map_err(|stop| {
+                            unsent = Some(stop);
+                            exec::Failure::Crashed("the supervisor cannot be reached".to_string())
+                        })
+                    },
+                );
+                if let Some(stop) = unsent {
+                    return Err(stop);
+                }
+                ran.map_err(|f| match f {
+                    exec::Failure::Crashed(m) | exec::Failure::Refused { message: m, .. } => {
+                        Stop::Crashed(m)
+                    }
+                })?;
             }
-        };
+        }
         live.mmap.set_executing(0);
         if let Some(last) = fresh.last() {
             live.last_seq = last.seq;
             live.since_checkpoint += fresh.len() as u64;
         }
-        replies.extend(fresh.iter().zip(outcomes).map(|(call, outcome)| Reply {
-            seq: call.seq,
-            outcome: bounded(outcome),
-        }));
-        replies.sort_unstable_by_key(|r| r.seq);
-        let mut parts = reply_frames(replies).into_iter().peekable();
-        while let Some(part) = parts.next() {
-            let report = if parts.peek().is_some() {
-                Report::MoreReplies(part)
-            } else {
-                Report::Replies(part)
-            };
-            self.to_sup
-                .send(&report)
-                .map_err(|e| Stop::Failed(format!("send replies: {e}")))?;
-        }
+        out.finish()?;
         // Replies go out before the checkpoint that covers them is written, so a call
         // whose effect a checkpoint holds has always had its reply sent.
         if live.every > 0 && live.since_checkpoint >= live.every {
@@ -638,18 +650,25 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
     })
 }
 
-/// The outcome itself, or an error saying it was too large to send; an error message of
-/// any actor kind is cut to a readable size.
-fn bounded(outcome: Outcome) -> Outcome {
+/// The actor's reply limit as the worker applies it: never above what a worker can send.
+fn reply_limit(max_reply_bytes: u64) -> usize {
+    usize::try_from(max_reply_bytes).map_or(MAX_REPLY_BYTES, |n| n.min(MAX_REPLY_BYTES))
+}
+
+/// The outcome itself, or an error saying it was larger than the actor's `max_reply_bytes`
+/// (the call ran: it is not retried, and the actor lives on); an error message of any
+/// actor kind is cut to a readable size.
+fn bounded(outcome: Outcome, max_reply_bytes: usize) -> Outcome {
     match outcome {
         Outcome::Err { kind, message } => Outcome::Err {
             kind,
             message: exec::cap_message(message),
         },
-        Outcome::Ok(v) if v.len() > MAX_REPLY_BYTES => Outcome::Err {
+        Outcome::Ok(v) if v.len() > max_reply_bytes => Outcome::Err {
             kind: ErrorKind::ActorError,
             message: format!(
-                "the call ran, but its result ({} bytes) is larger than the {MAX_REPLY_BYTES}-byte limit of a reply",
+                "the call ran, but its result ({} bytes) is larger than the actor's \
+                 max_reply_bytes ({max_reply_bytes} bytes); it was not sent",
                 v.len()
             ),
         },
@@ -661,22 +680,66 @@ fn bounded(outcome: Outcome) -> Outcome {
 /// so the supervisor never has to hold a frame much larger than one reply.
 const FRAME_REPLY_BYTES: usize = 16 << 20;
 
-/// Splits a batch of replies into frames of at most [`FRAME_REPLY_BYTES`] (approximately).
-fn reply_frames(replies: Vec<Reply>) -> Vec<Vec<Reply>> {
-    let mut frames = vec![Vec::new()];
-    let mut size = 0;
-    for r in replies {
-        let n = resurgam_shared::ipc::replies_size(std::slice::from_ref(&r));
-        if size + n > FRAME_REPLY_BYTES && size > 0 {
-            frames.push(Vec::new());
-            size = 0;
-        }
-        size += n;
-        if let Some(last) = frames.last_mut() {
-            last.push(r);
+/// The replies of one batch of calls, sent as the calls complete: a part
+/// ([`Report::MoreReplies`]) whenever it reaches [`FRAME_REPLY_BYTES`] or
+/// [`PROGRESS_INTERVAL`] has passed since the last one, and the rest as
+/// [`Report::Replies`] at the end. Hang detection in the supervisor measures this
+/// progress, so only a single call that runs for the whole `heartbeat_timeout` looks
+/// hung, never a long batch of quick ones.
+struct ReplyStream<'a> {
+    to_sup: &'a Reporter,
+    max_reply_bytes: usize,
+    /// [`PROGRESS_INTERVAL`] (tests choose their own).
+    interval: Duration,
+    part: Vec<Reply>,
+    size: usize,
+    last_sent: Instant,
+}
+
+impl<'a> ReplyStream<'a> {
+    fn new(to_sup: &'a Reporter, max_reply_bytes: usize, interval: Duration) -> ReplyStream<'a> {
+        ReplyStream {
+            to_sup,
+            max_reply_bytes,
+            interval,
+            part: Vec::new(),
+            size: 0,
+            last_sent: Instant::now(),
         }
     }
-    frames
+
+    fn push(&mut self, reply: Reply) -> Result<(), Stop> {
+        let reply = Reply {
+            seq: reply.seq,
+            outcome: bounded(reply.outcome, self.max_reply_bytes),
+        };
+        let n = resurgam_shared::ipc::replies_size(std::slice::from_ref(&reply));
+        if self.size + n > FRAME_REPLY_BYTES && !self.part.is_empty() {
+            self.send_part()?;
+        }
+        self.size += n;
+        self.part.push(reply);
+        if self.last_sent.elapsed() >= self.interval {
+            self.send_part()?;
+        }
+        Ok(())
+    }
+
+    fn send_part(&mut self) -> Result<(), Stop> {
+        let part = std::mem::take(&mut self.part);
+        self.size = 0;
+        self.last_sent = Instant::now();
+        self.to_sup
+            .send(&Report::MoreReplies(part))
+            .map_err(|e| Stop::Failed(format!("send replies: {e}")))
+    }
+
+    /// Sends the last part (possibly empty): the batch is answered.
+    fn finish(self) -> Result<(), Stop> {
+        self.to_sup
+            .send(&Report::Replies(self.part))
+            .map_err(|e| Stop::Failed(format!("send replies: {e}")))
+    }
 }
 
 /// `(generation, last_seq)` of every slot record the writer counts as usable.
@@ -699,11 +762,53 @@ mod tests {
         }
     }
 
+    /// Streams `replies` through a `ReplyStream` and returns the reports the supervisor
+    /// reads. With `progress_due`, every call takes the whole progress interval.
+    fn streamed(replies: Vec<Reply>, progress_due: bool) -> Vec<Report> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &theirs, &mut bytes).unwrap();
+            let mut d = resurgam_shared::ipc::ReportDecoder::default();
+            d.push(&bytes);
+            std::iter::from_fn(|| d.next_report().unwrap()).collect::<Vec<_>>()
+        });
+        let reporter = Reporter::over(ours);
+        let interval = if progress_due {
+            Duration::ZERO
+        } else {
+            Duration::MAX
+        };
+        let mut out = ReplyStream::new(&reporter, MAX_REPLY_BYTES, interval);
+        for r in replies {
+            assert!(out.push(r).is_ok());
+        }
+        assert!(out.finish().is_ok());
+        drop(reporter);
+        reader.join().unwrap()
+    }
+
+    fn parts(reports: &[Report]) -> Vec<Vec<Reply>> {
+        let (last, more) = reports.split_last().expect("a report");
+        assert!(
+            matches!(last, Report::Replies(_)),
+            "the last part ends the batch"
+        );
+        reports
+            .iter()
+            .map(|r| match r {
+                Report::MoreReplies(p) if !std::ptr::eq(r, last) => p.clone(),
+                Report::Replies(p) if std::ptr::eq(r, last) => p.clone(),
+                other => panic!("unexpected {other:?} (of {} before the last)", more.len()),
+            })
+            .collect()
+    }
+
     #[test]
     fn large_reply_batches_go_in_frames_in_order() {
         let third = FRAME_REPLY_BYTES / 3;
         let batch: Vec<Reply> = (1..=7).map(|s| reply(s, third)).collect();
-        let frames = reply_frames(batch.clone());
+        let frames = parts(&streamed(batch.clone(), false));
         assert!(frames.len() >= 3, "{} frames", frames.len());
         for f in &frames {
             assert!(!f.is_empty());
@@ -712,17 +817,37 @@ mod tests {
         assert_eq!(frames.concat(), batch, "every reply once, in order");
         // A single reply larger than a frame goes alone; an empty batch is one frame.
         let huge = vec![reply(1, 10), reply(2, FRAME_REPLY_BYTES * 2), reply(3, 10)];
-        assert_eq!(reply_frames(huge).len(), 3);
-        assert_eq!(reply_frames(Vec::new()), vec![Vec::<Reply>::new()]);
+        assert_eq!(parts(&streamed(huge, false)).len(), 3);
+        assert_eq!(
+            parts(&streamed(Vec::new(), false)),
+            vec![Vec::<Reply>::new()]
+        );
+    }
+
+    #[test]
+    fn a_long_batch_reports_progress_as_its_calls_complete() {
+        let batch: Vec<Reply> = (1..=4).map(|s| reply(s, 10)).collect();
+        // Quick calls: one report at the end.
+        assert_eq!(parts(&streamed(batch.clone(), false)).len(), 1);
+        // Calls that each take the progress interval: each is reported when it completes.
+        let frames = parts(&streamed(batch.clone(), true));
+        assert_eq!(frames.concat(), batch);
+        assert!(
+            frames[..4].iter().all(|f| f.len() == 1),
+            "one part per completed call: {frames:?}"
+        );
     }
 
     #[test]
     fn an_error_message_of_any_kind_is_cut_to_a_readable_size() {
         let long = "é".repeat(exec::MAX_ERROR_MESSAGE);
-        let Outcome::Err { kind, message } = bounded(Outcome::Err {
-            kind: ErrorKind::ActorError,
-            message: long.clone(),
-        }) else {
+        let Outcome::Err { kind, message } = bounded(
+            Outcome::Err {
+                kind: ErrorKind::ActorError,
+                message: long.clone(),
+            },
+            MAX_REPLY_BYTES,
+        ) else {
             panic!("still an error");
         };
         assert_eq!(kind, ErrorKind::ActorError);
@@ -736,13 +861,14 @@ mod tests {
     }
 
     #[test]
-    fn a_result_too_large_to_send_becomes_an_error_reply() {
+    fn a_result_larger_than_max_reply_bytes_becomes_an_error_reply() {
         let ok = Outcome::Ok(vec![b'1'; 10]);
-        assert_eq!(bounded(ok.clone()), ok);
-        match bounded(Outcome::Ok(vec![b'1'; MAX_REPLY_BYTES + 1])) {
+        assert_eq!(bounded(ok.clone(), 10), ok);
+        match bounded(Outcome::Ok(vec![b'1'; 11]), 10) {
             Outcome::Err { kind, message } => {
                 assert_eq!(kind, ErrorKind::ActorError);
                 assert!(message.contains("the call ran"), "{message}");
+                assert!(message.contains("max_reply_bytes (10 bytes)"), "{message}");
             }
             other => panic!(
                 "expected an error, got {} bytes",

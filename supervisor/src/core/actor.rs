@@ -15,6 +15,40 @@ use super::{
 };
 use crate::exit::WorkerExit;
 
+/// How often a long replay reports its progress in the log.
+pub(super) const REPLAY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A replay in progress: the logged calls after the restored checkpoint that the
+/// current worker is applying again (`status` shows `replaying done/total`).
+#[derive(Debug, Clone)]
+pub(super) struct Replay {
+    /// The restored checkpoint's last_seq: replayed calls come after it…
+    pub after: u64,
+    /// …up to this seq.
+    pub upto: u64,
+    pub total: u64,
+    pub done: u64,
+    pub started: Instant,
+    /// When the next progress line is due.
+    pub next_report: Instant,
+}
+
+/// How many of an actor's latest worker exits `status` lists.
+pub(super) const EXITS_KEPT: usize = 5;
+/// `calls_per_s` in `status` is measured over at least this long (at most twice it).
+pub(super) const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sizes of an actor's files, as the shell last measured them (for `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileSizes {
+    /// The memory-mapped checkpoint file (both slots).
+    pub mmap_bytes: Option<u64>,
+    /// The synced disk copy: the newest checkpoint's size on disk.
+    pub disk_copy_bytes: Option<u64>,
+    /// The call log's segments.
+    pub log_bytes: u64,
+}
+
 /// How long a spawn request may wait for its turn before `startup_timeout` counts.
 const SPAWN_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -25,7 +59,8 @@ pub enum Phase {
     Alive,
     Restarting,
     Dead,
-    /// Stopped by a graceful shutdown.
+    /// Stopped by a graceful shutdown, by a reload that removed the actor, or by an
+    /// operator (`stop_actor`, until `start_actor`).
     Stopped,
 }
 
@@ -52,8 +87,10 @@ pub(super) struct Entry {
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
     /// the first reply is unknown, e.g. for calls recovered from the durable log).
     pub answered: Option<u64>,
-    /// Deaths of a worker while it executed this call.
+    /// Deaths of a worker while it executed this call (kills for a hang excluded)…
     pub attempts: u32,
+    /// …and kills of a worker found hung while it executed this call.
+    pub hangs: u32,
     /// Recovered from the durable log at start: its client may have had its reply, so
     /// it is never failed (only dropped as a poison call, which cannot have succeeded).
     pub recovered: bool,
@@ -103,6 +140,11 @@ pub(super) struct ActorState {
     pub operator_restart: bool,
     /// Removed from the config by a reload: winds down like at shutdown.
     pub retiring: bool,
+    /// Stopped by an operator (`stop_actor`): winds down like at shutdown, then stays
+    /// STOPPED (calls refused with `ActorStopped`) until `start_actor`.
+    pub stopped_by_operator: bool,
+    /// Who waits for the operator's stop to finish (answered once STOPPED, or DEAD).
+    pub stop_waiters: Vec<Origin>,
     pub final_checkpoint_requested: bool,
     pub stop_sent: bool,
     pub dead_reason: Option<String>,
@@ -122,6 +164,14 @@ pub(super) struct ActorState {
     pub ping_outstanding: bool,
     /// The current worker was killed because it hung.
     pub hung: bool,
+    /// The current worker's replay, while it runs.
+    pub replay: Option<Replay>,
+    /// The latest worker exits, newest last: when, and how.
+    pub exits: VecDeque<(Instant, String)>,
+    /// `served` at two moments at least [`RATE_WINDOW`] apart (older first), for
+    /// `calls_per_s`.
+    pub rate_marks: [(Instant, u64); 2],
+    pub files: Option<FileSizes>,
 
     // The call log.
     pub next_seq: u64,
@@ -214,6 +264,8 @@ impl ActorState {
             alive_since: None,
             operator_restart: false,
             retiring: false,
+            stopped_by_operator: false,
+            stop_waiters: Vec::new(),
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,
@@ -223,6 +275,10 @@ impl ActorState {
             last_heard: now,
             ping_outstanding: false,
             hung: false,
+            replay: None,
+            exits: VecDeque::new(),
+            rate_marks: [(now, 0); 2],
+            files: None,
             applied_floor: 0,
             lost_reply_deadline: None,
             next_seq: spec.start_seq + 1,
@@ -283,6 +339,7 @@ impl ActorState {
                 origin: None,
                 answered: None,
                 attempts: 0,
+                hangs: 0,
                 recovered: true,
             });
             self.recovered += 1;
@@ -348,10 +405,30 @@ impl ActorState {
         Some(calls)
     }
 
+    /// Moves the actor to `phase`: the one place phases change. Every timer belongs to a
+    /// phase (`start_deadline` to STARTING, `restart_at` to RESTARTING, the drain of a
+    /// dying worker and the late replies to a live one) and is cleared here when its
+    /// phase is left, so no deadline outlives its phase: one would be due forever and
+    /// keep the event loop awake. (Hang detection and time-based checkpoints are
+    /// derived from the phase in [`ActorState::next_deadline`].) Returns the phase left.
+    pub fn set_phase(&mut self, phase: Phase) -> Phase {
+        if phase != Phase::Starting {
+            self.start_deadline = None;
+        }
+        if phase != Phase::Restarting {
+            self.restart_at = None;
+        }
+        if matches!(phase, Phase::Dead | Phase::Stopped) {
+            self.drain_deadline = None;
+            self.lost_reply_deadline = None;
+        }
+        std::mem::replace(&mut self.phase, phase)
+    }
+
     /// Resets the per-worker fields for a new worker process.
     pub fn begin_epoch(&mut self, now: Instant) {
         self.epoch += 1;
-        self.phase = Phase::Starting;
+        self.set_phase(Phase::Starting);
         self.pid = None;
         self.exited = false;
         self.closed = false;
@@ -366,7 +443,6 @@ impl ActorState {
         // others (1,000 actors start one after another), so allow a wide margin.
         self.start_deadline = Some(now + self.policy.startup_timeout + SPAWN_QUEUE_GRACE);
         self.drain_deadline = None;
-        self.restart_at = None;
         self.alive_since = None;
         self.inflight_batches = 0;
         self.checkpoint_outstanding = false;
@@ -375,6 +451,135 @@ impl ActorState {
         self.last_heard = now;
         self.ping_outstanding = false;
         self.hung = false;
+        self.replay = None;
+    }
+
+    /// Starts counting the replay of the logged calls after `after` (the restored
+    /// checkpoint's last_seq): those answered before, and those recovered from the log.
+    pub fn begin_replay(&mut self, after: u64, now: Instant) {
+        let mut replayed = self
+            .log
+            .iter()
+            .filter(|e| e.seq > after && (e.answered.is_some() || e.recovered));
+        let total = replayed.clone().count() as u64;
+        self.replay = replayed.next_back().map(|last| Replay {
+            after,
+            upto: last.seq,
+            total,
+            done: 0,
+            started: now,
+            next_report: now + REPLAY_PROGRESS_EVERY,
+        });
+    }
+
+    /// Counts the current worker's replies to replayed calls; logs the end of a replay
+    /// that took long enough to report progress.
+    pub fn note_replayed(&mut self, replies: &[Reply], now: Instant) {
+        let Some(r) = self.replay.as_mut() else {
+            return;
+        };
+        r.done += replies
+            .iter()
+            .filter(|x| x.seq > r.after && x.seq <= r.upto)
+            .count() as u64;
+        if r.done >= r.total {
+            let took = now.saturating_duration_since(r.started);
+            if took >= REPLAY_PROGRESS_EVERY {
+                tracing::info!(actor = %self.name, replayed = r.total, took_ms = took.as_millis() as u64, "replay finished");
+            }
+            self.replay = None;
+        }
+    }
+
+    /// Remembers a worker's exit for `status` (the latest [`EXITS_KEPT`]).
+    pub fn note_exit(&mut self, now: Instant, how: String) {
+        if self.exits.len() == EXITS_KEPT {
+            self.exits.pop_front();
+        }
+        self.exits.push_back((now, how));
+    }
+
+    /// Moves the `calls_per_s` window on once its newer mark is old enough.
+    pub fn note_served(&mut self, now: Instant) {
+        let [_, newer] = self.rate_marks;
+        if now.saturating_duration_since(newer.0) >= RATE_WINDOW {
+            self.rate_marks = [newer, (now, self.served)];
+        }
+    }
+
+    /// Calls answered per second over the last 5 to 10 s of activity (longer when idle).
+    pub fn calls_per_s(&self, now: Instant) -> f64 {
+        let (since, served) = self.rate_marks[0];
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        let rate = self.served.saturating_sub(served) as f64 / secs;
+        (rate * 10.0).round() / 10.0
+    }
+
+    /// The replay's progress (`done`, `total`) while the worker serves.
+    pub fn replay_progress(&self) -> Option<(u64, u64)> {
+        self.replay
+            .as_ref()
+            .filter(|_| self.phase == Phase::Alive)
+            .map(|r| (r.done, r.total))
+    }
+
+    /// Logs the replay's progress when a line is due.
+    pub fn report_replay(&mut self, now: Instant) {
+        if self.phase != Phase::Alive {
+            self.replay = None;
+            return;
+        }
+        if let Some(r) = self.replay.as_mut()
+            && r.next_report <= now
+        {
+            r.next_report = now + REPLAY_PROGRESS_EVERY;
+            tracing::info!(actor = %self.name, done = r.done, total = r.total, "replaying calls: {}/{}", r.done, r.total);
+        }
+    }
+
+    /// True when this actor alone winds down (final checkpoint, then its worker stops):
+    /// removed by a reload, or stopped by an operator.
+    pub fn winding_down(&self) -> bool {
+        self.retiring || self.stopped_by_operator
+    }
+
+    /// The refusal of a call (or checkpoint) to an actor an operator stopped.
+    pub fn stopped_error(&self) -> ErrorBody {
+        let how = if self.phase == Phase::Stopped {
+            "is stopped"
+        } else {
+            "is being stopped"
+        };
+        ErrorBody::new(
+            ErrorKind::ActorStopped,
+            format!(
+                "actor {:?} {how} by an operator; `resurgam start {}` starts it again",
+                self.name, self.name
+            ),
+        )
+    }
+
+    /// The worker's pid while it runs (STARTING or ALIVE).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.pid
+            .filter(|_| matches!(self.phase, Phase::Alive | Phase::Starting))
+    }
+
+    /// The exec program's pid while the worker serves.
+    pub fn live_program_pid(&self) -> Option<u32> {
+        self.program_pid.filter(|_| self.phase == Phase::Alive)
+    }
+
+    /// The `state` of `status`: the phase, or `STOPPING` while an operator's stop runs.
+    pub fn state_name(&self) -> &'static str {
+        if self.stopped_by_operator && self.phase != Phase::Stopped {
+            "STOPPING"
+        } else {
+            self.phase.as_str()
+        }
     }
 
     pub fn dead_error(&self) -> ErrorBody {
@@ -517,10 +722,16 @@ impl ActorState {
         self.inflight_batches > 0 || self.checkpoint_outstanding || self.ping_outstanding
     }
 
+    /// True while the current worker serves: ALIVE, and neither dying nor being killed
+    /// as hung. Hang detection and time-based checkpoints run only then.
+    fn serving(&self) -> bool {
+        self.phase == Phase::Alive && !self.hung && !self.exited && !self.closed
+    }
+
     /// Hang detection (`heartbeat_timeout`; zero turns it off).
     pub fn heartbeat(&self, now: Instant) -> Heartbeat {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return Heartbeat::Fine;
         }
         let quiet = now.saturating_duration_since(self.last_heard);
@@ -537,9 +748,20 @@ impl ActorState {
         }
     }
 
+    /// A ping goes out now: the worker gets half the timeout from now to answer it,
+    /// even when the ping is late (the loop was busy), so it is never found hung by a
+    /// deadline that had passed before it was asked.
+    pub fn ping_sent(&mut self, now: Instant) {
+        self.ping_outstanding = true;
+        let half = (self.policy.heartbeat_timeout / 2).max(std::time::Duration::from_nanos(1));
+        if let Some(t) = now.checked_sub(self.policy.heartbeat_timeout - half) {
+            self.last_heard = self.last_heard.max(t);
+        }
+    }
+
     fn heartbeat_deadline(&self) -> Option<Instant> {
         let timeout = self.policy.heartbeat_timeout;
-        if timeout.is_zero() || self.phase != Phase::Alive || self.hung {
+        if timeout.is_zero() || !self.serving() {
             return None;
         }
         Some(if self.awaiting() {
@@ -552,7 +774,7 @@ impl ActorState {
     /// When the next time-based checkpoint is due, if one is.
     pub fn checkpoint_due(&self) -> Option<Instant> {
         let interval = self.policy.checkpoint_interval;
-        if self.phase != Phase::Alive
+        if !self.serving()
             || interval.is_zero()
             || self.checkpoint_outstanding
             || self.replied_upto <= self.checkpoint.1
@@ -570,6 +792,10 @@ impl ActorState {
             self.checkpoint_due(),
             self.heartbeat_deadline(),
             self.lost_reply_deadline,
+            self.replay
+                .as_ref()
+                .filter(|_| self.phase == Phase::Alive)
+                .map(|r| r.next_report),
         ]
         .into_iter()
         .flatten()

@@ -28,8 +28,8 @@ use resurgam_shared::ipc::{Call, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
-pub use actor::Phase;
 use actor::{ActorState, Entry, Heartbeat};
+pub use actor::{FileSizes, Phase};
 pub use observe::{ActorMetrics, Notice};
 
 /// Index of an actor in the core's table (stable for the life of the process).
@@ -231,11 +231,12 @@ pub enum Action {
         actor: ActorId,
         epoch: u64,
     },
-    /// Tell a running worker its new `checkpoint_every` (reload).
+    /// Tell a running worker its new `checkpoint_every` and `max_reply_bytes` (reload).
     Configure {
         actor: ActorId,
         epoch: u64,
         checkpoint_every: u64,
+        max_reply_bytes: u64,
     },
     /// Re-read the config file and apply it (`reload` op; the shell answers `origin`).
     Reload {
@@ -508,7 +509,7 @@ impl Core {
         for w in waiters {
             self.reply_err(&w, &err);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].retiring {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].winding_down() {
             self.stop_worker_if_done(actor);
         }
         self.relaunch_if_pending(actor);
@@ -577,7 +578,7 @@ impl Core {
         for (w, _) in waiters {
             self.reply_err(&w, &err);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[actor].winding_down() {
             // Stop anyway: the mmap checkpoint and (in memory mode) nothing else remains;
             // the error is logged above.
             self.stop_worker_if_done(actor);
@@ -618,7 +619,7 @@ impl Core {
             }
             let a = &mut self.actors[id];
             a.dispatch(id, &mut self.out, self.now);
-            if matches!(self.mode, Mode::Stopping { .. }) || a.retiring {
+            if matches!(self.mode, Mode::Stopping { .. }) || a.winding_down() {
                 self.maybe_final_checkpoint(id);
             }
         }
@@ -645,10 +646,10 @@ impl Core {
 
     /// True when every actor serves (ALIVE) or is DEAD by policy: time for READY=1.
     pub fn all_serving(&self) -> bool {
-        self.actors
-            .iter()
-            .filter(|a| !a.retiring)
-            .all(|a| matches!(a.phase, Phase::Alive | Phase::Dead))
+        self.actors.iter().filter(|a| !a.retiring).all(|a| {
+            matches!(a.phase, Phase::Alive | Phase::Dead)
+                || (a.stopped_by_operator && a.phase == Phase::Stopped)
+        })
     }
 
     /// True once a graceful shutdown has begun.
@@ -720,7 +721,6 @@ impl Core {
                     });
                 }
                 observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
-                a.restart_at = None;
             }
             _ => self.mark_dirty(id),
         }
@@ -733,19 +733,21 @@ impl Core {
             .any(|a| a.retiring && a.name == name && a.phase != Phase::Stopped)
     }
 
-    /// Applies a changed policy (reload). `checkpoint_every` reaches a running worker
-    /// through `Configure`.
+    /// Applies a changed policy (reload). `checkpoint_every` and `max_reply_bytes` reach
+    /// a running worker through `Configure`.
     pub fn update_policy(&mut self, id: ActorId, policy: Policy) {
         let Some(a) = self.actors.get_mut(id) else {
             return;
         };
-        let every_changed = a.policy.checkpoint_every != policy.checkpoint_every;
+        let worker_changed = a.policy.checkpoint_every != policy.checkpoint_every
+            || a.policy.max_reply_bytes != policy.max_reply_bytes;
         a.policy = policy;
-        if every_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
+        if worker_changed && matches!(a.phase, Phase::Alive | Phase::Starting) {
             self.out.push(Action::Configure {
                 actor: id,
                 epoch: a.epoch,
                 checkpoint_every: a.policy.checkpoint_every,
+                max_reply_bytes: a.policy.max_reply_bytes,
             });
         }
     }
@@ -768,6 +770,18 @@ impl Core {
     /// The actor's phase.
     pub fn phase(&self, id: ActorId) -> Phase {
         self.actors[id].phase
+    }
+
+    /// The sizes of the actor's files, measured by the shell (shown by `status`).
+    pub fn note_files(&mut self, id: ActorId, sizes: FileSizes) {
+        if let Some(a) = self.actors.get_mut(id) {
+            a.files = Some(sizes);
+        }
+    }
+
+    /// Number of actors, retired ones included (ids are `0..actor_count()`).
+    pub fn actor_count(&self) -> usize {
+        self.actors.len()
     }
 
     /// Number of logged calls kept for replay (for tests and status).
@@ -847,6 +861,121 @@ impl Core {
             }
             Op::Metrics => self.out.push(Action::Metrics { origin }),
             Op::Subscribe => self.out.push(Action::Subscribe { origin }),
+            Op::StopActor { actor } => self.on_stop_actor(origin, &actor, now),
+            Op::StartActor { actor } => self.on_start_actor(origin, &actor, now),
+            Op::Pid { actor } => self.on_pid(origin, actor.as_deref()),
+        }
+    }
+
+    /// `pid`: the supervisor's pid, or an actor's worker's and program's (null when it
+    /// has no process now).
+    fn on_pid(&mut self, origin: Origin, actor: Option<&str>) {
+        let Some(name) = actor else {
+            let ok = format!("{{\"pid\":{}}}", self.pid);
+            self.reply_ok(&origin, &ok);
+            return;
+        };
+        let Some(id) = self.lookup(&origin, name) else {
+            return;
+        };
+        let a = &self.actors[id];
+        let ok = serde_json::json!({
+            "actor": a.name,
+            "state": a.state_name(),
+            "pid": a.worker_pid(),
+            "program_pid": a.live_program_pid(),
+        })
+        .to_string();
+        self.reply_ok(&origin, &ok);
+    }
+
+    /// `stop_actor`: the actor's accepted calls are answered, a final checkpoint is
+    /// taken, its worker stops; the reply comes once it is STOPPED. New calls get
+    /// `ActorStopped` from now until `start_actor`.
+    fn on_stop_actor(&mut self, origin: Origin, actor: &str, now: Instant) {
+        let Some(id) = self.lookup_running(&origin, actor) else {
+            return;
+        };
+        let a = &mut self.actors[id];
+        a.stop_waiters.push(origin);
+        if a.stopped_by_operator {
+            // Already stopped (answered at once) or stopping (answered with the others).
+            if a.phase == Phase::Stopped {
+                self.answer_stop_waiters(id);
+            }
+            return;
+        }
+        tracing::info!(actor = %a.name, phase = a.phase.as_str(), "stop requested by operator: final checkpoint, then stop");
+        a.stopped_by_operator = true;
+        a.relaunch_pending = false;
+        match a.phase {
+            // No worker: nothing to checkpoint (the log keeps every call).
+            Phase::Dead | Phase::Stopped => {
+                observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
+                a.dead_reason = None;
+                self.answer_stop_waiters(id);
+            }
+            // Waiting out a backoff: start it now, so that its final checkpoint holds
+            // every call the log has.
+            Phase::Restarting => self.spawn(id, now),
+            Phase::Alive | Phase::Starting => self.mark_dirty(id),
+        }
+    }
+
+    /// `start_actor`: starts an actor an operator stopped (or revives a DEAD one); a
+    /// running actor is left as it is.
+    fn on_start_actor(&mut self, origin: Origin, actor: &str, now: Instant) {
+        let Some(id) = self.lookup_running(&origin, actor) else {
+            return;
+        };
+        let a = &mut self.actors[id];
+        if a.stopped_by_operator && a.phase != Phase::Stopped {
+            let err = ErrorBody::new(
+                ErrorKind::Busy,
+                format!(
+                    "actor {:?} is still stopping; start it once it is STOPPED",
+                    a.name
+                ),
+            );
+            self.reply_err(&origin, &err);
+            return;
+        }
+        if let Some(err) = held_error(a) {
+            self.reply_err(&origin, &err);
+            return;
+        }
+        if matches!(a.phase, Phase::Stopped | Phase::Dead) {
+            tracing::info!(actor = %a.name, phase = a.phase.as_str(), "start requested by operator");
+            a.stopped_by_operator = false;
+            a.tracker.reset();
+            a.dead_reason = None;
+            self.spawn(id, now);
+        }
+        let a = &self.actors[id];
+        let ok = serde_json::json!({"actor": a.name, "state": a.state_name()}).to_string();
+        self.reply_ok(&origin, &ok);
+    }
+
+    /// Answers whoever waits for an operator's stop of the actor: done once it is
+    /// STOPPED (with its final checkpoint); an actor that went DEAD on the way is not.
+    fn answer_stop_waiters(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        if a.stop_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut a.stop_waiters);
+        let result = if a.phase == Phase::Dead {
+            Err(a.dead_error())
+        } else {
+            Ok(serde_json::json!({
+                "actor": a.name,
+                "state": a.state_name(),
+                "checkpoint": {"generation": a.checkpoint.0, "last_seq": a.checkpoint.1},
+            })
+            .to_string())
+        };
+        for w in waiters {
+            self.answer(&w, result.clone());
         }
     }
 
@@ -860,6 +989,18 @@ impl Core {
                 None
             }
         }
+    }
+
+    /// Like [`Core::lookup`], for an op that changes an actor's lifecycle: refused with
+    /// `Busy` while the supervisor shuts down.
+    fn lookup_running(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
+        let id = self.lookup(origin, actor)?;
+        if self.is_stopping() {
+            let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
+            self.reply_err(origin, &err);
+            return None;
+        }
+        Some(id)
     }
 
     fn on_call(&mut self, mut origin: Origin, actor: &str, method: String, args: Option<String>) {
@@ -886,6 +1027,8 @@ impl Core {
                 ErrorKind::Busy,
                 "the supervisor is shutting down; no new calls are accepted",
             ))
+        } else if a.stopped_by_operator {
+            Some(a.stopped_error())
         } else if a.phase == Phase::Dead {
             Some(a.dead_error())
         } else if a.unanswered >= MAX_QUEUE {
@@ -913,6 +1056,7 @@ impl Core {
             origin: Some(origin),
             answered: None,
             attempts: 0,
+            hangs: 0,
             recovered: false,
         });
         self.mark_dirty(id);
@@ -923,6 +1067,11 @@ impl Core {
             return;
         };
         let a = &mut self.actors[id];
+        if a.stopped_by_operator {
+            let err = a.stopped_error();
+            self.reply_err(&origin, &err);
+            return;
+        }
         match a.phase {
             Phase::Alive => {
                 a.checkpoint_waiters.push(origin);
@@ -968,27 +1117,17 @@ impl Core {
     }
 
     fn on_restart_request(&mut self, origin: Origin, actor: &str, fresh: bool, now: Instant) {
-        let Some(id) = self.lookup(&origin, actor) else {
+        let Some(id) = self.lookup_running(&origin, actor) else {
             return;
         };
-        if !matches!(self.mode, Mode::Running) {
-            let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
-            self.reply_err(&origin, &err);
+        let a = &mut self.actors[id];
+        if a.stopped_by_operator {
+            // Like `systemctl restart`: a stopped actor is started.
+            self.on_start_actor(origin, actor, now);
             return;
         }
         let a = &mut self.actors[id];
-        if a.hold.is_some() && !fresh {
-            let err = ErrorBody::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "actor {:?} is held DEAD: {}; a plain restart would run it on as if \
-                     nothing happened. `resurgam restart {} --fresh` starts it from what is \
-                     left, accepting the loss",
-                    a.name,
-                    a.hold.as_deref().unwrap_or_default(),
-                    a.name
-                ),
-            );
+        if let Some(err) = held_error(a).filter(|_| !fresh) {
             self.reply_err(&origin, &err);
             return;
         }
@@ -1079,10 +1218,10 @@ impl Core {
         a.inflight_batches = 0;
         observe::set_phase(&mut self.notices, id, a, Phase::Alive);
         a.alive_since = Some(now);
-        a.start_deadline = None;
         a.last_checkpoint_request = now;
         let replay = a.log.iter().filter(|e| e.seq > k).count();
         a.replayed = replay as u64;
+        a.begin_replay(k, now);
         // Unanswered calls the restored checkpoint already covers: their effect is in
         // the state. Recovered ones have no client; for the others the old worker sent
         // the reply before it wrote that checkpoint, so it is still on its way from the
@@ -1143,6 +1282,10 @@ impl Core {
         if current && batch_done {
             a.inflight_batches = a.inflight_batches.saturating_sub(1);
         }
+        if current {
+            a.note_replayed(&replies, self.now);
+        }
+        a.note_served(self.now);
         let mut answers = Vec::new();
         for r in replies {
             // A late reply from an earlier worker still answers a call nobody answered
@@ -1252,7 +1395,7 @@ impl Core {
     fn relaunch_if_pending(&mut self, id: ActorId) {
         let winding_down = matches!(self.mode, Mode::Stopping { .. });
         let a = &mut self.actors[id];
-        if winding_down || a.retiring {
+        if winding_down || a.winding_down() {
             // It stops anyway; the next start (if any) uses the new settings.
             a.relaunch_pending = false;
             return;
@@ -1360,7 +1503,7 @@ impl Core {
         for (w, _) in done {
             self.reply_ok(&w, &ok);
         }
-        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[id].retiring {
+        if matches!(self.mode, Mode::Stopping { .. }) || self.actors[id].winding_down() {
             self.stop_worker_if_done(id);
         }
     }
@@ -1387,15 +1530,22 @@ impl Core {
         a.died_at = Some(now);
         a.previous_pid = a.pid;
         let reason = a.last_exit.clone().unwrap_or_else(|| "ended".to_string());
-        let winding_down = stopping || a.retiring;
+        a.note_exit(now, reason.clone());
+        let winding_down = stopping || a.winding_down();
         if winding_down && (a.stop_sent || a.exit_status.is_some_and(|e| e.is_clean())) {
             tracing::info!(actor = %a.name, pid = a.pid.unwrap_or(0), %reason, "worker stopped");
             observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
-            self.fail_unanswered(
-                id,
-                ErrorKind::Busy,
-                "the supervisor stopped before the call ran",
-            );
+            if a.stopped_by_operator && !stopping {
+                let err = a.stopped_error();
+                self.fail_unanswered_with(id, &err);
+            } else {
+                self.fail_unanswered(
+                    id,
+                    ErrorKind::Busy,
+                    "the supervisor stopped before the call ran",
+                );
+            }
+            self.answer_stop_waiters(id);
             self.maybe_exit();
             return;
         }
@@ -1420,16 +1570,26 @@ impl Core {
             self.spawn(id, now);
             return;
         }
-        // Poison-call accounting: only the call the worker was executing is blamed.
+        // Poison-call accounting: only the call the worker was executing is blamed. A
+        // kill for a hang counts apart from crashes: the call is dropped only when it
+        // hangs its worker every time (a worker stopped or starved from outside hangs
+        // in whatever call it was running, and that call is not to blame).
         let mut poisoned = None;
         let limit = a.policy.max_call_retries;
+        let hung = a.hung;
         if let Some(seq) = a.executing_at_death.take()
             && let Some(e) = a.entry_mut(seq)
             && e.answered.is_none()
         {
-            e.attempts += 1;
-            if limit >= 0 && i64::from(e.attempts) >= limit {
-                poisoned = Some((seq, e.attempts));
+            let count = if hung {
+                e.hangs += 1;
+                e.hangs
+            } else {
+                e.attempts += 1;
+                e.attempts
+            };
+            if limit >= 0 && i64::from(count) >= limit {
+                poisoned = Some((seq, count));
             }
         }
         if let Some((seq, attempts)) = poisoned {
@@ -1465,8 +1625,9 @@ impl Core {
                 let err = ErrorBody::new(
                     ErrorKind::CallFailed,
                     format!(
-                        "call {method:?} to {:?} killed its worker {attempts} times ({reason}); it was dropped",
-                        a.name
+                        "call {method:?} to {:?} {} its worker {attempts} times ({reason}); it was dropped",
+                        a.name,
+                        if hung { "hung" } else { "killed" }
                     ),
                 );
                 self.reply_after(id, tombstone, o, err);
@@ -1521,10 +1682,9 @@ impl Core {
             },
         );
         a.dead_reason = Some(reason);
+        // An operator's stop ends here: no worker runs, and `start` or `restart` revives it.
+        a.stopped_by_operator = false;
         a.alive_since = None;
-        a.restart_at = None;
-        a.start_deadline = None;
-        a.drain_deadline = None;
         let err = a.dead_error();
         let waiters: Vec<Origin> = std::mem::take(&mut a.checkpoint_waiters)
             .into_iter()
@@ -1538,6 +1698,7 @@ impl Core {
             self.reply_err(&w, &err);
         }
         self.fail_unanswered_with(id, &err);
+        self.answer_stop_waiters(id);
         self.maybe_exit();
     }
 
@@ -1620,13 +1781,14 @@ impl Core {
         }
     }
 
+    /// Handles every timer that is due. Each is checked in turn against the state the
+    /// previous ones left (no early exit), so none that is due survives the tick.
     fn on_tick(&mut self, now: Instant) {
         for id in 0..self.actors.len() {
             let a = &mut self.actors[id];
+            a.report_replay(now);
             if a.restart_at.is_some_and(|t| t <= now) && a.phase == Phase::Restarting {
-                a.restart_at = None;
                 self.spawn(id, now);
-                continue;
             }
             let a = &mut self.actors[id];
             if a.start_deadline.is_some_and(|t| t <= now) && a.phase == Phase::Starting {
@@ -1637,8 +1799,8 @@ impl Core {
                     actor: id,
                     epoch: a.epoch,
                 });
-                continue;
             }
+            let a = &mut self.actors[id];
             if a.drain_deadline.is_some_and(|t| t <= now) {
                 a.drain_deadline = None;
                 if a.exited {
@@ -1652,7 +1814,6 @@ impl Core {
                         epoch: a.epoch,
                     });
                 }
-                continue;
             }
             let a = &mut self.actors[id];
             if a.lost_reply_deadline.is_some_and(|t| t <= now) {
@@ -1675,10 +1836,9 @@ impl Core {
                         actor: id,
                         epoch: a.epoch,
                     });
-                    continue;
                 }
                 Heartbeat::Ping => {
-                    a.ping_outstanding = true;
+                    a.ping_sent(now);
                     self.out.push(Action::Ping {
                         actor: id,
                         epoch: a.epoch,
@@ -1745,6 +1905,17 @@ impl Core {
             deadline: now + self.shutdown_timeout,
         };
         for id in 0..self.actors.len() {
+            let a = &mut self.actors[id];
+            let err = ErrorBody::new(
+                ErrorKind::Busy,
+                format!(
+                    "the supervisor is shutting down; actor {:?} stops with it",
+                    a.name
+                ),
+            );
+            for w in std::mem::take(&mut a.stop_waiters) {
+                self.reply_err(&w, &err);
+            }
             let a = &mut self.actors[id];
             match a.phase {
                 // Waiting out a backoff: start it now, so its final checkpoint holds
@@ -1822,6 +1993,21 @@ fn lost_reply_error(actor: &str) -> ErrorBody {
 }
 
 /// JSON string literal of `s`.
+/// The refusal of a plain start or restart of an actor held DEAD for damaged or vanished
+/// state files: only `restart --fresh` accepts the loss.
+fn held_error(a: &ActorState) -> Option<ErrorBody> {
+    let reason = a.hold.as_deref()?;
+    Some(ErrorBody::new(
+        ErrorKind::BadRequest,
+        format!(
+            "actor {:?} is held DEAD: {reason}; a plain start would run it on as if nothing \
+             happened. `resurgam restart {} --fresh` starts it from what is left, accepting \
+             the loss",
+            a.name, a.name
+        ),
+    ))
+}
+
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".to_string())
 }

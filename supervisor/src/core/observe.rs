@@ -104,7 +104,8 @@ pub(super) fn death_cause(a: &ActorState) -> &'static str {
 /// Moves the actor to `to`, with a notice when that is a change (a free function, so
 /// that it can be called while the actor is borrowed from the core).
 pub(super) fn set_phase(notices: &mut Vec<Notice>, actor: ActorId, a: &mut ActorState, to: Phase) {
-    let from = std::mem::replace(&mut a.phase, to);
+    // The actor's own transition clears the timers of the phase it leaves.
+    let from = a.set_phase(to);
     if from != to {
         push(notices, Notice::State { actor, from, to });
     }

@@ -15,9 +15,9 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
             json!({
                 "name": a.name,
                 "kind": a.kind,
-                "state": a.phase.as_str(),
-                "pid": a.pid.filter(|_| matches!(a.phase, super::Phase::Alive | super::Phase::Starting)),
-                "program_pid": a.program_pid.filter(|_| a.phase == super::Phase::Alive),
+                "state": a.state_name(),
+                "pid": a.worker_pid(),
+                "program_pid": a.live_program_pid(),
                 "restarts": a.restarts,
                 "last_exit": a.last_exit,
                 "checkpoint": {"generation": a.checkpoint.0, "last_seq": a.checkpoint.1},
@@ -27,6 +27,7 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
                 "log_len": a.log.len(),
                 "next_seq": a.next_seq,
                 "replayed": a.replayed,
+                "replay": a.replay_progress().map(|(done, total)| json!({"done": done, "total": total})),
                 "recovered_from_log": a.recovered,
                 "durability": a.policy.durability.as_str(),
                 "log_floor": a.log_floor,
@@ -34,6 +35,17 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
                 "dead_reason": a.dead_reason,
                 "nondeterministic_replies": a.nondeterministic,
                 "epoch": a.epoch,
+                "methods": a.methods,
+                "calls_per_s": a.calls_per_s(now),
+                "last_exits": a.exits.iter().rev().map(|(at, how)| json!({
+                    "exit": how,
+                    "ago_ms": now.saturating_duration_since(*at).as_millis() as u64,
+                })).collect::<Vec<_>>(),
+                "files": a.files.map(|f| json!({
+                    "mmap_bytes": f.mmap_bytes,
+                    "disk_copy_bytes": f.disk_copy_bytes,
+                    "log_bytes": f.log_bytes,
+                })),
             })
         })
         .collect();

@@ -17,6 +17,8 @@ use resurgam_shared::protocol::{Op, Request};
 use super::*;
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
+mod timers;
+
 const CONN: ConnId = 1;
 
 fn policy(max_restarts: i64, max_call_retries: i64, checkpoint_every: u64) -> Policy {
@@ -116,6 +118,11 @@ struct World {
     crash_boundary: u64,
     next_id: u64,
     exited: Option<i32>,
+    /// Ids of `stop_actor` requests.
+    stops: Vec<u64>,
+    /// The call a killed worker was running, as its executing word says (none unless a
+    /// test sets it).
+    executing_when_killed: Option<u64>,
 }
 
 impl World {
@@ -141,6 +148,8 @@ impl World {
             crash_boundary: 0,
             next_id: 1,
             exited: None,
+            stops: Vec::new(),
+            executing_when_killed: None,
         };
         w.pump();
         w
@@ -175,11 +184,21 @@ impl World {
         self.pump();
     }
 
-    /// Executes the core's actions against the simulated world.
+    fn pump(&mut self) {
+        Sim::pump(self);
+    }
+}
+
+/// A simulated world around a core: it carries out the core's actions.
+trait Sim {
+    fn core(&mut self) -> &mut Core;
+    fn act(&mut self, a: Action);
+
+    /// Executes the core's actions against the simulated world, until there are none.
     fn pump(&mut self) {
         loop {
-            self.core.flush();
-            let actions = self.core.take_actions();
+            self.core().flush();
+            let actions = self.core().take_actions();
             if actions.is_empty() {
                 return;
             }
@@ -187,6 +206,12 @@ impl World {
                 self.act(a);
             }
         }
+    }
+}
+
+impl Sim for World {
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
     }
 
     fn act(&mut self, a: Action) {
@@ -240,12 +265,13 @@ impl World {
             }
             Action::Kill { epoch, .. } => {
                 if self.live_worker(epoch).is_some() {
+                    let executing = self.executing_when_killed.take();
                     self.die(
                         WorkerExit::Signal {
                             signal: 9,
                             core_dumped: false,
                         },
-                        None,
+                        executing,
                     );
                 }
             }
@@ -319,7 +345,9 @@ impl World {
             Action::Subscribe { origin } => self.core.answer(&origin, Ok("{}".into())),
         }
     }
+}
 
+impl World {
     fn live_worker(&mut self, epoch: u64) -> Option<&mut SimWorker> {
         self.worker.as_mut().filter(|w| w.epoch == epoch && !w.dead)
     }
@@ -589,6 +617,17 @@ impl World {
         });
     }
 
+    /// `kill -9` of the worker while it runs no call.
+    fn kill9(&mut self) {
+        self.die(
+            WorkerExit::Signal {
+                signal: 9,
+                core_dumped: false,
+            },
+            None,
+        );
+    }
+
     fn deliver_one(&mut self) {
         if let Some(ev) = self.stale.pop_front() {
             self.handle(ev);
@@ -621,6 +660,12 @@ impl World {
                 actor: 0,
                 generation,
                 last_seq,
+            });
+        } else {
+            // Like the disk thread: no valid mmap checkpoint to copy is a failure.
+            self.handle(Event::DiskSyncFailed {
+                actor: 0,
+                message: "no valid checkpoint to copy".into(),
             });
         }
     }
@@ -677,6 +722,18 @@ impl World {
         self.pump();
     }
 
+    /// Starts the worker if it is not serving yet (restores, gets the replay), without
+    /// letting it run calls.
+    fn settle_starting(&mut self) {
+        while self.core.phase(0) != Phase::Alive {
+            if self.core.phase(0) == Phase::Restarting {
+                self.advance(Duration::from_millis(50));
+            }
+            self.deliver_one();
+            self.start_worker();
+        }
+    }
+
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.handle(Event::Tick);
@@ -719,6 +776,28 @@ impl World {
     fn check_model(&mut self) {
         self.disk_full = false;
         self.settle();
+        // Every operator's stop is answered once: STOPPED with the final checkpoint, or
+        // the actor went DEAD (or was started again by `restart`) on the way.
+        for id in self.stops.clone() {
+            let replies = self.replies.get(&id).map_or(&[][..], |r| &r[..]);
+            assert!(replies.len() <= 1, "stop {id} answered twice");
+            match replies.first() {
+                None => assert!(id < self.crash_boundary, "stop {id} never answered"),
+                Some(r) if r.get("ok").is_some() => assert_eq!(r["ok"]["state"], "STOPPED"),
+                Some(r) => assert!(
+                    matches!(r["err"]["kind"].as_str(), Some("ActorDead" | "Busy")),
+                    "stop {id}: {r}"
+                ),
+            }
+        }
+        if self.core.phase(0) == Phase::Stopped {
+            assert!(
+                self.worker.as_ref().is_none_or(|w| w.dead),
+                "a stopped actor's worker runs"
+            );
+            self.op(Op::StartActor { actor: "c".into() });
+            self.settle();
+        }
         // Each revival makes progress: poison calls recovered from the log gather
         // attempts until they are dropped.
         for _ in 0..50 {
@@ -779,7 +858,7 @@ impl World {
                 (None, _) => {
                     let kind = r["err"]["kind"].as_str().unwrap_or("?");
                     assert!(
-                        matches!(kind, "CallFailed" | "ActorDead"),
+                        matches!(kind, "CallFailed" | "ActorDead" | "ActorStopped"),
                         "unexpected error for call {id}: {r}"
                     );
                     let says_applied = r["err"]["message"]
@@ -988,13 +1067,7 @@ fn corrupt_newest_slot_and_disk_copy_fall_back_to_the_older_slot() {
     w.slots[newest].as_mut().unwrap().valid = false;
     w.disk.as_mut().unwrap().valid = false;
     w.worker_step(None);
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
+    w.kill9();
     w.settle();
     assert_eq!(w.core.phase(0), Phase::Alive);
     w.check_model();
@@ -1045,13 +1118,7 @@ fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
     // The older slot's payload goes bad; the worker dies and restores newest first.
     let (newest, _) = w.newest_valid().unwrap();
     w.slots[1 - newest].as_mut().unwrap().valid = false;
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
+    w.kill9();
     // Up to the new worker's ready report; its verification report is still to come.
     let old_epoch = w.worker.as_ref().unwrap().epoch;
     for _ in 0..100 {
@@ -1163,6 +1230,149 @@ fn graceful_stop_checkpoints_and_exits_zero() {
 }
 
 #[test]
+fn an_operator_stop_checkpoints_stops_the_worker_and_refuses_calls_until_start() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let a = w.call("incr", 5);
+    let stop = w.op(Op::StopActor { actor: "c".into() });
+    // Refused from the moment the stop is asked for; the accepted call still runs.
+    let refused = w.call("incr", 1);
+    w.issued.pop();
+    assert_eq!(err_kind(&w, refused).as_deref(), Some("ActorStopped"));
+    assert!(!w.replies.contains_key(&stop), "answered before it stopped");
+    let status = w.op(Op::Status);
+    assert_eq!(
+        w.replies[&status][0]["ok"]["actors"][0]["state"],
+        "STOPPING"
+    );
+    w.settle();
+    assert_eq!(ok_value(&w, a), Some(5));
+    let reply = &w.replies[&stop][0]["ok"];
+    assert_eq!(reply["state"], "STOPPED", "{reply}");
+    assert_eq!(reply["checkpoint"]["last_seq"], 1, "{reply}");
+    assert_eq!(w.core.phase(0), Phase::Stopped);
+    assert!(w.worker.as_ref().unwrap().dead, "the worker was stopped");
+    assert_eq!(
+        total(&w.disk.as_ref().unwrap().state),
+        5,
+        "final checkpoint"
+    );
+    // Stopped: no worker, time passes, nothing restarts; calls and checkpoints refused.
+    w.advance(Duration::from_secs(600));
+    assert_eq!(w.core.phase(0), Phase::Stopped);
+    let refused = w.call("get", 0);
+    w.issued.pop();
+    assert_eq!(err_kind(&w, refused).as_deref(), Some("ActorStopped"));
+    let ck = w.op(Op::Checkpoint { actor: "c".into() });
+    assert_eq!(err_kind(&w, ck).as_deref(), Some("ActorStopped"));
+    let pid = w.op(Op::Pid {
+        actor: Some("c".into()),
+    });
+    assert_eq!(w.replies[&pid][0]["ok"]["pid"], Value::Null);
+    // A second stop is answered at once; the summary counts it as stopped.
+    let again = w.op(Op::StopActor { actor: "c".into() });
+    assert_eq!(w.replies[&again][0]["ok"]["state"], "STOPPED");
+    assert!(w.core.all_serving());
+    assert_eq!(w.core.summary(), "0 alive, 1 stopped");
+    // Started again from its final checkpoint.
+    let start = w.op(Op::StartActor { actor: "c".into() });
+    assert_eq!(w.replies[&start][0]["ok"]["state"], "STARTING");
+    w.settle();
+    assert_eq!(w.core.phase(0), Phase::Alive);
+    let b = w.call("incr", 1);
+    w.settle();
+    assert_eq!(ok_value(&w, b), Some(6));
+    let running = w.op(Op::StartActor { actor: "c".into() });
+    assert_eq!(w.replies[&running][0]["ok"]["state"], "ALIVE");
+    w.check_model();
+}
+
+/// A world whose actor applied `incrs` (its worker killed after each) and now waits
+/// out a 3 s backoff (RESTARTING).
+fn restarting_with(incrs: &[i64]) -> World {
+    let mut p = policy(-1, 3, 0);
+    p.backoff_initial = Duration::from_secs(3);
+    p.backoff_max = Duration::from_secs(3);
+    let mut w = World::new(p);
+    w.settle();
+    for (i, &n) in incrs.iter().enumerate() {
+        w.call("incr", n);
+        w.settle();
+        w.kill9();
+        if i + 1 < incrs.len() {
+            w.settle();
+        }
+    }
+    w.deliver_one();
+    assert_eq!(w.core.phase(0), Phase::Restarting);
+    w
+}
+
+#[test]
+fn an_operator_stop_of_a_restarting_actor_starts_it_for_the_final_checkpoint() {
+    let mut w = restarting_with(&[7, 3]);
+    let stop = w.op(Op::StopActor { actor: "c".into() });
+    w.settle();
+    assert_eq!(w.replies[&stop][0]["ok"]["state"], "STOPPED");
+    assert_eq!(total(&w.disk.as_ref().unwrap().state), 10);
+    // `restart` of a stopped actor starts it, as `systemctl restart` does.
+    w.op(Op::Restart {
+        actor: "c".into(),
+        fresh: false,
+    });
+    w.settle();
+    assert_eq!(w.core.phase(0), Phase::Alive);
+    w.check_model();
+}
+
+#[test]
+fn a_stop_during_shutdown_is_refused_and_a_pending_one_is_answered() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let stop = w.op(Op::StopActor { actor: "c".into() });
+    w.op(Op::Stop);
+    assert_eq!(err_kind(&w, stop).as_deref(), Some("Busy"));
+    let late = w.op(Op::StopActor { actor: "c".into() });
+    assert_eq!(err_kind(&w, late).as_deref(), Some("Busy"));
+    let pid = w.op(Op::Pid { actor: None });
+    assert_eq!(w.replies[&pid][0]["ok"]["pid"], 4242);
+    w.settle();
+    assert_eq!(w.exited, Some(0));
+}
+
+#[test]
+fn a_replay_after_a_crash_reports_its_progress_until_done() {
+    let mut p = policy(-1, 3, 0);
+    p.checkpoint_interval = Duration::ZERO;
+    let mut w = World::new(p);
+    w.settle();
+    for n in 1..=3 {
+        w.call("incr", n);
+    }
+    w.settle();
+    w.kill9();
+    w.deliver_one();
+    w.start_worker();
+    let replay = |w: &mut World| {
+        let id = w.op(Op::Status);
+        w.replies[&id][0]["ok"]["actors"][0]["replay"].clone()
+    };
+    assert_eq!(replay(&mut w), serde_json::json!({"done": 0, "total": 3}));
+    // A progress line is due every few seconds while it runs: the core asks for a tick.
+    let due = w.core.next_deadline().expect("a progress deadline");
+    assert!(due <= w.now + actor::REPLAY_PROGRESS_EVERY);
+    w.advance(actor::REPLAY_PROGRESS_EVERY);
+    assert!(w.core.next_deadline().is_some_and(|d| d > w.now));
+    w.settle();
+    assert_eq!(replay(&mut w), Value::Null);
+    assert!(
+        w.core.actors[0].replay.is_none(),
+        "no timer outlives the replay"
+    );
+    w.check_model();
+}
+
+#[test]
 fn status_reports_every_actor() {
     let mut w = World::new(policy(-1, 3, 0));
     w.settle();
@@ -1196,6 +1406,8 @@ enum Step {
     DiskFull(bool),
     CrashSupervisor,
     PowerLoss,
+    StopActor,
+    StartActor,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -1219,6 +1431,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => proptest::bool::ANY.prop_map(Step::DiskFull),
         1 => Just(Step::CrashSupervisor),
         1 => Just(Step::PowerLoss),
+        1 => Just(Step::StopActor),
+        1 => Just(Step::StartActor),
     ]
 }
 
@@ -1318,6 +1532,13 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
                 }
             }
             Step::CrashSupervisor | Step::PowerLoss => {}
+            Step::StopActor => {
+                let id = w.op(Op::StopActor { actor: "c".into() });
+                w.stops.push(id);
+            }
+            Step::StartActor => {
+                w.op(Op::StartActor { actor: "c".into() });
+            }
         }
     }
     w.check_model();
@@ -1379,6 +1600,51 @@ fn a_hung_worker_is_pinged_then_killed_and_its_call_replayed() {
     w.check_model();
 }
 
+/// A kill for a hang and a crash in the same call count apart: the call is dropped only
+/// when it hangs (or crashes) its worker `max_call_retries` times, not for one of each.
+#[test]
+fn a_hung_kill_is_not_a_poison_attempt_unless_the_call_hangs_every_time() {
+    let mut p = policy(-1, 2, 0);
+    p.heartbeat_timeout = Duration::from_secs(2);
+    let mut w = World::new(p);
+    w.settle();
+    let id = w.call("incr", 5);
+    let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
+    // The worker hangs in the call: killed as hung while executing it.
+    w.executing_when_killed = Some(seq);
+    w.advance(Duration::from_millis(2100));
+    assert!(w.worker.as_ref().unwrap().dead, "killed as hung");
+    w.deliver_one();
+    w.start_worker();
+    // The next worker crashes in the same call (a second death while running it).
+    w.die(
+        WorkerExit::Signal {
+            signal: 11,
+            core_dumped: false,
+        },
+        Some(seq),
+    );
+    w.settle();
+    assert_eq!(ok_value(&w, id), Some(5), "{:?}", w.replies.get(&id));
+    // A call that hangs its worker every time is dropped after max_call_retries.
+    let id = w.call("incr", 1);
+    let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
+    for _ in 0..2 {
+        w.settle_starting();
+        w.executing_when_killed = Some(seq);
+        w.advance(Duration::from_millis(2100));
+        w.deliver_one();
+    }
+    w.settle();
+    assert_eq!(err_kind(&w, id).as_deref(), Some("CallFailed"));
+    let message = w.replies[&id][0]["err"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(message.contains("hung its worker 2 times"), "{message}");
+    w.check_model();
+}
+
 #[test]
 fn a_removed_actor_answers_its_calls_checkpoints_and_stops() {
     let mut w = World::new(policy(-1, 3, 0));
@@ -1426,32 +1692,7 @@ fn an_added_actor_gets_the_next_id_and_starts() {
 
 #[test]
 fn stop_while_restarting_restarts_first_so_the_final_checkpoint_has_every_call() {
-    let mut p = policy(-1, 3, 0);
-    p.backoff_initial = Duration::from_secs(3);
-    p.backoff_max = Duration::from_secs(3);
-    let mut w = World::new(p);
-    w.settle();
-    w.call("incr", 10);
-    w.settle();
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
-    w.settle();
-    w.call("incr", 1);
-    w.settle();
-    w.die(
-        WorkerExit::Signal {
-            signal: 9,
-            core_dumped: false,
-        },
-        None,
-    );
-    w.deliver_one();
-    assert_eq!(w.core.phase(0), Phase::Restarting);
+    let mut w = restarting_with(&[10, 1]);
     w.op(Op::Stop);
     w.settle();
     assert_eq!(w.exited, Some(0));

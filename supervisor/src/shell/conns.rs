@@ -6,11 +6,20 @@
 //! loop, so one busy client cannot starve the others. Replies collect in the
 //! connection's output buffer and are written when the loop has finished its turn.
 //!
-//! Bounds: a client that does not read its replies stops being read from once
-//! [`MAX_QUEUED_REPLY_BYTES`] wait for it or [`MAX_OWED_REPLIES`] of its requests wait
-//! for an answer; one that accepts no output for [`WRITE_TIMEOUT`] is dropped. A client
-//! that stops sending (a half-closed socket, as `socat` and `nc -N` leave it) still gets
-//! every reply it is owed, for up to [`HALF_CLOSED_GRACE`].
+//! Bounds: memory per connection counts the replies it is owed, not only the requests
+//! read. A connection's requests stop being read (the rest of what was read stays
+//! unparsed, at most one read's worth) once its unread replies plus its owed replies at
+//! the size of its recent ones would exceed `max_queued_reply_bytes`, or once it has as
+//! many requests in flight as its window allows: a new connection starts with
+//! [`INITIAL_WINDOW`] and gains one per reply delivered to it, up to
+//! [`MAX_OWED_REPLIES`] (a client that reads gets deep pipelining within a few round
+//! trips; one that does not read never gets more than a few large replies ahead). Past
+//! `max_total_reply_bytes` of unread replies over all connections, no connection with
+//! replies waiting is read from. A client that does not read thus stalls only itself;
+//! its memory is returned when it goes. One that accepts no output for
+//! [`WRITE_TIMEOUT`] is dropped. A client that stops sending (a half-closed socket, as
+//! `socat` and `nc -N` leave it) still gets every reply it is owed, for up to
+//! [`HALF_CLOSED_GRACE`].
 //!
 //! Event subscribers (`subscribe` op) get every event line appended to their output; one
 //! whose unread output would pass [`SUBSCRIBER_BUFFER`], or that accepts no output for
@@ -42,11 +51,17 @@ use crate::control::Access;
 use crate::core::ConnId;
 use crate::shell::token;
 
-/// A connection whose client does not read its replies stops being read from once this
-/// much output waits for it…
-pub const MAX_QUEUED_REPLY_BYTES: usize = 8 << 20;
-/// …or once this many of its requests wait for their replies.
+/// Requests a new connection may have in flight; each reply delivered to it allows one
+/// more…
+pub const INITIAL_WINDOW: usize = 8;
+/// …up to this many.
 pub const MAX_OWED_REPLIES: usize = 16 * 1024;
+/// A connection's reply-size estimate forgets a large reply over about this many
+/// smaller ones.
+const REPLY_SIZE_DECAY: usize = 64;
+/// Output buffers at least this large are returned to the OS when their connection
+/// closes (`malloc_trim`).
+const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// A client that accepts no output for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long replies are still delivered to a client that stopped sending.
@@ -73,6 +88,15 @@ struct Conn {
     sent: usize,
     /// Requests read and not yet answered (every request gets exactly one reply).
     owed: usize,
+    /// Requests it may have in flight (grows with the replies delivered to it).
+    window: usize,
+    /// Recent reply size (the largest, forgotten slowly): what an owed reply is
+    /// expected to take. `None` until its first reply: then the request limit is assumed
+    /// (the default `max_reply_bytes`).
+    reply_size: Option<usize>,
+    /// Input read but not parsed yet: the rest of a read after the connection hit its
+    /// limits (at most one read's worth).
+    unread: Vec<u8>,
     /// In the read queue (input may be waiting).
     queued: bool,
     /// Not read from until the client takes its replies.
@@ -98,7 +122,8 @@ impl Conn {
     }
 
     /// Writes what waits, without blocking and without SIGPIPE. Returns whether any
-    /// byte went out, or `Err` once the client is gone for good.
+    /// byte went out, or `Err` once the client is gone for good. Each reply delivered
+    /// whole widens the window by one.
     fn write_out(&mut self) -> Result<bool, ()> {
         let mut wrote = false;
         while self.pending() > 0 {
@@ -106,6 +131,11 @@ impl Conn {
             match send(self.stream.as_raw_fd(), &self.out[self.sent..], flags) {
                 Ok(0) => return Err(()),
                 Ok(n) => {
+                    let delivered = self.out[self.sent..self.sent + n]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count();
+                    self.window = (self.window + delivered).min(MAX_OWED_REPLIES);
                     self.sent += n;
                     wrote = true;
                 }
@@ -126,8 +156,22 @@ impl Conn {
         self.out.extend_from_slice(bytes);
     }
 
-    fn over_limits(&self) -> bool {
-        self.pending() > MAX_QUEUED_REPLY_BYTES || self.owed > MAX_OWED_REPLIES
+    /// Its unread replies plus those it is owed, at their expected size.
+    fn outstanding(&self, limits: &Limits) -> usize {
+        let expected = self.reply_size.unwrap_or(limits.first_reply);
+        self.pending()
+            .saturating_add(self.owed.saturating_mul(expected))
+    }
+
+    /// True when no more of its requests may be read now: what it is owed reaches its
+    /// budget, or its window is full, or every connection together is at the total
+    /// budget (`others`: what the other connections are owed) and this one is owed
+    /// something (one with nothing outstanding may always send a request).
+    fn over_limits(&self, limits: &Limits, others: usize) -> bool {
+        let mine = self.outstanding(limits);
+        mine >= limits.per_connection
+            || self.owed >= self.window
+            || (others.saturating_add(mine) >= limits.total && mine > 0)
     }
 
     /// Has everything it is owed, and will ask for nothing more.
@@ -140,6 +184,15 @@ impl Conn {
     fn done_reading(&self) -> bool {
         self.eof_at.is_some() || self.dropped_at.is_some()
     }
+}
+
+/// The bounds of what connections are owed, from the config.
+#[derive(Clone, Copy)]
+struct Limits {
+    per_connection: usize,
+    total: usize,
+    /// The size assumed for a reply before a connection has had one.
+    first_reply: usize,
 }
 
 struct Refused {
@@ -166,6 +219,11 @@ pub struct Conns {
     accept_again: Option<Instant>,
     /// Where input is read into (kept: not zeroed again every turn).
     scratch: Vec<u8>,
+    /// What every connection together is owed ([`Conn::outstanding`]).
+    owed_total: usize,
+    limits: Limits,
+    /// A large output buffer was freed: give memory back to the OS.
+    trim: bool,
     /// Connections that receive events.
     subscribers: Vec<ConnId>,
     /// Connections accepted and served since the start (for the metrics).
@@ -174,7 +232,14 @@ pub struct Conns {
     pub dropped_subscribers: u64,
     /// The `seq` of the newest event published.
     published: u64,
+    /// When a refusal was last logged, and how many were not logged since.
+    refusals_logged: Option<Instant>,
+    refusals_unlogged: u64,
 }
+
+/// A refused connection is logged at most this often (a flood is not a log flood); the
+/// next line counts those left out.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Conns {
     pub fn new(
@@ -183,6 +248,11 @@ impl Conns {
         access: Access,
     ) -> std::io::Result<Conns> {
         registry.register(&mut listener, token::LISTENER, Interest::READABLE)?;
+        let limits = Limits {
+            per_connection: access.max_queued_reply_bytes,
+            total: access.max_total_reply_bytes,
+            first_reply: access.max_request_bytes,
+        };
         Ok(Conns {
             listener,
             registry,
@@ -195,10 +265,15 @@ impl Conns {
             timed: HashSet::new(),
             accept_again: None,
             scratch: vec![0; 64 * 1024],
+            owed_total: 0,
+            limits,
+            trim: false,
             subscribers: Vec::new(),
             accepted: 0,
             dropped_subscribers: 0,
             published: 0,
+            refusals_logged: None,
+            refusals_unlogged: 0,
         })
     }
 
@@ -228,11 +303,21 @@ impl Conns {
         let refusal = match getsockopt(&stream, PeerCredentials) {
             Ok(cred) if self.access.allows(cred.uid()) => None,
             Ok(cred) => {
-                tracing::warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    "control connection refused: uid not allowed"
-                );
+                if self
+                    .refusals_logged
+                    .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_EVERY)
+                {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        pid = cred.pid(),
+                        not_logged = self.refusals_unlogged,
+                        "control connection refused: uid not allowed (not_logged: refusals since the last such line)"
+                    );
+                    self.refusals_logged = Some(now);
+                    self.refusals_unlogged = 0;
+                } else {
+                    self.refusals_unlogged += 1;
+                }
                 Some((
                     ErrorKind::Unauthorized,
                     format!("uid {} may not use this supervisor", cred.uid()),
@@ -272,6 +357,9 @@ impl Conns {
                 out: Vec::new(),
                 sent: 0,
                 owed: 0,
+                window: INITIAL_WINDOW,
+                reply_size: None,
+                unread: Vec::new(),
                 queued: true,
                 paused: false,
                 eof_at: None,
@@ -354,6 +442,7 @@ impl Conns {
     /// `deliver`, in order per connection.
     pub fn read(&mut self, now: Instant, mut deliver: impl FnMut(ConnId, Request)) {
         let max = self.access.max_request_bytes;
+        let limits = self.limits;
         let mut buf = std::mem::take(&mut self.scratch);
         for _ in 0..self.to_read.len() {
             let Some(conn) = self.to_read.pop_front() else {
@@ -362,15 +451,31 @@ impl Conns {
             let Some(c) = self.live.get_mut(&conn) else {
                 continue;
             };
+            let before = c.outstanding(&limits);
+            let others = self.owed_total - before;
             let mut taken = 0;
             let more = loop {
                 if c.dropped_at.is_some() {
                     break false;
                 }
-                if c.over_limits() {
+                if c.over_limits(&limits, others) {
                     // Backpressure: read again once the client takes its replies.
                     c.paused = true;
                     break false;
+                }
+                if !c.unread.is_empty() {
+                    // What was read before the connection hit its limits comes first.
+                    let input = std::mem::take(&mut c.unread);
+                    let used =
+                        frame_requests(c, &input, (max, &limits, others), &mut deliver, conn);
+                    c.unread = input;
+                    c.unread.drain(..used);
+                    if !c.unread.is_empty() {
+                        continue;
+                    }
+                    if c.unread.capacity() > buf.len() {
+                        c.unread = Vec::new();
+                    }
                 }
                 if taken >= READ_BUDGET {
                     break true;
@@ -385,9 +490,15 @@ impl Conns {
                     }
                     Ok(n) => {
                         taken += n;
-                        let mut lines = std::mem::take(&mut c.lines);
-                        lines.push(&buf[..n], max, |l| take_line(c, l, max, &mut deliver, conn));
-                        c.lines = lines;
+                        let used = frame_requests(
+                            c,
+                            &buf[..n],
+                            (max, &limits, others),
+                            &mut deliver,
+                            conn,
+                        );
+                        // Kept for when the connection may go on (at most one read).
+                        c.unread.extend_from_slice(&buf[used..n]);
                     }
                     Err(e) if e.kind() == IoKind::WouldBlock => break false,
                     Err(e) if e.kind() == IoKind::Interrupted => {}
@@ -401,6 +512,7 @@ impl Conns {
                     }
                 }
             };
+            self.owed_total = others + c.outstanding(&limits);
             if c.pending() > 0 && !c.to_write {
                 c.to_write = true;
                 self.to_write.push(conn);
@@ -422,8 +534,12 @@ impl Conns {
         let Some(c) = self.live.get_mut(&conn) else {
             return;
         };
+        let before = c.outstanding(&self.limits);
         c.owed = c.owed.saturating_sub(1);
+        let recent = c.reply_size.map_or(0, |r| r - r / REPLY_SIZE_DECAY);
+        c.reply_size = Some(line.len().max(recent));
         c.push_out(line.as_bytes());
+        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
         if !c.to_write {
             c.to_write = true;
             self.to_write.push(conn);
@@ -438,7 +554,10 @@ impl Conns {
                 continue;
             };
             c.to_write = false;
-            let Ok(wrote) = c.write_out() else {
+            let before = c.outstanding(&self.limits);
+            let written = c.write_out();
+            self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+            let Ok(wrote) = written else {
                 // The client is gone for good: whatever it is owed cannot reach it.
                 self.close(conn);
                 continue;
@@ -470,7 +589,8 @@ impl Conns {
                     c.watching_writes = watch;
                 }
             }
-            if c.paused && !c.over_limits() {
+            let others = self.owed_total - c.outstanding(&self.limits);
+            if c.paused && !c.over_limits(&self.limits, others) {
                 c.paused = false;
                 if !c.done_reading() && !c.queued {
                     c.queued = true;
@@ -547,6 +667,7 @@ impl Conns {
         if let Some(d) = self.refused.values().map(|r| r.until).min() {
             next = Some(next.map_or(d, |n| n.min(d)));
         }
+        self.return_memory();
         next
     }
 
@@ -582,9 +703,11 @@ impl Conns {
         let Some(c) = self.live.get_mut(&conn) else {
             return;
         };
+        let before = c.outstanding(&self.limits);
         for line in history {
             c.push_out(line.as_bytes());
         }
+        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
         c.subscribed = true;
         if !self.subscribers.contains(&conn) {
             self.subscribers.push(conn);
@@ -605,7 +728,9 @@ impl Conns {
                 gone.push(conn);
                 continue;
             }
+            let before = c.outstanding(&self.limits);
             c.push_out(line.as_bytes());
+            self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
             if !c.to_write {
                 c.to_write = true;
                 self.to_write.push(conn);
@@ -629,7 +754,9 @@ impl Conns {
             unread,
             "event subscriber does not read its events; dropping it"
         );
+        let before = c.outstanding(&self.limits);
         c.push_out(crate::shell::events::dropped_line(unread, missed).as_bytes());
+        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
         c.dropped_at = Some(now);
         c.stalled_since = None;
         self.timed.insert(conn);
@@ -647,7 +774,29 @@ impl Conns {
         self.timed.remove(&conn);
         if let Some(mut c) = self.live.remove(&conn) {
             let _ = self.registry.deregister(&mut c.stream);
+            self.owed_total -= c.outstanding(&self.limits);
+            self.trim |= c.out.capacity() >= TRIM_AFTER_BYTES;
         }
+    }
+
+    /// Gives the memory of large output buffers freed since the last call back to the
+    /// OS: the allocator keeps freed memory for reuse otherwise, and the RSS of a
+    /// supervisor that served a client who did not read would stay high.
+    pub fn return_memory(&mut self) {
+        if std::mem::take(&mut self.trim) {
+            trim_heap();
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the OS (glibc keeps freed memory for reuse,
+/// even many megabytes of it).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps; it
+    // takes no pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -689,11 +838,21 @@ struct LineFramer {
 }
 
 impl LineFramer {
-    fn push(&mut self, mut bytes: &[u8], max: usize, mut emit: impl FnMut(Framed<'_>)) {
-        while !bytes.is_empty() {
-            let (part, rest, done) = match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &[][..], false),
+    /// Frames `bytes`, handing each line to `emit` until it returns false. Returns how
+    /// many bytes were taken: all, or up to the end of the line after which `emit`
+    /// asked to stop.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        max: usize,
+        mut emit: impl FnMut(Framed<'_>) -> bool,
+    ) -> usize {
+        let mut at = 0;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            let (part, len, done) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], i + 1, true),
+                None => (rest, rest.len(), false),
             };
             if !self.too_long {
                 if self.line.len() + part.len() > max {
@@ -703,31 +862,55 @@ impl LineFramer {
                     self.line.extend_from_slice(part);
                 }
             }
-            if done {
-                self.end(&mut emit);
+            at += len;
+            if done && !self.end(&mut emit) {
+                break;
             }
-            bytes = rest;
         }
+        at
     }
 
     /// At the end of input, a last line without a newline still counts.
     fn finish(mut self, mut emit: impl FnMut(Framed<'_>)) {
         if self.too_long || !self.line.is_empty() {
-            self.end(&mut emit);
+            self.end(&mut |l| {
+                emit(l);
+                true
+            });
         }
     }
 
-    fn end(&mut self, emit: &mut impl FnMut(Framed<'_>)) {
-        if std::mem::take(&mut self.too_long) {
-            emit(Framed::TooLong);
+    /// Emits the line that just ended; returns what `emit` did.
+    fn end(&mut self, emit: &mut impl FnMut(Framed<'_>) -> bool) -> bool {
+        let go_on = if std::mem::take(&mut self.too_long) {
+            emit(Framed::TooLong)
         } else {
-            emit(Framed::Line(&self.line));
-        }
+            emit(Framed::Line(&self.line))
+        };
         self.line.clear();
         if self.line.capacity() > 64 * 1024 {
             self.line = Vec::new();
         }
+        go_on
     }
+}
+
+/// Frames `input` into requests for the core until the connection reaches its limits;
+/// returns how many bytes were taken.
+fn frame_requests(
+    c: &mut Conn,
+    input: &[u8],
+    (max, limits, others): (usize, &Limits, usize),
+    deliver: &mut impl FnMut(ConnId, Request),
+    conn: ConnId,
+) -> usize {
+    let mut lines = std::mem::take(&mut c.lines);
+    let used = lines.push(input, max, |l| {
+        take_line(c, l, max, deliver, conn);
+        !c.over_limits(limits, others)
+    });
+    c.lines = lines;
+    used
 }
 
 /// Hands one framed line to the core, or answers it at once when it is no request.
@@ -786,12 +969,15 @@ mod tests {
             out.push(match l {
                 Framed::Line(l) => Ok(trim_line(l).to_vec()),
                 Framed::TooLong => Err(()),
-            })
+            });
+            true
         };
         for c in chunks {
-            f.push(c, max, &mut emit);
+            assert_eq!(f.push(c, max, &mut emit), c.len());
         }
-        f.finish(&mut emit);
+        f.finish(|l| {
+            emit(l);
+        });
         out
     }
 
@@ -830,8 +1016,33 @@ mod tests {
         }
         let mut got = Vec::new();
         f.push(b"\nok\n", 1024, |l| {
-            got.push(matches!(l, Framed::TooLong) as u8)
+            got.push(matches!(l, Framed::TooLong) as u8);
+            true
         });
         assert_eq!(got, vec![1, 0]);
+    }
+
+    #[test]
+    fn framing_stops_after_the_line_that_reaches_the_limit() {
+        let mut f = LineFramer::default();
+        let mut got = Vec::new();
+        let input = b"a\nbb\ncc";
+        let used = f.push(input, 8, |l| {
+            if let Framed::Line(l) = l {
+                got.push(l.to_vec());
+            }
+            got.is_empty()
+        });
+        assert_eq!(used, 2, "up to the end of the first line");
+        assert_eq!(got, vec![b"a".to_vec()]);
+        // The rest, given again later, frames as if never cut.
+        assert_eq!(f.push(&input[used..], 8, |_| true), input.len() - used);
+        let mut last = Vec::new();
+        f.finish(|l| {
+            if let Framed::Line(l) = l {
+                last.push(l.to_vec());
+            }
+        });
+        assert_eq!(last, vec![b"cc".to_vec()]);
     }
 }

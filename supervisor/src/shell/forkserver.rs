@@ -356,6 +356,11 @@ impl ForkServer {
         }
     }
 
+    /// Whether `pid` is a fork server not reaped yet.
+    pub fn is_server(&self, pid: u32) -> bool {
+        self.servers().contains(&pid)
+    }
+
     /// A child was reaped: whether it was one of the fork servers (not a worker). Never
     /// waits for a fork in progress.
     pub fn reaped(&self, pid: u32) -> bool {

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod output;
 pub mod reports;
 pub mod standby;
+pub mod sweep;
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
