@@ -503,6 +503,11 @@ fn vanished_state_files_hold_the_actor_in_every_mode() {
         let _ = fs::remove_file(sup.runtime_dir.join("kv.ckpt"));
         let _ = fs::remove_dir_all(log_dir(&sup.state_dir, "kv"));
         held_dead(&sup, &["state files are gone", "resurgam-state.json"]);
+        // Neither a plain restart nor a start revives it.
+        for refused in [sup.client().restart("kv"), sup.client().start_actor("kv")] {
+            let message = crate::util::expect_kind(refused, ErrorKind::BadRequest);
+            assert!(message.contains("restart kv --fresh"), "{message}");
+        }
         // Held across restarts until the operator says otherwise.
         held_dead(&sup, &["state files are gone"]);
         accept_loss(&sup);
