@@ -1,6 +1,11 @@
 //! The supervisor's log: one line per event with actor and pid fields, fit
 //! for journald — so no terminal colour codes when stderr is not a terminal.
 
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::util::Supervisor;
@@ -120,6 +125,134 @@ fn survives_a_stderr_that_fails(redirect: &str) {
         sup.wait_exit(std::time::Duration::from_secs(20)).code(),
         Some(0),
         "the supervisor did not exit cleanly"
+    );
+}
+
+/// Starts a supervisor the way systemd does with `StandardError=journal`: stderr is a
+/// stream whose device and inode `JOURNAL_STREAM` names (here the harness's log file),
+/// and journald's socket is `journal` (the test-only override).
+fn start_under_journal(body: &str, journal: &std::path::Path) -> Supervisor {
+    Supervisor::start_wrapped(body, |s| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg("JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" run --config \"$1\"")
+            .arg(crate::util::BIN)
+            .arg(&s.config_path)
+            .env(resurgam::journal::SOCKET_ENV, journal);
+        cmd
+    })
+}
+
+/// One journal entry as a map of its fields (text values).
+type Entry = std::collections::HashMap<String, String>;
+
+/// Reads entries from `sock` until `done` holds for what was read, at most 20 s.
+fn read_entries(sock: &UnixDatagram, what: &str, done: impl Fn(&[Entry]) -> bool) -> Vec<Entry> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !done(&entries) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what}; got {entries:#?}"
+        );
+        sock.set_read_timeout(Some(left)).unwrap();
+        let Ok(n) = sock.recv(&mut buf) else { continue };
+        let fields = resurgam::journal::decode(&buf[..n])
+            .unwrap_or_else(|e| panic!("not the native protocol ({e}): {:?}", &buf[..n]));
+        entries.push(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect(),
+        );
+    }
+    entries
+}
+
+fn field<'a>(e: &'a Entry, k: &str) -> &'a str {
+    e.get(k).map_or("", String::as_str)
+}
+
+/// Under systemd (stderr is the journal stream) every event is a native journal entry:
+/// PRIORITY from its level (a worker's death is a warning: `journalctl -p warning`
+/// finds it), its fields as RESURGAM_* (RESURGAM_ACTOR selects one actor, the worker's
+/// own output included), and no timestamp of its own. Nothing goes to stderr.
+#[test]
+fn under_the_journal_events_are_native_entries_with_priority_and_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let body = "[[actor]]\nname = \"c\"\nkind = \"counter\"\n\n[[actor]]\nname = \"chatty\"\nkind = \"counter\"\n";
+    let sup = start_under_journal(body, &path);
+    let pid = sup.kill_worker("c");
+    sup.wait_new_pid("c", pid, Duration::from_secs(20));
+    // The chatty worker's next start fails on a directory where its checkpoint file
+    // should be, and it says why on stderr (relayed by the supervisor).
+    let ckpt = sup.runtime_dir.join("chatty.ckpt");
+    let chatty = sup.worker_pid("chatty").unwrap();
+    std::fs::remove_file(&ckpt).unwrap();
+    std::fs::create_dir(&ckpt).unwrap();
+    let _ = kill(Pid::from_raw(chatty), Signal::SIGKILL);
+
+    let is_output = |e: &Entry| {
+        field(e, "RESURGAM_TARGET") == "worker" && field(e, "MESSAGE").contains("Is a directory")
+    };
+    let entries = read_entries(&sock, "a warning for c and chatty's own output", |es| {
+        es.iter().any(|e| {
+            field(e, "RESURGAM_ACTOR") == "c" && field(e, "MESSAGE").starts_with("worker died")
+        }) && es.iter().any(is_output)
+    });
+    let died = entries
+        .iter()
+        .find(|e| {
+            field(e, "MESSAGE").starts_with("worker died") && field(e, "RESURGAM_ACTOR") == "c"
+        })
+        .unwrap();
+    assert_eq!(field(died, "PRIORITY"), "4", "{died:#?}");
+    assert_eq!(field(died, "RESURGAM_PID"), pid.to_string(), "{died:#?}");
+    assert_eq!(field(died, "SYSLOG_IDENTIFIER"), "resurgam");
+    let ready = entries
+        .iter()
+        .find(|e| {
+            field(e, "MESSAGE").starts_with("worker ready") && field(e, "RESURGAM_ACTOR") == "c"
+        })
+        .unwrap_or_else(|| panic!("no \"worker ready\" entry for c: {entries:#?}"));
+    assert_eq!(field(ready, "PRIORITY"), "6", "{ready:#?}");
+    let output = entries.iter().find(|e| is_output(e)).unwrap();
+    assert_eq!(field(output, "RESURGAM_ACTOR"), "chatty", "{output:#?}");
+    for e in &entries {
+        assert!(
+            e.keys()
+                .all(|k| !k.contains("TIMESTAMP") && !k.starts_with('_')),
+            "a timestamp or a trusted field in {e:#?}"
+        );
+        assert!(!field(e, "MESSAGE").contains(" INFO "), "{e:#?}");
+    }
+    let log = sup.log();
+    assert!(
+        !log.contains("worker ready"),
+        "lines on stderr although the journal takes them:\n{log}"
+    );
+}
+
+/// `JOURNAL_STREAM` set but journald's socket unusable: plain lines on stderr as usual.
+#[test]
+fn without_a_usable_journal_socket_logs_fall_back_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = start_under_journal(
+        "[[actor]]\nname = \"c\"\nkind = \"counter\"\n",
+        &dir.path().join("no-such.sock"),
+    );
+    sup.wait_until(
+        "the plain \"worker ready\" line",
+        Duration::from_secs(20),
+        || {
+            sup.log()
+                .lines()
+                .any(|l| l.contains("worker ready") && l.contains("actor=c"))
+        },
     );
 }
 

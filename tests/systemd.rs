@@ -9,7 +9,9 @@
 //! (e) `systemctl reload` (SIGHUP) applies a changed config: an added actor appears;
 //! (c) SIGSTOP of the supervisor: systemd's watchdog kills and restarts it, state survives;
 //! (d) `systemctl stop`: Result=success, exit 0, no process of the unit left; a new start
-//!     restores the state.
+//!     restores the state;
+//! (f) with the output on the journal: native entries, `journalctl -p warning` picks out
+//!     a worker's death, `RESURGAM_ACTOR=counter` selects that actor's lines.
 //!
 //! Needs root, unshare/nsenter and systemd; otherwise it prints "SKIPPED: <reason>".
 //! `.ci/run` installs systemd when it is missing.
@@ -293,6 +295,35 @@ impl Harness {
             .collect()
     }
 
+    /// `kill -9` of the counter actor's worker; returns once resurgam has restarted it and
+    /// every actor in `actors` is ALIVE. Returns the killed pid.
+    fn kill_counter_worker(&self, actors: &[&str]) -> i64 {
+        let old = pid_of(&self.status(), "counter");
+        let out = self.exec(&["kill", "-KILL", &old.to_string()]);
+        if !out.status.success() {
+            self.fail(&format!("kill -9 {old}: {out:?}"));
+        }
+        self.wait_until("the counter worker to be restarted", WAIT, || {
+            self.try_status().is_some_and(|st| {
+                all_alive(&st, actors)
+                    && pid_of(&st, "counter") != old
+                    && actor(&st, "counter").is_some_and(|a| a["restarts"].as_i64() >= Some(1))
+            })
+        });
+        old
+    }
+
+    /// The unit's journal entries (`journalctl -u resurgam -o json ARGS`), one object each.
+    fn journal(&self, args: &[&str]) -> Vec<Value> {
+        let mut full = vec!["journalctl", "--no-pager", "-o", "json", "-u", UNIT_NAME];
+        full.extend_from_slice(args);
+        let out = self.exec(&full);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// Writes `text` into the namespace at `path`, atomically.
     fn write_file(&self, path: &str, text: &str) {
         let host = self.ns.host_path(path);
@@ -383,18 +414,7 @@ fn resurgam_service_under_systemd() {
         Some(json!({"key": "city", "value": "Oslo"})),
         Value::Null,
     );
-    let old = pid_of(&h.status(), "counter");
-    let out = h.exec(&["kill", "-KILL", &old.to_string()]);
-    if !out.status.success() {
-        h.fail(&format!("kill -9 {old}: {out:?}"));
-    }
-    h.wait_until("the counter worker to be restarted", WAIT, || {
-        h.try_status().is_some_and(|st| {
-            all_alive(&st, &["counter", "store"])
-                && pid_of(&st, "counter") != old
-                && actor(&st, "counter").is_some_and(|a| a["restarts"].as_i64() >= Some(1))
-        })
-    });
+    h.kill_counter_worker(&["counter", "store"]);
     h.expect_call("counter", "get", None, json!(7));
     h.expect_call("store", "get", Some(json!({"key": "city"})), json!("Oslo"));
     let p = h.show(&["ActiveState", "NRestarts", "MainPID"]);
@@ -506,6 +526,84 @@ fn resurgam_service_under_systemd() {
     if h.prop("Result") != "success" || h.results().len() != 3 {
         h.fail(&format!("second stop was not clean: {:?}", h.results()));
     }
+
+    // (f) With its output on the journal (as shipped: the test drop-in had sent it to a
+    // file), resurgam writes native journal entries: a worker's death is a warning that
+    // `journalctl -p warning` picks out, and RESURGAM_ACTOR=… selects one actor.
+    h.systemctl(&[
+        "start",
+        "systemd-journald.socket",
+        "systemd-journald.service",
+    ]);
+    h.write_file(
+        "/run/systemd/system/resurgam.service.d/zz-journal.conf",
+        "[Service]\nStandardOutput=journal\nStandardError=journal\n",
+    );
+    h.systemctl(&["daemon-reload"]);
+    h.systemctl(&["start", UNIT_NAME]);
+    let old = h.kill_counter_worker(&["counter", "store", "extra"]);
+    let mut warnings = Vec::new();
+    h.wait_until(
+        "the worker's death in `journalctl -p warning`",
+        WAIT,
+        || {
+            warnings = h.journal(&["-p", "warning"]);
+            warnings.iter().any(|e| {
+                e["MESSAGE"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("worker died"))
+            })
+        },
+    );
+    for e in &warnings {
+        let prio: u8 = e["PRIORITY"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(9);
+        if prio > 4
+            || e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("worker ready"))
+        {
+            h.fail(&format!("`journalctl -p warning` shows {e}"));
+        }
+    }
+    let died = warnings
+        .iter()
+        .find(|e| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("worker died"))
+        })
+        .cloned()
+        .unwrap_or_default();
+    if died["RESURGAM_ACTOR"] != "counter"
+        || died["RESURGAM_PID"].as_str() != Some(&*old.to_string())
+    {
+        h.fail(&format!(
+            "the death's entry lacks its actor and pid: {died}"
+        ));
+    }
+    let counter = h.journal(&["RESURGAM_ACTOR=counter"]);
+    let says = |es: &[Value], what: &str| {
+        es.iter()
+            .any(|e| e["MESSAGE"].as_str().is_some_and(|m| m.starts_with(what)))
+    };
+    if !says(&counter, "worker died") || !says(&counter, "worker ready") {
+        h.fail(&format!(
+            "RESURGAM_ACTOR=counter misses its lines: {counter:?}"
+        ));
+    }
+    if counter.iter().any(|e| e["RESURGAM_ACTOR"] != "counter") {
+        h.fail(&format!(
+            "RESURGAM_ACTOR=counter shows other lines: {counter:?}"
+        ));
+    }
+    if !says(&h.journal(&["RESURGAM_ACTOR=store"]), "worker ready") {
+        h.fail("no \"worker ready\" entry for the store actor");
+    }
+    h.systemctl(&["stop", UNIT_NAME]);
+
     println!(
         "systemd test timings: boot {booted:?}, start (to READY) {started:?}, \
          SIGSTOP → watchdog restart {watchdog_restart:?}, stop {stopped:?}, total {:?}",

@@ -1,6 +1,6 @@
 //! The command line: `run`, `check`, and the client subcommands.
 //!
-//! Exit codes ([`EXIT_CODES`], also in `--help` and the README): 0 success; 1 the
+//! Exit codes ([`EXIT_CODES`], also in `--help` and docs/cli.md): 0 success; 1 the
 //! supervisor answered with an error or the command failed; 2 bad usage or a bad config
 //! file; 3 the supervisor cannot be reached or did not answer in time.
 
@@ -85,9 +85,10 @@ pub enum Command {
         /// the file `reload` re-reads.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Log line format.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
+        /// Log format; by default `journal` when stderr is systemd's journal stream
+        /// (JOURNAL_STREAM), `text` otherwise.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a config file; prints every problem with file, line and reason.
     Check {
@@ -207,7 +208,7 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print a shell completion script for this CLI (see the README to install it).
+    /// Print a shell completion script for this CLI (docs/cli.md says how to install it).
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
@@ -384,7 +385,7 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
 /// `resurgam run`: the supervisor in the foreground.
 fn run(
     config: &Path,
-    log_format: LogFormat,
+    log_format: Option<LogFormat>,
     registry: &Registry,
     forks: Option<ForkServer>,
 ) -> ExitCode {
@@ -613,7 +614,7 @@ fn load(path: &Path, registry: &Registry) -> Result<Config, Failure> {
 pub const SERVICE_SOCKET: &str = "/run/resurgam/control.sock";
 
 /// Where the client subcommands look for the control socket, in order; the first that
-/// accepts a connection is used (the README's "The command line" says the same):
+/// accepts a connection is used (docs/cli.md says the same):
 /// 1. `--socket PATH`; 2. `$RESURGAM_SOCKET`;
 /// 3. with `--config FILE`: the socket that file gives `run`: a path the file sets (a
 ///    relative one is relative to the file's directory, as for `run`), else the default
@@ -958,7 +959,7 @@ fn man(dir: Option<&Path>) -> Result<String, Failure> {
     Ok(String::new())
 }
 
-/// The config reference table of the README, generated from the config module so the
+/// The config reference table of docs/configuration.md, generated from the config module so the
 /// two cannot drift (a test compares them).
 pub fn config_reference_markdown() -> String {
     let mut out = String::from("| table | key | default | meaning |\n|---|---|---|---|\n");
@@ -977,11 +978,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readme_config_reference_matches_the_code() {
-        let readme = include_str!("../../README.md");
+    fn docs_config_reference_matches_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
         let table = config_reference_markdown();
-        if !readme.contains(&table) {
-            panic!("README.md's config reference is stale; replace the table with:\n{table}");
+        if !doc.contains(&table) {
+            panic!(
+                "docs/configuration.md's config reference is stale; replace the table with:\n{table}"
+            );
         }
     }
 

@@ -37,6 +37,7 @@ pub mod core;
 mod disk;
 pub mod error;
 pub mod exit;
+pub mod journal;
 mod launch;
 mod logging;
 mod manifest;

@@ -1,18 +1,45 @@
-//! Logging: `tracing` to stderr, one line per event with actor and pid fields
-//! (journald-friendly). `RESURGAM_LOG` sets the filter (default `info`).
+//! Logging: `tracing` to stderr, one line per event with actor and pid fields, or,
+//! under systemd with stderr on the journal, native journal entries with a priority and
+//! `RESURGAM_*` fields (see [`crate::journal`]). `RESURGAM_LOG` sets the filter
+//! (default `info`).
 
 use resurgam_shared::config::Config;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::journal::{self, JournalLayer};
 
 /// Output format of the log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// One `LEVEL message key=value…` line per event, for terminals and files.
     Text,
+    /// One JSON object per line.
     Json,
+    /// Native journald entries (PRIORITY, RESURGAM_ACTOR, …); plain text when the
+    /// journal's socket is unusable.
+    Journal,
 }
 
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber. `None`: journal entries when stderr is the journal
+/// stream systemd set up (`JOURNAL_STREAM`), plain text otherwise.
+pub fn init(format: Option<LogFormat>) {
     let filter = EnvFilter::try_from_env("RESURGAM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = format.unwrap_or(if journal::stderr_is_journal() {
+        LogFormat::Journal
+    } else {
+        LogFormat::Text
+    });
+    if format == LogFormat::Journal
+        && let Some(layer) = JournalLayer::new()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init();
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -25,7 +52,7 @@ pub fn init(format: LogFormat) {
         // and with it every worker, down.
         .log_internal_errors(false);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text | LogFormat::Journal => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }
