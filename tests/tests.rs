@@ -25,6 +25,8 @@ mod protocol;
 mod systemd;
 // G3/G6 durable call log: supervisor SIGKILLs under load, torn/corrupt tails, full disk.
 mod durable;
+// G6 for the state and runtime dirs: links, loose modes, other users, a second supervisor.
+mod statedir;
 // Reload (op and SIGHUP): added/removed/changed actors, untouched ones kept, bad configs refused.
 mod reload;
 // G5: SIGSTOPped workers are detected as hung and recovered; not with heartbeat_timeout "0s".

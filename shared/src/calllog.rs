@@ -11,21 +11,75 @@
 //!               args (N - 10 - M bytes, raw JSON text)
 //! ```
 //!
-//! Recovery reads segments in order and records in order. Within a segment, the first
-//! record that does not verify ends the reading: if only zeros or a short record follow,
-//! it is a torn tail (a crash mid-append; that call was never acknowledged); otherwise
-//! it is corruption in the middle, reported loudly. Either way recovery stops at the last
-//! good record rather than guessing: replaying calls after a lost one would apply them
-//! to the wrong state.
+//! Since format 2 every segment begins with an *owner record* (method [`OWNER_METHOD`],
+//! the segment's first seq, args `<state dir id>/<actor>`): recovery given the expected
+//! owner refuses a segment of another actor or state directory as damage, naming both.
+//! Segments written before (no owner record) are still read.
+//!
+//! Recovery ([`recover`]) streams segments in order and records in order, one record in
+//! memory at a time (a segment of any size costs a buffer, never its size), and is
+//! linear in the log (tombstones are applied with a set at the end).
+//!
+//! What a crash can produce, and only that, is a *torn tail*: the last record of the last
+//! segment cut short (a write that did not finish; that call was never acknowledged). It
+//! is cut off. Everything else is *damage*, never mislabelled: a record that fails its
+//! checksum, an impossible length, zeroed bytes, a short record with segments after it,
+//! a segment whose records do not continue the seqs before it (a missing or swapped
+//! segment), a symbolic link, a read error. Recovery never guesses past damage. When
+//! the calls the damage may have held are all covered by the newest checkpoint
+//! (`covered`), nothing acknowledged is lost and recovery continues with the next
+//! segment; otherwise it stops there and [`Recovered::lost`] says why: acknowledged
+//! calls may be gone, and the supervisor holds the actor DEAD with that reason. A log
+//! that ends before the newest checkpoint's coverage has lost its end (every call a
+//! checkpoint covers was logged first), and is reported the same way.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fmt;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+
+use crate::safefs::Dir;
 
 /// The method of a tombstone: a record (with a seq of its own) that cancels earlier
 /// records, listed in its args as comma-separated decimal seqs (calls refused after they
 /// were logged: their actor went DEAD, or they were poison calls). No actor method can
 /// start with a NUL byte.
 pub const CANCEL_METHOD: &str = "\u{0}cancel";
+
+/// The method of an owner record: the first record of a segment, naming the actor and
+/// state directory the segment belongs to (args `<state dir id>/<actor>`), with the
+/// segment's first seq. Not a call: never replayed.
+pub const OWNER_METHOD: &str = "\u{0}owner";
+
+/// Whose a log is: the actor's name and the id of its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOwner {
+    pub actor: String,
+    pub dir: String,
+}
+
+impl LogOwner {
+    /// The args of its owner record.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}/{}", self.dir, self.actor).into_bytes()
+    }
+
+    /// Parses the args of an owner record.
+    pub fn parse(args: &[u8]) -> Option<LogOwner> {
+        let (dir, actor) = std::str::from_utf8(args).ok()?.split_once('/')?;
+        Some(LogOwner {
+            actor: actor.to_string(),
+            dir: dir.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for LogOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "actor {:?} of state dir {}", self.actor, self.dir)
+    }
+}
 
 /// The args of a tombstone cancelling `seqs`.
 pub fn encode_cancel_args(seqs: &[u64]) -> Vec<u8> {
@@ -76,10 +130,18 @@ pub fn encode_into(out: &mut Vec<u8>, seq: u64, method: &str, args: &[u8]) {
 /// Why reading a segment stopped before its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
-    /// A partial or zeroed record at the end: a crash mid-append.
+    /// The last record is cut short: a crash mid-append, if it is the last segment's.
     TornTail { offset: u64 },
-    /// A record that fails its checksum (or is malformed) with data after it.
+    /// A record that is not one the supervisor wrote (or cannot be read).
     Corrupt { offset: u64, reason: String },
+}
+
+impl Stop {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Stop::TornTail { offset } | Stop::Corrupt { offset, .. } => *offset,
+        }
+    }
 }
 
 impl fmt::Display for Stop {
@@ -96,57 +158,101 @@ impl fmt::Display for Stop {
     }
 }
 
-/// Decodes the records of one segment's bytes. Returns the good records, the offset
-/// just after the last good one, and why it stopped early, if it did.
-pub fn decode_segment(bytes: &[u8]) -> (Vec<LogRecord>, u64, Option<Stop>) {
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while at < bytes.len() {
-        match decode_one(&bytes[at..]) {
-            Ok((rec, used)) => {
-                records.push(rec);
-                at += used;
-            }
-            Err(reason) => {
-                let rest = &bytes[at..];
-                let torn = rest.len() < RECORD_HEADER
-                    || rest.iter().all(|&b| b == 0)
-                    || declared_len(rest).is_some_and(|n| RECORD_HEADER + n > rest.len());
-                let stop = if torn {
-                    Stop::TornTail { offset: at as u64 }
-                } else {
-                    Stop::Corrupt {
-                        offset: at as u64,
-                        reason,
-                    }
-                };
-                return (records, at as u64, Some(stop));
-            }
+/// What [`SegmentReader::next`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Record(LogRecord),
+    End,
+    Stop(Stop),
+}
+
+/// Reads one segment's records one at a time from `r` (of `len` bytes): memory is
+/// bounded by the largest record ([`MAX_BODY`]), whatever the segment's size.
+pub struct SegmentReader<R> {
+    r: R,
+    len: u64,
+    at: u64,
+    stopped: bool,
+}
+
+impl<R: Read> SegmentReader<R> {
+    pub fn new(r: R, len: u64) -> Self {
+        SegmentReader {
+            r,
+            len,
+            at: 0,
+            stopped: false,
         }
     }
-    (records, at as u64, None)
+
+    /// The offset just after the last good record.
+    pub fn offset(&self) -> u64 {
+        self.at
+    }
+
+    fn stop(&mut self, stop: Stop) -> Next {
+        self.stopped = true;
+        Next::Stop(stop)
+    }
+
+    fn corrupt(&mut self, reason: String) -> Next {
+        let offset = self.at;
+        self.stop(Stop::Corrupt { offset, reason })
+    }
+
+    pub fn read_next(&mut self) -> Next {
+        if self.stopped {
+            return Next::End;
+        }
+        let remaining = self.len.saturating_sub(self.at);
+        if remaining == 0 {
+            self.stopped = true;
+            return Next::End;
+        }
+        let offset = self.at;
+        if remaining < RECORD_HEADER as u64 {
+            return self.stop(Stop::TornTail { offset });
+        }
+        let mut head = [0u8; RECORD_HEADER];
+        if let Err(e) = self.r.read_exact(&mut head) {
+            return self.corrupt(format!("read error: {e}"));
+        }
+        if head == [0; RECORD_HEADER] {
+            return self.corrupt("zeroed bytes where a record must start".to_string());
+        }
+        let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if !(10..=MAX_BODY).contains(&n) {
+            return self.corrupt(format!("impossible body length {n}"));
+        }
+        if (RECORD_HEADER + n) as u64 > remaining {
+            return self.stop(Stop::TornTail { offset });
+        }
+        let mut body = Vec::new();
+        if body.try_reserve_exact(n).is_err() {
+            return self.corrupt(format!("cannot allocate a body of {n} bytes"));
+        }
+        body.resize(n, 0);
+        if let Err(e) = self.r.read_exact(&mut body) {
+            return self.corrupt(format!("read error: {e}"));
+        }
+        let want = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let got = crc32c::crc32c(&body);
+        if want != got {
+            return self.corrupt(format!(
+                "checksum mismatch (expected {want:#010x}, found {got:#010x})"
+            ));
+        }
+        match decode_body(body) {
+            Ok(rec) => {
+                self.at += (RECORD_HEADER + n) as u64;
+                Next::Record(rec)
+            }
+            Err(reason) => self.corrupt(reason.to_string()),
+        }
+    }
 }
 
-fn declared_len(b: &[u8]) -> Option<usize> {
-    let n = u32::from_le_bytes(b.get(0..4)?.try_into().ok()?) as usize;
-    Some(n)
-}
-
-fn decode_one(b: &[u8]) -> Result<(LogRecord, usize), String> {
-    let n = declared_len(b).ok_or("short header")?;
-    if !(10..=MAX_BODY).contains(&n) {
-        return Err(format!("impossible body length {n}"));
-    }
-    let body = b
-        .get(RECORD_HEADER..RECORD_HEADER + n)
-        .ok_or_else(|| format!("body of {n} bytes cut short"))?;
-    let want = u32::from_le_bytes(b[4..8].try_into().map_err(|_| "short header")?);
-    let got = crc32c::crc32c(body);
-    if want != got {
-        return Err(format!(
-            "checksum mismatch (expected {want:#010x}, found {got:#010x})"
-        ));
-    }
+fn decode_body(mut body: Vec<u8>) -> Result<LogRecord, &'static str> {
     let seq = u64::from_le_bytes(body[0..8].try_into().map_err(|_| "short body")?);
     let m = u16::from_le_bytes(body[8..10].try_into().map_err(|_| "short body")?) as usize;
     let method = body
@@ -155,8 +261,22 @@ fn decode_one(b: &[u8]) -> Result<(LogRecord, usize), String> {
     let method = std::str::from_utf8(method)
         .map_err(|_| "method is not UTF-8")?
         .to_string();
-    let args = body[10 + m..].to_vec();
-    Ok((LogRecord { seq, method, args }, RECORD_HEADER + n))
+    let args = body.split_off(10 + m);
+    Ok(LogRecord { seq, method, args })
+}
+
+/// Decodes the records of one segment's bytes. Returns the good records, the offset
+/// just after the last good one, and why it stopped early, if it did.
+pub fn decode_segment(bytes: &[u8]) -> (Vec<LogRecord>, u64, Option<Stop>) {
+    let mut reader = SegmentReader::new(bytes, bytes.len() as u64);
+    let mut records = Vec::new();
+    loop {
+        match reader.read_next() {
+            Next::Record(r) => records.push(r),
+            Next::End => return (records, reader.offset(), None),
+            Next::Stop(stop) => return (records, reader.offset(), Some(stop)),
+        }
+    }
 }
 
 /// The directory of an actor's log.
@@ -178,20 +298,25 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The segments of a log directory, sorted by first seq. A missing directory has none.
+/// The segments of a log directory, sorted by first seq. A missing directory has none;
+/// a symbolic link in its place is an error.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
-            out.push((first, entry.path()));
-        }
+    match Dir::open(dir)? {
+        None => Ok(Vec::new()),
+        Some(d) => Ok(segments_of(&d)?
+            .into_iter()
+            .map(|(first, name)| (first, dir.join(name)))
+            .collect()),
     }
+}
+
+/// The segment names in `dir`, sorted by first seq.
+pub fn segments_of(dir: &Dir) -> std::io::Result<Vec<(u64, OsString)>> {
+    let mut out: Vec<(u64, OsString)> = dir
+        .names()?
+        .into_iter()
+        .filter_map(|n| Some((n.to_str().and_then(parse_segment_name)?, n)))
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -207,16 +332,24 @@ pub struct SegmentInfo {
     pub good_len: u64,
     /// Its size on disk.
     pub len: u64,
-    /// Why reading it stopped early, if it did.
+    /// Why reading it stopped early, if it did: a torn tail (last segment only) or
+    /// damage (to quarantine).
     pub stop: Option<Stop>,
+}
+
+impl SegmentInfo {
+    /// Damaged: its bytes from `good_len` on are not what the supervisor wrote.
+    pub fn damaged(&self) -> bool {
+        matches!(self.stop, Some(Stop::Corrupt { .. }))
+    }
 }
 
 /// What reading an actor's whole log found.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Every segment read, in order (the one recovery stopped in is the last).
+    /// Every segment read, in order.
     pub segments: Vec<SegmentInfo>,
-    /// Segments after the one recovery stopped in (their records are not used).
+    /// Segments after the damage recovery stopped at (their records are not used).
     pub unread: Vec<PathBuf>,
     /// Good records, in order, with increasing seq (cancelled ones removed).
     pub records: Vec<LogRecord>,
@@ -225,95 +358,250 @@ pub struct Recovered {
     pub first_seq: Option<u64>,
     /// The largest seq any record carried, cancelled ones included.
     pub last_seq: Option<u64>,
-    /// Seq of the last record read (tombstones included), for the order check.
-    last_good: Option<u64>,
-    /// Problems, each naming the file: torn tails, corruption, unreadable files.
+    /// Problems, each naming the file: torn tails, damage, unreadable files.
     pub problems: Vec<String>,
     /// Set when recovery stopped before the end of the log (records after it are lost).
     pub stopped_early: bool,
+    /// Why acknowledged calls may be lost, when they may be (the actor must not run on
+    /// as if nothing happened).
+    pub lost: Option<String>,
 }
 
-/// Reads every segment of `dir` in order. Stops at the first corrupt record or at a torn
-/// tail followed by more segments; a torn tail of the last segment is normal after a
-/// crash.
+/// Damage seen and not yet bounded: calls from `from` on may be gone.
+struct Gap {
+    from: u64,
+    why: String,
+}
+
+/// [`recover_covered`] with no checkpoint.
 pub fn recover(dir: &Path) -> Recovered {
+    recover_covered(dir, 0, None)
+}
+
+/// Reads every segment of the log in `dir` in order (see the module doc). `covered` is
+/// the `last_seq` of the newest checkpoint on file: calls up to it are not needed. A
+/// segment whose owner record names another owner than `owner` is damage.
+pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Recovered {
     let mut r = Recovered::default();
-    let segments = match list_segments(dir) {
-        Ok(s) => s,
+    let listed = Dir::open(dir).and_then(|d| match d {
+        None => Ok(None),
+        Some(d) => segments_of(&d).map(|s| Some((d, s))),
+    });
+    let (d, segments) = match listed {
+        Ok(Some(x)) => x,
+        Ok(None) => return r,
         Err(e) => {
-            r.problems
-                .push(format!("cannot list {}: {e}", dir.display()));
+            let why = format!("cannot list {}: {e}", dir.display());
+            r.problems.push(why.clone());
+            r.lost = Some(why);
             r.stopped_early = true;
             return r;
         }
     };
     let count = segments.len();
-    let mut segments = segments.into_iter().enumerate();
-    while let Some((i, (first_seq, path))) = segments.next() {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                r.problems
-                    .push(format!("cannot read {}: {e}", path.display()));
-                r.stopped_early = true;
-                r.unread = std::iter::once(path)
-                    .chain(segments.map(|(_, (_, p))| p))
-                    .collect();
+    let mut cancelled: HashSet<u64> = HashSet::new();
+    // Seq of the last record read (tombstones included).
+    let mut prev: Option<u64> = None;
+    let mut gap: Option<Gap> = None;
+    for (i, (first_seq, name)) in segments.iter().enumerate() {
+        let path = dir.join(name);
+        // Calls between the last good record and this segment's first are missing.
+        let missing = match (gap.take(), prev) {
+            (Some(g), _) => Some(g),
+            (None, Some(p)) if *first_seq > p.saturating_add(1) => Some(Gap {
+                from: p + 1,
+                why: format!(
+                    "{}: the log jumps from seq {p} to seq {first_seq}: segments are missing",
+                    path.display()
+                ),
+            }),
+            _ => None,
+        };
+        if let Some(g) = missing {
+            let upto = first_seq.saturating_sub(1);
+            if g.from <= upto && upto > covered {
+                lose(&mut r, &g, Some(upto), covered);
+                r.unread = segments[i..].iter().map(|(_, n)| dir.join(n)).collect();
                 return r;
             }
-        };
-        let (records, good_len, stop) = decode_segment(&bytes);
+            if g.from <= upto {
+                r.problems.push(format!(
+                    "{}; calls {}..={upto} are covered by the checkpoint (seq {covered}):                      nothing acknowledged is lost",
+                    g.why, g.from
+                ));
+            }
+        }
+        let is_last = i + 1 == count;
         let mut info = SegmentInfo {
             path: path.clone(),
-            first_seq,
+            first_seq: *first_seq,
             last_seq: None,
-            good_len,
-            len: bytes.len() as u64,
-            stop: stop.clone(),
+            good_len: 0,
+            len: 0,
+            stop: None,
         };
-        for rec in records {
-            r.first_seq = Some(r.first_seq.map_or(rec.seq, |f| f.min(rec.seq)));
-            r.last_seq = Some(r.last_seq.map_or(rec.seq, |l| l.max(rec.seq)));
-            if let Some(prev) = r.last_good
-                && rec.seq <= prev
-            {
-                r.problems.push(format!(
-                    "{}: record seq {} does not follow seq {prev}; stopping here",
-                    path.display(),
-                    rec.seq
-                ));
-                r.stopped_early = true;
+        let file = match d.open_file(name, nix::fcntl::OFlag::O_RDONLY) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                info.stop = Some(Stop::Corrupt {
+                    offset: 0,
+                    reason: "vanished while recovery read the log".into(),
+                });
+                gap = Some(Gap {
+                    from: prev.map_or(*first_seq, |p| p + 1),
+                    why: format!("{} vanished", path.display()),
+                });
                 r.segments.push(info);
-                r.unread = segments.map(|(_, (_, p))| p).collect();
-                return r;
-            }
-            info.last_seq = Some(rec.seq);
-            r.last_good = Some(rec.seq);
-            if rec.method == CANCEL_METHOD {
-                match parse_cancel_args(&rec.args) {
-                    Some(seqs) => r.records.retain(|x| !seqs.contains(&x.seq)),
-                    None => r.problems.push(format!(
-                        "{}: tombstone seq {} has malformed args; ignored",
-                        path.display(),
-                        rec.seq
-                    )),
-                }
                 continue;
             }
-            r.records.push(rec);
-        }
-        r.segments.push(info);
-        if let Some(stop) = stop {
-            let is_last = i + 1 == count;
-            r.problems.push(format!("{}: {stop}", path.display()));
-            if !(is_last && matches!(stop, Stop::TornTail { .. })) {
-                r.stopped_early = true;
-                r.unread = segments.map(|(_, (_, p))| p).collect();
-                return r;
+            Err(e) => {
+                r.problems.push(format!("{e}"));
+                info.stop = Some(Stop::Corrupt {
+                    offset: 0,
+                    reason: e.to_string(),
+                });
+                gap = Some(Gap {
+                    from: prev.map_or(*first_seq, |p| p + 1),
+                    why: e.to_string(),
+                });
+                r.segments.push(info);
+                continue;
+            }
+        };
+        info.len = file.metadata().map_or(0, |m| m.len());
+        let mut reader = SegmentReader::new(BufReader::with_capacity(1 << 16, file), info.len);
+        let stop = loop {
+            match reader.read_next() {
+                Next::End => break None,
+                Next::Stop(s) => break Some(s),
+                Next::Record(rec) if rec.method == OWNER_METHOD => {
+                    let at = reader.offset();
+                    let start = at == record_len(&rec);
+                    let found = LogOwner::parse(&rec.args);
+                    let problem = match (&found, owner) {
+                        _ if !start || rec.seq != *first_seq => Some(format!(
+                            "an owner record (seq {}) that does not begin the segment",
+                            rec.seq
+                        )),
+                        (None, _) => Some("an owner record with malformed args".to_string()),
+                        (Some(f), Some(want)) if f != want => Some(format!(
+                            "the segment belongs to {f}, not to {want} (swapped, linked or \
+                             copied from another log?)"
+                        )),
+                        _ => None,
+                    };
+                    if let Some(reason) = problem {
+                        break Some(Stop::Corrupt {
+                            offset: at - record_len(&rec),
+                            reason,
+                        });
+                    }
+                }
+                Next::Record(rec) => {
+                    let out_of_order = if info.last_seq.is_none() {
+                        (rec.seq != *first_seq).then(|| {
+                            format!(
+                                "the segment named after seq {first_seq} begins with seq {} \
+                                 (renamed, swapped or from another log)",
+                                rec.seq
+                            )
+                        })
+                    } else {
+                        None
+                    }
+                    .or_else(|| {
+                        prev.filter(|&p| rec.seq <= p)
+                            .map(|p| format!("record seq {} does not follow seq {p}", rec.seq))
+                    });
+                    if let Some(reason) = out_of_order {
+                        // The record read whole is not good: damage starts where it does.
+                        break Some(Stop::Corrupt {
+                            offset: reader.offset() - record_len(&rec),
+                            reason,
+                        });
+                    }
+                    info.last_seq = Some(rec.seq);
+                    prev = Some(rec.seq);
+                    r.first_seq = Some(r.first_seq.map_or(rec.seq, |f| f.min(rec.seq)));
+                    r.last_seq = Some(r.last_seq.map_or(rec.seq, |l| l.max(rec.seq)));
+                    if rec.method == CANCEL_METHOD {
+                        match parse_cancel_args(&rec.args) {
+                            Some(seqs) => cancelled.extend(seqs),
+                            None => r.problems.push(format!(
+                                "{}: tombstone seq {} has malformed args; ignored",
+                                path.display(),
+                                rec.seq
+                            )),
+                        }
+                        continue;
+                    }
+                    r.records.push(rec);
+                }
+            }
+        };
+        // The good length: a record refused for its place was read whole, but is not good.
+        info.good_len = match &stop {
+            Some(s) => s.offset(),
+            None => reader.offset(),
+        };
+        let stop = match stop {
+            Some(Stop::TornTail { offset }) if !is_last => Some(Stop::Corrupt {
+                offset,
+                reason: format!(
+                    "record cut short ({} bytes left) with later segments after it",
+                    info.len - offset
+                ),
+            }),
+            s => s,
+        };
+        if let Some(s) = &stop {
+            r.problems.push(format!("{}: {s}", path.display()));
+            if let Stop::Corrupt { .. } = s {
+                gap = Some(Gap {
+                    from: prev.map_or(*first_seq, |p| p + 1),
+                    why: format!("{}: {s}", path.display()),
+                });
             }
         }
+        info.stop = stop;
+        r.segments.push(info);
     }
+    if let Some(g) = gap {
+        // Damage in the last segment: how many calls followed it is unknown.
+        lose(&mut r, &g, None, covered);
+    } else if let Some(p) = prev
+        && p < covered
+    {
+        let why = format!(
+            "{}: the log ends at seq {p}, before the newest checkpoint's seq {covered}: its \
+             end is missing (every call a checkpoint covers was logged first)",
+            dir.display()
+        );
+        r.problems.push(why.clone());
+        r.lost = Some(why);
+        r.stopped_early = true;
+    }
+    r.records.retain(|x| !cancelled.contains(&x.seq));
     r
+}
+
+/// The encoded length of a record.
+fn record_len(rec: &LogRecord) -> u64 {
+    (RECORD_HEADER + 10 + rec.method.len() + rec.args.len()) as u64
+}
+
+/// Records that the calls of `gap` (up to `upto`, or all after it) cannot be recovered.
+fn lose(r: &mut Recovered, gap: &Gap, upto: Option<u64>, covered: u64) {
+    let from = gap.from.max(covered.saturating_add(1));
+    let range = match upto {
+        Some(u) => format!("calls {from}..={u}"),
+        None => format!("calls from seq {from} on"),
+    };
+    r.lost = Some(format!(
+        "{}; {range} may have been acknowledged and cannot be recovered",
+        gap.why
+    ));
+    r.stopped_early = true;
 }
 
 #[cfg(test)]
@@ -359,12 +647,201 @@ mod tests {
     }
 
     #[test]
-    fn zeroed_tail_is_torn_not_corrupt() {
+    fn zeroes_are_damage_never_a_torn_tail() {
+        // A crash leaves a record cut short, never zeros: zeros are damage, at the end
+        // as in the middle.
         let mut b = seg(&[(1, "incr", "1")]);
         b.extend_from_slice(&[0; 100]);
         let (recs, _, stop) = decode_segment(&b);
         assert_eq!(recs.len(), 1);
-        assert!(matches!(stop, Some(Stop::TornTail { .. })));
+        assert!(
+            matches!(&stop, Some(Stop::Corrupt { reason, .. }) if reason.contains("zeroed")),
+            "{stop:?}"
+        );
+        let mut b = seg(&[(1, "incr", "1"), (2, "incr", "2")]);
+        let one = seg(&[(1, "incr", "1")]).len();
+        b[one..one + 12].fill(0);
+        assert!(matches!(decode_segment(&b).2, Some(Stop::Corrupt { .. })));
+    }
+
+    fn write_log(dir: &Path, segments: &[&[(u64, &str, &str)]]) -> Vec<PathBuf> {
+        std::fs::create_dir_all(dir).unwrap();
+        segments
+            .iter()
+            .map(|recs| {
+                let p = dir.join(segment_name(recs[0].0));
+                std::fs::write(&p, seg(recs)).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_short_record_is_torn_only_at_the_end_of_the_last_segment() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = write_log(
+            t.path(),
+            &[
+                &[(1, "a", "1"), (2, "a", "2")],
+                &[(3, "a", "3"), (4, "a", "4")],
+            ],
+        );
+        for (i, p) in paths.iter().enumerate() {
+            let bytes = std::fs::read(p).unwrap();
+            std::fs::write(p, &bytes[..bytes.len() - 3]).unwrap();
+            let r = recover(t.path());
+            if i == 1 {
+                assert!(r.lost.is_none(), "{:?}", r.lost);
+                assert_eq!(r.records.len(), 3);
+                assert!(matches!(r.segments[1].stop, Some(Stop::TornTail { .. })));
+            } else {
+                assert!(
+                    r.lost.as_ref().is_some_and(|l| l.contains("cut short")),
+                    "{:?}",
+                    r.lost
+                );
+                assert_eq!(r.unread, vec![paths[1].clone()]);
+                assert!(r.segments[0].damaged());
+            }
+            std::fs::write(p, &bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn damage_is_harmless_only_when_the_checkpoint_covers_what_it_may_have_held() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = write_log(
+            t.path(),
+            &[
+                &[(1, "a", "1"), (2, "a", "2")],
+                &[(3, "a", "3"), (4, "a", "4")],
+            ],
+        );
+        let mut b = std::fs::read(&paths[0]).unwrap();
+        let l = b.len();
+        b[l - 1] ^= 1;
+        std::fs::write(&paths[0], &b).unwrap();
+        // Seq 2 is lost; a checkpoint at 2 covers it: 3 and 4 are read on.
+        let r = recover_covered(t.path(), 2, None);
+        assert!(r.lost.is_none(), "{:?}", r.lost);
+        assert_eq!(
+            r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        assert!(r.segments[0].damaged() && !r.stopped_early);
+        // Without it, seq 2 is named lost and the next segment is not used.
+        let r = recover_covered(t.path(), 1, None);
+        let lost = r.lost.unwrap();
+        assert!(lost.contains("calls 2..=2"), "{lost}");
+        assert_eq!(r.records.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(r.unread, vec![paths[1].clone()]);
+    }
+
+    #[test]
+    fn missing_segments_swapped_segments_and_a_short_log_are_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = write_log(
+            t.path(),
+            &[&[(1, "a", "1")], &[(2, "a", "2")], &[(3, "a", "3")]],
+        );
+        assert!(recover(t.path()).lost.is_none());
+        // The log ends before the checkpoint's coverage.
+        let lost = recover_covered(t.path(), 5, None).lost.unwrap();
+        assert!(
+            lost.contains("before the newest checkpoint's seq 5"),
+            "{lost}"
+        );
+        // A segment missing in the middle.
+        let middle = std::fs::read(&paths[1]).unwrap();
+        std::fs::remove_file(&paths[1]).unwrap();
+        let lost = recover(t.path()).lost.unwrap();
+        assert!(lost.contains("jumps from seq 1 to seq 3"), "{lost}");
+        assert!(recover_covered(t.path(), 2, None).lost.is_none());
+        // A segment under another's name.
+        std::fs::write(&paths[1], std::fs::read(&paths[2]).unwrap()).unwrap();
+        std::fs::write(&paths[2], &middle).unwrap();
+        let lost = recover(t.path()).lost.unwrap();
+        assert!(lost.contains("begins with seq 3"), "{lost}");
+        // A link in place of a segment.
+        std::fs::remove_file(&paths[1]).unwrap();
+        std::os::unix::fs::symlink(&paths[2], &paths[1]).unwrap();
+        let lost = recover(t.path()).lost.unwrap();
+        assert!(lost.contains("symbolic link"), "{lost}");
+    }
+
+    #[test]
+    fn a_segment_of_another_owner_is_damage_and_one_without_an_owner_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let ours = LogOwner {
+            actor: "a".into(),
+            dir: "d1".into(),
+        };
+        let theirs = LogOwner {
+            actor: "b".into(),
+            dir: "d1".into(),
+        };
+        // Written before owners existed: read by a recovery that expects one.
+        write_log(t.path(), &[&[(1, "a", "1"), (2, "a", "2")]]);
+        assert!(recover_covered(t.path(), 0, Some(&ours)).lost.is_none());
+        let mut b = Vec::new();
+        encode_into(&mut b, 3, OWNER_METHOD, &theirs.encode());
+        encode_into(&mut b, 3, "a", b"3");
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let r = recover_covered(t.path(), 0, Some(&ours));
+        let lost = r.lost.unwrap();
+        assert!(
+            lost.contains("belongs to actor \"b\" of state dir d1, not to actor \"a\""),
+            "{lost}"
+        );
+        assert_eq!(r.records.len(), 2);
+        // Its own owner record is not a call and is not replayed.
+        let mut b = Vec::new();
+        encode_into(&mut b, 3, OWNER_METHOD, &ours.encode());
+        encode_into(&mut b, 3, "a", b"3");
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let r = recover_covered(t.path(), 0, Some(&ours));
+        assert!(r.lost.is_none(), "{:?}", r.lost);
+        assert_eq!(
+            r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        // An owner record anywhere else is damage.
+        encode_into(&mut b, 4, OWNER_METHOD, &ours.encode());
+        std::fs::write(t.path().join(segment_name(3)), &b).unwrap();
+        let lost = recover_covered(t.path(), 0, Some(&ours)).lost.unwrap();
+        assert!(lost.contains("does not begin the segment"), "{lost}");
+    }
+
+    #[test]
+    fn a_huge_sparse_segment_is_streamed_not_read_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = write_log(t.path(), &[&[(1, "a", "1"), (2, "a", "2")]]);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[0])
+            .unwrap();
+        f.set_len(1 << 40).unwrap();
+        let r = recover(t.path());
+        assert_eq!(r.records.len(), 2);
+        assert!(r.lost.is_some() && r.segments[0].damaged());
+        assert_eq!(r.segments[0].len, 1 << 40);
+    }
+
+    #[test]
+    fn tombstones_are_applied_in_linear_time() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = Vec::new();
+        let n = 40_000u64;
+        for s in 1..=n {
+            encode_into(&mut b, s, "a", b"1");
+        }
+        for s in 1..=n {
+            encode_into(&mut b, n + s, CANCEL_METHOD, s.to_string().as_bytes());
+        }
+        std::fs::write(t.path().join(segment_name(1)), b).unwrap();
+        let r = recover(t.path());
+        assert!(r.records.is_empty() && r.lost.is_none());
+        assert_eq!(r.last_seq, Some(2 * n));
     }
 
     #[test]

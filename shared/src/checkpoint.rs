@@ -11,13 +11,19 @@
 //! |-------:|-----:|--------------------------------------------------------|
 //! |      0 |    8 | magic `b"RSGCKPT1"`                                    |
 //! |      8 |    4 | format version, u32 (= [`FORMAT_VERSION`] = 1)          |
-//! |     12 |    4 | reserved, zero                                         |
+//! |     12 |    4 | version 2: crc32c of the owning actor's name; v1: zero |
 //! |     16 |    8 | generation, u64                                        |
 //! |     24 |    8 | last_seq, u64                                          |
 //! |     32 |    8 | payload_len, u64                                       |
 //! |     40 |    4 | payload crc32c, u32 (over the `payload_len` bytes)     |
-//! |     44 |   16 | reserved, zero                                         |
+//! |     44 |   16 | version 2: id of the owning state directory; v1: zero  |
 //! |     60 |    4 | header crc32c, u32 (over header bytes 0..60)           |
+//!
+//! Version 2 records know whose they are ([`OwnerTag`]: the actor's name, as a checksum,
+//! and the id of the state directory): a reader given the expected owner refuses another
+//! one's record ([`CheckpointError::Foreign`]), so a checkpoint swapped with another
+//! actor's or copied from another state directory is never loaded. Version 1 records
+//! (written before owners existed) carry none and are still read.
 //!
 //! A header of 64 zero bytes means "empty" (never written, or invalidated by a write that
 //! had not finished). Bytes after the record are ignored. Checks run in this order: empty,
@@ -86,18 +92,53 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::MmapRaw;
 
-/// Format version of the slot record and of the mmap file written by this build.
+use crate::safefs;
+
+/// Format version of the mmap file, and of a slot record that names no owner.
 pub const FORMAT_VERSION: u32 = 1;
+/// Format version of a slot record that names its owner ([`OwnerTag`]).
+pub const OWNED_FORMAT_VERSION: u32 = 2;
+
+/// Whose a checkpoint is: a checksum of the actor's name and the id of the state
+/// directory it belongs to (stored in a version-2 record header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerTag {
+    /// crc32c of the actor's name.
+    pub actor: u32,
+    /// The state directory's id.
+    pub dir: [u8; 16],
+}
+
+impl OwnerTag {
+    pub fn new(actor: &str, dir: [u8; 16]) -> OwnerTag {
+        OwnerTag {
+            actor: crc32c::crc32c(actor.as_bytes()),
+            dir,
+        }
+    }
+
+    /// True if `actor` is the name this tag was made from (up to a checksum collision).
+    pub fn is_actor(&self, actor: &str) -> bool {
+        self.actor == crc32c::crc32c(actor.as_bytes())
+    }
+}
+
+impl fmt::Display for OwnerTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "actor #{:08x} of state dir ", self.actor)?;
+        self.dir.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
 
 /// Magic of a slot record (disk copy, or one slot of the mmap file).
 pub const RECORD_MAGIC: [u8; 8] = *b"RSGCKPT1";
@@ -172,8 +213,14 @@ pub enum CheckpointError {
     Empty,
     #[error("bad magic (not a resurgam checkpoint)")]
     BadMagic,
-    #[error("unsupported format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unsupported format version {0} (this build reads versions {FORMAT_VERSION} and \
+         {OWNED_FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u32),
+    /// A record of another actor or another state directory (swapped, linked or copied).
+    #[error("belongs to {found}, not to {expected}")]
+    Foreign { found: OwnerTag, expected: OwnerTag },
     #[error("torn header (header checksum mismatch)")]
     HeaderChecksum,
     /// `expected` and `found` count bytes of the whole record or file.
@@ -220,12 +267,26 @@ struct RecordHeader {
     last_seq: u64,
     payload_len: u64,
     payload_crc: u32,
+    /// Version 2 records only.
+    owner: Option<OwnerTag>,
 }
 
-fn encode_header(generation: u64, last_seq: u64, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
+fn encode_header(
+    generation: u64,
+    last_seq: u64,
+    payload: &[u8],
+    owner: Option<&OwnerTag>,
+) -> [u8; RECORD_HEADER_LEN] {
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..8].copy_from_slice(&RECORD_MAGIC);
-    put_u32(&mut h, 8, FORMAT_VERSION);
+    match owner {
+        None => put_u32(&mut h, 8, FORMAT_VERSION),
+        Some(o) => {
+            put_u32(&mut h, 8, OWNED_FORMAT_VERSION);
+            put_u32(&mut h, 12, o.actor);
+            h[44..60].copy_from_slice(&o.dir);
+        }
+    }
     put_u64(&mut h, 16, generation);
     put_u64(&mut h, 24, last_seq);
     put_u64(&mut h, 32, payload.len() as u64);
@@ -246,14 +307,24 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<RecordHeader, CheckpointE
         return Err(CheckpointError::HeaderChecksum);
     }
     let version = le_u32(h, 8);
-    if version != FORMAT_VERSION {
-        return Err(CheckpointError::UnsupportedVersion(version));
-    }
+    let owner = match version {
+        FORMAT_VERSION => None,
+        OWNED_FORMAT_VERSION => {
+            let mut dir = [0u8; 16];
+            dir.copy_from_slice(&h[44..60]);
+            Some(OwnerTag {
+                actor: le_u32(h, 12),
+                dir,
+            })
+        }
+        _ => return Err(CheckpointError::UnsupportedVersion(version)),
+    };
     Ok(RecordHeader {
         generation: le_u64(h, 16),
         last_seq: le_u64(h, 24),
         payload_len: le_u64(h, 32),
         payload_crc: le_u32(h, 40),
+        owner,
     })
 }
 
@@ -272,10 +343,20 @@ fn record_len(payload_len: u64) -> u64 {
     (RECORD_HEADER_LEN as u64).saturating_add(payload_len)
 }
 
-/// Encodes one slot record (64-byte header + payload).
+/// Encodes one slot record (64-byte header + payload) of format version 1 (no owner).
 pub fn encode_record(generation: u64, last_seq: u64, payload: &[u8]) -> Vec<u8> {
+    encode_record_owned(generation, last_seq, payload, None)
+}
+
+/// Encodes one slot record, of format version 2 when it names its `owner`.
+pub fn encode_record_owned(
+    generation: u64,
+    last_seq: u64,
+    payload: &[u8],
+    owner: Option<&OwnerTag>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&encode_header(generation, last_seq, payload));
+    out.extend_from_slice(&encode_header(generation, last_seq, payload, owner));
     out.extend_from_slice(payload);
     out
 }
@@ -379,8 +460,9 @@ fn read_record_at(
     offset: u64,
     limit: Limit,
     path: &Path,
+    expect: Option<&OwnerTag>,
 ) -> Result<Checkpoint, CheckpointError> {
-    let h = read_header_at(file, offset, limit, path)?;
+    let h = read_header_at(file, offset, limit, path, expect)?;
     let payload = read_vec_at(file, offset + RECORD_HEADER_LEN as u64, h.payload_len, path)?;
     check_payload(&h, &payload)?;
     Ok(Checkpoint {
@@ -402,8 +484,9 @@ fn verify_record_at(
     offset: u64,
     limit: Limit,
     path: &Path,
+    expect: Option<&OwnerTag>,
 ) -> Result<(RecordHeader, Option<Vec<u8>>), CheckpointError> {
-    let h = read_header_at(file, offset, limit, path)?;
+    let h = read_header_at(file, offset, limit, path, expect)?;
     let len = h.payload_len;
     let mut buf = vec![0u8; usize::try_from(len).map_or(VERIFY_CHUNK, |l| l.min(VERIFY_CHUNK))];
     let (mut crc, mut done) = (0u32, 0u64);
@@ -434,10 +517,19 @@ fn read_header_at(
     offset: u64,
     limit: Limit,
     path: &Path,
+    expect: Option<&OwnerTag>,
 ) -> Result<RecordHeader, CheckpointError> {
     let mut head = [0u8; RECORD_HEADER_LEN];
     read_exact_at(file, &mut head, offset, path)?;
     let h = parse_header(&head)?;
+    if let (Some(found), Some(expected)) = (h.owner, expect)
+        && found != *expected
+    {
+        return Err(CheckpointError::Foreign {
+            found,
+            expected: *expected,
+        });
+    }
     match limit {
         Limit::Capacity(cap) if h.payload_len > cap => {
             return Err(CheckpointError::TooLarge(h.payload_len));
@@ -548,7 +640,7 @@ type SlotRead = (Source, Result<Checkpoint, CheckpointError>);
 
 /// Reads the file header and both slots once. The flag is false if the file header (or the
 /// file length) is invalid, in which case both slots carry that error.
-fn read_slots_once(file: &File, path: &Path) -> (Vec<SlotRead>, bool) {
+fn read_slots_once(file: &File, path: &Path, expect: Option<&OwnerTag>) -> (Vec<SlotRead>, bool) {
     match read_file_layout(file, path) {
         Err(e) => (
             vec![(Source::SlotA, Err(e.clone())), (Source::SlotB, Err(e))],
@@ -562,6 +654,7 @@ fn read_slots_once(file: &File, path: &Path) -> (Vec<SlotRead>, bool) {
                         layout.slot_offset(i),
                         Limit::Capacity(layout.capacity),
                         path,
+                        expect,
                     );
                     (Source::slot(i), res)
                 })
@@ -576,7 +669,15 @@ fn read_slots_once(file: &File, path: &Path) -> (Vec<SlotRead>, bool) {
 /// invalid, both entries carry that error. If no slot verifies (possibly a read that raced
 /// with two consecutive writes), the file is re-read a few times.
 pub fn read_mmap_slots(mmap_path: &Path) -> Vec<(Source, Result<Checkpoint, CheckpointError>)> {
-    let file = match File::open(mmap_path) {
+    read_mmap_slots_owned(mmap_path, None)
+}
+
+/// [`read_mmap_slots`], refusing a record of another owner than `expect`.
+pub fn read_mmap_slots_owned(
+    mmap_path: &Path,
+    expect: Option<&OwnerTag>,
+) -> Vec<(Source, Result<Checkpoint, CheckpointError>)> {
+    let file = match safefs::open_read(mmap_path) {
         Ok(f) => f,
         Err(e) => {
             let err = if e.kind() == io::ErrorKind::NotFound {
@@ -589,7 +690,7 @@ pub fn read_mmap_slots(mmap_path: &Path) -> Vec<(Source, Result<Checkpoint, Chec
     };
     let mut attempt = 1;
     loop {
-        let (slots, header_ok) = read_slots_once(&file, mmap_path);
+        let (slots, header_ok) = read_slots_once(&file, mmap_path, expect);
         let any_valid = slots.iter().any(|(_, r)| r.is_ok());
         if any_valid || !header_ok || attempt >= READ_ATTEMPTS {
             return slots;
@@ -619,9 +720,15 @@ pub struct Scan {
 /// full and verified again as read, so a file written concurrently can never hand out a
 /// payload other than the one verified.
 pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
+    scan_owned(mmap_path, disk_path, None)
+}
+
+/// [`scan`], refusing candidates of another owner than `expect`
+/// ([`CheckpointError::Foreign`]).
+pub fn scan_owned(mmap_path: &Path, disk_path: &Path, expect: Option<&OwnerTag>) -> Scan {
     let mut attempt = 1;
     loop {
-        let (candidates, mut kept, header_ok) = verify_candidates(mmap_path, disk_path);
+        let (candidates, mut kept, header_ok) = verify_candidates(mmap_path, disk_path, expect);
         let mmap_valid = candidates[..2].iter().any(|(_, r)| r.is_ok());
         if !mmap_valid && header_ok && attempt < READ_ATTEMPTS {
             // Possibly a read that raced with two consecutive writes.
@@ -652,8 +759,8 @@ pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
                 last_seq,
                 payload,
             }),
-            (None, Source::Disk) => read_disk_copy(disk_path),
-            (None, slot) => read_mmap_slot(mmap_path, slot),
+            (None, Source::Disk) => read_disk_copy_owned(disk_path, expect),
+            (None, slot) => read_mmap_slot(mmap_path, slot, expect),
         };
         match loaded {
             Ok(ck) if (ck.generation, ck.last_seq) == (generation, last_seq) => {
@@ -667,7 +774,7 @@ pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
                 attempt += 1;
                 std::thread::yield_now();
             }
-            _ => return scan_reading_all(mmap_path, disk_path),
+            _ => return scan_reading_all(mmap_path, disk_path, expect),
         }
     }
 }
@@ -679,6 +786,7 @@ pub fn scan(mmap_path: &Path, disk_path: &Path) -> Scan {
 fn verify_candidates(
     mmap_path: &Path,
     disk_path: &Path,
+    expect: Option<&OwnerTag>,
 ) -> (Vec<(Source, CandidateOutcome)>, Vec<Option<Vec<u8>>>, bool) {
     let mut kept = Vec::with_capacity(3);
     let mut outcome = |r: Result<(RecordHeader, Option<Vec<u8>>), CheckpointError>| {
@@ -691,7 +799,7 @@ fn verify_candidates(
     };
     let mut all = Vec::with_capacity(3);
     let mut header_ok = false;
-    match File::open(mmap_path) {
+    match safefs::open_read(mmap_path) {
         Ok(file) => match read_file_layout(&file, mmap_path) {
             Ok(layout) => {
                 header_ok = true;
@@ -701,6 +809,7 @@ fn verify_candidates(
                         layout.slot_offset(i),
                         Limit::Capacity(layout.capacity),
                         mmap_path,
+                        expect,
                     );
                     all.push((Source::slot(i), outcome(r)));
                 }
@@ -721,14 +830,18 @@ fn verify_candidates(
         }
     }
     let disk = open_disk_copy(disk_path)
-        .and_then(|(file, len)| verify_record_at(&file, 0, Limit::FileLen(len), disk_path));
+        .and_then(|(file, len)| verify_record_at(&file, 0, Limit::FileLen(len), disk_path, expect));
     all.push((Source::Disk, outcome(disk)));
     (all, kept, header_ok)
 }
 
 /// Reads one slot of the mmap file in full.
-fn read_mmap_slot(mmap_path: &Path, slot: Source) -> Result<Checkpoint, CheckpointError> {
-    let file = File::open(mmap_path).map_err(|e| ck_io("open", mmap_path, e))?;
+fn read_mmap_slot(
+    mmap_path: &Path,
+    slot: Source,
+    expect: Option<&OwnerTag>,
+) -> Result<Checkpoint, CheckpointError> {
+    let file = safefs::open_read(mmap_path).map_err(|e| ck_io("open", mmap_path, e))?;
     let layout = read_file_layout(&file, mmap_path)?;
     let i = if slot == Source::SlotB { 1 } else { 0 };
     read_record_at(
@@ -736,14 +849,15 @@ fn read_mmap_slot(mmap_path: &Path, slot: Source) -> Result<Checkpoint, Checkpoi
         layout.slot_offset(i),
         Limit::Capacity(layout.capacity),
         mmap_path,
+        expect,
     )
 }
 
 /// [`scan`] the simple way: every candidate read in full at once (the fallback when the
 /// files keep changing under the streaming scan).
-fn scan_reading_all(mmap_path: &Path, disk_path: &Path) -> Scan {
-    let mut all = read_mmap_slots(mmap_path);
-    all.push((Source::Disk, read_disk_copy(disk_path)));
+fn scan_reading_all(mmap_path: &Path, disk_path: &Path, expect: Option<&OwnerTag>) -> Scan {
+    let mut all = read_mmap_slots_owned(mmap_path, expect);
+    all.push((Source::Disk, read_disk_copy_owned(disk_path, expect)));
     let mut candidates = Vec::with_capacity(all.len());
     let mut chosen: Option<(Source, Checkpoint)> = None;
     for (source, res) in all {
@@ -775,7 +889,7 @@ pub fn warm_up() {
 /// Reads the `executing_seq` word of an mmap file; `None` if the file is missing, unreadable
 /// or its header invalid.
 pub fn read_executing(mmap_path: &Path) -> Option<u64> {
-    let file = File::open(mmap_path).ok()?;
+    let file = safefs::open_read(mmap_path).ok()?;
     read_file_layout(&file, mmap_path).ok()?;
     // pread does not promise an atomic 8-byte copy: read until two reads agree.
     let mut prev: Option<u64> = None;
@@ -803,16 +917,23 @@ pub fn write_disk_copy(
     last_seq: u64,
     payload: &[u8],
 ) -> io::Result<()> {
+    write_disk_copy_owned(path, generation, last_seq, payload, None)
+}
+
+/// [`write_disk_copy`] of a record that names its `owner` (format version 2).
+pub fn write_disk_copy_owned(
+    path: &Path,
+    generation: u64,
+    last_seq: u64,
+    payload: &[u8],
+    owner: Option<&OwnerTag>,
+) -> io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
-    let record = encode_record(generation, last_seq, payload);
+    let record = encode_record_owned(generation, last_seq, payload, owner);
     let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_ctx("create", &tmp))?;
+        // A leftover (or a link planted there) is unlinked, never written through.
+        safefs::remove_if_present(&tmp).map_err(io_ctx("remove", &tmp))?;
+        let mut f = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
         f.write_all(&record).map_err(io_ctx("write", &tmp))?;
         f.sync_all().map_err(io_ctx("fsync", &tmp))?;
         drop(f);
@@ -835,13 +956,21 @@ pub fn write_disk_copy(
 
 /// Reads and verifies the disk copy. A missing file is [`CheckpointError::Missing`].
 pub fn read_disk_copy(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    read_disk_copy_owned(path, None)
+}
+
+/// [`read_disk_copy`], refusing a record of another owner than `expect`.
+pub fn read_disk_copy_owned(
+    path: &Path,
+    expect: Option<&OwnerTag>,
+) -> Result<Checkpoint, CheckpointError> {
     let (file, file_len) = open_disk_copy(path)?;
-    read_record_at(&file, 0, Limit::FileLen(file_len), path)
+    read_record_at(&file, 0, Limit::FileLen(file_len), path, expect)
 }
 
 /// Opens the disk copy and checks it can hold a record header; returns it with its length.
 fn open_disk_copy(path: &Path) -> Result<(File, u64), CheckpointError> {
-    let file = match File::open(path) {
+    let file = match safefs::open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CheckpointError::Missing),
         Err(e) => return Err(ck_io("open", path, e)),
@@ -881,6 +1010,8 @@ pub struct MmapCheckpoint {
     pending: VecDeque<Pending>,
     /// What the verification of `pending` found so far.
     verified: Verified,
+    /// Written into every record (format version 2); `None`: version 1.
+    owner: Option<OwnerTag>,
 }
 
 /// What opening an existing mmap file found.
@@ -911,6 +1042,7 @@ impl MmapCheckpoint {
                         layout.slot_offset(i),
                         Limit::Capacity(layout.capacity),
                         path,
+                        None,
                     )
                     .ok()
                     .map(|(h, _)| (h.generation, h.last_seq));
@@ -961,6 +1093,7 @@ impl MmapCheckpoint {
             slots: [None, None],
             pending: VecDeque::new(),
             verified: Verified::default(),
+            owner: None,
         })
     }
 
@@ -1033,7 +1166,7 @@ impl MmapCheckpoint {
             _ => 0,
         };
         let offset = self.layout.slot_offset(target);
-        let header = encode_header(generation, last_seq, payload);
+        let header = encode_header(generation, last_seq, payload, self.owner.as_ref());
         self.slots[target] = None;
         self.copy_in(offset, &[0u8; RECORD_HEADER_LEN])?;
         fence(Ordering::Release);
@@ -1072,6 +1205,7 @@ impl MmapCheckpoint {
                 self.layout.slot_offset(i),
                 Limit::Capacity(self.layout.capacity),
                 &self.path,
+                None,
             )
             .ok(),
             None => None,
@@ -1082,10 +1216,13 @@ impl MmapCheckpoint {
             .map_err(io_ctx("read", &self.path))?;
         let executing = u64::from_le_bytes(executing);
 
-        let new_record = encode_record(generation, last_seq, payload);
+        // Both records name this writer's owner: the previous one was read from its own
+        // file, where nothing else is ever restored from (foreign records are refused).
+        let owner = self.owner;
+        let new_record = encode_record_owned(generation, last_seq, payload, owner.as_ref());
         let prev_record = previous
             .as_ref()
-            .map(|c| encode_record(c.generation, c.last_seq, &c.payload));
+            .map(|c| encode_record_owned(c.generation, c.last_seq, &c.payload, owner.as_ref()));
         let mut records: Vec<(usize, &[u8])> = Vec::with_capacity(2);
         if let Some(r) = &prev_record {
             records.push((0, r));
@@ -1120,6 +1257,11 @@ impl MmapCheckpoint {
         word.store(seq, Ordering::Release);
     }
 
+    /// Names `owner` in every record written from now on (format version 2).
+    pub fn set_owner(&mut self, owner: OwnerTag) {
+        self.owner = Some(owner);
+    }
+
     /// Payload bytes each slot can hold.
     pub fn capacity(&self) -> u64 {
         self.layout.capacity
@@ -1134,37 +1276,41 @@ impl MmapCheckpoint {
 /// renamed aside to `<path>.corrupt-<unix nanos>` (it is never overwritten). An I/O
 /// error is an error: nothing can be concluded about the file.
 fn open_existing(path: &Path) -> io::Result<Existing> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(file) => file,
+    let file = match safefs::open_rw(path) {
+        Ok(file) => Some(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Missing),
+        // A link in its place is never followed, nor left in the way: moved aside (the
+        // link, not its target) like a damaged file.
+        Err(e) if safefs::is_symlink_error(&e) => None,
         Err(e) => return Err(io_ctx("open", path)(e)),
     };
-    match read_file_layout(&file, path) {
-        Ok(layout) => {
-            let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
-            Ok(Existing::Valid(file, map, layout))
-        }
-        Err(CheckpointError::Io(msg)) => Err(io::Error::other(msg)),
-        Err(error) => {
-            drop(file);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let moved_to = with_suffix(path, &format!(".corrupt-{nanos}"));
-            fs::rename(path, &moved_to).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "rename of {} to {}: {e}",
-                        path.display(),
-                        moved_to.display()
-                    ),
-                )
-            })?;
-            Ok(Existing::Damaged { error, moved_to })
-        }
-    }
+    let error = match file {
+        Some(file) => match read_file_layout(&file, path) {
+            Ok(layout) => {
+                let map = MmapRaw::map_raw(&file).map_err(io_ctx("mmap", path))?;
+                return Ok(Existing::Valid(file, map, layout));
+            }
+            Err(CheckpointError::Io(msg)) => return Err(io::Error::other(msg)),
+            Err(error) => error,
+        },
+        None => CheckpointError::Io("a symbolic link (never followed)".to_string()),
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let moved_to = with_suffix(path, &format!(".corrupt-{nanos}"));
+    fs::rename(path, &moved_to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "rename of {} to {}: {e}",
+                path.display(),
+                moved_to.display()
+            ),
+        )
+    })?;
+    Ok(Existing::Damaged { error, moved_to })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1328,6 +1474,16 @@ impl MmapCheckpoint {
     /// see the invariant at the top of this section. If the file is missing or damaged
     /// (then renamed aside), a fresh one is made, large enough for the disk copy twice.
     pub fn restore(mmap_path: &Path, disk_path: &Path) -> io::Result<Restore> {
+        Self::restore_owned(mmap_path, disk_path, None)
+    }
+
+    /// [`restore`](Self::restore) for `owner`: a candidate of another owner is rejected
+    /// ([`CheckpointError::Foreign`]), and the writer names `owner` in what it writes.
+    pub fn restore_owned(
+        mmap_path: &Path,
+        disk_path: &Path,
+        owner: Option<&OwnerTag>,
+    ) -> io::Result<Restore> {
         let mut rejected = Vec::new();
         let mut reject = |source: Source, path: &Path, error: CheckpointError| {
             if !matches!(error, CheckpointError::Missing | CheckpointError::Empty) {
@@ -1340,7 +1496,7 @@ impl MmapCheckpoint {
         };
         let mut candidates = Vec::with_capacity(3);
         let disk = open_disk_copy(disk_path).and_then(|(file, len)| {
-            read_header_at(&file, 0, Limit::FileLen(len), disk_path).map(|h| (file, h))
+            read_header_at(&file, 0, Limit::FileLen(len), disk_path, owner).map(|h| (file, h))
         });
         match disk {
             Ok((file, header)) => candidates.push(Candidate {
@@ -1355,8 +1511,13 @@ impl MmapCheckpoint {
             Existing::Valid(file, map, layout) => {
                 for i in 0..2 {
                     let offset = layout.slot_offset(i);
-                    match read_header_at(&file, offset, Limit::Capacity(layout.capacity), mmap_path)
-                    {
+                    match read_header_at(
+                        &file,
+                        offset,
+                        Limit::Capacity(layout.capacity),
+                        mmap_path,
+                        owner,
+                    ) {
                         Ok(header) => candidates.push(Candidate {
                             source: Source::slot(i),
                             header,
@@ -1377,6 +1538,7 @@ impl MmapCheckpoint {
                 Self::create(mmap_path, disk_len.saturating_mul(2))?
             }
         };
+        writer.owner = owner.copied();
         candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.key()));
         let mut chosen = None;
         let mut payload = RestoredPayload::None;
@@ -1580,13 +1742,7 @@ fn build_file(
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_ctx("remove", &tmp)(e)),
         _ => {}
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_ctx("create", &tmp))?;
+    let file = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
     let built = (|| {
         let write =
             |buf: &[u8], off: u64| file.write_all_at(buf, off).map_err(io_ctx("write", &tmp));
@@ -1637,6 +1793,7 @@ fn build_file(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs::OpenOptions;
 
     fn dir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap()
@@ -1723,13 +1880,71 @@ mod tests {
             Err(CheckpointError::PayloadChecksum { .. })
         ));
         // A future version with a valid header checksum.
-        let mut v2 = rec.clone();
-        put_u32(&mut v2, 8, 2);
-        let crc = crc32c::crc32c(&v2[..60]);
-        put_u32(&mut v2, 60, crc);
+        let mut v3 = rec.clone();
+        put_u32(&mut v3, 8, 3);
+        let crc = crc32c::crc32c(&v3[..60]);
+        put_u32(&mut v3, 60, crc);
         assert_eq!(
-            decode_record(&v2),
-            Err(CheckpointError::UnsupportedVersion(2))
+            decode_record(&v3),
+            Err(CheckpointError::UnsupportedVersion(3))
+        );
+    }
+
+    #[test]
+    fn a_record_of_another_owner_is_refused_and_one_without_an_owner_read() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let ours = OwnerTag::new("a", [1; 16]);
+        let other_actor = OwnerTag::new("b", [1; 16]);
+        let other_dir = OwnerTag::new("a", [2; 16]);
+        assert!(ours.is_actor("a") && !ours.is_actor("b"));
+        write_disk_copy_owned(&dp, 5, 50, b"b's state", Some(&other_actor)).unwrap();
+        for (expect, refused) in [
+            (Some(&ours), true),
+            (Some(&other_actor), false),
+            (None, false),
+        ] {
+            let s = scan_owned(&mp, &dp, expect);
+            assert_eq!(s.chosen.is_none(), refused, "{expect:?}");
+            let r = read_disk_copy_owned(&dp, expect);
+            assert_eq!(r.is_err(), refused);
+        }
+        let e = read_disk_copy_owned(&dp, Some(&ours)).unwrap_err();
+        assert_eq!(
+            e,
+            CheckpointError::Foreign {
+                found: other_actor,
+                expected: ours
+            }
+        );
+        assert!(e.to_string().contains("belongs to actor #"), "{e}");
+        // The worker's restore refuses it too, and names its own owner from then on.
+        let r = MmapCheckpoint::restore_owned(&mp, &dp, Some(&ours)).unwrap();
+        assert!(r.chosen.is_none());
+        assert!(
+            r.rejected
+                .iter()
+                .any(|x| matches!(x.error, CheckpointError::Foreign { .. }))
+        );
+        let mut w = r.writer;
+        w.write(1, 1, b"mine").unwrap();
+        drop(w);
+        let slots = read_mmap_slots_owned(&mp, Some(&other_dir));
+        assert!(
+            slots
+                .iter()
+                .any(|(_, r)| matches!(r, Err(CheckpointError::Foreign { .. })))
+        );
+        assert!(
+            read_mmap_slots_owned(&mp, Some(&ours))
+                .iter()
+                .any(|(_, r)| r.is_ok())
+        );
+        // A version-1 record (no owner) is read by every reader.
+        write_disk_copy(&dp, 9, 90, b"old").unwrap();
+        assert_eq!(
+            read_disk_copy_owned(&dp, Some(&ours)).unwrap().payload,
+            b"old"
         );
     }
 
@@ -1868,7 +2083,7 @@ mod tests {
 
         // Kill mid-header: half of a new header over the zeroed one.
         let (m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
-        let h = encode_header(3, 30, b"third");
+        let h = encode_header(3, 30, b"third", None);
         m.copy_in(a, &h[..40]).unwrap();
         drop(m);
         let s = scan(&mp, &dp);
@@ -2106,7 +2321,7 @@ mod tests {
         let d = dir();
         let (mp, dp) = paths(&d);
         // Record header with a valid checksum and an absurd payload length.
-        let mut h = encode_header(1, 1, b"");
+        let mut h = encode_header(1, 1, b"", None);
         put_u64(&mut h, 32, u64::MAX);
         let crc = crc32c::crc32c(&h[..60]);
         put_u32(&mut h, 60, crc);
@@ -2132,7 +2347,7 @@ mod tests {
             Err(CheckpointError::TooLarge(u64::MAX))
         );
         // A slot length just above the capacity.
-        let mut h2 = encode_header(1, 1, b"");
+        let mut h2 = encode_header(1, 1, b"", None);
         put_u64(&mut h2, 32, MIN_CAPACITY + 1);
         let crc = crc32c::crc32c(&h2[..60]);
         put_u32(&mut h2, 60, crc);
@@ -2176,6 +2391,40 @@ mod tests {
             (2, 3, &b"payload 2"[..])
         );
         assert_eq!(fs::read(&dp).unwrap(), encode_record(2, 3, b"payload 2"));
+    }
+
+    #[test]
+    fn links_in_place_of_checkpoint_files_are_never_followed() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        // A link at the temp file: removed, the copy written, the target untouched.
+        std::os::unix::fs::symlink(&victim, with_suffix(&dp, ".tmp")).unwrap();
+        write_disk_copy(&dp, 1, 2, b"payload").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(read_disk_copy(&dp).unwrap().payload, b"payload");
+        // A link as the disk copy or the mmap file (even to a valid one) is not read.
+        let other = d.path().join("other.checkpoint");
+        write_disk_copy(&other, 5, 5, b"other's").unwrap();
+        fs::remove_file(&dp).unwrap();
+        std::os::unix::fs::symlink(&other, &dp).unwrap();
+        let e = read_disk_copy(&dp).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(&victim, &mp).unwrap();
+        let s = scan(&mp, &dp);
+        assert!(s.chosen.is_none(), "{s:?}");
+        // The worker moves the link aside (not its target) and makes a file of its own.
+        let (_, moved) = MmapCheckpoint::open(&mp, 0).unwrap();
+        let moved = moved.unwrap();
+        assert!(
+            fs::symlink_metadata(&moved)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!fs::symlink_metadata(&mp).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]
@@ -2599,7 +2848,7 @@ mod tests {
             version in prop_oneof![Just(1u32), any::<u32>()],
             tail in proptest::collection::vec(any::<u8>(), 0..200),
         ) {
-            let mut h = encode_header(generation, last_seq, b"");
+            let mut h = encode_header(generation, last_seq, b"", None);
             put_u32(&mut h, 8, version);
             put_u64(&mut h, 32, len);
             put_u32(&mut h, 40, crc);

@@ -301,6 +301,9 @@ pub struct SupervisorConfig {
     pub allowed_uids: Vec<u32>,
     /// Permission bits of the control socket (<= 0o777).
     pub socket_mode: u32,
+    /// Start even if `state_dir` or `runtime_dir` is owned by another user or writable
+    /// by group or others (refused by default).
+    pub allow_shared_dirs: bool,
     /// Where to serve `GET /metrics` over HTTP (None: no HTTP listener).
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -515,6 +518,7 @@ impl Config {
                 standby_workers: DEFAULT_STANDBY_WORKERS,
                 allowed_uids: Vec::new(),
                 socket_mode: DEFAULT_SOCKET_MODE,
+                allow_shared_dirs: false,
                 metrics_listen: None,
             },
             actors: Vec::new(),
@@ -643,6 +647,16 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "Permission bits of the control socket, an octal string: \"0600\" to \"0777\" with \
              the owner's read and write bits set (without them not even the supervisor's own \
              user could connect).",
+        ),
+        (
+            "supervisor",
+            "allow_shared_dirs",
+            "false".to_string(),
+            "run refuses to start when state_dir or runtime_dir is owned by another user or \
+             writable by its group or by everyone: whoever can write there can swap, plant or \
+             delete the actors' state. true accepts such a directory (e.g. one group of \
+             trusted operators); files and directories run creates are private (0600/0700) \
+             either way.",
         ),
         (
             "supervisor",
@@ -915,6 +929,7 @@ struct RawSupervisor {
     standby_workers: Option<Spanned<Int>>,
     allowed_uids: Option<Vec<Spanned<Int>>>,
     socket_mode: Option<Spanned<ModeText>>,
+    allow_shared_dirs: Option<bool>,
     metrics_listen: Option<Spanned<AddrText>>,
 }
 
@@ -1835,6 +1850,7 @@ impl Checker<'_> {
             standby_workers,
             allowed_uids,
             socket_mode,
+            allow_shared_dirs: raw.allow_shared_dirs.unwrap_or(defaults.allow_shared_dirs),
             metrics_listen,
         }
     }
@@ -4583,7 +4599,7 @@ group = -1
             assert!(keys.contains(&k.to_string()), "{k}");
         }
         assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 19);
-        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 13);
+        assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 14);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
         // The parser accepts exactly the keys of the reference: compare with the list its

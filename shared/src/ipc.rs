@@ -47,7 +47,7 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 5;
+pub const IPC_VERSION: u32 = 6;
 /// Largest reply a worker sends (as an exec program's `R` body); a larger result is
 /// answered with an error instead (the call did run), so it can never make its worker
 /// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
@@ -120,6 +120,9 @@ pub struct Init {
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
     pub privileges: Privileges,
+    /// The id of the state directory (all zeros: none): the worker refuses checkpoints
+    /// of another actor or state directory and names its own in what it writes.
+    pub state_dir_id: [u8; 16],
 }
 
 /// The program of an `exec` actor, as the worker starts it.
@@ -158,6 +161,8 @@ pub struct Privileges {
 }
 
 /// Supervisor → worker.
+// `Init` is sent once per worker and moved, never kept in bulk: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     /// (Boxed: the other messages are small; the encoding is the same as `Init`'s.)
@@ -477,6 +482,7 @@ mod tests {
                 cwd: b"/".to_vec(),
             }),
             privileges: Privileges::default(),
+            state_dir_id: [7; 16],
         };
         assert!(matches!(init_message(init(10)).unwrap(), ToWorker::Init(i) if *i == init(10)));
         match init_message(init(SHM_THRESHOLD)).unwrap() {

@@ -13,3 +13,4 @@ pub mod export;
 pub mod hugepages;
 pub mod ipc;
 pub mod protocol;
+pub mod safefs;

@@ -99,6 +99,9 @@ pub enum Op {
     },
     Restart {
         actor: String,
+        /// Revive an actor held DEAD because its state files are damaged or gone,
+        /// accepting the loss (`"fresh": true`).
+        fresh: bool,
     },
     /// Re-read the config file and apply the changes (like SIGHUP).
     Reload,
@@ -153,6 +156,8 @@ struct WireRequest<'a> {
     key: Option<String>,
     /// An import's export file, in base64.
     file: Option<String>,
+    /// A restart's `fresh` flag.
+    fresh: Option<bool>,
     /// The [`Field`]s present (bits of [`Field::bit`]).
     present: u8,
     /// The first field that no op takes, by name.
@@ -168,6 +173,7 @@ enum Field {
     Args,
     Key,
     File,
+    Fresh,
     Other(String),
 }
 
@@ -179,22 +185,23 @@ impl Field {
     const KEY: u8 = 8;
     /// Above `id`'s and `op`'s bits (16, 32).
     const FILE: u8 = 64;
+    const FRESH: u8 = 128;
     /// The optional fields, each with its bit, in the order they are reported.
-    const OPTIONAL: [(u8, &'static str); 5] = [
+    const OPTIONAL: [(u8, &'static str); 6] = [
         (Field::ACTOR, "actor"),
         (Field::METHOD, "method"),
         (Field::ARGS, "args"),
         (Field::KEY, "key"),
         (Field::FILE, "file"),
+        (Field::FRESH, "fresh"),
     ];
 
     /// The bits of the fields `op` takes (besides `id` and `op`); None for an unknown op.
     fn taken_by(op: &str) -> Option<u8> {
         Some(match op {
             "call" => Field::ACTOR | Field::METHOD | Field::ARGS | Field::KEY,
-            "checkpoint" | "restart" | "stop_actor" | "start_actor" | "pid" | "export" => {
-                Field::ACTOR
-            }
+            "checkpoint" | "stop_actor" | "start_actor" | "pid" | "export" => Field::ACTOR,
+            "restart" => Field::ACTOR | Field::FRESH,
             "import" => Field::ACTOR | Field::FILE,
             "status" | "reload" | "stop" | "metrics" | "subscribe" => 0,
             _ => return None,
@@ -219,6 +226,7 @@ impl<'de> Deserialize<'de> for Field {
                     "args" => Field::Args,
                     "key" => Field::Key,
                     "file" => Field::File,
+                    "fresh" => Field::Fresh,
                     other => Field::Other(other.to_string()),
                 })
             }
@@ -252,6 +260,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                 let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
                     (None, None, None, None, None, None);
                 let mut file = None;
+                let mut fresh = None;
                 let mut unknown = None;
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
@@ -283,6 +292,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                             seen(Field::FILE, "file")?;
                             file = map.next_value::<Option<String>>()?;
                         }
+                        Field::Fresh => {
+                            seen(Field::FRESH, "fresh")?;
+                            fresh = map.next_value::<Option<bool>>()?;
+                        }
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -297,6 +310,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     args,
                     key: idem_key,
                     file,
+                    fresh,
                     present,
                     unknown,
                 })
@@ -392,6 +406,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         },
         "restart" => Op::Restart {
             actor: need_actor(wire.actor, "restart")?,
+            fresh: wire.fresh.unwrap_or(false),
         },
         "stop_actor" => Op::StopActor {
             actor: need_actor(wire.actor, "stop_actor")?,
@@ -539,7 +554,10 @@ mod tests {
             parse_request(br#"{"id":"a","op":"restart","actor":"kv"}"#)
                 .unwrap()
                 .op,
-            Op::Restart { actor: "kv".into() }
+            Op::Restart {
+                actor: "kv".into(),
+                fresh: false
+            }
         );
     }
 

@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use resurgam_shared::checkpoint::{
-    self, Checkpoint, FORMAT_VERSION, MmapCheckpoint, Source, decode_record, encode_record,
+    self, Checkpoint, FORMAT_VERSION, MmapCheckpoint, OWNED_FORMAT_VERSION, OwnerTag, Source,
+    decode_record, encode_record, encode_record_owned,
 };
 
 const FIXTURE: &[u8] = include_bytes!("data/checkpoint_v1.bin");
@@ -94,4 +95,47 @@ fn checkpoint_v1_mmap_layout_is_readable() {
     let mut head = [0u8; 8];
     f.read_exact_at(&mut head, 4096).unwrap();
     assert_eq!(&head, b"RSGCKPT1");
+}
+
+/// `tests/data/checkpoint_v2.bin`: a disk-copy record of format 2, naming its owner
+/// (actor `kv`, state dir id 00 01 … 0f), written once from the documented layout.
+/// Never regenerate it.
+const FIXTURE_V2: &[u8] = include_bytes!("data/checkpoint_v2.bin");
+const PAYLOAD_V2: &[u8] = b"resurgam checkpoint v2 fixture\x00\x01\x7f\x80\xfe\xff";
+
+fn owner_v2() -> OwnerTag {
+    OwnerTag::new("kv", std::array::from_fn(|i| i as u8))
+}
+
+#[test]
+fn checkpoint_v2_fixture_decodes_for_its_owner_only() {
+    assert_eq!(OWNED_FORMAT_VERSION, 2);
+    assert_eq!(FIXTURE_V2[8..12], 2u32.to_le_bytes());
+    assert_eq!(FIXTURE_V2[12..16], crc32c::crc32c(b"kv").to_le_bytes());
+    let want = Checkpoint {
+        generation: GENERATION,
+        last_seq: LAST_SEQ,
+        payload: PAYLOAD_V2.to_vec(),
+    };
+    assert_eq!(decode_record(FIXTURE_V2), Ok(want.clone()));
+    assert_eq!(
+        encode_record_owned(GENERATION, LAST_SEQ, PAYLOAD_V2, Some(&owner_v2())),
+        FIXTURE_V2
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_v2.bin");
+    assert_eq!(
+        checkpoint::read_disk_copy_owned(&path, Some(&owner_v2())),
+        Ok(want)
+    );
+    let other = OwnerTag::new("other", std::array::from_fn(|i| i as u8));
+    assert!(matches!(
+        checkpoint::read_disk_copy_owned(&path, Some(&other)),
+        Err(checkpoint::CheckpointError::Foreign { .. })
+    ));
+    // A version-1 record is read whoever is expected.
+    let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_v1.bin");
+    assert_eq!(
+        checkpoint::read_disk_copy_owned(&v1, Some(&other)),
+        Ok(expected())
+    );
 }

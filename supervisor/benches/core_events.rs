@@ -53,6 +53,7 @@ impl Sim {
             start_seq: 0,
             recovered: Vec::new(),
             log_range: None,
+            held: None,
         };
         let now = Instant::now();
         let mut sim = Sim {

@@ -10,15 +10,20 @@
 //! by the calls since the older of the two newest checkpoints plus one segment.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::fcntl::OFlag;
+
 use crossbeam_channel::Receiver;
 
-use resurgam_shared::calllog::{self, LogRecord, Recovered, Stop};
+use resurgam_shared::calllog::{self, LogOwner, LogRecord, Recovered, Stop};
 use resurgam_shared::ipc::Call;
+use resurgam_shared::safefs::Dir;
 
 use crate::core::{ActorId, Event};
 use crate::shell::{LoopTx, ShellEvent};
@@ -50,13 +55,19 @@ struct Segment {
 /// One actor's log writer.
 pub struct ActorLog {
     name: String,
-    dir: PathBuf,
+    /// The log directory's path; `dir` holds it open once it exists.
+    path: PathBuf,
+    dir: Option<Dir>,
     fsync: bool,
     current: Option<Segment>,
     /// Closed segments: (last seq, path), oldest first.
     closed: VecDeque<(Option<u64>, PathBuf)>,
     sink: Box<dyn Sink>,
     buf: Vec<u8>,
+    /// The state directory's manifest records that this actor has a log.
+    pub recorded: bool,
+    /// Named by the owner record each new segment begins with.
+    owner: Option<LogOwner>,
 }
 
 /// Why a call log operation failed, with the file it concerns.
@@ -81,118 +92,171 @@ fn ctx(op: &'static str, path: &Path) -> impl Fn(std::io::Error) -> LogError {
     }
 }
 
-/// Fsyncs a directory so that a created, renamed or deleted entry is durable.
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ctx("fsync directory", dir))
+/// A file that should be there and is not.
+fn gone(op: &'static str, path: &Path) -> LogError {
+    LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: std::io::ErrorKind::NotFound.into(),
+    }
+}
+
+/// The file name of a path in a log directory (segments are always named).
+fn name_of(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or(path.as_os_str())
+}
+
+/// Moves the damaged segments of `found` (and those recovery did not read) into a new
+/// `quarantine-<nanos>/` folder of `dir`, and puts each damaged segment's good prefix
+/// back under its name. Crash-atomic: a damaged segment is first linked into the
+/// quarantine (its bytes never move, whatever its size), its good prefix written to a
+/// new file and fsync'd, and only then renamed over the damaged one; every directory is
+/// fsync'd. A crash at any point leaves the damaged segment in place or in the
+/// quarantine, never neither. Returns the quarantine's path.
+fn quarantine(dir: &Dir, found: &Recovered) -> Result<PathBuf, LogError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let qname = OsString::from(format!("quarantine-{stamp}"));
+    let qpath = dir.join(&qname);
+    let q = dir
+        .subdir(&qname, true)
+        .map_err(ctx("create", &qpath))?
+        .ok_or_else(|| gone("create", &qpath))?;
+    for info in found.segments.iter().filter(|s| s.damaged()) {
+        let name = name_of(&info.path);
+        if info.last_seq.is_none() {
+            dir.rename(name, &q, name)
+                .map_err(ctx("move aside", &info.path))?;
+            continue;
+        }
+        let tmp = OsString::from(format!("{}.rewrite", name.to_string_lossy()));
+        let tmp_path = dir.join(&tmp);
+        dir.remove(&tmp).map_err(ctx("remove", &tmp_path))?;
+        let mut out = dir
+            .create_file(&tmp, OFlag::empty())
+            .map_err(ctx("create", &tmp_path))?;
+        let src = dir
+            .open_file(name, OFlag::O_RDONLY)
+            .map_err(ctx("open", &info.path))?
+            .ok_or_else(|| gone("open", &info.path))?;
+        let copied = std::io::copy(&mut (&src).take(info.good_len), &mut out)
+            .map_err(ctx("copy the good records of", &info.path))?;
+        if copied != info.good_len {
+            return Err(gone("copy the good records of", &info.path));
+        }
+        out.sync_all().map_err(ctx("fsync", &tmp_path))?;
+        nix::unistd::linkat(
+            dir.as_fd(),
+            name,
+            q.as_fd(),
+            name,
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(|e| LogError::Io {
+            op: "link into the quarantine",
+            path: info.path.clone(),
+            source: e.into(),
+        })?;
+        q.sync().map_err(ctx("fsync", &qpath))?;
+        dir.rename(&tmp, dir, name)
+            .map_err(ctx("replace", &info.path))?;
+    }
+    for p in &found.unread {
+        dir.rename(name_of(p), &q, name_of(p))
+            .map_err(ctx("move aside", p))?;
+    }
+    q.sync().map_err(ctx("fsync", &qpath))?;
+    dir.sync().map_err(ctx("fsync", dir.path()))?;
+    Ok(qpath)
 }
 
 impl ActorLog {
-    /// Reads the actor's log (if any) and prepares it for appending. A torn tail is cut
-    /// off; a log that stops early (corruption) has the bad segment and everything after
-    /// it moved into a `quarantine-<time>` folder and its good prefix rewritten, so that
-    /// new records never follow a bad one. Returns the good records and what was found.
+    /// Reads the actor's log (if any) and prepares it for appending; `covered` is the
+    /// `last_seq` of the newest checkpoint on file. A torn tail is cut off. Damage is
+    /// quarantined ([`quarantine`]) before anything is cut, so new records never follow
+    /// a bad one; when acknowledged calls may be lost, [`Opened::lost`] says why.
     pub fn open(
         state_dir: &Path,
         name: &str,
         fsync: bool,
         sink: Box<dyn Sink>,
+        covered: u64,
+        state_dir_id: Option<&str>,
     ) -> Result<Opened, LogError> {
-        let dir = calllog::log_dir(state_dir, name);
-        let Recovered {
-            segments,
-            unread,
-            records,
-            first_seq,
-            last_seq,
-            mut problems,
-            stopped_early,
-            ..
-        } = calllog::recover(&dir);
-        let mut log = ActorLog {
+        let path = calllog::log_dir(state_dir, name);
+        let owner = state_dir_id.map(|dir| LogOwner {
+            actor: name.to_string(),
+            dir: dir.to_string(),
+        });
+        let found = calllog::recover_covered(&path, covered, owner.as_ref());
+        // A link in place of the directory was refused by the recovery (and is `lost`).
+        let dir = match Dir::open(&path) {
+            Ok(d) => d,
+            Err(e) if found.lost.is_some() => {
+                tracing::debug!(error = %e, "log directory not usable");
+                None
+            }
+            Err(e) => return Err(ctx("open", &path)(e)),
+        };
+        let mut problems = found.problems.clone();
+        if let Some(dir) = &dir {
+            if found.segments.iter().any(|s| s.damaged()) || !found.unread.is_empty() {
+                let q = quarantine(dir, &found)?;
+                problems.push(format!(
+                    "the damaged segments and the {} after them that could not be used were \
+                     moved to {} (byte for byte); each damaged one's good records were put back",
+                    found.unread.len(),
+                    q.display()
+                ));
+            } else if let Some(last) = found.segments.last()
+                && matches!(last.stop, Some(Stop::TornTail { .. }))
+            {
+                // A crash mid-append: cut the torn record off so appends follow good data.
+                let f = dir
+                    .open_file(name_of(&last.path), OFlag::O_WRONLY)
+                    .map_err(ctx("open", &last.path))?
+                    .ok_or_else(|| gone("open", &last.path))?;
+                f.set_len(last.good_len)
+                    .and_then(|()| f.sync_all())
+                    .map_err(ctx("truncate torn tail of", &last.path))?;
+            }
+        }
+        let mut closed = VecDeque::new();
+        if let Some(dir) = &dir {
+            for (_, seg) in calllog::segments_of(dir).map_err(ctx("list", &path))? {
+                let p = dir.join(&seg);
+                match found.segments.iter().find(|s| s.path == p) {
+                    // Nothing but a torn record or nothing at all (a crash right after
+                    // the file was created): it would only be in the way of the next
+                    // append, which may want this very name.
+                    Some(info) if info.last_seq.is_none() => {
+                        dir.remove(&seg).map_err(ctx("remove empty segment", &p))?;
+                    }
+                    Some(info) => closed.push_back((info.last_seq, p)),
+                    // Not read (it appeared meanwhile): never ours to delete.
+                    None => {}
+                }
+            }
+        }
+        let log = ActorLog {
             name: name.to_string(),
-            dir: dir.clone(),
+            path,
+            dir,
             fsync,
             current: None,
-            closed: VecDeque::new(),
+            closed,
             sink,
             buf: Vec::new(),
+            recorded: false,
+            owner,
         };
-        if stopped_early {
-            let bad = segments.last().map(|s| s.path.clone());
-            let quarantine = dir.join(format!(
-                "quarantine-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
-            ));
-            std::fs::create_dir_all(&quarantine).map_err(ctx("create", &quarantine))?;
-            for p in bad.iter().chain(unread.iter()) {
-                if let Some(file_name) = p.file_name() {
-                    std::fs::rename(p, quarantine.join(file_name)).map_err(ctx("move aside", p))?;
-                }
-            }
-            problems.push(format!(
-                "recovery stopped early: the damaged segment and {} later ones were moved to {}; calls after the last good record are lost",
-                unread.len(),
-                quarantine.display()
-            ));
-            // Rewrite the good records of the damaged segment as a fresh segment.
-            if let Some(info) = segments.last() {
-                let keep: Vec<&LogRecord> =
-                    records.iter().filter(|r| r.seq >= info.first_seq).collect();
-                if let Some(first) = keep.first() {
-                    let path = dir.join(calllog::segment_name(first.seq));
-                    let mut bytes = Vec::new();
-                    for r in &keep {
-                        calllog::encode_into(&mut bytes, r.seq, &r.method, &r.args);
-                    }
-                    std::fs::write(&path, &bytes).map_err(ctx("rewrite", &path))?;
-                    File::open(&path)
-                        .and_then(|f| f.sync_all())
-                        .map_err(ctx("fsync", &path))?;
-                }
-            }
-            sync_dir(&dir)?;
-        } else if let Some(last) = segments.last()
-            && matches!(last.stop, Some(Stop::TornTail { .. }))
-        {
-            // A crash mid-append: cut the torn record off so appends follow good data.
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&last.path)
-                .map_err(ctx("open", &last.path))?;
-            f.set_len(last.good_len)
-                .and_then(|()| f.sync_all())
-                .map_err(ctx("truncate torn tail of", &last.path))?;
-        }
-        let on_disk = calllog::list_segments(&dir).map_err(ctx("list", &dir))?;
-        for (i, (first, path)) in on_disk.iter().enumerate() {
-            let next = on_disk.get(i + 1).map_or(u64::MAX, |s| s.0);
-            let last = records
-                .iter()
-                .map(|r| r.seq)
-                .filter(|&s| s >= *first && s < next)
-                .max();
-            let holds_anything = segments
-                .iter()
-                .find(|s| s.path == *path)
-                .is_none_or(|s| s.last_seq.is_some());
-            if last.is_none() && !holds_anything {
-                // Nothing but a torn record or nothing at all (a crash right after the
-                // file was created): it would only be in the way of the next append,
-                // which may want this very name.
-                std::fs::remove_file(path).map_err(ctx("remove empty segment", path))?;
-                continue;
-            }
-            log.closed.push_back((last, path.clone()));
-        }
         Ok(Opened {
             log,
-            records,
-            range: first_seq.zip(last_seq),
+            range: found.first_seq.zip(found.last_seq),
+            records: found.records,
             problems,
+            lost: found.lost,
         })
     }
 
@@ -244,21 +308,46 @@ impl ActorLog {
     }
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), LogError> {
-        std::fs::create_dir_all(&self.dir).map_err(ctx("create", &self.dir))?;
-        let path = self.dir.join(calllog::segment_name(first_seq));
+        if self.dir.is_none() {
+            self.dir = Some(Dir::create(&self.path).map_err(ctx("create", &self.path))?);
+        }
+        let Some(dir) = &self.dir else {
+            return Err(LogError::NoSegment);
+        };
+        let name = OsString::from(calllog::segment_name(first_seq));
+        let path = dir.join(&name);
         // Never keep the file we append to on the list of closed (deletable) segments.
         self.closed.retain(|(_, p)| *p != path);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(ctx("create", &path))?;
-        let len = file.metadata().map_err(ctx("stat", &path))?.len();
+        let flags = OFlag::O_WRONLY | OFlag::O_APPEND;
+        let file = match dir.open_file(&name, flags).map_err(ctx("open", &path))? {
+            Some(f) => f,
+            None => dir
+                .create_file(&name, flags)
+                .map_err(ctx("create", &path))?,
+        };
+        let mut len = file.metadata().map_err(ctx("stat", &path))?.len();
+        if len == 0
+            && let Some(owner) = &self.owner
+        {
+            // Every segment begins by naming whose it is (a failed write leaves a torn
+            // record only, which the next start cuts off).
+            self.buf.clear();
+            calllog::encode_into(
+                &mut self.buf,
+                first_seq,
+                calllog::OWNER_METHOD,
+                &owner.encode(),
+            );
+            self.sink
+                .write_all(&file, &self.buf)
+                .map_err(ctx("append to", &path))?;
+            len = self.buf.len() as u64;
+        }
         if self.fsync {
             if let Some(old) = &self.current {
                 old.file.sync_data().map_err(ctx("fsync", &old.path))?;
             }
-            sync_dir(&self.dir)?;
+            dir.sync().map_err(ctx("fsync directory", dir.path()))?;
         }
         if let Some(old) = self.current.take() {
             self.closed.push_back((old.last, old.path));
@@ -291,17 +380,17 @@ impl ActorLog {
 
     /// Deletes closed segments whose calls are all covered (seq <= `upto`).
     pub fn truncate(&mut self, upto: u64) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
         let mut removed = false;
         while let Some((last, path)) = self.closed.front() {
             if last.is_none_or(|l| l <= upto) {
-                match std::fs::remove_file(path) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(actor = %self.name, path = %path.display(), error = %e, "cannot delete a covered log segment");
-                        return;
-                    }
+                if let Err(e) = dir.remove(name_of(path)) {
+                    tracing::warn!(actor = %self.name, path = %path.display(), error = %e, "cannot delete a covered log segment");
+                    return;
                 }
+                removed = true;
                 self.closed.pop_front();
             } else {
                 break;
@@ -314,12 +403,12 @@ impl ActorLog {
             .is_some_and(|seg| seg.len >= SEGMENT_BYTES / 8 && seg.last.is_some_and(|l| l <= upto));
         if covered
             && let Some(seg) = self.current.take()
-            && std::fs::remove_file(&seg.path).is_ok()
+            && dir.remove(name_of(&seg.path)).is_ok()
         {
             removed = true;
         }
         if removed && self.fsync {
-            let _ = sync_dir(&self.dir);
+            let _ = dir.sync();
         }
     }
 }
@@ -333,6 +422,8 @@ pub struct Opened {
     pub range: Option<(u64, u64)>,
     /// Torn tails, corruption, quarantined segments: for the operator's log.
     pub problems: Vec<String>,
+    /// Why acknowledged calls may be lost, when they may be: the actor is held DEAD.
+    pub lost: Option<String>,
 }
 
 /// A request to the fsync thread: make `file` durable, then report `upto` for `actor`.
@@ -391,6 +482,7 @@ pub fn start_fsync_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn call(seq: u64) -> Call {
         Call {
@@ -422,13 +514,13 @@ mod tests {
     #[test]
     fn append_recover_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert!(recs.is_empty() && problems.is_empty());
         log.append(&[call(1), call(2)]).unwrap();
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -440,9 +532,16 @@ mod tests {
     #[test]
     fn a_failed_append_leaves_no_partial_record_and_later_appends_work() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(FullDisk { budget: 40 }))
-            .unwrap()
-            .log;
+        let mut log = ActorLog::open(
+            dir.path(),
+            "a",
+            false,
+            Box::new(FullDisk { budget: 40 }),
+            0,
+            None,
+        )
+        .unwrap()
+        .log;
         log.append(&[call(1)]).unwrap();
         let err = log.append(&[call(2), call(3)]).unwrap_err();
         // Typed: the operation, the segment and the OS error.
@@ -458,7 +557,7 @@ mod tests {
         log.sink = Box::new(RealSink);
         log.append(&[call(4)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
         assert!(problems.is_empty(), "{problems:?}");
@@ -467,7 +566,7 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_appends_continue_after_good_data() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();
@@ -475,13 +574,13 @@ mod tests {
         drop(log);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.len(), 2);
         assert_eq!(problems.len(), 1, "{problems:?}");
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -493,7 +592,7 @@ mod tests {
     #[test]
     fn corruption_is_quarantined_and_the_good_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2), call(3)]).unwrap();
@@ -507,9 +606,10 @@ mod tests {
         };
         bytes[one + 12] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        assert!(o.lost.is_some_and(|l| l.contains("calls from seq 2 on")));
         assert!(
             problems.iter().any(|p| p.contains("corrupt")),
             "{problems:?}"
@@ -518,39 +618,81 @@ mod tests {
             problems.iter().any(|p| p.contains("quarantine")),
             "{problems:?}"
         );
-        log.append(&[call(4)]).unwrap();
+        // The damaged bytes are in the quarantine, whole; the good record is in place.
+        let q: Vec<PathBuf> = std::fs::read_dir(seg.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(q.len(), 1);
+        assert_eq!(
+            std::fs::read(q[0].join(seg.file_name().unwrap())).unwrap(),
+            bytes
+        );
+        assert_eq!(std::fs::read(&seg).unwrap(), &bytes[..one]);
+        // Once the operator accepted the loss, calls go on from seq 2.
+        log.append(&[call(2)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
-        let (recs, problems) = (o.records, o.problems);
-        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
-        assert!(problems.is_empty(), "{problems:?}");
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        assert_eq!(
+            o.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(
+            o.problems.is_empty() && o.lost.is_none(),
+            "{:?}",
+            o.problems
+        );
+    }
+
+    #[test]
+    fn a_quarantine_rewrite_keeps_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
+            .unwrap()
+            .log;
+        log.append(&[call(1), call(2)]).unwrap();
+        log.cancel(3, &[2]).unwrap();
+        log.append(&[call(4)]).unwrap();
+        let seg = log.current.as_ref().unwrap().path.clone();
+        drop(log);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let l = bytes.len();
+        bytes[l - 1] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        for _ in 0..2 {
+            let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+            // The refused call stays refused, also on the second start.
+            assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+            assert_eq!(o.range, Some((1, 3)));
+        }
     }
 
     #[test]
     fn an_empty_segment_from_a_crash_is_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();
         drop(log);
         let empty = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(3));
         std::fs::write(&empty, b"").unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         assert!(!empty.exists());
         log.append(&[call(3)]).unwrap();
         log.truncate(2);
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink)).unwrap();
+        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
         assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]
     fn truncation_deletes_only_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink))
+        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
             .unwrap()
             .log;
         log.append(&[call(1), call(2)]).unwrap();

@@ -169,6 +169,10 @@ pub enum Command {
     Restart {
         /// The actor whose worker to restart.
         actor: String,
+        /// Revive an actor held DEAD because its state files are damaged or gone: start
+        /// it from what is left, accepting the loss (logged).
+        #[arg(long)]
+        fresh: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -333,9 +337,19 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
             |c| c.checkpoint(&actor),
             |v| render::checkpoint_line(&actor, v),
         ),
-        Command::Restart { actor, client } => request(
+        Command::Restart {
+            actor,
+            fresh,
+            client,
+        } => request(
             &client,
-            |c| c.restart(&actor),
+            |c| {
+                if fresh {
+                    c.restart_fresh(&actor)
+                } else {
+                    c.restart(&actor)
+                }
+            },
             |_| format!("restarting {actor}"),
         ),
         Command::Export {

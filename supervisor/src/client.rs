@@ -196,6 +196,12 @@ impl Client {
         self.request(json!({"op": "restart", "actor": actor}))
     }
 
+    /// Revives `actor` when it is held DEAD because its state files are damaged or
+    /// gone, accepting the loss: it starts from what is left of its state.
+    pub fn restart_fresh(&mut self, actor: &str) -> Result<Value, ClientError> {
+        self.request(json!({"op": "restart", "actor": actor, "fresh": true}))
+    }
+
     /// Asks the supervisor to re-read its config file; returns what changed.
     pub fn reload(&mut self) -> Result<Value, ClientError> {
         self.request(json!({"op": "reload"}))

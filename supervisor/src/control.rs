@@ -6,9 +6,11 @@
 //! peer credentials (SO_PEERCRED) are checked: root, the supervisor's own uid and
 //! `allowed_uids` may talk; anyone else gets one `Unauthorized` reply and is closed.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use resurgam_shared::safefs;
 
 use crate::error::SocketError;
 
@@ -27,6 +29,37 @@ pub fn max_connections(actors: usize) -> usize {
         .clamp(1, MAX_CONNECTIONS)
 }
 
+/// The lock file of the socket at `path` (`.<name>.lock` next to it; its directory is
+/// made private if absent), which keeps a second supervisor off the socket from its
+/// start, before it touches anything.
+pub fn lock_path(path: &Path) -> Result<PathBuf, SocketError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    safefs::create_dir_all_private(dir).map_err(|source| SocketError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let name = path.file_name().map_or_else(
+        || "control.sock".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let lock = dir.join(format!(".{name}.lock"));
+    // One another user planted there could hold it forever: refuse it, naming them.
+    if let Ok(meta) = std::fs::symlink_metadata(&lock)
+        && meta.uid() != nix::unistd::geteuid().as_raw()
+    {
+        return Err(SocketError::ForeignOwner {
+            path: lock,
+            kind: "a file",
+            owner: safefs::describe_uid(meta.uid()),
+            me: safefs::describe_uid(nix::unistd::geteuid().as_raw()),
+        });
+    }
+    Ok(lock)
+}
+
 /// Binds the socket, replacing a stale socket but never a live supervisor's, and never
 /// anything that is not a socket (a checkpoint, the config file: whatever a mistyped
 /// `socket` names).
@@ -35,12 +68,33 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+        safefs::create_dir_all_private(dir).map_err(|source| SocketError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Whatever another user put there (a file, a link, a listening socket) is theirs:
+        // never connected to, replaced or removed, and said so.
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            let ft = meta.file_type();
+            let kind = if ft.is_symlink() {
+                "a symbolic link"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_dir() {
+                "a directory"
+            } else {
+                "a file"
+            };
+            return Err(SocketError::ForeignOwner {
+                path: path_buf(),
+                kind,
+                owner: safefs::describe_uid(meta.uid()),
+                me: safefs::describe_uid(me),
+            });
+        }
         if !meta.file_type().is_socket() {
             return Err(SocketError::NotASocket { path: path_buf() });
         }

@@ -4,17 +4,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Receiver;
 
 use resurgam_shared::checkpoint::{self, CheckpointError};
 
 use crate::core::{ActorId, Event};
+use crate::manifest::Manifest;
 use crate::shell::{LoopTx, ShellEvent};
 
 /// The files of one actor.
 #[derive(Clone)]
 pub struct Files {
+    /// Whose the checkpoints are: copies name it, slots of another owner are refused.
+    pub owner: checkpoint::OwnerTag,
     pub name: String,
     pub mmap: PathBuf,
     pub disk: PathBuf,
@@ -23,6 +27,7 @@ pub struct Files {
 pub fn start(
     requests: Receiver<(ActorId, Files)>,
     events: LoopTx,
+    manifest: Arc<Mutex<Manifest>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("disk-sync".into())
@@ -39,8 +44,9 @@ pub fn start(
                         last_seq,
                         ..
                     } = event
+                        && synced.insert(actor, (generation, last_seq)).is_none()
                     {
-                        synced.insert(actor, (generation, last_seq));
+                        record_checkpointed(&manifest, &f.name);
                     }
                     if events.send(ShellEvent::Core(event)).is_err() {
                         return;
@@ -50,8 +56,17 @@ pub fn start(
         })
 }
 
+/// Records in the manifest that the actor has a disk copy (once per actor and run; the
+/// manifest writes only what changed).
+fn record_checkpointed(manifest: &Mutex<Manifest>, actor: &str) {
+    let mut m = manifest.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = m.update(actor, |e| e.checkpointed = true) {
+        tracing::error!(actor, path = %m.path().display(), error = %e, "cannot record the disk copy in the state directory's manifest");
+    }
+}
+
 fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
-    let slots = checkpoint::read_mmap_slots(&f.mmap);
+    let slots = checkpoint::read_mmap_slots_owned(&f.mmap, Some(&f.owner));
     let newest = slots
         .into_iter()
         .filter_map(|(_, r)| r.ok())
@@ -70,7 +85,7 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
     // have been damaged): report what the copy holds instead.
     let on_disk = match already {
         Some(x) => Some(x),
-        None => checkpoint::read_disk_copy(&f.disk)
+        None => checkpoint::read_disk_copy_owned(&f.disk, Some(&f.owner))
             .ok()
             .map(|c| (c.generation, c.last_seq)),
     };
@@ -91,7 +106,13 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
             last_seq: ck.last_seq,
         };
     }
-    match checkpoint::write_disk_copy(&f.disk, ck.generation, ck.last_seq, &ck.payload) {
+    match checkpoint::write_disk_copy_owned(
+        &f.disk,
+        ck.generation,
+        ck.last_seq,
+        &ck.payload,
+        Some(&f.owner),
+    ) {
         Ok(()) => {
             tracing::debug!(actor = %f.name, generation = ck.generation, last_seq = ck.last_seq, bytes = ck.payload.len(), "disk copy synced");
             Event::DiskSynced {

@@ -13,15 +13,28 @@ pub enum RunError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(
+        "{what} directory {problem}: anyone who can write there can swap, plant or delete \
+         the actors' state, so resurgam refuses it; make it owned by this user and writable \
+         by no one else (e.g. chmod 700), or set `allow_shared_dirs = true` in [supervisor]"
+    )]
+    UnsafeDir {
+        what: &'static str,
+        problem: resurgam_shared::safefs::DirProblem,
+    },
+    #[error("state directory manifest: {0}")]
+    Manifest(String),
     #[error("open lock file {}: {source}", path.display())]
     LockFile { path: PathBuf, source: io::Error },
     #[error(
-        "state directory {} is in use by another supervisor (lock {}: {source})",
-        state_dir.display(),
+        "{what} is in use by another supervisor{holder} (lock {}: {source})",
         lock.display()
     )]
     Locked {
-        state_dir: PathBuf,
+        /// What is locked, with its path: "state directory /x", "control socket /y".
+        what: String,
+        /// " (pid N)" when the lock file names its holder, else empty.
+        holder: String,
         lock: PathBuf,
         source: nix::errno::Errno,
     },
@@ -56,6 +69,17 @@ impl RunError {
 pub enum SocketError {
     #[error("create socket directory {}: {source}", path.display())]
     Dir { path: PathBuf, source: io::Error },
+    #[error(
+        "{} is {kind} owned by {owner}, not by {me} who runs the supervisor; not touched \
+         (remove it as its owner, or choose another socket path)",
+        path.display()
+    )]
+    ForeignOwner {
+        path: PathBuf,
+        kind: &'static str,
+        owner: String,
+        me: String,
+    },
     #[error("another supervisor is listening on {}; stop it first", path.display())]
     InUse { path: PathBuf },
     #[error(

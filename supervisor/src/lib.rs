@@ -40,6 +40,7 @@ pub mod exit;
 pub mod journal;
 mod launch;
 mod logging;
+mod manifest;
 mod metrics;
 pub mod notify;
 mod paths;

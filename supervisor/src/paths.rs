@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use resurgam_shared::config::{Config, DISK_COPY_SUFFIX, LOCK_FILE, MMAP_SUFFIX};
+use resurgam_shared::config::{Config, DISK_COPY_SUFFIX, MMAP_SUFFIX};
 
 /// The memory-mapped checkpoint file (runtime directory).
 pub fn mmap_file(config: &Config, actor: &str) -> PathBuf {
@@ -19,9 +19,4 @@ pub fn disk_copy(config: &Config, actor: &str) -> PathBuf {
         .supervisor
         .state_dir
         .join(format!("{actor}{DISK_COPY_SUFFIX}"))
-}
-
-/// The lock that keeps two supervisors off one state directory.
-pub fn lock_file(config: &Config) -> PathBuf {
-    config.supervisor.state_dir.join(LOCK_FILE)
 }

@@ -11,7 +11,8 @@
 //! worker has been asked to start.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -20,10 +21,10 @@ use mio::{Events, Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
-use resurgam_shared::checkpoint;
-use resurgam_shared::config::{ActorConfig, Config, Environment};
+use resurgam_shared::config::{ActorConfig, Config, Environment, LOCK_FILE};
 use resurgam_shared::ipc::{Init, Report, ToWorker, calls_message, init_message};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op};
+use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
@@ -34,6 +35,7 @@ use crate::disk::{self, Files};
 use crate::error::{RunError, SocketError};
 use crate::exit::WorkerExit;
 use crate::launch::{self, EXEC_KIND, Launched};
+use crate::manifest::Manifest;
 use crate::notify::Notifier;
 use crate::shell::conns::Conns;
 use crate::shell::events::{self as event_stream, EventLog};
@@ -110,13 +112,36 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     raise_fd_limit();
     let sup = &config.supervisor;
     for (what, dir) in [("state", &sup.state_dir), ("runtime", &sup.runtime_dir)] {
-        std::fs::create_dir_all(dir).map_err(|source| RunError::CreateDir {
+        safefs::create_dir_all_private(dir).map_err(|source| RunError::CreateDir {
             what,
             path: dir.clone(),
             source,
         })?;
+        match safefs::check_private_dir(dir) {
+            Ok(()) => {}
+            Err(problem) if sup.allow_shared_dirs => {
+                tracing::warn!(%problem, "{what} directory accepted (allow_shared_dirs = true)");
+            }
+            Err(problem) => return Err(RunError::UnsafeDir { what, problem }),
+        }
     }
-    let _lock = lock_state_dir(&config)?;
+    let lock_in =
+        |what: &str, dir: &Path| lock(format!("{what} {}", dir.display()), &dir.join(LOCK_FILE));
+    let _lock = lock_in("state directory", &sup.state_dir)?;
+    // The runtime directory and the socket too: two supervisors on one runtime_dir
+    // would share the actors' memory-mapped checkpoints, on one socket its clients.
+    let _runtime_lock = if sup.runtime_dir == sup.state_dir {
+        None
+    } else {
+        Some(lock_in("runtime directory", &sup.runtime_dir)?)
+    };
+    let _socket_lock = lock(
+        format!("control socket {}", sup.socket.display()),
+        &control::lock_path(&sup.socket).map_err(RunError::Socket)?,
+    )?;
+    let manifest = Arc::new(Mutex::new(
+        Manifest::open(&sup.state_dir).map_err(RunError::Manifest)?,
+    ));
     spawn::bootstrap_on_tmpfs(&sup.runtime_dir);
     report_orphan_logs(&config);
 
@@ -125,7 +150,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     let mut logs = Vec::new();
     let mut launches = Vec::new();
     for a in &config.actors {
-        let (spec, f, log, launched) = prepare_actor(&config, a, registry)?;
+        let (spec, f, log, launched) = prepare_actor(&config, a, registry, &manifest)?;
         specs.push(spec);
         files.push(f);
         logs.push(log);
@@ -147,7 +172,8 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
     spawn::start_spawners(spawn_rx, tx.clone(), output.clone(), forks.clone())
         .map_err(RunError::setup("start spawner thread"))?;
-    disk::start(disk_rx, tx.clone()).map_err(RunError::setup("start disk thread"))?;
+    disk::start(disk_rx, tx.clone(), manifest.clone())
+        .map_err(RunError::setup("start disk thread"))?;
     let stats = ShellStats::new();
     let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
     calllog::start_fsync_thread(fsync_rx, tx.clone(), stats.fsync.clone())
@@ -194,9 +220,15 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         None => None,
     };
 
+    let shell_manifest_id = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .id()
+        .to_string();
     tracing::info!(
         socket = %std::path::absolute(&sup.socket).unwrap_or_else(|_| sup.socket.clone()).display(),
         state_dir = %sup.state_dir.display(),
+        state_dir_id = %shell_manifest_id,
         actors = config.actors.len(),
         pid = std::process::id(),
         "resurgam supervisor starting"
@@ -238,6 +270,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         spawn_tx,
         forks,
         disk_tx,
+        manifest,
         logs,
         fsync_tx,
         exit_code: None,
@@ -366,6 +399,8 @@ struct Shell {
     report_scratch: Vec<Report>,
     spawn_tx: Sender<SpawnJob>,
     disk_tx: Sender<(ActorId, Files)>,
+    /// The state directory's record of its actors (shared with the disk thread).
+    manifest: Arc<Mutex<Manifest>>,
     logs: Vec<ActorLog>,
     fsync_tx: Sender<SyncRequest>,
     exit_code: Option<i32>,
@@ -737,7 +772,7 @@ impl Shell {
         let a = &self.actor_configs[actor];
         let f = &self.files[actor];
         let launched = &self.launches[actor];
-        spawn::init_for(
+        let mut init = spawn::init_for(
             &a.name,
             &a.kind,
             &f.mmap,
@@ -746,7 +781,9 @@ impl Shell {
             worker_spin(self.config.supervisor.busy_poll),
             launched.exec.clone(),
             launched.privileges.clone(),
-        )
+        );
+        init.state_dir_id = f.owner.dir;
+        init
     }
 
     /// Gives a standby worker to this actor's `epoch`: to the core it is spawned at once,
@@ -1030,7 +1067,8 @@ impl Shell {
         {
             prepared.push((
                 a.clone(),
-                prepare_actor(&new, a, &self.registry).map_err(|e| bad(e.to_string()))?,
+                prepare_actor(&new, a, &self.registry, &self.manifest)
+                    .map_err(|e| bad(e.to_string()))?,
             ));
         }
         let mut removed = Vec::new();
@@ -1201,6 +1239,18 @@ impl Shell {
                     let result = self.reload(core, Instant::now());
                     core.answer(&origin, result);
                 }
+                Action::Release { actor } => {
+                    let name = &self.files[actor].name;
+                    let mut m = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
+                    // What it has is recorded again as it writes it (a disk copy, a log).
+                    let release = |e: &mut crate::manifest::ActorEntry| {
+                        *e = crate::manifest::ActorEntry::default();
+                    };
+                    self.logs[actor].recorded = false;
+                    if let Err(e) = m.update(name, release) {
+                        tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the release in the state directory's manifest: the next start holds the actor again");
+                    }
+                }
                 Action::Exit { code } => self.exit_code = Some(code),
                 Action::Metrics { origin } => {
                     let text = self.render_metrics(core);
@@ -1238,6 +1288,14 @@ impl Shell {
         let log = &mut self.logs[actor];
         let event = match log.append(calls) {
             Ok(()) => {
+                if !log.recorded {
+                    log.recorded = true;
+                    let name = &self.files[actor].name;
+                    let mut m = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Err(e) = m.update(name, |e| e.logged = true) {
+                        tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the call log in the state directory's manifest");
+                    }
+                }
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
                     && let Some(file) = log.sync_handle()
                 {
@@ -1496,6 +1554,7 @@ fn prepare_actor(
     config: &Config,
     a: &ActorConfig,
     registry: &Registry,
+    manifest: &Mutex<Manifest>,
 ) -> Result<(ActorSpec, Files, ActorLog, Launched), RunError> {
     let fail = |reason: String| RunError::Actor {
         actor: a.name.clone(),
@@ -1513,7 +1572,20 @@ fn prepare_actor(
     let launched = launch::resolve(config, a).map_err(|e| fail(e.join("\n")))?;
     let mmap = paths::mmap_file(config, &a.name);
     let disk = paths::disk_copy(config, &a.name);
-    let scan = checkpoint::scan(&mmap, &disk);
+    let owner = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .owner(&a.name);
+    let state_dir_id = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .id()
+        .to_string();
+    let scan = checkpoint::scan_owned(&mmap, &disk, Some(&owner));
+    let foreign = foreign_checkpoints(config, &scan);
+    for f in &foreign {
+        tracing::error!(actor = %a.name, "{f}: refused");
+    }
     let start_seq = scan.chosen.as_ref().map_or(0, |(_, c)| c.last_seq);
     if let Some((source, c)) = &scan.chosen {
         tracing::info!(actor = %a.name, %source, generation = c.generation, last_seq = c.last_seq, "found checkpoint");
@@ -1524,8 +1596,13 @@ fn prepare_actor(
         &a.name,
         fsync,
         Box::new(RealSink),
+        start_seq,
+        Some(&state_dir_id),
     )
     .map_err(|e| fail(format!("call log: {e}")))?;
+    let mut opened = opened;
+    let held = hold_reason(config, a, &scan, &foreign, &opened, manifest)?;
+    opened.log.recorded = opened.range.is_some();
     for p in &opened.problems {
         tracing::error!(actor = %a.name, problem = %p, "call log recovery");
     }
@@ -1541,8 +1618,10 @@ fn prepare_actor(
         start_seq,
         recovered: opened.records,
         log_range: opened.range,
+        held,
     };
     let files = Files {
+        owner,
         name: a.name.clone(),
         mmap,
         disk,
@@ -1550,31 +1629,144 @@ fn prepare_actor(
     Ok((spec, files, opened.log, launched))
 }
 
-fn lock_state_dir(config: &Config) -> Result<Flock<std::fs::File>, RunError> {
-    let path = paths::lock_file(config);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| RunError::LockFile {
-            path: path.clone(),
-            source,
-        })?;
+/// The candidates of `scan` refused as another owner's, each described with the actor
+/// and state directory they belong to (named when it is an actor of this config).
+fn foreign_checkpoints(config: &Config, scan: &checkpoint::Scan) -> Vec<String> {
+    scan.candidates
+        .iter()
+        .filter_map(|(source, outcome)| match outcome {
+            Err(checkpoint::CheckpointError::Foreign { found, expected }) => {
+                let whose = config
+                    .actors
+                    .iter()
+                    .find(|o| found.is_actor(&o.name))
+                    .map_or_else(
+                        || "another actor".to_string(),
+                        |o| format!("actor {:?}", o.name),
+                    );
+                let dir = if found.dir == expected.dir {
+                    "of this state directory".to_string()
+                } else {
+                    format!("of another state directory ({found})")
+                };
+                Some(format!(
+                    "the {source} belongs to {whose} {dir} (swapped or copied?)"
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why the actor must be held DEAD, if it must: a hold recorded earlier, acknowledged
+/// calls its log lost, or state files the manifest recorded and that are gone. A new
+/// hold is recorded in the manifest (so it survives restarts until `restart --fresh`).
+fn hold_reason(
+    config: &Config,
+    a: &ActorConfig,
+    scan: &checkpoint::Scan,
+    foreign: &[String],
+    opened: &calllog::Opened,
+    manifest: &Mutex<Manifest>,
+) -> Result<Option<String>, RunError> {
+    let mut m = manifest.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = m.entry(&a.name);
+    let vanished =
+        (entry.checkpointed || entry.logged) && scan.chosen.is_none() && opened.range.is_none();
+    // Another's checkpoint in its place and none of its own: starting from nothing
+    // would silently reset it.
+    let replaced = (scan.chosen.is_none() && !foreign.is_empty()).then(|| {
+        format!(
+            "its checkpoint was replaced: {}; no checkpoint of its own is left",
+            foreign.join("; ")
+        )
+    });
+    let found = opened.lost.clone().or(replaced).or_else(|| {
+        vanished.then(|| {
+            let mut had = Vec::new();
+            if entry.checkpointed {
+                had.push(format!(
+                    "a checkpoint ({})",
+                    paths::disk_copy(config, &a.name).display()
+                ));
+            }
+            if entry.logged {
+                had.push(format!(
+                    "a call log ({})",
+                    resurgam_shared::calllog::log_dir(&config.supervisor.state_dir, &a.name)
+                        .display()
+                ));
+            }
+            format!(
+                "its state files are gone: {} recorded {} for it, and no checkpoint and no \
+                 logged call of it is left",
+                m.path().display(),
+                had.join(" and ")
+            )
+        })
+    });
+    // A hold recorded earlier stays; what this start found is added to it.
+    let reason = match (entry.held.clone(), found) {
+        (Some(held), Some(new)) if !held.contains(&new) => {
+            Some(format!("{held}; and since: {new}"))
+        }
+        (Some(held), _) => Some(held),
+        (None, new) => new,
+    };
+    let recorded = m.update(&a.name, |e| {
+        e.held.clone_from(&reason);
+        e.checkpointed |= scan
+            .candidates
+            .iter()
+            .any(|(s, r)| *s == checkpoint::Source::Disk && r.is_ok());
+        e.logged |= opened.range.is_some();
+    });
+    if let Err(e) = recorded {
+        return Err(RunError::Manifest(format!(
+            "cannot update {}: {e}",
+            m.path().display()
+        )));
+    }
+    if let Some(r) = &reason {
+        tracing::error!(actor = %a.name, reason = %r, "actor held DEAD: acknowledged calls may be lost; `resurgam restart {} --fresh` starts it from what is left", a.name);
+    }
+    Ok(reason)
+}
+
+/// Locks `what` (the state or the runtime directory, the socket) with the lock file at
+/// `path` and writes this process's pid into it, so that a second supervisor refuses to
+/// start and names the first.
+fn lock(what: String, path: &Path) -> Result<Flock<std::fs::File>, RunError> {
+    let path = path.to_path_buf();
+    let file = safefs::open_or_create(&path).map_err(|source| RunError::LockFile {
+        path: path.clone(),
+        source,
+    })?;
     // A worker of a supervisor that was just killed may hold a copy of the lock for a
     // moment (between fork and exec): retry briefly before giving up.
     let give_up = Instant::now() + std::time::Duration::from_secs(2);
     let mut file = file;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
+            Ok(lock) => {
+                use std::io::Write;
+                // Who holds it, for the message of the next one (best effort).
+                let _ = lock.set_len(0);
+                let _ = (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+                return Ok(lock);
+            }
             Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < give_up => {
                 file = f;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err((_, source)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .map_or_else(String::new, |pid| format!(" (pid {pid})"));
                 return Err(RunError::Locked {
-                    state_dir: config.supervisor.state_dir.clone(),
+                    what,
+                    holder,
                     lock: path,
                     source,
                 });

@@ -278,6 +278,7 @@ pub fn init_for(
         max_reply_bytes: policy.max_reply_bytes,
         exec,
         privileges,
+        state_dir_id: [0; 16],
     }
 }
 

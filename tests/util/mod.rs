@@ -950,3 +950,33 @@ pub fn is_connection_loss(e: &resurgam::ClientError) -> bool {
         _ => false,
     }
 }
+
+// ------------------------------------------------------------------------------------
+// Starts that are meant to fail, or to leave an actor DEAD.
+
+impl Supervisor {
+    /// Starts a new supervisor on the same config and directories (the previous one is
+    /// killed if running) that must refuse to start: waits (bounded) for it to exit,
+    /// asserts a failure status, and returns its log.
+    pub fn restart_expecting_refusal(&self) -> String {
+        self.restart_same_dirs_no_wait();
+        let status = self.wait_exit(START_TIMEOUT);
+        let log = self.run_log(self.run_count());
+        assert!(!status.success(), "the supervisor started:\n{log}");
+        log
+    }
+
+    /// Starts a new supervisor on the same config and directories and waits until it
+    /// serves `status`, whatever state its actors are in.
+    pub fn restart_until_serving(&self) {
+        self.restart_same_dirs_no_wait();
+        self.wait_until("the supervisor to serve status", START_TIMEOUT, || {
+            assert!(
+                self.try_wait_exit().is_none(),
+                "the supervisor exited:\n{}",
+                self.log_tail(60)
+            );
+            self.try_status().is_ok()
+        });
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use serde_json::Value;
 
-use resurgam_shared::checkpoint::{self, MmapCheckpoint};
+use resurgam_shared::checkpoint::{self, MmapCheckpoint, OwnerTag};
 use resurgam_shared::export::{self, EXPORT_METHOD, IMPORT_METHOD};
 use resurgam_shared::ipc::{
     Call, ENV_BOOTSTRAP, ENV_PARENT_PID, EXIT_PROGRAM_FAILED, FromWorker, IPC_VERSION, Init,
@@ -295,7 +295,9 @@ impl Worker {
         // Newest candidate first; the older ones are verified once ready (see
         // `verify_while_idle`). Opened before any privilege is dropped (the file is the
         // supervisor's).
-        let restore = MmapCheckpoint::restore(&mmap_path, &disk_path)
+        let owner =
+            (init.state_dir_id != [0; 16]).then(|| OwnerTag::new(&init.actor, init.state_dir_id));
+        let restore = MmapCheckpoint::restore_owned(&mmap_path, &disk_path, owner.as_ref())
             .map_err(|e| fatal(format!("open checkpoint file {}: {e}", mmap_path.display())))?;
         // The word may still name the call an earlier worker died in.
         restore.writer.set_executing(0);

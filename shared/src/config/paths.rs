@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::ops::Range;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Checker, valid_actor_name};
@@ -83,6 +83,13 @@ impl Checker<'_> {
             .then(|| self.socket_clash(socket, state, runtime))
             .flatten();
         let socket_problem = socket_clash.or_else(|| match fs::symlink_metadata(socket.path) {
+            Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => Some(format!(
+                "{} exists and is owned by {}, not by {} who runs this; `run` never touches \
+                 another user's file (remove it as its owner, or choose another path)",
+                socket.path.display(),
+                crate::safefs::describe_uid(m.uid()),
+                crate::safefs::describe_uid(nix::unistd::geteuid().as_raw())
+            )),
             Ok(m) if m.is_dir() => Some(format!(
                 "{} is a directory; the socket needs a path of its own, e.g. {}",
                 socket.path.display(),

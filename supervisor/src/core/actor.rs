@@ -149,6 +149,9 @@ pub(super) struct ActorState {
     pub final_checkpoint_requested: bool,
     pub stop_sent: bool,
     pub dead_reason: Option<String>,
+    /// Why its state cannot be trusted (damaged or vanished files), until an operator
+    /// accepts the loss: see [`super::ActorSpec::held`].
+    pub hold: Option<String>,
     /// Every call up to here is in the current worker's state (its restored checkpoint).
     pub applied_floor: u64,
     /// When to give up waiting for late replies of calls the restored state covers.
@@ -267,6 +270,7 @@ impl ActorState {
             final_checkpoint_requested: false,
             stop_sent: false,
             dead_reason: None,
+            hold: spec.held,
             died_at: None,
             previous_pid: None,
             last_heard: now,

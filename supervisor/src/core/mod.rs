@@ -282,6 +282,11 @@ pub enum Action {
         actor: ActorId,
         upto: u64,
     },
+    /// The operator revived an actor held DEAD for damaged or vanished state files
+    /// (`restart --fresh`): forget the hold on disk.
+    Release {
+        actor: ActorId,
+    },
     /// Every actor is stopped: exit the process with this code.
     Exit {
         code: i32,
@@ -310,6 +315,9 @@ pub struct ActorSpec {
     /// The smallest and largest seq in the durable log at start (cancelled records
     /// included).
     pub log_range: Option<(u64, u64)>,
+    /// Its state files are damaged or gone and acknowledged calls may be lost: the
+    /// actor starts DEAD with this reason and only `restart --fresh` revives it.
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +373,7 @@ impl Core {
             notices: Vec::new(),
         };
         for id in 0..core.actors.len() {
-            core.spawn(id, now);
+            core.start(id, now);
         }
         core
     }
@@ -689,7 +697,7 @@ impl Core {
         self.by_name.insert(a.name.clone(), id);
         tracing::info!(actor = %a.name, kind = %a.kind, "actor added by reload");
         self.actors.push(a);
-        self.spawn(id, now);
+        self.start(id, now);
         id
     }
 
@@ -839,7 +847,7 @@ impl Core {
                 self.reply_ok(&origin, &s);
             }
             Op::Checkpoint { actor } => self.on_checkpoint_request(origin, &actor),
-            Op::Restart { actor } => self.on_restart_request(origin, &actor, now),
+            Op::Restart { actor, fresh } => self.on_restart_request(origin, &actor, fresh, now),
             Op::Reload => {
                 if self.is_stopping() {
                     let err = ErrorBody::new(ErrorKind::Busy, "the supervisor is shutting down");
@@ -936,6 +944,10 @@ impl Core {
                     a.name
                 ),
             );
+            self.reply_err(&origin, &err);
+            return;
+        }
+        if let Some(err) = held_error(a) {
             self.reply_err(&origin, &err);
             return;
         }
@@ -1133,7 +1145,22 @@ impl Core {
         }
     }
 
-    fn on_restart_request(&mut self, origin: Origin, actor: &str, now: Instant) {
+    /// Starts an actor's first worker, or holds it DEAD when its state cannot be trusted.
+    fn start(&mut self, id: ActorId, now: Instant) {
+        match self.actors[id].hold.clone() {
+            Some(reason) => self.make_dead(
+                id,
+                format!(
+                    "{reason}; held until an operator accepts the loss: `resurgam restart {} \
+                     --fresh`",
+                    self.actors[id].name
+                ),
+            ),
+            None => self.spawn(id, now),
+        }
+    }
+
+    fn on_restart_request(&mut self, origin: Origin, actor: &str, fresh: bool, now: Instant) {
         let Some(id) = self.lookup_running(&origin, actor) else {
             return;
         };
@@ -1143,7 +1170,16 @@ impl Core {
             self.on_start_actor(origin, actor, now);
             return;
         }
-        tracing::info!(actor = %a.name, phase = a.phase.as_str(), "restart requested by operator");
+        let a = &mut self.actors[id];
+        if let Some(err) = held_error(a).filter(|_| !fresh) {
+            self.reply_err(&origin, &err);
+            return;
+        }
+        if let Some(reason) = a.hold.take() {
+            tracing::warn!(actor = %a.name, %reason, "restart --fresh: the operator accepted the loss; the actor starts from what is left of its state");
+            self.out.push(Action::Release { actor: id });
+        }
+        tracing::info!(actor = %a.name, phase = a.phase.as_str(), fresh, "restart requested by operator");
         let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
         match a.phase {
             Phase::Dead | Phase::Restarting => {
@@ -2001,6 +2037,21 @@ fn lost_reply_error(actor: &str) -> ErrorBody {
 }
 
 /// JSON string literal of `s`.
+/// The refusal of a plain start or restart of an actor held DEAD for damaged or vanished
+/// state files: only `restart --fresh` accepts the loss.
+fn held_error(a: &ActorState) -> Option<ErrorBody> {
+    let reason = a.hold.as_deref()?;
+    Some(ErrorBody::new(
+        ErrorKind::BadRequest,
+        format!(
+            "actor {:?} is held DEAD: {reason}; a plain start would run it on as if nothing \
+             happened. `resurgam restart {} --fresh` starts it from what is left, accepting \
+             the loss",
+            a.name, a.name
+        ),
+    ))
+}
+
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".to_string())
 }

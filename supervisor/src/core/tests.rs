@@ -170,6 +170,7 @@ impl World {
             start_seq,
             recovered,
             log_range,
+            held: None,
         };
         Core::new(&config(), vec![spec], 4242, now)
     }
@@ -275,6 +276,7 @@ impl Sim for World {
                 }
             }
             Action::SyncDisk { .. } => self.disk_pending = true,
+            Action::Release { .. } => {}
             Action::Append { actor, calls } => {
                 let from = calls.first().map_or(0, |c| c.seq);
                 let upto = calls.last().map_or(0, |c| c.seq);
@@ -802,7 +804,10 @@ impl World {
             if self.core.phase(0) != Phase::Dead {
                 break;
             }
-            self.op(Op::Restart { actor: "c".into() });
+            self.op(Op::Restart {
+                actor: "c".into(),
+                fresh: false,
+            });
             self.settle();
         }
         assert_eq!(
@@ -1037,7 +1042,10 @@ fn crash_loop_makes_the_actor_dead_and_restart_revives_it() {
     let late = w.call("incr", 1);
     assert_eq!(err_kind(&w, late).as_deref(), Some("ActorDead"));
     assert_eq!(ok_value(&w, a), Some(7));
-    w.op(Op::Restart { actor: "c".into() });
+    w.op(Op::Restart {
+        actor: "c".into(),
+        fresh: false,
+    });
     w.settle();
     assert_eq!(w.core.phase(0), Phase::Alive);
     let g = w.call("get", 0);
@@ -1308,7 +1316,10 @@ fn an_operator_stop_of_a_restarting_actor_starts_it_for_the_final_checkpoint() {
     assert_eq!(w.replies[&stop][0]["ok"]["state"], "STOPPED");
     assert_eq!(total(&w.disk.as_ref().unwrap().state), 10);
     // `restart` of a stopped actor starts it, as `systemctl restart` does.
-    w.op(Op::Restart { actor: "c".into() });
+    w.op(Op::Restart {
+        actor: "c".into(),
+        fresh: false,
+    });
     w.settle();
     assert_eq!(w.core.phase(0), Phase::Alive);
     w.check_model();
@@ -1468,7 +1479,10 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
                 w.op(Op::Checkpoint { actor: "c".into() });
             }
             Step::Restart => {
-                w.op(Op::Restart { actor: "c".into() });
+                w.op(Op::Restart {
+                    actor: "c".into(),
+                    fresh: false,
+                });
             }
             Step::CorruptNewest => {
                 // Damage one candidate while all are intact (two with the disk copy
@@ -1666,6 +1680,7 @@ fn an_added_actor_gets_the_next_id_and_starts() {
         start_seq: 0,
         recovered: Vec::new(),
         log_range: None,
+        held: None,
     };
     let id = w.core.add_actor(spec, w.now);
     assert_eq!(id, 1);

@@ -49,6 +49,7 @@ fn spec(name: String, policy: Policy) -> ActorSpec {
         start_seq: 0,
         recovered: Vec::new(),
         log_range: None,
+        held: None,
     }
 }
 
@@ -176,6 +177,7 @@ impl Sim for Timers {
             | Action::Configure { .. }
             | Action::Metrics { .. }
             | Action::Subscribe { .. }
+            | Action::Release { .. }
             | Action::Exit { .. } => {}
         }
     }
@@ -356,6 +358,7 @@ impl Timers {
             }
             TimerStep::Restart(i) => self.request(Op::Restart {
                 actor: format!("a{}", i % n),
+                fresh: false,
             }),
             TimerStep::Checkpoint(i) => self.request(Op::Checkpoint {
                 actor: format!("a{}", i % n),
