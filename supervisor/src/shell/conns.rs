@@ -62,6 +62,10 @@ const REPLY_SIZE_DECAY: usize = 64;
 /// Output buffers at least this large are returned to the OS when their connection
 /// closes (`malloc_trim`).
 const TRIM_AFTER_BYTES: usize = 1 << 20;
+/// A reply at least this large was built from a larger transient (a `status` of
+/// hundreds of actors is a JSON tree several times its text): the heap is trimmed after
+/// it too (measured: a status of 1,000 actors left 6.6 MiB more RSS without).
+const TRIM_AFTER_REPLY_BYTES: usize = 256 << 10;
 /// A client that accepts no output for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long replies are still delivered to a client that stopped sending.
@@ -540,6 +544,7 @@ impl Conns {
         c.reply_size = Some(line.len().max(recent));
         c.push_out(line.as_bytes());
         self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+        self.trim |= line.len() >= TRIM_AFTER_REPLY_BYTES;
         if !c.to_write {
             c.to_write = true;
             self.to_write.push(conn);
