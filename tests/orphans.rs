@@ -30,10 +30,10 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Waits until none of `workers` runs (gone, or a zombie waiting for its new parent).
 fn assert_all_gone(sup: &Supervisor, workers: &[Proc], what: &str) {
-    sup.wait_until(
+    sup.wait_all_gone(
         &format!("every worker to be gone after {what}"),
         WAIT,
-        || workers.iter().all(|w| !w.is_running()),
+        workers,
     );
 }
 

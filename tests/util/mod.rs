@@ -83,6 +83,39 @@ impl Proc {
         matches!(proc_stat(self.pid), Some((state, _, start)) if start == self.start_time && state != 'Z' && state != 'X')
     }
 
+    /// What `/proc` says about this process, for a failure message: state, parent,
+    /// process group, command line and signal masks (blocked, ignored, caught, pending
+    /// to the thread and to the process), or that it is gone.
+    pub fn describe(&self) -> String {
+        let pid = self.pid;
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return format!("pid {pid}: gone");
+        };
+        // "PID (COMM) STATE PPID PGRP …"; COMM may hold spaces and parentheses.
+        let comm_end = stat.rfind(')').unwrap_or(0);
+        let fields: Vec<&str> = stat[comm_end + 1..].split_whitespace().collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let masks: Vec<String> = ["SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"]
+            .iter()
+            .filter_map(|key| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                    .map(|v| format!("{key}={}", v.trim()))
+            })
+            .collect();
+        format!(
+            "pid {pid} ({}): state {} ppid {} pgid {} cmdline {:?} {}",
+            comm(pid),
+            field(0),
+            field(1),
+            field(2),
+            cmdline(pid),
+            masks.join(" ")
+        )
+    }
+
     /// Sends `sig` if this very process still runs. Returns whether it was sent.
     pub fn signal(&self, sig: Signal) -> bool {
         self.is_running() && kill(Pid::from_raw(self.pid), sig).is_ok()
@@ -636,6 +669,28 @@ impl Supervisor {
             if Instant::now() >= deadline {
                 panic!(
                     "timed out after {timeout:?} waiting for {what}\n--- supervisor log tail ---\n{}",
+                    self.log_tail(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until none of `procs` runs (gone, or a zombie waiting for its parent);
+    /// a timeout names each one still running as [`Proc::describe`] sees it.
+    #[track_caller]
+    pub fn wait_all_gone(&self, what: &str, timeout: Duration, procs: &[Proc]) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<&Proc> = procs.iter().filter(|p| p.is_running()).collect();
+            if running.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let survivors: Vec<String> = running.iter().map(|p| p.describe()).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; still running:\n{}\n--- supervisor log tail ---\n{}",
+                    survivors.join("\n"),
                     self.log_tail(80)
                 );
             }
