@@ -211,8 +211,10 @@ impl Worker {
             } else {
                 self.next_message(live)?
             };
-            // The supervisor is gone (PDEATHSIG normally kills us first).
-            let Some(msg) = msg else { return Ok(()) };
+            // The supervisor is gone (its end of our channel closed). Its death signal
+            // may not have come yet, and a worker that merely exited would leave its
+            // group behind: end exactly as that signal's handler would.
+            let Some(msg) = msg else { die_with_group() };
             // A client calling back to back is answered fastest by a worker that is
             // awake when the next call comes (a wake-up from sleep costs 10–50 µs on a
             // VM); one whose calls come further apart never spins.
@@ -547,6 +549,17 @@ extern "C" fn kill_group(_: libc::c_int) {
     unsafe {
         libc::kill(0, libc::SIGKILL);
     }
+}
+
+/// Ends this worker with every process of its group, as [`PARENT_DEATH_SIGNAL`] does:
+/// for a worker that finds the supervisor gone before that signal came. (A dying
+/// supervisor's descriptors are closed before the kernel re-parents its children and
+/// sends them their parent-death signal, so the closed channel can be seen first.)
+fn die_with_group() -> ! {
+    kill_group(PARENT_DEATH_SIGNAL as libc::c_int);
+    // The SIGKILL to our own group ends this process before kill(2) returns; should it
+    // not, exit all the same.
+    std::process::exit(EXIT_BAD_BOOTSTRAP)
 }
 
 /// Makes [`PARENT_DEATH_SIGNAL`] kill this worker's process group.
