@@ -3,13 +3,14 @@
 //! built-in worker's code starts shares its process group and dies with it (here: a
 //! process the test puts into the group, as a fork by actor code would).
 
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ipc_channel::ipc::IpcOneShotServer;
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use nix::sys::signal::Signal;
 use resurgam::shared::ipc::{
     ENV_BOOTSTRAP, ENV_PARENT_PID, FromWorker, IPC_VERSION, Init, Privileges, ToWorker,
@@ -123,69 +124,110 @@ fn sigkill_of_the_supervisor_leaves_no_worker_alive() {
     assert_all_gone(&sup, &all, "SIGKILL of the supervisor");
 }
 
+/// A worker started by this test playing its supervisor (the worker's parent, alive
+/// throughout: no parent-death signal ever comes), serving a fresh counter, with a
+/// process in its group.
+struct LoneWorker {
+    worker: GroupMember,
+    member: GroupMember,
+    /// The channel to the worker (None: closed).
+    to_worker: Option<IpcSender<ToWorker>>,
+    /// The report socket (what the worker sends its replies and reports on).
+    reports: UnixStream,
+    _dir: tempfile::TempDir,
+}
+
+impl LoneWorker {
+    fn start() -> LoneWorker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (server, token) = IpcOneShotServer::<FromWorker>::new().expect("bootstrap server");
+        let (reports, worker_end) = UnixStream::pair().expect("report socket");
+        let mut cmd = Command::new(BIN);
+        cmd.env(ENV_BOOTSTRAP, &token)
+            .env(ENV_PARENT_PID, std::process::id().to_string())
+            .stdin(Stdio::from(OwnedFd::from(worker_end)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        for var in SCRUBBED_ENV {
+            cmd.env_remove(var);
+        }
+        // (Killed, with its group, and reaped on drop like a group member.)
+        let worker = GroupMember(cmd.spawn().expect("start a worker"));
+        let pid = worker.0.id() as i32;
+        let member = GroupMember::join(&Proc::of(pid).expect("the worker runs"));
+        let (_, hello) = server.accept().expect("the worker's hello");
+        let FromWorker::Hello { to_worker, .. } = hello else {
+            panic!("expected a hello, got {hello:?}");
+        };
+        let path = |name: &str| dir.path().join(name).into_os_string().into_encoded_bytes();
+        let init = Init {
+            version: IPC_VERSION,
+            actor: "c".into(),
+            kind: "counter".into(),
+            mmap_path: path("c.mmap"),
+            disk_path: path("c.disk"),
+            checkpoint_every: 0,
+            spin_micros: 0,
+            max_reply_bytes: 1 << 20,
+            exec: None,
+            privileges: Privileges::default(),
+            state_dir_id: [0; 16],
+        };
+        to_worker
+            .send(ToWorker::Init(Box::new(init)))
+            .expect("send Init");
+        LoneWorker {
+            worker,
+            member,
+            to_worker: Some(to_worker),
+            reports,
+            _dir: dir,
+        }
+    }
+
+    /// Asserts the worker ends by its own kill of its group, and the member with it.
+    fn assert_group_killed(mut self) {
+        let status = wait_with_timeout(&mut self.worker.0, "the worker", WAIT);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the worker did not kill its group ({status})"
+        );
+        wait_with_timeout(&mut self.member.0, "the worker's group member", WAIT);
+    }
+}
+
 /// A dying supervisor's descriptors are closed before the kernel re-parents its
 /// workers and sends them their parent-death signal, so a worker can find its channel
-/// closed first: it must then take its process group along just the same. Here this
-/// test plays the supervisor (the worker's parent, alive throughout: no parent-death
-/// signal ever comes) and closes the channel once the worker is serving.
+/// closed first: it must then take its process group along just the same.
 #[test]
-fn a_worker_that_finds_the_supervisor_gone_kills_its_process_group() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server, token) = IpcOneShotServer::<FromWorker>::new().expect("bootstrap server");
-    // The report socket: kept open (unread) so the worker's reports do not fail.
-    let (_reports, worker_end) = UnixStream::pair().expect("report socket");
-    let mut cmd = Command::new(BIN);
-    cmd.env(ENV_BOOTSTRAP, &token)
-        .env(ENV_PARENT_PID, std::process::id().to_string())
-        .stdin(Stdio::from(OwnedFd::from(worker_end)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
-    // (Killed and reaped on drop like a group member.)
-    let mut worker = GroupMember(cmd.spawn().expect("start a worker"));
-    let pid = worker.0.id() as i32;
-    let member = GroupMember::join(&Proc::of(pid).expect("the worker runs"));
-    let (_, hello) = server.accept().expect("the worker's hello");
-    let FromWorker::Hello { to_worker, .. } = hello else {
-        panic!("expected a hello, got {hello:?}");
-    };
-    let init = Init {
-        version: IPC_VERSION,
-        actor: "c".into(),
-        kind: "counter".into(),
-        mmap_path: dir
-            .path()
-            .join("c.mmap")
-            .into_os_string()
-            .into_encoded_bytes(),
-        disk_path: dir
-            .path()
-            .join("c.disk")
-            .into_os_string()
-            .into_encoded_bytes(),
-        checkpoint_every: 0,
-        spin_micros: 0,
-        max_reply_bytes: 1 << 20,
-        exec: None,
-        privileges: Privileges::default(),
-        state_dir_id: [0; 16],
-    };
-    to_worker
-        .send(ToWorker::Init(Box::new(init)))
-        .expect("send Init");
+fn a_worker_whose_channel_closes_kills_its_process_group() {
+    let mut w = LoneWorker::start();
     // The worker reads the Init before it sees the channel's end.
-    drop(to_worker);
-    let status = wait_with_timeout(&mut worker.0, "the worker", WAIT);
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the worker did not kill its group ({status})"
-    );
-    let mut member = member;
-    wait_with_timeout(&mut member.0, "the worker's group member", WAIT);
+    w.to_worker = None;
+    w.assert_group_killed();
+}
+
+/// Likewise when what it finds closed is the report socket (a reply cannot be sent).
+#[test]
+fn a_worker_whose_report_socket_closes_kills_its_process_group() {
+    let mut w = LoneWorker::start();
+    // Ready comes once the Init is applied; then the socket closes and a ping's pong
+    // cannot be sent.
+    let mut first = [0u8; 1];
+    w.reports
+        .set_read_timeout(Some(WAIT))
+        .expect("a read timeout");
+    w.reports
+        .read_exact(&mut first)
+        .expect("the worker's Ready report");
+    w.reports
+        .shutdown(std::net::Shutdown::Both)
+        .expect("close the report socket");
+    let to_worker = w.to_worker.as_ref().expect("the channel is open");
+    to_worker.send(ToWorker::Ping).expect("send a ping");
+    w.assert_group_killed();
 }
 
 #[test]

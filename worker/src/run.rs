@@ -1,6 +1,7 @@
 //! The worker loop: bootstrap, restore, then apply call batches and checkpoint.
 
 use std::ffi::OsStr;
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,6 +92,9 @@ enum Stop {
     Failed(String),
     /// The exec program crashed or broke the protocol: report it, exit as crashed.
     Crashed(String),
+    /// The supervisor's end of a socket closed (it died, or gave up on this worker):
+    /// end with the whole process group (see [`die_with_group`]).
+    Gone(String),
 }
 
 /// The actor with its checkpoint bookkeeping.
@@ -179,6 +183,7 @@ impl Worker {
             Ok(live) => live,
             Err(Stop::Crashed(reason)) => return self.crashed(reason),
             Err(Stop::Failed(message)) => return self.fatal(message),
+            Err(Stop::Gone(message)) => self.gone(&message),
         };
         let result = self.serve_calls(&mut live);
         match result {
@@ -193,11 +198,24 @@ impl Worker {
                 self.crashed(reason)
             }
             Err(Stop::Failed(e)) => {
-                // The supervisor cannot be reached: nothing left to serve.
                 eprintln!("resurgam worker {}: {e}", self.name);
                 EXIT_BAD_BOOTSTRAP
             }
+            Err(Stop::Gone(e)) => self.gone(&e),
         }
+    }
+
+    /// The supervisor cannot be reached: nothing left to serve, and nothing may be left
+    /// behind (see [`die_with_group`]).
+    fn gone(&self, why: &str) -> ! {
+        // Not eprintln!: stderr is a pipe to the supervisor, which may be closed (a
+        // failed write would panic and end this worker without its group).
+        let _ = writeln!(
+            std::io::stderr(),
+            "resurgam worker {}: supervisor gone: {why}",
+            self.name
+        );
+        die_with_group()
     }
 
     /// Serves the supervisor's messages until it says stop (`Ok`) or something ends it.
@@ -211,10 +229,10 @@ impl Worker {
             } else {
                 self.next_message(live)?
             };
-            // The supervisor is gone (its end of our channel closed). Its death signal
-            // may not have come yet, and a worker that merely exited would leave its
-            // group behind: end exactly as that signal's handler would.
-            let Some(msg) = msg else { die_with_group() };
+            // The supervisor's end of our channel closed.
+            let Some(msg) = msg else {
+                return Err(Stop::Gone("its channel closed".to_string()));
+            };
             // A client calling back to back is answered fastest by a worker that is
             // awake when the next call comes (a wake-up from sleep costs 10–50 µs on a
             // VM); one whose calls come further apart never spins.
@@ -238,7 +256,7 @@ impl Worker {
                 ToWorker::Ping => self
                     .to_sup
                     .send(&Report::Pong)
-                    .map_err(|e| Stop::Failed(format!("send pong: {e}")))?,
+                    .map_err(|e| Stop::Gone(format!("send pong: {e}")))?,
                 ToWorker::Init(_) | ToWorker::InitShm(_) => {
                     return Err(Stop::Failed("second Init".to_string()));
                 }
@@ -427,7 +445,7 @@ impl Worker {
                 rejected: verified.rejected.iter().map(ToString::to_string).collect(),
                 mmap_slots: mmap_slots(&live.mmap),
             })
-            .map_err(|e| Stop::Failed(format!("send verification report: {e}")))
+            .map_err(|e| Stop::Gone(format!("send verification report: {e}")))
     }
 
     fn apply(&self, live: &mut Live, calls: Vec<Call>) -> Result<(), Stop> {
@@ -511,7 +529,7 @@ impl Worker {
         };
         self.to_sup
             .send(&msg)
-            .map_err(|e| Stop::Failed(format!("send checkpoint report: {e}")))
+            .map_err(|e| Stop::Gone(format!("send checkpoint report: {e}")))
     }
 }
 
@@ -552,9 +570,11 @@ extern "C" fn kill_group(_: libc::c_int) {
 }
 
 /// Ends this worker with every process of its group, as [`PARENT_DEATH_SIGNAL`] does:
-/// for a worker that finds the supervisor gone before that signal came. (A dying
-/// supervisor's descriptors are closed before the kernel re-parents its children and
-/// sends them their parent-death signal, so the closed channel can be seen first.)
+/// for a worker that finds the supervisor gone (a socket's end closed) before that
+/// signal came. A dying supervisor's descriptors are closed before the kernel
+/// re-parents its children and sends them their parent-death signal, so under load
+/// the closed socket is often seen first; a worker that merely exited then would leave
+/// its group (an exec actor's program, whatever actor code started) alive.
 fn die_with_group() -> ! {
     kill_group(PARENT_DEATH_SIGNAL as libc::c_int);
     // The SIGKILL to our own group ends this process before kill(2) returns; should it
@@ -849,14 +869,14 @@ impl<'a> ReplyStream<'a> {
         self.last_sent = Instant::now();
         self.to_sup
             .send(&Report::MoreReplies(part))
-            .map_err(|e| Stop::Failed(format!("send replies: {e}")))
+            .map_err(|e| Stop::Gone(format!("send replies: {e}")))
     }
 
     /// Sends the last part (possibly empty): the batch is answered.
     fn finish(self) -> Result<(), Stop> {
         self.to_sup
             .send(&Report::Replies(self.part))
-            .map_err(|e| Stop::Failed(format!("send replies: {e}")))
+            .map_err(|e| Stop::Gone(format!("send replies: {e}")))
     }
 }
 
