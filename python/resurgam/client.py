@@ -16,6 +16,7 @@ packaged service's ``/run/resurgam/control.sock`` is, that one. See :func:`socke
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import os
@@ -570,6 +571,42 @@ class Client:
     def stop(self, timeout: Optional[float] = None) -> Any:
         """Stops the supervisor gracefully (final checkpoints, then exit 0)."""
         return self.request("stop", timeout=timeout)
+
+    def stop_actor(self, actor: str, timeout: Optional[float] = None) -> Any:
+        """Stops one actor: its accepted calls are answered, a final checkpoint is taken,
+        its worker exits. Returns ``{"actor", "state": "STOPPED", "checkpoint"}`` once it
+        has; until :meth:`start_actor`, its calls raise :class:`ActorStopped`."""
+        return self.request("stop_actor", timeout=timeout, actor=actor)
+
+    def start_actor(self, actor: str, timeout: Optional[float] = None) -> Any:
+        """Starts an actor :meth:`stop_actor` stopped (or a DEAD one); returns
+        ``{"actor", "state"}`` at once (its calls wait until it serves)."""
+        return self.request("start_actor", timeout=timeout, actor=actor)
+
+    def pid(self, actor: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        """``{"pid"}`` of the supervisor, or with ``actor`` ``{"actor", "state", "pid",
+        "program_pid"}`` (``None`` where there is no process)."""
+        if actor is None:
+            return self.request("pid", timeout=timeout)
+        return self.request("pid", timeout=timeout, actor=actor)
+
+    def metrics(self, timeout: Optional[float] = None) -> str:
+        """Every metric, in the Prometheus text exposition format."""
+        text: str = self.request("metrics", timeout=timeout)
+        return text
+
+    def export_state(self, actor: str, timeout: Optional[float] = None) -> bytes:
+        """The actor's state as an export file (the bytes ``resurgam export`` writes), at
+        its place in the actor's call order."""
+        reply = self.request("export", timeout=timeout, actor=actor)
+        return base64.b64decode(reply["file"], validate=True)
+
+    def import_state(self, actor: str, file: bytes, timeout: Optional[float] = None) -> Any:
+        """Installs an export file as the actor's state, at its place in the call order
+        (calls before it are reflected, calls after it apply on top); another kind or a
+        damaged file raises :class:`BadRequest`. Returns ``{"imported", "seq", "bytes"}``."""
+        encoded = base64.b64encode(file).decode("ascii")
+        return self.request("import", timeout=timeout, actor=actor, file=encoded)
 
 
 class ActorMethod:

@@ -207,6 +207,27 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(resurgam.UnknownActor):
             c.checkpoint("nobody")
 
+    def test_stop_start_pid_metrics_and_state_export_import(self) -> None:
+        c = self.client()
+        c.call("counter", "incr", 3)
+        exported = c.export_state("counter")
+        self.assertTrue(exported.startswith(b"RSGMSTAT"), exported[:16])
+        value = c.call("counter", "get")
+        c.call("counter", "incr", 10)
+        self.assertEqual(c.import_state("counter", exported)["imported"], "counter")
+        self.assertEqual(c.call("counter", "get"), value)
+        with self.assertRaises(resurgam.BadRequest):
+            c.import_state("counter", exported[:-1])
+        self.assertIsInstance(c.pid()["pid"], int)
+        self.assertIsInstance(c.pid("counter")["pid"], int)
+        self.assertIn("resurgam_", c.metrics())
+        self.assertEqual(c.stop_actor("counter")["state"], "STOPPED")
+        with self.assertRaises(resurgam.ActorStopped):
+            c.call("counter", "get")
+        self.assertIsNone(c.pid("counter")["pid"])
+        c.start_actor("counter")
+        self.assertEqual(c.call("counter", "get"), value)
+
     def test_errors_raise_the_class_of_their_kind(self) -> None:
         c = self.client()
         with self.assertRaises(resurgam.UnknownActor) as e:
