@@ -722,6 +722,8 @@ impl Core {
                     });
                 }
                 observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
+                // An operator's `stop_actor` waiting for it is answered: it is stopped.
+                self.answer_stop_waiters(id);
             }
             _ => self.mark_dirty(id),
         }
