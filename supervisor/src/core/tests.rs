@@ -130,6 +130,10 @@ struct World {
     target: HashMap<u64, usize>,
     /// Per name index: a checkpoint of it was damaged at some point.
     damaged: Vec<bool>,
+    /// Per name index: its current incarnation was started from its files by a reload
+    /// that added it back (in memory mode that is a restart: calls before its restore
+    /// point exist only in its checkpoints).
+    added_back: Vec<bool>,
     core: Core,
     policy: Policy,
     now: Instant,
@@ -168,6 +172,7 @@ impl World {
             parked: (0..n).map(|_| Parked::default()).collect(),
             target: HashMap::new(),
             damaged: vec![false; n],
+            added_back: vec![false; n],
             core,
             policy: p,
             now,
@@ -897,6 +902,7 @@ impl World {
         self.here.worker = None;
         self.here.stale.clear();
         let spec = self.spec_from_files();
+        self.added_back[self.cur] = true;
         self.id_of[self.cur] = self.core.add_actor(spec, self.now);
         self.pump();
     }
@@ -1729,9 +1735,13 @@ fn run_schedule(w: &mut World, steps: Vec<Step>) {
                 });
             }
             // In memory mode only the core's memory has the calls since the last
-            // checkpoint: a retired actor's files must stay intact for its return.
+            // checkpoint: a retired actor's files must stay intact for its return, and
+            // an actor added back from its files has, like one after a supervisor
+            // restart (never done in memory mode here), nothing but its checkpoints for
+            // the calls before its restore point.
             Step::CorruptNewest | Step::CorruptOlder | Step::CorruptDisk
-                if durability == Durability::Memory && w.core.actor_id(&w.name()).is_none() => {}
+                if durability == Durability::Memory
+                    && (w.core.actor_id(&w.name()).is_none() || w.added_back[w.cur]) => {}
             Step::CorruptNewest => {
                 // Damage one candidate while all are intact (two with the disk copy
                 // below): the log must always cover the survivors.
