@@ -18,8 +18,7 @@ const NOBODY: u32 = 65534;
 /// Runs `resurgam status --json` against the supervisor's socket as uid `NOBODY`, or
 /// None (with the reason printed) when this process may not switch users.
 fn status_as_nobody(sup: &Supervisor) -> Option<Output> {
-    if !nix::unistd::getuid().is_root() {
-        crate::util::skip("not root, cannot run a client as another uid");
+    if !crate::util::root_or_skip("run a client as another uid") {
         return None;
     }
     // Another user must be able to reach the socket and run the binary: open up the
@@ -139,8 +138,7 @@ sys.stdin.read()
 #[test]
 fn an_unauthorized_flood_costs_no_thread_and_fails_no_allowed_call() {
     const FLOOD_CONNECTIONS: usize = 3000;
-    if !nix::unistd::getuid().is_root() {
-        crate::util::skip("not root, cannot connect as another uid");
+    if !crate::util::root_or_skip("connect as another uid") {
         return;
     }
     let sup = Supervisor::start(

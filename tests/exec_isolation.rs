@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Supervisor, cli, forked_worker, proc_stat};
+use crate::util::{Proc, Supervisor, cli, forked_worker, proc_stat, root_or_skip};
 
 /// The repository's root.
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -184,16 +184,6 @@ fn status_ids(pid: i32, key: &str) -> Vec<u32> {
         .split_whitespace()
         .map(|n| n.parse().expect("a number"))
         .collect()
-}
-
-/// False (after printing why) when this process is not root. Root is the only reason
-/// to skip: as root (CI) every such test runs.
-fn root_or_skip(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    crate::util::skip(&format!("not root, cannot test {what}"));
-    false
 }
 
 // ------------------------------------------------------------------------------------
@@ -651,7 +641,7 @@ fn world_readable_app() -> tempfile::TempDir {
 
 #[test]
 fn an_exec_actor_as_nobody_cannot_read_root_files_and_still_recovers() {
-    if !root_or_skip("running an actor as another user") {
+    if !root_or_skip("test running an actor as another user") {
         return;
     }
     require_python();
@@ -765,7 +755,7 @@ fn an_exec_actor_as_nobody_cannot_read_root_files_and_still_recovers() {
 
 #[test]
 fn a_builtin_worker_runs_as_the_configured_uid() {
-    if !root_or_skip("running a worker as another user") {
+    if !root_or_skip("test running a worker as another user") {
         return;
     }
     // A built-in worker run as another user needs a durable call log (it cannot grow

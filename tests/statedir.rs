@@ -10,7 +10,7 @@ use std::time::Duration;
 use resurgam::shared::protocol::ErrorKind;
 use serde_json::{Value, json};
 
-use crate::util::{Supervisor, resurgam_cmd, run_with_timeout, skip};
+use crate::util::{Supervisor, resurgam_cmd, root_or_skip, run_with_timeout};
 
 const NOBODY: u32 = 65534;
 
@@ -133,8 +133,7 @@ fn a_state_or_runtime_dir_others_can_write_is_refused_unless_the_config_says_so(
 
 #[test]
 fn a_state_dir_owned_by_another_user_is_refused_naming_the_owner() {
-    if !nix::unistd::geteuid().is_root() {
-        skip("not root: cannot give a directory to another user");
+    if !root_or_skip("give a directory to another user") {
         return;
     }
     let sup = Supervisor::start(&kv("log"));
@@ -204,8 +203,7 @@ fn links_planted_in_the_state_dir_are_never_followed() {
 
 #[test]
 fn a_socket_path_another_user_holds_is_refused_naming_the_owner() {
-    if !nix::unistd::geteuid().is_root() {
-        skip("not root: cannot create a file as another user");
+    if !root_or_skip("create a file as another user") {
         return;
     }
     let sup = Supervisor::start(&kv("log"));

@@ -300,7 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn field_values_with_newlines_equals_and_nul_round_trip() {
+        let odd = "line one\nKEY=forged\n\0end";
+        let f = Fields {
+            message: format!("out: {odd}"),
+            fields: vec![("output", odd.into()), ("", "x=y".into())],
+        };
+        let got = decode(&encode(Level::INFO, "t", None, None, &f)).unwrap();
+        let get = |k: &str| got.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("RESURGAM_OUTPUT").as_deref(), Some(odd.as_bytes()));
+        assert_eq!(get("RESURGAM_").as_deref(), Some(&b"x=y"[..]));
+        // The newline inside a value never starts a field of its own.
+        assert!(get("KEY").is_none(), "{got:?}");
+        assert!(
+            get("MESSAGE").is_some_and(|m| m.starts_with(b"out: line one\nKEY=forged\n")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn a_damaged_datagram_is_an_error_not_a_panic() {
+        assert!(decode(b"\xff\xfe=1\n").is_err(), "a name not UTF-8");
         assert!(decode(b"MESSAGE=no newline").is_err());
         assert!(decode(b"MESSAGE\n\x05\x00").is_err());
         assert!(decode(b"MESSAGE\n\xff\xff\xff\xff\xff\xff\xff\xffab\n").is_err());

@@ -993,6 +993,16 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }
 
+/// False (after [`skip`] says why) when this process is not root: tests that act as
+/// another user or give files away need it. As root (CI) every such test runs.
+pub fn root_or_skip(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip(&format!("not root, cannot {what}"));
+    false
+}
+
 /// True for the errors a client sees when the supervisor dies under it (a closed or
 /// reset connection; not a timeout).
 pub fn is_connection_loss(e: &resurgam::ClientError) -> bool {
