@@ -1454,10 +1454,14 @@ fn event_fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Val
 }
 
 /// The core's event for one report of a worker.
-/// Tells the core the sizes of every actor's files, for a `status` reply.
+/// Tells the core the sizes of its actors' files, for a `status` reply (gone actors
+/// are not shown there, so their files are not stat'ed on the loop).
 fn measure_files(core: &mut Core, logs: &[ActorLog], files: &[Files]) {
     let len = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.len());
     for (id, (log, f)) in logs.iter().zip(files).enumerate().take(core.actor_count()) {
+        if core.is_gone(id) {
+            continue;
+        }
         let sizes = FileSizes {
             mmap_bytes: len(&f.mmap),
             disk_copy_bytes: len(&f.disk),

@@ -538,12 +538,12 @@ impl Conns {
         let Some(c) = self.live.get_mut(&conn) else {
             return;
         };
-        let before = c.outstanding(&self.limits);
-        c.owed = c.owed.saturating_sub(1);
-        let recent = c.reply_size.map_or(0, |r| r - r / REPLY_SIZE_DECAY);
-        c.reply_size = Some(line.len().max(recent));
-        c.push_out(line.as_bytes());
-        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+        tracked(&mut self.owed_total, &self.limits, c, |c| {
+            c.owed = c.owed.saturating_sub(1);
+            let recent = c.reply_size.map_or(0, |r| r - r / REPLY_SIZE_DECAY);
+            c.reply_size = Some(line.len().max(recent));
+            c.push_out(line.as_bytes());
+        });
         self.trim |= line.len() >= TRIM_AFTER_REPLY_BYTES;
         if !c.to_write {
             c.to_write = true;
@@ -559,10 +559,7 @@ impl Conns {
                 continue;
             };
             c.to_write = false;
-            let before = c.outstanding(&self.limits);
-            let written = c.write_out();
-            self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
-            let Ok(wrote) = written else {
+            let Ok(wrote) = tracked(&mut self.owed_total, &self.limits, c, Conn::write_out) else {
                 // The client is gone for good: whatever it is owed cannot reach it.
                 self.close(conn);
                 continue;
@@ -708,11 +705,11 @@ impl Conns {
         let Some(c) = self.live.get_mut(&conn) else {
             return;
         };
-        let before = c.outstanding(&self.limits);
-        for line in history {
-            c.push_out(line.as_bytes());
-        }
-        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+        tracked(&mut self.owed_total, &self.limits, c, |c| {
+            for line in history {
+                c.push_out(line.as_bytes());
+            }
+        });
         c.subscribed = true;
         if !self.subscribers.contains(&conn) {
             self.subscribers.push(conn);
@@ -733,9 +730,9 @@ impl Conns {
                 gone.push(conn);
                 continue;
             }
-            let before = c.outstanding(&self.limits);
-            c.push_out(line.as_bytes());
-            self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+            tracked(&mut self.owed_total, &self.limits, c, |c| {
+                c.push_out(line.as_bytes());
+            });
             if !c.to_write {
                 c.to_write = true;
                 self.to_write.push(conn);
@@ -759,9 +756,10 @@ impl Conns {
             unread,
             "event subscriber does not read its events; dropping it"
         );
-        let before = c.outstanding(&self.limits);
-        c.push_out(crate::shell::events::dropped_line(unread, missed).as_bytes());
-        self.owed_total = self.owed_total - before + c.outstanding(&self.limits);
+        let line = crate::shell::events::dropped_line(unread, missed);
+        tracked(&mut self.owed_total, &self.limits, c, |c| {
+            c.push_out(line.as_bytes());
+        });
         c.dropped_at = Some(now);
         c.stalled_since = None;
         self.timed.insert(conn);
@@ -792,6 +790,20 @@ impl Conns {
             trim_heap();
         }
     }
+}
+
+/// Runs `f` on a connection and keeps `total` (`Conns::owed_total`, the sum of every
+/// live connection's [`Conn::outstanding`]) in step with what `f` changed.
+fn tracked<R>(
+    total: &mut usize,
+    limits: &Limits,
+    c: &mut Conn,
+    f: impl FnOnce(&mut Conn) -> R,
+) -> R {
+    let before = c.outstanding(limits);
+    let result = f(c);
+    *total = *total - before + c.outstanding(limits);
+    result
 }
 
 /// Returns the allocator's free memory to the OS (glibc keeps freed memory for reuse,
