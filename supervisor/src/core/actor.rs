@@ -426,10 +426,11 @@ impl ActorState {
         std::mem::replace(&mut self.phase, phase)
     }
 
-    /// Resets the per-worker fields for a new worker process.
+    /// Resets the per-worker fields for a new worker process (the caller has moved the
+    /// actor to STARTING, through `observe::set_phase`, so that the change is told).
     pub fn begin_epoch(&mut self, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::Starting);
         self.epoch += 1;
-        self.set_phase(Phase::Starting);
         self.pid = None;
         self.exited = false;
         self.closed = false;

@@ -1204,19 +1204,8 @@ impl Core {
 
     fn spawn(&mut self, id: ActorId, now: Instant) {
         let a = &mut self.actors[id];
-        let from = a.phase;
+        observe::set_phase(&mut self.notices, id, a, Phase::Starting);
         a.begin_epoch(now);
-        if from != Phase::Starting {
-            let to = Phase::Starting;
-            observe::push(
-                &mut self.notices,
-                Notice::State {
-                    actor: id,
-                    from,
-                    to,
-                },
-            );
-        }
         self.out.push(Action::Spawn {
             actor: id,
             epoch: a.epoch,
