@@ -2027,7 +2027,6 @@ fn lost_reply_error(actor: &str) -> ErrorBody {
     )
 }
 
-/// JSON string literal of `s`.
 /// The refusal of a plain start or restart of an actor held DEAD for damaged or vanished
 /// state files: only `restart --fresh` accepts the loss.
 fn held_error(a: &ActorState) -> Option<ErrorBody> {
@@ -2043,6 +2042,7 @@ fn held_error(a: &ActorState) -> Option<ErrorBody> {
     ))
 }
 
+/// JSON string literal of `s`.
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".to_string())
 }
