@@ -542,6 +542,12 @@ impl ActorState {
         }
     }
 
+    /// True for an actor removed by a reload that has stopped: gone from `status` and
+    /// the metrics.
+    pub fn gone(&self) -> bool {
+        self.retiring && self.phase == Phase::Stopped
+    }
+
     /// True when this actor alone winds down (final checkpoint, then its worker stops):
     /// removed by a reload, or stopped by an operator.
     pub fn winding_down(&self) -> bool {
