@@ -1167,12 +1167,6 @@ impl Core {
             return;
         };
         let a = &mut self.actors[id];
-        if a.stopped_by_operator {
-            // Like `systemctl restart`: a stopped actor is started.
-            self.on_start_actor(origin, actor, now);
-            return;
-        }
-        let a = &mut self.actors[id];
         if let Some(err) = held_error(a).filter(|_| !fresh) {
             self.reply_err(&origin, &err);
             return;
@@ -1180,6 +1174,12 @@ impl Core {
         if let Some(reason) = a.hold.take() {
             tracing::warn!(actor = %a.name, %reason, "restart --fresh: the operator accepted the loss; the actor starts from what is left of its state");
             self.out.push(Action::Release { actor: id });
+        }
+        if a.stopped_by_operator {
+            // Like `systemctl restart`: a stopped actor is started (after `--fresh` has
+            // released a hold, which `start` alone refuses to do).
+            self.on_start_actor(origin, actor, now);
+            return;
         }
         tracing::info!(actor = %a.name, phase = a.phase.as_str(), fresh, "restart requested by operator");
         let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
