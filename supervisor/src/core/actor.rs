@@ -426,10 +426,11 @@ impl ActorState {
         std::mem::replace(&mut self.phase, phase)
     }
 
-    /// Resets the per-worker fields for a new worker process.
+    /// Resets the per-worker fields for a new worker process (the caller has moved the
+    /// actor to STARTING, through `observe::set_phase`, so that the change is told).
     pub fn begin_epoch(&mut self, now: Instant) {
+        debug_assert_eq!(self.phase, Phase::Starting);
         self.epoch += 1;
-        self.set_phase(Phase::Starting);
         self.pid = None;
         self.exited = false;
         self.closed = false;
@@ -539,6 +540,12 @@ impl ActorState {
             r.next_report = now + REPLAY_PROGRESS_EVERY;
             tracing::info!(actor = %self.name, done = r.done, total = r.total, "replaying calls: {}/{}", r.done, r.total);
         }
+    }
+
+    /// True for an actor removed by a reload that has stopped: gone from `status` and
+    /// the metrics.
+    pub fn gone(&self) -> bool {
+        self.retiring && self.phase == Phase::Stopped
     }
 
     /// True when this actor alone winds down (final checkpoint, then its worker stops):

@@ -1167,12 +1167,6 @@ impl Core {
             return;
         };
         let a = &mut self.actors[id];
-        if a.stopped_by_operator {
-            // Like `systemctl restart`: a stopped actor is started.
-            self.on_start_actor(origin, actor, now);
-            return;
-        }
-        let a = &mut self.actors[id];
         if let Some(err) = held_error(a).filter(|_| !fresh) {
             self.reply_err(&origin, &err);
             return;
@@ -1180,6 +1174,12 @@ impl Core {
         if let Some(reason) = a.hold.take() {
             tracing::warn!(actor = %a.name, %reason, "restart --fresh: the operator accepted the loss; the actor starts from what is left of its state");
             self.out.push(Action::Release { actor: id });
+        }
+        if a.stopped_by_operator {
+            // Like `systemctl restart`: a stopped actor is started (after `--fresh` has
+            // released a hold, which `start` alone refuses to do).
+            self.on_start_actor(origin, actor, now);
+            return;
         }
         tracing::info!(actor = %a.name, phase = a.phase.as_str(), fresh, "restart requested by operator");
         let ok = format!("{{\"restarting\":{}}}", json_string(&a.name));
@@ -1204,19 +1204,8 @@ impl Core {
 
     fn spawn(&mut self, id: ActorId, now: Instant) {
         let a = &mut self.actors[id];
-        let from = a.phase;
+        observe::set_phase(&mut self.notices, id, a, Phase::Starting);
         a.begin_epoch(now);
-        if from != Phase::Starting {
-            let to = Phase::Starting;
-            observe::push(
-                &mut self.notices,
-                Notice::State {
-                    actor: id,
-                    from,
-                    to,
-                },
-            );
-        }
         self.out.push(Action::Spawn {
             actor: id,
             epoch: a.epoch,
@@ -2038,7 +2027,6 @@ fn lost_reply_error(actor: &str) -> ErrorBody {
     )
 }
 
-/// JSON string literal of `s`.
 /// The refusal of a plain start or restart of an actor held DEAD for damaged or vanished
 /// state files: only `restart --fresh` accepts the loss.
 fn held_error(a: &ActorState) -> Option<ErrorBody> {
@@ -2054,6 +2042,7 @@ fn held_error(a: &ActorState) -> Option<ErrorBody> {
     ))
 }
 
+/// JSON string literal of `s`.
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".to_string())
 }

@@ -145,8 +145,7 @@ impl Core {
 
     /// True for an actor removed by a reload that has stopped.
     pub fn is_gone(&self, id: ActorId) -> bool {
-        let a = &self.actors[id];
-        a.retiring && a.phase == Phase::Stopped
+        self.actors[id].gone()
     }
 
     /// When the core started.

@@ -10,7 +10,7 @@ pub(super) fn render(core: &Core, now: Instant) -> String {
     let actors: Vec<_> = core
         .actors
         .iter()
-        .filter(|a| !(a.retiring && a.phase == super::Phase::Stopped))
+        .filter(|a| !a.gone())
         .map(|a| {
             json!({
                 "name": a.name,

@@ -2099,3 +2099,50 @@ fn batches_respect_the_size_caps() {
     assert_eq!(batches.len(), MAX_INFLIGHT_BATCHES as usize);
     assert!(batches.iter().all(|&b| b <= MAX_BATCH_BYTES));
 }
+
+#[test]
+fn restart_fresh_revives_a_held_actor_an_operator_stopped() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let spec = ActorSpec {
+        held: Some("its checkpoint file vanished".into()),
+        ..World::spec(&policy(-1, 3, 0), "d", 0, Vec::new(), None)
+    };
+    let id = w.core.add_actor(spec, w.now);
+    assert_eq!(w.core.phase(id), Phase::Dead);
+    let ask = |w: &mut World, op: Op| {
+        let request = Request { id: "r".into(), op };
+        w.core.handle(
+            Event::Request {
+                conn: CONN,
+                request,
+            },
+            w.now,
+        );
+    };
+    ask(&mut w, Op::StopActor { actor: "d".into() });
+    assert_eq!(w.core.phase(id), Phase::Stopped);
+    // A plain start or restart is refused (held); `restart --fresh` accepts the loss.
+    ask(&mut w, Op::StartActor { actor: "d".into() });
+    assert_eq!(w.core.phase(id), Phase::Stopped);
+    ask(
+        &mut w,
+        Op::Restart {
+            actor: "d".into(),
+            fresh: true,
+        },
+    );
+    assert_eq!(w.core.phase(id), Phase::Starting);
+    let actions = w.core.take_actions();
+    assert!(
+        actions.contains(&Action::Release { actor: id }),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::Spawn {
+            actor: id,
+            epoch: 1
+        }),
+        "{actions:?}"
+    );
+}

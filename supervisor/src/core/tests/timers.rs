@@ -201,6 +201,14 @@ impl Timers {
         });
     }
 
+    /// The worker a step's `i` picks (modulo the actors) and its actor, when `when`
+    /// holds for it (the step is a no-op otherwise).
+    fn pick(&mut self, i: usize, when: impl Fn(&Worker) -> bool) -> Option<(ActorId, &mut Worker)> {
+        let actor = i % self.workers.len();
+        let w = &mut self.workers[actor];
+        when(w).then_some((actor, w))
+    }
+
     fn step(&mut self, s: TimerStep) {
         let n = self.workers.len();
         match s {
@@ -210,9 +218,7 @@ impl Timers {
                 args: Some("1".into()),
             }),
             TimerStep::Spawned(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if w.spawning && !w.exited {
+                if let Some((actor, w)) = self.pick(i, |w| w.spawning && !w.exited) {
                     w.spawning = false;
                     w.starting = true;
                     let (epoch, pid) = (w.epoch, 100 + w.epoch as u32);
@@ -228,9 +234,7 @@ impl Timers {
                 }
             }
             TimerStep::SpawnFailed(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if w.spawning && !w.exited {
+                if let Some((actor, w)) = self.pick(i, |w| w.spawning && !w.exited) {
                     w.exited = true;
                     w.closed = true;
                     let epoch = w.epoch;
@@ -242,9 +246,7 @@ impl Timers {
                 }
             }
             TimerStep::Ready(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if w.starting && !w.exited {
+                if let Some((actor, w)) = self.pick(i, |w| w.starting && !w.exited) {
                     w.starting = false;
                     w.alive = true;
                     let epoch = w.epoch;
@@ -256,11 +258,9 @@ impl Timers {
                 }
             }
             TimerStep::Work(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if !w.alive || w.exited {
+                let Some((actor, w)) = self.pick(i, |w| w.alive && !w.exited) else {
                     return;
-                }
+                };
                 let epoch = w.epoch;
                 let Some(owed) = w.owed.pop_front() else {
                     return;
@@ -305,9 +305,8 @@ impl Timers {
                 self.handle(ev);
             }
             TimerStep::Exit(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if !w.spawning && !w.exited && w.epoch > 0 {
+                if let Some((actor, w)) = self.pick(i, |w| !w.spawning && !w.exited && w.epoch > 0)
+                {
                     w.exited = true;
                     w.alive = false;
                     w.starting = false;
@@ -321,9 +320,8 @@ impl Timers {
                 }
             }
             TimerStep::Close(i) => {
-                let actor = i % n;
-                let w = &mut self.workers[actor];
-                if !w.spawning && !w.closed && w.epoch > 0 {
+                if let Some((actor, w)) = self.pick(i, |w| !w.spawning && !w.closed && w.epoch > 0)
+                {
                     w.closed = true;
                     let epoch = w.epoch;
                     self.handle(Event::ChannelClosed { actor, epoch });
