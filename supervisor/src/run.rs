@@ -1453,12 +1453,14 @@ fn event_fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Val
     }
 }
 
-/// The core's event for one report of a worker.
 /// Tells the core the sizes of its actors' files, for a `status` reply (gone actors
 /// are not shown there, so their files are not stat'ed on the loop).
 fn measure_files(core: &mut Core, logs: &[ActorLog], files: &[Files]) {
     let len = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.len());
-    for (id, (log, f)) in logs.iter().zip(files).enumerate().take(core.actor_count()) {
+    for id in core.actor_ids() {
+        let (Some(log), Some(f)) = (logs.get(id), files.get(id)) else {
+            continue;
+        };
         if core.is_gone(id) {
             continue;
         }
@@ -1471,6 +1473,7 @@ fn measure_files(core: &mut Core, logs: &[ActorLog], files: &[Files]) {
     }
 }
 
+/// The core's event for one report of a worker.
 fn report_event(name: &str, pid: Option<u32>, actor: ActorId, epoch: u64, report: Report) -> Event {
     match report {
         Report::Ready(restored) => Event::Ready {

@@ -782,11 +782,6 @@ impl Core {
         }
     }
 
-    /// Number of actors, retired ones included (ids are `0..actor_count()`).
-    pub fn actor_count(&self) -> usize {
-        self.actors.len()
-    }
-
     /// Number of logged calls kept for replay (for tests and status).
     pub fn log_len(&self, id: ActorId) -> usize {
         self.actors[id].log.len()

@@ -568,8 +568,9 @@ impl Conns {
                 c.out.clear();
                 c.sent = 0;
                 c.stalled_since = None;
-                if c.out.capacity() > 1 << 20 {
+                if c.out.capacity() >= TRIM_AFTER_BYTES {
                     c.out.shrink_to(64 * 1024);
+                    self.trim = true;
                 }
             } else if wrote || c.stalled_since.is_none() {
                 c.stalled_since = Some(now);
