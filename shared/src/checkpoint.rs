@@ -1709,10 +1709,7 @@ fn build_file(
 ) -> io::Result<(File, MmapRaw)> {
     let tmp = with_suffix(path, suffix);
     // A leftover from a killed worker: unlink rather than truncate (nobody can fault on it).
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_ctx("remove", &tmp)(e)),
-        _ => {}
-    }
+    safefs::remove_if_present(&tmp).map_err(io_ctx("remove", &tmp))?;
     let file = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
     let built = (|| {
         let write =

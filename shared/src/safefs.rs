@@ -127,6 +127,14 @@ pub fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The directory `path` is in: `.` for a bare file name.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Replaces `path` with `bytes` crash-atomically: `tmp` (a leftover, or a link planted
 /// there, is unlinked first) is created private and exclusively, written, fsync'd and
 /// renamed over `path`, then `path`'s directory is fsync'd. A reader sees the old file or
@@ -155,10 +163,7 @@ pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ctx("fsync", dir))
