@@ -676,6 +676,21 @@ mod tests {
         // A repeated field is refused too (it was before: the derived parser did it).
         let e = parse_request(br#"{"id":7,"op":"stop","op":"status"}"#).unwrap_err();
         assert!(e.error.message.contains("duplicate field `op`"), "{e:?}");
+        // Every field, each named in the refusal.
+        for (field, value) in [
+            ("id", "7"),
+            ("actor", "\"c\""),
+            ("method", "\"m\""),
+            ("args", "1"),
+            ("key", "\"k\""),
+            ("file", "\"\""),
+            ("fresh", "true"),
+        ] {
+            let line = format!(r#"{{"id":7,"op":"call","{field}":{value},"{field}":{value}}}"#);
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            let want = format!("duplicate field `{field}`");
+            assert!(e.error.message.contains(&want), "{line}: {e:?}");
+        }
     }
 
     #[test]
