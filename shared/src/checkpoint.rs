@@ -93,7 +93,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -407,13 +407,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 /// Reads exactly `len` bytes at `offset`, allocating fallibly. `len` must already be bounded
@@ -928,30 +921,8 @@ pub fn write_disk_copy_owned(
     payload: &[u8],
     owner: Option<&OwnerTag>,
 ) -> io::Result<()> {
-    let tmp = with_suffix(path, ".tmp");
     let record = encode_record_owned(generation, last_seq, payload, owner);
-    let written = (|| {
-        // A leftover (or a link planted there) is unlinked, never written through.
-        safefs::remove_if_present(&tmp).map_err(io_ctx("remove", &tmp))?;
-        let mut f = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
-        f.write_all(&record).map_err(io_ctx("write", &tmp))?;
-        f.sync_all().map_err(io_ctx("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("rename of {} to {}: {e}", tmp.display(), path.display()),
-            )
-        })
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let dir = parent_dir(path);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_ctx("fsync", dir))
+    safefs::replace_file(path, &with_suffix(path, ".tmp"), &record)
 }
 
 /// Reads and verifies the disk copy. A missing file is [`CheckpointError::Missing`].
@@ -1738,10 +1709,7 @@ fn build_file(
 ) -> io::Result<(File, MmapRaw)> {
     let tmp = with_suffix(path, suffix);
     // A leftover from a killed worker: unlink rather than truncate (nobody can fault on it).
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_ctx("remove", &tmp)(e)),
-        _ => {}
-    }
+    safefs::remove_if_present(&tmp).map_err(io_ctx("remove", &tmp))?;
     let file = safefs::create_new(&tmp).map_err(io_ctx("create", &tmp))?;
     let built = (|| {
         let write =

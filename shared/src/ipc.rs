@@ -161,8 +161,6 @@ pub struct Privileges {
 }
 
 /// Supervisor → worker.
-// `Init` is sent once per worker and moved, never kept in bulk: its size costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     /// (Boxed: the other messages are small; the encoding is the same as `Init`'s.)

@@ -158,7 +158,7 @@ struct WireRequest<'a> {
     file: Option<String>,
     /// A restart's `fresh` flag.
     fresh: Option<bool>,
-    /// The [`Field`]s present (bits of [`Field::bit`]).
+    /// The [`Field`]s present, as their bits (`Field::ACTOR`, ...).
     present: u8,
     /// The first field that no op takes, by name.
     unknown: Option<String>,
@@ -183,7 +183,9 @@ impl Field {
     const METHOD: u8 = 2;
     const ARGS: u8 = 4;
     const KEY: u8 = 8;
-    /// Above `id`'s and `op`'s bits (16, 32).
+    /// `id` and `op`, taken by every op: never in [`Field::OPTIONAL`].
+    const ID: u8 = 16;
+    const OP: u8 = 32;
     const FILE: u8 = 64;
     const FRESH: u8 = 128;
     /// The optional fields, each with its bit, in the order they are reported.
@@ -256,46 +258,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                     present |= bit;
                     Ok(())
                 };
-                // `id` and `op` get bits of their own above the optional fields'.
                 let (mut id, mut op, mut actor, mut method, mut args, mut idem_key) =
                     (None, None, None, None, None, None);
                 let mut file = None;
                 let mut fresh = None;
                 let mut unknown = None;
+                // Each known field: refused when repeated, its value typed by its slot.
+                macro_rules! take {
+                    ($bit:expr, $name:literal, $slot:ident) => {{
+                        seen($bit, $name)?;
+                        $slot = map.next_value()?;
+                    }};
+                }
                 while let Some(key) = map.next_key::<Field>()? {
                     match key {
-                        Field::Id => {
-                            seen(16, "id")?;
-                            id = map.next_value::<Option<&'a RawValue>>()?;
-                        }
-                        Field::Op => {
-                            seen(32, "op")?;
-                            op = map.next_value::<Option<String>>()?;
-                        }
-                        Field::Actor => {
-                            seen(Field::ACTOR, "actor")?;
-                            actor = map.next_value::<Option<String>>()?;
-                        }
-                        Field::Method => {
-                            seen(Field::METHOD, "method")?;
-                            method = map.next_value::<Option<String>>()?;
-                        }
-                        Field::Args => {
-                            seen(Field::ARGS, "args")?;
-                            args = map.next_value::<Option<&'a RawValue>>()?;
-                        }
-                        Field::Key => {
-                            seen(Field::KEY, "key")?;
-                            idem_key = map.next_value::<Option<String>>()?;
-                        }
-                        Field::File => {
-                            seen(Field::FILE, "file")?;
-                            file = map.next_value::<Option<String>>()?;
-                        }
-                        Field::Fresh => {
-                            seen(Field::FRESH, "fresh")?;
-                            fresh = map.next_value::<Option<bool>>()?;
-                        }
+                        Field::Id => take!(Field::ID, "id", id),
+                        Field::Op => take!(Field::OP, "op", op),
+                        Field::Actor => take!(Field::ACTOR, "actor", actor),
+                        Field::Method => take!(Field::METHOD, "method", method),
+                        Field::Args => take!(Field::ARGS, "args", args),
+                        Field::Key => take!(Field::KEY, "key", idem_key),
+                        Field::File => take!(Field::FILE, "file", file),
+                        Field::Fresh => take!(Field::FRESH, "fresh", fresh),
                         Field::Other(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             unknown.get_or_insert(name);
@@ -692,6 +676,21 @@ mod tests {
         // A repeated field is refused too (it was before: the derived parser did it).
         let e = parse_request(br#"{"id":7,"op":"stop","op":"status"}"#).unwrap_err();
         assert!(e.error.message.contains("duplicate field `op`"), "{e:?}");
+        // Every field, each named in the refusal.
+        for (field, value) in [
+            ("id", "7"),
+            ("actor", "\"c\""),
+            ("method", "\"m\""),
+            ("args", "1"),
+            ("key", "\"k\""),
+            ("file", "\"\""),
+            ("fresh", "true"),
+        ] {
+            let line = format!(r#"{{"id":7,"op":"call","{field}":{value},"{field}":{value}}}"#);
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            let want = format!("duplicate field `{field}`");
+            assert!(e.error.message.contains(&want), "{line}: {e:?}");
+        }
     }
 
     #[test]

@@ -127,6 +127,48 @@ pub fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The directory `path` is in: `.` for a bare file name.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Replaces `path` with `bytes` crash-atomically: `tmp` (a leftover, or a link planted
+/// there, is unlinked first) is created private and exclusively, written, fsync'd and
+/// renamed over `path`, then `path`'s directory is fsync'd. A reader sees the old file or
+/// the whole new one; on an error `tmp` is removed. Errors name the operation and the
+/// path. Not safe to call concurrently with the same `tmp`.
+pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let ctx = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: io::Error| io::Error::new(e.kind(), format!("{op} of {}: {e}", p.display()))
+    };
+    let written = (|| {
+        remove_if_present(tmp).map_err(ctx("remove", tmp))?;
+        let mut f = create_new(tmp).map_err(ctx("create", tmp))?;
+        f.write_all(bytes).map_err(ctx("write", tmp))?;
+        f.sync_all().map_err(ctx("fsync", tmp))?;
+        drop(f);
+        std::fs::rename(tmp, path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("rename of {} to {}: {e}", tmp.display(), path.display()),
+            )
+        })
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    let dir = parent_dir(path);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ctx("fsync", dir))
+}
+
 /// Creates every missing directory of `path` private (0700 whatever the umask); existing
 /// ones are left as they are.
 pub fn create_dir_all_private(path: &Path) -> io::Result<()> {

@@ -484,6 +484,16 @@ mod tests {
     use super::*;
     use std::fs::OpenOptions;
 
+    /// Opens actor `a`'s log in `state_dir` (no fsync, nothing covered, no owner).
+    fn reopen(state_dir: &Path) -> Opened {
+        ActorLog::open(state_dir, "a", false, Box::new(RealSink), 0, None).unwrap()
+    }
+
+    /// [`reopen`], for appending.
+    fn open_log(state_dir: &Path) -> ActorLog {
+        reopen(state_dir).log
+    }
+
     fn call(seq: u64) -> Call {
         Call {
             seq,
@@ -514,13 +524,13 @@ mod tests {
     #[test]
     fn append_recover_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert!(recs.is_empty() && problems.is_empty());
         log.append(&[call(1), call(2)]).unwrap();
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -557,7 +567,7 @@ mod tests {
         log.sink = Box::new(RealSink);
         log.append(&[call(4)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 4]);
         assert!(problems.is_empty(), "{problems:?}");
@@ -566,21 +576,19 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_and_appends_continue_after_good_data() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         log.append(&[call(1), call(2)]).unwrap();
         let seg = log.current.as_ref().unwrap().path.clone();
         drop(log);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.len(), 2);
         assert_eq!(problems.len(), 1, "{problems:?}");
         log.append(&[call(3)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (recs, problems) = (o.records, o.problems);
         assert_eq!(
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -592,9 +600,7 @@ mod tests {
     #[test]
     fn corruption_is_quarantined_and_the_good_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         log.append(&[call(1), call(2), call(3)]).unwrap();
         let seg = log.current.as_ref().unwrap().path.clone();
         drop(log);
@@ -606,7 +612,7 @@ mod tests {
         };
         bytes[one + 12] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         let (mut log, recs, problems) = (o.log, o.records, o.problems);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
         assert!(o.lost.is_some_and(|l| l.contains("calls from seq 2 on")));
@@ -633,7 +639,7 @@ mod tests {
         // Once the operator accepted the loss, calls go on from seq 2.
         log.append(&[call(2)]).unwrap();
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         assert_eq!(
             o.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![1, 2]
@@ -648,9 +654,7 @@ mod tests {
     #[test]
     fn a_quarantine_rewrite_keeps_tombstones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         log.append(&[call(1), call(2)]).unwrap();
         log.cancel(3, &[2]).unwrap();
         log.append(&[call(4)]).unwrap();
@@ -661,7 +665,7 @@ mod tests {
         bytes[l - 1] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
         for _ in 0..2 {
-            let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+            let o = reopen(dir.path());
             // The refused call stays refused, also on the second start.
             assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
             assert_eq!(o.range, Some((1, 3)));
@@ -671,30 +675,24 @@ mod tests {
     #[test]
     fn an_empty_segment_from_a_crash_is_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         log.append(&[call(1), call(2)]).unwrap();
         drop(log);
         let empty = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(3));
         std::fs::write(&empty, b"").unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         assert!(!empty.exists());
         log.append(&[call(3)]).unwrap();
         log.truncate(2);
         drop(log);
-        let o = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None).unwrap();
+        let o = reopen(dir.path());
         assert_eq!(o.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
     }
 
     #[test]
     fn truncation_deletes_only_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ActorLog::open(dir.path(), "a", false, Box::new(RealSink), 0, None)
-            .unwrap()
-            .log;
+        let mut log = open_log(dir.path());
         log.append(&[call(1), call(2)]).unwrap();
         log.rotate(3).unwrap();
         log.append(&[call(3), call(4)]).unwrap();

@@ -33,10 +33,7 @@ pub fn max_connections(actors: usize) -> usize {
 /// made private if absent), which keeps a second supervisor off the socket from its
 /// start, before it touches anything.
 pub fn lock_path(path: &Path) -> Result<PathBuf, SocketError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = safefs::parent_dir(path);
     safefs::create_dir_all_private(dir).map_err(|source| SocketError::Dir {
         path: dir.to_path_buf(),
         source,

@@ -20,14 +20,14 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 use resurgam_shared::checkpoint::OwnerTag;
-use resurgam_shared::safefs::Dir;
+use resurgam_shared::safefs::{self, Dir};
 
 /// The manifest's file name in the state directory.
 pub const MANIFEST_FILE: &str = "resurgam-state.json";
@@ -60,7 +60,6 @@ struct Content {
 /// The state directory's manifest, as read at start and kept up to date.
 #[derive(Debug)]
 pub struct Manifest {
-    dir: Dir,
     path: PathBuf,
     content: Content,
 }
@@ -92,7 +91,6 @@ impl Manifest {
             .map_err(|e| e.to_string())?;
         let Some(file) = file else {
             let m = Manifest {
-                dir,
                 path,
                 content: Content {
                     format: FORMAT,
@@ -135,7 +133,7 @@ impl Manifest {
         if content.id.len() != 32 || !content.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(damaged(format!("bad id {:?}", content.id)));
         }
-        Ok(Manifest { dir, path, content })
+        Ok(Manifest { path, content })
     }
 
     /// The state directory's id.
@@ -193,16 +191,11 @@ impl Manifest {
 
     /// Writes the file atomically.
     fn save(&self) -> std::io::Result<()> {
-        let tmp = OsStr::new(".resurgam-state.json.tmp");
-        self.dir.remove(tmp)?;
-        let mut f = self.dir.create_file(tmp, OFlag::empty())?;
-        let text = serde_json::to_string_pretty(&self.content).map_err(std::io::Error::other)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        drop(f);
-        self.dir.rename(tmp, &self.dir, OsStr::new(MANIFEST_FILE))?;
-        self.dir.sync()
+        let mut text =
+            serde_json::to_string_pretty(&self.content).map_err(std::io::Error::other)?;
+        text.push('\n');
+        let tmp = self.path.with_file_name(".resurgam-state.json.tmp");
+        safefs::replace_file(&self.path, &tmp, text.as_bytes())
     }
 }
 
