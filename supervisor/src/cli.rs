@@ -584,30 +584,14 @@ fn export(actor: &str, file: Option<&Path>, client: &ClientArgs) -> Result<Strin
 /// Writes `bytes` to `path` durably, mode 0600 whatever the umask, never through a
 /// symlink: a new temporary file beside it, fsync, rename over `path`, fsync the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+    use resurgam_shared::safefs;
     let name = path.file_name().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
     })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
     let mut tmp_name = OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = resurgam_shared::safefs::create_new(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    safefs::replace_file(path, &safefs::parent_dir(path).join(tmp_name), bytes)
 }
 
 /// `import ACTOR FILE`: verifies the file here (a damaged one never leaves this
