@@ -261,6 +261,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         standby: StandbyPool::new(config_standby),
         refill_after_ready: false,
         refill_at: None,
+        sweep_at: None,
         output,
         poll_registry,
         worker_reads: VecDeque::new(),
@@ -300,6 +301,12 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
 /// How long after a taken standby's replacement worker is ready the pool refills: a
 /// process start right away would compete with the calls that waited for the restart.
 const STANDBY_REFILL_DELAY: Duration = Duration::from_millis(50);
+
+/// How long after a child's death the loop looks for processes re-parented to it that
+/// left their worker's session (`sweep::kill_escaped`). Not at once: the look reads a
+/// dozen `/proc` files (about 250 µs on a VM), which would delay the dead worker's
+/// replacement; deaths within this delay share one look.
+const SWEEP_DELAY: Duration = Duration::from_millis(20);
 
 /// A worker that seemed too slow to wait for awake gets another chance this often.
 const SPIN_PROBE_EVERY: u32 = 64;
@@ -387,6 +394,8 @@ struct Shell {
     refill_after_ready: bool,
     /// …a moment after that.
     refill_at: Option<Instant>,
+    /// A child ended: look for escaped processes then (`SWEEP_DELAY`).
+    sweep_at: Option<Instant>,
     output: OutputRelay,
     /// The loop's registry (worker report sockets come and go).
     poll_registry: mio::Registry,
@@ -424,11 +433,16 @@ impl Shell {
             self.refill_at = None;
             self.standby.fill(&self.spawn_tx);
         }
+        if self.sweep_at.is_some_and(|t| t <= now) {
+            self.sweep_at = None;
+            sweep::kill_escaped(|p| self.pids.contains_key(&p));
+        }
         let deadline = [
             core_deadline,
             self.next_watchdog,
             self.conns.sweep(now),
             self.refill_at,
+            self.sweep_at,
             self.http.as_mut().and_then(|h| h.sweep(now)),
         ]
         .into_iter()
@@ -626,8 +640,10 @@ impl Shell {
     fn on_reaped(&mut self, pid: i32, exit: WorkerExit, core: &mut Core) {
         spawn::kill_leftovers(pid);
         // What the dead process started and that left its group is re-parented to us
-        // now (its own children, or a worker's whole remaining tree).
-        sweep::kill_escaped(|p| self.pids.contains_key(&p));
+        // now (its own children, or a worker's whole remaining tree): killed in a moment,
+        // off the path of the replacement.
+        self.sweep_at
+            .get_or_insert_with(|| Instant::now() + SWEEP_DELAY);
         let Some((actor, epoch)) = u32::try_from(pid).ok().and_then(|p| self.pids.remove(&p))
         else {
             if let Ok(p) = u32::try_from(pid) {
