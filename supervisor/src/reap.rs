@@ -1,8 +1,16 @@
-//! Signals and reaping: one thread turns SIGCHLD, SIGTERM, SIGINT and SIGHUP into events.
+//! Signals and reaping. One thread turns SIGTERM, SIGINT and SIGHUP into events; SIGCHLD
+//! wakes the event loop itself, which reaps.
 //!
 //! Signals are registered before any other thread starts (signal-hook's advice) and
 //! collate: one SIGCHLD can stand for many dead children, so every SIGCHLD reaps with
-//! `waitpid(-1, WNOHANG)` until nothing is left.
+//! `waitpid(-1, WNOHANG)` until nothing is left. Reaping on the loop, not on a thread
+//! of its own: a worker's death wakes the loop through its pidfd, and the SIGCHLD that
+//! comes with it would otherwise wake a second thread that races the loop to reap the
+//! worker, and when it wins the death crosses a thread on its way to the loop (a
+//! context switch on the loop's CPU, tens of µs of the restart on a VM).
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
 
 use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -13,9 +21,50 @@ use crate::core::Event;
 use crate::exit::WorkerExit;
 use crate::shell::{LoopTx, ShellEvent};
 
-/// Registers the signals. Call before starting any thread.
-pub fn register() -> std::io::Result<Signals> {
-    Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+/// SIGCHLD for the event loop: a socket the signal handler writes a byte to.
+pub struct ChildSignals {
+    rx: UnixStream,
+}
+
+impl ChildSignals {
+    /// The socket to poll (readable after a SIGCHLD); non-blocking.
+    pub fn socket(&self) -> std::io::Result<mio::net::UnixStream> {
+        self.rx.try_clone().map(mio::net::UnixStream::from_std)
+    }
+
+    /// Takes the pending wake-ups, then reaps every dead child, handing each to `reaped`.
+    pub fn reap(&mut self, mut reaped: impl FnMut(i32, WorkerExit)) {
+        let mut buf = [0u8; 256];
+        while matches!(self.rx.read(&mut buf), Ok(n) if n > 0) {}
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => {
+                    if let Some((pid, exit)) = WorkerExit::from_wait(status) {
+                        reaped(pid, exit);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "waitpid failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Registers the signals. Call before starting any thread. The loop polls
+/// [`ChildSignals::socket`] and reaps; [`start`] runs a thread for the others.
+pub fn register() -> std::io::Result<(Signals, ChildSignals)> {
+    let (rx, tx) = UnixStream::pair()?;
+    rx.set_nonblocking(true)?;
+    tx.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(SIGCHLD, tx)?;
+    Ok((
+        Signals::new([SIGTERM, SIGINT, SIGHUP])?,
+        ChildSignals { rx },
+    ))
 }
 
 /// Runs the signal thread until the event channel closes.
@@ -23,13 +72,8 @@ pub fn start(mut signals: Signals, events: LoopTx) -> std::io::Result<std::threa
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            // Children that died before the handler existed.
-            if !reap_all(&events) {
-                return;
-            }
             for sig in signals.forever() {
                 let ok = match sig {
-                    SIGCHLD => reap_all(&events),
                     SIGTERM | SIGINT => {
                         let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
                         events
@@ -46,27 +90,6 @@ pub fn start(mut signals: Signals, events: LoopTx) -> std::io::Result<std::threa
                 }
             }
         })
-}
-
-/// Reaps every dead child. Returns false when the event channel is closed.
-fn reap_all(events: &LoopTx) -> bool {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return true,
-            Ok(status) => {
-                if let Some((pid, exit)) = WorkerExit::from_wait(status)
-                    && events.send(ShellEvent::Reaped { pid, exit }).is_err()
-                {
-                    return false;
-                }
-            }
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "waitpid failed");
-                return true;
-            }
-        }
-    }
 }
 
 /// A pidfd for `pid` (`None`: no such process any more, or a kernel before 5.3).

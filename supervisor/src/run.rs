@@ -108,7 +108,8 @@ impl Drop for KillOnDrop {
 /// thread (see [`ForkServer::start`]).
 pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32, RunError> {
     let forks = Arc::new(forks);
-    let signals = reap::register().map_err(RunError::setup("register signal handlers"))?;
+    let (signals, children) =
+        reap::register().map_err(RunError::setup("register signal handlers"))?;
     raise_fd_limit();
     let sup = &config.supervisor;
     for (what, dir) in [("state", &sup.state_dir), ("runtime", &sup.runtime_dir)] {
@@ -164,6 +165,13 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         .map_err(RunError::setup("create the event loop"))?;
     let waker = Waker::new(poll.registry(), token::WAKER)
         .map_err(RunError::setup("create the event loop's waker"))?;
+    children
+        .socket()
+        .and_then(|mut s| {
+            poll.registry()
+                .register(&mut s, token::CHILD, Interest::READABLE)
+        })
+        .map_err(RunError::setup("watch SIGCHLD in the event loop"))?;
     let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
     let tx = LoopTx::new(events_tx, Arc::new(waker));
     let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
@@ -262,6 +270,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         refill_after_ready: false,
         refill_at: None,
         sweep_at: None,
+        children,
         output,
         poll_registry,
         worker_reads: VecDeque::new(),
@@ -281,6 +290,8 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         notices: Vec::new(),
     };
     let mut actions = Vec::new();
+    // Children that died before the SIGCHLD handler existed (the fork server).
+    shell.reap_children(&mut core);
     shell.run_actions(&mut core, &mut actions);
     // After the actors' own spawns: standby workers for the restarts to come.
     shell.standby.fill(&shell.spawn_tx);
@@ -396,6 +407,8 @@ struct Shell {
     refill_at: Option<Instant>,
     /// A child ended: look for escaped processes then (`SWEEP_DELAY`).
     sweep_at: Option<Instant>,
+    /// SIGCHLD: the loop reaps every child.
+    children: reap::ChildSignals,
     output: OutputRelay,
     /// The loop's registry (worker report sockets come and go).
     poll_registry: mio::Registry,
@@ -462,6 +475,7 @@ impl Shell {
             match token::of(ev.token()) {
                 token::Of::Listener => self.conns.accept(now),
                 token::Of::Waker => {}
+                token::Of::Child => self.reap_children(core),
                 token::Of::Conn(conn) => self.conns.ready(
                     conn,
                     ev.is_readable() || ev.is_read_closed() || ev.is_error(),
@@ -619,7 +633,6 @@ impl Shell {
                 }
                 self.standby.fill(&self.spawn_tx);
             }
-            ShellEvent::Reaped { pid, exit } => self.on_reaped(pid, exit, core),
             ShellEvent::ForkServerUpgraded { pid } => {
                 self.standby.renew(&self.spawn_tx);
                 tracing::info!(
@@ -737,7 +750,7 @@ impl Shell {
     }
 
     /// Polls a pidfd of the actor's worker, so its exit wakes the loop directly. Without
-    /// one (kernels before 5.3), the signal thread's SIGCHLD reaping still reports it.
+    /// one (kernels before 5.3), the loop's SIGCHLD reaping still reports it.
     fn watch_death(&mut self, actor: ActorId, pid: u32) {
         let Some(fd) = crate::reap::pidfd_open(pid) else {
             return;
@@ -778,8 +791,17 @@ impl Shell {
                     self.on_reaped(pid, exit, core);
                 }
             }
-            // Reaped already by the signal thread (its event is on its way), or gone.
+            // Reaped already (after a SIGCHLD, earlier in this turn), or gone.
             Err(_) => self.forget_pidfd(actor),
+        }
+    }
+
+    /// Reaps every dead child (after a SIGCHLD, and once at start).
+    fn reap_children(&mut self, core: &mut Core) {
+        let mut dead = Vec::new();
+        self.children.reap(|pid, exit| dead.push((pid, exit)));
+        for (pid, exit) in dead {
+            self.on_reaped(pid, exit, core);
         }
     }
 

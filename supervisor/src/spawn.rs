@@ -239,12 +239,12 @@ fn start_worker(
     spawn_detached(&mut cmd).map_err(|e| format!("start worker process: {e}"))
 }
 
-/// Spawns `cmd` and returns the child's pid without keeping a handle: the signal
-/// thread reaps it (`waitpid(-1)`), and dropping `cmd` afterwards closes our copies of
+/// Spawns `cmd` and returns the child's pid without keeping a handle: the event loop
+/// reaps it (`waitpid(-1)`), and dropping `cmd` afterwards closes our copies of
 /// the descriptors it passed.
 pub(crate) fn spawn_detached(cmd: &mut Command) -> Result<u32, String> {
     // When exec fails, std waits for the child itself and asserts that the wait worked;
-    // the signal thread may have reaped it first. Keep this thread (a spawner's death
+    // the event loop may have reaped it first. Keep this thread (a spawner's death
     // would SIGKILL its workers through PR_SET_PDEATHSIG) and report the failure.
     let spawned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd.spawn()));
     match spawned {

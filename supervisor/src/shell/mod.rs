@@ -23,7 +23,6 @@ use mio::{Token, Waker};
 use resurgam_shared::ipc::{Init, ToWorker};
 
 use crate::core::{ActorId, ConnId, Event};
-use crate::exit::WorkerExit;
 
 /// Everything the shell threads tell the loop.
 pub enum ShellEvent {
@@ -47,10 +46,6 @@ pub enum ShellEvent {
     BootstrapFailed {
         actor: ActorId,
         epoch: u64,
-    },
-    Reaped {
-        pid: i32,
-        exit: WorkerExit,
     },
     /// A standby worker was started (`server_name`: its bootstrap server).
     StandbySpawned {
@@ -108,6 +103,8 @@ pub mod token {
     pub const WAKER: Token = Token(1);
     /// The metrics endpoint's listener (`metrics_listen`).
     pub const HTTP_LISTENER: Token = Token(2);
+    /// SIGCHLD arrived (`reap::ChildSignals`).
+    pub const CHILD: Token = Token(3);
     const DEATH_BASE: usize = 1 << 50;
     const WORKER_BASE: usize = 1 << 48;
     const HTTP_BASE: usize = 1 << 46;
@@ -138,6 +135,7 @@ pub mod token {
         Listener,
         Waker,
         HttpListener,
+        Child,
         Http(usize),
         Conn(ConnId),
         Worker(ActorId),
@@ -148,6 +146,7 @@ pub mod token {
         match t.0 {
             0 => Of::Listener,
             2 => Of::HttpListener,
+            3 => Of::Child,
             n if n >= DEATH_BASE => Of::Death(n - DEATH_BASE),
             n if n >= WORKER_BASE => Of::Worker(n - WORKER_BASE),
             n if n >= HTTP_BASE => Of::Http(n - HTTP_BASE),

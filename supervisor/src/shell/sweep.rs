@@ -144,7 +144,7 @@ pub fn kill_escaped(known: impl Fn(u32) -> bool) {
 
 /// On the way out, with every worker gone: kills every child left but the fork servers
 /// (`known`; they end with the supervisor) until none is left, or `within` has passed.
-/// A dead child is reaped by the signal thread, or the scan sees only its zombie.
+/// A dead child is not reaped any more (the loop has ended): the scan sees its zombie.
 pub fn kill_all_children(known: impl Fn(u32) -> bool, within: Duration) {
     let give_up = Instant::now() + within;
     let mut logged = HashSet::new();
