@@ -302,6 +302,9 @@ impl Worker {
 
     fn restore(&self, registry: &Registry, init: &Init) -> Result<Live, Stop> {
         let fatal = Stop::Failed;
+        if init.exec.is_some() || init.privileges.identity.is_some() {
+            crate::holder::release();
+        }
         let kind = match &init.exec {
             Some(_) => None,
             None => Some(

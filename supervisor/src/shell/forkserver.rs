@@ -842,6 +842,7 @@ fn become_worker(
         }
         std::thread::yield_now();
     }
+    resurgam_worker::holder::start();
     resurgam_worker::run_forked_worker(registry, token, supervisor)
 }
 
