@@ -47,7 +47,7 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 6;
+pub const IPC_VERSION: u32 = 7;
 /// Largest reply a worker sends (as an exec program's `R` body); a larger result is
 /// answered with an error instead (the call did run), so it can never make its worker
 /// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
@@ -78,6 +78,9 @@ pub struct Call {
     /// Raw JSON text of the arguments (`null` when none were given).
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
+    /// The client's idempotency key (G10): the worker answers a call whose key it
+    /// remembers with the first reply instead of running it.
+    pub key: Option<String>,
 }
 
 /// A call's result as the worker sends it back.
@@ -120,6 +123,10 @@ pub struct Init {
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
     pub privileges: Privileges,
+    /// Keyed calls the worker remembers (G10): the last this many…
+    pub idempotency_keys: u64,
+    /// …holding at most this many bytes of keys and first replies.
+    pub idempotency_bytes: u64,
     /// The id of the state directory (all zeros: none): the worker refuses checkpoints
     /// of another actor or state directory and names its own in what it writes.
     pub state_dir_id: [u8; 16],
@@ -381,7 +388,7 @@ impl ReportDecoder {
 pub fn calls_size(calls: &[Call]) -> usize {
     calls
         .iter()
-        .map(|c| 16 + c.method.len() + c.args.len())
+        .map(|c| 16 + c.method.len() + c.args.len() + c.key.as_ref().map_or(0, String::len))
         .sum()
 }
 
@@ -449,6 +456,7 @@ mod tests {
             seq,
             method: "put".into(),
             args: vec![b'7'; args_len],
+            key: None,
         }
     }
 
@@ -474,6 +482,8 @@ mod tests {
             checkpoint_every: 1,
             spin_micros: 0,
             max_reply_bytes: 1 << 20,
+            idempotency_keys: 0,
+            idempotency_bytes: 0,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],
                 env: vec![("K".into(), "v".repeat(env_len))],
