@@ -3190,6 +3190,37 @@ allowed_uids = [0, 65534, 4294967294]
     }
 
     #[test]
+    fn idempotency_retention_is_checked() {
+        let c = ok(
+            "[defaults]\nidempotency_keys = 0\nidempotency_bytes = \"1MiB\"\n\
+             [[actor]]\nname = \"a\"\nkind = \"k\"\n",
+        );
+        let p = &c.actors[0].policy;
+        assert_eq!((p.idempotency_keys, p.idempotency_bytes), (0, 1 << 20));
+        let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\nidempotency_keys = 5\n");
+        assert_eq!(c.actors[0].policy.idempotency_keys, 5);
+        assert_eq!(
+            c.actors[0].policy.idempotency_bytes,
+            DEFAULT_IDEMPOTENCY_BYTES
+        );
+        one_error(
+            "[defaults]\nidempotency_keys = -1",
+            2,
+            &["idempotency_keys", "0"],
+        );
+        one_error(
+            "[defaults]\nidempotency_keys = 1000001",
+            2,
+            &["idempotency_keys", "1000000"],
+        );
+        one_error(
+            "[defaults]\nidempotency_bytes = \"2GiB\"",
+            2,
+            &["idempotency_bytes", "1GiB"],
+        );
+    }
+
+    #[test]
     fn max_request_bytes_out_of_range() {
         for bad in ["100", "1023", "67108865", "-1", "0"] {
             one_error(
@@ -4661,7 +4692,7 @@ group = -1
         ] {
             assert!(keys.contains(&k.to_string()), "{k}");
         }
-        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 19);
+        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 21);
         assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 14);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 
