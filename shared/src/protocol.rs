@@ -154,7 +154,7 @@ struct WireRequest<'a> {
     actor: Option<String>,
     method: Option<String>,
     args: Option<&'a RawValue>,
-    /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
+    /// A call's idempotency key (G10), checked here; the worker keeps what it promises.
     key: Option<String>,
     /// An import's export file, in base64.
     file: Option<String>,
