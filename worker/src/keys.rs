@@ -48,60 +48,99 @@ struct Remembered {
 }
 
 impl Remembered {
-    /// What it counts against `max_bytes`.
+    /// What it counts against `keep_bytes`.
     fn cost(&self) -> u64 {
-        let outcome = match &self.outcome {
-            Outcome::Ok(v) => v.len(),
-            Outcome::Err { message, .. } => message.len(),
-        };
-        (64 + self.key.len() + self.method.len() + outcome) as u64
+        cost(&self.key, &self.method, &self.outcome)
     }
 }
 
+/// [`Remembered`] borrowed from the call it remembers: encodes the same.
+#[derive(Serialize)]
+struct RememberedRef<'a> {
+    key: &'a str,
+    seq: u64,
+    method: &'a str,
+    fingerprint: Fingerprint,
+    outcome: &'a Outcome,
+}
+
+/// What a remembered call counts against `keep_bytes`.
+fn cost(key: &str, method: &str, outcome: &Outcome) -> u64 {
+    let outcome = match outcome {
+        Outcome::Ok(v) => v.len(),
+        Outcome::Err { message, .. } => message.len(),
+    };
+    (64 + key.len() + method.len() + outcome) as u64
+}
+
+/// Where one remembered call's record lies in [`KeyTable::records`].
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    key: String,
+    /// Offset of the record's length prefix, counted from the first record ever kept.
+    start: u64,
+    /// The record's length, prefix included.
+    len: usize,
+    cost: u64,
+}
+
 /// The keyed calls a worker remembers.
+///
+/// The table is kept as its checkpoint section: `records` holds one record per
+/// remembered call, oldest first, each `length (u32 LE) ‖ postcard(Remembered)`, so a
+/// checkpoint copies it as it is instead of encoding thousands of entries each time; a
+/// record is decoded only when its key comes again.
 #[derive(Debug, Default)]
 pub struct KeyTable {
-    bytes: u64,
-    /// Oldest first.
-    order: VecDeque<Remembered>,
-    /// Key → the seq of its entry in `order` (entries are in seq order).
+    records: VecDeque<u8>,
+    /// Bytes of records forgotten so far (the offset of `records[0]`).
+    base: u64,
+    /// One per record, oldest first (so in seq order).
+    slots: VecDeque<Slot>,
+    /// Key → the seq of its slot.
     index: HashMap<String, u64>,
+    /// What the remembered calls count against `keep_bytes`.
+    bytes: u64,
+    /// A buffer for encoding a record, reused.
+    scratch: Vec<u8>,
 }
 
 impl KeyTable {
     /// The table a checkpoint's keys section holds, as it was written (an empty
     /// section is an empty table).
-    pub fn decode(bytes: &[u8]) -> Result<KeyTable, String> {
+    pub fn decode(section: &[u8]) -> Result<KeyTable, String> {
+        let bad = |what: String| format!("the checkpoint's idempotency keys: {what}");
         let mut table = KeyTable::default();
-        if bytes.is_empty() {
-            return Ok(table);
-        }
-        let entries: Vec<Remembered> = postcard::from_bytes(bytes)
-            .map_err(|e| format!("the checkpoint's idempotency keys cannot be decoded: {e}"))?;
-        for e in entries {
+        let mut at = 0usize;
+        while at < section.len() {
+            let len = section
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| bad(format!("a record cut short at byte {at}")))?;
+            let body = section
+                .get(at + 4..at + 4 + len)
+                .ok_or_else(|| bad(format!("a record of {len} bytes at byte {at} is cut short")))?;
+            let e: Remembered = postcard::from_bytes(body)
+                .map_err(|e| bad(format!("the record at byte {at} cannot be decoded: {e}")))?;
             if table.index.contains_key(&e.key)
-                || table.order.back().is_some_and(|last| last.seq >= e.seq)
+                || table.slots.back().is_some_and(|last| last.seq >= e.seq)
             {
-                return Err(format!(
-                    "the checkpoint's idempotency keys are not in call order (key {:?}, seq {})",
+                return Err(bad(format!(
+                    "not in call order (key {:?}, seq {})",
                     e.key, e.seq
-                ));
+                )));
             }
-            table.bytes += e.cost();
-            table.index.insert(e.key.clone(), e.seq);
-            table.order.push_back(e);
+            table.add_slot(&e.key, e.seq, e.cost(), at as u64, 4 + len);
+            at += 4 + len;
         }
+        table.records = section.to_vec().into();
         Ok(table)
     }
 
     /// The keys section of a checkpoint (empty when no key is remembered).
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        if self.order.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (a, b) = self.order.as_slices();
-        let all: Vec<&Remembered> = a.iter().chain(b).collect();
-        postcard::to_allocvec(&all).map_err(|e| format!("encode the idempotency keys: {e}"))
+    pub fn section(&mut self) -> &[u8] {
+        self.records.make_contiguous()
     }
 
     /// Whether `call` carries a key this table remembers.
@@ -116,9 +155,9 @@ impl KeyTable {
     pub fn answer(&self, call: &Call) -> Option<Outcome> {
         let key = &call.key.as_ref()?.key;
         let seq = *self.index.get(key)?;
-        let first = self.entry(seq)?;
+        let first = self.record(seq)?;
         if first.method == call.method && first.fingerprint == Fingerprint::of(call) {
-            return Some(first.outcome.clone());
+            return Some(first.outcome);
         }
         Some(Outcome::Err {
             kind: ErrorKind::BadRequest,
@@ -145,35 +184,72 @@ impl KeyTable {
         if self.index.contains_key(key) {
             return;
         }
-        let e = Remembered {
-            key: key.clone(),
+        let e = RememberedRef {
+            key,
             seq: call.seq,
-            method: call.method.clone(),
+            method: &call.method,
             fingerprint: Fingerprint::of(call),
-            outcome: outcome.clone(),
+            outcome,
         };
-        self.bytes += e.cost();
-        self.index.insert(e.key.clone(), e.seq);
-        self.order.push_back(e);
+        // Encoding a value of these types into memory cannot fail.
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        let Ok(body) = postcard::to_extend(&e, body) else {
+            return;
+        };
+        let start = self.base + self.records.len() as u64;
+        self.records.extend((body.len() as u32).to_le_bytes());
+        self.records.extend(body.iter());
+        self.add_slot(
+            key,
+            call.seq,
+            cost(key, &call.method, outcome),
+            start,
+            4 + body.len(),
+        );
+        self.scratch = body;
         let keep_calls = usize::try_from(*keep_calls).unwrap_or(usize::MAX);
-        while self.order.len() > keep_calls || self.bytes > u64::from(*keep_bytes) {
-            let Some(old) = self.order.pop_front() else {
+        while self.slots.len() > keep_calls || self.bytes > u64::from(*keep_bytes) {
+            let Some(old) = self.slots.pop_front() else {
                 break;
             };
-            self.bytes -= old.cost();
+            self.records.drain(..old.len);
+            self.base += old.len as u64;
+            self.bytes -= old.cost;
             self.index.remove(&old.key);
         }
+    }
+
+    /// Adds the slot of the call `key` at `seq`, whose record is `len` bytes at `start`.
+    fn add_slot(&mut self, key: &str, seq: u64, cost: u64, start: u64, len: usize) {
+        self.bytes += cost;
+        self.index.insert(key.to_string(), seq);
+        self.slots.push_back(Slot {
+            seq,
+            key: key.to_string(),
+            start,
+            len,
+            cost,
+        });
+    }
+
+    /// The remembered call of `seq`, decoded from its record.
+    fn record(&self, seq: u64) -> Option<Remembered> {
+        let i = self.slots.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        let slot = self.slots.get(i)?;
+        let from = usize::try_from(slot.start - self.base).ok()? + 4;
+        let body: Vec<u8> = self
+            .records
+            .range(from..from + slot.len - 4)
+            .copied()
+            .collect();
+        postcard::from_bytes(&body).ok()
     }
 
     /// How many keys are remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    fn entry(&self, seq: u64) -> Option<&Remembered> {
-        let i = self.order.binary_search_by_key(&seq, |e| e.seq).ok()?;
-        self.order.get(i)
+        self.slots.len()
     }
 }
 
@@ -278,13 +354,40 @@ mod tests {
                 &ok(&seq.to_string()),
             );
         }
-        let bytes = t.encode().unwrap();
+        let bytes = t.section().to_vec();
         let back = KeyTable::decode(&bytes).unwrap();
         assert_eq!(back.len(), 5);
         assert_eq!(back.bytes, t.bytes);
         assert_eq!(back.answer(&call(9, Some("k3"), "1")), Some(ok("3")));
-        assert!(KeyTable::default().encode().unwrap().is_empty());
+        assert!(KeyTable::default().section().is_empty());
         assert_eq!(KeyTable::decode(&[]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_table_decoded_from_its_section_goes_on_like_the_original() {
+        let mut a = KeyTable::default();
+        for seq in 1..=6 {
+            a.remember(
+                &kept(seq, Some(&format!("k{seq}")), "1", 3, 1 << 20),
+                &ok("7"),
+            );
+        }
+        assert_eq!(a.len(), 3, "three were forgotten, from the front");
+        let mut b = KeyTable::decode(a.section()).unwrap();
+        for t in [&mut a, &mut b] {
+            assert_eq!(t.answer(&call(9, Some("k5"), "1")), Some(ok("7")));
+            assert!(!t.knows(&call(9, Some("k2"), "1")));
+            for seq in 7..=8 {
+                t.remember(
+                    &kept(seq, Some(&format!("k{seq}")), "1", 3, 1 << 20),
+                    &ok("8"),
+                );
+            }
+            assert_eq!(t.answer(&call(9, Some("k6"), "1")), Some(ok("7")));
+            assert_eq!(t.answer(&call(9, Some("k8"), "1")), Some(ok("8")));
+        }
+        assert_eq!(a.section(), b.section());
+        assert_eq!(a.bytes, b.bytes);
     }
 
     #[test]
@@ -292,14 +395,18 @@ mod tests {
         let mut t = KeyTable::default();
         t.remember(&call(2, Some("a"), "1"), &ok("1"));
         t.remember(&call(3, Some("b"), "1"), &ok("1"));
-        let bytes = t.encode().unwrap();
+        let bytes = t.section().to_vec();
         assert!(KeyTable::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(KeyTable::decode(&[0xff; 16]).is_err());
         // Entries out of call order (or a key twice) are refused.
-        let mut swapped: Vec<Remembered> = t.order.iter().cloned().collect();
-        swapped.reverse();
-        let bytes = postcard::to_allocvec(&swapped).unwrap();
-        let e = KeyTable::decode(&bytes).unwrap_err();
+        let mut swapped = Vec::new();
+        for seq in [3, 2] {
+            let e = t.record(seq).unwrap();
+            let body = postcard::to_allocvec(&e).unwrap();
+            swapped.extend((body.len() as u32).to_le_bytes());
+            swapped.extend(body);
+        }
+        let e = KeyTable::decode(&swapped).unwrap_err();
         assert!(e.contains("call order"), "{e}");
     }
 }

@@ -820,10 +820,10 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
             }
         })?,
     };
-    let keys = live.keys.encode().map_err(Stop::Failed)?;
+    let keys = live.keys.section();
     let generation = live.generation + 1;
     live.mmap
-        .write_sectioned(generation, live.last_seq, &keys, &payload)
+        .write_sectioned(generation, live.last_seq, keys, &payload)
         .map_err(|e| Stop::Failed(format!("write {}: {e}", display(live.mmap.path()))))?;
     live.previous = live.mmap.older().map(|(_, seq)| seq);
     live.generation = generation;
