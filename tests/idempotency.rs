@@ -179,6 +179,31 @@ fn a_retention_changed_by_reload_applies_to_later_calls_and_replays_as_it_ran() 
 }
 
 #[test]
+fn an_exec_program_never_sees_a_repeated_key() {
+    let sup = crate::exec::start(&format!(
+        "[supervisor]\ndurability = \"log\"\n[defaults]\ncheckpoint_every = 1\n{}",
+        crate::exec::python_actor("ledger", "ledger.py", "")
+    ));
+    let mut c = sup.client();
+    let append =
+        |c: &mut Client, item: &str, key: &str| c.call_keyed("ledger", "append", json!(item), key);
+    assert_eq!(append(&mut c, "x", "k").unwrap(), json!(1));
+    assert_eq!(append(&mut c, "x", "k").unwrap(), json!(1));
+    expect_kind(append(&mut c, "y", "k"), ErrorKind::BadRequest);
+    // The program's own state holds the item once.
+    let ledger = |c: &mut Client| c.call("ledger", "get", Value::Null).unwrap();
+    assert_eq!(ledger(&mut c), json!(["x"]));
+    // The keys came back with the checkpoint the program's state did.
+    let old = sup.kill_worker("ledger");
+    sup.wait_new_pid("ledger", old, WAIT);
+    sup.wait_state("ledger", "ALIVE", WAIT);
+    let mut c = sup.client();
+    assert_eq!(append(&mut c, "x", "k").unwrap(), json!(1));
+    assert_eq!(append(&mut c, "z", "k2").unwrap(), json!(2));
+    assert_eq!(ledger(&mut c), json!(["x", "z"]));
+}
+
+#[test]
 fn cli_call_with_a_key_runs_once_and_retry_waits_for_a_restarted_supervisor() {
     let sup = Supervisor::start(&counter_config("log", ""));
     for _ in 0..2 {
