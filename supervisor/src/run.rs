@@ -1076,7 +1076,7 @@ impl Shell {
             if new.actor(&old.name).is_none()
                 && let Some(id) = core.actor_id(&old.name)
             {
-                core.retire_actor(id);
+                core.retire_actor(id, now);
                 removed.push(old.name.clone());
             }
         }

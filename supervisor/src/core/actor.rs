@@ -158,6 +158,9 @@ pub(super) struct ActorState {
     /// Stopped by an operator (`stop_actor`): winds down like at shutdown, then stays
     /// STOPPED (calls refused with `ActorStopped`) until `start_actor`.
     pub stopped_by_operator: bool,
+    /// Memory mode: acknowledged calls lost when the actor was removed without a final
+    /// checkpoint (it was DEAD, or its worker gave up on the way).
+    pub lost_at_removal: u64,
     /// Who waits for the operator's stop to finish (answered once STOPPED, or DEAD).
     pub stop_waiters: Vec<Origin>,
     pub final_checkpoint_requested: bool,
@@ -280,6 +283,7 @@ impl ActorState {
             operator_restart: false,
             retiring: false,
             stopped_by_operator: false,
+            lost_at_removal: 0,
             stop_waiters: Vec::new(),
             final_checkpoint_requested: false,
             stop_sent: false,
@@ -364,6 +368,18 @@ impl ActorState {
         self.appended_upto = last;
         self.logged_upto = last;
         self.durable_upto = last;
+    }
+
+    /// Memory mode: the logged calls after the newest checkpoint, whose effect nothing
+    /// but the core's memory (and a worker's state) holds. Zero in the durable modes.
+    pub fn memory_only_calls(&self) -> usize {
+        if self.durable() {
+            return 0;
+        }
+        self.log
+            .iter()
+            .filter(|e| e.seq > self.checkpoint.1)
+            .count()
     }
 
     /// True when calls go to the durable log before they run.
