@@ -201,9 +201,10 @@ pub(super) struct ActorState {
     pub appended_upto: u64,
     /// …up to here are written (only these may be dispatched)…
     pub logged_upto: u64,
-    /// …and (fsync mode) up to here are fsync'd (only these replies may be released).
+    /// …and up to here are durable (fsync mode: fsync'd; log mode: written, with the
+    /// manifest's mark of the log on disk): only these replies may be released.
     pub durable_upto: u64,
-    /// Fsync mode: replies waiting for their log record's fsync.
+    /// Replies waiting for their log record to be durable (see `durable_upto`).
     pub held: VecDeque<(u64, Origin, Result<String, ErrorBody>)>,
     /// Calls recovered from the durable log at start.
     pub recovered: u64,
@@ -674,11 +675,12 @@ impl ActorState {
     }
 
     /// Records one reply; returns who to answer and with what, for a first answer whose
-    /// release is allowed now (fsync mode holds it until its log record is durable).
+    /// release is allowed now (held until its log record is durable: in fsync mode its
+    /// fsync, in log mode the manifest's mark of a log new in this run).
     pub fn on_reply(&mut self, r: Reply) -> Option<Answer> {
         let seq = r.seq;
         let answer = self.first_answer(r)?;
-        if self.policy.durability == Durability::Fsync && seq > self.durable_upto {
+        if self.durable() && seq > self.durable_upto {
             self.held.push_back((seq, answer.0, answer.1));
             return None;
         }

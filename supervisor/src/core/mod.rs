@@ -156,10 +156,13 @@ pub enum Event {
         actor: ActorId,
         message: String,
     },
-    /// The log writer wrote the actor's calls up to `upto` (durable modes).
+    /// The log writer wrote the actor's calls up to `upto` (durable modes). `durable`:
+    /// as durable as `log` mode promises already; else (fsync mode, or the manifest's
+    /// mark of the actor's log not yet on disk) a `Durable` follows, and replies wait.
     Logged {
         actor: ActorId,
         upto: u64,
+        durable: bool,
     },
     /// The log writer could not write calls `from..=upto`: they are refused.
     LogFailed {
@@ -460,7 +463,11 @@ impl Core {
                 last_seq,
             } => self.on_disk_synced(actor, generation, last_seq),
             Event::DiskSyncFailed { actor, message } => self.on_disk_sync_failed(actor, &message),
-            Event::Logged { actor, upto } => self.on_logged(actor, upto),
+            Event::Logged {
+                actor,
+                upto,
+                durable,
+            } => self.on_logged(actor, upto, durable),
             Event::LogFailed {
                 actor,
                 from,
@@ -586,10 +593,10 @@ impl Core {
         }
     }
 
-    fn on_logged(&mut self, actor: ActorId, upto: u64) {
+    fn on_logged(&mut self, actor: ActorId, upto: u64, durable: bool) {
         if let Some(a) = self.actors.get_mut(actor) {
             a.logged_upto = a.logged_upto.max(upto);
-            if a.policy.durability != resurgam_shared::config::Durability::Fsync {
+            if durable {
                 a.durable_upto = a.logged_upto;
             }
             self.mark_dirty(actor);
@@ -605,6 +612,7 @@ impl Core {
             for (_, origin, result) in mine {
                 self.answer(&origin, result);
             }
+            self.maybe_exit();
         }
     }
 
@@ -1562,6 +1570,7 @@ impl Core {
                 }
             }
         }
+        self.maybe_exit();
     }
 
     fn on_disk_synced(&mut self, id: ActorId, generation: u64, last_seq: u64) {
@@ -2063,12 +2072,14 @@ impl Core {
         }
     }
 
+    /// Exits once every actor is stopped and no reply waits for its log record to
+    /// become durable (it would never reach its client).
     fn maybe_exit(&mut self) {
         if matches!(self.mode, Mode::Stopping { .. })
             && self
                 .actors
                 .iter()
-                .all(|a| matches!(a.phase, Phase::Stopped | Phase::Dead))
+                .all(|a| matches!(a.phase, Phase::Stopped | Phase::Dead) && a.held.is_empty())
         {
             tracing::info!("every actor is stopped; exiting");
             self.mode = Mode::Exited;

@@ -111,6 +111,9 @@ struct Parked {
     fsynced: usize,
     fsync_pending: bool,
     last_logged: u64,
+    /// The manifest records the actor's log (the log thread writes the mark after the
+    /// first append; the `fsync` step stands for it).
+    marked: bool,
     /// Messages of earlier workers not yet read by the supervisor.
     stale: VecDeque<Event>,
     /// The call a killed worker was running, as its executing word says (none unless a
@@ -396,7 +399,11 @@ impl Sim for World {
                     }));
                     self.here.fsync_pending = true;
                     self.here.last_logged = upto;
-                    Event::Logged { actor, upto }
+                    Event::Logged {
+                        actor,
+                        upto,
+                        durable: self.here.marked && self.policy.durability == Durability::Log,
+                    }
                 };
                 self.core.handle(ev, self.now);
             }
@@ -788,6 +795,7 @@ impl World {
         }
         self.here.fsync_pending = false;
         self.here.fsynced = self.here.log.len();
+        self.here.marked = true;
         let upto = self.here.last_logged;
         self.handle(Event::Durable { actor: me, upto });
     }
@@ -2156,6 +2164,55 @@ fn fsync_mode_holds_replies_until_the_log_is_durable() {
     assert!(!w.replies.contains_key(&id), "released before the fsync");
     w.fsync();
     assert_eq!(ok_value(&w, id), Some(3));
+}
+
+/// Log mode: until the manifest records the actor's log (the first append of a run
+/// asks the log thread for it), calls run but their replies wait, as in fsync mode;
+/// then they are released, and later replies go at once.
+#[test]
+fn log_mode_holds_replies_until_the_manifest_records_the_log() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    let first = w.call("incr", 3);
+    w.worker_step(None);
+    w.deliver_one();
+    assert_eq!(
+        w.here.worker.as_ref().unwrap().state.len(),
+        1,
+        "the call ran"
+    );
+    assert!(!w.replies.contains_key(&first), "released before the mark");
+    w.fsync();
+    assert_eq!(ok_value(&w, first), Some(3));
+    let second = w.call("incr", 1);
+    w.worker_step(None);
+    w.deliver_one();
+    assert_eq!(ok_value(&w, second), Some(4), "held after the mark");
+    w.check_model();
+}
+
+/// A graceful stop does not exit while a reply waits for its log record to become
+/// durable: it would never reach its client.
+#[test]
+fn a_shutdown_waits_for_replies_held_for_their_log_record() {
+    let mut p = policy(-1, 3, 0);
+    p.durability = Durability::Fsync;
+    let mut w = World::new(p);
+    w.settle();
+    let id = w.call("incr", 2);
+    w.op(Op::Stop);
+    // Everything but the fsync: the call runs, the final checkpoint, the worker stops.
+    for _ in 0..20 {
+        w.worker_step(None);
+        w.deliver_one();
+        w.sync_disk();
+    }
+    assert_eq!(w.core.phase(0), Phase::Stopped);
+    assert!(!w.replies.contains_key(&id));
+    assert_eq!(w.exited, None, "exited with a reply held");
+    w.fsync();
+    assert_eq!(ok_value(&w, id), Some(2));
+    assert_eq!(w.exited, Some(0));
 }
 
 #[test]
