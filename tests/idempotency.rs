@@ -144,6 +144,41 @@ fn only_the_last_idempotency_keys_keys_are_remembered() {
 }
 
 #[test]
+fn a_retention_changed_by_reload_applies_to_later_calls_and_replays_as_it_ran() {
+    // No checkpoint: a worker kill replays every call since the start.
+    let config = |keys: u32| {
+        format!(
+            "[supervisor]\ndurability = \"log\"\n[defaults]\ncheckpoint_every = 0\n\
+             checkpoint_interval = \"1h\"\n[[actor]]\nname = \"c\"\nkind = \"counter\"\n\
+             idempotency_keys = {keys}\n"
+        )
+    };
+    let sup = Supervisor::start(&config(10));
+    let mut c = sup.client();
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k1").unwrap(), json!(1));
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k2").unwrap(), json!(2));
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k1").unwrap(), json!(1));
+    sup.write_config(&config(1));
+    c.request(json!({"op": "reload"})).expect("reload");
+    // Accepted with a retention of 1: remembering k3 forgets k1 and k2.
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k3").unwrap(), json!(3));
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k2").unwrap(), json!(4));
+    assert_eq!(get(&mut c), json!(4));
+    // The replay of all six calls must decide each key as the first run did (the repeat
+    // of k1 answered, the one of k2 run), whatever the retention is now.
+    let old = sup.kill_worker("c");
+    sup.wait_new_pid("c", old, WAIT);
+    sup.wait_state("c", "ALIVE", WAIT);
+    let mut c = sup.client();
+    assert_eq!(
+        get(&mut c),
+        json!(4),
+        "the replay decided a key differently"
+    );
+    assert_eq!(c.call_keyed("c", "incr", json!(1), "k2").unwrap(), json!(4));
+}
+
+#[test]
 fn cli_call_with_a_key_runs_once_and_retry_waits_for_a_restarted_supervisor() {
     let sup = Supervisor::start(&counter_config("log", ""));
     for _ in 0..2 {

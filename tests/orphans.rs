@@ -170,8 +170,6 @@ impl LoneWorker {
             checkpoint_every: 0,
             spin_micros: 0,
             max_reply_bytes: 1 << 20,
-            idempotency_keys: 0,
-            idempotency_bytes: 0,
             exec: None,
             privileges: Privileges::default(),
             state_dir_id: [0; 16],

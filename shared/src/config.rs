@@ -768,7 +768,8 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             "How many keyed calls (a `call` with a \"key\") the actor remembers: a retry with \
              the key of one of its last idempotency_keys keyed calls gets that call's first \
              reply without running again. 0 to 1000000; 0 keeps none. The keys and their \
-             replies are part of every checkpoint.",
+             replies are part of every checkpoint. A change applies to the calls accepted \
+             after it.",
         ),
         (
             "defaults",

@@ -80,7 +80,21 @@ pub struct Call {
     pub args: Vec<u8>,
     /// The client's idempotency key (G10): the worker answers a call whose key it
     /// remembers with the first reply instead of running it.
-    pub key: Option<String>,
+    pub key: Option<CallKey>,
+}
+
+/// A call's idempotency key, with the actor's retention as it was when the call was
+/// accepted. The retention travels with each call (and is logged with it) so that a
+/// replay forgets exactly the keys the first run forgot, whatever the config says by
+/// then: a change of `idempotency_keys` applies to the calls accepted after it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallKey {
+    pub key: String,
+    /// Remember the last this many keyed calls (`idempotency_keys`; 0: do not remember
+    /// this one)…
+    pub keep_calls: u32,
+    /// …holding at most this many bytes (`idempotency_bytes`).
+    pub keep_bytes: u32,
 }
 
 /// A call's result as the worker sends it back.
@@ -123,10 +137,6 @@ pub struct Init {
     pub exec: Option<ExecInit>,
     /// Identity and limits for the actor's code.
     pub privileges: Privileges,
-    /// Keyed calls the worker remembers (G10): the last this many…
-    pub idempotency_keys: u64,
-    /// …holding at most this many bytes of keys and first replies.
-    pub idempotency_bytes: u64,
     /// The id of the state directory (all zeros: none): the worker refuses checkpoints
     /// of another actor or state directory and names its own in what it writes.
     pub state_dir_id: [u8; 16],
@@ -388,7 +398,7 @@ impl ReportDecoder {
 pub fn calls_size(calls: &[Call]) -> usize {
     calls
         .iter()
-        .map(|c| 16 + c.method.len() + c.args.len() + c.key.as_ref().map_or(0, String::len))
+        .map(|c| 16 + c.method.len() + c.args.len() + c.key.as_ref().map_or(0, |k| 8 + k.key.len()))
         .sum()
 }
 
@@ -482,8 +492,6 @@ mod tests {
             checkpoint_every: 1,
             spin_micros: 0,
             max_reply_bytes: 1 << 20,
-            idempotency_keys: 0,
-            idempotency_bytes: 0,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],
                 env: vec![("K".into(), "v".repeat(env_len))],

@@ -352,7 +352,7 @@ impl ActorLog {
         }
         self.buf.clear();
         for c in calls {
-            calllog::encode_call_into(&mut self.buf, c.seq, &c.method, c.key.as_deref(), &c.args);
+            calllog::encode_call_into(&mut self.buf, c.seq, &c.method, c.key.as_ref(), &c.args);
         }
         let Some(seg) = self.current.as_mut() else {
             return Err(LogError::NoSegment);

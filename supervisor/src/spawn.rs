@@ -276,8 +276,6 @@ pub fn init_for(
         checkpoint_every: policy.checkpoint_every,
         spin_micros,
         max_reply_bytes: policy.max_reply_bytes,
-        idempotency_keys: policy.idempotency_keys,
-        idempotency_bytes: policy.idempotency_bytes,
         exec,
         privileges,
         state_dir_id: [0; 16],

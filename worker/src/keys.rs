@@ -6,14 +6,15 @@
 //! (the keys section of a format-3 record), so it always matches the state it is saved
 //! with: a call whose effect a checkpoint holds is remembered by that checkpoint, and
 //! the calls replayed after it rebuild the rest. Replay is deterministic because the
-//! table depends on the call sequence alone (no clock): the last `max_keys` keyed calls
-//! holding at most `max_bytes`, the oldest forgotten first.
+//! table depends on the call sequence alone (no clock, no config): each keyed call
+//! carries the retention it was accepted with ([`CallKey`]), and remembering it
+//! forgets the oldest keys until the table holds at most that many calls and bytes.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use resurgam_shared::ipc::{Call, Outcome};
+use resurgam_shared::ipc::{Call, CallKey, Outcome};
 use resurgam_shared::protocol::ErrorKind;
 
 /// What identifies a call's method and args for a key, without keeping the args.
@@ -58,10 +59,8 @@ impl Remembered {
 }
 
 /// The keyed calls a worker remembers.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct KeyTable {
-    max_keys: usize,
-    max_bytes: u64,
     bytes: u64,
     /// Oldest first.
     order: VecDeque<Remembered>,
@@ -70,21 +69,10 @@ pub struct KeyTable {
 }
 
 impl KeyTable {
-    /// An empty table keeping at most `max_keys` keyed calls and `max_bytes` of them.
-    pub fn new(max_keys: u64, max_bytes: u64) -> KeyTable {
-        KeyTable {
-            max_keys: usize::try_from(max_keys).unwrap_or(usize::MAX),
-            max_bytes,
-            bytes: 0,
-            order: VecDeque::new(),
-            index: HashMap::new(),
-        }
-    }
-
-    /// The table a checkpoint's keys section holds, cut down to the limits (they may
-    /// have been lowered since it was written). An empty section is an empty table.
-    pub fn decode(bytes: &[u8], max_keys: u64, max_bytes: u64) -> Result<KeyTable, String> {
-        let mut table = KeyTable::new(max_keys, max_bytes);
+    /// The table a checkpoint's keys section holds, as it was written (an empty
+    /// section is an empty table).
+    pub fn decode(bytes: &[u8]) -> Result<KeyTable, String> {
+        let mut table = KeyTable::default();
         if bytes.is_empty() {
             return Ok(table);
         }
@@ -99,7 +87,9 @@ impl KeyTable {
                     e.key, e.seq
                 ));
             }
-            table.insert(e);
+            table.bytes += e.cost();
+            table.index.insert(e.key.clone(), e.seq);
+            table.order.push_back(e);
         }
         Ok(table)
     }
@@ -114,22 +104,17 @@ impl KeyTable {
         postcard::to_allocvec(&all).map_err(|e| format!("encode the idempotency keys: {e}"))
     }
 
-    /// Whether keys are kept at all (`idempotency_keys` above 0).
-    pub fn enabled(&self) -> bool {
-        self.max_keys > 0 && self.max_bytes > 0
-    }
-
     /// Whether `call` carries a key this table remembers.
     pub fn knows(&self, call: &Call) -> bool {
         call.key
             .as_ref()
-            .is_some_and(|k| self.index.contains_key(k))
+            .is_some_and(|k| self.index.contains_key(&k.key))
     }
 
     /// The answer to `call` if its key is remembered: the first call's outcome when
     /// method and args are the same, else a `BadRequest` (and nothing runs either way).
     pub fn answer(&self, call: &Call) -> Option<Outcome> {
-        let key = call.key.as_ref()?;
+        let key = &call.key.as_ref()?.key;
         let seq = *self.index.get(key)?;
         let first = self.entry(seq)?;
         if first.method == call.method && first.fingerprint == Fingerprint::of(call) {
@@ -145,39 +130,45 @@ impl KeyTable {
         })
     }
 
-    /// Remembers the outcome of a keyed call that ran (a call without a key, or with
-    /// keys disabled, is ignored), forgetting the oldest keys past the limits.
+    /// Remembers the outcome of a keyed call that ran (a call without a key is
+    /// ignored), then forgets the oldest keys past the call's retention (so a call
+    /// accepted with `keep_calls` 0 is not remembered, nor one larger than `keep_bytes`).
     pub fn remember(&mut self, call: &Call, outcome: &Outcome) {
-        let Some(key) = &call.key else { return };
-        if !self.enabled() || self.index.contains_key(key) {
+        let Some(CallKey {
+            key,
+            keep_calls,
+            keep_bytes,
+        }) = &call.key
+        else {
+            return;
+        };
+        if self.index.contains_key(key) {
             return;
         }
-        self.insert(Remembered {
+        let e = Remembered {
             key: key.clone(),
             seq: call.seq,
             method: call.method.clone(),
             fingerprint: Fingerprint::of(call),
             outcome: outcome.clone(),
-        });
-    }
-
-    /// How many keys are remembered.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    fn insert(&mut self, e: Remembered) {
+        };
         self.bytes += e.cost();
         self.index.insert(e.key.clone(), e.seq);
         self.order.push_back(e);
-        while self.order.len() > self.max_keys || self.bytes > self.max_bytes {
+        let keep_calls = usize::try_from(*keep_calls).unwrap_or(usize::MAX);
+        while self.order.len() > keep_calls || self.bytes > u64::from(*keep_bytes) {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
             self.bytes -= old.cost();
             self.index.remove(&old.key);
         }
+    }
+
+    /// How many keys are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
     fn entry(&self, seq: u64) -> Option<&Remembered> {
@@ -190,12 +181,21 @@ impl KeyTable {
 mod tests {
     use super::*;
 
+    /// A call keyed `key` accepted with a retention of 10 calls and 1 MiB.
     fn call(seq: u64, key: Option<&str>, args: &str) -> Call {
+        kept(seq, key, args, 10, 1 << 20)
+    }
+
+    fn kept(seq: u64, key: Option<&str>, args: &str, keep_calls: u32, keep_bytes: u32) -> Call {
         Call {
             seq,
             method: "incr".into(),
             args: args.as_bytes().to_vec(),
-            key: key.map(String::from),
+            key: key.map(|k| CallKey {
+                key: k.into(),
+                keep_calls,
+                keep_bytes,
+            }),
         }
     }
 
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_repeated_key_gets_the_first_outcome_and_other_args_a_bad_request() {
-        let mut t = KeyTable::new(10, 1 << 20);
+        let mut t = KeyTable::default();
         let first = call(1, Some("k"), "1");
         assert_eq!(t.answer(&first), None);
         t.remember(&first, &ok("5"));
@@ -234,31 +234,44 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_keys_are_forgotten_past_either_limit() {
-        let mut t = KeyTable::new(2, 1 << 20);
+    fn each_call_forgets_the_oldest_keys_past_its_own_retention() {
+        let mut t = KeyTable::default();
         for (seq, k) in [(1, "a"), (2, "b"), (3, "c")] {
-            t.remember(&call(seq, Some(k), "1"), &ok("1"));
+            t.remember(&kept(seq, Some(k), "1", 2, 1 << 20), &ok("1"));
         }
         assert_eq!(t.len(), 2);
         assert!(!t.knows(&call(4, Some("a"), "1")));
         assert!(t.knows(&call(4, Some("b"), "1")) && t.knows(&call(4, Some("c"), "1")));
+        // A later call with a larger retention forgets nothing more…
+        t.remember(&kept(4, Some("d"), "1", 10, 1 << 20), &ok("1"));
+        assert_eq!(t.len(), 3);
+        // …one with a smaller one forgets down to it.
+        t.remember(&kept(5, Some("e"), "1", 1, 1 << 20), &ok("1"));
+        assert_eq!(t.len(), 1);
+        assert!(t.knows(&call(6, Some("e"), "1")));
 
-        let mut t = KeyTable::new(100, 300);
+        let mut t = KeyTable::default();
         let big = "x".repeat(150);
-        t.remember(&call(1, Some("a"), "1"), &ok(&big));
-        t.remember(&call(2, Some("b"), "1"), &ok(&big));
+        t.remember(&kept(1, Some("a"), "1", 100, 300), &ok(&big));
+        t.remember(&kept(2, Some("b"), "1", 100, 300), &ok(&big));
         assert_eq!(t.len(), 1, "the byte limit forgets the oldest");
         assert!(t.knows(&call(3, Some("b"), "1")));
-
-        let mut t = KeyTable::new(0, 1 << 20);
-        assert!(!t.enabled());
-        t.remember(&call(1, Some("a"), "1"), &ok("1"));
+        // A reply larger than the byte limit on its own is not remembered.
+        t.remember(&kept(3, Some("c"), "1", 100, 100), &ok(&big));
         assert_eq!(t.len(), 0);
+
+        let mut t = KeyTable::default();
+        t.remember(&kept(1, Some("a"), "1", 0, 1 << 20), &ok("1"));
+        assert_eq!(
+            t.len(),
+            0,
+            "a call accepted with keep_calls 0 is not remembered"
+        );
     }
 
     #[test]
-    fn the_keys_section_round_trips_and_is_cut_to_lower_limits() {
-        let mut t = KeyTable::new(10, 1 << 20);
+    fn the_keys_section_round_trips() {
+        let mut t = KeyTable::default();
         for seq in 1..=5 {
             t.remember(
                 &call(seq, Some(&format!("k{seq}")), "1"),
@@ -266,29 +279,27 @@ mod tests {
             );
         }
         let bytes = t.encode().unwrap();
-        let back = KeyTable::decode(&bytes, 10, 1 << 20).unwrap();
+        let back = KeyTable::decode(&bytes).unwrap();
         assert_eq!(back.len(), 5);
+        assert_eq!(back.bytes, t.bytes);
         assert_eq!(back.answer(&call(9, Some("k3"), "1")), Some(ok("3")));
-        let cut = KeyTable::decode(&bytes, 2, 1 << 20).unwrap();
-        assert_eq!(cut.len(), 2);
-        assert!(cut.knows(&call(9, Some("k5"), "1")) && !cut.knows(&call(9, Some("k3"), "1")));
-        assert!(KeyTable::new(10, 10).encode().unwrap().is_empty());
-        assert_eq!(KeyTable::decode(&[], 10, 10).unwrap().len(), 0);
+        assert!(KeyTable::default().encode().unwrap().is_empty());
+        assert_eq!(KeyTable::decode(&[]).unwrap().len(), 0);
     }
 
     #[test]
     fn a_damaged_keys_section_is_an_error_not_a_table() {
-        let mut t = KeyTable::new(10, 1 << 20);
+        let mut t = KeyTable::default();
         t.remember(&call(2, Some("a"), "1"), &ok("1"));
         t.remember(&call(3, Some("b"), "1"), &ok("1"));
         let bytes = t.encode().unwrap();
-        assert!(KeyTable::decode(&bytes[..bytes.len() - 1], 10, 1 << 20).is_err());
-        assert!(KeyTable::decode(&[0xff; 16], 10, 1 << 20).is_err());
+        assert!(KeyTable::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(KeyTable::decode(&[0xff; 16]).is_err());
         // Entries out of call order (or a key twice) are refused.
         let mut swapped: Vec<Remembered> = t.order.iter().cloned().collect();
         swapped.reverse();
         let bytes = postcard::to_allocvec(&swapped).unwrap();
-        let e = KeyTable::decode(&bytes, 10, 1 << 20).unwrap_err();
+        let e = KeyTable::decode(&bytes).unwrap_err();
         assert!(e.contains("call order"), "{e}");
     }
 }

@@ -335,8 +335,7 @@ impl Worker {
         let sections = restore
             .sections()
             .map_err(|e| fatal(cannot_load(e.to_string())))?;
-        let keys = KeyTable::decode(sections.keys, init.idempotency_keys, init.idempotency_bytes)
-            .map_err(|e| fatal(cannot_load(e)))?;
+        let keys = KeyTable::decode(sections.keys).map_err(|e| fatal(cannot_load(e)))?;
         let (engine, program_pid) = match (kind, &init.exec) {
             (Some(kind), _) => {
                 let actor = match restore.chosen {
@@ -651,14 +650,14 @@ fn plain_run(keys: &KeyTable, calls: &[Call]) -> usize {
                 return true;
             }
             match &c.key {
-                Some(k) if keys.enabled() => {
-                    if keys.knows(c) || run_keys.contains(&k.as_str()) {
+                Some(k) => {
+                    if keys.knows(c) || run_keys.contains(&k.key.as_str()) {
                         return true;
                     }
-                    run_keys.push(k);
+                    run_keys.push(&k.key);
                     false
                 }
-                _ => false,
+                None => false,
             }
         })
         .unwrap_or(calls.len())

@@ -7,7 +7,7 @@ use std::time::Instant;
 use resurgam_shared::calllog::LogRecord;
 use resurgam_shared::config::{Durability, Policy};
 use resurgam_shared::export::EXPORT_METHOD;
-use resurgam_shared::ipc::{Call, Outcome, Reply};
+use resurgam_shared::ipc::{Call, CallKey, Outcome, Reply};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use super::restart::RestartTracker;
@@ -83,8 +83,9 @@ pub(super) struct Entry {
     pub seq: u64,
     pub method: String,
     pub args: Vec<u8>,
-    /// The client's idempotency key, if the call carried one.
-    pub key: Option<String>,
+    /// The client's idempotency key, if the call carried one, with the retention it was
+    /// accepted with.
+    pub key: Option<CallKey>,
     /// Who waits for the reply; `None` once answered.
     pub origin: Option<Origin>,
     /// Hash of the first reply, once answered (replays are compared with it; 0 means

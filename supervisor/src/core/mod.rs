@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use resurgam_shared::config::{Config, Policy};
 use resurgam_shared::export;
-use resurgam_shared::ipc::{Call, Reply, Restored};
+use resurgam_shared::ipc::{Call, CallKey, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
@@ -1149,6 +1149,12 @@ impl Core {
             self.reply_err(&origin, &err);
             return;
         }
+        // The retention in force now goes with the call (see `CallKey`).
+        let key = key.map(|key| CallKey {
+            key,
+            keep_calls: u32::try_from(a.policy.idempotency_keys).unwrap_or(u32::MAX),
+            keep_bytes: u32::try_from(a.policy.idempotency_bytes).unwrap_or(u32::MAX),
+        });
         let seq = a.next_seq;
         a.next_seq += 1;
         a.unanswered += 1;

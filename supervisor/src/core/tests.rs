@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use resurgam_shared::calllog::LogRecord;
 use resurgam_shared::config::{Config, Durability, Environment, Policy};
-use resurgam_shared::ipc::{Call, Outcome, Reply, Restored};
+use resurgam_shared::ipc::{Call, CallKey, Outcome, Reply, Restored};
 use resurgam_shared::protocol::{Op, Request};
 
 use super::*;
@@ -2355,16 +2355,34 @@ fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
         .inbox
         .iter()
         .flat_map(|m| match m {
-            ToW::Calls(c) => c.iter().map(|c| c.key.clone()).collect(),
+            ToW::Calls(c) => c
+                .iter()
+                .map(|c| c.key.as_ref().map(|k| k.key.clone()))
+                .collect(),
             _ => Vec::new(),
         })
         .collect();
     assert_eq!(sent, [Some("retry-1".to_string()), None]);
     w.settle();
-    let logged: Vec<_> = w.here.log.iter().map(|r| r.key.as_deref()).collect();
-    assert_eq!(logged, [Some("retry-1"), None]);
+    let logged: Vec<_> = w.here.log.iter().map(|r| r.key.clone()).collect();
+    let key = CallKey {
+        key: "retry-1".into(),
+        keep_calls: 10_000,
+        keep_bytes: 16 << 20,
+    };
+    assert_eq!(logged, [Some(key.clone()), None]);
+    // A retention changed later does not change what the logged call carries.
+    w.policy.idempotency_keys = 1;
     w.crash_supervisor(false);
     let recovered: Vec<_> = w.core.actors[0].log.iter().map(|e| e.key.clone()).collect();
-    assert_eq!(recovered, [Some("retry-1".to_string()), None]);
+    assert_eq!(recovered, [Some(key), None]);
     w.settle();
+    // …while a call accepted after the change carries the new retention.
+    w.op(keyed(Some("retry-2")));
+    w.settle();
+    let last = w.here.log.last().and_then(|r| r.key.clone());
+    assert_eq!(
+        last.map(|k| (k.key, k.keep_calls)),
+        Some(("retry-2".into(), 1))
+    );
 }
