@@ -159,6 +159,9 @@ pub(super) struct ActorState {
     /// Stopped by an operator (`stop_actor`): winds down like at shutdown, then stays
     /// STOPPED (calls refused with `ActorStopped`) until `start_actor`.
     pub stopped_by_operator: bool,
+    /// Memory mode: acknowledged calls lost when the actor was removed without a final
+    /// checkpoint (it was DEAD, or its worker gave up on the way).
+    pub lost_at_removal: u64,
     /// Who waits for the operator's stop to finish (answered once STOPPED, or DEAD).
     pub stop_waiters: Vec<Origin>,
     pub final_checkpoint_requested: bool,
@@ -199,9 +202,10 @@ pub(super) struct ActorState {
     pub appended_upto: u64,
     /// …up to here are written (only these may be dispatched)…
     pub logged_upto: u64,
-    /// …and (fsync mode) up to here are fsync'd (only these replies may be released).
+    /// …and up to here are durable (fsync mode: fsync'd; log mode: written, with the
+    /// manifest's mark of the log on disk): only these replies may be released.
     pub durable_upto: u64,
-    /// Fsync mode: replies waiting for their log record's fsync.
+    /// Replies waiting for their log record to be durable (see `durable_upto`).
     pub held: VecDeque<(u64, Origin, Result<String, ErrorBody>)>,
     /// Calls recovered from the durable log at start.
     pub recovered: u64,
@@ -281,6 +285,7 @@ impl ActorState {
             operator_restart: false,
             retiring: false,
             stopped_by_operator: false,
+            lost_at_removal: 0,
             stop_waiters: Vec::new(),
             final_checkpoint_requested: false,
             stop_sent: false,
@@ -365,6 +370,18 @@ impl ActorState {
         self.appended_upto = last;
         self.logged_upto = last;
         self.durable_upto = last;
+    }
+
+    /// Memory mode: the logged calls after the newest checkpoint, whose effect nothing
+    /// but the core's memory (and a worker's state) holds. Zero in the durable modes.
+    pub fn memory_only_calls(&self) -> usize {
+        if self.durable() {
+            return 0;
+        }
+        self.log
+            .iter()
+            .filter(|e| e.seq > self.checkpoint.1)
+            .count()
     }
 
     /// True when calls go to the durable log before they run.
@@ -659,11 +676,12 @@ impl ActorState {
     }
 
     /// Records one reply; returns who to answer and with what, for a first answer whose
-    /// release is allowed now (fsync mode holds it until its log record is durable).
+    /// release is allowed now (held until its log record is durable: in fsync mode its
+    /// fsync, in log mode the manifest's mark of a log new in this run).
     pub fn on_reply(&mut self, r: Reply) -> Option<Answer> {
         let seq = r.seq;
         let answer = self.first_answer(r)?;
-        if self.policy.durability == Durability::Fsync && seq > self.durable_upto {
+        if self.durable() && seq > self.durable_upto {
             self.held.push_back((seq, answer.0, answer.1));
             return None;
         }

@@ -332,7 +332,7 @@ impl Timers {
                 self.now += Duration::from_millis(ms);
             }
             TimerStep::Retire(i) => {
-                self.core.retire_actor(i % n);
+                self.core.retire_actor(i % n, self.now);
                 self.pump();
             }
             TimerStep::Add => {
