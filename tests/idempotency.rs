@@ -179,6 +179,34 @@ fn a_retention_changed_by_reload_applies_to_later_calls_and_replays_as_it_ran() 
 }
 
 #[test]
+fn a_retry_gets_the_first_reply_after_reload_lowers_max_reply_bytes() {
+    let config = |limit: &str| {
+        format!(
+            "[supervisor]\ndurability = \"log\"\n[[actor]]\nname = \"kv\"\nkind = \"kv\"\n\
+             max_reply_bytes = \"{limit}\"\n"
+        )
+    };
+    let sup = Supervisor::start(&config("64KiB"));
+    let mut c = sup.client();
+    let big = "v".repeat(4000);
+    let put = |c: &mut Client, value: &str, key: &str| {
+        c.call_keyed("kv", "put", json!({"key": "a", "value": value}), key)
+    };
+    assert_eq!(put(&mut c, &big, "k1").unwrap(), Value::Null);
+    // Its reply is the 4000-byte value it replaced: sent whole under the 64 KiB limit.
+    assert_eq!(put(&mut c, "small", "k2").unwrap(), json!(big));
+    sup.write_config(&config("1KiB"));
+    c.request(json!({"op": "reload"})).expect("reload");
+    // The limit applies to the calls that run after it; a retry runs nothing, and gets
+    // the reply the client of the first call got.
+    assert_eq!(
+        put(&mut c, "small", "k2").unwrap(),
+        json!(big),
+        "a retry was answered differently from the first call"
+    );
+}
+
+#[test]
 fn an_exec_program_never_sees_a_repeated_key() {
     let sup = crate::exec::start(&format!(
         "[supervisor]\ndurability = \"log\"\n[defaults]\ncheckpoint_every = 1\n{}",

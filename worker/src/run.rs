@@ -492,10 +492,15 @@ impl Worker {
             rest = after;
             if call.method != EXPORT_METHOD && call.method != IMPORT_METHOD {
                 match live.keys.answer(call) {
-                    Some(outcome) => out.push(Reply {
-                        seq: call.seq,
-                        outcome,
-                    })?,
+                    // As remembered: bounded by the limit the first call ran under, not
+                    // by one a reload set since (the retry must get the first reply).
+                    Some(outcome) => out.push_bounded(
+                        Reply {
+                            seq: call.seq,
+                            outcome,
+                        },
+                        MAX_REPLY_BYTES,
+                    )?,
                     // Forgotten within this batch (the limits): it runs.
                     None => apply_plain(live, std::slice::from_ref(call), &mut out)?,
                 }
