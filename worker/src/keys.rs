@@ -108,8 +108,9 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// The table a checkpoint's keys section holds, as it was written (an empty
-    /// section is an empty table).
-    pub fn decode(section: &[u8]) -> Result<KeyTable, String> {
+    /// section is an empty table). `last_seq` is the checkpoint's: a record of a later
+    /// call is refused (the calls replayed after it would come out of order).
+    pub fn decode(section: &[u8], last_seq: u64) -> Result<KeyTable, String> {
         let bad = |what: String| format!("the checkpoint's idempotency keys: {what}");
         let mut table = KeyTable::default();
         let mut at = 0usize;
@@ -128,6 +129,12 @@ impl KeyTable {
             {
                 return Err(bad(format!(
                     "not in call order (key {:?}, seq {})",
+                    e.key, e.seq
+                )));
+            }
+            if e.seq > last_seq {
+                return Err(bad(format!(
+                    "key {:?} names call seq {}, after the checkpoint's last call ({last_seq})",
                     e.key, e.seq
                 )));
             }
@@ -355,12 +362,12 @@ mod tests {
             );
         }
         let bytes = t.section().to_vec();
-        let back = KeyTable::decode(&bytes).unwrap();
+        let back = KeyTable::decode(&bytes, 5).unwrap();
         assert_eq!(back.len(), 5);
         assert_eq!(back.bytes, t.bytes);
         assert_eq!(back.answer(&call(9, Some("k3"), "1")), Some(ok("3")));
         assert!(KeyTable::default().section().is_empty());
-        assert_eq!(KeyTable::decode(&[]).unwrap().len(), 0);
+        assert_eq!(KeyTable::decode(&[], 0).unwrap().len(), 0);
     }
 
     #[test]
@@ -373,7 +380,7 @@ mod tests {
             );
         }
         assert_eq!(a.len(), 3, "three were forgotten, from the front");
-        let mut b = KeyTable::decode(a.section()).unwrap();
+        let mut b = KeyTable::decode(a.section(), 6).unwrap();
         for t in [&mut a, &mut b] {
             assert_eq!(t.answer(&call(9, Some("k5"), "1")), Some(ok("7")));
             assert!(!t.knows(&call(9, Some("k2"), "1")));
@@ -396,8 +403,8 @@ mod tests {
         t.remember(&call(2, Some("a"), "1"), &ok("1"));
         t.remember(&call(3, Some("b"), "1"), &ok("1"));
         let bytes = t.section().to_vec();
-        assert!(KeyTable::decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(KeyTable::decode(&[0xff; 16]).is_err());
+        assert!(KeyTable::decode(&bytes[..bytes.len() - 1], 3).is_err());
+        assert!(KeyTable::decode(&[0xff; 16], 3).is_err());
         // Entries out of call order (or a key twice) are refused.
         let mut swapped = Vec::new();
         for seq in [3, 2] {
@@ -406,7 +413,13 @@ mod tests {
             swapped.extend((body.len() as u32).to_le_bytes());
             swapped.extend(body);
         }
-        let e = KeyTable::decode(&swapped).unwrap_err();
+        let e = KeyTable::decode(&swapped, 3).unwrap_err();
         assert!(e.contains("call order"), "{e}");
+        // A record of a call after the checkpoint's last one cannot be in it: taken in,
+        // the calls replayed after it would be out of order, and a retry of their keys
+        // would not be found (it would run twice).
+        assert!(KeyTable::decode(&bytes, 3).is_ok());
+        let e = KeyTable::decode(&bytes, 2).unwrap_err();
+        assert!(e.contains("seq 3") && e.contains("(2)"), "{e}");
     }
 }

@@ -335,7 +335,8 @@ impl Worker {
         let sections = restore
             .sections()
             .map_err(|e| fatal(cannot_load(e.to_string())))?;
-        let keys = KeyTable::decode(sections.keys).map_err(|e| fatal(cannot_load(e)))?;
+        let last_seq = restore.chosen.map_or(0, |(_, _, last_seq)| last_seq);
+        let keys = KeyTable::decode(sections.keys, last_seq).map_err(|e| fatal(cannot_load(e)))?;
         let (engine, program_pid) = match (kind, &init.exec) {
             (Some(kind), _) => {
                 let actor = match restore.chosen {
