@@ -3,6 +3,7 @@
 //! which resends a keyed call after a lost connection.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,39 @@ impl Client {
             path: path.display().to_string(),
             source,
         })?;
+        Client::from_stream(stream)
+    }
+
+    /// Connects to the socket at `path`, waiting at most `timeout` (at least a
+    /// millisecond) for a supervisor whose backlog of connections to accept is full,
+    /// as a stuck one's soon is.
+    pub fn connect_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+        let fail = |e: nix::errno::Errno| ClientError::Connect {
+            path: path.display().to_string(),
+            source: e.into(),
+        };
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(fail)?;
+        // A blocking connect to a Unix socket waits for room in the backlog at most the
+        // send timeout; the stream's own send timeout is set again by `set_timeout`.
+        let t = timeout.max(Duration::from_millis(1));
+        let wait = nix::sys::time::TimeVal::new(
+            t.as_secs().min(i32::MAX as u64) as libc::time_t,
+            t.subsec_micros() as libc::suseconds_t,
+        );
+        socket::setsockopt(&fd, sockopt::SendTimeout, &wait).map_err(fail)?;
+        let addr = UnixAddr::new(path).map_err(fail)?;
+        socket::connect(fd.as_raw_fd(), &addr).map_err(fail)?;
+        Client::from_stream(UnixStream::from(fd))
+    }
+
+    fn from_stream(stream: UnixStream) -> Result<Client, ClientError> {
         let w = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
@@ -73,9 +107,11 @@ impl Client {
         })
     }
 
-    /// Sets a read timeout for replies (None = wait forever).
+    /// Sets a timeout for replies (None = wait forever); sending a request waits at
+    /// most as long for the supervisor to read it.
     pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
         self.reader.get_ref().set_read_timeout(t)?;
+        self.reader.get_ref().set_write_timeout(t)?;
         Ok(())
     }
 
@@ -102,8 +138,11 @@ impl Client {
         if let Value::Object(m) = &mut request {
             m.insert("id".into(), json!(id));
         }
-        serde_json::to_writer(&mut self.writer, &request)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        serde_json::to_writer(&mut self.writer, &request).map_err(|e| match e.is_io() {
+            // Writing failed (the connection, or the supervisor not reading in time).
+            true => ClientError::Io(e.into()),
+            false => ClientError::Protocol(e.to_string()),
+        })?;
         self.writer.write_all(b"\n")?;
         Ok(id)
     }
@@ -437,15 +476,22 @@ impl RetryingClient {
         }
     }
 
-    /// One attempt: (re)connects if needed, sends, waits for the reply until `deadline`.
+    /// One attempt: (re)connects if needed, sends, waits for the reply; none of these
+    /// waits past `deadline`.
     fn attempt(&mut self, request: &Value, deadline: Instant) -> Result<Value, ClientError> {
+        // A zero timeout is refused by the OS (or means none): wait at least a millisecond.
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let conn = match &mut self.conn {
             Some(c) => c,
-            None => self.conn.insert(Client::connect(&self.path)?),
+            None => self
+                .conn
+                .insert(Client::connect_timeout(&self.path, left())?),
         };
-        // A zero read timeout is refused by the OS: wait at least a millisecond.
-        let left = deadline.saturating_duration_since(Instant::now());
-        conn.set_timeout(Some(left.max(Duration::from_millis(1))))?;
+        conn.set_timeout(Some(left()))?;
         conn.request(request.clone())
     }
 }
@@ -570,6 +616,62 @@ mod tests {
         }
         assert_eq!(c.resends(), 0);
         assert_eq!(fake.join().unwrap().len(), 1);
+    }
+
+    /// Runs `f` on a thread and returns its result, or panics when it has not
+    /// returned long after any deadline it was given (a hang, not a slow machine).
+    fn returns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the call never returned: its deadline was not kept")
+    }
+
+    fn short_deadline() -> RetryPolicy {
+        RetryPolicy {
+            deadline: Duration::from_millis(300),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(10),
+        }
+    }
+
+    /// A supervisor that is stuck (stopped, or its loop wedged) neither accepts nor
+    /// reads: connecting to its full backlog, or writing a request larger than the
+    /// socket's buffer, must not outlast the deadline.
+    #[test]
+    fn a_stuck_supervisor_is_given_up_on_at_the_deadline() {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts nothing, and has room for one pending connection, which it holds.
+        let full = dir.path().join("full.sock");
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(listener.as_raw_fd(), &UnixAddr::new(&full).unwrap()).unwrap();
+        listen(&listener, Backlog::new(0).unwrap()).unwrap();
+        let pending = UnixStream::connect(&full).unwrap();
+        let mut c = RetryingClient::with_policy(&full, short_deadline());
+        let e = returns(move || c.call("c", "incr", json!(1), None).unwrap_err());
+        assert!(e.is_unreachable(), "{e:?}");
+        drop((pending, listener));
+
+        // Accepts, and never reads: a large request cannot be written whole.
+        let deaf = dir.path().join("deaf.sock");
+        let listener = UnixListener::bind(&deaf).unwrap();
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let mut c = RetryingClient::with_policy(&deaf, short_deadline());
+        let big = "x".repeat(16 << 20);
+        let e = returns(move || c.call("c", "put", json!(big), None).unwrap_err());
+        assert!(e.is_unreachable(), "{e:?}");
+        drop(held.join().unwrap());
     }
 
     #[test]
