@@ -177,6 +177,7 @@ impl Sim {
                             actor: "c".into(),
                             method: "incr".into(),
                             args: Some("1".into()),
+                            key: None,
                         },
                     },
                 },

@@ -266,6 +266,7 @@ impl ActorLog {
             seq,
             method: calllog::CANCEL_METHOD.to_string(),
             args: calllog::encode_cancel_args(cancelled),
+            key: None,
         }])
     }
 
@@ -280,7 +281,7 @@ impl ActorLog {
         }
         self.buf.clear();
         for c in calls {
-            calllog::encode_into(&mut self.buf, c.seq, &c.method, &c.args);
+            calllog::encode_call_into(&mut self.buf, c.seq, &c.method, c.key.as_ref(), &c.args);
         }
         let Some(seg) = self.current.as_mut() else {
             return Err(LogError::NoSegment);
@@ -499,6 +500,7 @@ mod tests {
             seq,
             method: "incr".into(),
             args: b"1".to_vec(),
+            key: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod actor;
 mod alloc;
 pub mod builtin;
 pub mod exec;
+mod keys;
 mod registry;
 mod report;
 mod run;

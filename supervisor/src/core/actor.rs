@@ -7,7 +7,7 @@ use std::time::Instant;
 use resurgam_shared::calllog::LogRecord;
 use resurgam_shared::config::{Durability, Policy};
 use resurgam_shared::export::EXPORT_METHOD;
-use resurgam_shared::ipc::{Call, Outcome, Reply};
+use resurgam_shared::ipc::{Call, CallKey, Outcome, Reply};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use super::restart::RestartTracker;
@@ -83,6 +83,9 @@ pub(super) struct Entry {
     pub seq: u64,
     pub method: String,
     pub args: Vec<u8>,
+    /// The client's idempotency key, if the call carried one, with the retention it was
+    /// accepted with.
+    pub key: Option<CallKey>,
     /// Who waits for the reply; `None` once answered.
     pub origin: Option<Origin>,
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
@@ -95,6 +98,18 @@ pub(super) struct Entry {
     /// Recovered from the durable log at start: its client may have had its reply, so
     /// it is never failed (only dropped as a poison call, which cannot have succeeded).
     pub recovered: bool,
+}
+
+impl Entry {
+    /// The call as the worker and the log writer get it.
+    pub fn call(&self) -> Call {
+        Call {
+            seq: self.seq,
+            method: self.method.clone(),
+            args: self.args.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// What hang detection wants now.
@@ -335,6 +350,7 @@ impl ActorState {
                 seq: r.seq,
                 method: r.method,
                 args: r.args,
+                key: r.key,
                 // Unanswered: its client is gone, but it still counts attempts, so a
                 // recovered poison call is dropped like any other.
                 origin: None,
@@ -391,15 +407,7 @@ impl ActorState {
         if start == self.log.len() {
             return None;
         }
-        let calls: Vec<Call> = self
-            .log
-            .range(start..)
-            .map(|e| Call {
-                seq: e.seq,
-                method: e.method.clone(),
-                args: e.args.clone(),
-            })
-            .collect();
+        let calls: Vec<Call> = self.log.range(start..).map(Entry::call).collect();
         if let Some(last) = calls.last() {
             self.appended_upto = last.seq;
         }
@@ -632,11 +640,7 @@ impl ActorState {
                     break;
                 }
                 bytes += e.args.len();
-                calls.push(Call {
-                    seq: e.seq,
-                    method: e.method.clone(),
-                    args: e.args.clone(),
-                });
+                calls.push(e.call());
             }
             if let Some(last) = calls.last() {
                 self.sent_upto = last.seq;

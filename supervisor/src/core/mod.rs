@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use resurgam_shared::config::{Config, Policy};
 use resurgam_shared::export;
-use resurgam_shared::ipc::{Call, Reply, Restored};
+use resurgam_shared::ipc::{Call, CallKey, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
@@ -838,7 +838,8 @@ impl Core {
                 actor,
                 method,
                 args,
-            } => self.on_call(origin, &actor, method, args),
+                key,
+            } => self.on_call(origin, &actor, method, args, key),
             Op::Status => {
                 let s = status::render(self, now);
                 self.reply_ok(&origin, &s);
@@ -861,7 +862,13 @@ impl Core {
             Op::Subscribe => self.out.push(Action::Subscribe { origin }),
             Op::Export { actor } => {
                 if let Some(id) = self.lookup(&origin, &actor) {
-                    self.enqueue(origin, id, export::EXPORT_METHOD.to_string(), Vec::new());
+                    self.enqueue(
+                        origin,
+                        id,
+                        export::EXPORT_METHOD.to_string(),
+                        Vec::new(),
+                        None,
+                    );
                 }
             }
             Op::Import { actor, file } => self.on_import(origin, &actor, file),
@@ -1001,7 +1008,13 @@ impl Core {
             self.reply_err(&origin, &err);
             return;
         }
-        self.enqueue(origin, id, export::IMPORT_METHOD.to_string(), file.state);
+        self.enqueue(
+            origin,
+            id,
+            export::IMPORT_METHOD.to_string(),
+            file.state,
+            None,
+        );
     }
 
     fn lookup(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
@@ -1028,7 +1041,14 @@ impl Core {
         Some(id)
     }
 
-    fn on_call(&mut self, mut origin: Origin, actor: &str, method: String, args: Option<String>) {
+    fn on_call(
+        &mut self,
+        mut origin: Origin,
+        actor: &str,
+        method: String,
+        args: Option<String>,
+        key: Option<String>,
+    ) {
         let Some(id) = self.lookup(&origin, actor) else {
             return;
         };
@@ -1054,12 +1074,22 @@ impl Core {
             id,
             method,
             args.map(String::into_bytes).unwrap_or_default(),
+            key,
         );
     }
 
     /// Accepts an entry into the actor's call order (a call, an export or an import),
-    /// or refuses it when the actor cannot take it now.
-    fn enqueue(&mut self, mut origin: Origin, id: ActorId, method: String, args: Vec<u8>) {
+    /// or refuses it when the actor cannot take it now. A call's idempotency `key` goes
+    /// with it to the log and the worker, which answers a key it remembers with the
+    /// first reply (G10).
+    fn enqueue(
+        &mut self,
+        mut origin: Origin,
+        id: ActorId,
+        method: String,
+        args: Vec<u8>,
+        key: Option<String>,
+    ) {
         origin.call = Some((id, self.now));
         let stopping = !matches!(self.mode, Mode::Running);
         let a = &mut self.actors[id];
@@ -1087,6 +1117,12 @@ impl Core {
             self.reply_err(&origin, &err);
             return;
         }
+        // The retention in force now goes with the call (see `CallKey`).
+        let key = key.map(|key| CallKey {
+            key,
+            keep_calls: u32::try_from(a.policy.idempotency_keys).unwrap_or(u32::MAX),
+            keep_bytes: u32::try_from(a.policy.idempotency_bytes).unwrap_or(u32::MAX),
+        });
         let seq = a.next_seq;
         a.next_seq += 1;
         a.unanswered += 1;
@@ -1094,6 +1130,7 @@ impl Core {
             seq,
             method,
             args,
+            key,
             origin: Some(origin),
             answered: None,
             attempts: 0,

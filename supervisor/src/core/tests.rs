@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use resurgam_shared::calllog::LogRecord;
 use resurgam_shared::config::{Config, Durability, Environment, Policy};
-use resurgam_shared::ipc::{Call, Outcome, Reply, Restored};
+use resurgam_shared::ipc::{Call, CallKey, Outcome, Reply, Restored};
 use resurgam_shared::protocol::{Op, Request};
 
 use super::*;
@@ -387,6 +387,7 @@ impl Sim for World {
                         seq: c.seq,
                         method: c.method,
                         args: c.args,
+                        key: c.key,
                     }));
                     self.here.fsync_pending = true;
                     self.here.last_logged = upto;
@@ -405,6 +406,7 @@ impl Sim for World {
                     seq,
                     method: resurgam_shared::calllog::CANCEL_METHOD.into(),
                     args: resurgam_shared::calllog::encode_cancel_args(&cancelled),
+                    key: None,
                 });
                 self.here.fsync_pending = true;
                 self.here.last_logged = self.here.last_logged.max(seq);
@@ -459,6 +461,7 @@ impl World {
                     actor: self.name(),
                     method: method.into(),
                     args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
+                    key: None,
                 },
             },
         });
@@ -1436,12 +1439,14 @@ fn unknown_actor_and_method_are_refused_without_logging() {
         actor: "nope".into(),
         method: "incr".into(),
         args: None,
+        key: None,
     });
     assert_eq!(err_kind(&w, id).as_deref(), Some("UnknownActor"));
     let id = w.op(Op::Call {
         actor: "c".into(),
         method: "fly".into(),
         args: None,
+        key: None,
     });
     assert_eq!(err_kind(&w, id).as_deref(), Some("UnknownMethod"));
     assert_eq!(w.core.log_len(0), 0);
@@ -2001,6 +2006,7 @@ fn a_tombstone_never_precedes_calls_accepted_before_it() {
                     actor: "c".into(),
                     method: "incr".into(),
                     args: Some(format!("{{\"id\":{id},\"n\":7}}")),
+                    key: None,
                 },
             },
         },
@@ -2080,6 +2086,7 @@ fn batches_respect_the_size_caps() {
                     actor: "c".into(),
                     method: "get".into(),
                     args: Some(big.clone()),
+                    key: None,
                 },
             },
         });
@@ -2144,5 +2151,59 @@ fn restart_fresh_revives_a_held_actor_an_operator_stopped() {
             epoch: 1
         }),
         "{actions:?}"
+    );
+}
+
+#[test]
+fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
+    let mut p = policy(-1, 3, 0);
+    p.durability = Durability::Log;
+    let mut w = World::new(p);
+    w.settle();
+    let keyed = |key: Option<&str>| Op::Call {
+        actor: "c".into(),
+        method: "incr".into(),
+        args: Some(r#"{"id":0,"n":0}"#.into()),
+        key: key.map(String::from),
+    };
+    w.op(keyed(Some("retry-1")));
+    w.op(keyed(None));
+    let sent: Vec<Option<String>> = w
+        .here
+        .worker
+        .as_ref()
+        .unwrap()
+        .inbox
+        .iter()
+        .flat_map(|m| match m {
+            ToW::Calls(c) => c
+                .iter()
+                .map(|c| c.key.as_ref().map(|k| k.key.clone()))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(sent, [Some("retry-1".to_string()), None]);
+    w.settle();
+    let logged: Vec<_> = w.here.log.iter().map(|r| r.key.clone()).collect();
+    let key = CallKey {
+        key: "retry-1".into(),
+        keep_calls: 10_000,
+        keep_bytes: 16 << 20,
+    };
+    assert_eq!(logged, [Some(key.clone()), None]);
+    // A retention changed later does not change what the logged call carries.
+    w.policy.idempotency_keys = 1;
+    w.crash_supervisor(false);
+    let recovered: Vec<_> = w.core.actors[0].log.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(recovered, [Some(key), None]);
+    w.settle();
+    // …while a call accepted after the change carries the new retention.
+    w.op(keyed(Some("retry-2")));
+    w.settle();
+    let last = w.here.log.last().and_then(|r| r.key.clone());
+    assert_eq!(
+        last.map(|k| (k.key, k.keep_calls)),
+        Some(("retry-2".into(), 1))
     );
 }

@@ -216,6 +216,7 @@ impl Timers {
                 actor: format!("a{}", i % n),
                 method: "incr".into(),
                 args: Some("1".into()),
+                key: None,
             }),
             TimerStep::Spawned(i) => {
                 if let Some((actor, w)) = self.pick(i, |w| w.spawning && !w.exited) {
