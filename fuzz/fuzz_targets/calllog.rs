@@ -28,7 +28,7 @@ fn check_segment(bytes: &[u8]) -> Vec<(u64, String, Vec<u8>)> {
     assert!(good_len <= bytes.len());
     let mut again = Vec::new();
     for r in &records {
-        encode_call_into(&mut again, r.seq, &r.method, r.key.as_ref(), &r.args);
+        encode_call_into(&mut again, r.seq, &r.method, r.key.as_deref(), &r.args);
     }
     assert_eq!(
         again,

@@ -118,8 +118,9 @@ pub struct LogRecord {
     pub seq: u64,
     pub method: String,
     pub args: Vec<u8>,
-    /// The call's idempotency key, if it carried one.
-    pub key: Option<CallKey>,
+    /// The call's idempotency key, if it carried one (boxed: most calls have none, and a
+    /// recovery holds every record).
+    pub key: Option<Box<CallKey>>,
 }
 
 /// The method-length value that marks a keyed body.
@@ -329,7 +330,7 @@ fn decode_body(mut body: Vec<u8>) -> Result<LogRecord, &'static str> {
                 keep_calls,
                 keep_bytes,
             };
-            (m, Some(key), start + k)
+            (m, Some(Box::new(key)), start + k)
         }
         m => (m as usize, None, 10),
     };
@@ -728,7 +729,7 @@ mod tests {
         encode_call_into(&mut b, 3, "get", None, b"");
         let (recs, end, stop) = decode_segment(&b);
         assert_eq!((stop, end), (None, b.len() as u64));
-        let keys: Vec<_> = recs.iter().map(|r| r.key.as_ref()).collect();
+        let keys: Vec<_> = recs.iter().map(|r| r.key.as_deref()).collect();
         assert_eq!(keys, [None, Some(&key), None]);
         assert_eq!(
             (recs[1].method.as_str(), &recs[1].args[..]),

@@ -85,7 +85,8 @@ pub(super) struct Entry {
     pub args: Vec<u8>,
     /// The client's idempotency key, if the call carried one, with the retention it was
     /// accepted with.
-    pub key: Option<CallKey>,
+    /// Boxed: most calls have none, and the core holds every call not yet checkpointed.
+    pub key: Option<Box<CallKey>>,
     /// Who waits for the reply; `None` once answered.
     pub origin: Option<Origin>,
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
@@ -107,7 +108,7 @@ impl Entry {
             seq: self.seq,
             method: self.method.clone(),
             args: self.args.clone(),
-            key: self.key.clone(),
+            key: self.key.as_deref().cloned(),
         }
     }
 }

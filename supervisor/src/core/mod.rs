@@ -1150,10 +1150,12 @@ impl Core {
             return;
         }
         // The retention in force now goes with the call (see `CallKey`).
-        let key = key.map(|key| CallKey {
-            key,
-            keep_calls: u32::try_from(a.policy.idempotency_keys).unwrap_or(u32::MAX),
-            keep_bytes: u32::try_from(a.policy.idempotency_bytes).unwrap_or(u32::MAX),
+        let key = key.map(|key| {
+            Box::new(CallKey {
+                key,
+                keep_calls: u32::try_from(a.policy.idempotency_keys).unwrap_or(u32::MAX),
+                keep_bytes: u32::try_from(a.policy.idempotency_bytes).unwrap_or(u32::MAX),
+            })
         });
         let seq = a.next_seq;
         a.next_seq += 1;

@@ -395,7 +395,7 @@ impl Sim for World {
                         seq: c.seq,
                         method: c.method,
                         args: c.args,
-                        key: c.key,
+                        key: c.key.map(Box::new),
                     }));
                     self.here.fsync_pending = true;
                     self.here.last_logged = upto;
@@ -2364,7 +2364,12 @@ fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
         .collect();
     assert_eq!(sent, [Some("retry-1".to_string()), None]);
     w.settle();
-    let logged: Vec<_> = w.here.log.iter().map(|r| r.key.clone()).collect();
+    let logged: Vec<_> = w
+        .here
+        .log
+        .iter()
+        .map(|r| r.key.as_deref().cloned())
+        .collect();
     let key = CallKey {
         key: "retry-1".into(),
         keep_calls: 10_000,
@@ -2374,7 +2379,11 @@ fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
     // A retention changed later does not change what the logged call carries.
     w.policy.idempotency_keys = 1;
     w.crash_supervisor(false);
-    let recovered: Vec<_> = w.core.actors[0].log.iter().map(|e| e.key.clone()).collect();
+    let recovered: Vec<_> = w.core.actors[0]
+        .log
+        .iter()
+        .map(|e| e.key.as_deref().cloned())
+        .collect();
     assert_eq!(recovered, [Some(key), None]);
     w.settle();
     // …while a call accepted after the change carries the new retention.
