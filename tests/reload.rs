@@ -114,6 +114,14 @@ fn check_after(sup: &Supervisor, before: &Before) {
     );
 }
 
+/// Puts `a0`..`a{n-1}` (value i) into the kv actor `victim`, each acknowledged.
+fn put_keys(c: &mut resurgam::Client, n: i64) {
+    for i in 0..n {
+        c.call("victim", "put", json!({"key": format!("a{i}"), "value": i}))
+            .unwrap();
+    }
+}
+
 #[test]
 fn reload_op_adds_an_actor_changes_a_policy_and_keeps_the_rest() {
     let sup = Supervisor::start(&config(0, ""));
@@ -153,20 +161,20 @@ fn sighup_reloads_the_config_file() {
     );
 }
 
-#[test]
-fn a_removed_actor_answers_its_pending_calls_and_leaves_a_final_checkpoint() {
-    const VICTIM: &str = r#"
+/// The kv actor `victim`, in memory mode.
+const MEMORY_VICTIM: &str = r#"
 [[actor]]
 name = "victim"
 kind = "kv"
 durability = "memory"
 "#;
+
+#[test]
+fn a_removed_actor_answers_its_pending_calls_and_leaves_a_final_checkpoint() {
+    const VICTIM: &str = MEMORY_VICTIM;
     let sup = Supervisor::start(&config(0, VICTIM));
     let mut c = sup.client();
-    for i in 0..20 {
-        c.call("victim", "put", json!({"key": format!("a{i}"), "value": i}))
-            .unwrap();
-    }
+    put_keys(&mut c, 20);
     assert_eq!(sup.actor("victim")["checkpoint"]["generation"], 0);
     assert_eq!(c.call("keep", "incr", json!(9)).unwrap(), json!(9));
     let keep_pid = sup.actor_pid("keep").unwrap();
@@ -293,4 +301,88 @@ fn an_invalid_config_is_refused_and_the_old_one_stays() {
     assert_eq!(c.reload().unwrap()["added"], json!(["fresh"]));
     sup.wait_state("fresh", "ALIVE", WAIT);
     assert_eq!(sup.actor_pid("keep"), Some(pids.0));
+}
+
+/// A removed actor whose worker crash-loops on an accepted call ends removed, not DEAD
+/// for ever: the call is answered (`ActorDead`), the actor leaves `status`, and a
+/// reload adds its name back with its state (the refused call tombstoned, never run).
+/// Removed while it waits out a long backoff, it is started at once to answer.
+#[test]
+fn a_removed_actor_that_crash_loops_ends_removed_and_can_be_added_back() {
+    const VICTIM: &str = r#"
+[[actor]]
+name = "victim"
+kind = "counter"
+max_restarts = 2
+restart_window = "600s"
+max_call_retries = 10
+backoff_initial = "600s"
+backoff_max = "600s"
+min_uptime = "600s"
+"#;
+    let sup = Supervisor::start(&config(0, VICTIM));
+    let mut c = sup.client();
+    assert_eq!(c.call("victim", "incr", json!(5)).unwrap(), json!(5));
+    // `crash` kills its worker: restarted at once, killed again by the replay, then a
+    // long backoff with the call still pending.
+    let mut pipe = sup.client();
+    let crash = pipe
+        .send(json!({"op": "call", "actor": "victim", "method": "crash"}))
+        .unwrap();
+    pipe.flush().unwrap();
+    sup.wait_state("victim", "RESTARTING", WAIT);
+
+    sup.write_config(&config(0, ""));
+    assert_eq!(c.reload().unwrap()["removed"], json!(["victim"]));
+    sup.wait_until("victim to vanish from status", WAIT, || {
+        !sup.has_actor("victim")
+    });
+    let reply = pipe.recv().unwrap();
+    assert_eq!(reply.id.as_u64(), Some(crash));
+    let err = reply.into_result().expect_err("the crash call succeeded");
+    assert_eq!(err.kind, ErrorKind::ActorDead, "{err:?}");
+    assert!(
+        sup.log()
+            .lines()
+            .any(|l| l.contains("actor removed by reload gave up before its final checkpoint")),
+        "{}",
+        sup.log_tail(30)
+    );
+
+    sup.write_config(&config(0, VICTIM));
+    assert_eq!(c.reload().unwrap()["added"], json!(["victim"]));
+    sup.wait_state("victim", "ALIVE", WAIT);
+    assert_eq!(c.call("victim", "get", Value::Null).unwrap(), json!(5));
+}
+
+/// Memory mode: an actor removed while it waits out a backoff (no worker) is started
+/// for its final checkpoint, which holds every acknowledged call: added back, it has
+/// them all (only the core's memory held them before).
+#[test]
+fn a_removed_memory_actor_in_backoff_is_started_for_its_final_checkpoint() {
+    let victim = format!(
+        "{MEMORY_VICTIM}backoff_initial = \"600s\"\nbackoff_max = \"600s\"\nmin_uptime = \"600s\"\n"
+    );
+    let sup = Supervisor::start(&config(0, &victim));
+    let mut c = sup.client();
+    put_keys(&mut c, 10);
+    // Killed twice: restarted at once, then a long backoff.
+    let first = sup.kill_worker("victim");
+    sup.wait_new_pid("victim", first, WAIT);
+    sup.kill_worker("victim");
+    sup.wait_state("victim", "RESTARTING", WAIT);
+    assert_eq!(sup.actor("victim")["checkpoint"]["generation"], 0);
+
+    sup.write_config(&config(0, ""));
+    assert_eq!(c.reload().unwrap()["removed"], json!(["victim"]));
+    sup.wait_until("victim to vanish from status", WAIT, || {
+        !sup.has_actor("victim")
+    });
+    sup.write_config(&config(0, &victim));
+    assert_eq!(c.reload().unwrap()["added"], json!(["victim"]));
+    assert_eq!(c.call("victim", "len", Value::Null).unwrap(), json!(10));
+    assert_eq!(
+        c.call("victim", "get", json!({"key": "a9"})).unwrap(),
+        json!(9)
+    );
 }

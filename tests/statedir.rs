@@ -522,6 +522,46 @@ fn vanished_state_files_hold_the_actor_in_every_mode() {
     }
 }
 
+/// The manifest records an actor's new log (off the event loop, on the log thread)
+/// before any call of it is acknowledged: when the first reply of each of many
+/// actors arrives, the mark is on disk. A log that vanishes after that reply is then
+/// held DEAD, never taken for a new actor.
+#[test]
+fn the_log_is_in_the_manifest_before_the_first_reply() {
+    const ACTORS: usize = 12;
+    for durability in ["log", "fsync"] {
+        let mut config = format!("[supervisor]\ndurability = \"{durability}\"\n");
+        for i in 0..ACTORS {
+            config.push_str(&format!("\n[[actor]]\nname = \"kv{i}\"\nkind = \"kv\"\n"));
+        }
+        let sup = Supervisor::start(&config);
+        let manifest = sup.state_dir.join("resurgam-state.json");
+        let mut c = sup.client();
+        for i in 0..ACTORS {
+            let name = format!("kv{i}");
+            c.call(&name, "put", json!({"key": "k", "value": i}))
+                .unwrap();
+            let m: Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+            assert_eq!(
+                m["actors"][&name]["logged"],
+                json!(true),
+                "{durability}: {name} answered before its log was recorded: {m}"
+            );
+        }
+        sup.kill_supervisor();
+        sup.wait_state_dir_unlocked();
+        let _ = fs::remove_dir_all(log_dir(&sup.state_dir, "kv0"));
+        sup.restart_until_serving();
+        let a = sup.wait_state("kv0", "DEAD", Duration::from_secs(20));
+        assert!(
+            a["dead_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("state files are gone")),
+            "{durability}: {a}"
+        );
+    }
+}
+
 #[test]
 fn a_huge_sparse_segment_is_not_read_into_memory() {
     let (sup, seg) = logged("log", 5, None);

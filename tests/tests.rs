@@ -49,5 +49,7 @@ mod python;
 mod shell;
 // The fork server: forked workers stay the supervisor's children; its crash; upgrades.
 mod forkserver;
+// G10: keyed calls run once: retries on other connections, after kills, under chaos.
+mod idempotency;
 // Issue 10: bounded memory per connection, an idle loop that sleeps, progress-based hang detection.
 mod bounds;

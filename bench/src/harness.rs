@@ -128,6 +128,11 @@ pub(crate) struct Sup {
     runtime: Option<tempfile::TempDir>,
     socket: PathBuf,
     log_path: PathBuf,
+    /// The binary and config it runs with (a restart runs them again).
+    exe: PathBuf,
+    config: PathBuf,
+    /// Restarts so far (each writes its log to a file of its own).
+    restarts: usize,
     actors: usize,
     /// When the `run` process was started.
     pub spawned_wall: SystemTime,
@@ -157,30 +162,16 @@ impl Sup {
         fs::write(&config, conf.render(dir.path(), runtime_base))
             .ctx(|| format!("write {}", config.display()))?;
         let log_path = dir.path().join("supervisor.log");
-        let log = File::create(&log_path).ctx(|| format!("create {}", log_path.display()))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-format", "json"])
-            .env("RESURGAM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        for var in SCRUBBED_ENV.iter().chain(WORKER_SCRUBBED_ENV) {
-            cmd.env_remove(var);
-        }
-        let spawned_wall = SystemTime::now();
-        let spawned_at = Instant::now();
-        let child = cmd
-            .spawn()
-            .ctx(|| format!("start {} run --config {}", exe.display(), config.display()))?;
+        let (child, spawned_wall, spawned_at) = spawn_run(exe, &config, &log_path)?;
         let pid = i32::try_from(child.id()).map_err(|_| BenchError::new("pid out of range"))?;
         Ok(Sup {
             child,
             pid,
             socket,
             log_path,
+            exe: exe.to_path_buf(),
+            config,
+            restarts: 0,
             dir: Some(dir),
             runtime,
             actors: conf.actors.len(),
@@ -198,6 +189,51 @@ impl Sup {
 
     pub(crate) fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The supervisor's state directory.
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .map_or_else(PathBuf::new, |d| d.path().join("state"))
+    }
+
+    /// `kill -9` of the supervisor, as a crash would: waits until it and its workers are
+    /// gone (they die with it: `PR_SET_PDEATHSIG`; stragglers are killed), its files left
+    /// as they are. [`Sup::restart`] starts it again on the same directories.
+    pub(crate) fn kill9(&mut self) -> Result<()> {
+        let workers = children_of(self.pid);
+        kill(Pid::from_raw(self.pid), Signal::SIGKILL)
+            .ctx(|| format!("kill -9 the supervisor ({})", self.pid))?;
+        self.child
+            .wait()
+            .ctx(|| "wait for the killed supervisor".to_string())?;
+        let left = kill_leftovers(workers, Duration::from_secs(10));
+        if left > 0 {
+            return Err(BenchError::new(format!(
+                "{left} worker(s) of the killed supervisor still run after 10 s"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the supervisor again with the same binary, config and directories, its log
+    /// in a file of its own (`supervisor.<n>.log`); returns at once (not yet serving).
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            return Err(BenchError::new("restart: the supervisor still runs"));
+        }
+        self.restarts += 1;
+        let log_path = self
+            .log_path
+            .with_file_name(format!("supervisor.{}.log", self.restarts));
+        let (child, wall, at) = spawn_run(&self.exe, &self.config, &log_path)?;
+        self.pid = i32::try_from(child.id()).map_err(|_| BenchError::new("pid out of range"))?;
+        self.child = child;
+        self.log_path = log_path;
+        self.spawned_wall = wall;
+        self.spawned_at = at;
+        Ok(())
     }
 
     pub(crate) fn socket(&self) -> &Path {
@@ -333,20 +369,7 @@ impl Drop for Sup {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut left: HashSet<(i32, u64)> = workers.into_iter().collect();
-        while !left.is_empty() && Instant::now() < deadline {
-            left.retain(|&(pid, start)| {
-                let running = matches!(proc_stat(pid), Some((state, _, s)) if s == start && state != 'Z' && state != 'X');
-                if running {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                running
-            });
-            if !left.is_empty() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        kill_leftovers(workers, Duration::from_secs(5));
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
@@ -354,6 +377,49 @@ impl Drop for Sup {
             let _ = dir.close();
         }
     }
+}
+
+/// Starts `exe run --config CONFIG` with its JSON log lines going to `log_path`.
+fn spawn_run(exe: &Path, config: &Path, log_path: &Path) -> Result<(Child, SystemTime, Instant)> {
+    let log = File::create(log_path).ctx(|| format!("create {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .args(["--log-format", "json"])
+        .env("RESURGAM_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    for var in SCRUBBED_ENV.iter().chain(WORKER_SCRUBBED_ENV) {
+        cmd.env_remove(var);
+    }
+    let wall = SystemTime::now();
+    let at = Instant::now();
+    let child = cmd
+        .spawn()
+        .ctx(|| format!("start {} run --config {}", exe.display(), config.display()))?;
+    Ok((child, wall, at))
+}
+
+/// Waits up to `wait` for the processes `workers` (pid, start time) to be gone, killing
+/// each still running (a recycled pid is never hit); returns how many are left.
+fn kill_leftovers(workers: Vec<(i32, u64)>, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut left: HashSet<(i32, u64)> = workers.into_iter().collect();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|&(pid, start)| {
+            let running = matches!(proc_stat(pid), Some((state, _, s)) if s == start && state != 'Z' && state != 'X');
+            if running {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            running
+        });
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    left.len()
 }
 
 /// Connects a client with [`CLIENT_TIMEOUT`].

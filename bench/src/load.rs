@@ -46,6 +46,11 @@ pub(crate) fn call_request(actor: &str, method: &str, args: &Value) -> Value {
     }
 }
 
+/// A `call` request carrying the idempotency key `key`.
+pub(crate) fn keyed_request(actor: &str, method: &str, key: &str) -> Value {
+    json!({"op": "call", "actor": actor, "method": method, "key": key})
+}
+
 /// What a generator did.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
@@ -83,13 +88,25 @@ pub(crate) fn sync_calls(
     keep_starts: bool,
     mut args: impl FnMut(u64) -> Value,
 ) -> Result<Outcome> {
+    sync_requests(c, until, keep_starts, |i| {
+        call_request(actor, method, &args(i))
+    })
+}
+
+/// [`sync_calls`] of whole requests: `request(i)` gives the i-th.
+pub(crate) fn sync_requests(
+    c: &mut Client,
+    until: Until<'_>,
+    keep_starts: bool,
+    mut request: impl FnMut(u64) -> Value,
+) -> Result<Outcome> {
     let mut out = Outcome::default();
     let start = Instant::now();
     let mut i = 0u64;
     while until.more(i) {
-        let a = args(i);
+        let req = request(i);
         let t = Instant::now();
-        let r = c.call(actor, method, a);
+        let r = c.request(req);
         let dt = t.elapsed();
         match r {
             Ok(_) => out.ok += 1,
@@ -117,13 +134,23 @@ pub(crate) fn pipeline(
     until: Until<'_>,
     mut args: impl FnMut(u64) -> Value,
 ) -> Result<Outcome> {
+    pipeline_requests(c, window, until, |i| call_request(actor, method, &args(i)))
+}
+
+/// [`pipeline`] of whole requests: `request(i)` gives the i-th.
+pub(crate) fn pipeline_requests(
+    c: &mut Client,
+    window: usize,
+    until: Until<'_>,
+    mut request: impl FnMut(u64) -> Value,
+) -> Result<Outcome> {
     let window = window.max(1) as u64;
     let refill = (window / 2).max(1);
     let mut out = Outcome::default();
     let start = Instant::now();
     let (mut sent, mut done) = (0u64, 0u64);
     while sent < window && until.more(sent) {
-        c.send(call_request(actor, method, &args(sent)))?;
+        c.send(request(sent))?;
         sent += 1;
     }
     c.flush()?;
@@ -137,7 +164,7 @@ pub(crate) fn pipeline(
         if sent - done <= window - refill && until.more(sent) {
             let mut k = 0;
             while k < refill && until.more(sent) {
-                c.send(call_request(actor, method, &args(sent)))?;
+                c.send(request(sent))?;
                 sent += 1;
                 k += 1;
             }

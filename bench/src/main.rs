@@ -23,12 +23,17 @@
 //! * W7 a Python exec actor (the SDK in `python/resurgam`): sync calls, pipelined calls
 //!   and recovery after SIGKILL of its program or of its worker with a 1 MiB state, with
 //!   the time split into interpreter start, import, load_state and replay. Its rows
-//!   name the W1–W3 rows they compare with on Ray (`pairs_with`).
+//!   name the W1–W3 rows they compare with on Ray (`pairs_with`);
+//! * W9 recovery of large call logs after `kill -9` of the supervisor: 1,000,000 logged
+//!   calls (all replayed, or a checkpoint near the end), a 3 GiB hole in a segment, a
+//!   valid 1 GiB segment; restart → first reply, peak memory (`VmHWM`) of the new
+//!   supervisor and worker (`biglog.rs`).
 //!
 //! Method: each figure is computed once per repeat (a percentile or a rate over many calls,
 //! or one recovery), and the report gives the median and [min–max] over the repeats. The
 //! client runs in this process, on the same cores as the supervisor and its workers.
 
+mod biglog;
 mod harness;
 mod load;
 mod python;
@@ -52,7 +57,7 @@ use stats::{Machine, Summary, fmt_num, loadavg};
 #[command(
     name = "resurgam-bench",
     version,
-    about = "End-to-end benchmarks (W1–W7) of a resurgam supervisor: a table, or JSON with --json."
+    about = "End-to-end benchmarks (W1–W7, W9) of a resurgam supervisor: a table, or JSON with --json."
 )]
 pub struct BenchArgs {
     /// The `resurgam` binary to measure (default: `resurgam` in this program's directory).
@@ -71,10 +76,12 @@ pub struct BenchArgs {
     /// Repeats per figure (default 5, or 3 with --quick).
     #[arg(long)]
     pub repeats: Option<usize>,
-    /// Run only these workloads (comma-separated, e.g. w1,w3).
+    /// Run only these workloads (comma-separated, e.g. w1,w3). W9 (large call logs:
+    /// minutes, and gigabytes written to the temporary directory) runs only when named.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Durability mode of the actors of W1–W5 and W7 (W6 measures all three).
+    /// Durability mode of the actors of W1–W5, W7 and W9 (W6 measures all three; W9 is
+    /// skipped in `memory`).
     #[arg(long, value_enum, default_value = "log")]
     pub durability: BenchDurability,
     /// `[supervisor] busy_poll` of the benchmark's supervisors, e.g. `0s` (default: the
@@ -315,13 +322,13 @@ impl Ctx {
 /// One workload run against a supervisor of its own.
 type Workload = fn(&mut Ctx) -> Result<()>;
 
-const WORKLOADS: [&str; 7] = ["w1", "w2", "w3", "w4", "w5", "w6", "w7"];
+const WORKLOADS: [&str; 8] = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w9"];
 
 fn run(args: &BenchArgs) -> Result<Report> {
     for o in &args.only {
         if !WORKLOADS.iter().any(|w| w.eq_ignore_ascii_case(o)) {
             return Err(BenchError {
-                message: format!("--only: unknown workload {o:?} (expected w1 … w7)"),
+                message: format!("--only: unknown workload {o:?} (expected w1 … w7 or w9)"),
                 usage: true,
             });
         }
@@ -397,7 +404,7 @@ fn run(args: &BenchArgs) -> Result<Report> {
             socket.display().to_string()
         }
         None => {
-            let all: [(&'static str, Workload); 7] = [
+            let all: [(&'static str, Workload); 8] = [
                 ("w1", workloads::w1_own),
                 ("w2", workloads::w2_own),
                 ("w3", workloads::w3),
@@ -405,9 +412,12 @@ fn run(args: &BenchArgs) -> Result<Report> {
                 ("w5", workloads::w5_checkpoint),
                 ("w6", workloads::w6_durability),
                 ("w7", python::w7),
+                ("w9", biglog::w9),
             ];
             for (name, f) in all {
-                if selected(name) {
+                // W9 writes gigabytes and takes minutes: only when asked for by name.
+                let asked = name != "w9" || !args.only.is_empty();
+                if asked && selected(name) {
                     section(&mut ctx, name, &f);
                 }
             }
@@ -466,7 +476,7 @@ fn render_table(r: &Report) -> String {
     let m = &r.machine;
     let load = |l: Option<[f64; 3]>| l.map_or("?".to_string(), |l| fmt_num(l[0]));
     out.push_str(&format!(
-        "resurgam bench ({}; durability {:?} for W1–W5 and W7; {} repeats; {:.0} s)\n",
+        "resurgam bench ({}; durability {:?} for W1–W5, W7 and W9; {} repeats; {:.0} s)\n",
         r.target,
         r.durability.as_str(),
         r.repeats,

@@ -155,13 +155,22 @@ pub(crate) fn clk_tck() -> u64 {
 /// `(Pss, Rss)` in KiB from `/proc/<pid>/smaps_rollup`.
 pub(crate) fn pss_rss_kib(pid: i32) -> Option<(u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("Pss:")?, field("Rss:")?))
+    Some((kib_field(&text, "Pss:")?, kib_field(&text, "Rss:")?))
+}
+
+/// The number after `name` on the line starting with it (`Name:   123 kB`).
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// `(VmHWM, VmRSS)` of a process in KiB (`/proc/<pid>/status`): its peak resident
+/// memory since it started, and its resident memory now.
+pub(crate) fn hwm_rss_kib(pid: i32) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((kib_field(&text, "VmHWM:")?, kib_field(&text, "VmRSS:")?))
 }
 
 /// Microseconds since the Unix epoch.

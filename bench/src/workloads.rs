@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use resurgam::Client;
 
 use super::harness::{ActorConf, LogTail, Sup, SupConf, connect, log_fields, state_counts};
-use super::load::{Outcome, Until, pipeline, sync_calls};
+use super::load::{
+    Outcome, Until, keyed_request, pipeline, pipeline_requests, sync_calls, sync_requests,
+};
 use super::stats::{cpu_ticks, micros, p50_p99, percentile, pss_rss_kib, unix_micros};
 use super::{BenchError, Better, Context, Ctx, Result};
 
@@ -76,6 +78,14 @@ pub(crate) fn w1_own(ctx: &mut Ctx) -> Result<()> {
     w1_sync(ctx, sup.socket(), "c0")
 }
 
+/// A prefix that makes the keys of one run unique (across runs on one supervisor too).
+fn key_prefix(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
 pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
     let mut c = connect(socket)?;
     let calls = if ctx.quick { 1000 } else { 3000 };
@@ -83,7 +93,9 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
         Value::Null
     })?;
     let (mut p50, mut p99, mut rate) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ctx.repeats {
+    let (mut keyed_p50, mut keyed_p99) = (Vec::new(), Vec::new());
+    let keys = key_prefix("w1");
+    for r in 0..ctx.repeats {
         let o = sync_calls(&mut c, actor, "incr", Until::Count(calls), false, |_| {
             Value::Null
         })?;
@@ -92,6 +104,14 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
         let (a, b) = p50_p99(o.latencies_us);
         p50.push(a);
         p99.push(b);
+        // The same calls, each with a key of its own, in the same run.
+        let o = sync_requests(&mut c, Until::Count(calls), false, |i| {
+            keyed_request(actor, "incr", &format!("{keys}-{r}-{i}"))
+        })?;
+        check_no_errors(&o, "W1 keyed")?;
+        let (a, b) = p50_p99(o.latencies_us);
+        keyed_p50.push(a);
+        keyed_p99.push(b);
     }
     let what = format!("Rust client, 1 connection, {calls} calls per repeat");
     ctx.row(
@@ -117,6 +137,22 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
         "calls/s",
         Better::Higher,
         &rate,
+    );
+    ctx.row(
+        "w1.sync_keyed.p50_us",
+        "W1",
+        "sync call p50, every call with an idempotency key",
+        "µs",
+        Better::Lower,
+        &keyed_p50,
+    );
+    ctx.row(
+        "w1.sync_keyed.p99_us",
+        "W1",
+        "sync call p99, every call with an idempotency key",
+        "µs",
+        Better::Lower,
+        &keyed_p99,
     );
 
     // The CLI: one `resurgam call` process per call.
@@ -197,8 +233,9 @@ pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> R
         Until::for_duration(window / 4),
         |_| Value::Null,
     )?;
-    let mut one = Vec::new();
-    for _ in 0..ctx.repeats {
+    let (mut one, mut one_keyed) = (Vec::new(), Vec::new());
+    let keys = key_prefix("w2");
+    for r in 0..ctx.repeats {
         let o = pipeline(
             &mut c,
             &actors[0],
@@ -209,6 +246,12 @@ pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> R
         )?;
         check_no_errors(&o, "W2 1×1")?;
         one.push(o.rate());
+        // The same calls, each with a key of its own, in the same run.
+        let o = pipeline_requests(&mut c, WINDOW, Until::for_duration(window), |i| {
+            keyed_request(&actors[0], "incr", &format!("{keys}-{r}-{i}"))
+        })?;
+        check_no_errors(&o, "W2 1×1 keyed")?;
+        one_keyed.push(o.rate());
     }
     ctx.row(
         "w2.pipe_1x1.calls_per_s",
@@ -217,6 +260,14 @@ pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> R
         "calls/s",
         Better::Higher,
         &one,
+    );
+    ctx.row(
+        "w2.pipe_1x1_keyed.calls_per_s",
+        "W2",
+        format!("pipelined, 1 actor × 1 client, window {WINDOW}, every call with a key"),
+        "calls/s",
+        Better::Higher,
+        &one_keyed,
     );
 
     let clients = 8;

@@ -15,7 +15,7 @@ use std::fs;
 
 use libfuzzer_sys::fuzz_target;
 use resurgam_shared::calllog::{
-    CANCEL_METHOD, Stop, decode_segment, encode_cancel_args, encode_into, parse_cancel_args,
+    CANCEL_METHOD, Stop, decode_segment, encode_call_into, encode_cancel_args, parse_cancel_args,
     parse_segment_name, recover, segment_name,
 };
 
@@ -28,7 +28,7 @@ fn check_segment(bytes: &[u8]) -> Vec<(u64, String, Vec<u8>)> {
     assert!(good_len <= bytes.len());
     let mut again = Vec::new();
     for r in &records {
-        encode_into(&mut again, r.seq, &r.method, &r.args);
+        encode_call_into(&mut again, r.seq, &r.method, r.key.as_deref(), &r.args);
     }
     assert_eq!(
         again,

@@ -34,7 +34,7 @@ from .errors import (
     error_from,
 )
 
-_CLIENT_NAMES = frozenset({"ActorHandle", "ActorMethod", "Client", "socket_path"})
+_CLIENT_NAMES = frozenset({"ActorHandle", "ActorMethod", "Client", "new_key", "socket_path"})
 
 
 def __getattr__(name: str) -> object:

@@ -24,6 +24,8 @@ import re
 import socket as _socket
 import stat
 import threading
+import time
+import uuid
 from concurrent.futures import Future
 from typing import (
     Any,
@@ -37,9 +39,9 @@ from typing import (
     Union,
 )
 
-from .errors import Error, Timeout, Unreachable, error_from
+from .errors import Busy, Error, Timeout, Unreachable, error_from
 
-__all__ = ["Client", "ActorHandle", "ActorMethod", "socket_path", "ENV_SOCKET"]
+__all__ = ["Client", "ActorHandle", "ActorMethod", "socket_path", "new_key", "ENV_SOCKET"]
 
 #: The environment variable that names the control socket.
 ENV_SOCKET = "RESURGAM_SOCKET"
@@ -47,6 +49,12 @@ ENV_SOCKET = "RESURGAM_SOCKET"
 DEFAULT_STATE_DIR = "resurgam-state"
 #: The packaged service's socket (``systemd/resurgam.service``: ``RuntimeDirectory=resurgam``).
 SERVICE_SOCKET = "/run/resurgam/control.sock"
+
+#: How long a keyed call is retried by default, in seconds (``Client(retry_for=...)``).
+DEFAULT_RETRY_FOR = 30.0
+#: The first pause between two attempts of a keyed call, and the longest, in seconds.
+_BACKOFF_INITIAL = 0.01
+_BACKOFF_MAX = 1.0
 
 #: A path to the control socket.
 PathArg = Union[str, "os.PathLike[str]"]
@@ -332,6 +340,12 @@ def _payload(request: Mapping[str, Any]) -> bytes:
         raise ValueError(f"request is not valid UTF-8 text: {e}") from None
 
 
+def new_key() -> str:
+    """A fresh idempotency key (32 hex digits, random): one per logical call, and the
+    same key for every retry of that call."""
+    return uuid.uuid4().hex
+
+
 def _call_request(actor: str, method: str, args: Any, key: Optional[str]) -> Dict[str, Any]:
     request: Dict[str, Any] = {"op": "call", "actor": actor, "method": method}
     if args is not None:
@@ -349,7 +363,11 @@ class Client:
     (``None``: wait forever). The connection is opened on first use (or by
     :meth:`connect`); if it drops, requests in flight fail with
     :class:`~resurgam.Unreachable` and the next request connects again. A request is
-    never sent twice by the client.
+    never sent twice by the client, except a :meth:`call` with an idempotency ``key``:
+    that one is sent again with the same key (the supervisor runs it once and answers
+    every attempt with the first reply) while the supervisor is unreachable, the
+    connection is lost before the reply, or the answer is ``Busy``, for up to
+    ``retry_for`` seconds (default :data:`DEFAULT_RETRY_FOR`; ``0``: never).
 
     Thread safety: one ``Client`` may be used from any number of threads at once.
     Requests share one connection and are pipelined; writes are serialised by a lock
@@ -365,11 +383,18 @@ class Client:
     Usable as a context manager; :meth:`close` ends the connection.
     """
 
-    def __init__(self, socket: Optional[PathArg] = None, timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        socket: Optional[PathArg] = None,
+        timeout: Optional[float] = None,
+        retry_for: float = DEFAULT_RETRY_FOR,
+    ) -> None:
         #: The control socket's path.
         self.path: str = socket_path(socket)
         #: Default timeout in seconds for requests that do not give one.
         self.timeout: Optional[float] = timeout
+        #: How long, in seconds, a keyed call is sent again after a lost connection.
+        self.retry_for: float = retry_for
         self._lock = threading.Lock()
         self._conn: Optional[_Connection] = None
         self._closed = False
@@ -473,12 +498,50 @@ class Client:
         and returns the reply's ``ok`` value, or raises the error kind's class.
 
         ``timeout`` in seconds overrides the client's default. ``key`` is an
-        idempotency key (1 to 128 printable ASCII characters): a retry with the same
-        key gets the first call's reply without running again (for supervisors that
-        support keys).
+        idempotency key (1 to 128 printable ASCII characters; :func:`new_key` makes
+        one): the same key again, on any connection, gets the first call's reply
+        without running it twice. A keyed call is retried with its key: when the
+        supervisor cannot be reached, the connection is lost before the reply, or the
+        answer is ``Busy`` (or the supervisor's ``Timeout``: it could not tell whether
+        the call ran), the client reconnects and sends it again, pausing 10 ms at first
+        and up to 1 s, until it gets an answer or ``retry_for`` seconds have passed
+        (then the last error is raised). ``timeout`` bounds each attempt's wait for
+        its reply; when it expires, ``Timeout`` is raised without a retry.
         """
-        conn, ids, futures = self._submit([_call_request(actor, method, args, key)])
-        return self._wait(conn, ids[0], futures[0], timeout)
+        request = _call_request(actor, method, args, key)
+        if key is None or self.retry_for <= 0:
+            conn, ids, futures = self._submit([request])
+            return self._wait(conn, ids[0], futures[0], timeout)
+        return self._call_retrying(request, timeout)
+
+    def _call_retrying(self, request: Mapping[str, Any], timeout: Optional[float]) -> Any:
+        """Sends a keyed call until it is answered with something other than a
+        "not run, or not known" error, or :attr:`retry_for` seconds have passed."""
+        deadline = time.monotonic() + self.retry_for
+        pause = _BACKOFF_INITIAL
+        while True:
+            try:
+                conn, ids, futures = self._submit([request])
+            except Unreachable as e:
+                if self._closed:
+                    raise
+                error: Error = e
+            else:
+                try:
+                    return self._wait(conn, ids[0], futures[0], timeout)
+                except (Unreachable, Busy) as e:
+                    error = e
+                except Timeout as e:
+                    # The supervisor's answer Timeout (its future holds it) may be retried;
+                    # this call's own timeout expiring may not.
+                    if not futures[0].done() or futures[0].exception() is not e:
+                        raise
+                    error = e
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise error
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _BACKOFF_MAX)
 
     def call_async(
         self, actor: str, method: str, args: Any = None, key: Optional[str] = None
@@ -489,7 +552,8 @@ class Client:
         reach the actor in the order they were made. The future's result is the ``ok``
         value; its exception an :class:`~resurgam.Error`. No timeout applies: use
         ``future.result(timeout)`` (which raises ``concurrent.futures.TimeoutError``
-        and keeps the call pending).
+        and keeps the call pending). A keyed call is sent once here: to retry it, call
+        again with the same key (or use :meth:`call`, which does).
         """
         _conn, _ids, futures = self._submit([_call_request(actor, method, args, key)])
         return futures[0]

@@ -98,19 +98,31 @@ class Supervisor:
             f.write('[supervisor]\nstate_dir = "state"\n' + extra + "\n")
             for name, kind in actors.items():
                 f.write(f'[[actor]]\nname = "{name}"\nkind = "{kind}"\n')
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+        self.argv = [binary, "run", "--config", config]
+        self.actors = actors
         self.stopped_pids: List[int] = []
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, "run", "--config", config],
+        self.proc = self.spawn()
+        add_cleanup(self.kill)
+        self.wait_alive(actors)
+
+    def spawn(self) -> "subprocess.Popen[bytes]":
+        """Starts ``resurgam run`` on the config (its output appended to the log)."""
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(
+                self.argv,
                 cwd=self.dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        add_cleanup(self.kill)
-        self.wait_alive(actors)
+
+    def restart(self) -> None:
+        """Starts a new supervisor on the same config and state (the old one must have
+        exited) and waits until its actors are ALIVE."""
+        self.proc = self.spawn()
+        self.wait_alive(self.actors)
 
     def log(self) -> str:
         with open(self.log_path, "rb") as f:
@@ -603,6 +615,139 @@ class FakeServerTest(unittest.TestCase):
                 c.call("a", "b", float("nan"))
             with self.assertRaises(TypeError):
                 c.call("a", "b", {1, 2})
+
+
+class KeyedCallTest(unittest.TestCase):
+    """Idempotency keys against a real supervisor (durability "log")."""
+
+    def test_the_same_key_again_gets_the_first_reply_and_runs_once(self) -> None:
+        sup = Supervisor({"counter": "counter"}, self.addCleanup, extra='durability = "log"')
+        with Client(sup.socket, timeout=20) as c:
+            key = resurgam.new_key()
+            self.assertEqual(c.call("counter", "incr", 1, key=key), 1)
+            self.assertEqual(c.actor("counter").incr(1, key=key), 1)
+            self.assertEqual(c.call("counter", "get"), 1)
+            with self.assertRaises(resurgam.BadRequest):
+                c.call("counter", "incr", 2, key=key)
+            self.assertEqual(c.call("counter", "get"), 1)
+
+    def test_a_keyed_call_waits_out_a_supervisor_restart_and_runs_once(self) -> None:
+        sup = Supervisor({"counter": "counter"}, self.addCleanup, extra='durability = "log"')
+        with Client(sup.socket, timeout=20, retry_for=60) as c:
+            self.assertEqual(c.call("counter", "incr", 1, key="k1"), 1)
+            sup.proc.kill()
+            sup.proc.wait()
+            results: List[Any] = []
+            retry = threading.Thread(
+                target=lambda: results.append(c.call("counter", "incr", 1, key="k1"))
+            )
+            retry.start()  # the supervisor is down: it retries until it is back
+            sup.restart()
+            retry.join(60)
+            self.assertFalse(retry.is_alive())
+            self.assertEqual(results, [1])
+            self.assertEqual(c.call("counter", "get"), 1)
+
+
+#: What :class:`MultiFakeServer` does with a request: reply with this body, ``None``:
+#: close the connection without a reply, ``HOLD``: never reply.
+HOLD: Dict[str, Any] = {}
+
+
+class MultiFakeServer:
+    """A control socket played by the test, one connection after another:
+    ``answer(n, request)`` says what to do with the n-th request (counting over every
+    connection): the reply's body, ``None`` or ``HOLD``. Every request is recorded."""
+
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        answer: Callable[[int, Dict[str, Any]], Optional[Dict[str, Any]]],
+    ) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        test.addCleanup(tmp.cleanup)
+        self.path = os.path.join(tmp.name, "fake.sock")
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(self.path)
+        self.listener.listen(4)
+        self.answer = answer
+        self.requests: List[Dict[str, Any]] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+        test.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(20)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    request = json.loads(line)
+                    self.requests.append(request)
+                    body = self.answer(len(self.requests) - 1, request)
+                    if body is None:
+                        break
+                    if body is not HOLD:
+                        conn.sendall(json.dumps({"id": request["id"], **body}).encode() + b"\n")
+
+
+def _busy() -> Dict[str, Any]:
+    return {"err": {"kind": "Busy", "message": "queue full"}}
+
+
+class KeyedRetryTest(unittest.TestCase):
+    """How a keyed call is retried, against a fake control socket."""
+
+    def test_a_lost_connection_and_busy_are_retried_with_the_same_key(self) -> None:
+        answers = [None, _busy(), {"ok": 7}]
+        server = MultiFakeServer(self, lambda n, r: answers[n])
+        with Client(server.path, timeout=20) as c:
+            self.assertEqual(c.call("a", "incr", 1, key="k9"), 7)
+        self.assertEqual(len(server.requests), 3)
+        for r in server.requests:
+            self.assertEqual((r["key"], r["args"], r["method"]), ("k9", 1, "incr"))
+
+    def test_the_supervisors_timeout_is_retried_but_not_the_callers(self) -> None:
+        late = {"err": {"kind": "Timeout", "message": "may or may not have run"}}
+        answers = [late, {"ok": 3}, HOLD]
+        server = MultiFakeServer(self, lambda n, r: answers[n])
+        with Client(server.path, timeout=20) as c:
+            self.assertEqual(c.call("a", "incr", 1, key="k"), 3)
+            with self.assertRaises(resurgam.Timeout):
+                c.call("a", "incr", 1, key="k2", timeout=0.2)  # no answer at all
+        self.assertEqual([r["key"] for r in server.requests], ["k", "k", "k2"])
+
+    def test_other_errors_and_unkeyed_calls_are_not_retried(self) -> None:
+        answers = [{"err": {"kind": "BadRequest", "message": "key reused"}}, None]
+        server = MultiFakeServer(self, lambda n, r: answers[n])
+        with Client(server.path, timeout=20) as c:
+            with self.assertRaises(resurgam.BadRequest):
+                c.call("a", "incr", 1, key="k")
+            with self.assertRaises(resurgam.Unreachable):
+                c.call("a", "incr", 1)
+        self.assertEqual(len(server.requests), 2)
+
+    def test_an_unreachable_supervisor_is_given_up_on_after_retry_for(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            c = Client(os.path.join(tmp, "missing.sock"), retry_for=0.1)
+            with self.assertRaises(resurgam.Unreachable):
+                c.call("a", "incr", 1, key="k")
+
+    def test_new_keys_are_unique_valid_keys(self) -> None:
+        keys = {resurgam.new_key() for _ in range(1000)}
+        self.assertEqual(len(keys), 1000)
+        for key in keys:
+            self.assertRegex(key, r"^[0-9a-f]{32}$")
 
 
 if __name__ == "__main__":

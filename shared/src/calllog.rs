@@ -11,6 +11,13 @@
 //!               args (N - 10 - M bytes, raw JSON text)
 //! ```
 //!
+//! A call that carries an idempotency key (G10) has a *keyed* body instead: seq (u64 LE),
+//! the marker `0xFFFF` (u16 LE, never a method length: methods are at most
+//! [`crate::protocol::MAX_METHOD_LEN`] bytes), method length M (u16 LE), key length K
+//! (u8), the retention the call was accepted with ([`CallKey`]: keep_calls and
+//! keep_bytes, u32 LE each), the key (K bytes of printable ASCII), the method (M bytes),
+//! then the args.
+//!
 //! Since format 2 every segment begins with an *owner record* (method [`OWNER_METHOD`],
 //! the segment's first seq, args `<state dir id>/<actor>`): recovery given the expected
 //! owner refuses a segment of another actor or state directory as damage, naming both.
@@ -39,6 +46,7 @@ use std::fmt;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::ipc::CallKey;
 use crate::safefs::Dir;
 
 /// The method of a tombstone: a record (with a seq of its own) that cancels earlier
@@ -110,17 +118,50 @@ pub struct LogRecord {
     pub seq: u64,
     pub method: String,
     pub args: Vec<u8>,
+    /// The call's idempotency key, if it carried one (boxed: most calls have none, and a
+    /// recovery holds every record).
+    pub key: Option<Box<CallKey>>,
 }
 
-/// Appends the encoding of one record to `out`.
+/// The method-length value that marks a keyed body.
+const KEYED: u16 = u16::MAX;
+/// Bytes a keyed body has before its key, after the marker: method length, key length,
+/// keep_calls, keep_bytes.
+const KEYED_HEADER: usize = 2 + 1 + 4 + 4;
+
+/// Appends the encoding of one record without a key to `out`.
 pub fn encode_into(out: &mut Vec<u8>, seq: u64, method: &str, args: &[u8]) {
-    let method = &method.as_bytes()[..method.len().min(u16::MAX as usize)];
-    let body_len = 8 + 2 + method.len() + args.len();
+    encode_call_into(out, seq, method, None, args);
+}
+
+/// Appends the encoding of one record to `out`. A method longer than
+/// [`crate::protocol::MAX_METHOD_LEN`] bytes or a key longer than 255 bytes is cut (the
+/// protocol refuses both before anything is logged).
+pub fn encode_call_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    method: &str,
+    key: Option<&CallKey>,
+    args: &[u8],
+) {
+    let method = &method.as_bytes()[..method.len().min(crate::protocol::MAX_METHOD_LEN)];
+    let key = key.map(|k| (k, &k.key.as_bytes()[..k.key.len().min(u8::MAX as usize)]));
+    let key_len = key.map_or(0, |(_, k)| KEYED_HEADER + k.len());
+    let body_len = 8 + 2 + key_len + method.len() + args.len();
     let start = out.len();
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(method.len() as u16).to_le_bytes());
+    if let Some((k, key)) = key {
+        out.extend_from_slice(&KEYED.to_le_bytes());
+        out.extend_from_slice(&(method.len() as u16).to_le_bytes());
+        out.push(key.len() as u8);
+        out.extend_from_slice(&k.keep_calls.to_le_bytes());
+        out.extend_from_slice(&k.keep_bytes.to_le_bytes());
+        out.extend_from_slice(key);
+    } else {
+        out.extend_from_slice(&(method.len() as u16).to_le_bytes());
+    }
     out.extend_from_slice(method);
     out.extend_from_slice(args);
     let crc = crc32c::crc32c(&out[start + RECORD_HEADER..]);
@@ -253,16 +294,59 @@ impl<R: Read> SegmentReader<R> {
 }
 
 fn decode_body(mut body: Vec<u8>) -> Result<LogRecord, &'static str> {
-    let seq = u64::from_le_bytes(body[0..8].try_into().map_err(|_| "short body")?);
-    let m = u16::from_le_bytes(body[8..10].try_into().map_err(|_| "short body")?) as usize;
+    let u16_at = |body: &[u8], at: usize| {
+        body.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or("short body")
+    };
+    let seq = u64::from_le_bytes(
+        body.get(0..8)
+            .ok_or("short body")?
+            .try_into()
+            .map_err(|_| "short body")?,
+    );
+    let (m, key, start) = match u16_at(&body, 8)? {
+        KEYED => {
+            let m = u16_at(&body, 10)? as usize;
+            if m > crate::protocol::MAX_METHOD_LEN {
+                return Err("method length beyond the limit");
+            }
+            let k = *body.get(12).ok_or("short body")? as usize;
+            let u32_at = |at: usize| {
+                body.get(at..at + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or("short body")
+            };
+            let (keep_calls, keep_bytes) = (u32_at(13)?, u32_at(17)?);
+            let start = 10 + KEYED_HEADER;
+            let key = body
+                .get(start..start + k)
+                .ok_or("key length beyond the body")?;
+            if key.is_empty() || key.iter().any(|b| !(b' '..=b'~').contains(b)) {
+                return Err("key is not 1-255 printable ASCII characters");
+            }
+            let key = CallKey {
+                key: String::from_utf8_lossy(key).into_owned(),
+                keep_calls,
+                keep_bytes,
+            };
+            (m, Some(Box::new(key)), start + k)
+        }
+        m => (m as usize, None, 10),
+    };
     let method = body
-        .get(10..10 + m)
+        .get(start..start + m)
         .ok_or("method length beyond the body")?;
     let method = std::str::from_utf8(method)
         .map_err(|_| "method is not UTF-8")?
         .to_string();
-    let args = body.split_off(10 + m);
-    Ok(LogRecord { seq, method, args })
+    let args = body.split_off(start + m);
+    Ok(LogRecord {
+        seq,
+        method,
+        args,
+        key,
+    })
 }
 
 /// Decodes the records of one segment's bytes. Returns the good records, the offset
@@ -587,7 +671,8 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
 
 /// The encoded length of a record.
 fn record_len(rec: &LogRecord) -> u64 {
-    (RECORD_HEADER + 10 + rec.method.len() + rec.args.len()) as u64
+    let key = rec.key.as_ref().map_or(0, |k| KEYED_HEADER + k.key.len());
+    (RECORD_HEADER + 10 + key + rec.method.len() + rec.args.len()) as u64
 }
 
 /// Records that the calls of `gap` (up to `upto`, or all after it) cannot be recovered.
@@ -629,6 +714,47 @@ mod tests {
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[1].method, "put");
         assert_eq!(recs[2].args, b"");
+    }
+
+    #[test]
+    fn a_keyed_record_keeps_its_key_among_plain_ones() {
+        let mut b = Vec::new();
+        let key = CallKey {
+            key: "retry-7 x".into(),
+            keep_calls: 10_000,
+            keep_bytes: 1 << 24,
+        };
+        encode_into(&mut b, 1, "incr", b"1");
+        encode_call_into(&mut b, 2, "incr", Some(&key), b"2");
+        encode_call_into(&mut b, 3, "get", None, b"");
+        let (recs, end, stop) = decode_segment(&b);
+        assert_eq!((stop, end), (None, b.len() as u64));
+        let keys: Vec<_> = recs.iter().map(|r| r.key.as_deref()).collect();
+        assert_eq!(keys, [None, Some(&key), None]);
+        assert_eq!(
+            (recs[1].method.as_str(), &recs[1].args[..]),
+            ("incr", &b"2"[..])
+        );
+        assert_eq!(recs.iter().map(record_len).sum::<u64>(), b.len() as u64);
+    }
+
+    #[test]
+    fn a_keyed_record_with_a_bad_key_is_damage_not_a_call() {
+        for key in ["", "tab\there"] {
+            let mut b = Vec::new();
+            let k = CallKey {
+                key: key.into(),
+                keep_calls: 1,
+                keep_bytes: 1,
+            };
+            encode_call_into(&mut b, 1, "incr", Some(&k), b"1");
+            let (recs, _, stop) = decode_segment(&b);
+            assert!(recs.is_empty(), "{key:?}");
+            assert!(
+                matches!(stop, Some(Stop::Corrupt { .. })),
+                "{key:?}: {stop:?}"
+            );
+        }
     }
 
     #[test]

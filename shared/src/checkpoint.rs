@@ -108,6 +108,48 @@ use crate::safefs;
 pub const FORMAT_VERSION: u32 = 1;
 /// Format version of a slot record that names its owner ([`OwnerTag`]).
 pub const OWNED_FORMAT_VERSION: u32 = 2;
+/// Format version of a slot record whose payload has sections ([`Sections`]): the
+/// worker's idempotency keys beside the actor's state. Its header is version 2's (the
+/// owner fields all zero when it names none).
+pub const SECTIONED_FORMAT_VERSION: u32 = 3;
+
+/// The two sections of a version-3 payload: `keys length (u64 LE) ‖ keys ‖ state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sections<'a> {
+    /// The worker's idempotency keys, in its own encoding (empty before version 3).
+    pub keys: &'a [u8],
+    /// The actor's state, as its `save` made it.
+    pub state: &'a [u8],
+}
+
+/// Splits a payload of format `version` into its sections (a payload of version 1 or 2
+/// is all state). A keys length beyond the payload is [`CheckpointError::BadSections`].
+pub fn split_sections(version: u32, payload: &[u8]) -> Result<Sections<'_>, CheckpointError> {
+    if version != SECTIONED_FORMAT_VERSION {
+        return Ok(Sections {
+            keys: &[],
+            state: payload,
+        });
+    }
+    let bad = |keys_len: u64| CheckpointError::BadSections {
+        keys_len,
+        payload_len: payload.len() as u64,
+    };
+    let (len, rest) = payload.split_first_chunk::<8>().ok_or_else(|| bad(0))?;
+    let keys_len = u64::from_le_bytes(*len);
+    match usize::try_from(keys_len) {
+        Ok(n) if n <= rest.len() => {
+            let (keys, state) = rest.split_at(n);
+            Ok(Sections { keys, state })
+        }
+        _ => Err(bad(keys_len)),
+    }
+}
+
+/// The parts of a version-3 payload holding `keys` then `state`, in order.
+fn section_parts<'a>(keys_len: &'a [u8; 8], keys: &'a [u8], state: &'a [u8]) -> [&'a [u8]; 3] {
+    [keys_len, keys, state]
+}
 
 /// Whose a checkpoint is: a checksum of the actor's name and the id of the state
 /// directory it belongs to (stored in a version-2 record header).
@@ -165,6 +207,16 @@ pub struct Checkpoint {
     pub generation: u64,
     pub last_seq: u64,
     pub payload: Vec<u8>,
+    /// The record's format version: [`SECTIONED_FORMAT_VERSION`] says the payload has
+    /// [`Sections`].
+    pub version: u32,
+}
+
+impl Checkpoint {
+    /// The payload's sections (see [`split_sections`]).
+    pub fn sections(&self) -> Result<Sections<'_>, CheckpointError> {
+        split_sections(self.version, &self.payload)
+    }
 }
 
 /// Where a checkpoint candidate came from.
@@ -214,10 +266,13 @@ pub enum CheckpointError {
     #[error("bad magic (not a resurgam checkpoint)")]
     BadMagic,
     #[error(
-        "unsupported format version {0} (this build reads versions {FORMAT_VERSION} and \
-         {OWNED_FORMAT_VERSION})"
+        "unsupported format version {0} (this build reads versions {FORMAT_VERSION} to \
+         {SECTIONED_FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
+    /// A version-3 payload whose keys section does not fit in it.
+    #[error("keys section of {keys_len} bytes does not fit a payload of {payload_len} bytes")]
+    BadSections { keys_len: u64, payload_len: u64 },
     /// A record of another actor or another state directory (swapped, linked or copied).
     #[error("belongs to {found}, not to {expected}")]
     Foreign { found: OwnerTag, expected: OwnerTag },
@@ -267,30 +322,52 @@ struct RecordHeader {
     last_seq: u64,
     payload_len: u64,
     payload_crc: u32,
-    /// Version 2 records only.
+    /// Version 2 and 3 records only.
     owner: Option<OwnerTag>,
+    version: u32,
 }
 
+/// The format version of a record naming `owner`, with or without sections.
+fn version_of(owner: Option<&OwnerTag>, sectioned: bool) -> u32 {
+    match (sectioned, owner) {
+        (true, _) => SECTIONED_FORMAT_VERSION,
+        (false, Some(_)) => OWNED_FORMAT_VERSION,
+        (false, None) => FORMAT_VERSION,
+    }
+}
+
+#[cfg(test)]
 fn encode_header(
     generation: u64,
     last_seq: u64,
     payload: &[u8],
     owner: Option<&OwnerTag>,
 ) -> [u8; RECORD_HEADER_LEN] {
+    let version = version_of(owner, false);
+    encode_header_parts(version, generation, last_seq, &[payload], owner)
+}
+
+/// The header of a record of format `version` whose payload is `parts`, in order.
+fn encode_header_parts(
+    version: u32,
+    generation: u64,
+    last_seq: u64,
+    parts: &[&[u8]],
+    owner: Option<&OwnerTag>,
+) -> [u8; RECORD_HEADER_LEN] {
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..8].copy_from_slice(&RECORD_MAGIC);
-    match owner {
-        None => put_u32(&mut h, 8, FORMAT_VERSION),
-        Some(o) => {
-            put_u32(&mut h, 8, OWNED_FORMAT_VERSION);
-            put_u32(&mut h, 12, o.actor);
-            h[44..60].copy_from_slice(&o.dir);
-        }
+    put_u32(&mut h, 8, version);
+    if let Some(o) = owner.filter(|_| version != FORMAT_VERSION) {
+        put_u32(&mut h, 12, o.actor);
+        h[44..60].copy_from_slice(&o.dir);
     }
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
     put_u64(&mut h, 16, generation);
     put_u64(&mut h, 24, last_seq);
-    put_u64(&mut h, 32, payload.len() as u64);
-    put_u32(&mut h, 40, crc32c::crc32c(payload));
+    put_u64(&mut h, 32, len as u64);
+    put_u32(&mut h, 40, crc);
     let crc = crc32c::crc32c(&h[..RECORD_HEADER_CRC_OFFSET]);
     put_u32(&mut h, RECORD_HEADER_CRC_OFFSET, crc);
     h
@@ -307,16 +384,17 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<RecordHeader, CheckpointE
         return Err(CheckpointError::HeaderChecksum);
     }
     let version = le_u32(h, 8);
+    let mut dir = [0u8; 16];
+    dir.copy_from_slice(&h[44..60]);
+    let tag = OwnerTag {
+        actor: le_u32(h, 12),
+        dir,
+    };
     let owner = match version {
         FORMAT_VERSION => None,
-        OWNED_FORMAT_VERSION => {
-            let mut dir = [0u8; 16];
-            dir.copy_from_slice(&h[44..60]);
-            Some(OwnerTag {
-                actor: le_u32(h, 12),
-                dir,
-            })
-        }
+        OWNED_FORMAT_VERSION => Some(tag),
+        SECTIONED_FORMAT_VERSION if tag.actor == 0 && tag.dir == [0; 16] => None,
+        SECTIONED_FORMAT_VERSION => Some(tag),
         _ => return Err(CheckpointError::UnsupportedVersion(version)),
     };
     Ok(RecordHeader {
@@ -325,6 +403,7 @@ fn parse_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<RecordHeader, CheckpointE
         payload_len: le_u64(h, 32),
         payload_crc: le_u32(h, 40),
         owner,
+        version,
     })
 }
 
@@ -355,10 +434,47 @@ pub fn encode_record_owned(
     payload: &[u8],
     owner: Option<&OwnerTag>,
 ) -> Vec<u8> {
+    let version = version_of(owner, false);
+    encode_record_version(version, generation, last_seq, payload, owner)
+}
+
+/// Encodes one slot record of format `version` (for version 3, `payload` holds the
+/// sections already).
+fn encode_record_version(
+    version: u32,
+    generation: u64,
+    last_seq: u64,
+    payload: &[u8],
+    owner: Option<&OwnerTag>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&encode_header(generation, last_seq, payload, owner));
+    out.extend_from_slice(&encode_header_parts(
+        version,
+        generation,
+        last_seq,
+        &[payload],
+        owner,
+    ));
     out.extend_from_slice(payload);
     out
+}
+
+/// Encodes one record of format version 3 holding `keys` and `state` ([`Sections`]).
+pub fn encode_record_sectioned(
+    generation: u64,
+    last_seq: u64,
+    keys: &[u8],
+    state: &[u8],
+    owner: Option<&OwnerTag>,
+) -> Vec<u8> {
+    let keys_len = (keys.len() as u64).to_le_bytes();
+    encode_record_version(
+        SECTIONED_FORMAT_VERSION,
+        generation,
+        last_seq,
+        &section_parts(&keys_len, keys, state).concat(),
+        owner,
+    )
 }
 
 /// Decodes and verifies one slot record at the start of `bytes` (magic, version, both
@@ -388,6 +504,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         generation: h.generation,
         last_seq: h.last_seq,
         payload: payload.to_vec(),
+        version: h.version,
     })
 }
 
@@ -462,6 +579,7 @@ fn read_record_at(
         generation: h.generation,
         last_seq: h.last_seq,
         payload,
+        version: h.version,
     })
 }
 
@@ -747,10 +865,11 @@ pub fn scan_owned(mmap_path: &Path, disk_path: &Path, expect: Option<&OwnerTag>)
         // A small payload was kept whole from the verification; a large one is read
         // (and verified) once more.
         let loaded = match (kept[index].take(), source) {
-            (Some(payload), _) => Ok(Checkpoint {
+            (Some((version, payload)), _) => Ok(Checkpoint {
                 generation,
                 last_seq,
                 payload,
+                version,
             }),
             (None, Source::Disk) => read_disk_copy_owned(disk_path, expect),
             (None, slot) => read_mmap_slot(mmap_path, slot, expect),
@@ -780,11 +899,18 @@ fn verify_candidates(
     mmap_path: &Path,
     disk_path: &Path,
     expect: Option<&OwnerTag>,
-) -> (Vec<(Source, CandidateOutcome)>, Vec<Option<Vec<u8>>>, bool) {
+) -> (
+    Vec<(Source, CandidateOutcome)>,
+    Vec<Option<(u32, Vec<u8>)>>,
+    bool,
+) {
     let mut kept = Vec::with_capacity(3);
     let mut outcome = |r: Result<(RecordHeader, Option<Vec<u8>>), CheckpointError>| {
         let (outcome, payload) = match r {
-            Ok((h, payload)) => (Ok((h.generation, h.last_seq)), payload),
+            Ok((h, payload)) => (
+                Ok((h.generation, h.last_seq)),
+                payload.map(|p| (h.version, p)),
+            ),
             Err(e) => (Err(e), None),
         };
         kept.push(payload);
@@ -922,6 +1048,27 @@ pub fn write_disk_copy_owned(
     owner: Option<&OwnerTag>,
 ) -> io::Result<()> {
     let record = encode_record_owned(generation, last_seq, payload, owner);
+    safefs::replace_file(path, &with_suffix(path, ".tmp"), &record)
+}
+
+/// [`write_disk_copy_owned`] of `checkpoint` as it is: a version-3 record stays one.
+pub fn write_disk_copy_of(
+    path: &Path,
+    checkpoint: &Checkpoint,
+    owner: Option<&OwnerTag>,
+) -> io::Result<()> {
+    let version = if checkpoint.version == SECTIONED_FORMAT_VERSION {
+        checkpoint.version
+    } else {
+        version_of(owner, false)
+    };
+    let record = encode_record_version(
+        version,
+        checkpoint.generation,
+        checkpoint.last_seq,
+        &checkpoint.payload,
+        owner,
+    );
     safefs::replace_file(path, &with_suffix(path, ".tmp"), &record)
 }
 
@@ -1128,20 +1275,51 @@ impl MmapCheckpoint {
     /// outcome stays for [`take_verified`](Self::take_verified)): a damaged one is known
     /// before it is overwritten, and none is read while being rewritten.
     pub fn write(&mut self, generation: u64, last_seq: u64, payload: &[u8]) -> io::Result<Source> {
+        let version = version_of(self.owner.as_ref(), false);
+        self.write_parts(version, generation, last_seq, &[payload])
+    }
+
+    /// [`write`](Self::write) of a format-version-3 record holding the worker's
+    /// idempotency `keys` beside the actor's `state` ([`Sections`]), neither copied
+    /// into a buffer first.
+    pub fn write_sectioned(
+        &mut self,
+        generation: u64,
+        last_seq: u64,
+        keys: &[u8],
+        state: &[u8],
+    ) -> io::Result<Source> {
+        let keys_len = (keys.len() as u64).to_le_bytes();
+        let parts = section_parts(&keys_len, keys, state);
+        self.write_parts(SECTIONED_FORMAT_VERSION, generation, last_seq, &parts)
+    }
+
+    fn write_parts(
+        &mut self,
+        version: u32,
+        generation: u64,
+        last_seq: u64,
+        parts: &[&[u8]],
+    ) -> io::Result<Source> {
         self.verify_all();
-        if payload.len() as u64 > self.layout.capacity {
-            return self.grow_and_write(generation, last_seq, payload);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len as u64 > self.layout.capacity {
+            return self.grow_and_write(version, generation, last_seq, &parts.concat());
         }
         let target = match self.newest() {
             Some(0) => 1,
             _ => 0,
         };
         let offset = self.layout.slot_offset(target);
-        let header = encode_header(generation, last_seq, payload, self.owner.as_ref());
+        let header = encode_header_parts(version, generation, last_seq, parts, self.owner.as_ref());
         self.slots[target] = None;
         self.copy_in(offset, &[0u8; RECORD_HEADER_LEN])?;
         fence(Ordering::Release);
-        self.copy_in(offset + RECORD_HEADER_LEN as u64, payload)?;
+        let mut at = offset + RECORD_HEADER_LEN as u64;
+        for part in parts {
+            self.copy_in(at, part)?;
+            at += part.len() as u64;
+        }
         fence(Ordering::Release);
         self.copy_in(offset, &header)?;
         fence(Ordering::Release);
@@ -1151,6 +1329,7 @@ impl MmapCheckpoint {
 
     fn grow_and_write(
         &mut self,
+        version: u32,
         generation: u64,
         last_seq: u64,
         payload: &[u8],
@@ -1190,10 +1369,22 @@ impl MmapCheckpoint {
         // Both records name this writer's owner: the previous one was read from its own
         // file, where nothing else is ever restored from (foreign records are refused).
         let owner = self.owner;
-        let new_record = encode_record_owned(generation, last_seq, payload, owner.as_ref());
-        let prev_record = previous
-            .as_ref()
-            .map(|c| encode_record_owned(c.generation, c.last_seq, &c.payload, owner.as_ref()));
+        let new_record =
+            encode_record_version(version, generation, last_seq, payload, owner.as_ref());
+        let prev_record = previous.as_ref().map(|c| {
+            let version = if c.version == SECTIONED_FORMAT_VERSION {
+                c.version
+            } else {
+                version_of(owner.as_ref(), false)
+            };
+            encode_record_version(
+                version,
+                c.generation,
+                c.last_seq,
+                &c.payload,
+                owner.as_ref(),
+            )
+        });
         let mut records: Vec<(usize, &[u8])> = Vec::with_capacity(2);
         if let Some(r) = &prev_record {
             records.push((0, r));
@@ -1395,6 +1586,8 @@ pub struct Restore {
     /// A damaged mmap file that was renamed aside (the writer made a fresh one).
     pub moved_aside: Option<PathBuf>,
     payload: RestoredPayload,
+    /// The restored record's format version (0: none restored).
+    version: u32,
 }
 
 impl Restore {
@@ -1407,6 +1600,11 @@ impl Restore {
             RestoredPayload::Mapped { slot, len } => self.writer.slot_payload(*slot, *len),
             RestoredPayload::Read(bytes) => bytes,
         }
+    }
+
+    /// The restored payload's sections: the actor's state and the worker's keys.
+    pub fn sections(&self) -> Result<Sections<'_>, CheckpointError> {
+        split_sections(self.version, self.payload())
     }
 }
 
@@ -1513,6 +1711,7 @@ impl MmapCheckpoint {
         candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.key()));
         let mut chosen = None;
         let mut payload = RestoredPayload::None;
+        let mut version = 0;
         let mut older = candidates.into_iter();
         for c in older.by_ref() {
             let h = c.header;
@@ -1535,6 +1734,7 @@ impl MmapCheckpoint {
                     }
                     chosen = Some((c.source, h.generation, h.last_seq));
                     payload = p;
+                    version = h.version;
                     break;
                 }
                 Err(e) => {
@@ -1574,6 +1774,7 @@ impl MmapCheckpoint {
             rejected,
             moved_aside,
             payload,
+            version,
         })
     }
 
@@ -1806,7 +2007,8 @@ mod tests {
                 Checkpoint {
                     generation: 3,
                     last_seq: 99,
-                    payload: payload.to_vec()
+                    payload: payload.to_vec(),
+                    version: FORMAT_VERSION,
                 }
             );
             // Trailing bytes are ignored.
@@ -1848,13 +2050,104 @@ mod tests {
             Err(CheckpointError::PayloadChecksum { .. })
         ));
         // A future version with a valid header checksum.
-        let mut v3 = rec.clone();
-        put_u32(&mut v3, 8, 3);
-        let crc = crc32c::crc32c(&v3[..60]);
-        put_u32(&mut v3, 60, crc);
+        let mut v4 = rec.clone();
+        put_u32(&mut v4, 8, 4);
+        let crc = crc32c::crc32c(&v4[..60]);
+        put_u32(&mut v4, 60, crc);
         assert_eq!(
-            decode_record(&v3),
-            Err(CheckpointError::UnsupportedVersion(3))
+            decode_record(&v4),
+            Err(CheckpointError::UnsupportedVersion(4))
+        );
+    }
+
+    #[test]
+    fn a_sectioned_record_keeps_keys_and_state_apart_through_every_copy() {
+        let d = dir();
+        let (mp, dp) = paths(&d);
+        let owner = OwnerTag::new("a", [3; 16]);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.set_owner(owner);
+        m.write(1, 10, b"plain state").unwrap();
+        m.write_sectioned(2, 20, b"the keys", b"the state").unwrap();
+        let slots = read_mmap_slots_owned(&mp, Some(&owner));
+        let newest = slots[1].1.as_ref().unwrap();
+        assert_eq!(newest.version, SECTIONED_FORMAT_VERSION);
+        let want = Sections {
+            keys: b"the keys",
+            state: b"the state",
+        };
+        assert_eq!(newest.sections(), Ok(want));
+        // The older, unsectioned record is all state.
+        let older = slots[0].1.as_ref().unwrap();
+        assert_eq!(older.sections().unwrap().state, b"plain state");
+        assert!(older.sections().unwrap().keys.is_empty());
+        // The disk copy keeps the format, so does a restore from it.
+        write_disk_copy_of(&dp, newest, Some(&owner)).unwrap();
+        assert_eq!(
+            read_disk_copy_owned(&dp, Some(&owner)).unwrap().sections(),
+            Ok(want)
+        );
+        fs::remove_file(&mp).unwrap();
+        let r = MmapCheckpoint::restore_owned(&mp, &dp, Some(&owner)).unwrap();
+        assert_eq!(r.chosen, Some((Source::Disk, 2, 20)));
+        assert_eq!(r.sections(), Ok(want));
+        // So does a restore from the mapping.
+        let mut w = r.writer;
+        w.write_sectioned(3, 30, b"", b"later").unwrap();
+        drop(w);
+        let r = MmapCheckpoint::restore_owned(&mp, &dp, Some(&owner)).unwrap();
+        assert_eq!(r.chosen.map(|c| c.1), Some(3));
+        assert_eq!(
+            r.sections(),
+            Ok(Sections {
+                keys: b"",
+                state: b"later"
+            })
+        );
+    }
+
+    #[test]
+    fn growth_keeps_both_records_sectioned() {
+        let d = dir();
+        let (mp, _) = paths(&d);
+        let (mut m, _) = MmapCheckpoint::open(&mp, 0).unwrap();
+        m.write_sectioned(1, 10, b"k1", b"small").unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(
+            m.write_sectioned(2, 20, b"k2", &big).unwrap(),
+            Source::SlotB
+        );
+        let slots = read_mmap_slots(&mp);
+        let sections = |i: usize| {
+            let ck = slots[i].1.as_ref().unwrap();
+            let s = ck.sections().unwrap();
+            (ck.version, s.keys.to_vec(), s.state.to_vec())
+        };
+        assert_eq!(
+            sections(0),
+            (SECTIONED_FORMAT_VERSION, b"k1".to_vec(), b"small".to_vec())
+        );
+        assert_eq!(sections(1), (SECTIONED_FORMAT_VERSION, b"k2".to_vec(), big));
+    }
+
+    #[test]
+    fn a_keys_section_longer_than_its_payload_is_reported() {
+        let mut payload = 100u64.to_le_bytes().to_vec();
+        payload.extend_from_slice(b"short");
+        assert_eq!(
+            split_sections(SECTIONED_FORMAT_VERSION, &payload),
+            Err(CheckpointError::BadSections {
+                keys_len: 100,
+                payload_len: 13
+            })
+        );
+        assert!(split_sections(SECTIONED_FORMAT_VERSION, b"1234567").is_err());
+        // Versions 1 and 2 have no sections: the same bytes are all state.
+        assert_eq!(
+            split_sections(OWNED_FORMAT_VERSION, &payload)
+                .unwrap()
+                .state,
+            payload
         );
     }
 
@@ -2856,7 +3149,7 @@ mod tests {
             cut in any::<proptest::sample::Index>(),
         ) {
             let rec = encode_record(generation, last_seq, &payload);
-            let original = Checkpoint { generation, last_seq, payload: payload.clone() };
+            let original = Checkpoint { generation, last_seq, payload: payload.clone(), version: FORMAT_VERSION };
             let mut damaged = rec.clone();
             for f in &flips {
                 let i = f.index(rec.len() * 8);

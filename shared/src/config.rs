@@ -48,6 +48,14 @@ pub const DEFAULT_MAX_TOTAL_REPLY_BYTES: u64 = 64 << 20;
 pub const MIN_REPLY_BUFFER_BYTES: u64 = 64 << 10;
 /// Largest accepted `[supervisor].max_queued_reply_bytes` and `max_total_reply_bytes`.
 pub const MAX_REPLY_BUFFER_BYTES: u64 = 64 << 30;
+/// Default for `idempotency_keys`: keyed calls remembered per actor.
+pub const DEFAULT_IDEMPOTENCY_KEYS: u64 = 10_000;
+/// Largest accepted `idempotency_keys`.
+pub const MAX_IDEMPOTENCY_KEYS: u64 = 1_000_000;
+/// Default for `idempotency_bytes` (16 MiB).
+pub const DEFAULT_IDEMPOTENCY_BYTES: u64 = 16 << 20;
+/// Largest accepted `idempotency_bytes` (1 GiB).
+pub const MAX_IDEMPOTENCY_BYTES: u64 = 1 << 30;
 /// Smallest accepted `max_reply_bytes`.
 pub const MIN_MAX_REPLY_BYTES: u64 = 1024;
 /// Largest accepted `max_reply_bytes` (64 MiB, what a worker can send at all).
@@ -166,6 +174,10 @@ pub struct Policy {
     pub max_reply_bytes: u64,
     /// How this actor's calls are logged.
     pub durability: Durability,
+    /// Idempotency keys retained: the last this many keyed calls (0 = keys are not kept).
+    pub idempotency_keys: u64,
+    /// …and at most this many bytes of their first replies (oldest forgotten first).
+    pub idempotency_bytes: u64,
 }
 
 impl Default for Policy {
@@ -183,6 +195,8 @@ impl Default for Policy {
             heartbeat_timeout: Duration::from_secs(30),
             max_reply_bytes: DEFAULT_MAX_REQUEST_BYTES as u64,
             durability: Durability::Log,
+            idempotency_keys: DEFAULT_IDEMPOTENCY_KEYS,
+            idempotency_bytes: DEFAULT_IDEMPOTENCY_BYTES,
         }
     }
 }
@@ -749,6 +763,24 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
         ),
         (
             "defaults",
+            "idempotency_keys",
+            p.idempotency_keys.to_string(),
+            "How many keyed calls (a `call` with a \"key\") the actor remembers: a retry with \
+             the key of one of its last idempotency_keys keyed calls gets that call's first \
+             reply without running again. 0 to 1000000; 0 keeps none. The keys and their \
+             replies are part of every checkpoint. A change applies to the calls accepted \
+             after it.",
+        ),
+        (
+            "defaults",
+            "idempotency_bytes",
+            format!("\"{}\"", format_size(p.idempotency_bytes)),
+            "At most this many bytes of remembered keys and first replies per actor (bytes or a \
+             size such as \"16MiB\"; 0 to 1GiB): past it the oldest keys are forgotten first, \
+             whatever idempotency_keys says.",
+        ),
+        (
+            "defaults",
             "durability",
             "\"<[supervisor].durability>\"".to_string(),
             "Per-actor override of [supervisor].durability: \"memory\" (a warning, as there), \
@@ -1138,6 +1170,8 @@ defaults_tables! {
     heartbeat_timeout: DurationText,
     max_reply_bytes: SizeValue,
     durability: DurabilityText,
+    idempotency_keys: Int,
+    idempotency_bytes: SizeValue,
     user: UserValue,
     group: GroupValue,
     limit_memory: SizeValue,
@@ -2034,6 +2068,36 @@ impl Checker<'_> {
                         format_size(n),
                         format_size(MIN_MAX_REPLY_BYTES),
                         format_size(MAX_MAX_REPLY_BYTES)
+                    ),
+                );
+            }
+        }
+
+        if let Some(v) = &raw.idempotency_keys {
+            let n = v.get_ref().0;
+            match u64::try_from(n) {
+                Ok(n) if n <= MAX_IDEMPOTENCY_KEYS => p.idempotency_keys = n,
+                _ => self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} idempotency_keys: {n} is out of range; allowed: 0 (keys \
+                         are not kept) to {MAX_IDEMPOTENCY_KEYS}"
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &raw.idempotency_bytes
+            && let Some(n) = self.size(section, "idempotency_bytes", v)
+        {
+            if n <= MAX_IDEMPOTENCY_BYTES {
+                p.idempotency_bytes = n;
+            } else {
+                self.error_at(
+                    &v.span(),
+                    format!(
+                        "{section} idempotency_bytes: {} is out of range; allowed: 0 to {}",
+                        format_size(n),
+                        format_size(MAX_IDEMPOTENCY_BYTES)
                     ),
                 );
             }
@@ -3123,6 +3187,37 @@ allowed_uids = [0, 65534, 4294967294]
             "[supervisor]\nsocket_mode = 600",
             2,
             &["socket_mode", "octal string"],
+        );
+    }
+
+    #[test]
+    fn idempotency_retention_is_checked() {
+        let c = ok(
+            "[defaults]\nidempotency_keys = 0\nidempotency_bytes = \"1MiB\"\n\
+             [[actor]]\nname = \"a\"\nkind = \"k\"\n",
+        );
+        let p = &c.actors[0].policy;
+        assert_eq!((p.idempotency_keys, p.idempotency_bytes), (0, 1 << 20));
+        let c = ok("[[actor]]\nname = \"a\"\nkind = \"k\"\nidempotency_keys = 5\n");
+        assert_eq!(c.actors[0].policy.idempotency_keys, 5);
+        assert_eq!(
+            c.actors[0].policy.idempotency_bytes,
+            DEFAULT_IDEMPOTENCY_BYTES
+        );
+        one_error(
+            "[defaults]\nidempotency_keys = -1",
+            2,
+            &["idempotency_keys", "0"],
+        );
+        one_error(
+            "[defaults]\nidempotency_keys = 1000001",
+            2,
+            &["idempotency_keys", "1000000"],
+        );
+        one_error(
+            "[defaults]\nidempotency_bytes = \"2GiB\"",
+            2,
+            &["idempotency_bytes", "1GiB"],
         );
     }
 
@@ -4598,7 +4693,7 @@ group = -1
         ] {
             assert!(keys.contains(&k.to_string()), "{k}");
         }
-        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 19);
+        assert_eq!(entries.iter().filter(|e| e.0 == "defaults").count(), 21);
         assert_eq!(entries.iter().filter(|e| e.0 == "supervisor").count(), 14);
         assert_eq!(entries.iter().filter(|e| e.0 == "actor").count(), 5);
 

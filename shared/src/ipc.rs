@@ -47,7 +47,7 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 6;
+pub const IPC_VERSION: u32 = 7;
 /// Largest reply a worker sends (as an exec program's `R` body); a larger result is
 /// answered with an error instead (the call did run), so it can never make its worker
 /// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
@@ -78,6 +78,23 @@ pub struct Call {
     /// Raw JSON text of the arguments (`null` when none were given).
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
+    /// The client's idempotency key (G10): the worker answers a call whose key it
+    /// remembers with the first reply instead of running it.
+    pub key: Option<CallKey>,
+}
+
+/// A call's idempotency key, with the actor's retention as it was when the call was
+/// accepted. The retention travels with each call (and is logged with it) so that a
+/// replay forgets exactly the keys the first run forgot, whatever the config says by
+/// then: a change of `idempotency_keys` applies to the calls accepted after it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallKey {
+    pub key: String,
+    /// Remember the last this many keyed calls (`idempotency_keys`; 0: do not remember
+    /// this one)…
+    pub keep_calls: u32,
+    /// …holding at most this many bytes (`idempotency_bytes`).
+    pub keep_bytes: u32,
 }
 
 /// A call's result as the worker sends it back.
@@ -381,7 +398,7 @@ impl ReportDecoder {
 pub fn calls_size(calls: &[Call]) -> usize {
     calls
         .iter()
-        .map(|c| 16 + c.method.len() + c.args.len())
+        .map(|c| 16 + c.method.len() + c.args.len() + c.key.as_ref().map_or(0, |k| 8 + k.key.len()))
         .sum()
 }
 
@@ -449,6 +466,7 @@ mod tests {
             seq,
             method: "put".into(),
             args: vec![b'7'; args_len],
+            key: None,
         }
     }
 

@@ -92,6 +92,8 @@ pub enum Op {
         method: String,
         /// Raw JSON text of `args`, or `None` when absent.
         args: Option<String>,
+        /// The idempotency key (G10), checked: 1 to [`MAX_KEY_LEN`] printable ASCII.
+        key: Option<String>,
     },
     Status,
     Checkpoint {
@@ -152,7 +154,7 @@ struct WireRequest<'a> {
     actor: Option<String>,
     method: Option<String>,
     args: Option<&'a RawValue>,
-    /// A call's idempotency key (G10), checked here; what it promises is not kept yet.
+    /// A call's idempotency key (G10), checked here; the worker keeps what it promises.
     key: Option<String>,
     /// An import's export file, in base64.
     file: Option<String>,
@@ -312,6 +314,9 @@ pub struct Rejected {
 }
 
 /// The longest idempotency key a call may carry (G10).
+/// Longest method name accepted, in bytes (the call log stores the length in 16 bits,
+/// the largest value marking a keyed record).
+pub const MAX_METHOD_LEN: usize = u16::MAX as usize - 1;
 pub const MAX_KEY_LEN: usize = 128;
 
 /// Parses one request line (without its newline).
@@ -379,10 +384,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
                     "a method name cannot start with NUL (reserved)".to_string()
                 ));
             }
+            if method.len() > MAX_METHOD_LEN {
+                return Err(bad(format!(
+                    "a method name is at most {MAX_METHOD_LEN} bytes (this one: {})",
+                    method.len()
+                )));
+            }
             Op::Call {
                 actor: need_actor(wire.actor, "call")?,
                 method,
                 args: wire.args.map(|a| a.get().to_string()),
+                key: wire.key,
             }
         }
         "checkpoint" => Op::Checkpoint {
@@ -516,7 +528,8 @@ mod tests {
             Op::Call {
                 actor: "counter".into(),
                 method: "incr".into(),
-                args: Some("5".into())
+                args: Some("5".into()),
+                key: None,
             }
         );
     }
@@ -590,9 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn a_method_name_longer_than_the_log_can_hold_is_refused() {
+        let at_most = "m".repeat(MAX_METHOD_LEN);
+        let line = format!(r#"{{"id":1,"op":"call","actor":"c","method":"{at_most}"}}"#);
+        assert!(parse_request(line.as_bytes()).is_ok());
+        let line = format!(r#"{{"id":1,"op":"call","actor":"c","method":"{at_most}m"}}"#);
+        let e = parse_request(line.as_bytes()).unwrap_err();
+        assert_eq!(e.error.kind, ErrorKind::BadRequest);
+        assert!(
+            e.error.message.contains("method name"),
+            "{}",
+            e.error.message
+        );
+    }
+
+    #[test]
     fn a_call_may_carry_an_idempotency_key_of_printable_ascii() {
         let ok = parse_request(br#"{"id":1,"op":"call","actor":"c","method":"m","key":"k-1 x"}"#);
-        assert!(ok.is_ok(), "{ok:?}");
+        assert!(
+            matches!(&ok, Ok(r) if matches!(&r.op, Op::Call { key: Some(k), .. } if k == "k-1 x")),
+            "{ok:?}"
+        );
         let long = "k".repeat(MAX_KEY_LEN);
         let line = format!(r#"{{"id":1,"op":"call","actor":"c","method":"m","key":"{long}"}}"#);
         assert!(parse_request(line.as_bytes()).is_ok());

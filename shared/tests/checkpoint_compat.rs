@@ -2,13 +2,15 @@
 //!
 //! `tests/data/checkpoint_v1.bin` is a disk-copy record written once by the version-1
 //! encoder. Never regenerate it: if this test fails, the change broke the on-disk format.
+//! The same holds for the version-2 and version-3 fixtures below.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use resurgam_shared::checkpoint::{
-    self, Checkpoint, FORMAT_VERSION, MmapCheckpoint, OWNED_FORMAT_VERSION, OwnerTag, Source,
-    decode_record, encode_record, encode_record_owned,
+    self, Checkpoint, FORMAT_VERSION, MmapCheckpoint, OWNED_FORMAT_VERSION, OwnerTag,
+    SECTIONED_FORMAT_VERSION, Sections, Source, decode_record, encode_record, encode_record_owned,
+    encode_record_sectioned,
 };
 
 const FIXTURE: &[u8] = include_bytes!("data/checkpoint_v1.bin");
@@ -21,6 +23,7 @@ fn expected() -> Checkpoint {
         generation: GENERATION,
         last_seq: LAST_SEQ,
         payload: PAYLOAD.to_vec(),
+        version: FORMAT_VERSION,
     }
 }
 
@@ -116,6 +119,7 @@ fn checkpoint_v2_fixture_decodes_for_its_owner_only() {
         generation: GENERATION,
         last_seq: LAST_SEQ,
         payload: PAYLOAD_V2.to_vec(),
+        version: OWNED_FORMAT_VERSION,
     };
     assert_eq!(decode_record(FIXTURE_V2), Ok(want.clone()));
     assert_eq!(
@@ -138,4 +142,42 @@ fn checkpoint_v2_fixture_decodes_for_its_owner_only() {
         checkpoint::read_disk_copy_owned(&v1, Some(&other)),
         Ok(expected())
     );
+}
+
+/// `tests/data/checkpoint_v3.bin`: a disk-copy record of format 3 (owner as in the v2
+/// fixture; payload `keys length ‖ keys ‖ state`), written once from the documented
+/// layout by a separate script, not by this encoder. Never regenerate it.
+const FIXTURE_V3: &[u8] = include_bytes!("data/checkpoint_v3.bin");
+const KEYS_V3: &[u8] = b"keys section of the v3 fixture";
+const STATE_V3: &[u8] = b"resurgam checkpoint v3 fixture\x00\x01\x7f\x80\xfe\xff";
+
+#[test]
+fn checkpoint_v3_fixture_decodes_into_its_sections() {
+    assert_eq!(SECTIONED_FORMAT_VERSION, 3);
+    let ck = decode_record(FIXTURE_V3).unwrap();
+    assert_eq!(
+        (ck.generation, ck.last_seq, ck.version),
+        (GENERATION, LAST_SEQ, 3)
+    );
+    assert_eq!(
+        ck.sections(),
+        Ok(Sections {
+            keys: KEYS_V3,
+            state: STATE_V3
+        })
+    );
+    assert_eq!(
+        encode_record_sectioned(GENERATION, LAST_SEQ, KEYS_V3, STATE_V3, Some(&owner_v2())),
+        FIXTURE_V3
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_v3.bin");
+    assert_eq!(
+        checkpoint::read_disk_copy_owned(&path, Some(&owner_v2())),
+        Ok(ck)
+    );
+    let other = OwnerTag::new("other", std::array::from_fn(|i| i as u8));
+    assert!(matches!(
+        checkpoint::read_disk_copy_owned(&path, Some(&other)),
+        Err(checkpoint::CheckpointError::Foreign { .. })
+    ));
 }

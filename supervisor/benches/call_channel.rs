@@ -21,6 +21,7 @@ fn one_call(seq: u64) -> Vec<Call> {
         seq,
         method: "incr".into(),
         args: b"1".to_vec(),
+        key: None,
     }]
 }
 

@@ -153,9 +153,11 @@ impl Sim {
             }),
             Action::Append { actor, calls } => {
                 if let Some(last) = calls.last() {
+                    // Log mode with the log in the manifest already (the steady state).
                     self.pending.push(Event::Logged {
                         actor,
                         upto: last.seq,
+                        durable: true,
                     });
                 }
             }
@@ -177,6 +179,7 @@ impl Sim {
                             actor: "c".into(),
                             method: "incr".into(),
                             args: Some("1".into()),
+                            key: None,
                         },
                     },
                 },

@@ -19,6 +19,7 @@ fn calls(n: u64, args_len: usize) -> Vec<Call> {
             seq,
             method: "incr".into(),
             args: vec![b'7'; args_len],
+            key: None,
         })
         .collect()
 }

@@ -8,6 +8,13 @@
 //! and only then are the replies released. Segments rotate at [`SEGMENT_BYTES`] and are
 //! deleted once every checkpoint on file covers their last call, so disk use is bounded
 //! by the calls since the older of the two newest checkpoints plus one segment.
+//!
+//! The state directory's manifest records that an actor has a log (its "logged" mark,
+//! [`Mark`]) before any of its calls is acknowledged: a log that vanishes later is
+//! then noticed rather than taken for a new actor. The first append of a run that needs
+//! the mark asks the same thread for it ([`LogJob::Mark`]), so the manifest's write and
+//! its two fsyncs stay off the event loop; until it is on disk, the calls appended
+//! count as written but not durable (their replies wait, like fsync mode's).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -15,7 +22,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::fcntl::OFlag;
 
@@ -26,6 +33,7 @@ use resurgam_shared::ipc::Call;
 use resurgam_shared::safefs::Dir;
 
 use crate::core::{ActorId, Event};
+use crate::manifest::Manifest;
 use crate::shell::{LoopTx, ShellEvent};
 
 /// A segment is closed and a new one started beyond this size.
@@ -64,10 +72,33 @@ pub struct ActorLog {
     closed: VecDeque<(Option<u64>, PathBuf)>,
     sink: Box<dyn Sink>,
     buf: Vec<u8>,
-    /// The state directory's manifest records that this actor has a log.
-    pub recorded: bool,
+    /// Whether the state directory's manifest records that this actor has a log.
+    mark: Mark,
     /// Named by the owner record each new segment begins with.
     owner: Option<LogOwner>,
+}
+
+/// Whether the manifest records an actor's log (its "logged" mark), which must be on
+/// disk before any call of the actor is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Not known to be recorded: the next append asks for it.
+    Unrecorded,
+    /// Asked for, not on disk yet; `upto`: the newest call appended meanwhile.
+    Pending {
+        upto: u64,
+    },
+    Recorded,
+}
+
+/// What the shell does after a successful append (see [`ActorLog::note_appended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Ask the log thread to record the mark ([`LogJob::Mark`]).
+    pub ask_mark: bool,
+    /// The calls count as durable as the mode promises (`log` mode: the page cache)
+    /// now; else their `Durable` comes once the mark is on disk.
+    pub durable: bool,
 }
 
 /// Why a call log operation failed, with the file it concerns.
@@ -248,7 +279,7 @@ impl ActorLog {
             closed,
             sink,
             buf: Vec::new(),
-            recorded: false,
+            mark: Mark::Unrecorded,
             owner,
         };
         Ok(Opened {
@@ -260,12 +291,53 @@ impl ActorLog {
         })
     }
 
+    /// The manifest already records this actor's log (found at start, or written).
+    pub fn set_recorded(&mut self) {
+        self.mark = Mark::Recorded;
+    }
+
+    /// `restart --fresh` forgot what the manifest recorded: the next append records the
+    /// log again (a mark still being written is left to finish).
+    pub fn forget_mark(&mut self) {
+        if self.mark == Mark::Recorded {
+            self.mark = Mark::Unrecorded;
+        }
+    }
+
+    /// After calls up to `upto` were appended: whether to ask for the mark, and whether
+    /// they count as durable now. In fsync mode they never do here (the fsync thread
+    /// reports them, after any mark it was asked for before); in log mode only once the
+    /// mark is on disk ([`ActorLog::note_marked`] says how far then).
+    pub fn note_appended(&mut self, upto: u64) -> Appended {
+        let ask_mark = self.mark == Mark::Unrecorded;
+        match &mut self.mark {
+            Mark::Recorded => {}
+            Mark::Unrecorded => self.mark = Mark::Pending { upto },
+            Mark::Pending { upto: u } => *u = (*u).max(upto),
+        }
+        Appended {
+            ask_mark,
+            durable: !self.fsync && self.mark == Mark::Recorded,
+        }
+    }
+
+    /// The mark is on disk (or could not be written, which is logged): in log mode, the
+    /// newest call appended meanwhile, now durable.
+    pub fn note_marked(&mut self) -> Option<u64> {
+        let before = std::mem::replace(&mut self.mark, Mark::Recorded);
+        match before {
+            Mark::Pending { upto } if !self.fsync => Some(upto),
+            _ => None,
+        }
+    }
+
     /// Writes a tombstone (record `seq`) for logged calls that were refused after all.
     pub fn cancel(&mut self, seq: u64, cancelled: &[u64]) -> Result<(), LogError> {
         self.append(&[Call {
             seq,
             method: calllog::CANCEL_METHOD.to_string(),
             args: calllog::encode_cancel_args(cancelled),
+            key: None,
         }])
     }
 
@@ -280,7 +352,7 @@ impl ActorLog {
         }
         self.buf.clear();
         for c in calls {
-            calllog::encode_into(&mut self.buf, c.seq, &c.method, &c.args);
+            calllog::encode_call_into(&mut self.buf, c.seq, &c.method, c.key.as_ref(), &c.args);
         }
         let Some(seg) = self.current.as_mut() else {
             return Err(LogError::NoSegment);
@@ -433,19 +505,51 @@ pub struct SyncRequest {
     pub file: Arc<File>,
 }
 
-/// Starts the group-commit thread: it takes every pending request, fsyncs each file once,
-/// and reports the highest durable seq per actor.
+/// Work for the log thread.
+pub enum LogJob {
+    Sync(SyncRequest),
+    /// Record in the manifest that actor `actor` (named `name`) has a log, then report
+    /// [`ShellEvent::LogMarked`]. Done before the syncs taken with it, so no `Durable`
+    /// of the actor precedes its mark.
+    Mark {
+        actor: ActorId,
+        name: String,
+    },
+}
+
+/// Records an actor's log in the manifest; a failure is logged (the calls go on, as
+/// they would with the manifest gone).
+fn record_logged(manifest: &Mutex<Manifest>, actor: &str) {
+    let mut m = manifest.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = m.update(actor, |e| e.logged = true) {
+        tracing::error!(actor, path = %m.path().display(), error = %e, "cannot record the call log in the state directory's manifest");
+    }
+}
+
+/// Starts the log thread: it takes every pending job, records the marks asked for, then
+/// fsyncs each file once and reports the highest durable seq per actor (group commit).
 pub fn start_fsync_thread(
-    requests: Receiver<SyncRequest>,
+    requests: Receiver<LogJob>,
     events: LoopTx,
     latency: Arc<crate::metrics::AtomicHistogram>,
+    manifest: Arc<Mutex<Manifest>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("log-fsync".into())
         .spawn(move || {
             while let Ok(first) = requests.recv() {
-                let mut batch = vec![first];
-                batch.extend(requests.try_iter());
+                let mut batch = Vec::new();
+                for job in std::iter::once(first).chain(requests.try_iter()) {
+                    match job {
+                        LogJob::Sync(r) => batch.push(r),
+                        LogJob::Mark { actor, name } => {
+                            record_logged(&manifest, &name);
+                            if events.send(ShellEvent::LogMarked { actor }).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
                 let mut done: HashMap<ActorId, (u64, Option<String>)> = HashMap::new();
                 let mut synced: Vec<(*const File, Result<(), String>)> = Vec::new();
                 for r in &batch {
@@ -499,6 +603,7 @@ mod tests {
             seq,
             method: "incr".into(),
             args: b"1".to_vec(),
+            key: None,
         }
     }
 
@@ -519,6 +624,60 @@ mod tests {
             self.budget = 0;
             Err(std::io::Error::from_raw_os_error(28))
         }
+    }
+
+    /// The first append of a run asks for the manifest's mark once; in log mode the
+    /// calls appended until it is on disk are durable only then (all of them at once),
+    /// in fsync mode never here (the fsync thread reports them after the mark).
+    #[test]
+    fn the_logged_mark_is_asked_once_and_gates_durability_until_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open_log(dir.path());
+        let held = Appended {
+            ask_mark: false,
+            durable: false,
+        };
+        assert_eq!(
+            log.note_appended(2),
+            Appended {
+                ask_mark: true,
+                durable: false
+            }
+        );
+        assert_eq!(log.note_appended(5), held);
+        assert_eq!(log.note_marked(), Some(5));
+        assert_eq!(
+            log.note_appended(6),
+            Appended {
+                ask_mark: false,
+                durable: true
+            }
+        );
+        assert_eq!(log.note_marked(), None);
+        // `restart --fresh` forgets it: asked again.
+        log.forget_mark();
+        assert!(log.note_appended(7).ask_mark);
+        // A forget while the mark is written leaves it pending.
+        log.forget_mark();
+        assert_eq!(log.note_appended(8), held);
+        assert_eq!(log.note_marked(), Some(8));
+
+        let mut fsynced = ActorLog::open(dir.path(), "b", true, Box::new(RealSink), 0, None)
+            .unwrap()
+            .log;
+        assert_eq!(
+            fsynced.note_appended(1),
+            Appended {
+                ask_mark: true,
+                durable: false
+            }
+        );
+        assert_eq!(fsynced.note_marked(), None);
+        assert_eq!(fsynced.note_appended(2), held);
+        // Found recorded at start: nothing to ask.
+        let mut found = open_log(dir.path());
+        found.set_recorded();
+        assert!(!found.note_appended(9).ask_mark);
     }
 
     #[test]

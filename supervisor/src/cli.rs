@@ -20,7 +20,7 @@ use resurgam_shared::duration::{format_duration, parse_duration};
 use resurgam_shared::export;
 use resurgam_worker::Registry;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, RetryPolicy, RetryingClient, new_key};
 use crate::logging::{self, LogFormat};
 use crate::render;
 use crate::shell::forkserver::ForkServer;
@@ -116,8 +116,18 @@ pub enum Command {
         args: Option<String>,
         /// Give up waiting for the reply after this long (e.g. 500ms, 5s) and exit 3; the
         /// call may still be carried out. Default: wait for the supervisor's answer.
+        /// With --retry: the deadline for every attempt together (default 30s).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
         timeout: Option<Duration>,
+        /// An idempotency key (1-128 printable ASCII characters): the call runs once; the
+        /// same call with the same key again gets the first reply without running twice.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// When the supervisor cannot be reached or the connection is lost before the
+        /// reply, or it answers Busy, try again (same key; a fresh one without --key)
+        /// until --timeout.
+        #[arg(long)]
+        retry: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -324,8 +334,17 @@ pub fn main(registry: Registry, forks: Option<ForkServer>) -> ExitCode {
             method,
             args,
             timeout,
+            key,
+            retry,
             client,
-        } => call(&actor, &method, args.as_deref(), timeout, &client),
+        } => {
+            let how = CallOptions {
+                timeout,
+                key: key.as_deref(),
+                retry,
+            };
+            call(&actor, &method, args.as_deref(), how, &client)
+        }
         Command::Status { actor, client } => status(actor.as_deref(), &client),
         Command::Pid {
             actor,
@@ -497,19 +516,34 @@ pub fn call_args(text: Option<&str>) -> Result<Value, Failure> {
     })
 }
 
+/// How `call` makes its call: `--timeout`, `--key`, `--retry`.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallOptions<'a> {
+    timeout: Option<Duration>,
+    key: Option<&'a str>,
+    retry: bool,
+}
+
 fn call(
     actor: &str,
     method: &str,
     args: Option<&str>,
-    timeout: Option<Duration>,
+    how: CallOptions,
     client: &ClientArgs,
 ) -> Result<String, Failure> {
     let args = call_args(args)?;
-    let mut c = connect(&client.socket)?;
-    if timeout.is_some() {
-        c.set_timeout(timeout)?;
+    if how.retry {
+        return call_retrying(actor, method, args, how, client);
     }
-    let reply = c.call(actor, method, args).map_err(|e| match timeout {
+    let mut c = connect(&client.socket)?;
+    if how.timeout.is_some() {
+        c.set_timeout(how.timeout)?;
+    }
+    let reply = match how.key {
+        Some(key) => c.call_keyed(actor, method, args, key),
+        None => c.call(actor, method, args),
+    };
+    let reply = reply.map_err(|e| match how.timeout {
         Some(t) if e.is_timeout() => Failure::new(
             EXIT_UNREACHABLE,
             format!(
@@ -521,6 +555,42 @@ fn call(
         _ => Failure::from(e),
     })?;
     Ok(reply.to_string())
+}
+
+/// `call --retry`: a keyed call through [`RetryingClient`], to the first socket candidate
+/// that accepts now (else the first one, which it waits for).
+fn call_retrying(
+    actor: &str,
+    method: &str,
+    args: Value,
+    how: CallOptions,
+    client: &ClientArgs,
+) -> Result<String, Failure> {
+    let candidates = socket_candidates(&client.socket)?;
+    let path = candidates
+        .iter()
+        .find(|p| Client::connect(p).is_ok())
+        .or(candidates.first())
+        .ok_or_else(|| Failure::new(EXIT_UNREACHABLE, "no control socket to try"))?;
+    let mut policy = RetryPolicy::default();
+    if let Some(t) = how.timeout {
+        policy.deadline = t;
+    }
+    let key = how.key.map_or_else(new_key, str::to_string);
+    let mut c = RetryingClient::with_policy(path, policy);
+    match c.call(actor, method, args, Some(&key)) {
+        Ok(reply) => Ok(reply.to_string()),
+        Err(e) if e.is_unreachable() || matches!(e, ClientError::Protocol(_)) => Err(Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "no reply within {} (call --retry, {} attempts): {e}; the call may still be \
+                 carried out: retry it with --key {key} to have it run at most once",
+                format_duration(policy.deadline),
+                c.resends() + 1
+            ),
+        )),
+        Err(e) => Err(Failure::from(e)),
+    }
 }
 
 /// Connects to the socket the options name (the first candidate that accepts).
@@ -1204,6 +1274,29 @@ mod tests {
             assert_eq!(e.code, EXIT_USAGE, "{not_json}");
         }
         assert!(Cli::try_parse_from(["resurgam", "call", "a", "m", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn call_takes_a_key_and_retry() {
+        let cli = Cli::try_parse_from([
+            "resurgam", "call", "c", "incr", "1", "--key", "k-1", "--retry",
+        ])
+        .unwrap();
+        let Command::Call {
+            args, key, retry, ..
+        } = cli.command
+        else {
+            panic!("not parsed as call: {:?}", cli.command);
+        };
+        assert_eq!(
+            (args.as_deref(), key.as_deref(), retry),
+            (Some("1"), Some("k-1"), true)
+        );
+        let cli = Cli::try_parse_from(["resurgam", "call", "c", "get"]).unwrap();
+        let Command::Call { key, retry, .. } = cli.command else {
+            panic!("not parsed as call: {:?}", cli.command);
+        };
+        assert_eq!((key, retry), (None, false));
     }
 
     #[test]

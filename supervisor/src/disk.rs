@@ -106,13 +106,7 @@ fn sync_one(f: &Files, actor: ActorId, already: Option<(u64, u64)>) -> Event {
             last_seq: ck.last_seq,
         };
     }
-    match checkpoint::write_disk_copy_owned(
-        &f.disk,
-        ck.generation,
-        ck.last_seq,
-        &ck.payload,
-        Some(&f.owner),
-    ) {
+    match checkpoint::write_disk_copy_of(&f.disk, &ck, Some(&f.owner)) {
         Ok(()) => {
             tracing::debug!(actor = %f.name, generation = ck.generation, last_seq = ck.last_seq, bytes = ck.payload.len(), "disk copy synced");
             Event::DiskSynced {

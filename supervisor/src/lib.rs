@@ -50,7 +50,7 @@ mod run;
 mod shell;
 mod spawn;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, RetryPolicy, RetryingClient, new_key};
 pub use resurgam_shared as shared;
 pub use resurgam_shared::config::Config;
 pub use resurgam_worker::{Actor, ActorError, HugePageAlloc, Registry};

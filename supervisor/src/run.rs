@@ -28,7 +28,7 @@ use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
-use crate::calllog::{self, ActorLog, RealSink, SyncRequest};
+use crate::calllog::{self, ActorLog, LogJob, RealSink, SyncRequest};
 use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event, FileSizes};
 use crate::disk::{self, Files};
@@ -183,8 +183,8 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     disk::start(disk_rx, tx.clone(), manifest.clone())
         .map_err(RunError::setup("start disk thread"))?;
     let stats = ShellStats::new();
-    let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<SyncRequest>();
-    calllog::start_fsync_thread(fsync_rx, tx.clone(), stats.fsync.clone())
+    let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<LogJob>();
+    calllog::start_fsync_thread(fsync_rx, tx.clone(), stats.fsync.clone(), manifest.clone())
         .map_err(RunError::setup("start fsync thread"))?;
     drop(tx);
 
@@ -424,7 +424,7 @@ struct Shell {
     /// The state directory's record of its actors (shared with the disk thread).
     manifest: Arc<Mutex<Manifest>>,
     logs: Vec<ActorLog>,
-    fsync_tx: Sender<SyncRequest>,
+    fsync_tx: Sender<LogJob>,
     exit_code: Option<i32>,
 }
 
@@ -549,6 +549,11 @@ impl Shell {
         let now = Instant::now();
         match ev {
             ShellEvent::Core(e) => core.handle(e, now),
+            ShellEvent::LogMarked { actor } => {
+                if let Some(upto) = self.logs.get_mut(actor).and_then(ActorLog::note_marked) {
+                    core.handle(Event::Durable { actor, upto }, now);
+                }
+            }
             ShellEvent::Spawned {
                 actor,
                 epoch,
@@ -1114,7 +1119,7 @@ impl Shell {
             if new.actor(&old.name).is_none()
                 && let Some(id) = core.actor_id(&old.name)
             {
-                core.retire_actor(id);
+                core.retire_actor(id, now);
                 removed.push(old.name.clone());
             }
         }
@@ -1284,7 +1289,7 @@ impl Shell {
                     let release = |e: &mut crate::manifest::ActorEntry| {
                         *e = crate::manifest::ActorEntry::default();
                     };
-                    self.logs[actor].recorded = false;
+                    self.logs[actor].forget_mark();
                     if let Err(e) = m.update(name, release) {
                         tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the release in the state directory's manifest: the next start holds the actor again");
                     }
@@ -1326,20 +1331,24 @@ impl Shell {
         let log = &mut self.logs[actor];
         let event = match log.append(calls) {
             Ok(()) => {
-                if !log.recorded {
-                    log.recorded = true;
-                    let name = &self.files[actor].name;
-                    let mut m = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Err(e) = m.update(name, |e| e.logged = true) {
-                        tracing::error!(actor = %name, path = %m.path().display(), error = %e, "cannot record the call log in the state directory's manifest");
-                    }
+                let appended = log.note_appended(upto);
+                if appended.ask_mark {
+                    // Off the loop: the manifest's write fsyncs twice.
+                    let name = self.files[actor].name.clone();
+                    let _ = self.fsync_tx.send(LogJob::Mark { actor, name });
                 }
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
                     && let Some(file) = log.sync_handle()
                 {
-                    let _ = self.fsync_tx.send(SyncRequest { actor, upto, file });
+                    let _ = self
+                        .fsync_tx
+                        .send(LogJob::Sync(SyncRequest { actor, upto, file }));
                 }
-                Event::Logged { actor, upto }
+                Event::Logged {
+                    actor,
+                    upto,
+                    durable: appended.durable,
+                }
             }
             Err(error) => Event::LogFailed {
                 actor,
@@ -1359,11 +1368,11 @@ impl Shell {
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
                     && let Some(file) = log.sync_handle()
                 {
-                    let _ = self.fsync_tx.send(SyncRequest {
+                    let _ = self.fsync_tx.send(LogJob::Sync(SyncRequest {
                         actor,
                         upto: seq,
                         file,
-                    });
+                    }));
                 }
             }
             Err(e) => {
@@ -1647,7 +1656,14 @@ fn prepare_actor(
     .map_err(|e| fail(format!("call log: {e}")))?;
     let mut opened = opened;
     let held = hold_reason(config, a, &scan, &foreign, &opened, manifest)?;
-    opened.log.recorded = opened.range.is_some();
+    let marked = manifest
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(&a.name)
+        .logged;
+    if marked || opened.range.is_some() {
+        opened.log.set_recorded();
+    }
     for p in &opened.problems {
         tracing::error!(actor = %a.name, problem = %p, "call log recovery");
     }

@@ -17,6 +17,7 @@ mod alloc;
 pub mod builtin;
 pub mod exec;
 pub mod holder;
+mod keys;
 mod registry;
 mod report;
 mod run;

@@ -19,6 +19,7 @@ use resurgam_shared::ipc::{
 use resurgam_shared::protocol::ErrorKind;
 
 use crate::exec::{self, Program};
+use crate::keys::KeyTable;
 use crate::registry::{DynActor, Kind, Registry};
 use crate::report::Reporter;
 use crate::sys::Prepared;
@@ -114,6 +115,8 @@ struct Live {
     spin_micros: u64,
     /// See [`Init::max_reply_bytes`].
     max_reply_bytes: usize,
+    /// The keyed calls remembered (G10), saved with every checkpoint.
+    keys: KeyTable,
 }
 
 impl Worker {
@@ -332,11 +335,16 @@ impl Worker {
         };
         // The state is loaded straight from where it was verified (for the mmap file, its
         // mapping): no copy of it is made here.
+        let sections = restore
+            .sections()
+            .map_err(|e| fatal(cannot_load(e.to_string())))?;
+        let last_seq = restore.chosen.map_or(0, |(_, _, last_seq)| last_seq);
+        let keys = KeyTable::decode(sections.keys, last_seq).map_err(|e| fatal(cannot_load(e)))?;
         let (engine, program_pid) = match (kind, &init.exec) {
             (Some(kind), _) => {
                 let actor = match restore.chosen {
                     Some(_) => kind
-                        .restore(restore.payload())
+                        .restore(sections.state)
                         .map_err(|e| fatal(cannot_load(e)))?,
                     None => kind.fresh(),
                 };
@@ -360,7 +368,7 @@ impl Worker {
                         exec::StartError::Crashed(m) => Stop::Crashed(m),
                     })?;
                 if restore.chosen.is_some() {
-                    match program.load(restore.payload()) {
+                    match program.load(sections.state) {
                         Ok(()) => {}
                         Err(exec::Failure::Crashed(m)) => return Err(Stop::Crashed(m)),
                         Err(exec::Failure::Refused { message, .. }) => {
@@ -403,6 +411,7 @@ impl Worker {
             every: init.checkpoint_every,
             spin_micros: init.spin_micros,
             max_reply_bytes: reply_limit(init.max_reply_bytes),
+            keys,
         })
     }
 
@@ -468,37 +477,51 @@ impl Worker {
                 seq: call.seq,
             })?;
         }
-        // Exports and imports take their place in the call order: the calls before one
-        // run first, then it, then the calls after it. Each reply goes out as its call
-        // completes (in parts, see `ReplyStream`), so the supervisor sees progress
-        // however long the batch.
+        // Exports, imports and calls answered from the idempotency keys take their place
+        // in the call order: the calls before one run first, then it, then the calls
+        // after it (so a retry of a call in the same batch is answered once that call
+        // has run). Each reply goes out as its call completes (in parts, see
+        // `ReplyStream`), so the supervisor sees progress however long the batch.
         let mut imported = false;
         let mut rest = &fresh[..];
         while !rest.is_empty() {
-            let plain = rest
-                .iter()
-                .position(|c| c.method == EXPORT_METHOD || c.method == IMPORT_METHOD)
-                .unwrap_or(rest.len());
-            let (run, after) = rest.split_at(plain);
+            let (run, after) = rest.split_at(plain_run(&live.keys, rest));
             if !run.is_empty() {
                 apply_plain(live, run, &mut out)?;
             }
             rest = after;
-            if let Some((call, after)) = rest.split_first() {
-                live.mmap.set_executing(call.seq);
-                imported |= call.method == IMPORT_METHOD;
-                let outcome = state_op(live, call)?;
-                // An export is the actor's whole state: the actor's reply limit (sized
-                // for its methods' results) does not apply, the frame limit does.
-                out.push_bounded(
-                    Reply {
-                        seq: call.seq,
-                        outcome,
-                    },
-                    MAX_REPLY_BYTES,
-                )?;
-                rest = after;
+            let Some((call, after)) = rest.split_first() else {
+                break;
+            };
+            rest = after;
+            if call.method != EXPORT_METHOD && call.method != IMPORT_METHOD {
+                match live.keys.answer(call) {
+                    // As remembered: bounded by the limit the first call ran under, not
+                    // by one a reload set since (the retry must get the first reply).
+                    Some(outcome) => out.push_bounded(
+                        Reply {
+                            seq: call.seq,
+                            outcome,
+                        },
+                        MAX_REPLY_BYTES,
+                    )?,
+                    // Forgotten within this batch (the limits): it runs.
+                    None => apply_plain(live, std::slice::from_ref(call), &mut out)?,
+                }
+                continue;
             }
+            live.mmap.set_executing(call.seq);
+            imported |= call.method == IMPORT_METHOD;
+            let outcome = state_op(live, call)?;
+            // An export is the actor's whole state: the actor's reply limit (sized for
+            // its methods' results) does not apply, the frame limit does.
+            out.push_bounded(
+                Reply {
+                    seq: call.seq,
+                    outcome,
+                },
+                MAX_REPLY_BYTES,
+            )?;
         }
         live.mmap.set_executing(0);
         if let Some(last) = fresh.last() {
@@ -624,17 +647,53 @@ fn close_inherited_fds() {
     }
 }
 
-/// Applies a run of ordinary calls, each reply pushed to `out` as its call completes.
+/// How many of `calls` (from the first) run as one plain run: up to the first export
+/// or import, or the first call whose key is remembered or repeats a key of the run
+/// (answered from the keys once the calls before it have run).
+fn plain_run(keys: &KeyTable, calls: &[Call]) -> usize {
+    let mut run_keys: Vec<&str> = Vec::new();
+    calls
+        .iter()
+        .position(|c| {
+            if c.method == EXPORT_METHOD || c.method == IMPORT_METHOD {
+                return true;
+            }
+            match &c.key {
+                Some(k) => {
+                    if keys.knows(c) || run_keys.contains(&k.key.as_str()) {
+                        return true;
+                    }
+                    run_keys.push(&k.key);
+                    false
+                }
+                None => false,
+            }
+        })
+        .unwrap_or(calls.len())
+}
+
+/// Applies a run of ordinary calls, each reply pushed to `out` as its call completes
+/// (and remembered with its key, if it has one).
 fn apply_plain(live: &mut Live, calls: &[Call], out: &mut ReplyStream<'_>) -> Result<(), Stop> {
+    let keys = &mut live.keys;
+    let max_reply_bytes = live.max_reply_bytes;
+    let keyed = calls.iter().any(|c| c.key.is_some());
+    let mut answer = |seq: u64, outcome: Outcome| {
+        if !keyed {
+            return out.push(Reply { seq, outcome });
+        }
+        // The reply as the client gets it is the one remembered.
+        let outcome = bounded(outcome, max_reply_bytes);
+        if let Ok(i) = calls.binary_search_by_key(&seq, |c| c.seq) {
+            keys.remember(&calls[i], &outcome);
+        }
+        out.push(Reply { seq, outcome })
+    };
     match &mut live.engine {
         Engine::Native(actor, _) => {
             for call in calls {
                 live.mmap.set_executing(call.seq);
-                let outcome = apply_one(actor.as_mut(), call);
-                out.push(Reply {
-                    seq: call.seq,
-                    outcome,
-                })?;
+                answer(call.seq, apply_one(actor.as_mut(), call))?;
             }
             Ok(())
         }
@@ -645,7 +704,7 @@ fn apply_plain(live: &mut Live, calls: &[Call], out: &mut ReplyStream<'_>) -> Re
                 calls,
                 &|seq| mmap.set_executing(seq),
                 &mut |seq, outcome| {
-                    out.push(Reply { seq, outcome }).map_err(|stop| {
+                    answer(seq, outcome).map_err(|stop| {
                         unsent = Some(stop);
                         exec::Failure::Crashed("the supervisor cannot be reached".to_string())
                     })
@@ -770,9 +829,10 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
             }
         })?,
     };
+    let keys = live.keys.section();
     let generation = live.generation + 1;
     live.mmap
-        .write(generation, live.last_seq, &payload)
+        .write_sectioned(generation, live.last_seq, keys, &payload)
         .map_err(|e| Stop::Failed(format!("write {}: {e}", display(live.mmap.path()))))?;
     live.previous = live.mmap.older().map(|(_, seq)| seq);
     live.generation = generation;
@@ -781,7 +841,7 @@ fn write_checkpoint(live: &mut Live) -> Result<Report, Stop> {
         generation,
         last_seq: live.last_seq,
         previous: live.previous,
-        bytes: payload.len() as u64,
+        bytes: (payload.len() + keys.len()) as u64,
         micros: start.elapsed().as_micros() as u64,
     })
 }

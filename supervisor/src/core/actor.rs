@@ -7,7 +7,7 @@ use std::time::Instant;
 use resurgam_shared::calllog::LogRecord;
 use resurgam_shared::config::{Durability, Policy};
 use resurgam_shared::export::EXPORT_METHOD;
-use resurgam_shared::ipc::{Call, Outcome, Reply};
+use resurgam_shared::ipc::{Call, CallKey, Outcome, Reply};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind};
 
 use super::restart::RestartTracker;
@@ -83,6 +83,10 @@ pub(super) struct Entry {
     pub seq: u64,
     pub method: String,
     pub args: Vec<u8>,
+    /// The client's idempotency key, if the call carried one, with the retention it was
+    /// accepted with.
+    /// Boxed: most calls have none, and the core holds every call not yet checkpointed.
+    pub key: Option<Box<CallKey>>,
     /// Who waits for the reply; `None` once answered.
     pub origin: Option<Origin>,
     /// Hash of the first reply, once answered (replays are compared with it; 0 means
@@ -95,6 +99,18 @@ pub(super) struct Entry {
     /// Recovered from the durable log at start: its client may have had its reply, so
     /// it is never failed (only dropped as a poison call, which cannot have succeeded).
     pub recovered: bool,
+}
+
+impl Entry {
+    /// The call as the worker and the log writer get it.
+    pub fn call(&self) -> Call {
+        Call {
+            seq: self.seq,
+            method: self.method.clone(),
+            args: self.args.clone(),
+            key: self.key.as_deref().cloned(),
+        }
+    }
 }
 
 /// What hang detection wants now.
@@ -144,6 +160,9 @@ pub(super) struct ActorState {
     /// Stopped by an operator (`stop_actor`): winds down like at shutdown, then stays
     /// STOPPED (calls refused with `ActorStopped`) until `start_actor`.
     pub stopped_by_operator: bool,
+    /// Memory mode: acknowledged calls lost when the actor was removed without a final
+    /// checkpoint (it was DEAD, or its worker gave up on the way).
+    pub lost_at_removal: u64,
     /// Who waits for the operator's stop to finish (answered once STOPPED, or DEAD).
     pub stop_waiters: Vec<Origin>,
     pub final_checkpoint_requested: bool,
@@ -184,9 +203,10 @@ pub(super) struct ActorState {
     pub appended_upto: u64,
     /// …up to here are written (only these may be dispatched)…
     pub logged_upto: u64,
-    /// …and (fsync mode) up to here are fsync'd (only these replies may be released).
+    /// …and up to here are durable (fsync mode: fsync'd; log mode: written, with the
+    /// manifest's mark of the log on disk): only these replies may be released.
     pub durable_upto: u64,
-    /// Fsync mode: replies waiting for their log record's fsync.
+    /// Replies waiting for their log record to be durable (see `durable_upto`).
     pub held: VecDeque<(u64, Origin, Result<String, ErrorBody>)>,
     /// Calls recovered from the durable log at start.
     pub recovered: u64,
@@ -266,6 +286,7 @@ impl ActorState {
             operator_restart: false,
             retiring: false,
             stopped_by_operator: false,
+            lost_at_removal: 0,
             stop_waiters: Vec::new(),
             final_checkpoint_requested: false,
             stop_sent: false,
@@ -335,6 +356,7 @@ impl ActorState {
                 seq: r.seq,
                 method: r.method,
                 args: r.args,
+                key: r.key,
                 // Unanswered: its client is gone, but it still counts attempts, so a
                 // recovered poison call is dropped like any other.
                 origin: None,
@@ -349,6 +371,18 @@ impl ActorState {
         self.appended_upto = last;
         self.logged_upto = last;
         self.durable_upto = last;
+    }
+
+    /// Memory mode: the logged calls after the newest checkpoint, whose effect nothing
+    /// but the core's memory (and a worker's state) holds. Zero in the durable modes.
+    pub fn memory_only_calls(&self) -> usize {
+        if self.durable() {
+            return 0;
+        }
+        self.log
+            .iter()
+            .filter(|e| e.seq > self.checkpoint.1)
+            .count()
     }
 
     /// True when calls go to the durable log before they run.
@@ -391,15 +425,7 @@ impl ActorState {
         if start == self.log.len() {
             return None;
         }
-        let calls: Vec<Call> = self
-            .log
-            .range(start..)
-            .map(|e| Call {
-                seq: e.seq,
-                method: e.method.clone(),
-                args: e.args.clone(),
-            })
-            .collect();
+        let calls: Vec<Call> = self.log.range(start..).map(Entry::call).collect();
         if let Some(last) = calls.last() {
             self.appended_upto = last.seq;
         }
@@ -632,11 +658,7 @@ impl ActorState {
                     break;
                 }
                 bytes += e.args.len();
-                calls.push(Call {
-                    seq: e.seq,
-                    method: e.method.clone(),
-                    args: e.args.clone(),
-                });
+                calls.push(e.call());
             }
             if let Some(last) = calls.last() {
                 self.sent_upto = last.seq;
@@ -655,11 +677,12 @@ impl ActorState {
     }
 
     /// Records one reply; returns who to answer and with what, for a first answer whose
-    /// release is allowed now (fsync mode holds it until its log record is durable).
+    /// release is allowed now (held until its log record is durable: in fsync mode its
+    /// fsync, in log mode the manifest's mark of a log new in this run).
     pub fn on_reply(&mut self, r: Reply) -> Option<Answer> {
         let seq = r.seq;
         let answer = self.first_answer(r)?;
-        if self.policy.durability == Durability::Fsync && seq > self.durable_upto {
+        if self.durable() && seq > self.durable_upto {
             self.held.push_back((seq, answer.0, answer.1));
             return None;
         }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use resurgam_shared::config::{Config, Policy};
 use resurgam_shared::export;
-use resurgam_shared::ipc::{Call, Reply, Restored};
+use resurgam_shared::ipc::{Call, CallKey, Reply, Restored};
 use resurgam_shared::protocol::{ErrorBody, ErrorKind, Op, Request, encode_err, encode_ok};
 
 use crate::exit::WorkerExit;
@@ -156,10 +156,13 @@ pub enum Event {
         actor: ActorId,
         message: String,
     },
-    /// The log writer wrote the actor's calls up to `upto` (durable modes).
+    /// The log writer wrote the actor's calls up to `upto` (durable modes). `durable`:
+    /// as durable as `log` mode promises already; else (fsync mode, or the manifest's
+    /// mark of the actor's log not yet on disk) a `Durable` follows, and replies wait.
     Logged {
         actor: ActorId,
         upto: u64,
+        durable: bool,
     },
     /// The log writer could not write calls `from..=upto`: they are refused.
     LogFailed {
@@ -460,7 +463,11 @@ impl Core {
                 last_seq,
             } => self.on_disk_synced(actor, generation, last_seq),
             Event::DiskSyncFailed { actor, message } => self.on_disk_sync_failed(actor, &message),
-            Event::Logged { actor, upto } => self.on_logged(actor, upto),
+            Event::Logged {
+                actor,
+                upto,
+                durable,
+            } => self.on_logged(actor, upto, durable),
             Event::LogFailed {
                 actor,
                 from,
@@ -586,10 +593,10 @@ impl Core {
         }
     }
 
-    fn on_logged(&mut self, actor: ActorId, upto: u64) {
+    fn on_logged(&mut self, actor: ActorId, upto: u64, durable: bool) {
         if let Some(a) = self.actors.get_mut(actor) {
             a.logged_upto = a.logged_upto.max(upto);
-            if a.policy.durability != resurgam_shared::config::Durability::Fsync {
+            if durable {
                 a.durable_upto = a.logged_upto;
             }
             self.mark_dirty(actor);
@@ -605,6 +612,7 @@ impl Core {
             for (_, origin, result) in mine {
                 self.answer(&origin, result);
             }
+            self.maybe_exit();
         }
     }
 
@@ -703,7 +711,14 @@ impl Core {
 
     /// Removes an actor (reload): new calls get `UnknownActor`; calls already accepted
     /// are answered, then a final checkpoint is taken and the worker stopped.
-    pub fn retire_actor(&mut self, id: ActorId) {
+    ///
+    /// An actor with no worker serving is started for that when it owes answers, or
+    /// when (memory mode) calls since its last checkpoint live only in the core's
+    /// memory; else (and always when DEAD, which nothing but an operator starts) it is
+    /// removed at once. It ends removed whatever happens on the way (a worker that
+    /// gives up included, see [`Core::finish_removal`]).
+    pub fn retire_actor(&mut self, id: ActorId, now: Instant) {
+        self.now = self.now.max(now);
         let Some(a) = self.actors.get_mut(id) else {
             return;
         };
@@ -712,21 +727,38 @@ impl Core {
         }
         tracing::info!(actor = %a.name, "actor removed by reload: final checkpoint, then stop");
         a.retiring = true;
+        a.relaunch_pending = false;
         self.by_name.remove(&a.name);
+        let needs_worker = a.unanswered > 0 || a.memory_only_calls() > 0;
         match a.phase {
-            Phase::Restarting | Phase::Dead | Phase::Starting if a.unanswered == 0 => {
-                if a.phase == Phase::Starting {
-                    self.out.push(Action::Kill {
-                        actor: id,
-                        epoch: a.epoch,
-                    });
-                }
-                observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
-                // An operator's `stop_actor` waiting for it is answered: it is stopped.
-                self.answer_stop_waiters(id);
+            Phase::Alive => self.mark_dirty(id),
+            Phase::Starting if needs_worker => self.mark_dirty(id),
+            Phase::Restarting if needs_worker => self.spawn(id, now),
+            Phase::Starting => {
+                self.out.push(Action::Kill {
+                    actor: id,
+                    epoch: a.epoch,
+                });
+                self.finish_removal(id);
             }
-            _ => self.mark_dirty(id),
+            Phase::Restarting | Phase::Dead | Phase::Stopped => self.finish_removal(id),
         }
+    }
+
+    /// The end of a removed actor's wind-down, however it ended (final checkpoint
+    /// taken, no worker to take one, or its worker gave up): STOPPED, gone from `status`
+    /// and the metrics, its name free for a reload to add again. Calls that only the
+    /// core's memory held (memory mode, no final checkpoint) are lost: said loudly.
+    fn finish_removal(&mut self, id: ActorId) {
+        let a = &mut self.actors[id];
+        let lost = a.memory_only_calls();
+        if lost > 0 {
+            tracing::error!(actor = %a.name, calls = lost, checkpoint_last_seq = a.checkpoint.1, "removed actor stopped without a final checkpoint: its acknowledged calls since its last checkpoint lived only in memory (durability = \"memory\") and are lost");
+            a.lost_at_removal = lost as u64;
+        }
+        observe::set_phase(&mut self.notices, id, a, Phase::Stopped);
+        // An operator's `stop_actor` waiting for it is answered: it is stopped.
+        self.answer_stop_waiters(id);
     }
 
     /// True while an actor removed by a reload has not stopped yet.
@@ -838,7 +870,8 @@ impl Core {
                 actor,
                 method,
                 args,
-            } => self.on_call(origin, &actor, method, args),
+                key,
+            } => self.on_call(origin, &actor, method, args, key),
             Op::Status => {
                 let s = status::render(self, now);
                 self.reply_ok(&origin, &s);
@@ -861,7 +894,13 @@ impl Core {
             Op::Subscribe => self.out.push(Action::Subscribe { origin }),
             Op::Export { actor } => {
                 if let Some(id) = self.lookup(&origin, &actor) {
-                    self.enqueue(origin, id, export::EXPORT_METHOD.to_string(), Vec::new());
+                    self.enqueue(
+                        origin,
+                        id,
+                        export::EXPORT_METHOD.to_string(),
+                        Vec::new(),
+                        None,
+                    );
                 }
             }
             Op::Import { actor, file } => self.on_import(origin, &actor, file),
@@ -1001,7 +1040,13 @@ impl Core {
             self.reply_err(&origin, &err);
             return;
         }
-        self.enqueue(origin, id, export::IMPORT_METHOD.to_string(), file.state);
+        self.enqueue(
+            origin,
+            id,
+            export::IMPORT_METHOD.to_string(),
+            file.state,
+            None,
+        );
     }
 
     fn lookup(&mut self, origin: &Origin, actor: &str) -> Option<ActorId> {
@@ -1028,7 +1073,14 @@ impl Core {
         Some(id)
     }
 
-    fn on_call(&mut self, mut origin: Origin, actor: &str, method: String, args: Option<String>) {
+    fn on_call(
+        &mut self,
+        mut origin: Origin,
+        actor: &str,
+        method: String,
+        args: Option<String>,
+        key: Option<String>,
+    ) {
         let Some(id) = self.lookup(&origin, actor) else {
             return;
         };
@@ -1054,12 +1106,22 @@ impl Core {
             id,
             method,
             args.map(String::into_bytes).unwrap_or_default(),
+            key,
         );
     }
 
     /// Accepts an entry into the actor's call order (a call, an export or an import),
-    /// or refuses it when the actor cannot take it now.
-    fn enqueue(&mut self, mut origin: Origin, id: ActorId, method: String, args: Vec<u8>) {
+    /// or refuses it when the actor cannot take it now. A call's idempotency `key` goes
+    /// with it to the log and the worker, which answers a key it remembers with the
+    /// first reply (G10).
+    fn enqueue(
+        &mut self,
+        mut origin: Origin,
+        id: ActorId,
+        method: String,
+        args: Vec<u8>,
+        key: Option<String>,
+    ) {
         origin.call = Some((id, self.now));
         let stopping = !matches!(self.mode, Mode::Running);
         let a = &mut self.actors[id];
@@ -1087,6 +1149,14 @@ impl Core {
             self.reply_err(&origin, &err);
             return;
         }
+        // The retention in force now goes with the call (see `CallKey`).
+        let key = key.map(|key| {
+            Box::new(CallKey {
+                key,
+                keep_calls: u32::try_from(a.policy.idempotency_keys).unwrap_or(u32::MAX),
+                keep_bytes: u32::try_from(a.policy.idempotency_bytes).unwrap_or(u32::MAX),
+            })
+        });
         let seq = a.next_seq;
         a.next_seq += 1;
         a.unanswered += 1;
@@ -1094,6 +1164,7 @@ impl Core {
             seq,
             method,
             args,
+            key,
             origin: Some(origin),
             answered: None,
             attempts: 0,
@@ -1507,6 +1578,7 @@ impl Core {
                 }
             }
         }
+        self.maybe_exit();
     }
 
     fn on_disk_synced(&mut self, id: ActorId, generation: u64, last_seq: u64) {
@@ -1576,6 +1648,9 @@ impl Core {
                 );
             }
             self.answer_stop_waiters(id);
+            if self.actors[id].retiring {
+                self.finish_removal(id);
+            }
             self.maybe_exit();
             return;
         }
@@ -1702,7 +1777,11 @@ impl Core {
 
     fn make_dead(&mut self, id: ActorId, reason: String) {
         let a = &mut self.actors[id];
-        tracing::error!(actor = %a.name, %reason, "actor is DEAD; `resurgam restart` revives it");
+        if a.retiring {
+            tracing::error!(actor = %a.name, %reason, "actor removed by reload gave up before its final checkpoint; its pending calls fail and it is removed");
+        } else {
+            tracing::error!(actor = %a.name, %reason, "actor is DEAD; `resurgam restart` revives it");
+        }
         observe::set_phase(&mut self.notices, id, a, Phase::Dead);
         observe::push(
             &mut self.notices,
@@ -1729,6 +1808,9 @@ impl Core {
         }
         self.fail_unanswered_with(id, &err);
         self.answer_stop_waiters(id);
+        if self.actors[id].retiring {
+            self.finish_removal(id);
+        }
         self.maybe_exit();
     }
 
@@ -1953,8 +2035,8 @@ impl Core {
                 Phase::Restarting => self.spawn(id, now),
                 Phase::Alive | Phase::Starting => self.mark_dirty(id),
                 Phase::Dead => {
-                    let pending = a.log.iter().filter(|e| e.seq > a.checkpoint.1).count();
-                    if pending > 0 && !a.durable() {
+                    let pending = a.memory_only_calls();
+                    if pending > 0 {
                         tracing::warn!(actor = %a.name, calls = pending, "actor is DEAD: its calls since the last checkpoint live only in memory (durability = \"memory\") and are lost at exit");
                     }
                 }
@@ -1998,12 +2080,14 @@ impl Core {
         }
     }
 
+    /// Exits once every actor is stopped and no reply waits for its log record to
+    /// become durable (it would never reach its client).
     fn maybe_exit(&mut self) {
         if matches!(self.mode, Mode::Stopping { .. })
             && self
                 .actors
                 .iter()
-                .all(|a| matches!(a.phase, Phase::Stopped | Phase::Dead))
+                .all(|a| matches!(a.phase, Phase::Stopped | Phase::Dead) && a.held.is_empty())
         {
             tracing::info!("every actor is stopped; exiting");
             self.mode = Mode::Exited;

@@ -69,6 +69,11 @@ pub enum ShellEvent {
         pid: u32,
     },
     Hangup,
+    /// The log thread recorded in the manifest that the actor has a call log
+    /// (`calllog::LogJob::Mark`).
+    LogMarked {
+        actor: ActorId,
+    },
 }
 
 /// The loop is gone (it ended, or is ending).

@@ -216,6 +216,7 @@ impl Timers {
                 actor: format!("a{}", i % n),
                 method: "incr".into(),
                 args: Some("1".into()),
+                key: None,
             }),
             TimerStep::Spawned(i) => {
                 if let Some((actor, w)) = self.pick(i, |w| w.spawning && !w.exited) {
@@ -331,7 +332,7 @@ impl Timers {
                 self.now += Duration::from_millis(ms);
             }
             TimerStep::Retire(i) => {
-                self.core.retire_actor(i % n);
+                self.core.retire_actor(i % n, self.now);
                 self.pump();
             }
             TimerStep::Add => {
