@@ -332,3 +332,39 @@ min_uptime = "60s"
         "acknowledged calls were lost by a graceful stop"
     );
 }
+
+/// The children of a worker named `w-holder` (its address-space holder).
+fn holders_of(worker: &Proc) -> Vec<Proc> {
+    crate::util::children_of(worker.pid)
+        .into_iter()
+        .filter(|p| crate::util::comm(p.pid) == "w-holder")
+        .collect()
+}
+
+#[test]
+fn a_workers_address_space_holder_dies_with_it() {
+    let sup = Supervisor::start(CONFIG);
+    let mut c = sup.client();
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(1));
+    let worker = current_workers(&sup)
+        .into_iter()
+        .find(|w| Some(w.pid) == sup.worker_pid("c"))
+        .expect("the worker of c");
+    // A built-in worker forked by the fork server holds its memory through one child.
+    let holders = holders_of(&worker);
+    assert_eq!(holders.len(), 1, "holders of {worker:?}: {holders:?}");
+    let old = sup.kill_worker("c");
+    assert_eq!(old, worker.pid);
+    sup.wait_all_gone("the killed worker's holder to be gone", WAIT, &holders);
+    // The replacement has its own, and the state survived.
+    let new = sup.wait_new_pid("c", old, WAIT);
+    assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(2));
+    let new = Proc::of(new).expect("the new worker runs");
+    let holders = holders_of(&new);
+    assert_eq!(holders.len(), 1, "holders of {new:?}: {holders:?}");
+    // A graceful stop leaves no holder either.
+    assert_eq!(sup.client().stop().unwrap(), json!({"stopping": true}));
+    let status = sup.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0));
+    sup.wait_all_gone("the holder to be gone after a stop", WAIT, &holders);
+}
