@@ -23,6 +23,7 @@ import os
 import re
 import socket as _socket
 import stat
+import struct
 import threading
 import time
 import uuid
@@ -49,6 +50,10 @@ ENV_SOCKET = "RESURGAM_SOCKET"
 DEFAULT_STATE_DIR = "resurgam-state"
 #: The packaged service's socket (``systemd/resurgam.service``: ``RuntimeDirectory=resurgam``).
 SERVICE_SOCKET = "/run/resurgam/control.sock"
+
+#: How long connecting or one write may block, in seconds, when the client has no
+#: ``timeout`` (with one, that is the bound).
+IO_TIMEOUT = 30.0
 
 #: How long a keyed call is retried by default, in seconds (``Client(retry_for=...)``).
 DEFAULT_RETRY_FOR = 30.0
@@ -135,12 +140,25 @@ class _BadReply(Exception):
 
 
 class _Connection:
-    """One connected control socket, with its reader thread and its pending requests."""
+    """One connected control socket, with its reader thread and its pending requests.
 
-    def __init__(self, path: str) -> None:
+    Connecting, and each write, give up after ``io_timeout`` seconds (a supervisor
+    whose connection queue is full, or that reads nothing, is unreachable then); reads
+    are bounded per request instead (see :meth:`Client.call`).
+    """
+
+    def __init__(self, path: str, io_timeout: float) -> None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
+            sock.settimeout(io_timeout)
             sock.connect(path)
+            # Blocking again for the reader thread; writes keep a bound of their own.
+            sock.settimeout(None)
+            seconds = int(io_timeout)
+            micros = int((io_timeout - seconds) * 1e6)
+            sock.setsockopt(
+                _socket.SOL_SOCKET, _socket.SO_SNDTIMEO, struct.pack("@ll", seconds, micros)
+            )
         except OSError as e:
             sock.close()
             reason = e.strerror or str(e)
@@ -378,7 +396,8 @@ class Client:
     Errors: every failure raises a subclass of :class:`~resurgam.Error` named after the
     reply's error kind (``UnknownActor``, ``ActorError``, ...); ``Timeout`` when a
     timeout expires (the late reply is discarded); ``Unreachable`` when the socket
-    cannot be reached or the connection is lost.
+    cannot be reached or the connection is lost, also when connecting or writing a
+    request blocks longer than ``timeout`` (without one, :data:`IO_TIMEOUT`).
 
     Usable as a context manager; :meth:`close` ends the connection.
     """
@@ -414,7 +433,8 @@ class Client:
                 raise Unreachable("this client is closed")
             conn = self._conn
             if conn is None or conn.failure is not None:
-                conn = self._conn = _Connection(self.path)
+                io_timeout = IO_TIMEOUT if self.timeout is None else max(self.timeout, 0.001)
+                conn = self._conn = _Connection(self.path, io_timeout)
             return conn
 
     def close(self) -> None:

@@ -743,6 +743,31 @@ class KeyedRetryTest(unittest.TestCase):
             with self.assertRaises(resurgam.Unreachable):
                 c.call("a", "incr", 1, key="k")
 
+    def test_a_supervisor_that_reads_nothing_is_unreachable_not_a_hang(self) -> None:
+        listener = socket.socket(socket.AF_UNIX)
+        with tempfile.TemporaryDirectory() as tmp, listener:
+            path = os.path.join(tmp, "stuck.sock")
+            listener.bind(path)
+            listener.listen(1)
+            outcome: List[BaseException] = []
+
+            def call() -> None:
+                # A request far larger than the socket's buffer: the write blocks.
+                with Client(path, timeout=0.3, retry_for=0.5) as c:
+                    try:
+                        c.call("a", "put", "x" * (8 << 20), key="k")
+                    except resurgam.Error as e:
+                        outcome.append(e)
+
+            caller = threading.Thread(target=call, daemon=True)
+            caller.start()
+            conn, _ = listener.accept()
+            with conn:
+                caller.join(60)
+                self.assertFalse(caller.is_alive(), "the call hung on a stuck supervisor")
+            self.assertEqual(len(outcome), 1)
+            self.assertIsInstance(outcome[0], resurgam.Unreachable)
+
     def test_new_keys_are_unique_valid_keys(self) -> None:
         keys = {resurgam.new_key() for _ in range(1000)}
         self.assertEqual(len(keys), 1000)

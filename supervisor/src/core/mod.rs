@@ -2101,7 +2101,9 @@ fn lost_reply_error(actor: &str) -> ErrorBody {
     ErrorBody::new(
         ErrorKind::CallFailed,
         format!(
-            "the call to {actor:?} was applied, but its reply was lost with the worker that ran it"
+            "the call to {actor:?} was applied, but its reply was lost with the worker that ran \
+             it (a call with an idempotency key gets its first reply when sent again with the \
+             same key)"
         ),
     )
 }
