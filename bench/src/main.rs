@@ -390,12 +390,16 @@ fn run(args: &BenchArgs) -> Result<Report> {
             let counters = workloads::external_counters(socket)?;
             if selected("w1") {
                 section(&mut ctx, "w1", &|ctx| {
-                    workloads::w1_sync(ctx, socket, &counters[0])
+                    let keyed = counters.get(1).map(String::as_str);
+                    workloads::w1_sync(ctx, socket, &counters[0], keyed)
                 });
             }
             if selected("w2") {
                 section(&mut ctx, "w2", &|ctx| {
-                    workloads::w2_pipelined(ctx, socket, &counters)
+                    // Keyed calls go to a ninth counter, outside the 8 × 8 set.
+                    let keyed = counters.get(8).map(String::as_str);
+                    let plain = &counters[..counters.len().min(8)];
+                    workloads::w2_pipelined(ctx, socket, plain, keyed)
                 });
             }
             ctx.notes.push(

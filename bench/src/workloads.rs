@@ -74,8 +74,8 @@ pub(crate) fn ms(d: Duration) -> f64 {
 // W1: synchronous round trip.
 
 pub(crate) fn w1_own(ctx: &mut Ctx) -> Result<()> {
-    let sup = start(ctx, counters(1, "c"), false)?;
-    w1_sync(ctx, sup.socket(), "c0")
+    let sup = start(ctx, counters(2, "c"), false)?;
+    w1_sync(ctx, sup.socket(), "c0", Some("c1"))
 }
 
 /// A prefix that makes the keys of one run unique (across runs on one supervisor too).
@@ -86,7 +86,15 @@ fn key_prefix(tag: &str) -> String {
     format!("{tag}-{}-{nanos}", std::process::id())
 }
 
-pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
+/// W1 on `actor`; the same calls with idempotency keys on `keyed` (another actor: the
+/// keys it remembers make its checkpoints larger, which would weigh on `actor`'s own
+/// figures), interleaved repeat by repeat.
+pub(crate) fn w1_sync(
+    ctx: &mut Ctx,
+    socket: &Path,
+    actor: &str,
+    keyed: Option<&str>,
+) -> Result<()> {
     let mut c = connect(socket)?;
     let calls = if ctx.quick { 1000 } else { 3000 };
     sync_calls(&mut c, actor, "incr", Until::Count(500), false, |_| {
@@ -105,13 +113,15 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
         p50.push(a);
         p99.push(b);
         // The same calls, each with a key of its own, in the same run.
-        let o = sync_requests(&mut c, Until::Count(calls), false, |i| {
-            keyed_request(actor, "incr", &format!("{keys}-{r}-{i}"))
-        })?;
-        check_no_errors(&o, "W1 keyed")?;
-        let (a, b) = p50_p99(o.latencies_us);
-        keyed_p50.push(a);
-        keyed_p99.push(b);
+        if let Some(keyed) = keyed {
+            let o = sync_requests(&mut c, Until::Count(calls), false, |i| {
+                keyed_request(keyed, "incr", &format!("{keys}-{r}-{i}"))
+            })?;
+            check_no_errors(&o, "W1 keyed")?;
+            let (a, b) = p50_p99(o.latencies_us);
+            keyed_p50.push(a);
+            keyed_p99.push(b);
+        }
     }
     let what = format!("Rust client, 1 connection, {calls} calls per repeat");
     ctx.row(
@@ -138,22 +148,24 @@ pub(crate) fn w1_sync(ctx: &mut Ctx, socket: &Path, actor: &str) -> Result<()> {
         Better::Higher,
         &rate,
     );
-    ctx.row(
-        "w1.sync_keyed.p50_us",
-        "W1",
-        "sync call p50, every call with an idempotency key",
-        "µs",
-        Better::Lower,
-        &keyed_p50,
-    );
-    ctx.row(
-        "w1.sync_keyed.p99_us",
-        "W1",
-        "sync call p99, every call with an idempotency key",
-        "µs",
-        Better::Lower,
-        &keyed_p99,
-    );
+    if keyed.is_some() {
+        ctx.row(
+            "w1.sync_keyed.p50_us",
+            "W1",
+            "sync call p50, every call with an idempotency key",
+            "µs",
+            Better::Lower,
+            &keyed_p50,
+        );
+        ctx.row(
+            "w1.sync_keyed.p99_us",
+            "W1",
+            "sync call p99, every call with an idempotency key",
+            "µs",
+            Better::Lower,
+            &keyed_p99,
+        );
+    }
 
     // The CLI: one `resurgam call` process per call.
     let per_repeat = if ctx.quick { 10 } else { 20 };
@@ -217,12 +229,19 @@ pub(crate) fn check_no_errors(o: &Outcome, what: &str) -> Result<()> {
 // W2: pipelined throughput.
 
 pub(crate) fn w2_own(ctx: &mut Ctx) -> Result<()> {
-    let sup = start(ctx, counters(8, "c"), false)?;
+    let sup = start(ctx, counters(9, "c"), false)?;
     let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
-    w2_pipelined(ctx, sup.socket(), &names)
+    w2_pipelined(ctx, sup.socket(), &names, Some("c8"))
 }
 
-pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> Result<()> {
+/// W2 on `actors`; the 1 × 1 case with idempotency keys on `keyed`, an actor of its own
+/// (see [`w1_sync`]).
+pub(crate) fn w2_pipelined(
+    ctx: &mut Ctx,
+    socket: &Path,
+    actors: &[String],
+    keyed: Option<&str>,
+) -> Result<()> {
     let window = ctx.window(1000);
     let mut c = connect(socket)?;
     pipeline(
@@ -247,11 +266,13 @@ pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> R
         check_no_errors(&o, "W2 1×1")?;
         one.push(o.rate());
         // The same calls, each with a key of its own, in the same run.
-        let o = pipeline_requests(&mut c, WINDOW, Until::for_duration(window), |i| {
-            keyed_request(&actors[0], "incr", &format!("{keys}-{r}-{i}"))
-        })?;
-        check_no_errors(&o, "W2 1×1 keyed")?;
-        one_keyed.push(o.rate());
+        if let Some(keyed) = keyed {
+            let o = pipeline_requests(&mut c, WINDOW, Until::for_duration(window), |i| {
+                keyed_request(keyed, "incr", &format!("{keys}-{r}-{i}"))
+            })?;
+            check_no_errors(&o, "W2 1×1 keyed")?;
+            one_keyed.push(o.rate());
+        }
     }
     ctx.row(
         "w2.pipe_1x1.calls_per_s",
@@ -261,14 +282,16 @@ pub(crate) fn w2_pipelined(ctx: &mut Ctx, socket: &Path, actors: &[String]) -> R
         Better::Higher,
         &one,
     );
-    ctx.row(
-        "w2.pipe_1x1_keyed.calls_per_s",
-        "W2",
-        format!("pipelined, 1 actor × 1 client, window {WINDOW}, every call with a key"),
-        "calls/s",
-        Better::Higher,
-        &one_keyed,
-    );
+    if keyed.is_some() {
+        ctx.row(
+            "w2.pipe_1x1_keyed.calls_per_s",
+            "W2",
+            format!("pipelined, 1 actor × 1 client, window {WINDOW}, every call with a key"),
+            "calls/s",
+            Better::Higher,
+            &one_keyed,
+        );
+    }
 
     let clients = 8;
     let n_actors = actors.len().min(clients);
