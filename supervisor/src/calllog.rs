@@ -84,11 +84,25 @@ pub struct ActorLog {
 pub enum Mark {
     /// Not known to be recorded: the next append asks for it.
     Unrecorded,
-    /// Asked for, not on disk yet; `upto`: the newest call appended meanwhile.
+    /// Asked for, not on disk yet; `upto`: the newest call appended meanwhile. `stale`:
+    /// `restart --fresh` reset the manifest's entry while it was being written, so the
+    /// write may have come before the reset: it is asked for again when it finishes.
     Pending {
         upto: u64,
+        stale: bool,
     },
     Recorded,
+}
+
+/// What a finished mark means (see [`ActorLog::note_marked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// Recorded; the calls up to this seq are durable now (log mode).
+    Durable(u64),
+    /// Recorded; nothing was waiting for it here.
+    Recorded,
+    /// Ask the log thread for the mark again ([`LogJob::Mark`]).
+    AskAgain,
 }
 
 /// What the shell does after a successful append (see [`ActorLog::note_appended`]).
@@ -297,10 +311,13 @@ impl ActorLog {
     }
 
     /// `restart --fresh` forgot what the manifest recorded: the next append records the
-    /// log again (a mark still being written is left to finish).
+    /// log again, and a mark still being written is written once more when it finishes
+    /// (see [`ActorLog::note_marked`]).
     pub fn forget_mark(&mut self) {
-        if self.mark == Mark::Recorded {
-            self.mark = Mark::Unrecorded;
+        match &mut self.mark {
+            Mark::Recorded => self.mark = Mark::Unrecorded,
+            Mark::Pending { stale, .. } => *stale = true,
+            Mark::Unrecorded => {}
         }
     }
 
@@ -312,8 +329,8 @@ impl ActorLog {
         let ask_mark = self.mark == Mark::Unrecorded;
         match &mut self.mark {
             Mark::Recorded => {}
-            Mark::Unrecorded => self.mark = Mark::Pending { upto },
-            Mark::Pending { upto: u } => *u = (*u).max(upto),
+            Mark::Unrecorded => self.mark = Mark::Pending { upto, stale: false },
+            Mark::Pending { upto: u, .. } => *u = (*u).max(upto),
         }
         Appended {
             ask_mark,
@@ -322,12 +339,23 @@ impl ActorLog {
     }
 
     /// The mark is on disk (or could not be written, which is logged): in log mode, the
-    /// newest call appended meanwhile, now durable.
-    pub fn note_marked(&mut self) -> Option<u64> {
-        let before = std::mem::replace(&mut self.mark, Mark::Recorded);
-        match before {
-            Mark::Pending { upto } if !self.fsync => Some(upto),
-            _ => None,
+    /// newest call appended meanwhile, now durable. A mark a `restart --fresh` made stale
+    /// while it was written is not trusted: [`Marked::AskAgain`], and the calls wait for
+    /// the next one.
+    pub fn note_marked(&mut self) -> Marked {
+        match self.mark {
+            Mark::Pending { upto, stale: true } => {
+                self.mark = Mark::Pending { upto, stale: false };
+                Marked::AskAgain
+            }
+            Mark::Pending { upto, stale: false } if !self.fsync => {
+                self.mark = Mark::Recorded;
+                Marked::Durable(upto)
+            }
+            _ => {
+                self.mark = Mark::Recorded;
+                Marked::Recorded
+            }
         }
     }
 
@@ -645,7 +673,7 @@ mod tests {
             }
         );
         assert_eq!(log.note_appended(5), held);
-        assert_eq!(log.note_marked(), Some(5));
+        assert_eq!(log.note_marked(), Marked::Durable(5));
         assert_eq!(
             log.note_appended(6),
             Appended {
@@ -653,14 +681,17 @@ mod tests {
                 durable: true
             }
         );
-        assert_eq!(log.note_marked(), None);
+        assert_eq!(log.note_marked(), Marked::Recorded);
         // `restart --fresh` forgets it: asked again.
         log.forget_mark();
         assert!(log.note_appended(7).ask_mark);
-        // A forget while the mark is written leaves it pending.
+        // A forget while the mark is written (it may have reached the manifest before
+        // the reset) has it written again before anything counts as durable.
         log.forget_mark();
         assert_eq!(log.note_appended(8), held);
-        assert_eq!(log.note_marked(), Some(8));
+        assert_eq!(log.note_marked(), Marked::AskAgain);
+        assert_eq!(log.note_appended(9), held);
+        assert_eq!(log.note_marked(), Marked::Durable(9));
 
         let mut fsynced = ActorLog::open(dir.path(), "b", true, Box::new(RealSink), 0, None)
             .unwrap()
@@ -672,7 +703,7 @@ mod tests {
                 durable: false
             }
         );
-        assert_eq!(fsynced.note_marked(), None);
+        assert_eq!(fsynced.note_marked(), Marked::Recorded);
         assert_eq!(fsynced.note_appended(2), held);
         // Found recorded at start: nothing to ask.
         let mut found = open_log(dir.path());

@@ -28,7 +28,7 @@ use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
-use crate::calllog::{self, ActorLog, LogJob, RealSink, SyncRequest};
+use crate::calllog::{self, ActorLog, LogJob, Marked, RealSink, SyncRequest};
 use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event, FileSizes};
 use crate::disk::{self, Files};
@@ -550,8 +550,13 @@ impl Shell {
         match ev {
             ShellEvent::Core(e) => core.handle(e, now),
             ShellEvent::LogMarked { actor } => {
-                if let Some(upto) = self.logs.get_mut(actor).and_then(ActorLog::note_marked) {
-                    core.handle(Event::Durable { actor, upto }, now);
+                match self.logs.get_mut(actor).map(ActorLog::note_marked) {
+                    Some(Marked::Durable(upto)) => core.handle(Event::Durable { actor, upto }, now),
+                    Some(Marked::AskAgain) => {
+                        let name = self.files[actor].name.clone();
+                        let _ = self.fsync_tx.send(LogJob::Mark { actor, name });
+                    }
+                    Some(Marked::Recorded) | None => {}
                 }
             }
             ShellEvent::Spawned {
