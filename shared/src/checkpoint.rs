@@ -3,7 +3,7 @@
 //!
 //! All integers are little-endian. Every checksum is CRC-32C (Castagnoli).
 //!
-//! # Slot record (format version 1)
+//! # Slot record (format versions 1 to 3)
 //!
 //! A record is a 64-byte header followed by `payload_len` payload bytes:
 //!
@@ -24,6 +24,13 @@
 //! one's record ([`CheckpointError::Foreign`]), so a checkpoint swapped with another
 //! actor's or copied from another state directory is never loaded. Version 1 records
 //! (written before owners existed) carry none and are still read.
+//!
+//! Version 3 records have version 2's header (the owner fields all zero when the record
+//! names none) and a payload of two sections ([`Sections`]): `keys length (u64 LE) ‖
+//! keys ‖ state`, the worker's idempotency keys beside the actor's state, so the two are
+//! always saved and restored together. The checksum covers both. Workers write version 3
+//! ([`MmapCheckpoint::write_sectioned`]); the payload of a version 1 or 2 record is all
+//! state.
 //!
 //! A header of 64 zero bytes means "empty" (never written, or invalidated by a write that
 //! had not finished). Bytes after the record are ignored. Checks run in this order: empty,
