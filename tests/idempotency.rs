@@ -13,8 +13,7 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, RetryPolicy, RetryingClient};
 use serde_json::{Value, json};
 
-use crate::exec::StopOnDrop;
-use crate::util::{Proc, Rng, Supervisor, cli_expect, expect_kind};
+use crate::util::{Proc, Rng, StopOnDrop, Supervisor, cli_expect, expect_kind};
 
 const WAIT: Duration = Duration::from_secs(20);
 
