@@ -1004,6 +1004,29 @@ pub fn root_or_skip(what: &str) -> bool {
     false
 }
 
+/// Kills and reaps a child on drop (also while unwinding); otherwise the child itself.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sets the flag when dropped (also while unwinding): a `thread::scope` whose body
 /// panics would otherwise wait forever for the threads that loop until the flag is set.
 pub struct StopOnDrop<'a>(pub &'a AtomicBool);
