@@ -461,26 +461,38 @@ impl World {
     }
 
     fn call(&mut self, method: &str, n: i64) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.issued.push((id, method.to_string(), n));
-        self.target.insert(id, self.cur);
-        self.handle(Event::Request {
-            conn: CONN,
-            request: Request {
-                id: id.to_string(),
-                op: Op::Call {
-                    actor: self.name(),
-                    method: method.into(),
-                    args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
-                    key: None,
-                },
-            },
-        });
+        let id = self.queue_call(method, n);
+        self.pump();
         if err_kind(self, id).as_deref() == Some("UnknownActor") {
             // Refused at once (a reload removed the actor): never logged, never run.
             self.issued.pop();
         }
+        id
+    }
+
+    /// Hands the core a call without carrying out its actions: the next events are
+    /// in the same burst (no flush between).
+    fn queue_call(&mut self, method: &str, n: i64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.issued.push((id, method.to_string(), n));
+        self.target.insert(id, self.cur);
+        let request = Request {
+            id: id.to_string(),
+            op: Op::Call {
+                actor: self.name(),
+                method: method.into(),
+                args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
+                key: None,
+            },
+        };
+        self.core.handle(
+            Event::Request {
+                conn: CONN,
+                request,
+            },
+            self.now,
+        );
         id
     }
 
@@ -2124,24 +2136,7 @@ fn a_tombstone_never_precedes_calls_accepted_before_it() {
     w.settle();
     let bad = w.call("crash", 0);
     w.worker_step(None); // dies executing it; its channel is still open
-    let id = w.next_id;
-    w.next_id += 1;
-    w.issued.push((id, "incr".into(), 7));
-    w.core.handle(
-        Event::Request {
-            conn: CONN,
-            request: Request {
-                id: id.to_string(),
-                op: Op::Call {
-                    actor: "c".into(),
-                    method: "incr".into(),
-                    args: Some(format!("{{\"id\":{id},\"n\":7}}")),
-                    key: None,
-                },
-            },
-        },
-        w.now,
-    );
+    let id = w.queue_call("incr", 7);
     let epoch = w.here.worker.as_ref().unwrap().epoch;
     w.here.worker.as_mut().unwrap().outbox.clear();
     w.handle(Event::ChannelClosed { actor: 0, epoch });
