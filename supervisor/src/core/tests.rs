@@ -2390,3 +2390,43 @@ fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
         Some(("retry-2".into(), 1))
     );
 }
+
+/// Two appends for one actor in one burst (a tombstone's, then the flush's): the first
+/// fails, the second is written. The calls of the second are in the log once, not
+/// handed to the log writer again.
+#[test]
+fn a_failed_append_does_not_append_again_the_calls_queued_after_it() {
+    let mut p = policy(-1, 1, 0);
+    p.durability = Durability::Log;
+    let mut w = World::new(p);
+    w.settle();
+    let bad = w.call("crash", 0);
+    w.worker_step(None); // dies executing it; its channel is still open
+    let refused = w.queue_call("incr", 7);
+    let epoch = w.here.worker.as_ref().unwrap().epoch;
+    w.here.worker.as_mut().unwrap().outbox.clear();
+    w.core
+        .handle(Event::ChannelClosed { actor: 0, epoch }, w.now);
+    let later = w.queue_call("incr", 1);
+    w.core.flush();
+    let actions = w.core.take_actions();
+    let appends = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Append { .. }))
+        .count();
+    assert_eq!(appends, 2, "{actions:?}");
+    let mut first = true;
+    for a in actions {
+        let fail = first && matches!(a, Action::Append { .. });
+        first &= !fail;
+        w.disk_full = fail;
+        w.act(a);
+    }
+    w.disk_full = false;
+    w.pump(); // the sim refuses an append of a seq already in the log
+    w.settle();
+    assert_eq!(err_kind(&w, bad).as_deref(), Some("CallFailed"));
+    assert_eq!(err_kind(&w, refused).as_deref(), Some("CallFailed"));
+    assert_eq!(ok_value(&w, later), Some(1));
+    w.check_model();
+}
