@@ -510,7 +510,8 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
             }
             if g.from <= upto {
                 r.problems.push(format!(
-                    "{}; calls {}..={upto} are covered by the checkpoint (seq {covered}):                      nothing acknowledged is lost",
+                    "{}; calls {}..={upto} are covered by the checkpoint (seq {covered}): \
+                     nothing acknowledged is lost",
                     g.why, g.from
                 ));
             }
@@ -882,7 +883,16 @@ mod tests {
         std::fs::remove_file(&paths[1]).unwrap();
         let lost = recover(t.path()).lost.unwrap();
         assert!(lost.contains("jumps from seq 1 to seq 3"), "{lost}");
-        assert!(recover_covered(t.path(), 2, None).lost.is_none());
+        let covered = recover_covered(t.path(), 2, None);
+        assert!(covered.lost.is_none());
+        // The covered gap is still reported, as one sentence.
+        assert!(
+            covered.problems.iter().any(|p| p.contains(
+                "calls 2..=2 are covered by the checkpoint (seq 2): nothing acknowledged is lost"
+            )),
+            "{:?}",
+            covered.problems
+        );
         // A segment under another's name.
         std::fs::write(&paths[1], std::fs::read(&paths[2]).unwrap()).unwrap();
         std::fs::write(&paths[2], &middle).unwrap();
