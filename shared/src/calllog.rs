@@ -213,6 +213,8 @@ pub struct SegmentReader<R> {
     r: R,
     len: u64,
     at: u64,
+    /// Offset of the last record returned (where damage found in it begins).
+    start: u64,
     stopped: bool,
 }
 
@@ -222,6 +224,7 @@ impl<R: Read> SegmentReader<R> {
             r,
             len,
             at: 0,
+            start: 0,
             stopped: false,
         }
     }
@@ -229,6 +232,11 @@ impl<R: Read> SegmentReader<R> {
     /// The offset just after the last good record.
     pub fn offset(&self) -> u64 {
         self.at
+    }
+
+    /// The offset at which the last record returned begins.
+    pub fn record_start(&self) -> u64 {
+        self.start
     }
 
     fn stop(&mut self, stop: Stop) -> Next {
@@ -285,6 +293,7 @@ impl<R: Read> SegmentReader<R> {
         }
         match decode_body(body) {
             Ok(rec) => {
+                self.start = offset;
                 self.at += (RECORD_HEADER + n) as u64;
                 Next::Record(rec)
             }
@@ -510,7 +519,8 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
             }
             if g.from <= upto {
                 r.problems.push(format!(
-                    "{}; calls {}..={upto} are covered by the checkpoint (seq {covered}):                      nothing acknowledged is lost",
+                    "{}; calls {}..={upto} are covered by the checkpoint (seq {covered}): \
+                     nothing acknowledged is lost",
                     g.why, g.from
                 ));
             }
@@ -559,8 +569,7 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
                 Next::End => break None,
                 Next::Stop(s) => break Some(s),
                 Next::Record(rec) if rec.method == OWNER_METHOD => {
-                    let at = reader.offset();
-                    let start = at == record_len(&rec);
+                    let start = reader.record_start() == 0;
                     let found = LogOwner::parse(&rec.args);
                     let problem = match (&found, owner) {
                         _ if !start || rec.seq != *first_seq => Some(format!(
@@ -576,7 +585,7 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
                     };
                     if let Some(reason) = problem {
                         break Some(Stop::Corrupt {
-                            offset: at - record_len(&rec),
+                            offset: reader.record_start(),
                             reason,
                         });
                     }
@@ -600,7 +609,7 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
                     if let Some(reason) = out_of_order {
                         // The record read whole is not good: damage starts where it does.
                         break Some(Stop::Corrupt {
-                            offset: reader.offset() - record_len(&rec),
+                            offset: reader.record_start(),
                             reason,
                         });
                     }
@@ -669,12 +678,6 @@ pub fn recover_covered(dir: &Path, covered: u64, owner: Option<&LogOwner>) -> Re
     r
 }
 
-/// The encoded length of a record.
-fn record_len(rec: &LogRecord) -> u64 {
-    let key = rec.key.as_ref().map_or(0, |k| KEYED_HEADER + k.key.len());
-    (RECORD_HEADER + 10 + key + rec.method.len() + rec.args.len()) as u64
-}
-
 /// Records that the calls of `gap` (up to `upto`, or all after it) cannot be recovered.
 fn lose(r: &mut Recovered, gap: &Gap, upto: Option<u64>, covered: u64) {
     let from = gap.from.max(covered.saturating_add(1));
@@ -735,7 +738,14 @@ mod tests {
             (recs[1].method.as_str(), &recs[1].args[..]),
             ("incr", &b"2"[..])
         );
-        assert_eq!(recs.iter().map(record_len).sum::<u64>(), b.len() as u64);
+        // Each record's span, as the reader places it, and together they are the segment.
+        let mut reader = SegmentReader::new(&b[..], b.len() as u64);
+        let mut spans = Vec::new();
+        while let Next::Record(_) = reader.read_next() {
+            spans.push(reader.offset() - reader.record_start());
+        }
+        assert_eq!(spans.len(), recs.len());
+        assert_eq!(spans.iter().sum::<u64>(), b.len() as u64);
     }
 
     #[test]
@@ -882,7 +892,16 @@ mod tests {
         std::fs::remove_file(&paths[1]).unwrap();
         let lost = recover(t.path()).lost.unwrap();
         assert!(lost.contains("jumps from seq 1 to seq 3"), "{lost}");
-        assert!(recover_covered(t.path(), 2, None).lost.is_none());
+        let covered = recover_covered(t.path(), 2, None);
+        assert!(covered.lost.is_none());
+        // The covered gap is still reported, as one sentence.
+        assert!(
+            covered.problems.iter().any(|p| p.contains(
+                "calls 2..=2 are covered by the checkpoint (seq 2): nothing acknowledged is lost"
+            )),
+            "{:?}",
+            covered.problems
+        );
         // A segment under another's name.
         std::fs::write(&paths[1], std::fs::read(&paths[2]).unwrap()).unwrap();
         std::fs::write(&paths[2], &middle).unwrap();

@@ -483,11 +483,9 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn reserved_methods_cannot_be_called_and_an_import_is_verified_at_parse() {
-        let r = parse_request(br#"{"id":1,"op":"call","actor":"a","method":"\u0000import"}"#);
-        assert!(r.unwrap_err().error.message.contains("NUL"));
-        let file = crate::export::encode(
+    /// An export file of actor "a" holding `state`.
+    fn export_file(state: &[u8]) -> Vec<u8> {
+        crate::export::encode(
             &crate::export::Header {
                 actor: "a".into(),
                 kind: "counter".into(),
@@ -495,8 +493,15 @@ mod tests {
                 last_seq: 2,
                 bytes: 0,
             },
-            b"7",
-        );
+            state,
+        )
+    }
+
+    #[test]
+    fn reserved_methods_cannot_be_called_and_an_import_is_verified_at_parse() {
+        let r = parse_request(br#"{"id":1,"op":"call","actor":"a","method":"\u0000import"}"#);
+        assert!(r.unwrap_err().error.message.contains("NUL"));
+        let file = export_file(b"7");
         let line = format!(
             r#"{{"id":2,"op":"import","actor":"b","file":"{}"}}"#,
             crate::export::base64_encode(&file)
@@ -512,6 +517,29 @@ mod tests {
         assert!(r.unwrap_err().error.message.contains("\"file\""));
         let r = parse_request(br#"{"op":"export","actor":"b","file":"x"}"#);
         assert!(r.unwrap_err().error.message.contains("`file`"));
+    }
+
+    #[test]
+    fn an_import_of_bad_base64_or_a_damaged_file_is_a_bad_request() {
+        let import = |file: &str| {
+            let line = format!(r#"{{"id":3,"op":"import","actor":"b","file":"{file}"}}"#);
+            parse_request(line.as_bytes()).unwrap_err().error
+        };
+        for text in ["Zm9v!g==", "Zm9", "Z===", "Zg==Zg=="] {
+            let e = import(text);
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+            assert!(e.message.contains("not base64"), "{text}: {}", e.message);
+        }
+        // Base64 of bytes that are no export file, and of one with a flipped bit.
+        let e = import(&crate::export::base64_encode(b"not an export file"));
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("RSGMSTAT"), "{}", e.message);
+        let mut file = export_file(b"7");
+        let n = file.len();
+        file[n - 5] ^= 1;
+        let e = import(&crate::export::base64_encode(&file));
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("damaged"), "{}", e.message);
     }
 
     use super::*;

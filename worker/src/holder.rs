@@ -103,8 +103,16 @@ extern "C" fn hold(parent: *mut libc::c_void) -> libc::c_int {
             libc::syscall(libc::SYS_exit, 0);
         }
         libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        // ppoll of no descriptors, no timeout: sleeps until a signal (pause(2) is not a
+        // system call on every architecture, aarch64 has none).
         loop {
-            libc::syscall(libc::SYS_pause);
+            libc::syscall(
+                libc::SYS_ppoll,
+                std::ptr::null_mut::<libc::pollfd>(),
+                0 as libc::nfds_t,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<libc::sigset_t>(),
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The worker loop: bootstrap, restore, then apply call batches and checkpoint.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -651,23 +652,17 @@ fn close_inherited_fds() {
 /// or import, or the first call whose key is remembered or repeats a key of the run
 /// (answered from the keys once the calls before it have run).
 fn plain_run(keys: &KeyTable, calls: &[Call]) -> usize {
-    let mut run_keys: Vec<&str> = Vec::new();
+    // A set: a batch may hold thousands of keyed calls.
+    let mut run_keys: HashSet<&str> = HashSet::new();
     calls
         .iter()
         .position(|c| {
             if c.method == EXPORT_METHOD || c.method == IMPORT_METHOD {
                 return true;
             }
-            match &c.key {
-                Some(k) => {
-                    if keys.knows(c) || run_keys.contains(&k.key.as_str()) {
-                        return true;
-                    }
-                    run_keys.push(&k.key);
-                    false
-                }
-                None => false,
-            }
+            c.key
+                .as_ref()
+                .is_some_and(|k| keys.knows(c) || !run_keys.insert(&k.key))
         })
         .unwrap_or(calls.len())
 }
@@ -1059,6 +1054,34 @@ mod tests {
         );
         assert!(long.starts_with(message.split(" … (").next().unwrap_or("")));
         assert!(message.ends_with("more bytes)"), "{message}");
+    }
+
+    #[test]
+    fn a_plain_run_ends_at_a_repeated_or_remembered_key_and_at_a_state_op() {
+        let call = |seq: u64, method: &str, key: Option<&str>| Call {
+            seq,
+            method: method.into(),
+            args: Vec::new(),
+            key: key.map(|k| resurgam_shared::ipc::CallKey {
+                key: k.into(),
+                keep_calls: 100,
+                keep_bytes: 1 << 20,
+            }),
+        };
+        let mut keys = KeyTable::default();
+        let batch = [
+            call(1, "incr", Some("a")),
+            call(2, "incr", None),
+            call(3, "incr", Some("b")),
+            call(4, "incr", Some("a")),
+        ];
+        assert_eq!(plain_run(&keys, &batch), 3, "a key repeated in the run");
+        assert_eq!(plain_run(&keys, &batch[..3]), 3, "nothing ends it");
+        keys.remember(&batch[2], &Outcome::Ok(b"1".to_vec()));
+        assert_eq!(plain_run(&keys, &batch), 2, "a remembered key");
+        let state_op = [call(5, "incr", None), call(6, EXPORT_METHOD, None)];
+        assert_eq!(plain_run(&keys, &state_op), 1);
+        assert_eq!(plain_run(&keys, &[]), 0);
     }
 
     #[test]
