@@ -269,7 +269,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireRequest<'a> {
                 macro_rules! take {
                     ($bit:expr, $name:literal, $slot:ident) => {{
                         seen($bit, $name)?;
-                        $slot = map.next_value()?;
+                        // A value of the wrong type is refused naming its field.
+                        $slot = map.next_value().map_err(|e: M::Error| {
+                            serde::de::Error::custom(format_args!("field `{}`: {e}", $name))
+                        })?;
                     }};
                 }
                 while let Some(key) = map.next_key::<Field>()? {
@@ -313,11 +316,18 @@ pub struct Rejected {
     pub error: ErrorBody,
 }
 
-/// The longest idempotency key a call may carry (G10).
 /// Longest method name accepted, in bytes (the call log stores the length in 16 bits,
 /// the largest value marking a keyed record).
 pub const MAX_METHOD_LEN: usize = u16::MAX as usize - 1;
+/// The longest idempotency key a call may carry (G10).
 pub const MAX_KEY_LEN: usize = 128;
+
+/// Only a request's `id`, for answering a request that does not parse otherwise.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
@@ -329,7 +339,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejected> {
         ),
     })?;
     let wire: WireRequest<'_> = serde_json::from_str(text).map_err(|e| Rejected {
-        id: NULL_ID.to_string(),
+        // The error belongs to the request's id when the line has one to read.
+        id: serde_json::from_str::<IdOnly<'_>>(text)
+            .ok()
+            .and_then(|r| r.id)
+            .map_or(NULL_ID, RawValue::get)
+            .to_string(),
         error: ErrorBody::new(
             ErrorKind::BadRequest,
             format!("malformed JSON request: {e}"),
@@ -628,6 +643,36 @@ mod tests {
         assert_eq!(e.error.kind, ErrorKind::BadRequest);
         let e = parse_request(&[0xff, 0xfe]).unwrap_err();
         assert!(e.error.message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_naming_it_under_the_requests_id() {
+        for (line, field) in [
+            (
+                r#"{"id":9,"op":"call","actor":"c","method":"m","key":7}"#,
+                "`key`",
+            ),
+            (
+                r#"{"id":"x","op":"call","actor":["c"],"method":"m"}"#,
+                "`actor`",
+            ),
+            (
+                r#"{"id":9,"op":"restart","actor":"c","fresh":"yes"}"#,
+                "`fresh`",
+            ),
+        ] {
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            assert_eq!(e.error.kind, ErrorKind::BadRequest, "{line}");
+            assert!(
+                e.error.message.contains(field),
+                "{line}: {}",
+                e.error.message
+            );
+            assert_ne!(e.id, NULL_ID, "{line}: the request's id is readable");
+        }
+        // A line whose id cannot be read either is answered with the null id.
+        let e = parse_request(br#"{"id":9,"op":"call""#).unwrap_err();
+        assert_eq!(e.id, NULL_ID);
     }
 
     #[test]
