@@ -68,14 +68,24 @@ pub struct ActorLog {
     dir: Option<Dir>,
     fsync: bool,
     current: Option<Segment>,
-    /// Closed segments: (last seq, path), oldest first.
-    closed: VecDeque<(Option<u64>, PathBuf)>,
+    /// Closed segments, oldest first.
+    closed: VecDeque<Closed>,
     sink: Box<dyn Sink>,
     buf: Vec<u8>,
     /// Whether the state directory's manifest records that this actor has a log.
     mark: Mark,
     /// Named by the owner record each new segment begins with.
     owner: Option<LogOwner>,
+}
+
+/// A segment no longer appended to.
+struct Closed {
+    /// Its newest call (`None`: nothing but its owner record).
+    last: Option<u64>,
+    path: PathBuf,
+    /// Its length, learnt when it was closed, so `status` and a metrics scrape need not
+    /// stat it.
+    len: u64,
 }
 
 /// Whether the manifest records an actor's log (its "logged" mark), which must be on
@@ -278,7 +288,15 @@ impl ActorLog {
                     Some(info) if info.last_seq.is_none() => {
                         dir.remove(&seg).map_err(ctx("remove empty segment", &p))?;
                     }
-                    Some(info) => closed.push_back((info.last_seq, p)),
+                    Some(info) => {
+                        // Quarantine may have rewritten it: its length now, once.
+                        let len = std::fs::symlink_metadata(&p).map_or(0, |m| m.len());
+                        closed.push_back(Closed {
+                            last: info.last_seq,
+                            path: p,
+                            len,
+                        });
+                    }
                     // Not read (it appeared meanwhile): never ours to delete.
                     None => {}
                 }
@@ -399,7 +417,13 @@ impl ActorLog {
                     // if it is the last, so keep it closed and out of the way.
                     tracing::error!(actor = %self.name, path = %seg.path.display(), error = %e2, "cannot cut back a failed append");
                     if let Some(seg) = self.current.take() {
-                        self.closed.push_back((seg.last, seg.path));
+                        // Its length is unknown now: the file system's, once.
+                        let len = std::fs::symlink_metadata(&seg.path).map_or(seg.len, |m| m.len());
+                        self.closed.push_back(Closed {
+                            last: seg.last,
+                            path: seg.path,
+                            len,
+                        });
                     }
                 }
                 Err(msg)
@@ -417,7 +441,7 @@ impl ActorLog {
         let name = OsString::from(calllog::segment_name(first_seq));
         let path = dir.join(&name);
         // Never keep the file we append to on the list of closed (deletable) segments.
-        self.closed.retain(|(_, p)| *p != path);
+        self.closed.retain(|c| c.path != path);
         let flags = OFlag::O_WRONLY | OFlag::O_APPEND;
         let file = match dir.open_file(&name, flags).map_err(ctx("open", &path))? {
             Some(f) => f,
@@ -450,7 +474,11 @@ impl ActorLog {
             dir.sync().map_err(ctx("fsync directory", dir.path()))?;
         }
         if let Some(old) = self.current.take() {
-            self.closed.push_back((old.last, old.path));
+            self.closed.push_back(Closed {
+                last: old.last,
+                path: old.path,
+                len: old.len,
+            });
         }
         self.current = Some(Segment {
             file: Arc::new(file),
@@ -461,15 +489,10 @@ impl ActorLog {
         Ok(())
     }
 
-    /// The bytes of the log's segments on disk (for `status`): the current one's length
-    /// as written, the closed ones' as the file system reports them.
+    /// The bytes of the log's segments on disk (for `status` and metrics), from the
+    /// lengths kept as they were written: no file is looked at on the event loop.
     pub fn bytes(&self) -> u64 {
-        let closed: u64 = self
-            .closed
-            .iter()
-            .filter_map(|(_, path)| std::fs::symlink_metadata(path).ok())
-            .map(|m| m.len())
-            .sum();
+        let closed: u64 = self.closed.iter().map(|c| c.len).sum();
         closed + self.current.as_ref().map_or(0, |s| s.len)
     }
 
@@ -484,7 +507,7 @@ impl ActorLog {
             return;
         };
         let mut removed = false;
-        while let Some((last, path)) = self.closed.front() {
+        while let Some(Closed { last, path, .. }) = self.closed.front() {
             if last.is_none_or(|l| l <= upto) {
                 if let Err(e) = dir.remove(name_of(path)) {
                     tracing::warn!(actor = %self.name, path = %path.display(), error = %e, "cannot delete a covered log segment");
@@ -902,5 +925,47 @@ mod tests {
             .map(|s| s.0)
             .collect();
         assert_eq!(left, vec![5]);
+    }
+
+    /// The bytes of every segment file in actor `a`'s log directory.
+    fn on_disk(state_dir: &Path) -> u64 {
+        let dir = calllog::log_dir(state_dir, "a");
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// The kept lengths add up to what the files hold: across rotation, truncation,
+    /// a reopen that cuts a torn tail, and a failed append that is cut back.
+    #[test]
+    fn log_bytes_match_the_segments_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open_log(dir.path());
+        assert_eq!(log.bytes(), 0);
+        log.append(&[call(1), call(2)]).unwrap();
+        log.rotate(3).unwrap();
+        log.append(&[call(3), call(4)]).unwrap();
+        log.rotate(5).unwrap();
+        log.append(&[call(5)]).unwrap();
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        log.truncate(3);
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        drop(log);
+        // A torn record at the end of the newest segment.
+        let newest = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(5));
+        let mut f = OpenOptions::new().append(true).open(&newest).unwrap();
+        f.write_all(b"\x01\x02\x03").unwrap();
+        drop(f);
+        let mut log = open_log(dir.path());
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        log.append(&[call(6)]).unwrap();
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        let mut log = ActorLog {
+            sink: Box::new(FullDisk { budget: 0 }),
+            ..log
+        };
+        assert!(log.append(&[call(7)]).is_err());
+        assert_eq!(log.bytes(), on_disk(dir.path()));
     }
 }
