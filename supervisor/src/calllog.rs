@@ -65,7 +65,8 @@ pub struct ActorLog {
     name: String,
     /// The log directory's path; `dir` holds it open once it exists.
     path: PathBuf,
-    dir: Option<Dir>,
+    /// Shared with the log thread, which makes a new segment's entry in it durable.
+    dir: Option<Arc<Dir>>,
     fsync: bool,
     current: Option<Segment>,
     /// Closed segments, oldest first.
@@ -305,7 +306,7 @@ impl ActorLog {
         let log = ActorLog {
             name: name.to_string(),
             path,
-            dir,
+            dir: dir.map(Arc::new),
             fsync,
             current: None,
             closed,
@@ -433,7 +434,8 @@ impl ActorLog {
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), LogError> {
         if self.dir.is_none() {
-            self.dir = Some(Dir::create(&self.path).map_err(ctx("create", &self.path))?);
+            let dir = Dir::create(&self.path).map_err(ctx("create", &self.path))?;
+            self.dir = Some(Arc::new(dir));
         }
         let Some(dir) = &self.dir else {
             return Err(LogError::NoSegment);
@@ -467,12 +469,8 @@ impl ActorLog {
                 .map_err(ctx("append to", &path))?;
             len = self.buf.len() as u64;
         }
-        if self.fsync {
-            if let Some(old) = &self.current {
-                old.file.sync_data().map_err(ctx("fsync", &old.path))?;
-            }
-            dir.sync().map_err(ctx("fsync directory", dir.path()))?;
-        }
+        // In fsync mode the log thread makes the old segment and the new one's directory
+        // entry durable before it reports any call in them (see [`start_fsync_thread`]).
         if let Some(old) = self.current.take() {
             self.closed.push_back(Closed {
                 last: old.last,
@@ -496,9 +494,15 @@ impl ActorLog {
         closed + self.current.as_ref().map_or(0, |s| s.len)
     }
 
-    /// The current segment, for the fsync thread.
-    pub fn sync_handle(&self) -> Option<Arc<File>> {
-        self.current.as_ref().map(|s| s.file.clone())
+    /// What the fsync thread needs to make the calls up to `upto` durable: the current
+    /// segment and its directory.
+    pub fn sync_request(&self, actor: ActorId, upto: u64) -> Option<SyncRequest> {
+        Some(SyncRequest {
+            actor,
+            upto,
+            file: self.current.as_ref()?.file.clone(),
+            dir: self.dir.clone()?,
+        })
     }
 
     /// Deletes closed segments whose calls are all covered (seq <= `upto`).
@@ -549,11 +553,13 @@ pub struct Opened {
     pub lost: Option<String>,
 }
 
-/// A request to the fsync thread: make `file` durable, then report `upto` for `actor`.
+/// A request to the fsync thread: make `file` and its entry in `dir` durable, then
+/// report `upto` for `actor`.
 pub struct SyncRequest {
     pub actor: ActorId,
     pub upto: u64,
     pub file: Arc<File>,
+    pub dir: Arc<Dir>,
 }
 
 /// Work for the log thread.
@@ -579,6 +585,8 @@ fn record_logged(manifest: &Mutex<Manifest>, actor: &str) {
 
 /// Starts the log thread: it takes every pending job, records the marks asked for, then
 /// fsyncs each file once and reports the highest durable seq per actor (group commit).
+/// A segment's directory is fsynced once, the first time the segment is: until that
+/// succeeds, a crash could lose the whole file.
 pub fn start_fsync_thread(
     requests: Receiver<LogJob>,
     events: LoopTx,
@@ -588,6 +596,8 @@ pub fn start_fsync_thread(
     std::thread::Builder::new()
         .name("log-fsync".into())
         .spawn(move || {
+            // Per actor, the segment whose directory entry is known durable.
+            let mut entered: HashMap<ActorId, Arc<File>> = HashMap::new();
             while let Ok(first) = requests.recv() {
                 let mut batch = Vec::new();
                 for job in std::iter::once(first).chain(requests.try_iter()) {
@@ -609,7 +619,18 @@ pub fn start_fsync_thread(
                         Some((_, res)) => res.clone(),
                         None => {
                             let start = std::time::Instant::now();
-                            let res = r.file.sync_data().map_err(|e| e.to_string());
+                            let mut res = r.file.sync_data().map_err(|e| e.to_string());
+                            let known = entered
+                                .get(&r.actor)
+                                .is_some_and(|f| Arc::ptr_eq(f, &r.file));
+                            if res.is_ok() && !known {
+                                res = r.dir.sync().map_err(|e| {
+                                    format!("fsync directory {}: {e}", r.dir.path().display())
+                                });
+                                if res.is_ok() {
+                                    entered.insert(r.actor, r.file.clone());
+                                }
+                            }
                             latency.observe(start.elapsed());
                             synced.push((key, res.clone()));
                             res
@@ -967,5 +988,43 @@ mod tests {
         };
         assert!(log.append(&[call(7)]).is_err());
         assert_eq!(log.bytes(), on_disk(dir.path()));
+    }
+
+    /// In fsync mode the log thread, not the append, makes a rotated segment durable:
+    /// calls on both sides of a rotation are reported durable, in order.
+    #[test]
+    fn the_log_thread_reports_calls_across_a_rotation_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ActorLog::open(dir.path(), "a", true, Box::new(RealSink), 0, None)
+            .unwrap()
+            .log;
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let manifest = Arc::new(Mutex::new(Manifest::open(dir.path()).unwrap()));
+        let latency = Arc::new(crate::metrics::AtomicHistogram::new(
+            crate::metrics::FSYNC_SECONDS,
+        ));
+        let thread =
+            start_fsync_thread(job_rx, LoopTx::new(ev_tx, waker), latency, manifest).unwrap();
+        let actor: ActorId = 0;
+        for (calls, rotate) in [(vec![call(1), call(2)], None), (vec![call(3)], Some(3))] {
+            if let Some(first) = rotate {
+                log.rotate(first).unwrap();
+            }
+            log.append(&calls).unwrap();
+            let upto = calls.last().unwrap().seq;
+            let request = log.sync_request(actor, upto).unwrap();
+            job_tx.send(LogJob::Sync(request)).unwrap();
+            match ev_rx.recv().unwrap() {
+                ShellEvent::Core(Event::Durable { actor: a, upto: u }) => {
+                    assert_eq!((a, u), (actor, upto));
+                }
+                _ => panic!("expected Durable up to {upto}"),
+            }
+        }
+        drop(job_tx);
+        thread.join().unwrap();
     }
 }
