@@ -46,11 +46,6 @@ pub(crate) fn call_request(actor: &str, method: &str, args: &Value) -> Value {
     }
 }
 
-/// A `call` request carrying the idempotency key `key`.
-pub(crate) fn keyed_request(actor: &str, method: &str, key: &str) -> Value {
-    json!({"op": "call", "actor": actor, "method": method, "key": key})
-}
-
 /// What a generator did.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {

@@ -12,11 +12,10 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use resurgam::Client;
+use resurgam::client::keyed_call_request;
 
 use super::harness::{ActorConf, LogTail, Sup, SupConf, connect, log_fields, state_counts};
-use super::load::{
-    Outcome, Until, keyed_request, pipeline, pipeline_requests, sync_calls, sync_requests,
-};
+use super::load::{Outcome, Until, pipeline, pipeline_requests, sync_calls, sync_requests};
 use super::stats::{cpu_ticks, micros, p50_p99, percentile, pss_rss_kib, unix_micros};
 use super::{BenchError, Better, Context, Ctx, Result};
 
@@ -115,7 +114,7 @@ pub(crate) fn w1_sync(
         // The same calls, each with a key of its own, in the same run.
         if let Some(keyed) = keyed {
             let o = sync_requests(&mut c, Until::Count(calls), false, |i| {
-                keyed_request(keyed, "incr", &format!("{keys}-{r}-{i}"))
+                keyed_call_request(keyed, "incr", Value::Null, &format!("{keys}-{r}-{i}"))
             })?;
             check_no_errors(&o, "W1 keyed")?;
             let (a, b) = p50_p99(o.latencies_us);
@@ -268,7 +267,7 @@ pub(crate) fn w2_pipelined(
         // The same calls, each with a key of its own, in the same run.
         if let Some(keyed) = keyed {
             let o = pipeline_requests(&mut c, WINDOW, Until::for_duration(window), |i| {
-                keyed_request(keyed, "incr", &format!("{keys}-{r}-{i}"))
+                keyed_call_request(keyed, "incr", Value::Null, &format!("{keys}-{r}-{i}"))
             })?;
             check_no_errors(&o, "W2 1×1 keyed")?;
             one_keyed.push(o.rate());
