@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{MAX_THREADS, Supervisor, fd_count, run_with_timeout, threads};
+use crate::util::{KillOnDrop, MAX_THREADS, Supervisor, fd_count, run_with_timeout, threads};
 
 const NOBODY: u32 = 65534;
 
@@ -220,14 +220,4 @@ fn an_unauthorized_flood_costs_no_thread_and_fails_no_allowed_call() {
         || fd_count(sup.pid()) <= fds_before + 2,
     );
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(total + 1));
-}
-
-/// Kills and reaps a child on drop.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Rng, Supervisor, assert_no_stray_reply, pipeline};
+use crate::util::{Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, pipeline};
 
 const CONFIG: &str = r#"
 [defaults]
@@ -143,6 +143,9 @@ fn random_worker_kills_under_pipelined_load_lose_and_double_nothing() {
     let started = Instant::now();
 
     let (seens, kills) = std::thread::scope(|s| {
+        // Stops the clients and the killer however this closure ends: on a panic,
+        // `scope` would wait for them forever.
+        let _stop = StopOnDrop(&stop);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|t| {
                 let (sup, stop) = (&sup, &stop);

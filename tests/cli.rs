@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Supervisor, cli, cli_expect};
+use crate::util::{KillOnDrop, Proc, Supervisor, cli, cli_expect};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -351,9 +351,10 @@ fn stop_actor_stops_only_that_actor_until_start_and_a_reload_keeps_it_stopped() 
 }
 
 /// A `resurgam run --config FILE` started in `cwd` (no paths in the file: its state
-/// goes where `run` puts it by default); killed with its workers when dropped.
+/// goes where `run` puts it by default); killed when dropped, and its workers with it
+/// (PR_SET_PDEATHSIG).
 struct RunIn {
-    child: std::process::Child,
+    _child: KillOnDrop,
     log: std::path::PathBuf,
 }
 
@@ -370,19 +371,14 @@ impl RunIn {
             .stderr(err)
             .spawn()
             .expect("spawn resurgam run");
-        RunIn { child, log }
+        RunIn {
+            _child: KillOnDrop(child),
+            log,
+        }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RunIn {
-    fn drop(&mut self) {
-        // Its workers die with it (PR_SET_PDEATHSIG).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

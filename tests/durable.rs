@@ -16,7 +16,9 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Proc, Rng, Supervisor, expect_kind, is_connection_loss, proc_stat};
+use crate::util::{
+    BIN, Proc, Rng, StopOnDrop, Supervisor, expect_kind, is_connection_loss, proc_stat,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -201,15 +203,6 @@ fn crash_and_restart(sup: &Supervisor) {
     sup.kill_supervisor();
     sup.wait_state_dir_unlocked();
     sup.restart_same_dirs();
-}
-
-/// Sets the flag when dropped (also while unwinding).
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Sum of `recovered_from_log` over every actor in a status reply.

@@ -21,7 +21,7 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::util::{Proc, Rng, Supervisor, expect_kind, is_connection_loss, proc_stat};
+use crate::util::{Proc, Rng, StopOnDrop, Supervisor, expect_kind, is_connection_loss, proc_stat};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
@@ -959,15 +959,6 @@ pub(crate) fn check_ledger(items: &[Value], acked: &[&[(String, i64)]], unanswer
             acked.contains(item) || unanswered.contains(item),
             "item {item:?} was never sent"
         );
-    }
-}
-
-/// Sets the flag when dropped (also while unwinding).
-pub(crate) struct StopOnDrop<'a>(pub(crate) &'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

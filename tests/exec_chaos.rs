@@ -16,8 +16,10 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::exec::{StopOnDrop, WAIT, check_ledger, python_actor, start};
-use crate::util::{Proc, Rng, Supervisor, assert_no_stray_reply, children_of, pipeline};
+use crate::exec::{WAIT, check_ledger, python_actor, start};
+use crate::util::{
+    Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, children_of, pipeline,
+};
 
 const LEDGERS: [&str; 2] = ["l1", "l2"];
 const CLIENTS: usize = 3;

@@ -1,7 +1,7 @@
 //! G10, idempotency keys: a keyed call runs once. The same key again (same connection,
 //! another connection, after a worker or supervisor kill -9) gets the first reply; a key
-//! reused with other arguments is `BadRequest`; only the last `idempotency_keys` keys
-//! are remembered. Under chaos, clients that drop their connection and retry with the
+//! reused with other arguments, or a malformed key, is `BadRequest`; only the last
+//! `idempotency_keys` keys are remembered. Under chaos, clients that drop their connection and retry with the
 //! same key through `RetryingClient` see every keyed `incr` applied exactly once.
 
 use std::collections::{HashMap, HashSet};
@@ -13,8 +13,7 @@ use resurgam::shared::protocol::ErrorKind;
 use resurgam::{Client, RetryPolicy, RetryingClient};
 use serde_json::{Value, json};
 
-use crate::exec::StopOnDrop;
-use crate::util::{Proc, Rng, Supervisor, cli_expect, expect_kind};
+use crate::util::{Proc, Rng, StopOnDrop, Supervisor, cli_expect, expect_kind};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -122,6 +121,39 @@ fn a_key_reused_with_other_arguments_is_refused_and_nothing_runs() {
     assert_eq!(get(&mut c), json!(1), "a refused reuse must not run");
     // The key still answers its own call.
     assert_eq!(c.call_keyed("c", "incr", json!(1), "k").unwrap(), json!(1));
+}
+
+#[test]
+fn a_malformed_key_is_refused_naming_the_key_and_nothing_runs() {
+    let sup = Supervisor::start(&counter_config("log", ""));
+    let mut c = sup.client();
+    let too_long = "k".repeat(129);
+    let refused = |c: &mut Client, key: Value| {
+        expect_kind(
+            c.request(json!({"op": "call", "actor": "c", "method": "incr", "args": 1, "key": key})),
+            ErrorKind::BadRequest,
+        )
+    };
+    for key in ["", &too_long, "tab\there", "clé"] {
+        let message = refused(&mut c, json!(key));
+        assert!(message.contains("\"key\""), "key {key:?}: {message}");
+    }
+    // Not a string: refused as a malformed request (the message names the type only).
+    for key in [json!(7), json!(["k"])] {
+        refused(&mut c, key);
+    }
+    assert_eq!(get(&mut c), json!(0), "a refused call must not run");
+    // The longest key there may be is taken, and the connection still serves.
+    let longest = "~".repeat(128);
+    assert_eq!(
+        c.call_keyed("c", "incr", json!(1), &longest).unwrap(),
+        json!(1)
+    );
+    assert_eq!(
+        c.call_keyed("c", "incr", json!(1), &longest).unwrap(),
+        json!(1)
+    );
+    assert_eq!(get(&mut c), json!(1));
 }
 
 #[test]

@@ -6,12 +6,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{CLIENT_TIMEOUT, Supervisor, cli, resurgam_cmd, skip};
+use crate::util::{CLIENT_TIMEOUT, KillOnDrop, Supervisor, cli, resurgam_cmd, skip};
 
 /// Parses the exposition on stdin with `prometheus_client`'s parser, checks every
 /// histogram (cumulative buckets, +Inf equal to _count) and prints the samples as JSON:
@@ -277,21 +277,23 @@ fn events_list_the_history_and_follow_deaths_and_recoveries_in_order() {
 
 /// `resurgam events --follow --json` in the background, killed on drop.
 struct Follower {
-    child: Child,
+    _child: KillOnDrop,
     lines: BufReader<std::process::ChildStdout>,
     last_seq: u64,
 }
 
 impl Follower {
     fn start(socket: &str) -> Follower {
-        let mut child = resurgam_cmd(&["events", "--follow", "--json", "--socket", socket])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn events --follow");
+        let mut child = KillOnDrop(
+            resurgam_cmd(&["events", "--follow", "--json", "--socket", socket])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn events --follow"),
+        );
         let lines = BufReader::new(child.stdout.take().expect("stdout"));
         Follower {
-            child,
+            _child: child,
             lines,
             last_seq: 0,
         }
@@ -315,13 +317,6 @@ impl Follower {
                 return v;
             }
         }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
@@ -17,7 +17,7 @@ use resurgam::shared::ipc::{
 };
 use serde_json::{Value, json};
 
-use crate::util::{BIN, Proc, SCRUBBED_ENV, Supervisor, wait_with_timeout};
+use crate::util::{BIN, KillOnDrop, Proc, SCRUBBED_ENV, Supervisor, wait_with_timeout};
 
 const CONFIG: &str = r#"
 [[actor]]
@@ -46,7 +46,7 @@ fn assert_all_gone(sup: &Supervisor, workers: &[Proc], what: &str) {
 
 /// A process in a worker's process group, as one its actor code started would be;
 /// killed and reaped on drop.
-struct GroupMember(Child);
+struct GroupMember(KillOnDrop);
 
 impl GroupMember {
     fn join(worker: &Proc) -> GroupMember {
@@ -64,18 +64,11 @@ impl GroupMember {
             });
         }
         let child = cmd.spawn().expect("start a process in the worker's group");
-        GroupMember(child)
+        GroupMember(KillOnDrop(child))
     }
 
     fn proc(&self) -> Proc {
         Proc::of(self.0.id() as i32).expect("the group member runs")
-    }
-}
-
-impl Drop for GroupMember {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -128,7 +121,7 @@ fn sigkill_of_the_supervisor_leaves_no_worker_alive() {
 /// throughout: no parent-death signal ever comes), serving a fresh counter, with a
 /// process in its group.
 struct LoneWorker {
-    worker: GroupMember,
+    worker: KillOnDrop,
     member: GroupMember,
     /// The channel to the worker (None: closed).
     to_worker: Option<IpcSender<ToWorker>>,
@@ -153,7 +146,7 @@ impl LoneWorker {
             cmd.env_remove(var);
         }
         // (Killed, with its group, and reaped on drop like a group member.)
-        let worker = GroupMember(cmd.spawn().expect("start a worker"));
+        let worker = KillOnDrop(cmd.spawn().expect("start a worker"));
         let pid = worker.0.id() as i32;
         let member = GroupMember::join(&Proc::of(pid).expect("the worker runs"));
         let (_, hello) = server.accept().expect("the worker's hello");
@@ -188,7 +181,7 @@ impl LoneWorker {
 
     /// Asserts the worker ends by its own kill of its group, and the member with it.
     fn assert_group_killed(mut self) {
-        let status = wait_with_timeout(&mut self.worker.0, "the worker", WAIT);
+        let status = wait_with_timeout(&mut self.worker, "the worker", WAIT);
         assert_eq!(
             status.signal(),
             Some(9),

@@ -499,7 +499,39 @@ class ErrorsTest(unittest.TestCase):
         self.assertFalse(issubclass(resurgam.ActorError, OSError))
 
 
-class FakeServer:
+class _Listener:
+    """A Unix socket in a temporary directory, listening; ``serve`` runs in a thread
+    that the test's cleanup ends by closing the socket."""
+
+    def __init__(self, test: unittest.TestCase) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        test.addCleanup(tmp.cleanup)
+        self.path = os.path.join(tmp.name, "fake.sock")
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(self.path)
+        self.listener.listen(4)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def start(self, test: unittest.TestCase) -> None:
+        """Starts serving; the test's cleanup stops it."""
+        self.thread.start()
+        test.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        """Closes the socket and waits (bounded) for the serving thread."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() still waiting
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(20)
+
+    def serve(self) -> None:
+        """Answers connections until the socket is closed."""
+        raise NotImplementedError
+
+
+class FakeServer(_Listener):
     """A control socket played by the test: ``handler(lines, conn)`` answers."""
 
     def __init__(
@@ -508,26 +540,11 @@ class FakeServer:
         handler: Callable[[List[Dict[str, Any]], socket.socket], None],
         batch: int = 1,
     ) -> None:
-        tmp = tempfile.TemporaryDirectory()
-        test.addCleanup(tmp.cleanup)
-        self.path = os.path.join(tmp.name, "fake.sock")
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(self.path)
-        self.listener.listen(4)
+        super().__init__(test)
         self.listener.settimeout(20)
         self.handler = handler
         self.batch = batch
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-        test.addCleanup(self.stop)
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() still waiting
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(20)
+        self.start(test)
 
     def serve(self) -> None:
         try:
@@ -654,7 +671,7 @@ class KeyedCallTest(unittest.TestCase):
 HOLD: Dict[str, Any] = {}
 
 
-class MultiFakeServer:
+class MultiFakeServer(_Listener):
     """A control socket played by the test, one connection after another:
     ``answer(n, request)`` says what to do with the n-th request (counting over every
     connection): the reply's body, ``None`` or ``HOLD``. Every request is recorded."""
@@ -664,25 +681,10 @@ class MultiFakeServer:
         test: unittest.TestCase,
         answer: Callable[[int, Dict[str, Any]], Optional[Dict[str, Any]]],
     ) -> None:
-        tmp = tempfile.TemporaryDirectory()
-        test.addCleanup(tmp.cleanup)
-        self.path = os.path.join(tmp.name, "fake.sock")
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(self.path)
-        self.listener.listen(4)
+        super().__init__(test)
         self.answer = answer
         self.requests: List[Dict[str, Any]] = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-        test.addCleanup(self.stop)
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(20)
+        self.start(test)
 
     def serve(self) -> None:
         while True:

@@ -1527,7 +1527,12 @@ impl Core {
             !refused
         });
         a.unanswered = a.unanswered.saturating_sub(failed.len());
-        a.appended_upto = a.logged_upto;
+        // Hand the log writer again what follows, unless an append after this one is
+        // already queued (a tombstone's, then a flush's, in one burst): it reports for
+        // itself, and its calls must not be written twice.
+        if a.appended_upto <= upto {
+            a.appended_upto = a.logged_upto;
+        }
         // The refused calls were the newest: give their seqs back, so the log has no
         // hole that a later restore would take for lost calls.
         if a.log.back().is_none_or(|e| e.seq < from) && a.last_tombstone < from {

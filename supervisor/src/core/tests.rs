@@ -461,26 +461,38 @@ impl World {
     }
 
     fn call(&mut self, method: &str, n: i64) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.issued.push((id, method.to_string(), n));
-        self.target.insert(id, self.cur);
-        self.handle(Event::Request {
-            conn: CONN,
-            request: Request {
-                id: id.to_string(),
-                op: Op::Call {
-                    actor: self.name(),
-                    method: method.into(),
-                    args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
-                    key: None,
-                },
-            },
-        });
+        let id = self.queue_call(method, n);
+        self.pump();
         if err_kind(self, id).as_deref() == Some("UnknownActor") {
             // Refused at once (a reload removed the actor): never logged, never run.
             self.issued.pop();
         }
+        id
+    }
+
+    /// Hands the core a call without carrying out its actions: the next events are
+    /// in the same burst (no flush between).
+    fn queue_call(&mut self, method: &str, n: i64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.issued.push((id, method.to_string(), n));
+        self.target.insert(id, self.cur);
+        let request = Request {
+            id: id.to_string(),
+            op: Op::Call {
+                actor: self.name(),
+                method: method.into(),
+                args: Some(format!("{{\"id\":{id},\"n\":{n}}}")),
+                key: None,
+            },
+        };
+        self.core.handle(
+            Event::Request {
+                conn: CONN,
+                request,
+            },
+            self.now,
+        );
         id
     }
 
@@ -2114,37 +2126,36 @@ fn stop_while_restarting_restarts_first_so_the_final_checkpoint_has_every_call()
     assert_eq!(total(&w.here.disk.as_ref().unwrap().state), 11);
 }
 
+/// A settled world with one actor in `durability` mode that restarts without limit.
+fn settled_in(durability: Durability, max_call_retries: i64, checkpoint_every: u64) -> World {
+    let mut p = policy(-1, max_call_retries, checkpoint_every);
+    p.durability = durability;
+    let mut w = World::new(p);
+    w.settle();
+    w
+}
+
+/// Log mode, a poison call that may run once: its worker dies executing it and, in the
+/// same burst (no flush between), a new call comes before the death is seen. Returns
+/// the poison call and the new one; the core's actions are not carried out yet.
+fn poison_death_in_a_burst() -> (World, u64, u64) {
+    let mut w = settled_in(Durability::Log, 1, 0);
+    let bad = w.call("crash", 0);
+    w.worker_step(None); // dies executing it; its channel is still open
+    let queued = w.queue_call("incr", 7);
+    let epoch = w.here.worker.as_ref().unwrap().epoch;
+    w.here.worker.as_mut().unwrap().outbox.clear();
+    w.core
+        .handle(Event::ChannelClosed { actor: 0, epoch }, w.now);
+    (w, bad, queued)
+}
+
 #[test]
 fn a_tombstone_never_precedes_calls_accepted_before_it() {
     // A poison call's death and new calls in the same burst (no flush between): the
     // tombstone's seq is above theirs, so their records must reach the log first.
-    let mut p = policy(-1, 1, 0);
-    p.durability = Durability::Log;
-    let mut w = World::new(p);
-    w.settle();
-    let bad = w.call("crash", 0);
-    w.worker_step(None); // dies executing it; its channel is still open
-    let id = w.next_id;
-    w.next_id += 1;
-    w.issued.push((id, "incr".into(), 7));
-    w.core.handle(
-        Event::Request {
-            conn: CONN,
-            request: Request {
-                id: id.to_string(),
-                op: Op::Call {
-                    actor: "c".into(),
-                    method: "incr".into(),
-                    args: Some(format!("{{\"id\":{id},\"n\":7}}")),
-                    key: None,
-                },
-            },
-        },
-        w.now,
-    );
-    let epoch = w.here.worker.as_ref().unwrap().epoch;
-    w.here.worker.as_mut().unwrap().outbox.clear();
-    w.handle(Event::ChannelClosed { actor: 0, epoch });
+    let (mut w, bad, id) = poison_death_in_a_burst();
+    w.pump();
     w.settle();
     assert_eq!(err_kind(&w, bad).as_deref(), Some("CallFailed"));
     assert_eq!(ok_value(&w, id), Some(7));
@@ -2154,10 +2165,7 @@ fn a_tombstone_never_precedes_calls_accepted_before_it() {
 
 #[test]
 fn fsync_mode_holds_replies_until_the_log_is_durable() {
-    let mut p = policy(-1, 3, 0);
-    p.durability = Durability::Fsync;
-    let mut w = World::new(p);
-    w.settle();
+    let mut w = settled_in(Durability::Fsync, 3, 0);
     let id = w.call("incr", 3);
     w.worker_step(None);
     w.deliver_one();
@@ -2195,10 +2203,7 @@ fn log_mode_holds_replies_until_the_manifest_records_the_log() {
 /// durable: it would never reach its client.
 #[test]
 fn a_shutdown_waits_for_replies_held_for_their_log_record() {
-    let mut p = policy(-1, 3, 0);
-    p.durability = Durability::Fsync;
-    let mut w = World::new(p);
-    w.settle();
+    let mut w = settled_in(Durability::Fsync, 3, 0);
     let id = w.call("incr", 2);
     w.op(Op::Stop);
     // Everything but the fsync: the call runs, the final checkpoint, the worker stops.
@@ -2217,10 +2222,7 @@ fn a_shutdown_waits_for_replies_held_for_their_log_record() {
 
 #[test]
 fn a_failed_log_append_refuses_the_call_and_it_never_runs() {
-    let mut p = policy(-1, 3, 0);
-    p.durability = Durability::Log;
-    let mut w = World::new(p);
-    w.settle();
+    let mut w = settled_in(Durability::Log, 3, 0);
     w.disk_full = true;
     let refused = w.call("incr", 5);
     assert_eq!(err_kind(&w, refused).as_deref(), Some("CallFailed"));
@@ -2233,10 +2235,7 @@ fn a_failed_log_append_refuses_the_call_and_it_never_runs() {
 
 #[test]
 fn supervisor_crash_in_log_mode_replays_the_log() {
-    let mut p = policy(-1, 3, 3);
-    p.durability = Durability::Log;
-    let mut w = World::new(p);
-    w.settle();
+    let mut w = settled_in(Durability::Log, 3, 3);
     for _ in 0..7 {
         w.call("incr", 1);
         w.settle();
@@ -2335,10 +2334,7 @@ fn restart_fresh_revives_a_held_actor_an_operator_stopped() {
 
 #[test]
 fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
-    let mut p = policy(-1, 3, 0);
-    p.durability = Durability::Log;
-    let mut w = World::new(p);
-    w.settle();
+    let mut w = settled_in(Durability::Log, 3, 0);
     let keyed = |key: Option<&str>| Op::Call {
         actor: "c".into(),
         method: "incr".into(),
@@ -2394,4 +2390,34 @@ fn an_idempotency_key_goes_with_its_call_to_the_log_the_worker_and_a_replay() {
         last.map(|k| (k.key, k.keep_calls)),
         Some(("retry-2".into(), 1))
     );
+}
+
+/// Two appends for one actor in one burst (a tombstone's, then the flush's): the first
+/// fails, the second is written. The calls of the second are in the log once, not
+/// handed to the log writer again.
+#[test]
+fn a_failed_append_does_not_append_again_the_calls_queued_after_it() {
+    let (mut w, bad, refused) = poison_death_in_a_burst();
+    let later = w.queue_call("incr", 1);
+    w.core.flush();
+    let actions = w.core.take_actions();
+    let appends = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Append { .. }))
+        .count();
+    assert_eq!(appends, 2, "{actions:?}");
+    let mut first = true;
+    for a in actions {
+        let fail = first && matches!(a, Action::Append { .. });
+        first &= !fail;
+        w.disk_full = fail;
+        w.act(a);
+    }
+    w.disk_full = false;
+    w.pump(); // the sim refuses an append of a seq already in the log
+    w.settle();
+    assert_eq!(err_kind(&w, bad).as_deref(), Some("CallFailed"));
+    assert_eq!(err_kind(&w, refused).as_deref(), Some("CallFailed"));
+    assert_eq!(ok_value(&w, later), Some(1));
+    w.check_model();
 }
