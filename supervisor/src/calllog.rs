@@ -65,17 +65,28 @@ pub struct ActorLog {
     name: String,
     /// The log directory's path; `dir` holds it open once it exists.
     path: PathBuf,
-    dir: Option<Dir>,
+    /// Shared with the log thread, which makes a new segment's entry in it durable.
+    dir: Option<Arc<Dir>>,
     fsync: bool,
     current: Option<Segment>,
-    /// Closed segments: (last seq, path), oldest first.
-    closed: VecDeque<(Option<u64>, PathBuf)>,
+    /// Closed segments, oldest first.
+    closed: VecDeque<Closed>,
     sink: Box<dyn Sink>,
     buf: Vec<u8>,
     /// Whether the state directory's manifest records that this actor has a log.
     mark: Mark,
     /// Named by the owner record each new segment begins with.
     owner: Option<LogOwner>,
+}
+
+/// A segment no longer appended to.
+struct Closed {
+    /// Its newest call (`None`: nothing but its owner record).
+    last: Option<u64>,
+    path: PathBuf,
+    /// Its length, learnt when it was closed, so `status` and a metrics scrape need not
+    /// stat it.
+    len: u64,
 }
 
 /// Whether the manifest records an actor's log (its "logged" mark), which must be on
@@ -278,7 +289,15 @@ impl ActorLog {
                     Some(info) if info.last_seq.is_none() => {
                         dir.remove(&seg).map_err(ctx("remove empty segment", &p))?;
                     }
-                    Some(info) => closed.push_back((info.last_seq, p)),
+                    Some(info) => {
+                        // Quarantine may have rewritten it: its length now, once.
+                        let len = std::fs::symlink_metadata(&p).map_or(0, |m| m.len());
+                        closed.push_back(Closed {
+                            last: info.last_seq,
+                            path: p,
+                            len,
+                        });
+                    }
                     // Not read (it appeared meanwhile): never ours to delete.
                     None => {}
                 }
@@ -287,7 +306,7 @@ impl ActorLog {
         let log = ActorLog {
             name: name.to_string(),
             path,
-            dir,
+            dir: dir.map(Arc::new),
             fsync,
             current: None,
             closed,
@@ -399,7 +418,13 @@ impl ActorLog {
                     // if it is the last, so keep it closed and out of the way.
                     tracing::error!(actor = %self.name, path = %seg.path.display(), error = %e2, "cannot cut back a failed append");
                     if let Some(seg) = self.current.take() {
-                        self.closed.push_back((seg.last, seg.path));
+                        // Its length is unknown now: the file system's, once.
+                        let len = std::fs::symlink_metadata(&seg.path).map_or(seg.len, |m| m.len());
+                        self.closed.push_back(Closed {
+                            last: seg.last,
+                            path: seg.path,
+                            len,
+                        });
                     }
                 }
                 Err(msg)
@@ -409,7 +434,8 @@ impl ActorLog {
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), LogError> {
         if self.dir.is_none() {
-            self.dir = Some(Dir::create(&self.path).map_err(ctx("create", &self.path))?);
+            let dir = Dir::create(&self.path).map_err(ctx("create", &self.path))?;
+            self.dir = Some(Arc::new(dir));
         }
         let Some(dir) = &self.dir else {
             return Err(LogError::NoSegment);
@@ -417,7 +443,7 @@ impl ActorLog {
         let name = OsString::from(calllog::segment_name(first_seq));
         let path = dir.join(&name);
         // Never keep the file we append to on the list of closed (deletable) segments.
-        self.closed.retain(|(_, p)| *p != path);
+        self.closed.retain(|c| c.path != path);
         let flags = OFlag::O_WRONLY | OFlag::O_APPEND;
         let file = match dir.open_file(&name, flags).map_err(ctx("open", &path))? {
             Some(f) => f,
@@ -443,14 +469,14 @@ impl ActorLog {
                 .map_err(ctx("append to", &path))?;
             len = self.buf.len() as u64;
         }
-        if self.fsync {
-            if let Some(old) = &self.current {
-                old.file.sync_data().map_err(ctx("fsync", &old.path))?;
-            }
-            dir.sync().map_err(ctx("fsync directory", dir.path()))?;
-        }
+        // In fsync mode the log thread makes the old segment and the new one's directory
+        // entry durable before it reports any call in them (see [`start_fsync_thread`]).
         if let Some(old) = self.current.take() {
-            self.closed.push_back((old.last, old.path));
+            self.closed.push_back(Closed {
+                last: old.last,
+                path: old.path,
+                len: old.len,
+            });
         }
         self.current = Some(Segment {
             file: Arc::new(file),
@@ -461,21 +487,22 @@ impl ActorLog {
         Ok(())
     }
 
-    /// The bytes of the log's segments on disk (for `status`): the current one's length
-    /// as written, the closed ones' as the file system reports them.
+    /// The bytes of the log's segments on disk (for `status` and metrics), from the
+    /// lengths kept as they were written: no file is looked at on the event loop.
     pub fn bytes(&self) -> u64 {
-        let closed: u64 = self
-            .closed
-            .iter()
-            .filter_map(|(_, path)| std::fs::symlink_metadata(path).ok())
-            .map(|m| m.len())
-            .sum();
+        let closed: u64 = self.closed.iter().map(|c| c.len).sum();
         closed + self.current.as_ref().map_or(0, |s| s.len)
     }
 
-    /// The current segment, for the fsync thread.
-    pub fn sync_handle(&self) -> Option<Arc<File>> {
-        self.current.as_ref().map(|s| s.file.clone())
+    /// What the fsync thread needs to make the calls up to `upto` durable: the current
+    /// segment and its directory.
+    pub fn sync_request(&self, actor: ActorId, upto: u64) -> Option<SyncRequest> {
+        Some(SyncRequest {
+            actor,
+            upto,
+            file: self.current.as_ref()?.file.clone(),
+            dir: self.dir.clone()?,
+        })
     }
 
     /// Deletes closed segments whose calls are all covered (seq <= `upto`).
@@ -484,7 +511,7 @@ impl ActorLog {
             return;
         };
         let mut removed = false;
-        while let Some((last, path)) = self.closed.front() {
+        while let Some(Closed { last, path, .. }) = self.closed.front() {
             if last.is_none_or(|l| l <= upto) {
                 if let Err(e) = dir.remove(name_of(path)) {
                     tracing::warn!(actor = %self.name, path = %path.display(), error = %e, "cannot delete a covered log segment");
@@ -526,11 +553,13 @@ pub struct Opened {
     pub lost: Option<String>,
 }
 
-/// A request to the fsync thread: make `file` durable, then report `upto` for `actor`.
+/// A request to the fsync thread: make `file` and its entry in `dir` durable, then
+/// report `upto` for `actor`.
 pub struct SyncRequest {
     pub actor: ActorId,
     pub upto: u64,
     pub file: Arc<File>,
+    pub dir: Arc<Dir>,
 }
 
 /// Work for the log thread.
@@ -556,6 +585,8 @@ fn record_logged(manifest: &Mutex<Manifest>, actor: &str) {
 
 /// Starts the log thread: it takes every pending job, records the marks asked for, then
 /// fsyncs each file once and reports the highest durable seq per actor (group commit).
+/// A segment's directory is fsynced once, the first time the segment is: until that
+/// succeeds, a crash could lose the whole file.
 pub fn start_fsync_thread(
     requests: Receiver<LogJob>,
     events: LoopTx,
@@ -565,6 +596,8 @@ pub fn start_fsync_thread(
     std::thread::Builder::new()
         .name("log-fsync".into())
         .spawn(move || {
+            // Per actor, the segment whose directory entry is known durable.
+            let mut entered: HashMap<ActorId, Arc<File>> = HashMap::new();
             while let Ok(first) = requests.recv() {
                 let mut batch = Vec::new();
                 for job in std::iter::once(first).chain(requests.try_iter()) {
@@ -586,7 +619,18 @@ pub fn start_fsync_thread(
                         Some((_, res)) => res.clone(),
                         None => {
                             let start = std::time::Instant::now();
-                            let res = r.file.sync_data().map_err(|e| e.to_string());
+                            let mut res = r.file.sync_data().map_err(|e| e.to_string());
+                            let known = entered
+                                .get(&r.actor)
+                                .is_some_and(|f| Arc::ptr_eq(f, &r.file));
+                            if res.is_ok() && !known {
+                                res = r.dir.sync().map_err(|e| {
+                                    format!("fsync directory {}: {e}", r.dir.path().display())
+                                });
+                                if res.is_ok() {
+                                    entered.insert(r.actor, r.file.clone());
+                                }
+                            }
                             latency.observe(start.elapsed());
                             synced.push((key, res.clone()));
                             res
@@ -902,5 +946,85 @@ mod tests {
             .map(|s| s.0)
             .collect();
         assert_eq!(left, vec![5]);
+    }
+
+    /// The bytes of every segment file in actor `a`'s log directory.
+    fn on_disk(state_dir: &Path) -> u64 {
+        let dir = calllog::log_dir(state_dir, "a");
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// The kept lengths add up to what the files hold: across rotation, truncation,
+    /// a reopen that cuts a torn tail, and a failed append that is cut back.
+    #[test]
+    fn log_bytes_match_the_segments_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open_log(dir.path());
+        assert_eq!(log.bytes(), 0);
+        log.append(&[call(1), call(2)]).unwrap();
+        log.rotate(3).unwrap();
+        log.append(&[call(3), call(4)]).unwrap();
+        log.rotate(5).unwrap();
+        log.append(&[call(5)]).unwrap();
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        log.truncate(3);
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        drop(log);
+        // A torn record at the end of the newest segment.
+        let newest = calllog::log_dir(dir.path(), "a").join(calllog::segment_name(5));
+        let mut f = OpenOptions::new().append(true).open(&newest).unwrap();
+        f.write_all(b"\x01\x02\x03").unwrap();
+        drop(f);
+        let mut log = open_log(dir.path());
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        log.append(&[call(6)]).unwrap();
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+        let mut log = ActorLog {
+            sink: Box::new(FullDisk { budget: 0 }),
+            ..log
+        };
+        assert!(log.append(&[call(7)]).is_err());
+        assert_eq!(log.bytes(), on_disk(dir.path()));
+    }
+
+    /// In fsync mode the log thread, not the append, makes a rotated segment durable:
+    /// calls on both sides of a rotation are reported durable, in order.
+    #[test]
+    fn the_log_thread_reports_calls_across_a_rotation_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ActorLog::open(dir.path(), "a", true, Box::new(RealSink), 0, None)
+            .unwrap()
+            .log;
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let manifest = Arc::new(Mutex::new(Manifest::open(dir.path()).unwrap()));
+        let latency = Arc::new(crate::metrics::AtomicHistogram::new(
+            crate::metrics::FSYNC_SECONDS,
+        ));
+        let thread =
+            start_fsync_thread(job_rx, LoopTx::new(ev_tx, waker), latency, manifest).unwrap();
+        let actor: ActorId = 0;
+        for (calls, rotate) in [(vec![call(1), call(2)], None), (vec![call(3)], Some(3))] {
+            if let Some(first) = rotate {
+                log.rotate(first).unwrap();
+            }
+            log.append(&calls).unwrap();
+            let upto = calls.last().unwrap().seq;
+            let request = log.sync_request(actor, upto).unwrap();
+            job_tx.send(LogJob::Sync(request)).unwrap();
+            match ev_rx.recv().unwrap() {
+                ShellEvent::Core(Event::Durable { actor: a, upto: u }) => {
+                    assert_eq!((a, u), (actor, upto));
+                }
+                _ => panic!("expected Durable up to {upto}"),
+            }
+        }
+        drop(job_tx);
+        thread.join().unwrap();
     }
 }

@@ -164,11 +164,24 @@ impl JournalLayer {
     pub fn new() -> Option<JournalLayer> {
         let path =
             std::env::var_os(SOCKET_ENV).map_or_else(|| PathBuf::from(SOCKET), PathBuf::from);
+        JournalLayer::to(path)
+    }
+
+    /// A layer sending to the datagram socket at `path`.
+    fn to(path: PathBuf) -> Option<JournalLayer> {
         // connect() proves the socket is there and writable. The layer itself sends to
         // the path each time, so it keeps working after journald restarts.
         UnixDatagram::unbound().ok()?.connect(&path).ok()?;
         let socket = UnixDatagram::unbound().ok()?;
+        // Events are logged on the event loop: a journald that falls behind (its queue
+        // full) must not stall it, so a send that would wait fails instead.
+        socket.set_nonblocking(true).ok()?;
         Some(JournalLayer { socket, path })
+    }
+
+    /// Sends one entry, never waiting for journald.
+    fn send(&self, entry: &[u8]) -> std::io::Result<()> {
+        self.socket.send_to(entry, &self.path).map(drop)
     }
 }
 
@@ -184,9 +197,9 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
             meta.line(),
             &fields,
         );
-        // Not sent (journald restarting, a line too long for one datagram): the line goes
-        // to stderr, which is still the journal's stream, rather than nowhere.
-        if self.socket.send_to(&entry, &self.path).is_err() {
+        // Not sent (journald restarting or behind, a line too long for one datagram): the
+        // line goes to stderr, which is still the journal's stream, rather than nowhere.
+        if self.send(&entry).is_err() {
             let _ = writeln!(std::io::stderr(), "{} {}", meta.level(), fields.line());
         }
     }
@@ -335,5 +348,19 @@ mod tests {
         assert_eq!(parse_stream("8:1234"), Some((8, 1234)));
         assert_eq!(parse_stream("8"), None);
         assert_eq!(parse_stream("x:1"), None);
+    }
+
+    /// A journald that reads nothing fills its queue; the layer's sends then fail at
+    /// once (for the line to go to stderr) instead of blocking the event loop.
+    #[test]
+    fn a_full_journal_socket_fails_sends_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let _journald = UnixDatagram::bind(&path).unwrap();
+        let layer = JournalLayer::to(path).unwrap();
+        let entry = vec![b'x'; 4096];
+        let full = (0..100_000).find_map(|_| layer.send(&entry).err());
+        let e = full.expect("an unread socket's queue fills up");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

@@ -28,7 +28,7 @@ use resurgam_shared::{checkpoint, safefs};
 
 use resurgam_shared::config::Durability;
 
-use crate::calllog::{self, ActorLog, LogJob, Marked, RealSink, SyncRequest};
+use crate::calllog::{self, ActorLog, LogJob, Marked, RealSink};
 use crate::control::{self, Access, SocketFile};
 use crate::core::{Action, ActorId, ActorSpec, ConnId, Core, Event, FileSizes};
 use crate::disk::{self, Files};
@@ -1343,11 +1343,9 @@ impl Shell {
                     let _ = self.fsync_tx.send(LogJob::Mark { actor, name });
                 }
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
-                    && let Some(file) = log.sync_handle()
+                    && let Some(request) = log.sync_request(actor, upto)
                 {
-                    let _ = self
-                        .fsync_tx
-                        .send(LogJob::Sync(SyncRequest { actor, upto, file }));
+                    let _ = self.fsync_tx.send(LogJob::Sync(request));
                 }
                 Event::Logged {
                     actor,
@@ -1371,13 +1369,9 @@ impl Shell {
         match log.cancel(seq, cancelled) {
             Ok(()) => {
                 if self.actor_configs[actor].policy.durability == Durability::Fsync
-                    && let Some(file) = log.sync_handle()
+                    && let Some(request) = log.sync_request(actor, seq)
                 {
-                    let _ = self.fsync_tx.send(LogJob::Sync(SyncRequest {
-                        actor,
-                        upto: seq,
-                        file,
-                    }));
+                    let _ = self.fsync_tx.send(LogJob::Sync(request));
                 }
             }
             Err(e) => {
