@@ -162,6 +162,7 @@ impl LoneWorker {
             disk_path: path("c.disk"),
             checkpoint_every: 0,
             spin_micros: 0,
+            calls_waiting: false,
             max_reply_bytes: 1 << 20,
             exec: None,
             privileges: Privileges::default(),

@@ -635,8 +635,10 @@ pub fn reference() -> Vec<(&'static str, &'static str, String, &'static str)> {
             dur(DEFAULT_BUSY_POLL),
             "After sending calls to a worker that usually answers within this time, the main \
              loop waits this long for the answer before it sleeps, and a worker whose calls \
-             come back to back waits up to twice this long for the next one, yielding the CPU \
-             to any other runnable process meanwhile: lower latency for sync calls at the \
+             come back to back waits up to twice this long for the next one; after a \
+             worker's death, when calls wait for its replacement, the loop waits this long \
+             for the replacement's restore and the replacement twice this long for its first \
+             calls; all of them yielding the CPU to any other runnable process meanwhile: lower latency for sync calls at the \
              cost of otherwise idle CPU, none for actors that are slow or idle (\"0s\" = \
              off). Allowed: \"0s\" to \"10ms\".",
         ),

@@ -47,7 +47,7 @@ pub const WORKER_SCRUBBED_ENV: &[&str] = &[
 /// Batches whose encoding is larger than this go through shared memory.
 pub const SHM_THRESHOLD: usize = 32 * 1024;
 /// Bumped whenever a message below changes shape; checked in `Hello`/`Init`.
-pub const IPC_VERSION: u32 = 7;
+pub const IPC_VERSION: u32 = 8;
 /// Largest reply a worker sends (as an exec program's `R` body); a larger result is
 /// answered with an error instead (the call did run), so it can never make its worker
 /// fail again on every replay. Each actor's own limit ([`Init::max_reply_bytes`], config
@@ -130,6 +130,10 @@ pub struct Init {
     /// worker's previous answer), wait for the next one on the CPU this long before
     /// sleeping (0 = never).
     pub spin_micros: u64,
+    /// Calls wait for this worker (a replay, or calls that came while the actor had no
+    /// worker): after `Ready`, wait for them on the CPU for up to `spin_micros` before
+    /// sleeping, since they come at once.
+    pub calls_waiting: bool,
     /// A call's result larger than this many bytes is answered with an error instead
     /// (the call ran; the actor lives on).
     pub max_reply_bytes: u64,
@@ -491,6 +495,7 @@ mod tests {
             disk_path: b"/y".to_vec(),
             checkpoint_every: 1,
             spin_micros: 0,
+            calls_waiting: false,
             max_reply_bytes: 1 << 20,
             exec: Some(ExecInit {
                 argv: vec!["p".into()],

@@ -1395,8 +1395,14 @@ impl Shell {
             read_queued: w.read_queued,
             ..WorkerSlot::default()
         };
-        let init = self.init_for(actor);
+        let mut init = self.init_for(actor);
+        init.calls_waiting = core.log_len(actor) > 0;
         if let Some(standby) = self.standby.take() {
+            // Restoring takes a standby about 100 µs: when calls wait for it, wait for its
+            // `Ready` awake rather than pay a wake-up from sleep.
+            if init.calls_waiting {
+                self.spin = self.config.supervisor.busy_poll;
+            }
             self.bind(actor, epoch, standby, init, core);
             // Its replacement starts once this worker is ready: a process start now
             // would take the CPUs the restore needs.

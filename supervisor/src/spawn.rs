@@ -275,6 +275,7 @@ pub fn init_for(
         disk_path: disk_path.as_os_str().as_bytes().to_vec(),
         checkpoint_every: policy.checkpoint_every,
         spin_micros,
+        calls_waiting: false,
         max_reply_bytes: policy.max_reply_bytes,
         exec,
         privileges,

@@ -114,6 +114,8 @@ struct Live {
     previous: Option<u64>,
     /// See [`Init::spin_micros`].
     spin_micros: u64,
+    /// See [`Init::calls_waiting`].
+    calls_waiting: bool,
     /// See [`Init::max_reply_bytes`].
     max_reply_bytes: usize,
     /// The keyed calls remembered (G10), saved with every checkpoint.
@@ -224,7 +226,8 @@ impl Worker {
 
     /// Serves the supervisor's messages until it says stop (`Ok`) or something ends it.
     fn serve_calls(&self, live: &mut Live) -> Result<(), Stop> {
-        let mut back_to_back = false;
+        // Calls that waited for this worker come right after its `Ready`.
+        let mut back_to_back = live.calls_waiting;
         loop {
             let spin = Duration::from_micros(live.spin_micros);
             let idle_since = Instant::now();
@@ -411,6 +414,7 @@ impl Worker {
             since_checkpoint: 0,
             every: init.checkpoint_every,
             spin_micros: init.spin_micros,
+            calls_waiting: init.calls_waiting,
             max_reply_bytes: reply_limit(init.max_reply_bytes),
             keys,
         })
