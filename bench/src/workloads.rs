@@ -452,13 +452,13 @@ fn w3_recovery(ctx: &mut Ctx) -> Result<()> {
     for (label, bytes) in sizes {
         fill_kv(&mut c, &format!("kv{label}"), bytes)?;
     }
-    for (label, _) in sizes {
+    for (label, bytes) in sizes {
         let actor = format!("kv{label}");
         for n in replays {
             let (mut total, mut detect, mut restart, mut after_ready) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut replayed = Vec::new();
-            for _ in 0..ctx.repeats {
+            for _ in 0..recovery_samples(ctx.repeats, bytes, n) {
                 // A change, so the checkpoint below is a new one; then exactly n calls after it.
                 c.call(&actor, "put", json!({"key": "n", "value": -1}))?;
                 c.checkpoint(&actor).ctx(|| format!("checkpoint {actor}"))?;
@@ -545,6 +545,19 @@ fn w3_recovery(ctx: &mut Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many kills W3 times for one case: `repeats`, or four times as many where a kill
+/// costs little (up to 1 MiB of state and 1,000 calls to replay). One recovery of a
+/// small worker takes about a millisecond, on a path that crosses four processes and as
+/// many wake-ups of a vCPU, so five of them give a median that moves by a third from run
+/// to run; twenty do not.
+fn recovery_samples(repeats: usize, state_bytes: usize, replay: u64) -> usize {
+    if state_bytes <= MIB && replay <= 1_000 {
+        repeats * 4
+    } else {
+        repeats
+    }
 }
 
 /// A small xorshift generator (kill timing only; no need for quality).
