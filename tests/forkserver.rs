@@ -33,6 +33,13 @@ fn pgrp(pid: i32) -> i32 {
         .unwrap_or(-1)
 }
 
+/// Where the first mapping of `pid` (its executable) starts: the same for a process and
+/// what it forked, chosen anew at each exec.
+fn layout(pid: i32) -> String {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.split('-').next().unwrap_or_default().to_string()
+}
+
 /// Where /proc/<pid>/exe points.
 fn exe(pid: i32) -> PathBuf {
     fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
@@ -87,8 +94,30 @@ fn workers_are_forked_by_it_and_outlive_its_death() {
         sup.fork_servers().iter().any(|p| *p != server)
     });
     let killed = sup.kill_worker("c");
-    let new = sup.wait_new_pid("c", killed, WAIT);
+    let mut new = sup.wait_new_pid("c", killed, WAIT);
     assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(3));
+    assert!(children_of(sup.pid()).iter().any(|p| p.pid == new));
+    // That worker may be the standby the first server forked. The new server was
+    // exec'd by a helper thread and double-forks: its workers, orphaned, must be the
+    // supervisor's children too, and die with it below. A worker forked from a server
+    // has its address-space layout (ASLR is chosen at exec).
+    let new_server = sup
+        .fork_servers()
+        .into_iter()
+        .find(|p| *p != server)
+        .expect("the new fork server");
+    let mut count = 3;
+    while layout(new) != layout(new_server.pid) {
+        assert!(
+            count < 6,
+            "no worker forked by the new server after {count} kills"
+        );
+        let killed = sup.kill_worker("c");
+        new = sup.wait_new_pid("c", killed, WAIT);
+        count += 1;
+        assert_eq!(c.call("c", "incr", json!(1)).unwrap(), json!(count));
+    }
+    assert!(forked_worker(new), "worker {new} was not forked");
     assert!(children_of(sup.pid()).iter().any(|p| p.pid == new));
     assert!(
         sup.log().contains("fork server lost"),
