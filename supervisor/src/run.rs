@@ -1396,7 +1396,7 @@ impl Shell {
             ..WorkerSlot::default()
         };
         let mut init = self.init_for(actor);
-        init.calls_waiting = core.log_len(actor) > 0;
+        init.calls_waiting = core.calls_waiting(actor);
         if let Some(standby) = self.standby.take() {
             // Restoring takes a standby about 100 µs: when calls wait for it, wait for its
             // `Ready` awake rather than pay a wake-up from sleep.

@@ -819,6 +819,14 @@ impl Core {
         self.actors[id].log.len()
     }
 
+    /// Whether the actor's next worker gets calls as soon as it is ready: logged calls
+    /// newer than its newest checkpoint (a replay, or calls that came while it had no
+    /// worker). Calls kept only for an older checkpoint do not count.
+    pub fn calls_waiting(&self, id: ActorId) -> bool {
+        let a = &self.actors[id];
+        a.log.back().is_some_and(|e| e.seq > a.checkpoint.1)
+    }
+
     // ---- internals ----
 
     fn current(&mut self, actor: ActorId, epoch: u64) -> Option<&mut ActorState> {

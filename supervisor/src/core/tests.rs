@@ -1462,6 +1462,40 @@ fn an_unverified_older_slot_keeps_its_calls_in_the_log_until_found_damaged() {
 }
 
 #[test]
+fn calls_wait_for_a_new_worker_only_past_the_newest_checkpoint() {
+    let mut w = World::new(policy(-1, 3, 0));
+    w.settle();
+    assert!(!w.core.calls_waiting(0), "nothing was called");
+    w.call("incr", 4);
+    w.settle();
+    assert!(w.core.calls_waiting(0), "call 1 is in no checkpoint");
+    w.op(Op::Checkpoint { actor: "c".into() });
+    w.settle();
+    w.sync_disk();
+    w.settle();
+    assert!(!w.core.calls_waiting(0), "the checkpoint holds call 1");
+    w.call("incr", 1);
+    w.settle();
+    assert!(w.core.calls_waiting(0), "call 2 is in no checkpoint");
+    w.op(Op::Checkpoint { actor: "c".into() });
+    w.settle();
+    w.sync_disk();
+    w.settle();
+    // A new worker restores the newest checkpoint and has not verified the older one
+    // yet: the log keeps call 2 for it, but no call waits for the next worker.
+    w.kill9();
+    w.settle();
+    assert!(
+        w.core.log_len(0) > 0,
+        "the log keeps call 2 for the older slot"
+    );
+    assert!(
+        !w.core.calls_waiting(0),
+        "both calls are in the newest checkpoint"
+    );
+}
+
+#[test]
 fn checkpoint_request_is_answered_after_the_disk_copy() {
     let mut w = World::new(policy(-1, 3, 0));
     w.settle();
