@@ -419,7 +419,7 @@ fn fork_server(registry: &Registry) -> Result<Conn, ForkError> {
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             drop(ours);
-            serve(theirs, supervisor, registry, Birth::Sibling)
+            serve(theirs, supervisor, registry, Birth::of_first_server())
         }
         Ok(ForkResult::Parent { child }) => {
             drop(theirs);
@@ -562,12 +562,78 @@ pub fn run_if_asked(registry: &Registry) -> bool {
 /// How a server makes its workers the supervisor's children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Birth {
-    /// One `clone(CLONE_PARENT)`: the worker's parent is the server's, the supervisor's
+    /// One `clone3(CLONE_PARENT)`: the worker's parent is the server's, the supervisor's
     /// main thread (the server was forked from it before any other thread existed).
-    Sibling,
+    Sibling(ThreadRecord),
     /// A double fork: the server's parent is a helper thread (it was exec'd by one), so
     /// the worker is orphaned and re-parented to the supervisor, a child subreaper.
     Orphan,
+}
+
+/// Where the C library keeps the calling thread's id and its robust-futex list, as the
+/// kernel knows them: what `fork` points a child's kernel state at, and a raw clone
+/// must too. Otherwise the child's thread would carry the server's id, and calls that
+/// name a thread by it (`pthread_setaffinity_np(pthread_self())`, in an actor's code)
+/// would act on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThreadRecord {
+    tid_address: u64,
+    robust_list: (u64, usize),
+}
+
+impl Birth {
+    /// The first server's way: `Sibling` when the kernel says where the thread id is
+    /// kept (`PR_GET_TID_ADDRESS` needs a kernel built with checkpoint/restore), else
+    /// `Orphan`.
+    fn of_first_server() -> Birth {
+        /// `PR_GET_TID_ADDRESS` of prctl(2) (not in the libc crate for Linux).
+        const PR_GET_TID_ADDRESS: libc::c_int = 40;
+        let mut tid_address: u64 = 0;
+        // SAFETY: the kernel writes one pointer-sized value into `tid_address`.
+        let got = unsafe {
+            libc::prctl(
+                PR_GET_TID_ADDRESS,
+                std::ptr::addr_of_mut!(tid_address),
+                0,
+                0,
+                0,
+            )
+        };
+        if got != 0 || tid_address == 0 {
+            return Birth::Orphan;
+        }
+        let (mut head, mut len): (u64, usize) = (0, 0);
+        // SAFETY: the kernel writes the head pointer and its length into the two values.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0,
+                std::ptr::addr_of_mut!(head),
+                std::ptr::addr_of_mut!(len),
+            )
+        };
+        if got != 0 {
+            (head, len) = (0, 0);
+        }
+        Birth::Sibling(ThreadRecord {
+            tid_address,
+            robust_list: (head, len),
+        })
+    }
+}
+
+/// `struct clone_args` of clone3(2), its first version (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
 }
 
 /// The server's loop: answers fork requests until the supervisor closes the socket.
@@ -604,7 +670,7 @@ fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, birth: Birth) -> !
                     registry,
                 };
                 let forked = match birth {
-                    Birth::Sibling => clone_worker(newborn),
+                    Birth::Sibling(thread) => clone_worker(newborn, thread),
                     Birth::Orphan => fork_worker(newborn),
                 };
                 match forked {
@@ -738,20 +804,58 @@ struct Newborn<'a> {
 }
 
 /// Creates a worker as the server's sibling, a child of the supervisor's main thread, and
-/// returns its pid (see [`Birth::Sibling`]).
-fn clone_worker(newborn: Newborn<'_>) -> Result<u32, String> {
-    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: `clone` as `fork` does it (no new stack: the child goes on with a copy of
-    // this one), plus CLONE_PARENT. The server has a single thread, so the child may run
-    // any code; glibc's fork handlers, which this skips, only make the locks of other
-    // threads usable in the child, and there are none. (The thread id glibc keeps for
-    // the child's thread is the server's: glibc asks the kernel for it where it
-    // matters, `raise`, and the worker names no thread by it.)
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+/// returns its pid (see [`Birth::Sibling`]). Falls back to a double fork where clone3
+/// fails.
+fn clone_worker(newborn: Newborn<'_>, thread: ThreadRecord) -> Result<u32, String> {
+    match clone_sibling(thread) {
+        Ok(None) => become_worker(newborn),
+        Ok(Some(pid)) => Ok(pid),
+        // No clone3 (before Linux 5.3), or a filter that refuses it: the old way.
+        Err(_) => fork_worker(newborn),
+    }
+}
+
+/// `clone3(CLONE_PARENT)` as `fork` does a clone: `Ok(None)` in the new process, its pid
+/// in the caller. Call only in a process with a single thread (or run only
+/// async-signal-safe code in the child), with `thread` read in this very thread.
+fn clone_sibling(thread: ThreadRecord) -> std::io::Result<Option<u32>> {
+    // As glibc's fork: the kernel writes the child's thread id where the C library
+    // keeps it, and clears it when the child exits.
+    let flags = libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID;
+    let mut args = CloneArgs {
+        flags: flags as u64,
+        child_tid: thread.tid_address,
+        // With CLONE_PARENT the child's exit signal is the caller's own (SIGCHLD, that
+        // of a forked process); clone3 refuses one given here.
+        exit_signal: 0,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 as `fork` does it (no new stack: the child goes on with a copy of
+    // this one), plus CLONE_PARENT; the kernel reads `args` only. The server has a single
+    // thread, so the child may run any code: glibc's fork handlers, which this skips,
+    // only make other threads' locks usable in the child, and there are none.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     match pid {
-        0 => become_worker(newborn),
-        pid if pid > 0 => u32::try_from(pid).map_err(|_| format!("bad pid {pid}")),
-        _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
+        0 => {
+            let (head, len) = thread.robust_list;
+            if head != 0 {
+                // SAFETY: registers the list head the C library keeps for this thread
+                // (the same address in this copy of the caller), as its fork does; the
+                // kernel gives a new process none.
+                unsafe { libc::syscall(libc::SYS_set_robust_list, head, len) };
+            }
+            Ok(None)
+        }
+        pid if pid > 0 => u32::try_from(pid)
+            .map(Some)
+            .map_err(|_| std::io::Error::other(format!("bad pid {pid}"))),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -901,6 +1005,83 @@ fn become_worker(newborn: Newborn<'_>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The clock id of a thread's CPU time, as the kernel encodes it from the thread id
+    /// (`MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`).
+    fn thread_clock(tid: libc::pid_t) -> libc::clockid_t {
+        (!tid << 3) | 6
+    }
+
+    /// What the C library believes about the calling thread, compared with the kernel:
+    /// 0 when its thread id and robust list are this thread's, else which is wrong.
+    fn check_own_thread(robust_head: u64) -> u8 {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: reads the calling thread's record and writes `clock` only.
+        let got = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        // SAFETY: no arguments.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+        if got != 0 || clock != thread_clock(tid) {
+            return 1;
+        }
+        let (mut head, mut len): (u64, usize) = (0, 0);
+        // SAFETY: the kernel writes the two values.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0,
+                std::ptr::addr_of_mut!(head),
+                std::ptr::addr_of_mut!(len),
+            )
+        };
+        if got != 0 || head != robust_head {
+            return 2;
+        }
+        0
+    }
+
+    #[test]
+    fn a_cloned_worker_has_its_own_thread_id_and_robust_list() {
+        // A forked process plays the server; the clone of it is this test's child.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // SAFETY: the child runs system calls and reads of its own thread record only,
+        // async-signal-safe, then _exit: this test process has other threads.
+        let server = match unsafe { nix::unistd::fork() }.unwrap() {
+            ForkResult::Child => {
+                let outcome: u8 = match Birth::of_first_server() {
+                    Birth::Orphan => 10,
+                    Birth::Sibling(thread) => match clone_sibling(thread) {
+                        Ok(None) => check_own_thread(thread.robust_list.0),
+                        Ok(Some(_)) => 255,
+                        Err(_) => 11,
+                    },
+                };
+                if outcome != 255 {
+                    let _ = nix::unistd::write(&w, &[outcome]);
+                }
+                // SAFETY: ends this process at once, running nothing of the test's.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => child,
+        };
+        drop(w);
+        let mut outcome = [0u8; 1];
+        let n = nix::unistd::read(&r, &mut outcome).unwrap();
+        // Both the server and its sibling are children of this process.
+        assert_eq!(
+            nix::sys::wait::waitpid(server, None).unwrap(),
+            nix::sys::wait::WaitStatus::Exited(server, 0)
+        );
+        assert_eq!(n, 1);
+        assert_eq!(
+            outcome[0], 0,
+            "1: a stale thread id; 2: no robust list; 10: no PR_GET_TID_ADDRESS; 11: clone3 failed"
+        );
+        let sibling = nix::sys::wait::waitpid(None::<Pid>, None).unwrap();
+        assert!(
+            matches!(sibling, nix::sys::wait::WaitStatus::Exited(p, 0) if p != server),
+            "{sibling:?}"
+        );
+    }
 
     fn send_raw(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) {
         let cmsg = [ControlMessage::ScmRights(fds)];
