@@ -602,24 +602,26 @@ impl Birth {
         if got != 0 || tid_address == 0 {
             return Birth::Orphan;
         }
-        let (mut head, mut len): (u64, usize) = (0, 0);
-        // SAFETY: the kernel writes the head pointer and its length into the two values.
-        let got = unsafe {
-            libc::syscall(
-                libc::SYS_get_robust_list,
-                0,
-                std::ptr::addr_of_mut!(head),
-                std::ptr::addr_of_mut!(len),
-            )
-        };
-        if got != 0 {
-            (head, len) = (0, 0);
-        }
         Birth::Sibling(ThreadRecord {
             tid_address,
-            robust_list: (head, len),
+            robust_list: robust_list().unwrap_or((0, 0)),
         })
     }
+}
+
+/// The calling thread's robust-futex list as the kernel knows it: (head, length).
+fn robust_list() -> Option<(u64, usize)> {
+    let (mut head, mut len): (u64, usize) = (0, 0);
+    // SAFETY: the kernel writes the head pointer and its length into the two values.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            std::ptr::addr_of_mut!(head),
+            std::ptr::addr_of_mut!(len),
+        )
+    };
+    (got == 0).then_some((head, len))
 }
 
 /// `struct clone_args` of clone3(2), its first version (64 bytes).
@@ -1023,20 +1025,10 @@ mod tests {
         if got != 0 || clock != thread_clock(tid) {
             return 1;
         }
-        let (mut head, mut len): (u64, usize) = (0, 0);
-        // SAFETY: the kernel writes the two values.
-        let got = unsafe {
-            libc::syscall(
-                libc::SYS_get_robust_list,
-                0,
-                std::ptr::addr_of_mut!(head),
-                std::ptr::addr_of_mut!(len),
-            )
-        };
-        if got != 0 || head != robust_head {
-            return 2;
+        match robust_list() {
+            Some((head, _)) if head == robust_head => 0,
+            _ => 2,
         }
-        0
     }
 
     #[test]
