@@ -9,7 +9,7 @@
 //!   `fork`: a process with one thread may run any code after `fork`. The supervisor
 //!   itself never forks again without an `exec` (see [`crate::spawn`]).
 //! * **Workers stay the supervisor's children** ([`Birth`]). The server forked at start
-//!   creates each worker with one `clone(CLONE_PARENT)`: its parent is the server's,
+//!   creates each worker with one `clone3(CLONE_PARENT)`: its parent is the server's,
 //!   the supervisor's main thread. A server exec'd later (a restart, an upgrade) was
 //!   started by a helper thread, and a worker whose parent that thread were would get
 //!   its `PR_SET_PDEATHSIG` when the thread ends; it forks an intermediate process that
