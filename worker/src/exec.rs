@@ -212,7 +212,7 @@ impl Program {
             to_sup.clone(),
             actor.to_string(),
         )
-        .map_err(StartError::Crashed)?;
+        .map_err(|e| StartError::Crashed(e.to_string()))?;
         let mut p = Program {
             pid,
             sock: ours,
@@ -805,7 +805,7 @@ fn watch(
     wake: UnixStream,
     to_sup: Reporter,
     actor: String,
-) -> Result<(), String> {
+) -> Result<(), WatchError> {
     std::thread::Builder::new()
         .name("program-watch".into())
         .stack_size(64 * 1024)
@@ -852,7 +852,15 @@ fn watch(
             unsafe { libc::_exit(EXIT_PROGRAM_FAILED) }
         })
         .map(|_| ())
-        .map_err(|e| format!("start the program's watcher thread: {e}"))
+        .map_err(|error| WatchError { pid, error })
+}
+
+/// The thread that reaps the program (pid `pid`) could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("start the program's watcher thread: {error}")]
+struct WatchError {
+    pid: i32,
+    error: std::io::Error,
 }
 
 #[cfg(test)]

@@ -11,11 +11,48 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
 use nix::sys::socket::{MsgFlags, send};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
 use resurgam_shared::ipc::{Report, encode_report};
+
+/// Why the report socket could not be taken over from stdin (fd 0).
+#[derive(Debug, thiserror::Error)]
+pub enum InheritError {
+    /// fstat(2) of fd 0 failed.
+    #[error("stdin (the report socket): {0}")]
+    Stat(Errno),
+    /// fd 0 is not a socket (the worker was not started by a supervisor).
+    #[error("stdin is not the supervisor's report socket")]
+    NotASocket,
+    /// Duplicating fd 0 to a close-on-exec descriptor failed.
+    #[error("move the report socket off stdin: {0}")]
+    Move(Errno),
+    /// Opening `/dev/null` (to put on fd 0) failed.
+    #[error("open /dev/null: {0}")]
+    OpenNull(Errno),
+    /// dup2(2) of `/dev/null` onto fd 0 failed.
+    #[error("put /dev/null on stdin: {0}")]
+    NullOnStdin(std::io::Error),
+}
+
+/// Why a [`Report`] did not reach the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The report could not be encoded as a frame.
+    #[error("encode report: {0}")]
+    Encode(postcard::Error),
+    /// Writing the frame to the report socket failed (the supervisor is gone) after
+    /// `written` of its `frame_len` bytes.
+    #[error("write to the supervisor: {error}")]
+    Write {
+        error: Errno,
+        written: usize,
+        frame_len: usize,
+    },
+}
 
 /// A cloneable handle on the report socket.
 #[derive(Clone)]
@@ -25,28 +62,24 @@ pub struct Reporter {
 
 impl Reporter {
     /// Takes over the report socket from stdin. Call once, before any thread starts.
-    pub fn inherit() -> Result<Reporter, String> {
+    pub fn inherit() -> Result<Reporter, InheritError> {
         let stdin = std::io::stdin();
         let fd0 = stdin.as_fd();
-        let st = fstat(fd0).map_err(|e| format!("stdin (the report socket): {e}"))?;
+        let st = fstat(fd0).map_err(InheritError::Stat)?;
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-            return Err("stdin is not the supervisor's report socket".to_string());
+            return Err(InheritError::NotASocket);
         }
-        let moved = fcntl(fd0, FcntlArg::F_DUPFD_CLOEXEC(3))
-            .map_err(|e| format!("move the report socket off stdin: {e}"))?;
+        let moved = fcntl(fd0, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(InheritError::Move)?;
         let null = open(
             "/dev/null",
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| format!("open /dev/null: {e}"))?;
+        .map_err(InheritError::OpenNull)?;
         // SAFETY: dup2 onto fd 0 only replaces this process's stdin, which nothing reads
         // (the worker never reads stdin; its descriptor was moved just above).
         if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-            return Err(format!(
-                "put /dev/null on stdin: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(InheritError::NullOnStdin(std::io::Error::last_os_error()));
         }
         // SAFETY: `moved` is the descriptor F_DUPFD_CLOEXEC just created; nothing else
         // owns it.
@@ -65,8 +98,8 @@ impl Reporter {
     }
 
     /// Sends one report; blocks while the supervisor's side is full.
-    pub fn send(&self, report: &Report) -> Result<(), String> {
-        let frame = encode_report(report).map_err(|e| format!("encode report: {e}"))?;
+    pub fn send(&self, report: &Report) -> Result<(), SendError> {
+        let frame = encode_report(report).map_err(SendError::Encode)?;
         // A poisoned lock only means another thread panicked mid-write; the frame
         // boundary is then lost anyway and the supervisor will refuse the stream.
         let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,8 +108,14 @@ impl Reporter {
             // MSG_NOSIGNAL: a supervisor that is gone is an error here, never a SIGPIPE.
             match send(stream.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
                 Ok(n) => rest = &rest[n..],
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(format!("write to the supervisor: {e}")),
+                Err(Errno::EINTR) => {}
+                Err(error) => {
+                    return Err(SendError::Write {
+                        error,
+                        written: frame.len() - rest.len(),
+                        frame_len: frame.len(),
+                    });
+                }
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use resurgam_shared::protocol::ErrorKind;
 use crate::exec::{self, Program};
 use crate::keys::KeyTable;
 use crate::registry::{DynActor, Kind, Registry};
-use crate::report::Reporter;
+use crate::report::{self, Reporter};
 use crate::sys::Prepared;
 
 /// How long a restored worker must have had nothing to do before it verifies the older
@@ -87,6 +87,38 @@ enum Engine {
     Exec(Program),
 }
 
+/// Why a worker could not reach the point of waiting for its Init.
+#[derive(Debug, thiserror::Error)]
+enum BootstrapError {
+    #[error(transparent)]
+    ParentDeath(#[from] ParentDeathError),
+    #[error("bootstrap token is not UTF-8")]
+    TokenNotUtf8,
+    #[error(transparent)]
+    Report(#[from] report::InheritError),
+    /// The supervisor's one-shot bootstrap server named by `token` could not be reached.
+    #[error("connect to the supervisor: {error}")]
+    Connect {
+        token: String,
+        error: std::io::Error,
+    },
+    #[error("create the inbound channel: {0}")]
+    Channel(std::io::Error),
+    #[error("send hello: {0}")]
+    Hello(ipc_channel::IpcError),
+}
+
+/// Why the parent-death signal could not be armed.
+#[derive(Debug, thiserror::Error)]
+enum ParentDeathError {
+    #[error("prctl(PR_SET_PDEATHSIG): {0}")]
+    Prctl(nix::errno::Errno),
+    /// The supervisor that started this worker (its pid as it told us) is no longer
+    /// this process's parent.
+    #[error("supervisor (pid {pid}) is already gone")]
+    SupervisorGone { pid: u32 },
+}
+
 /// Why the worker cannot go on serving.
 enum Stop {
     /// Something other than the program failed (the supervisor is unreachable, a restore
@@ -123,7 +155,7 @@ struct Live {
 }
 
 impl Worker {
-    fn bootstrap(token: &OsStr) -> Result<Worker, String> {
+    fn bootstrap(token: &OsStr) -> Result<Worker, BootstrapError> {
         // Die with the supervisor, and take every process of this worker's process group
         // (an exec actor's program and whatever it started) along: the parent-death
         // signal's handler kills the whole group.
@@ -131,20 +163,19 @@ impl Worker {
         arm_parent_death()?;
         let token = token
             .to_str()
-            .ok_or("bootstrap token is not UTF-8")?
+            .ok_or(BootstrapError::TokenNotUtf8)?
             .to_string();
         let reporter = Reporter::inherit()?;
-        let bootstrap = IpcSender::<FromWorker>::connect(token)
-            .map_err(|e| format!("connect to the supervisor: {e}"))?;
-        let (tx, inbox) =
-            ipc::channel::<ToWorker>().map_err(|e| format!("create the inbound channel: {e}"))?;
+        let bootstrap = IpcSender::<FromWorker>::connect(token.clone())
+            .map_err(|error| BootstrapError::Connect { token, error })?;
+        let (tx, inbox) = ipc::channel::<ToWorker>().map_err(BootstrapError::Channel)?;
         bootstrap
             .send(FromWorker::Hello {
                 version: IPC_VERSION,
                 pid: std::process::id(),
                 to_worker: tx,
             })
-            .map_err(|e| format!("send hello: {e}"))?;
+            .map_err(BootstrapError::Hello)?;
         Ok(Worker {
             to_sup: reporter,
             inbox,
@@ -567,19 +598,18 @@ impl Worker {
 /// Sets the parent-death signal again (after a change of identity cleared it) and
 /// checks the supervisor did not die in between.
 fn rearm_parent_death() -> Result<(), Stop> {
-    arm_parent_death().map_err(Stop::Failed)
+    arm_parent_death().map_err(|e| Stop::Failed(e.to_string()))
 }
 
 /// Sets the parent-death signal. It is set after the supervisor's fork (or after a
 /// change of identity cleared it), so the supervisor may already be gone: compare with
 /// the pid it told us.
-fn arm_parent_death() -> Result<(), String> {
-    nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL)
-        .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
+fn arm_parent_death() -> Result<(), ParentDeathError> {
+    nix::sys::prctl::set_pdeathsig(PARENT_DEATH_SIGNAL).map_err(ParentDeathError::Prctl)?;
     match SUPERVISOR_PID.load(std::sync::atomic::Ordering::Relaxed) {
         0 => Ok(()),
-        p if nix::unistd::getppid().as_raw() as u32 != p => {
-            Err(format!("supervisor (pid {p}) is already gone"))
+        pid if nix::unistd::getppid().as_raw() as u32 != pid => {
+            Err(ParentDeathError::SupervisorGone { pid })
         }
         _ => Ok(()),
     }
