@@ -17,6 +17,48 @@ use serde::{Deserialize, Serialize};
 use resurgam_shared::ipc::{Call, CallKey, Outcome};
 use resurgam_shared::protocol::ErrorKind;
 
+/// Why a checkpoint's keys section is not a table: each names the record (its index,
+/// oldest first, and its byte offset in the section) where decoding stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    /// Fewer than the 4 bytes of a record's length are left.
+    #[error("the checkpoint's idempotency keys: a record cut short at byte {at}")]
+    LengthCutShort { record: usize, at: usize },
+    /// The record's length runs past the end of the section.
+    #[error("the checkpoint's idempotency keys: a record of {len} bytes at byte {at} is cut short")]
+    BodyCutShort {
+        record: usize,
+        at: usize,
+        len: usize,
+    },
+    #[error(
+        "the checkpoint's idempotency keys: the record at byte {at} cannot be decoded: {error}"
+    )]
+    Undecodable {
+        record: usize,
+        at: usize,
+        error: postcard::Error,
+    },
+    /// A key twice, or a record whose call is not after the one before it.
+    #[error("the checkpoint's idempotency keys: not in call order (key {key:?}, seq {seq})")]
+    OutOfOrder {
+        record: usize,
+        key: String,
+        seq: u64,
+    },
+    /// A record of a call after the checkpoint's last one.
+    #[error(
+        "the checkpoint's idempotency keys: key {key:?} names call seq {seq}, after the \
+         checkpoint's last call ({last_seq})"
+    )]
+    AfterCheckpoint {
+        record: usize,
+        key: String,
+        seq: u64,
+        last_seq: u64,
+    },
+}
+
 /// What identifies a call's method and args for a key, without keeping the args.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Fingerprint {
@@ -110,36 +152,40 @@ impl KeyTable {
     /// The table a checkpoint's keys section holds, as it was written (an empty
     /// section is an empty table). `last_seq` is the checkpoint's: a record of a later
     /// call is refused (the calls replayed after it would come out of order).
-    pub fn decode(section: &[u8], last_seq: u64) -> Result<KeyTable, String> {
-        let bad = |what: String| format!("the checkpoint's idempotency keys: {what}");
+    pub fn decode(section: &[u8], last_seq: u64) -> Result<KeyTable, KeysError> {
         let mut table = KeyTable::default();
         let mut at = 0usize;
+        let mut record = 0usize;
         while at < section.len() {
             let len = section
                 .get(at..at + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| bad(format!("a record cut short at byte {at}")))?;
+                .ok_or(KeysError::LengthCutShort { record, at })?;
             let body = section
                 .get(at + 4..at + 4 + len)
-                .ok_or_else(|| bad(format!("a record of {len} bytes at byte {at} is cut short")))?;
+                .ok_or(KeysError::BodyCutShort { record, at, len })?;
             let e: Remembered = postcard::from_bytes(body)
-                .map_err(|e| bad(format!("the record at byte {at} cannot be decoded: {e}")))?;
+                .map_err(|error| KeysError::Undecodable { record, at, error })?;
             if table.index.contains_key(&e.key)
                 || table.slots.back().is_some_and(|last| last.seq >= e.seq)
             {
-                return Err(bad(format!(
-                    "not in call order (key {:?}, seq {})",
-                    e.key, e.seq
-                )));
+                return Err(KeysError::OutOfOrder {
+                    record,
+                    key: e.key,
+                    seq: e.seq,
+                });
             }
             if e.seq > last_seq {
-                return Err(bad(format!(
-                    "key {:?} names call seq {}, after the checkpoint's last call ({last_seq})",
-                    e.key, e.seq
-                )));
+                return Err(KeysError::AfterCheckpoint {
+                    record,
+                    key: e.key,
+                    seq: e.seq,
+                    last_seq,
+                });
             }
             table.add_slot(&e.key, e.seq, e.cost(), at as u64, 4 + len);
             at += 4 + len;
+            record += 1;
         }
         table.records = section.to_vec().into();
         Ok(table)
@@ -414,12 +460,21 @@ mod tests {
             swapped.extend(body);
         }
         let e = KeyTable::decode(&swapped, 3).unwrap_err();
-        assert!(e.contains("call order"), "{e}");
+        assert!(
+            matches!(e, KeysError::OutOfOrder { record: 1, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("call order"), "{e}");
         // A record of a call after the checkpoint's last one cannot be in it: taken in,
         // the calls replayed after it would be out of order, and a retry of their keys
         // would not be found (it would run twice).
         assert!(KeyTable::decode(&bytes, 3).is_ok());
         let e = KeyTable::decode(&bytes, 2).unwrap_err();
+        assert!(
+            matches!(e, KeysError::AfterCheckpoint { record: 1, .. }),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("seq 3") && e.contains("(2)"), "{e}");
     }
 }

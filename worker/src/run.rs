@@ -374,7 +374,8 @@ impl Worker {
             .sections()
             .map_err(|e| fatal(cannot_load(e.to_string())))?;
         let last_seq = restore.chosen.map_or(0, |(_, _, last_seq)| last_seq);
-        let keys = KeyTable::decode(sections.keys, last_seq).map_err(|e| fatal(cannot_load(e)))?;
+        let keys = KeyTable::decode(sections.keys, last_seq)
+            .map_err(|e| fatal(cannot_load(e.to_string())))?;
         let (engine, program_pid) = match (kind, &init.exec) {
             (Some(kind), _) => {
                 let actor = match restore.chosen {
