@@ -1265,35 +1265,67 @@ fn parse_mode(text: &str) -> Option<u32> {
     (mode <= 0o777).then_some(mode)
 }
 
+/// Why a size text is not a size. Each names the input (`text`, as written); the message
+/// is embedded in the config error that gives its place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SizeError {
+    #[error(
+        "size {text:?} is empty; write a number of bytes or a number with a unit, e.g. \
+         \"512MiB\""
+    )]
+    Empty { text: String },
+    #[error(
+        "size {text:?} is negative; write a number of bytes >= 0 or a size such as \
+         \"512MiB\""
+    )]
+    Negative { text: String },
+    #[error("size {text:?} does not start with a number; e.g. \"512MiB\" or \"2G\"")]
+    NoNumber { text: String },
+    #[error(
+        "size {text:?} is not a whole number; use a smaller unit instead of a fraction, \
+         e.g. \"1536MiB\" rather than \"1.5GiB\""
+    )]
+    Fraction { text: String },
+    #[error(
+        "size {text:?} has unknown unit {unit:?}{}; allowed units: {SIZE_UNITS}, or none for \
+         bytes",
+        ambiguous_unit_hint(.unit)
+    )]
+    UnknownUnit { text: String, unit: String },
+    #[error("size {text:?} is too large (at most 2^64 - 1 bytes)")]
+    TooLarge { text: String },
+}
+
+/// For a decimal-looking unit (`"MB"`), the advice to write the binary one; else empty.
+fn ambiguous_unit_hint(unit: &str) -> String {
+    match unit {
+        "KB" | "MB" | "GB" | "TB" | "kB" => format!(
+            " ({unit:?} is ambiguous: write {}iB for powers of 1024)",
+            &unit[..1].to_uppercase()
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Parses a size: a whole number of bytes with an optional unit, `"4096"`, `"64KiB"`,
 /// `"512MiB"`, `"1G"`. K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024; `B` (or none) is
 /// bytes. The error names the input and says what is allowed.
-fn parse_size(text: &str) -> Result<u64, String> {
+fn parse_size(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
+    let input = || text.to_string();
     if t.is_empty() {
-        return Err(format!(
-            "size {text:?} is empty; write a number of bytes or a number with a unit, e.g. \
-             \"512MiB\""
-        ));
+        return Err(SizeError::Empty { text: input() });
     }
     if t.starts_with('-') {
-        return Err(format!(
-            "size {text:?} is negative; write a number of bytes >= 0 or a size such as \
-             \"512MiB\""
-        ));
+        return Err(SizeError::Negative { text: input() });
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if number.is_empty() {
-        return Err(format!(
-            "size {text:?} does not start with a number; e.g. \"512MiB\" or \"2G\""
-        ));
+        return Err(SizeError::NoNumber { text: input() });
     }
     if unit.starts_with(['.', ',']) {
-        return Err(format!(
-            "size {text:?} is not a whole number; use a smaller unit instead of a fraction, \
-             e.g. \"1536MiB\" rather than \"1.5GiB\""
-        ));
+        return Err(SizeError::Fraction { text: input() });
     }
     let shift = match unit.trim_start() {
         "" | "B" => 0,
@@ -1302,26 +1334,17 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
         other => {
-            let hint = match other {
-                "KB" | "MB" | "GB" | "TB" | "kB" => {
-                    format!(
-                        " ({other:?} is ambiguous: write {}iB for powers of 1024)",
-                        &other[..1].to_uppercase()
-                    )
-                }
-                _ => String::new(),
-            };
-            return Err(format!(
-                "size {text:?} has unknown unit {other:?}{hint}; allowed units: {SIZE_UNITS}, or \
-                 none for bytes"
-            ));
+            return Err(SizeError::UnknownUnit {
+                text: input(),
+                unit: other.to_string(),
+            });
         }
     };
     number
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| format!("size {text:?} is too large (at most 2^64 - 1 bytes)"))
+        .ok_or_else(|| SizeError::TooLarge { text: input() })
 }
 
 /// Formats a byte count with the largest binary unit that divides it: `"16MiB"`.
@@ -2428,7 +2451,7 @@ impl Checker<'_> {
             SizeValue::Int(n) => u64::try_from(*n).map_err(|_| {
                 format!("{n} is negative; use a number of bytes >= 0 or a size such as \"512MiB\"")
             }),
-            SizeValue::Text(t) => parse_size(t),
+            SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()),
         };
         match parsed {
             Ok(bytes) => Some(bytes),
@@ -4447,7 +4470,7 @@ limit_processes = 10
             ("1mib", "unknown unit"),
         ];
         for (text, needle) in bad {
-            let e = parse_size(text).unwrap_err();
+            let e = parse_size(text).unwrap_err().to_string();
             assert!(
                 e.contains(needle),
                 "{text:?}: {e} should mention {needle:?}"
@@ -4457,7 +4480,19 @@ limit_processes = 10
                 "{e} should name the input"
             );
         }
-        assert!(parse_size("1x").unwrap_err().contains(SIZE_UNITS));
+        assert!(
+            parse_size("1x")
+                .unwrap_err()
+                .to_string()
+                .contains(SIZE_UNITS)
+        );
+        assert_eq!(
+            parse_size(" 5 parsecs"),
+            Err(SizeError::UnknownUnit {
+                text: " 5 parsecs".to_string(),
+                unit: "parsecs".to_string(),
+            })
+        );
         for (bytes, text) in [
             (0, "0B"),
             (1, "1B"),
