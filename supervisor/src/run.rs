@@ -140,9 +140,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         format!("control socket {}", sup.socket.display()),
         &control::lock_path(&sup.socket).map_err(RunError::Socket)?,
     )?;
-    let manifest = Arc::new(Mutex::new(
-        Manifest::open(&sup.state_dir).map_err(RunError::Manifest)?,
-    ));
+    let manifest = Arc::new(Mutex::new(Manifest::open(&sup.state_dir)?));
     spawn::bootstrap_on_tmpfs(&sup.runtime_dir);
     report_orphan_logs(&config);
 
