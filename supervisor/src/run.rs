@@ -103,15 +103,77 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Runs the supervisor until it is stopped. Returns the process exit code.
-/// Runs the supervisor until it stops. `forks` is the fork server, started before any
-/// thread (see [`ForkServer::start`]).
+/// Runs the supervisor until it stops and returns the process exit code. `forks` is the
+/// fork server, started before any thread (see [`ForkServer::start`]). Set-up goes in
+/// this order: signals (before any thread), the directories and their locks, every
+/// actor's files and log, the loop and its helper threads, the control socket last.
 pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32, RunError> {
     let forks = Arc::new(forks);
     let (signals, children) =
         reap::register().map_err(RunError::setup("register signal handlers"))?;
     raise_fd_limit();
-    let sup = &config.supervisor;
+    let _locks = claim_dirs(&config.supervisor)?;
+    let manifest = Arc::new(Mutex::new(Manifest::open(&config.supervisor.state_dir)?));
+    spawn::bootstrap_on_tmpfs(&config.supervisor.runtime_dir);
+    report_orphan_logs(&config);
+    let actors = prepare_actors(&config, registry, &manifest)?;
+    let helpers = Helpers::start(signals, &children, &forks, &manifest)?;
+    let (conns, _socket_file) = serve_control(&config, &helpers.poll_registry)?;
+    let http = metrics_http(&config, &helpers.poll_registry)?;
+    log_start(&config, &manifest);
+
+    let mut core = Core::new(&config, actors.specs, std::process::id(), Instant::now());
+    let (mut poll, events) = (helpers.poll, helpers.events);
+    let mut shell = Shell::new(ShellParts {
+        config,
+        registry: registry.clone(),
+        files: actors.files,
+        launches: actors.launches,
+        logs: actors.logs,
+        conns,
+        http,
+        children,
+        output: helpers.output,
+        poll_registry: helpers.poll_registry,
+        spawn_tx: helpers.spawn_tx,
+        disk_tx: helpers.disk_tx,
+        fsync_tx: helpers.fsync_tx,
+        forks,
+        manifest,
+        stats: helpers.stats,
+    });
+    let mut actions = Vec::new();
+    // Children that died before the SIGCHLD handler existed (the fork server).
+    shell.reap_children(&mut core);
+    shell.run_actions(&mut core, &mut actions);
+    // After the actors' own spawns: standby workers for the restarts to come.
+    shell.standby.fill(&shell.spawn_tx);
+
+    let mut ready = Events::with_capacity(1024);
+    while shell.exit_code.is_none() {
+        shell.turn(&mut core, &mut poll, &mut ready, &events, &mut actions)?;
+    }
+    let code = shell.exit_code.unwrap_or(1);
+    shell.flush_before_exit(&mut poll, &mut ready);
+    // Every worker is gone; so must be whatever the actors left behind (G9).
+    shell.workers.kill_all();
+    let forks = shell.forks.clone();
+    sweep::kill_all_children(|p| forks.is_server(p), Duration::from_secs(2));
+    Ok(code)
+}
+
+/// The locks `run` holds while it runs: the state directory's, the runtime directory's
+/// (two supervisors on one runtime_dir would share the actors' memory-mapped
+/// checkpoints) and the control socket's (on one socket, its clients).
+struct DirLocks {
+    _state: Flock<std::fs::File>,
+    _runtime: Option<Flock<std::fs::File>>,
+    _socket: Flock<std::fs::File>,
+}
+
+/// Creates the state and runtime directories (private), refuses unsafe ones unless
+/// `allow_shared_dirs`, and takes the locks.
+fn claim_dirs(sup: &resurgam_shared::config::SupervisorConfig) -> Result<DirLocks, RunError> {
     for (what, dir) in [("state", &sup.state_dir), ("runtime", &sup.runtime_dir)] {
         safefs::create_dir_all_private(dir).map_err(|source| RunError::CreateDir {
             what,
@@ -128,66 +190,123 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     }
     let lock_in =
         |what: &str, dir: &Path| lock(format!("{what} {}", dir.display()), &dir.join(LOCK_FILE));
-    let _lock = lock_in("state directory", &sup.state_dir)?;
-    // The runtime directory and the socket too: two supervisors on one runtime_dir
-    // would share the actors' memory-mapped checkpoints, on one socket its clients.
-    let _runtime_lock = if sup.runtime_dir == sup.state_dir {
+    let state = lock_in("state directory", &sup.state_dir)?;
+    let runtime = if sup.runtime_dir == sup.state_dir {
         None
     } else {
         Some(lock_in("runtime directory", &sup.runtime_dir)?)
     };
-    let _socket_lock = lock(
+    let socket = lock(
         format!("control socket {}", sup.socket.display()),
         &control::lock_path(&sup.socket).map_err(RunError::Socket)?,
     )?;
-    let manifest = Arc::new(Mutex::new(Manifest::open(&sup.state_dir)?));
-    spawn::bootstrap_on_tmpfs(&sup.runtime_dir);
-    report_orphan_logs(&config);
+    Ok(DirLocks {
+        _state: state,
+        _runtime: runtime,
+        _socket: socket,
+    })
+}
 
-    let mut specs = Vec::new();
-    let mut files = Vec::new();
-    let mut logs = Vec::new();
-    let mut launches = Vec::new();
+/// Every configured actor's spec for the core, files, recovered call log and launch.
+struct PreparedActors {
+    specs: Vec<ActorSpec>,
+    files: Vec<Files>,
+    logs: Vec<ActorLog>,
+    launches: Vec<Launched>,
+}
+
+fn prepare_actors(
+    config: &Config,
+    registry: &Registry,
+    manifest: &Arc<Mutex<Manifest>>,
+) -> Result<PreparedActors, RunError> {
+    let mut prepared = PreparedActors {
+        specs: Vec::new(),
+        files: Vec::new(),
+        logs: Vec::new(),
+        launches: Vec::new(),
+    };
     for a in &config.actors {
-        let (spec, f, log, launched) = prepare_actor(&config, a, registry, &manifest)?;
-        specs.push(spec);
-        files.push(f);
-        logs.push(log);
-        launches.push(launched);
+        let (spec, f, log, launched) = prepare_actor(config, a, registry, manifest)?;
+        prepared.specs.push(spec);
+        prepared.files.push(f);
+        prepared.logs.push(log);
+        prepared.launches.push(launched);
     }
+    Ok(prepared)
+}
 
-    let mut poll = Poll::new().map_err(RunError::setup("create the event loop"))?;
-    let poll_registry = poll
-        .registry()
-        .try_clone()
-        .map_err(RunError::setup("create the event loop"))?;
-    let waker = Waker::new(poll.registry(), token::WAKER)
-        .map_err(RunError::setup("create the event loop's waker"))?;
-    children
-        .socket()
-        .and_then(|mut s| {
-            poll.registry()
-                .register(&mut s, token::CHILD, Interest::READABLE)
+/// The event loop's poll and what its helper threads (signals, output relay, spawners,
+/// disk copies, log fsyncs) are reached through; the threads wake the loop through the
+/// waker behind `events`.
+struct Helpers {
+    poll: Poll,
+    poll_registry: mio::Registry,
+    events: crossbeam_channel::Receiver<ShellEvent>,
+    spawn_tx: Sender<SpawnJob>,
+    disk_tx: Sender<(ActorId, Files)>,
+    fsync_tx: Sender<LogJob>,
+    output: OutputRelay,
+    stats: ShellStats,
+}
+
+impl Helpers {
+    fn start(
+        signals: signal_hook::iterator::Signals,
+        children: &reap::ChildSignals,
+        forks: &Arc<ForkServer>,
+        manifest: &Arc<Mutex<Manifest>>,
+    ) -> Result<Helpers, RunError> {
+        let poll = Poll::new().map_err(RunError::setup("create the event loop"))?;
+        let poll_registry = poll
+            .registry()
+            .try_clone()
+            .map_err(RunError::setup("create the event loop"))?;
+        let waker = Waker::new(poll.registry(), token::WAKER)
+            .map_err(RunError::setup("create the event loop's waker"))?;
+        children
+            .socket()
+            .and_then(|mut s| {
+                poll.registry()
+                    .register(&mut s, token::CHILD, Interest::READABLE)
+            })
+            .map_err(RunError::setup("watch SIGCHLD in the event loop"))?;
+        let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
+        let tx = LoopTx::new(events_tx, Arc::new(waker));
+        let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
+        let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
+        reap::start(signals, tx.clone()).map_err(RunError::setup("start signal thread"))?;
+        let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
+        spawn::start_spawners(spawn_rx, tx.clone(), output.clone(), forks.clone())
+            .map_err(RunError::setup("start spawner thread"))?;
+        disk::start(disk_rx, tx.clone(), manifest.clone())
+            .map_err(RunError::setup("start disk thread"))?;
+        let stats = ShellStats::new();
+        let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<LogJob>();
+        calllog::start_fsync_thread(fsync_rx, tx, stats.fsync.clone(), manifest.clone())
+            .map_err(RunError::setup("start fsync thread"))?;
+        Ok(Helpers {
+            poll,
+            poll_registry,
+            events,
+            spawn_tx,
+            disk_tx,
+            fsync_tx,
+            output,
+            stats,
         })
-        .map_err(RunError::setup("watch SIGCHLD in the event loop"))?;
-    let (events_tx, events) = crossbeam_channel::unbounded::<ShellEvent>();
-    let tx = LoopTx::new(events_tx, Arc::new(waker));
-    let (spawn_tx, spawn_rx) = crossbeam_channel::unbounded::<SpawnJob>();
-    let (disk_tx, disk_rx) = crossbeam_channel::unbounded::<(ActorId, Files)>();
-    reap::start(signals, tx.clone()).map_err(RunError::setup("start signal thread"))?;
-    let output = OutputRelay::start().map_err(RunError::setup("start the output thread"))?;
-    spawn::start_spawners(spawn_rx, tx.clone(), output.clone(), forks.clone())
-        .map_err(RunError::setup("start spawner thread"))?;
-    disk::start(disk_rx, tx.clone(), manifest.clone())
-        .map_err(RunError::setup("start disk thread"))?;
-    let stats = ShellStats::new();
-    let (fsync_tx, fsync_rx) = crossbeam_channel::unbounded::<LogJob>();
-    calllog::start_fsync_thread(fsync_rx, tx.clone(), stats.fsync.clone(), manifest.clone())
-        .map_err(RunError::setup("start fsync thread"))?;
-    drop(tx);
+    }
+}
 
+/// Binds the control socket (last: a client that connects finds every actor set up) and
+/// the connections' state on the loop. The socket file is removed when the guard drops.
+fn serve_control(
+    config: &Config,
+    poll_registry: &mio::Registry,
+) -> Result<(Conns, SocketFile), RunError> {
+    let sup = &config.supervisor;
     let listener = control::bind(&sup.socket, sup.socket_mode)?;
-    let _socket_file = SocketFile(sup.socket.clone());
+    let socket_file = SocketFile(sup.socket.clone());
     listener
         .set_nonblocking(true)
         .map_err(|source| SocketError::Setup {
@@ -211,22 +330,30 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         },
     )
     .map_err(RunError::setup("serve the control socket"))?;
+    Ok((conns, socket_file))
+}
 
-    let http = match sup.metrics_listen {
-        Some(addr) => {
-            let registry = poll_registry
-                .try_clone()
-                .map_err(RunError::setup("create the event loop"))?;
-            let http = MetricsHttp::bind(addr, registry)
-                .map_err(|source| RunError::MetricsListen { addr, source })?;
-            let at = http.local_addr().unwrap_or(addr);
-            tracing::info!(addr = %at, "metrics endpoint listening: GET http://{at}/metrics");
-            Some(http)
-        }
-        None => None,
+/// The metrics endpoint, when `metrics_listen` is set.
+fn metrics_http(
+    config: &Config,
+    poll_registry: &mio::Registry,
+) -> Result<Option<MetricsHttp>, RunError> {
+    let Some(addr) = config.supervisor.metrics_listen else {
+        return Ok(None);
     };
+    let registry = poll_registry
+        .try_clone()
+        .map_err(RunError::setup("create the event loop"))?;
+    let http = MetricsHttp::bind(addr, registry)
+        .map_err(|source| RunError::MetricsListen { addr, source })?;
+    let at = http.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %at, "metrics endpoint listening: GET http://{at}/metrics");
+    Ok(Some(http))
+}
 
-    let shell_manifest_id = manifest
+fn log_start(config: &Config, manifest: &Arc<Mutex<Manifest>>) {
+    let sup = &config.supervisor;
+    let id = manifest
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .id()
@@ -234,77 +361,82 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
     tracing::info!(
         socket = %std::path::absolute(&sup.socket).unwrap_or_else(|_| sup.socket.clone()).display(),
         state_dir = %sup.state_dir.display(),
-        state_dir_id = %shell_manifest_id,
+        state_dir_id = %id,
         actors = config.actors.len(),
         pid = std::process::id(),
         "resurgam supervisor starting"
     );
+}
 
-    let mut core = Core::new(&config, specs, std::process::id(), Instant::now());
-    let notifier = Notifier::from_env();
-    let next_watchdog = notifier.watchdog_interval().map(|d| Instant::now() + d);
-    let config_standby = config.supervisor.standby_workers;
-    let mut shell = Shell {
-        workers: KillOnDrop(
-            (0..config.actors.len())
-                .map(|_| WorkerSlot::default())
-                .collect(),
-        ),
-        actor_configs: config.actors.clone(),
-        config,
-        registry: registry.clone(),
-        notifier,
-        ready_sent: false,
-        stopping_sent: false,
-        status_states: String::new(),
-        status_due: Instant::now(),
-        next_watchdog,
-        files,
-        launches,
-        pids: HashMap::new(),
-        early_exits: HashMap::new(),
-        conns,
-        standby: StandbyPool::new(config_standby),
-        refill_after_ready: false,
-        refill_at: None,
-        sweep_at: None,
-        children,
-        output,
-        poll_registry,
-        worker_reads: VecDeque::new(),
-        spin: Duration::ZERO,
-        read_scratch: vec![0; 64 * 1024],
-        report_scratch: Vec::new(),
-        spawn_tx,
-        forks,
-        disk_tx,
-        manifest,
-        logs,
-        fsync_tx,
-        exit_code: None,
-        stats,
-        events: EventLog::default(),
-        http,
-        notices: Vec::new(),
-    };
-    let mut actions = Vec::new();
-    // Children that died before the SIGCHLD handler existed (the fork server).
-    shell.reap_children(&mut core);
-    shell.run_actions(&mut core, &mut actions);
-    // After the actors' own spawns: standby workers for the restarts to come.
-    shell.standby.fill(&shell.spawn_tx);
+/// What [`Shell::new`] is built from.
+struct ShellParts {
+    config: Config,
+    registry: Registry,
+    files: Vec<Files>,
+    launches: Vec<Launched>,
+    logs: Vec<ActorLog>,
+    conns: Conns,
+    http: Option<MetricsHttp>,
+    children: reap::ChildSignals,
+    output: OutputRelay,
+    poll_registry: mio::Registry,
+    spawn_tx: Sender<SpawnJob>,
+    disk_tx: Sender<(ActorId, Files)>,
+    fsync_tx: Sender<LogJob>,
+    forks: Arc<ForkServer>,
+    manifest: Arc<Mutex<Manifest>>,
+    stats: ShellStats,
+}
 
-    let mut ready = Events::with_capacity(1024);
-    while shell.exit_code.is_none() {
-        shell.turn(&mut core, &mut poll, &mut ready, &events, &mut actions)?;
+impl Shell {
+    fn new(p: ShellParts) -> Shell {
+        let notifier = Notifier::from_env();
+        let next_watchdog = notifier.watchdog_interval().map(|d| Instant::now() + d);
+        let standby = StandbyPool::new(p.config.supervisor.standby_workers);
+        Shell {
+            workers: KillOnDrop(
+                (0..p.config.actors.len())
+                    .map(|_| WorkerSlot::default())
+                    .collect(),
+            ),
+            actor_configs: p.config.actors.clone(),
+            config: p.config,
+            registry: p.registry,
+            notifier,
+            ready_sent: false,
+            stopping_sent: false,
+            status_states: String::new(),
+            status_due: Instant::now(),
+            next_watchdog,
+            files: p.files,
+            launches: p.launches,
+            pids: HashMap::new(),
+            early_exits: HashMap::new(),
+            conns: p.conns,
+            standby,
+            refill_after_ready: false,
+            refill_at: None,
+            sweep_at: None,
+            children: p.children,
+            output: p.output,
+            poll_registry: p.poll_registry,
+            worker_reads: VecDeque::new(),
+            spin: Duration::ZERO,
+            read_scratch: vec![0; 64 * 1024],
+            report_scratch: Vec::new(),
+            spawn_tx: p.spawn_tx,
+            forks: p.forks,
+            disk_tx: p.disk_tx,
+            manifest: p.manifest,
+            logs: p.logs,
+            fsync_tx: p.fsync_tx,
+            exit_code: None,
+            stats: p.stats,
+            events: EventLog::default(),
+            http: p.http,
+            notices: Vec::new(),
+        }
     }
-    let code = shell.exit_code.unwrap_or(1);
-    shell.flush_before_exit(&mut poll, &mut ready);
-    // Every worker is gone; so must be whatever the actors left behind (G9).
-    shell.workers.kill_all();
-    let forks = shell.forks.clone();
-    sweep::kill_all_children(|p| forks.is_server(p), Duration::from_secs(2));
-    Ok(code)
 }
 
 /// How long after a taken standby's replacement worker is ready the pool refills: a
