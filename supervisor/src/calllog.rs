@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::fcntl::OFlag;
@@ -574,6 +575,21 @@ pub enum LogJob {
     },
 }
 
+/// Why a segment is not durable after a group commit (shared, through an `Rc`, by every
+/// call of the batch that waited on the same file).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    /// The fsync of the segment itself.
+    #[error("{0}")]
+    Data(std::io::Error),
+    /// The fsync of the directory that holds the segment's entry.
+    #[error("fsync directory {}: {source}", dir.display())]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Records an actor's log in the manifest; a failure is logged (the calls go on, as
 /// they would with the manifest gone).
 fn record_logged(manifest: &Mutex<Manifest>, actor: &str) {
@@ -611,21 +627,25 @@ pub fn start_fsync_thread(
                         }
                     }
                 }
-                let mut done: HashMap<ActorId, (u64, Option<String>)> = HashMap::new();
-                let mut synced: Vec<(*const File, Result<(), String>)> = Vec::new();
+                let mut done: HashMap<ActorId, (u64, Option<Rc<SyncError>>)> = HashMap::new();
+                let mut synced: Vec<(*const File, Result<(), Rc<SyncError>>)> = Vec::new();
                 for r in &batch {
                     let key = Arc::as_ptr(&r.file);
                     let result = match synced.iter().find(|(k, _)| *k == key) {
                         Some((_, res)) => res.clone(),
                         None => {
                             let start = std::time::Instant::now();
-                            let mut res = r.file.sync_data().map_err(|e| e.to_string());
+                            let mut res =
+                                r.file.sync_data().map_err(|e| Rc::new(SyncError::Data(e)));
                             let known = entered
                                 .get(&r.actor)
                                 .is_some_and(|f| Arc::ptr_eq(f, &r.file));
                             if res.is_ok() && !known {
-                                res = r.dir.sync().map_err(|e| {
-                                    format!("fsync directory {}: {e}", r.dir.path().display())
+                                res = r.dir.sync().map_err(|source| {
+                                    Rc::new(SyncError::Dir {
+                                        dir: r.dir.path().to_path_buf(),
+                                        source,
+                                    })
                                 });
                                 if res.is_ok() {
                                     entered.insert(r.actor, r.file.clone());
@@ -645,7 +665,11 @@ pub fn start_fsync_thread(
                 for (actor, (upto, error)) in done {
                     let ev = match error {
                         None => Event::Durable { actor, upto },
-                        Some(error) => Event::DurableFailed { actor, upto, error },
+                        Some(error) => Event::DurableFailed {
+                            actor,
+                            upto,
+                            error: error.to_string(),
+                        },
                     };
                     if events.send(ShellEvent::Core(ev)).is_err() {
                         return;

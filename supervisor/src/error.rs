@@ -24,6 +24,8 @@ pub enum RunError {
     },
     #[error("state directory manifest: {0}")]
     Manifest(String),
+    #[error("state directory manifest: {0}")]
+    OpenManifest(#[from] crate::manifest::ManifestError),
     #[error("open lock file {}: {source}", path.display())]
     LockFile { path: PathBuf, source: io::Error },
     #[error(

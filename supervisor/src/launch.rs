@@ -48,7 +48,7 @@ pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>
         .and_then(|u| match lookup_user(&u.value) {
             Ok(found) => Some((u, found)),
             Err(e) => {
-                errors.push(at(u, e));
+                errors.push(at(u, e.to_string()));
                 None
             }
         });
@@ -58,7 +58,7 @@ pub fn resolve(config: &Config, a: &ActorConfig) -> Result<Launched, Vec<String>
         .and_then(|g| match lookup_group(&g.value) {
             Ok(gid) => Some((g, gid)),
             Err(e) => {
-                errors.push(at(g, e));
+                errors.push(at(g, e.to_string()));
                 None
             }
         });
@@ -160,35 +160,61 @@ fn config_dir(path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// Why a `user` or `group` of an actor's launch settings names no account here.
+#[derive(Debug, thiserror::Error)]
+enum AccountError {
+    #[error("{kind} {name:?}: no such {kind} on this machine")]
+    Unknown { kind: &'static str, name: String },
+    #[error("{kind} {name:?}: cannot read the {kind} database: {source}")]
+    Database {
+        kind: &'static str,
+        name: String,
+        source: nix::errno::Errno,
+    },
+}
+
+impl AccountError {
+    fn unknown(kind: &'static str, name: &str) -> AccountError {
+        AccountError::Unknown {
+            kind,
+            name: name.to_string(),
+        }
+    }
+
+    fn database(kind: &'static str, name: &str) -> impl FnOnce(nix::errno::Errno) -> AccountError {
+        move |source| AccountError::Database {
+            kind,
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
 /// A user by name or number: its uid and primary gid.
-fn lookup_user(text: &str) -> Result<(Uid, Gid), String> {
+fn lookup_user(text: &str) -> Result<(Uid, Gid), AccountError> {
     let found = match text.parse::<u32>() {
         Ok(n) => User::from_uid(Uid::from_raw(n)),
         Err(_) => User::from_name(text),
     };
-    match found {
-        Ok(Some(u)) => Ok((u.uid, u.gid)),
+    match found.map_err(AccountError::database("user", text))? {
+        Some(u) => Ok((u.uid, u.gid)),
         // A numeric uid need not have a passwd entry: its primary group is then its own
         // number, as systemd's DynamicUser does.
-        Ok(None) => match text.parse::<u32>() {
+        None => match text.parse::<u32>() {
             Ok(n) => Ok((Uid::from_raw(n), Gid::from_raw(n))),
-            Err(_) => Err(format!("user {text:?}: no such user on this machine")),
+            Err(_) => Err(AccountError::unknown("user", text)),
         },
-        Err(e) => Err(format!("user {text:?}: cannot read the user database: {e}")),
     }
 }
 
 /// A group by name or number.
-fn lookup_group(text: &str) -> Result<Gid, String> {
+fn lookup_group(text: &str) -> Result<Gid, AccountError> {
     if let Ok(n) = text.parse::<u32>() {
         return Ok(Gid::from_raw(n));
     }
-    match Group::from_name(text) {
-        Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(format!("group {text:?}: no such group on this machine")),
-        Err(e) => Err(format!(
-            "group {text:?}: cannot read the group database: {e}"
-        )),
+    match Group::from_name(text).map_err(AccountError::database("group", text))? {
+        Some(g) => Ok(g.gid),
+        None => Err(AccountError::unknown("group", text)),
     }
 }
 
@@ -246,12 +272,16 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors_naming_them() {
-        let e = lookup_user("no-such-user-resurgam").unwrap_err();
+        let e = lookup_user("no-such-user-resurgam")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("no-such-user-resurgam") && e.contains("no such user"),
             "{e}"
         );
-        let e = lookup_group("no-such-group-resurgam").unwrap_err();
+        let e = lookup_group("no-such-group-resurgam")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no such group"), "{e}");
     }
 }

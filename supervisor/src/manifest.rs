@@ -36,6 +36,59 @@ pub const FORMAT: u32 = 1;
 /// Largest manifest read (a bigger one is refused as damaged).
 const MAX_BYTES: u64 = 4 << 20;
 
+/// Why the manifest could not be read or made, each case naming the file (the texts are
+/// what an operator reads on stderr when `resurgam run` refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The state directory cannot be opened (the error names it).
+    #[error("{source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The manifest cannot be opened (a link, say: the error says so).
+    #[error("{source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A new manifest cannot be written.
+    #[error("{source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is larger than {MAX_BYTES} bytes: not a resurgam state manifest", path.display())]
+    TooLarge { path: PathBuf },
+    #[error(
+        "{} is damaged ({why}); it records which actors this state directory holds: \
+         restore it from a backup, or remove it to start over (the actors' files are \
+         then trusted as they are)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, why: Damage },
+    /// The format it has (`?` when it names none).
+    #[error(
+        "{} has format {found}; this build reads format {FORMAT} (a newer resurgam wrote it?)",
+        path.display()
+    )]
+    Format { path: PathBuf, found: String },
+}
+
+/// What is wrong in a damaged manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("bad id {0:?}")]
+    BadId(String),
+}
+
 /// What the state directory records about one actor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,13 +135,17 @@ impl Manifest {
     /// Reads the manifest of `state_dir`, or makes a new one (with a new id) when the
     /// directory has none yet. A damaged manifest is an error naming the file: the
     /// operator decides (it is never silently replaced).
-    pub fn open(state_dir: &Path) -> Result<Manifest, String> {
-        let dir = Dir::open_configured(state_dir).map_err(|e| e.to_string())?;
+    pub fn open(state_dir: &Path) -> Result<Manifest, ManifestError> {
+        let dir = Dir::open_configured(state_dir).map_err(|source| ManifestError::Dir {
+            dir: state_dir.to_path_buf(),
+            source,
+        })?;
         let path = state_dir.join(MANIFEST_FILE);
         let name = OsStr::new(MANIFEST_FILE);
-        let file = dir
-            .open_file(name, OFlag::O_RDONLY)
-            .map_err(|e| e.to_string())?;
+        let file = match dir.open_file(name, OFlag::O_RDONLY) {
+            Ok(file) => file,
+            Err(source) => return Err(ManifestError::Open { path, source }),
+        };
         let Some(file) = file else {
             let m = Manifest {
                 path,
@@ -98,40 +155,47 @@ impl Manifest {
                     actors: BTreeMap::new(),
                 },
             };
-            m.save().map_err(|e| e.to_string())?;
-            return Ok(m);
+            return match m.save() {
+                Ok(()) => Ok(m),
+                Err(source) => Err(ManifestError::Create {
+                    path: m.path,
+                    source,
+                }),
+            };
         };
         let mut text = String::new();
-        file.take(MAX_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("read {}: {e}", path.display()))?;
-        if text.len() as u64 > MAX_BYTES {
-            return Err(format!(
-                "{} is larger than {MAX_BYTES} bytes: not a resurgam state manifest",
-                path.display()
-            ));
+        if let Err(source) = file.take(MAX_BYTES + 1).read_to_string(&mut text) {
+            return Err(ManifestError::Read { path, source });
         }
-        let damaged = |why: String| {
-            format!(
-                "{} is damaged ({why}); it records which actors this state directory holds: \
-                 restore it from a backup, or remove it to start over (the actors' files are \
-                 then trusted as they are)",
-                path.display()
-            )
+        if text.len() as u64 > MAX_BYTES {
+            return Err(ManifestError::TooLarge { path });
+        }
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(value) => value,
+            Err(e) => {
+                return Err(ManifestError::Damaged {
+                    path,
+                    why: Damage::Json(e),
+                });
+            }
         };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
         let format = value.get("format").and_then(serde_json::Value::as_u64);
         if format != Some(u64::from(FORMAT)) {
-            return Err(format!(
-                "{} has format {}; this build reads format {FORMAT} (a newer resurgam wrote it?)",
-                path.display(),
-                format.map_or_else(|| "?".to_string(), |f| f.to_string())
-            ));
+            let found = format.map_or_else(|| "?".to_string(), |f| f.to_string());
+            return Err(ManifestError::Format { path, found });
         }
-        let content: Content = serde_json::from_value(value).map_err(|e| damaged(e.to_string()))?;
+        let content: Content = match serde_json::from_value(value) {
+            Ok(content) => content,
+            Err(e) => {
+                return Err(ManifestError::Damaged {
+                    path,
+                    why: Damage::Json(e),
+                });
+            }
+        };
         if content.id.len() != 32 || !content.id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(damaged(format!("bad id {:?}", content.id)));
+            let why = Damage::BadId(content.id);
+            return Err(ManifestError::Damaged { path, why });
         }
         Ok(Manifest { path, content })
     }
@@ -252,12 +316,13 @@ mod tests {
             ("{\"format\": 1, \"id\": \"x\"}", "bad id"),
         ] {
             std::fs::write(&p, text).unwrap();
-            let e = Manifest::open(t.path()).unwrap_err();
+            let e = Manifest::open(t.path()).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains(MANIFEST_FILE), "{e}");
         }
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
         let e = Manifest::open(t.path()).unwrap_err();
-        assert!(e.contains("symbolic link"), "{e}");
+        assert!(matches!(e, ManifestError::Open { .. }), "{e:?}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }

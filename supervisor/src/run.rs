@@ -113,9 +113,7 @@ pub fn run(config: Config, registry: &Registry, forks: ForkServer) -> Result<i32
         reap::register().map_err(RunError::setup("register signal handlers"))?;
     raise_fd_limit();
     let _locks = claim_dirs(&config.supervisor)?;
-    let manifest = Arc::new(Mutex::new(
-        Manifest::open(&config.supervisor.state_dir).map_err(RunError::Manifest)?,
-    ));
+    let manifest = Arc::new(Mutex::new(Manifest::open(&config.supervisor.state_dir)?));
     spawn::bootstrap_on_tmpfs(&config.supervisor.runtime_dir);
     report_orphan_logs(&config);
     let actors = prepare_actors(&config, registry, &manifest)?;

@@ -166,7 +166,7 @@ fn spawn_one(
     };
     let pid = match start_worker(forks, &name, &server_name, worker_end, out_w, err_w) {
         Ok(pid) => pid,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     output.add(Pipe {
         file: out_r,
@@ -201,6 +201,27 @@ fn spawn_one(
     }
 }
 
+/// Why a process could not be spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// `posix_spawn` (or the fork and exec std does instead) failed.
+    #[error(transparent)]
+    Spawn(std::io::Error),
+    /// The exec failed and std's own wait for the child did not work out (the loop had
+    /// reaped it).
+    #[error("exec failed")]
+    Exec,
+}
+
+/// Why the worker process for `name` (an actor, or the standby pool) could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("start worker process: {error}")]
+struct StartWorkerError {
+    name: String,
+    #[source]
+    error: SpawnError,
+}
+
 /// Starts the worker process: forked by the fork server, or (when there is none, or it
 /// failed) spawned from this binary. Returns its pid. Our copies of its descriptors are
 /// closed when this returns, so the output relay sees the pipe's end when it exits.
@@ -211,7 +232,7 @@ fn start_worker(
     report: UnixStream,
     out_w: OwnedFd,
     err_w: OwnedFd,
-) -> Result<u32, String> {
+) -> Result<u32, StartWorkerError> {
     match forks.fork(
         name,
         server_name,
@@ -236,13 +257,16 @@ fn start_worker(
     for var in WORKER_SCRUBBED_ENV {
         cmd.env_remove(var);
     }
-    spawn_detached(&mut cmd).map_err(|e| format!("start worker process: {e}"))
+    spawn_detached(&mut cmd).map_err(|error| StartWorkerError {
+        name: name.to_string(),
+        error,
+    })
 }
 
 /// Spawns `cmd` and returns the child's pid without keeping a handle: the event loop
 /// reaps it (`waitpid(-1)`), and dropping `cmd` afterwards closes our copies of
 /// the descriptors it passed.
-pub(crate) fn spawn_detached(cmd: &mut Command) -> Result<u32, String> {
+pub(crate) fn spawn_detached(cmd: &mut Command) -> Result<u32, SpawnError> {
     // When exec fails, std waits for the child itself and asserts that the wait worked;
     // the event loop may have reaped it first. Keep this thread (a spawner's death
     // would SIGKILL its workers through PR_SET_PDEATHSIG) and report the failure.
@@ -250,8 +274,8 @@ pub(crate) fn spawn_detached(cmd: &mut Command) -> Result<u32, String> {
     match spawned {
         // Dropping a Child neither kills nor waits for it.
         Ok(Ok(child)) => Ok(child.id()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("exec failed".to_string()),
+        Ok(Err(e)) => Err(SpawnError::Spawn(e)),
+        Err(_) => Err(SpawnError::Exec),
     }
 }
 

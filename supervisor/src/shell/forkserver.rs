@@ -106,12 +106,86 @@ enum Reply {
 pub enum ForkError {
     #[error("no fork server is running")]
     Unavailable,
-    #[error("the fork server (pid {pid}) failed: {message}")]
-    Broken { pid: u32, message: String },
+    #[error("the fork server (pid {pid}) failed: {error}")]
+    Broken {
+        pid: u32,
+        #[source]
+        error: LinkError,
+    },
     #[error("the fork server (pid {pid}) could not fork: {message}")]
     Refused { pid: u32, message: String },
-    #[error("cannot start a fork server from {path}: {message}")]
-    Start { path: PathBuf, message: String },
+    #[error("cannot start a fork server from {path}: {error}")]
+    Start {
+        path: PathBuf,
+        #[source]
+        error: StartError,
+    },
+}
+
+/// Why a new fork server could not be started (the context of [`ForkError::Start`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("socketpair: {0}")]
+    Socketpair(Errno),
+    #[error("fork: {0}")]
+    Fork(Errno),
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
+    #[error(transparent)]
+    Hello(#[from] LinkError),
+}
+
+/// What went wrong talking to a fork server, on the supervisor's side (the server's pid
+/// is in the [`ForkError`] that carries it). The texts are those the log always showed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "it speaks fork-server protocol {version} and worker protocol {ipc_version}; \
+         this supervisor speaks {PROTOCOL_VERSION} and {IPC_VERSION} (restart the service to upgrade)"
+    )]
+    Version { version: u32, ipc_version: u32 },
+    /// A first answer that is not a hello (its debug form).
+    #[error("expected hello, got {answer}")]
+    NotHello { answer: String },
+    /// An answer to a fork request that is neither `Forked` nor `Failed`.
+    #[error("unexpected answer")]
+    Unexpected,
+    #[error("encode request: {0}")]
+    Encode(postcard::Error),
+    #[error("send request: {0}")]
+    Send(Errno),
+    #[error("no answer in {ANSWER_TIMEOUT:?}")]
+    Timeout,
+    #[error("poll: {0}")]
+    Poll(Errno),
+    #[error("receive: {0}")]
+    Receive(Errno),
+    #[error("it closed its socket")]
+    Closed,
+    #[error("undecodable answer: {0}")]
+    Undecodable(postcard::Error),
+}
+
+/// Why the server could not prepare itself, read a request or fork a worker (the
+/// server's side: the text goes to its stderr, or back in [`Reply::Failed`]).
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("prctl(PR_SET_PDEATHSIG): {0}")]
+    Pdeathsig(Errno),
+    #[error("the supervisor (pid {supervisor}) is gone")]
+    SupervisorGone { supervisor: u32 },
+    #[error("receive a request: {0}")]
+    ReceiveRequest(Errno),
+    #[error("a request carries {count} descriptors, not 3")]
+    Descriptors { count: usize },
+    #[error("pipe: {0}")]
+    Pipe(Errno),
+    #[error("read the worker's pid: {0}")]
+    ReadPid(Errno),
+    #[error("fork: {0}")]
+    Fork(Errno),
+    #[error("bad pid {0}")]
+    BadPid(i64),
 }
 
 /// The supervisor's side: the connection to the current server, restarted as needed.
@@ -321,12 +395,12 @@ impl ForkServer {
                 drop_conn(&mut st, format!("unexpected answer {other:?}"));
                 Err(ForkError::Broken {
                     pid,
-                    message: "unexpected answer".into(),
+                    error: LinkError::Unexpected,
                 })
             }
-            Err(message) => {
-                drop_conn(&mut st, message.clone());
-                Err(ForkError::Broken { pid, message })
+            Err(error) => {
+                drop_conn(&mut st, error.to_string());
+                Err(ForkError::Broken { pid, error })
             }
         }
     }
@@ -408,11 +482,11 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), Errno> {
 
 /// Forks the server from this single-threaded process.
 fn fork_server(registry: &Registry) -> Result<Conn, ForkError> {
-    let failed = |message: String| ForkError::Start {
+    let failed = |error: StartError| ForkError::Start {
         path: PathBuf::from("(fork)"),
-        message,
+        error,
     };
-    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(format!("socketpair: {e}")))?;
+    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(StartError::Socketpair(e)))?;
     let supervisor = std::process::id();
     // SAFETY: the caller checked this process has a single thread, so the child may run
     // any code; it never returns into the supervisor's code (`serve` exits).
@@ -424,19 +498,19 @@ fn fork_server(registry: &Registry) -> Result<Conn, ForkError> {
         Ok(ForkResult::Parent { child }) => {
             drop(theirs);
             let pid = child.as_raw() as u32;
-            hello(ours, pid).map_err(failed)
+            hello(ours, pid).map_err(|e| failed(e.into()))
         }
-        Err(e) => Err(failed(format!("fork: {e}"))),
+        Err(e) => Err(failed(StartError::Fork(e))),
     }
 }
 
 /// Starts a server by exec of `path` (from any thread: nothing but exec runs in the child).
 fn exec_server(path: &Path) -> Result<Conn, ForkError> {
-    let failed = |message: String| ForkError::Start {
+    let failed = |error: StartError| ForkError::Start {
         path: path.to_path_buf(),
-        message,
+        error,
     };
-    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(format!("socketpair: {e}")))?;
+    let (ours, theirs) = seqpacket_pair().map_err(|e| failed(StartError::Socketpair(e)))?;
     let mut cmd = Command::new(path);
     cmd.arg0("resurgam-fork-server")
         .env(ENV_FORK_SERVER, std::process::id().to_string())
@@ -447,13 +521,13 @@ fn exec_server(path: &Path) -> Result<Conn, ForkError> {
     for var in WORKER_SCRUBBED_ENV {
         cmd.env_remove(var);
     }
-    let pid = crate::spawn::spawn_detached(&mut cmd).map_err(failed)?;
+    let pid = crate::spawn::spawn_detached(&mut cmd).map_err(|e| failed(e.into()))?;
     drop(cmd);
-    hello(ours, pid).map_err(failed)
+    hello(ours, pid).map_err(|e| failed(e.into()))
 }
 
 /// Waits for a new server's hello and checks its versions.
-fn hello(sock: OwnedFd, pid: u32) -> Result<Conn, String> {
+fn hello(sock: OwnedFd, pid: u32) -> Result<Conn, LinkError> {
     let pidfd = crate::reap::pidfd_open(pid);
     let conn = Conn { sock, pid, pidfd };
     match receive(&conn.sock)? {
@@ -464,17 +538,23 @@ fn hello(sock: OwnedFd, pid: u32) -> Result<Conn, String> {
         Reply::Hello {
             version,
             ipc_version,
-        } => Err(format!(
-            "it speaks fork-server protocol {version} and worker protocol {ipc_version}; \
-             this supervisor speaks {PROTOCOL_VERSION} and {IPC_VERSION} (restart the service to upgrade)"
-        )),
-        other => Err(format!("expected hello, got {other:?}")),
+        } => Err(LinkError::Version {
+            version,
+            ipc_version,
+        }),
+        other => Err(LinkError::NotHello {
+            answer: format!("{other:?}"),
+        }),
     }
 }
 
 /// Sends a request with its descriptors and waits for the answer.
-fn exchange(sock: &OwnedFd, request: &Request, fds: &[BorrowedFd<'_>; 3]) -> Result<Reply, String> {
-    let bytes = postcard::to_allocvec(request).map_err(|e| format!("encode request: {e}"))?;
+fn exchange(
+    sock: &OwnedFd,
+    request: &Request,
+    fds: &[BorrowedFd<'_>; 3],
+) -> Result<Reply, LinkError> {
+    let bytes = postcard::to_allocvec(request).map_err(LinkError::Encode)?;
     let raw: [RawFd; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&raw)];
     loop {
@@ -487,27 +567,27 @@ fn exchange(sock: &OwnedFd, request: &Request, fds: &[BorrowedFd<'_>; 3]) -> Res
         ) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(format!("send request: {e}")),
+            Err(e) => return Err(LinkError::Send(e)),
         }
     }
     receive(sock)
 }
 
 /// Receives one reply, waiting at most [`ANSWER_TIMEOUT`].
-fn receive(sock: &OwnedFd) -> Result<Reply, String> {
+fn receive(sock: &OwnedFd) -> Result<Reply, LinkError> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("no answer in {ANSWER_TIMEOUT:?}"));
+            return Err(LinkError::Timeout);
         }
         let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => break,
-            Err(e) => return Err(format!("poll: {e}")),
+            Err(e) => return Err(LinkError::Poll(e)),
         }
     }
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -515,13 +595,13 @@ fn receive(sock: &OwnedFd) -> Result<Reply, String> {
         match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) => break n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(format!("receive: {e}")),
+            Err(e) => return Err(LinkError::Receive(e)),
         }
     };
     if n == 0 {
-        return Err("it closed its socket".into());
+        return Err(LinkError::Closed);
     }
-    postcard::from_bytes(&buf[..n]).map_err(|e| format!("undecodable answer: {e}"))
+    postcard::from_bytes(&buf[..n]).map_err(LinkError::Undecodable)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -677,13 +757,17 @@ fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, birth: Birth) -> !
                 };
                 match forked {
                     Ok(pid) => Reply::Forked { pid },
-                    Err(error) => Reply::Failed { error },
+                    Err(e) => Reply::Failed {
+                        error: e.to_string(),
+                    },
                 }
             }
             (Err(e), _) => Reply::Failed {
                 error: format!("undecodable request: {e}"),
             },
-            (_, Err(e)) => Reply::Failed { error: e },
+            (_, Err(e)) => Reply::Failed {
+                error: e.to_string(),
+            },
         };
         if send_reply(&sock, &reply).is_err() {
             std::process::exit(0);
@@ -694,16 +778,16 @@ fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, birth: Birth) -> !
 /// Makes this process a fork server: its own process group (a terminal's Ctrl-C is the
 /// supervisor's to handle), death with the supervisor, a name, no inherited descriptors
 /// but the socket and stdio, and an environment workers may see.
-fn prepare(sock: &OwnedFd, supervisor: u32) -> Result<(), String> {
+fn prepare(sock: &OwnedFd, supervisor: u32) -> Result<(), ServeError> {
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if let Ok(name) = std::ffi::CString::new("resurgam-forks") {
         let _ = nix::sys::prctl::set_name(&name);
     }
     set_command_line("resurgam-fork-server");
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
+        .map_err(ServeError::Pdeathsig)?;
     if nix::unistd::getppid().as_raw() as u32 != supervisor {
-        return Err(format!("the supervisor (pid {supervisor}) is gone"));
+        return Err(ServeError::SupervisorGone { supervisor });
     }
     close_fds_except(sock.as_raw_fd());
     // What every worker would otherwise find out for itself, once per process: the CPU's
@@ -741,9 +825,9 @@ fn next_request(
 ) -> Result<
     Option<(
         Result<Request, postcard::Error>,
-        Result<[OwnedFd; 3], String>,
+        Result<[OwnedFd; 3], ServeError>,
     )>,
-    String,
+    ServeError,
 > {
     let mut cmsg = nix::cmsg_space!([RawFd; 3]);
     let (n, received) = loop {
@@ -771,15 +855,15 @@ fn next_request(
                 break (msg.bytes, fds);
             }
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(format!("receive a request: {e}")),
+            Err(e) => return Err(ServeError::ReceiveRequest(e)),
         }
     };
     if n == 0 && received.is_empty() {
         return Ok(None);
     }
     let request = postcard::from_bytes(&buf[..n]);
-    let fds = <[OwnedFd; 3]>::try_from(received)
-        .map_err(|v| format!("a request carries {} descriptors, not 3", v.len()));
+    let fds =
+        <[OwnedFd; 3]>::try_from(received).map_err(|v| ServeError::Descriptors { count: v.len() });
     Ok(Some((request, fds)))
 }
 
@@ -808,7 +892,7 @@ struct Newborn<'a> {
 /// Creates a worker as the server's sibling, a child of the supervisor's main thread, and
 /// returns its pid (see [`Birth::Sibling`]). Falls back to a double fork where clone3
 /// fails.
-fn clone_worker(newborn: Newborn<'_>, thread: ThreadRecord) -> Result<u32, String> {
+fn clone_worker(newborn: Newborn<'_>, thread: ThreadRecord) -> Result<u32, ServeError> {
     match clone_sibling(thread) {
         Ok(None) => become_worker(newborn),
         Ok(Some(pid)) => Ok(pid),
@@ -863,9 +947,9 @@ fn clone_sibling(thread: ThreadRecord) -> std::io::Result<Option<u32>> {
 
 /// Forks a worker by a double fork and returns its pid. The intermediate process exits
 /// at once, so the worker is re-parented to the supervisor (a child subreaper).
-fn fork_worker(newborn: Newborn<'_>) -> Result<u32, String> {
+fn fork_worker(newborn: Newborn<'_>) -> Result<u32, ServeError> {
     let (pid_r, pid_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ServeError::Pipe)?;
     // SAFETY: the fork server has a single thread, so the child may run any code.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
@@ -890,14 +974,14 @@ fn fork_worker(newborn: Newborn<'_>) -> Result<u32, String> {
             let mut said = [0u8; 8];
             let read = read_full(&pid_r, &mut said);
             wait_for(child);
-            read.map_err(|e| format!("read the worker's pid: {e}"))?;
+            read.map_err(ServeError::ReadPid)?;
             let said = i64::from_le_bytes(said);
             if said <= 0 {
-                return Err(format!("fork: {}", Errno::from_raw((-said) as i32)));
+                return Err(ServeError::Fork(Errno::from_raw((-said) as i32)));
             }
-            u32::try_from(said).map_err(|_| format!("bad pid {said}"))
+            u32::try_from(said).map_err(|_| ServeError::BadPid(said))
         }
-        Err(e) => Err(format!("fork: {e}")),
+        Err(e) => Err(ServeError::Fork(e)),
     }
 }
 
@@ -1101,7 +1185,10 @@ mod tests {
         send_raw(&a, &good, &[a.as_raw_fd()]);
         let (request, fds) = next_request(&b, &mut buf).unwrap().unwrap();
         assert!(request.is_ok());
-        assert_eq!(fds.unwrap_err(), "a request carries 1 descriptors, not 3");
+        assert_eq!(
+            fds.unwrap_err().to_string(),
+            "a request carries 1 descriptors, not 3"
+        );
         // Garbage with three descriptors: the descriptors are taken (and closed), the
         // request is undecodable.
         let fd = a.as_raw_fd();
@@ -1119,9 +1206,12 @@ mod tests {
         let (a, b) = seqpacket_pair().unwrap();
         send_raw(&b, &[0xff, 0xff], &[]);
         let e = receive(&a).unwrap_err();
-        assert!(e.starts_with("undecodable answer"), "{e}");
+        assert!(matches!(e, LinkError::Undecodable(_)), "{e:?}");
+        assert!(e.to_string().starts_with("undecodable answer"), "{e}");
         drop(b);
-        assert_eq!(receive(&a).unwrap_err(), "it closed its socket");
+        let e = receive(&a).unwrap_err();
+        assert!(matches!(e, LinkError::Closed), "{e:?}");
+        assert_eq!(e.to_string(), "it closed its socket");
     }
 
     #[test]
@@ -1135,11 +1225,18 @@ mod tests {
         let Err(e) = hello_of(a) else {
             panic!("a server of another version was taken");
         };
-        assert!(e.contains("restart the service to upgrade"), "{e}");
+        assert!(
+            matches!(e, LinkError::Version { version, .. } if version == PROTOCOL_VERSION + 1),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("restart the service to upgrade"),
+            "{e}"
+        );
     }
 
     /// `hello` for a server that is not a process of ours.
-    fn hello_of(sock: OwnedFd) -> Result<Conn, String> {
+    fn hello_of(sock: OwnedFd) -> Result<Conn, LinkError> {
         hello(sock, u32::MAX)
     }
 
