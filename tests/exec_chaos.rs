@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::exec::{WAIT, check_ledger, python_actor, start};
 use crate::util::{
-    Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, children_of, pipeline,
+    Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, children_of, comm, pipeline,
 };
 
 const LEDGERS: [&str; 2] = ["l1", "l2"];
@@ -122,11 +122,17 @@ struct Kills {
 }
 
 /// The actor's current worker (STARTING or ALIVE) and, if it has started it yet, its
-/// program (the worker's only child).
+/// program: the worker's child that is not its address-space holder (a forked worker
+/// has one until its `Init`; killing it would kill no program).
 fn current(sup: &Supervisor, actor: &str) -> Option<(Proc, Option<Proc>)> {
     let w = Proc::of(sup.worker_pid(actor)?)?;
-    let program = children_of(w.pid).into_iter().next();
-    Some((w, program))
+    Some((w, program_of(&w)))
+}
+
+fn program_of(w: &Proc) -> Option<Proc> {
+    children_of(w.pid)
+        .into_iter()
+        .find(|p| comm(p.pid) != "w-holder")
 }
 
 struct Killer<'a> {
@@ -209,7 +215,7 @@ impl Killer<'_> {
                     });
                 std::thread::sleep(Duration::from_millis(self.rng.range(0, 150)));
                 let (nw, _) = next.expect("checked by wait_until");
-                let np = children_of(nw.pid).into_iter().next();
+                let np = program_of(&nw);
                 let program = self.rng.range(0, 1) == 0;
                 if self.kill(actor, nw, np, program) {
                     self.kills.after_restart += 1;
