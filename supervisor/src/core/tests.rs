@@ -809,6 +809,18 @@ impl World {
         self.here.fsynced = self.here.log.len();
         self.here.marked = true;
         let upto = self.here.last_logged;
+        // The log thread fsyncs what was asked whatever became of the asker: a retired
+        // incarnation of this actor (same files, its replies held for this fsync) hears
+        // of it too.
+        let name = self.name();
+        let retired: Vec<ActorId> = (0..self.core.actors.len())
+            .filter(|&i| {
+                i != me && self.core.actors[i].retiring && self.core.actors[i].name == name
+            })
+            .collect();
+        for actor in retired {
+            self.handle(Event::Durable { actor, upto });
+        }
         self.handle(Event::Durable { actor: me, upto });
     }
 
