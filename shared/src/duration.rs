@@ -6,18 +6,38 @@
 
 use std::time::Duration;
 
+/// Why a duration's text is refused; each names the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("duration {text:?} has no unit (use ms, s, m, h)")]
+    NoUnit { text: String },
+    #[error("duration {text:?} does not start with a number")]
+    NoNumber { text: String },
+    #[error("duration {text:?} has unknown unit {unit:?} (use ns, us, ms, s, m, h)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("duration {text:?} has a malformed number {number:?}")]
+    Malformed { text: String, number: String },
+    #[error("duration {text:?} is too large")]
+    TooLarge { text: String },
+    #[error(
+        "duration {text:?} is not a whole number of nanoseconds (the smallest step is \"1ns\")"
+    )]
+    SubNanosecond { text: String },
+}
+
 /// Parses `"250ms"` and friends. Units: `ns`, `us`, `ms`, `s`, `m`, `h`. The number is
 /// read exactly (no floating point), so a value that is not a whole number of
 /// nanoseconds (`"0.1ns"`, `"1.0000000005s"`) is refused rather than rounded, and never
 /// silently becomes 0.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let input = || text.to_string();
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m, h)"))?;
+        .ok_or_else(|| DurationError::NoUnit { text: input() })?;
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("duration {text:?} does not start with a number"));
+        return Err(DurationError::NoNumber { text: input() });
     }
     let nanos_per_unit: u128 = match unit.trim() {
         "ns" => 1,
@@ -27,17 +47,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
         other => {
-            return Err(format!(
-                "duration {text:?} has unknown unit {other:?} (use ns, us, ms, s, m, h)"
-            ));
+            return Err(DurationError::UnknownUnit {
+                text: input(),
+                unit: other.to_string(),
+            });
         }
     };
-    let malformed = || format!("duration {text:?} has a malformed number {num:?}");
+    let malformed = || DurationError::Malformed {
+        text: input(),
+        number: num.to_string(),
+    };
     let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
     if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
         return Err(malformed());
     }
-    let too_large = || format!("duration {text:?} is too large");
+    let too_large = || DurationError::TooLarge { text: input() };
     let whole: u128 = if whole.is_empty() {
         0
     } else {
@@ -48,7 +72,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     // whole number of nanoseconds; 18 digits keep the arithmetic below in u128.
     let fraction = fraction.trim_end_matches('0');
     if fraction.len() > 18 {
-        return Err(sub_nanosecond(text));
+        return Err(DurationError::SubNanosecond { text: input() });
     }
     let scale = 10u128.pow(fraction.len() as u32);
     let fraction_nanos = if fraction.is_empty() {
@@ -57,7 +81,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let digits: u128 = fraction.parse().map_err(|_| malformed())?;
         let scaled = digits * nanos_per_unit;
         if !scaled.is_multiple_of(scale) {
-            return Err(sub_nanosecond(text));
+            return Err(DurationError::SubNanosecond { text: input() });
         }
         scaled / scale
     };
@@ -67,10 +91,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .and_then(|n| u64::try_from(n).ok())
         .ok_or_else(too_large)?;
     Ok(Duration::from_nanos(nanos))
-}
-
-fn sub_nanosecond(text: &str) -> String {
-    format!("duration {text:?} is not a whole number of nanoseconds (the smallest step is \"1ns\")")
 }
 
 /// Formats a duration the way the config writes it (for status output and docs).
@@ -142,15 +162,17 @@ mod tests {
             parse_duration("18446744073709551615ns"),
             Ok(Duration::from_nanos(u64::MAX))
         );
-        assert!(
-            parse_duration("18446744073709551616ns")
-                .unwrap_err()
-                .contains("too large")
+        assert_eq!(
+            parse_duration("18446744073709551616ns"),
+            Err(DurationError::TooLarge {
+                text: "18446744073709551616ns".into()
+            })
         );
-        assert!(
-            parse_duration("99999999999999999999999999999999999999999h")
-                .unwrap_err()
-                .contains("too large")
+        assert_eq!(
+            parse_duration("99999999999999999999999999999999999999999h"),
+            Err(DurationError::TooLarge {
+                text: "99999999999999999999999999999999999999999h".into()
+            })
         );
     }
 
@@ -164,6 +186,8 @@ mod tests {
             "0.0000000000000000001h",
         ] {
             let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e, DurationError::SubNanosecond { text: bad.into() });
+            let e = e.to_string();
             assert!(e.contains("whole number of nanoseconds"), "{bad}: {e}");
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }

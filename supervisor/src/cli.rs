@@ -264,7 +264,8 @@ pub enum Command {
     },
 }
 
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+/// clap's value parser for durations (clap shows the error's text).
+fn parse_duration_arg(text: &str) -> Result<Duration, resurgam_shared::duration::DurationError> {
     parse_duration(text)
 }
 
