@@ -361,4 +361,6 @@ fn a_workers_address_space_holder_dies_with_it() {
     let status = sup.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0));
     sup.wait_all_gone("the holder to be gone after a stop", WAIT, &holders);
+    // A stopping worker ends its holder itself: the supervisor finds nothing left behind.
+    assert!(!sup.log().contains("left behind"), "{}", sup.log_tail(20));
 }

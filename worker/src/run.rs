@@ -228,6 +228,10 @@ impl Worker {
                 if let Engine::Exec(program) = live.engine {
                     program.stop();
                 }
+                // Ended and reaped here, not left to die of its parent's death: an
+                // orphan, it would be the supervisor's child for a moment, which its
+                // final sweep would find and report as left behind.
+                crate::holder::release();
                 0
             }
             Err(Stop::Crashed(reason)) => {
