@@ -343,8 +343,7 @@ min_uptime = "600s"
     assert_eq!(err.kind, ErrorKind::ActorDead, "{err:?}");
     assert!(
         sup.log()
-            .lines()
-            .any(|l| l.contains("actor removed by reload gave up before its final checkpoint")),
+            .contains("actor removed by reload gave up before its final checkpoint"),
         "{}",
         sup.log_tail(30)
     );

@@ -1481,16 +1481,14 @@ fn calls_wait_for_a_new_worker_only_past_the_newest_checkpoint() {
     w.call("incr", 4);
     w.settle();
     assert!(w.core.calls_waiting(0), "call 1 is in no checkpoint");
-    w.op(Op::Checkpoint { actor: "c".into() });
-    w.settle();
+    checkpoint_now(&mut w);
     w.sync_disk();
     w.settle();
     assert!(!w.core.calls_waiting(0), "the checkpoint holds call 1");
     w.call("incr", 1);
     w.settle();
     assert!(w.core.calls_waiting(0), "call 2 is in no checkpoint");
-    w.op(Op::Checkpoint { actor: "c".into() });
-    w.settle();
+    checkpoint_now(&mut w);
     w.sync_disk();
     w.settle();
     // A new worker restores the newest checkpoint and has not verified the older one
