@@ -70,6 +70,10 @@ fn worker_main(registry: &Registry, token: &OsStr, parent: Option<u32>) -> ! {
             EXIT_BAD_BOOTSTRAP
         }
     };
+    // However the worker ends on its own, its holder is ended and reaped first, not left
+    // to die of its parent's death: an orphan, it would be the supervisor's child for a
+    // moment, which a sweep would find and report as left behind.
+    crate::holder::release();
     std::process::exit(code);
 }
 
@@ -228,10 +232,6 @@ impl Worker {
                 if let Engine::Exec(program) = live.engine {
                     program.stop();
                 }
-                // Ended and reaped here, not left to die of its parent's death: an
-                // orphan, it would be the supervisor's child for a moment, which its
-                // final sweep would find and report as left behind.
-                crate::holder::release();
                 0
             }
             Err(Stop::Crashed(reason)) => {
