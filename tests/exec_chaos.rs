@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::exec::{WAIT, check_ledger, python_actor, start};
 use crate::util::{
-    Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, children_of, comm, pipeline,
+    HOLDER_COMM, Proc, Rng, StopOnDrop, Supervisor, assert_no_stray_reply, children_of, comm,
+    pipeline,
 };
 
 const LEDGERS: [&str; 2] = ["l1", "l2"];
@@ -132,7 +133,7 @@ fn current(sup: &Supervisor, actor: &str) -> Option<(Proc, Option<Proc>)> {
 fn program_of(w: &Proc) -> Option<Proc> {
     children_of(w.pid)
         .into_iter()
-        .find(|p| comm(p.pid) != "w-holder")
+        .find(|p| comm(p.pid) != HOLDER_COMM)
 }
 
 struct Killer<'a> {

@@ -331,7 +331,7 @@ min_uptime = "60s"
 fn holders_of(worker: &Proc) -> Vec<Proc> {
     crate::util::children_of(worker.pid)
         .into_iter()
-        .filter(|p| crate::util::comm(p.pid) == "w-holder")
+        .filter(|p| crate::util::comm(p.pid) == crate::util::HOLDER_COMM)
         .collect()
 }
 

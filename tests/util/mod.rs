@@ -168,6 +168,9 @@ pub fn comm(pid: i32) -> String {
 /// The process name of a fork server.
 pub const FORK_SERVER_COMM: &str = "resurgam-forks";
 
+/// The name (comm) of a forked worker's address-space holder, its child until `Init`.
+pub const HOLDER_COMM: &str = "w-holder";
+
 /// The command line of `pid` as /proc shows it, NULs (argument ends and padding) as
 /// spaces, trimmed.
 pub fn cmdline(pid: i32) -> String {
