@@ -697,6 +697,12 @@ mod tests {
             matches!(&ok, Ok(r) if matches!(&r.op, Op::Call { key: Some(k), .. } if k == "k-1 x")),
             "{ok:?}"
         );
+        // `null` is no key, as a missing field: a plain call.
+        let plain = parse_request(br#"{"id":1,"op":"call","actor":"c","method":"m","key":null}"#);
+        assert!(
+            matches!(&plain, Ok(r) if matches!(&r.op, Op::Call { key: None, .. })),
+            "{plain:?}"
+        );
         let long = "k".repeat(MAX_KEY_LEN);
         let line = format!(r#"{{"id":1,"op":"call","actor":"c","method":"m","key":"{long}"}}"#);
         assert!(parse_request(line.as_bytes()).is_ok());
