@@ -373,6 +373,12 @@ impl ActorState {
         self.durable_upto = last;
     }
 
+    /// Logged calls newer than the newest checkpoint: what a new worker is sent as soon
+    /// as it is ready (the log is in seq order).
+    pub fn has_calls_after_checkpoint(&self) -> bool {
+        self.log.back().is_some_and(|e| e.seq > self.checkpoint.1)
+    }
+
     /// Memory mode: the logged calls after the newest checkpoint, whose effect nothing
     /// but the core's memory (and a worker's state) holds. Zero in the durable modes.
     pub fn memory_only_calls(&self) -> usize {

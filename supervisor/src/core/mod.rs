@@ -729,7 +729,7 @@ impl Core {
         a.retiring = true;
         a.relaunch_pending = false;
         self.by_name.remove(&a.name);
-        let needs_worker = a.unanswered > 0 || a.memory_only_calls() > 0;
+        let needs_worker = a.unanswered > 0 || (!a.durable() && a.has_calls_after_checkpoint());
         match a.phase {
             Phase::Alive => self.mark_dirty(id),
             Phase::Starting if needs_worker => self.mark_dirty(id),
@@ -823,8 +823,7 @@ impl Core {
     /// newer than its newest checkpoint (a replay, or calls that came while it had no
     /// worker). Calls kept only for an older checkpoint do not count.
     pub fn calls_waiting(&self, id: ActorId) -> bool {
-        let a = &self.actors[id];
-        a.log.back().is_some_and(|e| e.seq > a.checkpoint.1)
+        self.actors[id].has_calls_after_checkpoint()
     }
 
     // ---- internals ----
