@@ -719,7 +719,7 @@ struct CloneArgs {
 }
 
 /// The server's loop: answers fork requests until the supervisor closes the socket.
-fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, birth: Birth) -> ! {
+fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, mut birth: Birth) -> ! {
     if let Err(e) = prepare(&sock, supervisor) {
         eprintln!("resurgam fork server: {e}");
         std::process::exit(EXIT_NOT_A_WORKER);
@@ -752,7 +752,7 @@ fn serve(sock: OwnedFd, supervisor: u32, registry: &Registry, birth: Birth) -> !
                     registry,
                 };
                 let forked = match birth {
-                    Birth::Sibling(thread) => clone_worker(newborn, thread),
+                    Birth::Sibling(thread) => clone_worker(newborn, thread, &mut birth),
                     Birth::Orphan => fork_worker(newborn),
                 };
                 match forked {
@@ -892,12 +892,25 @@ struct Newborn<'a> {
 /// Creates a worker as the server's sibling, a child of the supervisor's main thread, and
 /// returns its pid (see [`Birth::Sibling`]). Falls back to a double fork where clone3
 /// fails.
-fn clone_worker(newborn: Newborn<'_>, thread: ThreadRecord) -> Result<u32, ServeError> {
+fn clone_worker(
+    newborn: Newborn<'_>,
+    thread: ThreadRecord,
+    birth: &mut Birth,
+) -> Result<u32, ServeError> {
     match clone_sibling(thread) {
         Ok(None) => become_worker(newborn),
         Ok(Some(pid)) => Ok(pid),
-        // No clone3 (before Linux 5.3), or a filter that refuses it: the old way.
-        Err(_) => fork_worker(newborn),
+        Err(e) => {
+            // No clone3 (before Linux 5.3), or a filter that refuses it: the old way, from
+            // now on (a lack of memory or processes may pass: clone3 is tried again).
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EPERM | libc::EINVAL)
+            ) {
+                *birth = Birth::Orphan;
+            }
+            fork_worker(newborn)
+        }
     }
 }
 
