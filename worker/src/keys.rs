@@ -22,17 +22,19 @@ use resurgam_shared::protocol::ErrorKind;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeysError {
     /// Fewer than the 4 bytes of a record's length are left.
-    #[error("the checkpoint's idempotency keys: a record cut short at byte {at}")]
+    #[error("the checkpoint's idempotency keys: record {record}, at byte {at}, is cut short")]
     LengthCutShort { record: usize, at: usize },
     /// The record's length runs past the end of the section.
-    #[error("the checkpoint's idempotency keys: a record of {len} bytes at byte {at} is cut short")]
+    #[error(
+        "the checkpoint's idempotency keys: record {record} of {len} bytes, at byte {at}, is cut short"
+    )]
     BodyCutShort {
         record: usize,
         at: usize,
         len: usize,
     },
     #[error(
-        "the checkpoint's idempotency keys: the record at byte {at} cannot be decoded: {error}"
+        "the checkpoint's idempotency keys: record {record}, at byte {at}, cannot be decoded: {error}"
     )]
     Undecodable {
         record: usize,
@@ -40,7 +42,9 @@ pub enum KeysError {
         error: postcard::Error,
     },
     /// A key twice, or a record whose call is not after the one before it.
-    #[error("the checkpoint's idempotency keys: not in call order (key {key:?}, seq {seq})")]
+    #[error(
+        "the checkpoint's idempotency keys: record {record} is not in call order (key {key:?}, seq {seq})"
+    )]
     OutOfOrder {
         record: usize,
         key: String,
@@ -48,8 +52,8 @@ pub enum KeysError {
     },
     /// A record of a call after the checkpoint's last one.
     #[error(
-        "the checkpoint's idempotency keys: key {key:?} names call seq {seq}, after the \
-         checkpoint's last call ({last_seq})"
+        "the checkpoint's idempotency keys: record {record}, key {key:?}, names call seq {seq}, \
+         after the checkpoint's last call ({last_seq})"
     )]
     AfterCheckpoint {
         record: usize,
@@ -451,6 +455,32 @@ mod tests {
         let bytes = t.section().to_vec();
         assert!(KeyTable::decode(&bytes[..bytes.len() - 1], 3).is_err());
         assert!(KeyTable::decode(&[0xff; 16], 3).is_err());
+        // Too few bytes left for the second record's length.
+        let first = 4 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let e = KeyTable::decode(&bytes[..first + 2], 3).unwrap_err();
+        assert_eq!(
+            e,
+            KeysError::LengthCutShort {
+                record: 1,
+                at: first
+            }
+        );
+        assert!(e.to_string().contains("record 1"), "{e}");
+        // A length that fits, over bytes that are no record.
+        let mut garbage = 8u32.to_le_bytes().to_vec();
+        garbage.extend([0xff; 8]);
+        let e = KeyTable::decode(&garbage, 3).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KeysError::Undecodable {
+                    record: 0,
+                    at: 0,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         // Entries out of call order (or a key twice) are refused.
         let mut swapped = Vec::new();
         for seq in [3, 2] {
