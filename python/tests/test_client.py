@@ -763,6 +763,7 @@ class KeyedRetryTest(unittest.TestCase):
 
             caller = threading.Thread(target=call, daemon=True)
             caller.start()
+            listener.settimeout(20)  # a client that never connects fails the test
             conn, _ = listener.accept()
             with conn:
                 caller.join(60)
